@@ -1,0 +1,298 @@
+/* The cancel path: an interrupt (or a sync that shows one was missed) is fenced by epochs under
+ * the session lock, then modules run, the report goes out, callbacks run, generators are
+ * stopped, sessions cleaned up and escalation armed. Runs on the agent's receive thread. */
+#include "agent_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int ihc__cancel_init(ihc_agent *a)
+{
+    ihc__cancel *cx = &a->cx;
+    memset(cx, 0, sizeof(*cx));
+    cx->ring = calloc(IHC__DEDUPE_SIZE, sizeof(*cx->ring));
+    cx->buckets = malloc(IHC__DEDUPE_BUCKETS * sizeof(*cx->buckets));
+    cx->victims_cap = (size_t)a->o.max_active_sessions;
+    cx->victims = calloc(cx->victims_cap, sizeof(*cx->victims));
+    cx->sids = calloc(cx->victims_cap, sizeof(*cx->sids));
+    if (!cx->ring || !cx->buckets || !cx->victims || !cx->sids)
+        return IHC_ENOMEM;
+    for (size_t i = 0; i < IHC__DEDUPE_BUCKETS; i++)
+        cx->buckets[i] = -1;
+    return IHC_OK;
+}
+
+void ihc__cancel_fini(ihc_agent *a)
+{
+    ihc__cancel *cx = &a->cx;
+    if (cx->ring)
+        for (size_t i = 0; i < IHC__DEDUPE_SIZE; i++)
+            free(cx->ring[i].report);
+    free(cx->ring);
+    free(cx->buckets);
+    free(cx->victims);
+    free(cx->sids);
+    free(cx->res);
+    memset(cx, 0, sizeof(*cx));
+}
+
+/* ---- dedupe by interrupt id ---- */
+
+static size_t bucket_of(uint64_t id)
+{
+    return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 52) % IHC__DEDUPE_BUCKETS;
+}
+
+static ihc__handled *dedupe_find(ihc__cancel *cx, uint64_t id)
+{
+    for (int i = cx->buckets[bucket_of(id)]; i >= 0; i = cx->ring[i].next)
+        if (cx->ring[i].id == id)
+            return &cx->ring[i];
+    return NULL;
+}
+
+/* Remembers that id was handled; takes ownership of report (may be NULL). */
+static void dedupe_put(ihc__cancel *cx, uint64_t id, uint64_t epoch, const char *hw,
+                       uint8_t *report, size_t len)
+{
+    ihc__handled *h = dedupe_find(cx, id);
+    if (!h) {
+        int slot = (int)cx->pos;
+        cx->pos = (cx->pos + 1) % IHC__DEDUPE_SIZE;
+        h = &cx->ring[slot];
+        if (h->used) { /* evict the oldest */
+            int *pp = &cx->buckets[bucket_of(h->id)];
+            while (*pp != slot)
+                pp = &cx->ring[*pp].next;
+            *pp = h->next;
+            free(h->report);
+        }
+        size_t b = bucket_of(id);
+        h->next = cx->buckets[b];
+        cx->buckets[b] = slot;
+        h->used = true;
+    } else {
+        free(h->report);
+    }
+    h->id = id;
+    h->epoch = epoch;
+    snprintf(h->hw, sizeof(h->hw), "%s", hw);
+    h->report = report;
+    h->report_len = len;
+}
+
+/* ---- the common part of interrupts and catch-ups ---- */
+
+/* Everything after fencing. id 0: a catch-up (no report). v holds n claimed sessions. */
+static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch, ihc__session **v,
+                       size_t n, uint64_t t0)
+{
+    ihc__cancel *cx = &a->cx;
+    /* owners hear first: they may be waiting on something other than the token */
+    for (size_t i = 0; i < n; i++)
+        if (v[i]->on_cancel)
+            v[i]->on_cancel(v[i]->id, v[i]->arg);
+
+    size_t nm = 0;
+    ihc__module *head = ihc__modules_snapshot(&a->mods, &nm);
+    ihc__modules_run(&a->mods, head, nm, hw);
+    uint64_t t_done = ihc__now_ns();
+    double time_ms = (double)(t_done - t0) / 1e6;
+
+    size_t n_failed = 0;
+    if (nm > cx->res_cap) {
+        ihc_module_result *r = realloc(cx->res, nm * sizeof(*r));
+        if (r) {
+            cx->res = r;
+            cx->res_cap = nm;
+        }
+    }
+    size_t nr = nm <= cx->res_cap ? nm : cx->res_cap;
+    ihc__module *m = head;
+    for (size_t i = 0; i < nm; m = ++i < nm ? m->next : NULL) {
+        if (m->st == IHC_MOD_TIMED_OUT || m->st == IHC_MOD_FAILED)
+            n_failed++;
+        if (i < nr)
+            cx->res[i] = (ihc_module_result){.name = m->name,
+                                             .status = m->st,
+                                             .time_ms = m->time_ms,
+                                             .error = m->err[0] ? m->err : NULL};
+    }
+
+    if (id != 0) {
+        for (size_t i = 0; i < n; i++)
+            cx->sids[i] = v[i]->id;
+        ihc_msg msg = {.type = IHC_MSG_REPORT};
+        msg.u.report = (ihc_report_msg){.id = id,
+                                        .agent = a->id,
+                                        .hw = (char *)hw,
+                                        .modules = cx->res,
+                                        .n_modules = nr,
+                                        .sessions = cx->sids,
+                                        .n_sessions = n,
+                                        .time_ms = time_ms};
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        int rc = ihc_wire_encode(&msg, a->auth, &buf, &len);
+        if (rc == IHC_OK) {
+            ihc__send_report_buf(a, buf, len);
+        } else {
+            ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot encode report id=%llu hw=%s err=\"%s\"",
+                    (unsigned long long)id, hw, ihc_strerror(rc));
+            buf = NULL;
+        }
+        dedupe_put(cx, id, epoch, hw, buf, len);
+    }
+
+    pthread_mutex_lock(&a->cb_lock);
+    ihc__callback *cb = a->cb_head;
+    size_t ncb = a->n_cbs;
+    pthread_mutex_unlock(&a->cb_lock);
+    for (size_t i = 0; i < ncb; cb = ++i < ncb ? cb->next : NULL)
+        cb->fn(hw, id, cb->arg);
+
+    ihc__gens_stop_cancelled(a);
+    /* armed before cleanup, so an owner ending its session at any moment finds it live or
+     * watched (never "not found") and is never signalled */
+    ihc__sessions_escalate(a, v, n);
+    if (a->o.cleanup_on_interrupt)
+        ihc__sessions_cleanup(a, v, n, "interrupted");
+    ihc__modules_respawn(&a->mods, head, nm);
+
+    char timing[48] = "";
+    if (ihc_log_timing())
+        snprintf(timing, sizeof(timing), " time_ms=%.3f", time_ms);
+    if (id != 0)
+        ihc_log_interrupt(IHC__LOG,
+                          "interrupt handled id=%llu hw=%s epoch=%llu sessions=%zu modules=%zu "
+                          "modules_failed=%zu%s",
+                          (unsigned long long)id, hw, (unsigned long long)epoch, n, nm, n_failed,
+                          timing);
+    else
+        ihc_log_interrupt(IHC__LOG,
+                          "missed interrupt caught up hw=%s epoch=%llu sessions=%zu modules=%zu "
+                          "modules_failed=%zu%s",
+                          hw, (unsigned long long)epoch, n, nm, n_failed, timing);
+    ihc__sessions_release(a, v, n);
+}
+
+/* Lock held. Sets should_interrupt for hw (entry e, NULL for global). */
+static void set_flag(ihc_agent *a, ihc__hwent *e, bool global)
+{
+    uint64_t until = ihc__now_ns() + ihc__s_to_ns(a->o.session_cleanup_delay);
+    if (global)
+        a->gflag_until_ns = until;
+    else if (e)
+        e->flag_until_ns = until;
+}
+
+static bool is_listed(const ihc_agent *a, const ihc_interrupt_msg *m)
+{
+    for (size_t i = 0; i < m->n_agents; i++)
+        if (m->agents[i] && strcmp(m->agents[i], a->id) == 0)
+            return true;
+    return false;
+}
+
+void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0)
+{
+    ihc__cancel *cx = &a->cx;
+    if (!m->hw || !ihc_hw_valid(m->hw, strlen(m->hw), true))
+        return;
+    bool global = strcmp(m->hw, "*") == 0;
+    bool listed = is_listed(a, m);
+    ihc__handled *h = dedupe_find(cx, m->id);
+    if (h && h->epoch == m->epoch && strcmp(h->hw, m->hw) == 0) {
+        /* act once per id; the coordinator re-sends to those it has no report from */
+        if (listed && h->report) {
+            ihc__send_report_buf(a, h->report, h->report_len);
+            ihc_log(IHC_LOG_DEBUG, IHC__LOG, "report re-sent id=%llu hw=%s attempt=%u",
+                    (unsigned long long)m->id, m->hw, m->attempt);
+        }
+        return;
+    }
+
+    ihc__session **v = cx->victims;
+    size_t n = 0;
+    pthread_mutex_lock(&a->lock);
+    ihc__hwent *e = NULL;
+    bool concerned = global || listed;
+    if (global) {
+        if (m->epoch > a->gepoch)
+            a->gepoch = m->epoch;
+        for (ihc__session *s = a->sessions; s && n < cx->victims_cap; s = s->next)
+            if (s->gepoch < m->epoch && ihc__session_claim(s))
+                v[n++] = s;
+    } else {
+        /* the epoch is learnt even when no session is concerned: sessions that begin later
+         * must not be cancelled by a re-send of this interrupt */
+        e = ihc__hw_get(a, m->hw, true);
+        if (e) {
+            if (m->epoch > e->epoch)
+                e->epoch = m->epoch;
+            concerned = concerned || e->n_sessions > 0;
+            for (ihc__session *s = e->sessions; s && n < cx->victims_cap; s = s->hw_next)
+                if (s->epoch < m->epoch && ihc__session_claim(s))
+                    v[n++] = s;
+        }
+    }
+    if (concerned)
+        set_flag(a, e, global);
+    pthread_mutex_unlock(&a->lock);
+    if (!concerned) {
+        ihc_log(IHC_LOG_DEBUG, IHC__LOG, "interrupt not for this agent id=%llu hw=%s",
+                (unsigned long long)m->id, m->hw);
+        return;
+    }
+    atomic_fetch_add(&a->n_interrupts, 1);
+    cancel_run(a, m->hw, m->id, m->epoch, v, n, t0);
+}
+
+void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m)
+{
+    ihc__cancel *cx = &a->cx;
+    for (size_t k = 0; k < m->n_epochs; k++) {
+        const ihc_epoch_info *ep = &m->epochs[k];
+        if (!ep->hw || !ihc_hw_valid(ep->hw, strlen(ep->hw), true))
+            continue;
+        bool global = strcmp(ep->hw, "*") == 0;
+        ihc__session **v = cx->victims;
+        size_t n = 0;
+        uint64_t t0 = ihc__now_ns();
+        pthread_mutex_lock(&a->lock);
+        ihc__hwent *e = NULL;
+        ihc__session *s;
+        if (global) {
+            if (ep->epoch > a->gepoch)
+                a->gepoch = ep->epoch;
+            s = a->sessions;
+        } else {
+            e = ihc__hw_get(a, ep->hw, a->n_hws < IHC__HW_KEEP);
+            if (e && ep->epoch > e->epoch)
+                e->epoch = ep->epoch;
+            s = e ? e->sessions : NULL;
+        }
+        for (; s && n < cx->victims_cap; s = global ? s->next : s->hw_next) {
+            uint64_t *se = global ? &s->gepoch : &s->epoch;
+            if (*se >= ep->epoch || s->cancelled)
+                continue;
+            if (ep->set_ms == 0 || s->created_ms <= ep->set_ms) {
+                if (ihc__session_claim(s))
+                    v[n++] = s;
+            } else {
+                *se = ep->epoch; /* began after that interrupt: it was not meant for it */
+            }
+        }
+        if (n)
+            set_flag(a, e, global);
+        pthread_mutex_unlock(&a->lock);
+        if (n) {
+            ihc_log(IHC_LOG_WARN, IHC__LOG,
+                    "sync: cancelling sessions a missed interrupt should have hw=%s epoch=%llu "
+                    "sessions=%zu",
+                    ep->hw, (unsigned long long)ep->epoch, n);
+            cancel_run(a, ep->hw, 0, ep->epoch, v, n, t0);
+        }
+    }
+}

@@ -1,0 +1,43 @@
+/* The interrupt path (private): fencing by epochs, dedupe by interrupt id, modules,
+ * callbacks, generator stop, cleanup, escalation and the report; also the catch-up on sync. */
+#ifndef IHC_AGENT_CANCEL_H
+#define IHC_AGENT_CANCEL_H
+
+#include "ihc/agent.h"
+#include "wire.h"
+
+#define IHC__DEDUPE_SIZE    4096 /* interrupt ids remembered */
+#define IHC__DEDUPE_BUCKETS 4096
+
+typedef struct {
+    uint64_t id;
+    uint64_t epoch;
+    char hw[IHC_HW_MAX + 1];
+    uint8_t *report; /* encoded report, NULL when none could be encoded */
+    size_t report_len;
+    int next; /* bucket chain, -1 ends */
+    bool used;
+} ihc__handled;
+
+/* State of the interrupt path; only the receive thread touches it. */
+typedef struct {
+    ihc__handled *ring;
+    int *buckets;
+    size_t pos;
+    struct ihc__session **victims; /* max_active_sessions entries */
+    size_t victims_cap;
+    ihc_module_result *res;
+    size_t res_cap;
+    char **sids;
+} ihc__cancel;
+
+int ihc__cancel_init(ihc_agent *a);
+void ihc__cancel_fini(ihc_agent *a);
+
+/* Handles one decoded interrupt; t0_ns is when it was received (monotonic). */
+void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0_ns);
+
+/* Handles a sync: raises the known epochs and cancels what missed interrupts should have. */
+void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m);
+
+#endif

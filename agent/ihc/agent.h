@@ -1,0 +1,200 @@
+/* libihc-agent: the cancel path of ihc as a C library a service embeds.
+ *
+ * An agent dials the coordinator (SUB on its PUB, PUSH to its PULL), keeps dialing while it
+ * is away, and on every interrupt for a hardware_id it holds sessions of:
+ *   1. cancels the tokens of exactly the sessions that began before the interrupt (epochs),
+ *   2. runs each enabled module's interrupt methods in order under the module's timeout, on
+ *      the agent's own threads, so a hanging method is reported timed_out and never holds
+ *      the report back past its timeout,
+ *   3. runs the registered callbacks, stops the sessions' generators, cleans the sessions up
+ *      (CLEANUP_ON_INTERRUPT), escalates to SIGTERM/SIGKILL for sessions with a pid
+ *      (FORCE_CLEANUP),
+ *   4. reports per module ok / timed_out / failed with the time taken.
+ * It acts once per interrupt id, however often the broadcast is repeated, and on every
+ * (re)connection it sends its full session list, learns the current epochs and cancels what
+ * a missed interrupt should have cancelled.
+ *
+ * Thread-safety: every function may be called from any thread. Callbacks and interrupt
+ * methods run on the agent's threads and must not call ihc_agent_close. */
+#ifndef IHC_AGENT_H
+#define IHC_AGENT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ihc_agent ihc_agent;
+typedef struct ihc_token ihc_token;
+typedef struct ihc_generator ihc_generator;
+
+/* ---- options ---- */
+typedef struct {
+    const char *agent_id;   /* NULL: "<hostname>:<pid>" */
+    const char *pub_url;    /* coordinator PUB to dial; NULL: tcp://127.0.0.1:7450 */
+    const char *report_url; /* coordinator PULL to dial; NULL: tcp://127.0.0.1:7451 */
+    const void *secret;     /* HMAC secret, NULL: unsigned messages */
+    size_t secret_len;
+    int max_active_sessions;       /* MAX_ACTIVE_SESSIONS; 0: 100 */
+    double session_timeout;        /* SESSION_TIMEOUT s; 0: 300 */
+    double session_cleanup_delay;  /* SESSION_CLEANUP_DELAY s (should_interrupt flag) */
+    double heartbeat_interval;     /* s; 0: 1.0 */
+    double default_module_timeout; /* s, for modules registered with timeout 0; 0: 1.0 */
+    double kill_grace;             /* s between SIGTERM and SIGKILL; 0: 2.0 */
+    bool cleanup_on_interrupt;     /* CLEANUP_ON_INTERRUPT */
+    bool force_cleanup;            /* FORCE_CLEANUP */
+    bool high_priority;            /* INTERRUPT_PRIORITY=high: interrupt threads first */
+    const char *config_file; /* module overrides (see ihc_agent_register_module); NULL: none */
+} ihc_agent_opts;
+
+/* Fills o with the defaults above (all the original module's defaults: cleanup and force
+ * cleanup on). */
+void ihc_agent_opts_init(ihc_agent_opts *o);
+
+/* Opens an agent and starts dialing. Options are copied. Returns IHC_EINVAL for bad options,
+ * IHC_ECONFIG for an unreadable or invalid config_file, IHC_ETRANSPORT when nng cannot
+ * create sockets. The coordinator need not be up. Caller owns *out: ihc_agent_close. */
+int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *o);
+
+/* Stops all generators (with a short deadline), sends session_end for live sessions, and
+ * frees everything. Accepts NULL. */
+void ihc_agent_close(ihc_agent *a);
+
+/* The agent's id; valid until close. */
+const char *ihc_agent_id(const ihc_agent *a);
+
+/* True while both connections to the coordinator are up and the last hello was answered. */
+bool ihc_agent_connected(const ihc_agent *a);
+
+/* ---- modules ---- */
+/* An interrupt method: called with the hardware_id being interrupted. Returns 0 on success
+ * or an ihc error code. It may block; if it outlives the module timeout it is reported
+ * timed_out and its thread is abandoned until it returns. */
+typedef int (*ihc_method_fn)(const char *hw, void *arg);
+
+typedef struct {
+    const char *name; /* e.g. "cancel_generation" */
+    ihc_method_fn fn;
+} ihc_method;
+
+typedef struct {
+    const char *name; /* e.g. "text_processing" */
+    const ihc_method *methods; /* called in this order */
+    size_t n_methods;
+    double timeout; /* seconds for all methods together; 0: default_module_timeout */
+    bool enabled;
+    void *arg; /* passed to every method */
+} ihc_module_def;
+
+/* Registers a module (copied). The config file may override, per module name: enabled,
+ * timeout and interrupt_methods (a subset/reordering of the registered method names):
+ *     [text_processing]
+ *     enabled = true
+ *     timeout = 0.5
+ *     interrupt_methods = cancel_generation, clear_buffers
+ * Errors: IHC_EINVAL (bad name, no methods), IHC_EEXIST, IHC_ENOMEM. */
+int ihc_agent_register_module(ihc_agent *a, const ihc_module_def *m);
+
+/* ---- callbacks ---- */
+/* Called on the agent's thread for every interrupt that concerns this agent, after the
+ * tokens were cancelled. hw is "*" for a global interrupt. */
+typedef void (*ihc_interrupt_fn)(const char *hw, uint64_t interrupt_id, void *arg);
+int ihc_agent_register_callback(ihc_agent *a, ihc_interrupt_fn fn, void *arg);
+
+/* True while an interrupt for hw (or a global one) is recent: set on every interrupt,
+ * cleared after SESSION_CLEANUP_DELAY — the original module's should_interrupt(hw). */
+bool ihc_agent_should_interrupt(ihc_agent *a, const char *hw);
+
+/* ---- sessions and their cancellation tokens ---- */
+typedef void (*ihc_session_cancel_fn)(const char *session_id, void *arg);
+
+typedef struct {
+    const char *session_id; /* NULL: generated ("<hw>-<n>") */
+    const char *hw;
+    const char *module; /* owning module, may be NULL */
+    const char *data;   /* JSON text kept with the session, may be NULL */
+    pid_t pid;          /* >0: a process to escalate against (FORCE_CLEANUP) */
+    ihc_session_cancel_fn on_cancel; /* called once when cancelled, may be NULL */
+    void *arg;
+} ihc_session_opts;
+
+/* Begins a session. Returns its token in *tok (caller owns one reference:
+ * ihc_token_release) and, when sid is not NULL, its id in sid (sid_len ≥ 129).
+ * Errors: IHC_EBADHW, IHC_EBADID, IHC_EEXIST (id in use), IHC_ELIMIT (MAX_ACTIVE_SESSIONS
+ * reached), IHC_ENOMEM. */
+int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token **tok, char *sid,
+                            size_t sid_len);
+
+/* Ends a session normally ("done"): its generators are expected to have finished. Returns
+ * IHC_ENOENT for an unknown (or already cleaned up) session. */
+int ihc_agent_session_end(ihc_agent *a, const char *session_id);
+
+/* Number of live sessions. */
+size_t ihc_agent_session_count(ihc_agent *a);
+
+/* The token check on the hot path: one relaxed atomic load, no syscall, no lock. */
+struct ihc_token_head {
+    atomic_int cancelled; /* first member of every ihc_token */
+};
+static inline bool ihc_token_cancelled(const ihc_token *t)
+{
+    return atomic_load_explicit(&((const struct ihc_token_head *)(const void *)t)->cancelled,
+                                memory_order_relaxed) != 0;
+}
+
+/* For generator loops: IHC_CHECKPOINT(tok, break); runs the statement when cancelled. Not
+ * wrapped in do/while so that break, continue, return and goto act on the caller's loop. */
+#define IHC_CHECKPOINT(tok, on_cancel)                                                            \
+    if (__builtin_expect(ihc_token_cancelled(tok), 0)) {                                          \
+        on_cancel;                                                                                \
+    } else                                                                                        \
+        (void)0
+
+/* A file descriptor that becomes readable when the token is cancelled (for poll/epoll);
+ * owned by the token. */
+int ihc_token_fd(const ihc_token *t);
+
+/* Waits until cancelled (IHC_OK) or timeout_ms passes (IHC_ETIMEDOUT); -1 waits forever. */
+int ihc_token_wait(const ihc_token *t, int timeout_ms);
+
+/* Cancels the token (also done by interrupts); idempotent. */
+void ihc_token_cancel(ihc_token *t);
+
+/* The session id the token belongs to; valid while a reference is held. */
+const char *ihc_token_session(const ihc_token *t);
+
+void ihc_token_retain(ihc_token *t);
+void ihc_token_release(ihc_token *t); /* accepts NULL */
+
+/* ---- generators: running work under a session ---- */
+/* Asks the work to stop; called once, on the agent's thread, when the session is cancelled
+ * (the token is already cancelled then). May be NULL when the work checks its token. */
+typedef void (*ihc_generator_stop_fn)(void *arg);
+
+/* Registers running work of session_id / module. Caller owns *g until it calls
+ * ihc_generator_done (exactly once, when the work has finished). Errors: IHC_ENOENT. */
+int ihc_agent_generator_add(ihc_agent *a, const char *session_id, const char *module,
+                            ihc_generator_stop_fn stop, void *arg, ihc_generator **g);
+void ihc_generator_done(ihc_generator *g);
+
+/* Runs fn(tok, arg) on a new thread as a generator of session_id / module; the generator is
+ * done when fn returns. Errors: IHC_ENOENT, IHC_ENOMEM. */
+typedef void (*ihc_work_fn)(ihc_token *tok, void *arg);
+int ihc_agent_spawn(ihc_agent *a, const char *session_id, const char *module, ihc_work_fn fn,
+                    void *arg);
+
+/* Cancels and stops the generators of one session (session_id) or of every session of hw
+ * (hw), then waits until they are done or timeout_ms passes. *still_running (may be NULL)
+ * receives how many did not finish. Returns IHC_OK or IHC_ETIMEDOUT. */
+int ihc_agent_generators_stop(ihc_agent *a, const char *session_id, const char *hw,
+                              int timeout_ms, size_t *still_running);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,44 @@
+/* Logging: one line per event on stderr — time, level, component, message and key=value
+ * ids — as text, or as JSON lines when configured. Thread-safe; a line is written with
+ * one write(2) so lines from several threads never interleave. */
+#ifndef IHC_LOG_H
+#define IHC_LOG_H
+
+#include <stdbool.h>
+
+typedef enum { IHC_LOG_DEBUG = 0, IHC_LOG_INFO, IHC_LOG_WARN, IHC_LOG_ERROR } ihc_log_level;
+
+typedef struct {
+    ihc_log_level level; /* lines below it are dropped */
+    bool json;           /* JSON lines instead of text */
+    bool interrupts;     /* LOG_INTERRUPTS: lines logged with ihc_log_interrupt */
+    bool timing;         /* LOG_TIMING: see ihc_log_timing() */
+    int fd;              /* where lines go; 2 (stderr) by default */
+} ihc_log_opts;
+
+/* Sets process-wide options. Call once at start-up, before threads log. NULL resets. */
+void ihc_log_setup(const ihc_log_opts *o);
+
+/* Logs one line. By convention fmt is "what happened key=value key=value…" — a message
+ * followed by ids and timings; values with spaces are quoted ("reason=\"user stop\"").
+ * Text:  2026-11-22T10:00:00.123Z INFO  coordinator interrupt done id=17 hw=dev-1
+ * JSON:  {"ts":"…","level":"info","component":"coordinator","msg":"interrupt done",
+ *         "id":"17","hw":"dev-1"} */
+void ihc_log(ihc_log_level lvl, const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Like ihc_log at INFO, but only when LOG_INTERRUPTS is on. */
+void ihc_log_interrupt(const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* True when LOG_TIMING is on: callers add timing fields ("time_ms=0.42") only then. */
+bool ihc_log_timing(void);
+
+/* True when lvl would be written (to skip building expensive lines). */
+bool ihc_log_enabled(ihc_log_level lvl);
+
+/* Parses "debug|info|warn|error"; returns -1 when unknown. */
+int ihc_log_level_parse(const char *s);
+
+
+#endif

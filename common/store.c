@@ -1,0 +1,1921 @@
+/* The Redis store of common/store.h over hiredis 0.14: the DESIGN.md key layout, reconnect
+ * with backoff, pipelining, and small Lua scripts that keep epochs and sequences monotonic. */
+
+/*
+ * Connection. st->c is NULL whenever the connection is absent or known dead: a NULL reply,
+ * a failed write or a failed setup frees the context at once. A call that finds no context
+ * tries one (re)connect if the backoff allows (50 ms doubling to 2 s, reset on success; the
+ * first retry after losing a live connection is immediate) and otherwise fails at once with
+ * IHC_ENOTCONN. Every connect redoes the command timeout, keepalive, AUTH, SELECT, CLIENT
+ * SETNAME and SCRIPT LOAD in one round trip, so a reconnect costs at most the connect timeout
+ * plus one command timeout. A setup failure (wrong password, bad db) counts as "not
+ * connected" and ihc_store_errstr says why. A timed-out read (hiredis: REDIS_ERR_IO with
+ * EAGAIN) gives IHC_ETIMEDOUT; every other connection failure IHC_ENOTCONN.
+ *
+ * Commands are formatted here straight into one reusable RESP buffer (keys included) and
+ * handed to redisAppendFormattedCommand, so a write costs no allocation of ours in the
+ * steady state. Multi-command operations (session_put: HSET, EXPIRE, SADD) queue all their
+ * commands and read the replies in one round trip.
+ *
+ * Pipelines. pipeline_begin opens a pipeline: write calls then only queue (IHC_OK) and reads
+ * fail with IHC_EINVAL. If the connection is down at begin, begin returns IHC_ENOTCONN and
+ * leaves a "dead" pipeline open: write calls return IHC_ENOTCONN without touching the
+ * network, exec closes it returning IHC_ENOTCONN, and begin may be called again to retry.
+ * exec reads every reply even after error replies and returns the first error, except that
+ * a lost connection wins (commands after it may not have run; all writes are idempotent,
+ * so the caller repeats the batch).
+ *
+ * Scripts are loaded by SCRIPT LOAD at connect and called with EVALSHA; a NOSCRIPT answer
+ * (SCRIPT FLUSH) falls back to EVAL, which caches the script again. Inside a pipeline a
+ * NOSCRIPT can only be seen at exec: it is returned as IHC_EREDIS and the next call uses EVAL.
+ *
+ * Details the header leaves open: a session's NULL data is stored as "" and read back as NULL;
+ * sessions_list returns only hashes whose state is "active" (the set can lag a state written
+ * by another tool); session_state with "active" re-adds the id to the set; agent_touch of an
+ * expired agent is a no-op (IHC_OK) rather than a hash holding only last_seen_ms; flags_reset
+ * is one HSET of empty values (atomic).
+ *
+ * SIGPIPE: hiredis writes with write(2). Unless the process already ignores SIGPIPE, writes
+ * run with SIGPIPE blocked in the calling thread and a SIGPIPE they raise is consumed, so a
+ * Redis that vanished mid-write never kills the process.
+ */
+#include "store.h"
+
+#include "clock.h"
+#include "err.h"
+#include "log.h"
+
+#include <errno.h>
+#include <hiredis.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#define DEF_TIMEOUT_MS    500u
+#define DEF_SESSION_TTL_S 300u
+#define DEF_AGENT_TTL_S   10u
+#define DEF_LOG_MAX       100000u
+#define BACKOFF_MIN_MS    50u
+#define BACKOFF_MAX_MS    2000u
+#define MAX_DB            1000000
+
+enum { SCRIPT_RAISE, SCRIPT_STATE, SCRIPT_TOUCH, SCRIPT_COUNT };
+
+/* Raises KEYS[1] (string key, or hash field ARGV[2]) to ARGV[1]. Values are canonical
+ * decimal strings compared by length then bytes, exact for the whole uint64 range. */
+static const char script_raise[] =
+    "local cur\n"
+    "if ARGV[2] then cur = redis.call('HGET', KEYS[1], ARGV[2])\n"
+    "else cur = redis.call('GET', KEYS[1]) end\n"
+    "local v = ARGV[1]\n"
+    "if cur and string.match(cur, '^%d+$') and (#cur > #v or (#cur == #v and cur >= v)) then\n"
+    "  return cur\n"
+    "end\n"
+    "if ARGV[2] then redis.call('HSET', KEYS[1], ARGV[2], v)\n"
+    "else redis.call('SET', KEYS[1], v) end\n"
+    "return v\n";
+
+/* KEYS: session hash, hw set. ARGV: state, updated_ms, session id. The hash is never
+ * recreated (it would have no expiry); the set follows the state. */
+static const char script_state[] =
+    "local live = redis.call('EXISTS', KEYS[1]) == 1\n"
+    "if live then redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_ms', ARGV[2]) end\n"
+    "if live and ARGV[1] == 'active' then redis.call('SADD', KEYS[2], ARGV[3])\n"
+    "else redis.call('SREM', KEYS[2], ARGV[3]) end\n"
+    "return 0\n";
+
+/* KEYS: agent hash. ARGV: last_seen_ms, ttl. A touch never creates a partial agent hash. */
+static const char script_touch[] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+                                   "redis.call('HSET', KEYS[1], 'last_seen_ms', ARGV[1])\n"
+                                   "redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
+                                   "return 1\n";
+
+static const char *const script_body[SCRIPT_COUNT] = {script_raise, script_state, script_touch};
+
+struct ihc_store {
+    /* where and how to connect (from the URL and options) */
+    char *host; /* NULL for a unix socket */
+    int port;
+    char *path; /* unix socket path, or NULL */
+    char *user, *password;
+    int db;
+    char *client_name;
+    char where[300]; /* host:port/db for messages, never the password */
+    uint32_t timeout_ms, session_ttl_s, agent_ttl_s, log_max;
+    char session_ttl[16], agent_ttl[16], log_max_s[16];
+
+    /* connection */
+    redisContext *c;
+    uint64_t retry_at_ns;
+    uint32_t backoff_ms;
+    bool down_logged;
+    bool guard_sigpipe;
+    char sha[SCRIPT_COUNT][41];
+    bool loaded[SCRIPT_COUNT];
+    bool noscript; /* the last error reply was NOSCRIPT */
+
+    /* pipeline */
+    bool in_pipe, pipe_dead;
+    size_t pipe_n;
+
+    /* command builder: a batch of whole RESP commands in buf[0..len) */
+    char *buf;
+    size_t len, cap;
+    size_t ncmd;   /* commands in the batch */
+    int argc_left; /* arguments the current command still expects */
+    bool oom;
+    size_t script_tail; /* offset of the keys after an EVAL/EVALSHA head */
+    size_t queued;      /* commands queued by the current call outside a pipeline */
+
+    char err[512];
+};
+
+/* ---------------------------------------------------------------- errors ---- */
+
+static void set_err(ihc_store *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(ihc_store *st, const char *fmt, ...)
+{
+    if (st->err[0])
+        return; /* keep the first error of a call: it is the cause */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st->err, sizeof(st->err), fmt, ap);
+    va_end(ap);
+}
+
+static void call_start(ihc_store *st)
+{
+    st->err[0] = '\0';
+    st->noscript = false;
+    st->queued = 0;
+    if (st->cap > (1u << 20)) {
+        /* a large listing grew the builder; give the memory back */
+        char *p = realloc(st->buf, 4096);
+        if (p) {
+            st->buf = p;
+            st->cap = 4096;
+        }
+    }
+}
+
+/* ------------------------------------------------------------- builder ---- */
+
+/* The builder holds a batch of whole RESP commands; batch_queue hands the batch to hiredis
+ * in one piece, so an operation made of several commands is queued entirely or not at all
+ * (a session hash must never be written without its EXPIRE). */
+
+static bool buf_reserve(ihc_store *st, size_t more)
+{
+    if (st->oom)
+        return false;
+    if (st->len + more <= st->cap)
+        return true;
+    size_t cap = st->cap ? st->cap : 512;
+    while (cap < st->len + more)
+        cap *= 2;
+    char *p = realloc(st->buf, cap);
+    if (!p) {
+        st->oom = true;
+        return false;
+    }
+    st->buf = p;
+    st->cap = cap;
+    return true;
+}
+
+static void batch_reset(ihc_store *st)
+{
+    st->len = 0;
+    st->ncmd = 0;
+    st->argc_left = 0;
+    st->oom = false;
+}
+
+/* Starts a command of exactly argc arguments in the batch. */
+static void cmd(ihc_store *st, int argc)
+{
+    IHC_ASSERT(st->argc_left == 0);
+    st->argc_left = argc;
+    st->ncmd++;
+    if (buf_reserve(st, 16))
+        st->len += (size_t)snprintf(st->buf + st->len, 16, "*%d\r\n", argc);
+}
+
+/* One argument made of the concatenation of n byte strings (keys are built this way, with
+ * no intermediate buffer). */
+static void arg_parts(ihc_store *st, size_t n, const char *const *p, const size_t *l)
+{
+    IHC_ASSERT(st->argc_left > 0);
+    st->argc_left--;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += l[i];
+    if (!buf_reserve(st, total + 32))
+        return;
+    st->len += (size_t)snprintf(st->buf + st->len, 32, "$%zu\r\n", total);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(st->buf + st->len, p[i], l[i]);
+        st->len += l[i];
+    }
+    st->buf[st->len++] = '\r';
+    st->buf[st->len++] = '\n';
+}
+
+static void arg_bin(ihc_store *st, const void *p, size_t n)
+{
+    const char *parts[1] = {p};
+    arg_parts(st, 1, parts, &n);
+}
+
+static void arg(ihc_store *st, const char *s)
+{
+    arg_bin(st, s ? s : "", s ? strlen(s) : 0);
+}
+
+static void arg_i64(ihc_store *st, int64_t v)
+{
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%lld", (long long)v);
+    arg_bin(st, num, (size_t)n);
+}
+
+static void arg_u64(ihc_store *st, uint64_t v)
+{
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%llu", (unsigned long long)v);
+    arg_bin(st, num, (size_t)n);
+}
+
+/* a + b (+ c (+ d)): "ihc:session:{" hw "}:" sid */
+static void arg_key(ihc_store *st, const char *a, const char *b, const char *c, const char *d)
+{
+    const char *p[4] = {a, b, c, d};
+    size_t l[4];
+    size_t n = d ? 4 : c ? 3 : 2;
+    for (size_t i = 0; i < n; i++)
+        l[i] = strlen(p[i]);
+    arg_parts(st, n, p, l);
+}
+
+/* Hands the batch to hiredis (no I/O yet). On failure nothing was queued. */
+static int batch_queue(ihc_store *st)
+{
+    IHC_ASSERT(st->argc_left == 0);
+    if (st->oom) {
+        set_err(st, "out of memory formatting a redis command");
+        return IHC_ENOMEM;
+    }
+    if (redisAppendFormattedCommand(st->c, st->buf, st->len) != REDIS_OK) {
+        set_err(st, "out of memory queueing a redis command");
+        return IHC_ENOMEM;
+    }
+    if (st->in_pipe)
+        st->pipe_n += st->ncmd;
+    else
+        st->queued += st->ncmd;
+    return IHC_OK;
+}
+
+/* ---------------------------------------------------------- connection ---- */
+
+static void st_drop(ihc_store *st)
+{
+    if (st->c) {
+        redisFree(st->c);
+        st->c = NULL;
+    }
+    st->queued = 0;
+    for (int i = 0; i < SCRIPT_COUNT; i++)
+        st->loaded[i] = false;
+}
+
+static bool is_timeout(const redisContext *c, int saved_errno)
+{
+    if (c->err != REDIS_ERR_IO)
+        return false;
+    return saved_errno == EAGAIN || saved_errno == EWOULDBLOCK || saved_errno == ETIMEDOUT ||
+           strstr(c->errstr, "temporarily unavailable") || strstr(c->errstr, "timed out");
+}
+
+/* The context failed (NULL reply or failed write): it is dead. */
+static int st_lost(ihc_store *st, int saved_errno)
+{
+    int rc = is_timeout(st->c, saved_errno) ? IHC_ETIMEDOUT : IHC_ENOTCONN;
+    set_err(st, "redis %s: %s", st->where,
+            rc == IHC_ETIMEDOUT ? "command timed out" : st->c->errstr);
+    if (!st->down_logged)
+        ihc_log(IHC_LOG_WARN, "store", "redis connection lost where=%s err=\"%s\"", st->where,
+                st->err);
+    st->down_logged = true;
+    st_drop(st);
+    st->retry_at_ns = ihc_mono_ns(); /* one immediate retry, then backoff */
+    return rc;
+}
+
+typedef struct {
+    bool active, was_pending;
+    sigset_t old;
+} pipe_guard;
+
+static void guard_on(const ihc_store *st, pipe_guard *g)
+{
+    g->active = st->guard_sigpipe;
+    if (!g->active)
+        return;
+    sigset_t s, pend;
+    sigemptyset(&s);
+    sigaddset(&s, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &s, &g->old);
+    sigpending(&pend);
+    g->was_pending = sigismember(&pend, SIGPIPE) == 1;
+}
+
+static void guard_off(pipe_guard *g, bool failed)
+{
+    if (!g->active)
+        return;
+    if (failed && !g->was_pending) {
+        sigset_t s, pend;
+        sigemptyset(&s);
+        sigaddset(&s, SIGPIPE);
+        sigpending(&pend);
+        if (sigismember(&pend, SIGPIPE) == 1) {
+            struct timespec zero = {0, 0};
+            while (sigtimedwait(&s, NULL, &zero) < 0 && errno == EINTR)
+                ;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+/* Writes everything queued; replies are read with st_get. */
+static int st_flush(ihc_store *st)
+{
+    pipe_guard g;
+    guard_on(st, &g);
+    int done = 0, failed = 0, saved = 0;
+    do {
+        if (redisBufferWrite(st->c, &done) != REDIS_OK) {
+            saved = errno;
+            failed = 1;
+            break;
+        }
+    } while (!done);
+    guard_off(&g, failed);
+    return failed ? st_lost(st, saved) : IHC_OK;
+}
+
+/* Reads the next reply. IHC_OK: *out is a non-error reply the caller frees. IHC_EREDIS: an
+ * error reply (text in st->err, reply freed); more replies may follow. IHC_ENOTCONN or
+ * IHC_ETIMEDOUT: the connection is gone and nothing more can be read. */
+static int st_get(ihc_store *st, redisReply **out)
+{
+    *out = NULL;
+    void *r = NULL;
+    if (redisGetReply(st->c, &r) != REDIS_OK || !r) {
+        int saved = errno;
+        if (r)
+            freeReplyObject(r);
+        return st_lost(st, saved);
+    }
+    if (st->queued)
+        st->queued--;
+    redisReply *rep = r;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        if (rep->len >= 8 && memcmp(rep->str, "NOSCRIPT", 8) == 0) {
+            st->noscript = true;
+            for (int k = 0; k < SCRIPT_COUNT; k++)
+                st->loaded[k] = false;
+        }
+        set_err(st, "%.*s", (int)rep->len, rep->str);
+        freeReplyObject(rep);
+        return IHC_EREDIS;
+    }
+    *out = rep;
+    return IHC_OK;
+}
+
+/* Reads n replies, discarding them; the first error wins, a lost connection over all. */
+static int st_drain(ihc_store *st, size_t n)
+{
+    int first = IHC_OK;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *rep;
+        int rc = st_get(st, &rep);
+        if (rep)
+            freeReplyObject(rep);
+        if (rc == IHC_EREDIS) {
+            if (first == IHC_OK)
+                first = rc;
+        } else if (rc != IHC_OK) {
+            return rc;
+        }
+    }
+    return first;
+}
+
+static struct timeval ms_tv(uint32_t ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
+static int connect_fail(ihc_store *st, int rc)
+{
+    if (!st->down_logged)
+        ihc_log(IHC_LOG_WARN, "store", "redis unavailable where=%s err=\"%s\"", st->where, st->err);
+    st->down_logged = true;
+    st_drop(st);
+    return rc;
+}
+
+/* One connection attempt with the whole setup in one round trip. */
+static int st_connect(ihc_store *st)
+{
+    struct timeval tv = ms_tv(st->timeout_ms);
+    errno = 0;
+    redisContext *c = st->path ? redisConnectUnixWithTimeout(st->path, tv)
+                               : redisConnectWithTimeout(st->host, st->port, tv);
+    if (!c) {
+        set_err(st, "redis %s: out of memory", st->where);
+        return IHC_ENOMEM;
+    }
+    st->c = c;
+    if (c->err) {
+        int rc = is_timeout(c, errno) ? IHC_ETIMEDOUT : IHC_ENOTCONN;
+        set_err(st, "redis connect %s: %s", st->where, c->errstr);
+        return connect_fail(st, rc);
+    }
+    if (redisSetTimeout(c, tv) != REDIS_OK || (!st->path && redisEnableKeepAlive(c) != REDIS_OK)) {
+        set_err(st, "redis %s: socket options: %s", st->where, c->errstr);
+        return connect_fail(st, IHC_ENOTCONN);
+    }
+    batch_reset(st);
+    size_t nsetup = 0;
+    const char *what[3];
+    if (st->password) {
+        cmd(st, st->user ? 3 : 2);
+        arg(st, "AUTH");
+        if (st->user)
+            arg(st, st->user);
+        arg(st, st->password);
+        what[nsetup++] = "AUTH";
+    }
+    if (st->db != 0) {
+        cmd(st, 2);
+        arg(st, "SELECT");
+        arg_i64(st, st->db);
+        what[nsetup++] = "SELECT";
+    }
+    if (st->client_name) {
+        cmd(st, 3);
+        arg(st, "CLIENT");
+        arg(st, "SETNAME");
+        arg(st, st->client_name);
+        what[nsetup++] = "CLIENT SETNAME";
+    }
+    for (int i = 0; i < SCRIPT_COUNT; i++) {
+        cmd(st, 3);
+        arg(st, "SCRIPT");
+        arg(st, "LOAD");
+        arg(st, script_body[i]);
+    }
+    int rc = batch_queue(st);
+    if (rc != IHC_OK)
+        return connect_fail(st, rc);
+    if ((rc = st_flush(st)) != IHC_OK)
+        return connect_fail(st, rc);
+    int setup_rc = IHC_OK;
+    for (size_t i = 0; i < nsetup + SCRIPT_COUNT; i++) {
+        redisReply *rep;
+        char prev[sizeof(st->err)];
+        memcpy(prev, st->err, sizeof(prev));
+        rc = st_get(st, &rep);
+        if (rc != IHC_OK && rc != IHC_EREDIS)
+            return connect_fail(st, rc);
+        if (i < nsetup) {
+            if (rc == IHC_EREDIS && setup_rc == IHC_OK) {
+                char msg[sizeof(st->err)];
+                memcpy(msg, st->err, sizeof(msg));
+                st->err[0] = '\0';
+                set_err(st, "redis %s: %s: %s", st->where, what[i], msg);
+                setup_rc = IHC_ENOTCONN;
+            }
+        } else if (rc == IHC_OK && rep->type == REDIS_REPLY_STRING && rep->len == 40) {
+            int k = (int)(i - nsetup);
+            memcpy(st->sha[k], rep->str, 40);
+            st->sha[k][40] = '\0';
+            st->loaded[k] = true;
+        } else if (rc == IHC_EREDIS) {
+            /* Scripting refused (ACL?): calls use EVAL and report its error then. */
+            memcpy(st->err, prev, sizeof(prev));
+        }
+        if (rep)
+            freeReplyObject(rep);
+    }
+    batch_reset(st); /* the caller's command is built after this */
+    if (setup_rc != IHC_OK)
+        return connect_fail(st, setup_rc);
+    st->queued = 0;
+    if (st->down_logged)
+        ihc_log(IHC_LOG_INFO, "store", "redis connected where=%s", st->where);
+    st->down_logged = false;
+    return IHC_OK;
+}
+
+/* Makes sure there is a connection, trying one (re)connect when the backoff allows. */
+static int st_ready(ihc_store *st)
+{
+    if (st->c)
+        return IHC_OK;
+    uint64_t now = ihc_mono_ns();
+    if (now < st->retry_at_ns) {
+        set_err(st, "redis %s: not connected (next attempt in %llu ms)", st->where,
+                (unsigned long long)((st->retry_at_ns - now) / 1000000u + 1));
+        return IHC_ENOTCONN;
+    }
+    int rc = st_connect(st);
+    if (rc != IHC_OK) {
+        st->retry_at_ns = ihc_mono_ns() + (uint64_t)st->backoff_ms * 1000000u;
+        st->backoff_ms = st->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : st->backoff_ms * 2;
+        return rc;
+    }
+    st->backoff_ms = BACKOFF_MIN_MS;
+    return IHC_OK;
+}
+
+/* Starts a write call; the caller then builds its commands into a fresh batch. */
+static int w_begin(ihc_store *st)
+{
+    call_start(st);
+    batch_reset(st);
+    if (st->in_pipe) {
+        if (st->pipe_dead) {
+            set_err(st, "redis %s: not connected (pipeline opened without a connection)",
+                    st->where);
+            return IHC_ENOTCONN;
+        }
+        return IHC_OK;
+    }
+    return st_ready(st);
+}
+
+/* Queues the batch and, outside a pipeline, runs it in one round trip. */
+static int w_end(ihc_store *st)
+{
+    int rc = batch_queue(st);
+    if (rc != IHC_OK || st->in_pipe)
+        return rc;
+    size_t n = st->queued;
+    if ((rc = st_flush(st)) != IHC_OK)
+        return rc;
+    return st_drain(st, n);
+}
+
+/* Starts a read call. */
+static int r_begin(ihc_store *st)
+{
+    call_start(st);
+    batch_reset(st);
+    if (st->in_pipe) {
+        set_err(st, "reads are not allowed inside a pipeline");
+        return IHC_EINVAL;
+    }
+    return st_ready(st);
+}
+
+/* Sends the batch (one command) and reads its reply. */
+static int roundtrip(ihc_store *st, redisReply **out)
+{
+    *out = NULL;
+    int rc = batch_queue(st);
+    if (rc != IHC_OK)
+        return rc; /* nothing was queued */
+    if ((rc = st_flush(st)) != IHC_OK)
+        return rc;
+    return st_get(st, out);
+}
+
+/* ------------------------------------------------------------- scripts ---- */
+
+/* Starts a fresh batch with "EVALSHA sha" or "EVAL body" followed by nrest arguments
+ * (numkeys, keys, args) that the caller adds. */
+static void script_head(ihc_store *st, int which, bool force_eval, int nrest)
+{
+    batch_reset(st);
+    cmd(st, 2 + nrest);
+    if (!force_eval && st->loaded[which]) {
+        arg(st, "EVALSHA");
+        arg(st, st->sha[which]);
+    } else {
+        arg(st, "EVAL");
+        arg(st, script_body[which]);
+        if (st->sha[which][0])
+            st->loaded[which] = true; /* EVAL caches it under its sha */
+    }
+    st->script_tail = st->len;
+}
+
+/* Queues (pipeline) or runs the script command built after script_head. Outside a pipeline
+ * a NOSCRIPT answer is retried once with EVAL. */
+static int script_run(ihc_store *st, int which, int nrest)
+{
+    if (st->in_pipe)
+        return batch_queue(st);
+    redisReply *rep;
+    int rc = roundtrip(st, &rep);
+    if (rc == IHC_EREDIS && st->noscript) {
+        size_t tail_len = st->len - st->script_tail;
+        char *tail = malloc(tail_len ? tail_len : 1);
+        if (!tail)
+            return IHC_ENOMEM;
+        memcpy(tail, st->buf + st->script_tail, tail_len);
+        script_head(st, which, true, nrest);
+        if (buf_reserve(st, tail_len)) {
+            memcpy(st->buf + st->len, tail, tail_len);
+            st->len += tail_len;
+        }
+        st->argc_left = 0; /* the tail holds the remaining arguments */
+        free(tail);
+        st->err[0] = '\0';
+        st->noscript = false;
+        rc = roundtrip(st, &rep);
+    }
+    if (rep)
+        freeReplyObject(rep);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- URL ---- */
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes s[0..n) into a new string; %00 is refused (AUTH takes C strings here). */
+static int pct_decode(const char *s, size_t n, char **out, const char **why)
+{
+    char *d = malloc(n + 1);
+    if (!d)
+        return IHC_ENOMEM;
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '%') {
+            d[j++] = s[i];
+            continue;
+        }
+        int hi = i + 2 < n ? hexval(s[i + 1]) : -1;
+        int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+            free(d);
+            *why = "bad %-escape in user info";
+            return IHC_EINVAL;
+        }
+        d[j++] = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    d[j] = '\0';
+    *out = d;
+    return IHC_OK;
+}
+
+static bool parse_uint(const char *s, size_t n, long max, long *v)
+{
+    if (n == 0 || n > 10)
+        return false;
+    long x = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        x = x * 10 + (s[i] - '0');
+    }
+    if (x > max)
+        return false;
+    *v = x;
+    return true;
+}
+
+/* "[user]:password" or, as redis-cli reads it, "password". */
+static int parse_userinfo(ihc_store *st, const char *s, size_t n, const char **why)
+{
+    const char *colon = memchr(s, ':', n);
+    if (colon && colon > s) {
+        int rc = pct_decode(s, (size_t)(colon - s), &st->user, why);
+        if (rc != IHC_OK)
+            return rc;
+    }
+    const char *pw = colon ? colon + 1 : s;
+    size_t pwlen = n - (size_t)(pw - s);
+    if (pwlen == 0) {
+        *why = "empty password in user info";
+        return IHC_EINVAL;
+    }
+    return pct_decode(pw, pwlen, &st->password, why);
+}
+
+static int parse_unix_url(ihc_store *st, const char *rest, const char **why)
+{
+    /* unix://[[user]:password@]/path[?db=N] */
+    if (rest[0] != '/') {
+        const char *at = strchr(rest, '@');
+        if (at) {
+            int rc = parse_userinfo(st, rest, (size_t)(at - rest), why);
+            if (rc != IHC_OK)
+                return rc;
+            rest = at + 1;
+        }
+        if (rest[0] != '/') {
+            *why = "unix socket path must be absolute (unix:///path/to.sock)";
+            return IHC_EINVAL;
+        }
+    }
+    const char *q = strchr(rest, '?');
+    size_t plen = q ? (size_t)(q - rest) : strlen(rest);
+    if (plen < 2) {
+        *why = "empty unix socket path";
+        return IHC_EINVAL;
+    }
+    if (!(st->path = strndup(rest, plen)))
+        return IHC_ENOMEM;
+    if (q) {
+        long db;
+        if (strncmp(q + 1, "db=", 3) != 0 || !parse_uint(q + 4, strlen(q + 4), MAX_DB, &db)) {
+            *why = "unix socket query must be ?db=N";
+            return IHC_EINVAL;
+        }
+        st->db = (int)db;
+    }
+    snprintf(st->where, sizeof(st->where), "unix:%s/%d", st->path, st->db);
+    return IHC_OK;
+}
+
+static int parse_url(ihc_store *st, const char *url, const char **why)
+{
+    if (strncmp(url, "unix://", 7) == 0)
+        return parse_unix_url(st, url + 7, why);
+    if (strncmp(url, "redis://", 8) != 0) {
+        *why = "scheme must be redis:// or unix:// (no TLS with hiredis 0.14)";
+        return IHC_EINVAL;
+    }
+    /* redis://[[user]:password@]host[:port][/db]; the user info ends at the last '@' of the
+     * authority, so a password may hold '@' (and ':' after the first). */
+    const char *rest = url + 8;
+    const char *auth_end = rest + strcspn(rest, "/?#");
+    const char *at = NULL;
+    for (const char *p = rest; p < auth_end; p++)
+        if (*p == '@')
+            at = p;
+    const char *host = rest;
+    int rc;
+    if (at) {
+        if ((rc = parse_userinfo(st, rest, (size_t)(at - rest), why)) != IHC_OK)
+            return rc;
+        host = at + 1;
+    }
+    const char *host_end, *port_s = NULL;
+    if (host[0] == '[') {
+        const char *close = memchr(host, ']', (size_t)(auth_end - host));
+        if (!close) {
+            *why = "unterminated [ipv6] host";
+            return IHC_EINVAL;
+        }
+        if (!(st->host = strndup(host + 1, (size_t)(close - host - 1))))
+            return IHC_ENOMEM;
+        host_end = close + 1;
+        if (host_end < auth_end) {
+            if (*host_end != ':') {
+                *why = "junk after [ipv6] host";
+                return IHC_EINVAL;
+            }
+            port_s = host_end + 1;
+        }
+    } else {
+        const char *colon = memchr(host, ':', (size_t)(auth_end - host));
+        host_end = colon ? colon : auth_end;
+        if (!(st->host = strndup(host, (size_t)(host_end - host))))
+            return IHC_ENOMEM;
+        if (colon)
+            port_s = colon + 1;
+    }
+    if (st->host[0] == '\0') {
+        *why = "missing host";
+        return IHC_EINVAL;
+    }
+    st->port = 6379;
+    if (port_s) {
+        long port;
+        if (!parse_uint(port_s, (size_t)(auth_end - port_s), 65535, &port) || port == 0) {
+            *why = "port must be 1-65535";
+            return IHC_EINVAL;
+        }
+        st->port = (int)port;
+    }
+    if (*auth_end == '/') {
+        const char *dbs = auth_end + 1;
+        size_t dlen = strlen(dbs);
+        long db = 0;
+        if (dlen > 0 && !parse_uint(dbs, dlen, MAX_DB, &db)) {
+            *why = "database must be a number (redis://host:port/N)";
+            return IHC_EINVAL;
+        }
+        st->db = (int)db;
+    } else if (*auth_end != '\0') {
+        *why = "unexpected query or fragment in redis:// URL";
+        return IHC_EINVAL;
+    }
+    bool v6 = strchr(st->host, ':') != NULL;
+    snprintf(st->where, sizeof(st->where), "%s%s%s:%d/%d", v6 ? "[" : "", st->host, v6 ? "]" : "",
+             st->port, st->db);
+    return IHC_OK;
+}
+
+/* ------------------------------------------------------------ lifetime ---- */
+
+static bool valid_client_name(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if ((unsigned char)*s <= ' ' || (unsigned char)*s >= 127)
+            return false; /* CLIENT SETNAME refuses spaces and special characters */
+    return true;
+}
+
+int ihc_store_open(ihc_store **out, const ihc_store_opts *o)
+{
+    if (!out || !o)
+        return IHC_EINVAL;
+    *out = NULL;
+    if (!o->url || !*o->url) {
+        ihc_log(IHC_LOG_ERROR, "store", "bad redis url reason=\"empty\"");
+        return IHC_EINVAL;
+    }
+    if (o->client_name && !valid_client_name(o->client_name)) {
+        ihc_log(IHC_LOG_ERROR, "store",
+                "bad redis client name reason=\"empty, or has spaces or control characters\"");
+        return IHC_EINVAL;
+    }
+    ihc_store *st = calloc(1, sizeof(*st));
+    if (!st)
+        return IHC_ENOMEM;
+    const char *why = "invalid";
+    int rc = parse_url(st, o->url, &why);
+    if (rc != IHC_OK) {
+        if (rc == IHC_EINVAL) /* the reason only: the URL may hold a password */
+            ihc_log(IHC_LOG_ERROR, "store", "bad redis url reason=\"%s\"", why);
+        ihc_store_close(st);
+        return rc;
+    }
+    if (o->client_name && !(st->client_name = strdup(o->client_name))) {
+        ihc_store_close(st);
+        return IHC_ENOMEM;
+    }
+    st->timeout_ms = o->timeout_ms ? o->timeout_ms : DEF_TIMEOUT_MS;
+    st->session_ttl_s = o->session_ttl_s ? o->session_ttl_s : DEF_SESSION_TTL_S;
+    st->agent_ttl_s = o->agent_ttl_s ? o->agent_ttl_s : DEF_AGENT_TTL_S;
+    st->log_max = o->log_max ? o->log_max : DEF_LOG_MAX;
+    snprintf(st->session_ttl, sizeof(st->session_ttl), "%u", st->session_ttl_s);
+    snprintf(st->agent_ttl, sizeof(st->agent_ttl), "%u", st->agent_ttl_s);
+    snprintf(st->log_max_s, sizeof(st->log_max_s), "%u", st->log_max);
+    st->backoff_ms = BACKOFF_MIN_MS;
+    struct sigaction sa;
+    st->guard_sigpipe = !(sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN);
+    if (!buf_reserve(st, 4096)) {
+        ihc_store_close(st);
+        return IHC_ENOMEM;
+    }
+    call_start(st);
+    rc = st_ready(st);
+    if (rc == IHC_ENOMEM) {
+        ihc_store_close(st);
+        return rc;
+    }
+    *out = st; /* a Redis that is down now is retried by later calls */
+    return IHC_OK;
+}
+
+void ihc_store_close(ihc_store *st)
+{
+    if (!st)
+        return;
+    if (st->c)
+        redisFree(st->c);
+    free(st->host);
+    free(st->path);
+    free(st->user);
+    if (st->password) {
+        memset(st->password, 0, strlen(st->password));
+        free(st->password);
+    }
+    free(st->client_name);
+    free(st->buf);
+    free(st);
+}
+
+bool ihc_store_connected(const ihc_store *st)
+{
+    return st && st->c != NULL;
+}
+
+const char *ihc_store_errstr(const ihc_store *st)
+{
+    return st ? st->err : "";
+}
+
+int ihc_store_ping(ihc_store *st)
+{
+    if (!st)
+        return IHC_EINVAL;
+    int rc = r_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    cmd(st, 1);
+    arg(st, "PING");
+    redisReply *rep;
+    rc = roundtrip(st, &rep);
+    if (rep)
+        freeReplyObject(rep);
+    return rc;
+}
+
+int ihc_store_pipeline_begin(ihc_store *st)
+{
+    if (!st)
+        return IHC_EINVAL;
+    call_start(st);
+    if (st->in_pipe && !st->pipe_dead) {
+        set_err(st, "a pipeline is already open");
+        return IHC_EINVAL;
+    }
+    st->in_pipe = false;
+    st->pipe_n = 0;
+    int rc = st_ready(st);
+    st->in_pipe = true;
+    st->pipe_dead = rc != IHC_OK;
+    if (rc != IHC_OK)
+        return rc == IHC_ENOMEM ? rc : IHC_ENOTCONN;
+    return IHC_OK;
+}
+
+int ihc_store_pipeline_exec(ihc_store *st)
+{
+    if (!st)
+        return IHC_EINVAL;
+    call_start(st);
+    if (!st->in_pipe) {
+        set_err(st, "no pipeline is open");
+        return IHC_EINVAL;
+    }
+    size_t n = st->pipe_n;
+    bool dead = st->pipe_dead;
+    st->in_pipe = st->pipe_dead = false;
+    st->pipe_n = 0;
+    if (dead) {
+        set_err(st, "redis %s: not connected (pipeline opened without a connection)", st->where);
+        return IHC_ENOTCONN;
+    }
+    if (n == 0)
+        return IHC_OK;
+    if (!st->c) { /* cannot happen: nothing does I/O inside a live pipeline */
+        set_err(st, "redis %s: not connected", st->where);
+        return IHC_ENOTCONN;
+    }
+    int rc = st_flush(st);
+    if (rc != IHC_OK)
+        return rc;
+    return st_drain(st, n);
+}
+
+/* ------------------------------------------------------------ helpers ---- */
+
+static bool nonempty(const char *s)
+{
+    return s && *s;
+}
+
+static char *dup_bin(const char *p, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, p, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+static bool to_u64(const char *s, size_t len, uint64_t *out)
+{
+    if (len == 0 || len > 20)
+        return false;
+    uint64_t x = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        uint64_t d = (uint64_t)(s[i] - '0');
+        if (x > (UINT64_MAX - d) / 10)
+            return false;
+        x = x * 10 + d;
+    }
+    *out = x;
+    return true;
+}
+
+static bool to_i64(const char *s, size_t len, int64_t *out)
+{
+    char num[24];
+    if (len == 0 || len >= sizeof(num))
+        return false;
+    memcpy(num, s, len);
+    num[len] = '\0';
+    char *end;
+    errno = 0;
+    long long x = strtoll(num, &end, 10);
+    if (*end || errno)
+        return false;
+    *out = x;
+    return true;
+}
+
+/* A field value written by us; anything unparsable reads as 0. */
+static int64_t field_i64(const redisReply *v)
+{
+    int64_t x = 0;
+    if (v && v->type == REDIS_REPLY_STRING && !to_i64(v->str, v->len, &x))
+        x = 0;
+    return x;
+}
+
+static bool field_is(const redisReply *f, const char *name)
+{
+    size_t n = strlen(name);
+    return f->type == REDIS_REPLY_STRING && f->len == n && memcmp(f->str, name, n) == 0;
+}
+
+/* A GET/HGET reply holding a uint64 (nil gives 0). */
+static int reply_u64(ihc_store *st, const redisReply *rep, uint64_t *v)
+{
+    *v = 0;
+    if (rep->type == REDIS_REPLY_NIL)
+        return IHC_OK;
+    if (rep->type == REDIS_REPLY_STRING && to_u64(rep->str, rep->len, v))
+        return IHC_OK;
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= 0) {
+        *v = (uint64_t)rep->integer;
+        return IHC_OK;
+    }
+    set_err(st, "stored value is not an unsigned integer");
+    return IHC_EREDIS;
+}
+
+/* Growable array of records. */
+typedef struct {
+    void *v;
+    size_t n, cap, size;
+} vec;
+
+static void *vec_push(vec *a)
+{
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 8;
+        void *p = realloc(a->v, cap * a->size);
+        if (!p)
+            return NULL;
+        a->v = p;
+        a->cap = cap;
+    }
+    void *slot = (char *)a->v + a->n * a->size;
+    memset(slot, 0, a->size);
+    a->n++;
+    return slot;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void free_strs(char **v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* SCAN MATCH pattern; collects the part of each key between prefix and suffix, sorted and
+ * without duplicates (SCAN may return a key twice). Caller frees with free_strs. */
+static int scan_names(ihc_store *st, const char *pattern, const char *prefix, const char *suffix,
+                      char ***names, size_t *count)
+{
+    vec a = {.size = sizeof(char *)};
+    char cursor[24] = "0";
+    size_t pl = strlen(prefix), sl = strlen(suffix);
+    int rc;
+    do {
+        batch_reset(st);
+        cmd(st, 6);
+        arg(st, "SCAN");
+        arg(st, cursor);
+        arg(st, "MATCH");
+        arg(st, pattern);
+        arg(st, "COUNT");
+        arg(st, "1000");
+        redisReply *rep;
+        if ((rc = roundtrip(st, &rep)) != IHC_OK)
+            goto fail;
+        if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+            rep->element[0]->type != REDIS_REPLY_STRING || rep->element[0]->len >= 24 ||
+            rep->element[1]->type != REDIS_REPLY_ARRAY) {
+            set_err(st, "SCAN: unexpected reply");
+            freeReplyObject(rep);
+            rc = IHC_EREDIS;
+            goto fail;
+        }
+        memcpy(cursor, rep->element[0]->str, rep->element[0]->len);
+        cursor[rep->element[0]->len] = '\0';
+        const redisReply *keys = rep->element[1];
+        for (size_t i = 0; i < keys->elements; i++) {
+            const redisReply *k = keys->element[i];
+            if (k->type != REDIS_REPLY_STRING || k->len <= pl + sl ||
+                memcmp(k->str, prefix, pl) != 0 || memcmp(k->str + k->len - sl, suffix, sl) != 0 ||
+                memchr(k->str, '\0', k->len))
+                continue;
+            char *name = dup_bin(k->str + pl, k->len - pl - sl);
+            char **slot = name ? vec_push(&a) : NULL;
+            if (!slot) {
+                free(name);
+                freeReplyObject(rep);
+                rc = IHC_ENOMEM;
+                goto fail;
+            }
+            *slot = name;
+        }
+        freeReplyObject(rep);
+    } while (strcmp(cursor, "0") != 0);
+    char **v = a.v;
+    if (a.n > 1) {
+        qsort(v, a.n, sizeof(char *), cmp_str);
+        size_t j = 1;
+        for (size_t i = 1; i < a.n; i++) {
+            if (strcmp(v[i], v[j - 1]) == 0)
+                free(v[i]);
+            else
+                v[j++] = v[i];
+        }
+        a.n = j;
+    }
+    *names = v;
+    *count = a.n;
+    return IHC_OK;
+fail:
+    free_strs(a.v, a.n);
+    return rc;
+}
+
+/* An index set whose members name hashes: SMEMBERS, then HGETALL of every member (one round
+ * trip), then one SREM of the members whose hash is gone (expired). */
+typedef struct {
+    void (*set_key)(ihc_store *st, const char *ctx);
+    void (*member_key)(ihc_store *st, const char *ctx, const redisReply *member);
+    /* Stores one record: 1 stored, 0 skipped, -1 out of memory. */
+    int (*fill)(vec *out, const char *ctx, const redisReply *member, const redisReply *hash);
+} index_ops;
+
+static int list_index(ihc_store *st, const index_ops *ops, const char *ctx, vec *out)
+{
+    batch_reset(st);
+    cmd(st, 2);
+    arg(st, "SMEMBERS");
+    ops->set_key(st, ctx);
+    redisReply *members;
+    int rc = roundtrip(st, &members);
+    if (rc != IHC_OK)
+        return rc;
+    bool *gone = NULL;
+    if (members->type != REDIS_REPLY_ARRAY) {
+        set_err(st, "SMEMBERS: unexpected reply type %d", members->type);
+        rc = IHC_EREDIS;
+        goto out;
+    }
+    size_t n = members->elements;
+    if (n == 0)
+        goto out;
+    if (!(gone = calloc(n, sizeof(*gone)))) {
+        rc = IHC_ENOMEM;
+        goto out;
+    }
+    batch_reset(st);
+    for (size_t i = 0; i < n; i++) {
+        cmd(st, 2);
+        arg(st, "HGETALL");
+        ops->member_key(st, ctx, members->element[i]);
+    }
+    if ((rc = batch_queue(st)) != IHC_OK || (rc = st_flush(st)) != IHC_OK)
+        goto out;
+    size_t ngone = 0;
+    int first = IHC_OK;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *h;
+        int r = st_get(st, &h);
+        if (r != IHC_OK && r != IHC_EREDIS) {
+            rc = r; /* connection gone: nothing more to read */
+            goto out;
+        }
+        if (r == IHC_EREDIS) {
+            first = first ? first : r;
+            continue;
+        }
+        if (h->type == REDIS_REPLY_ARRAY && h->elements == 0) {
+            gone[i] = true;
+            ngone++;
+        } else if (h->type == REDIS_REPLY_ARRAY && first == IHC_OK &&
+                   ops->fill(out, ctx, members->element[i], h) < 0) {
+            first = IHC_ENOMEM; /* keep reading: the replies must be drained */
+        }
+        freeReplyObject(h);
+    }
+    if (ngone > 0) {
+        batch_reset(st);
+        cmd(st, 2 + (int)ngone);
+        arg(st, "SREM");
+        ops->set_key(st, ctx);
+        for (size_t i = 0; i < n; i++)
+            if (gone[i])
+                arg_bin(st, members->element[i]->str, members->element[i]->len);
+        redisReply *rep;
+        int r = roundtrip(st, &rep);
+        if (rep)
+            freeReplyObject(rep);
+        if (r != IHC_OK && (first == IHC_OK || r != IHC_EREDIS))
+            first = r; /* a lost connection wins */
+    }
+    rc = first;
+out:
+    free(gone);
+    freeReplyObject(members);
+    return rc;
+}
+
+/* ------------------------------------------------------------ sessions ---- */
+
+static void key_session(ihc_store *st, const char *hw, const char *sid)
+{
+    arg_key(st, "ihc:session:{", hw, "}:", sid);
+}
+
+static void key_hw_set(ihc_store *st, const char *hw)
+{
+    arg_key(st, "ihc:hw:{", hw, "}:sessions", NULL);
+}
+
+int ihc_store_session_put(ihc_store *st, const ihc_store_session *s)
+{
+    if (!st || !s || !nonempty(s->session_id) || !nonempty(s->hw) || !nonempty(s->state))
+        return IHC_EINVAL;
+    int rc = w_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    cmd(st, 18);
+    arg(st, "HSET");
+    key_session(st, s->hw, s->session_id);
+    arg(st, "session_id");
+    arg(st, s->session_id);
+    arg(st, "hardware_id");
+    arg(st, s->hw);
+    arg(st, "agent_id");
+    arg(st, s->agent_id);
+    arg(st, "state");
+    arg(st, s->state);
+    arg(st, "epoch");
+    arg_u64(st, s->epoch);
+    arg(st, "created_ms");
+    arg_i64(st, s->created_ms);
+    arg(st, "updated_ms");
+    arg_i64(st, s->updated_ms);
+    arg(st, "data");
+    arg(st, s->data); /* NULL is stored as "" and read back as NULL */
+    cmd(st, 3);
+    arg(st, "EXPIRE");
+    key_session(st, s->hw, s->session_id);
+    arg(st, st->session_ttl);
+    cmd(st, 3);
+    arg(st, strcmp(s->state, "active") == 0 ? "SADD" : "SREM");
+    key_hw_set(st, s->hw);
+    arg(st, s->session_id);
+    return w_end(st);
+}
+
+int ihc_store_session_state(ihc_store *st, const char *hw, const char *session_id,
+                            const char *state, int64_t updated_ms)
+{
+    if (!st || !nonempty(hw) || !nonempty(session_id) || !nonempty(state))
+        return IHC_EINVAL;
+    int rc = w_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    script_head(st, SCRIPT_STATE, false, 6);
+    arg(st, "2");
+    key_session(st, hw, session_id);
+    key_hw_set(st, hw);
+    arg(st, state);
+    arg_i64(st, updated_ms);
+    arg(st, session_id);
+    return script_run(st, SCRIPT_STATE, 6);
+}
+
+static void session_rec_fini(ihc_store_session_rec *r)
+{
+    free(r->session_id);
+    free(r->hw);
+    free(r->agent_id);
+    free(r->state);
+    free(r->data);
+}
+
+static void session_set_key(ihc_store *st, const char *hw)
+{
+    key_hw_set(st, hw);
+}
+
+static void session_member_key(ihc_store *st, const char *hw, const redisReply *m)
+{
+    const char *p[4] = {"ihc:session:{", hw, "}:", m->str};
+    size_t l[4] = {13, strlen(hw), 2, m->len};
+    arg_parts(st, 4, p, l);
+}
+
+static int session_fill(vec *out, const char *hw, const redisReply *m, const redisReply *h)
+{
+    ihc_store_session_rec r = {0};
+    const redisReply *agent = NULL, *state = NULL, *data = NULL;
+    for (size_t i = 0; i + 1 < h->elements; i += 2) {
+        const redisReply *f = h->element[i], *v = h->element[i + 1];
+        if (v->type != REDIS_REPLY_STRING)
+            continue;
+        if (field_is(f, "agent_id"))
+            agent = v;
+        else if (field_is(f, "state"))
+            state = v;
+        else if (field_is(f, "data"))
+            data = v;
+        else if (field_is(f, "epoch") && !to_u64(v->str, v->len, &r.epoch))
+            r.epoch = 0;
+        else if (field_is(f, "created_ms"))
+            r.created_ms = field_i64(v);
+        else if (field_is(f, "updated_ms"))
+            r.updated_ms = field_i64(v);
+    }
+    /* The set can lag a state written without the store: only active sessions are listed. */
+    if (!state || state->len != 6 || memcmp(state->str, "active", 6) != 0)
+        return 0;
+    r.session_id = dup_bin(m->str, m->len);
+    r.hw = strdup(hw);
+    r.agent_id = agent ? dup_bin(agent->str, agent->len) : strdup("");
+    r.state = strdup("active");
+    bool data_ok = true;
+    if (data && data->len > 0)
+        data_ok = (r.data = dup_bin(data->str, data->len)) != NULL;
+    ihc_store_session_rec *slot = NULL;
+    if (!r.session_id || !r.hw || !r.agent_id || !r.state || !data_ok || !(slot = vec_push(out))) {
+        session_rec_fini(&r);
+        return -1;
+    }
+    *slot = r;
+    return 1;
+}
+
+static const index_ops session_index = {session_set_key, session_member_key, session_fill};
+
+int ihc_store_sessions_list(ihc_store *st, const char *hw, ihc_store_session_rec **out, size_t *n)
+{
+    if (!st || !out || !n || (hw && !*hw))
+        return IHC_EINVAL;
+    *out = NULL;
+    *n = 0;
+    int rc = r_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    vec a = {.size = sizeof(ihc_store_session_rec)};
+    if (hw) {
+        rc = list_index(st, &session_index, hw, &a);
+    } else {
+        char **hws = NULL;
+        size_t nhw = 0;
+        rc = scan_names(st, "ihc:hw:*:sessions", "ihc:hw:{", "}:sessions", &hws, &nhw);
+        for (size_t i = 0; rc == IHC_OK && i < nhw; i++)
+            rc = list_index(st, &session_index, hws[i], &a);
+        free_strs(hws, nhw);
+    }
+    if (rc != IHC_OK) {
+        ihc_store_sessions_free(a.v, a.n);
+        return rc;
+    }
+    *out = a.v;
+    *n = a.n;
+    return IHC_OK;
+}
+
+void ihc_store_sessions_free(ihc_store_session_rec *recs, size_t n)
+{
+    if (!recs)
+        return;
+    for (size_t i = 0; i < n; i++)
+        session_rec_fini(&recs[i]);
+    free(recs);
+}
+
+/* -------------------------------------------------------------- epochs ---- */
+
+static void key_epoch(ihc_store *st, const char *hw)
+{
+    arg_key(st, "ihc:hw:{", hw, "}:epoch", NULL);
+}
+
+int ihc_store_epoch_raise(ihc_store *st, const char *hw, uint64_t epoch)
+{
+    if (!st || !nonempty(hw))
+        return IHC_EINVAL;
+    int rc = w_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    script_head(st, SCRIPT_RAISE, false, 3);
+    arg(st, "1");
+    key_epoch(st, hw);
+    arg_u64(st, epoch);
+    return script_run(st, SCRIPT_RAISE, 3);
+}
+
+int ihc_store_epoch_get(ihc_store *st, const char *hw, uint64_t *epoch)
+{
+    if (!st || !nonempty(hw) || !epoch)
+        return IHC_EINVAL;
+    *epoch = 0;
+    int rc = r_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    cmd(st, 2);
+    arg(st, "GET");
+    key_epoch(st, hw);
+    redisReply *rep;
+    if ((rc = roundtrip(st, &rep)) != IHC_OK)
+        return rc;
+    rc = reply_u64(st, rep, epoch);
+    freeReplyObject(rep);
+    return rc;
+}
+
+int ihc_store_epochs_list(ihc_store *st, ihc_store_epoch_rec **out, size_t *n)
+{
+    if (!st || !out || !n)
+        return IHC_EINVAL;
+    *out = NULL;
+    *n = 0;
+    int rc = r_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    char **hws = NULL;
+    size_t nhw = 0;
+    if ((rc = scan_names(st, "ihc:hw:*:epoch", "ihc:hw:{", "}:epoch", &hws, &nhw)) != IHC_OK)
+        return rc;
+    ihc_store_epoch_rec *recs = calloc(nhw ? nhw : 1, sizeof(*recs));
+    if (!recs) {
+        free_strs(hws, nhw);
+        return IHC_ENOMEM;
+    }
+    size_t m = 0;
+    int first = IHC_OK;
+    if (nhw > 0) {
+        batch_reset(st);
+        for (size_t i = 0; i < nhw; i++) {
+            cmd(st, 2);
+            arg(st, "GET");
+            key_epoch(st, hws[i]);
+        }
+        if ((rc = batch_queue(st)) == IHC_OK)
+            rc = st_flush(st);
+    }
+    for (size_t i = 0; rc == IHC_OK && i < nhw; i++) {
+        redisReply *rep;
+        int r = st_get(st, &rep);
+        if (r != IHC_OK && r != IHC_EREDIS) {
+            rc = r;
+            break;
+        }
+        if (r == IHC_EREDIS) {
+            first = first ? first : r;
+            continue;
+        }
+        uint64_t v;
+        /* A key deleted since the SCAN is skipped, as is one holding foreign data. */
+        if (rep->type == REDIS_REPLY_STRING && to_u64(rep->str, rep->len, &v)) {
+            recs[m].hw = hws[i];
+            recs[m].epoch = v;
+            hws[i] = NULL;
+            m++;
+        }
+        freeReplyObject(rep);
+    }
+    if (rc == IHC_OK)
+        rc = first;
+    free_strs(hws, nhw);
+    if (rc != IHC_OK) {
+        ihc_store_epochs_free(recs, m);
+        return rc;
+    }
+    *out = recs;
+    *n = m;
+    return IHC_OK;
+}
+
+void ihc_store_epochs_free(ihc_store_epoch_rec *recs, size_t n)
+{
+    if (!recs)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(recs[i].hw);
+    free(recs);
+}
+
+/* --------------------------------------------------------------- flags ---- */
+
+int ihc_store_flags_set(ihc_store *st, const ihc_store_flags *f)
+{
+    if (!st || !f)
+        return IHC_EINVAL;
+    int rc = w_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    cmd(st, 10);
+    arg(st, "HSET");
+    arg(st, "ihc:flags");
+    arg(st, "global_interrupt_flag");
+    arg(st, f->global_interrupt_flag ? "1" : "0");
+    arg(st, "interrupt_hardware_id");
+    arg_bin(st, f->interrupt_hardware_id,
+            strnlen(f->interrupt_hardware_id, sizeof(f->interrupt_hardware_id)));
+    arg(st, "set_ms");
+    arg_i64(st, f->set_ms);
+    arg(st, "reason");
+    arg_bin(st, f->reason, strnlen(f->reason, sizeof(f->reason)));
+    return w_end(st);
+}
+
+static void copy_field(char *dst, size_t cap, const redisReply *v)
+{
+    dst[0] = '\0';
+    if (v->type != REDIS_REPLY_STRING)
+        return;
+    size_t n = v->len < cap - 1 ? v->len : cap - 1;
+    memcpy(dst, v->str, n);
+    dst[n] = '\0';
+}
+
+int ihc_store_flags_get(ihc_store *st, ihc_store_flags *f)
+{
+    if (!st || !f)
+        return IHC_EINVAL;
+    memset(f, 0, sizeof(*f));
+    int rc = r_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    cmd(st, 6);
+    arg(st, "HMGET");
+    arg(st, "ihc:flags");
+    arg(st, "global_interrupt_flag");
+    arg(st, "interrupt_hardware_id");
+    arg(st, "set_ms");
+    arg(st, "reason");
+    redisReply *rep;
+    if ((rc = roundtrip(st, &rep)) != IHC_OK)
+        return rc;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 4) {
+        set_err(st, "HMGET ihc:flags: unexpected reply");
+        freeReplyObject(rep);
+        return IHC_EREDIS;
+    }
+    f->global_interrupt_flag = field_i64(rep->element[0]) != 0;
+    copy_field(f->interrupt_hardware_id, sizeof(f->interrupt_hardware_id), rep->element[1]);
+    f->set_ms = field_i64(rep->element[2]);
+    copy_field(f->reason, sizeof(f->reason), rep->element[3]);
+    freeReplyObject(rep);
+    return IHC_OK;
+}
+
+int ihc_store_flags_reset(ihc_store *st)
+{
+    static const ihc_store_flags cleared; /* one HSET: atomic and idempotent */
+    return ihc_store_flags_set(st, &cleared);
+}
+
+/* -------------------------------------------------------------- agents ---- */
+
+static void key_agent(ihc_store *st, const char *id)
+{
+    arg_key(st, "ihc:agent:", id, NULL, NULL);
+}
+
+int ihc_store_agent_put(ihc_store *st, const ihc_store_agent *a)
+{
+    if (!st || !a || !nonempty(a->agent_id))
+        return IHC_EINVAL;
+    int rc = w_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    cmd(st, 14);
+    arg(st, "HSET");
+    key_agent(st, a->agent_id);
+    arg(st, "node");
+    arg(st, a->node);
+    arg(st, "pid");
+    arg_i64(st, a->pid);
+    arg(st, "modules");
+    arg(st, a->modules ? a->modules : "[]");
+    arg(st, "sessions");
+    arg(st, a->sessions ? a->sessions : "[]");
+    arg(st, "started_ms");
+    arg_i64(st, a->started_ms);
+    arg(st, "last_seen_ms");
+    arg_i64(st, a->last_seen_ms);
+    cmd(st, 3);
+    arg(st, "EXPIRE");
+    key_agent(st, a->agent_id);
+    arg(st, st->agent_ttl);
+    cmd(st, 3);
+    arg(st, "SADD");
+    arg(st, "ihc:agents");
+    arg(st, a->agent_id);
+    return w_end(st);
+}
+
+int ihc_store_agent_touch(ihc_store *st, const char *agent_id, int64_t last_seen_ms)
+{
+    if (!st || !nonempty(agent_id))
+        return IHC_EINVAL;
+    int rc = w_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    /* Touching an agent whose hash expired is a no-op (IHC_OK): it must not leave a hash
+     * holding only last_seen_ms; the next agent_put writes the whole record again. */
+    script_head(st, SCRIPT_TOUCH, false, 4);
+    arg(st, "1");
+    key_agent(st, agent_id);
+    arg_i64(st, last_seen_ms);
+    arg(st, st->agent_ttl);
+    return script_run(st, SCRIPT_TOUCH, 4);
+}
+
+int ihc_store_agent_del(ihc_store *st, const char *agent_id)
+{
+    if (!st || !nonempty(agent_id))
+        return IHC_EINVAL;
+    int rc = w_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    cmd(st, 2);
+    arg(st, "DEL");
+    key_agent(st, agent_id);
+    cmd(st, 3);
+    arg(st, "SREM");
+    arg(st, "ihc:agents");
+    arg(st, agent_id);
+    return w_end(st);
+}
+
+static void agent_set_key(ihc_store *st, const char *unused)
+{
+    (void)unused;
+    arg(st, "ihc:agents");
+}
+
+static void agent_member_key(ihc_store *st, const char *unused, const redisReply *m)
+{
+    (void)unused;
+    const char *p[2] = {"ihc:agent:", m->str};
+    size_t l[2] = {10, m->len};
+    arg_parts(st, 2, p, l);
+}
+
+static void agent_rec_fini(ihc_store_agent_rec *r)
+{
+    free(r->agent_id);
+    free(r->node);
+    free(r->modules);
+    free(r->sessions);
+}
+
+static int agent_fill(vec *out, const char *unused, const redisReply *m, const redisReply *h)
+{
+    (void)unused;
+    ihc_store_agent_rec r = {0};
+    const redisReply *node = NULL, *modules = NULL, *sessions = NULL;
+    for (size_t i = 0; i + 1 < h->elements; i += 2) {
+        const redisReply *f = h->element[i], *v = h->element[i + 1];
+        if (v->type != REDIS_REPLY_STRING)
+            continue;
+        if (field_is(f, "node"))
+            node = v;
+        else if (field_is(f, "modules"))
+            modules = v;
+        else if (field_is(f, "sessions"))
+            sessions = v;
+        else if (field_is(f, "pid"))
+            r.pid = (int32_t)field_i64(v);
+        else if (field_is(f, "started_ms"))
+            r.started_ms = field_i64(v);
+        else if (field_is(f, "last_seen_ms"))
+            r.last_seen_ms = field_i64(v);
+    }
+    r.agent_id = dup_bin(m->str, m->len);
+    r.node = node ? dup_bin(node->str, node->len) : strdup("");
+    r.modules = modules ? dup_bin(modules->str, modules->len) : strdup("[]");
+    r.sessions = sessions ? dup_bin(sessions->str, sessions->len) : strdup("[]");
+    ihc_store_agent_rec *slot = NULL;
+    if (!r.agent_id || !r.node || !r.modules || !r.sessions || !(slot = vec_push(out))) {
+        agent_rec_fini(&r);
+        return -1;
+    }
+    *slot = r;
+    return 1;
+}
+
+static const index_ops agent_index = {agent_set_key, agent_member_key, agent_fill};
+
+int ihc_store_agents_list(ihc_store *st, ihc_store_agent_rec **out, size_t *n)
+{
+    if (!st || !out || !n)
+        return IHC_EINVAL;
+    *out = NULL;
+    *n = 0;
+    int rc = r_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    vec a = {.size = sizeof(ihc_store_agent_rec)};
+    rc = list_index(st, &agent_index, NULL, &a);
+    if (rc != IHC_OK) {
+        ihc_store_agents_free(a.v, a.n);
+        return rc;
+    }
+    *out = a.v;
+    *n = a.n;
+    return IHC_OK;
+}
+
+void ihc_store_agents_free(ihc_store_agent_rec *recs, size_t n)
+{
+    if (!recs)
+        return;
+    for (size_t i = 0; i < n; i++)
+        agent_rec_fini(&recs[i]);
+    free(recs);
+}
+
+/* ----------------------------------------------------------------- log ---- */
+
+int ihc_store_log_append(ihc_store *st, const ihc_store_log_entry *e)
+{
+    if (!st || !e || !nonempty(e->hw))
+        return IHC_EINVAL;
+    if (!isfinite(e->total_time_ms)) {
+        call_start(st);
+        set_err(st, "total_time_ms is not a finite number");
+        return IHC_EINVAL;
+    }
+    int rc = w_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    char t[64];
+    int tl = snprintf(t, sizeof(t), "%.3f", e->total_time_ms);
+    cmd(st, 24);
+    arg(st, "XADD");
+    arg(st, "ihc:interrupts");
+    arg(st, "MAXLEN");
+    arg(st, "~");
+    arg(st, st->log_max_s);
+    arg(st, "*");
+    arg(st, "id");
+    arg_u64(st, e->id);
+    arg(st, "hardware_id");
+    arg(st, e->hw);
+    arg(st, "success");
+    arg(st, e->success ? "1" : "0");
+    arg(st, "total_time_ms");
+    arg_bin(st, t, (size_t)tl);
+    arg(st, "modules");
+    arg(st, e->modules ? e->modules : "[]");
+    arg(st, "sessions");
+    arg(st, e->sessions ? e->sessions : "[]");
+    arg(st, "agents_missing");
+    arg(st, e->agents_missing ? e->agents_missing : "[]");
+    arg(st, "reason");
+    arg(st, e->reason);
+    arg(st, "ts_ms");
+    arg_i64(st, e->ts_ms);
+    return w_end(st);
+}
+
+int ihc_store_log_len(ihc_store *st, uint64_t *n)
+{
+    if (!st || !n)
+        return IHC_EINVAL;
+    *n = 0;
+    int rc = r_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    cmd(st, 2);
+    arg(st, "XLEN");
+    arg(st, "ihc:interrupts");
+    redisReply *rep;
+    if ((rc = roundtrip(st, &rep)) != IHC_OK)
+        return rc;
+    rc = reply_u64(st, rep, n);
+    freeReplyObject(rep);
+    return rc;
+}
+
+/* ------------------------------------------------------ stats and seq ---- */
+
+int ihc_store_stats_incr(ihc_store *st, const char *field, int64_t by)
+{
+    if (!st || !nonempty(field))
+        return IHC_EINVAL;
+    int rc = w_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    cmd(st, 4);
+    arg(st, "HINCRBY");
+    arg(st, "ihc:stats");
+    arg(st, field);
+    arg_i64(st, by);
+    return w_end(st);
+}
+
+int ihc_store_stats_get(ihc_store *st, const char *field, int64_t *value)
+{
+    if (!st || !nonempty(field) || !value)
+        return IHC_EINVAL;
+    *value = 0;
+    int rc = r_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    cmd(st, 3);
+    arg(st, "HGET");
+    arg(st, "ihc:stats");
+    arg(st, field);
+    redisReply *rep;
+    if ((rc = roundtrip(st, &rep)) != IHC_OK)
+        return rc;
+    if (rep->type == REDIS_REPLY_STRING && !to_i64(rep->str, rep->len, value)) {
+        *value = 0;
+        set_err(st, "ihc:stats %s is not an integer", field);
+        rc = IHC_EREDIS;
+    }
+    freeReplyObject(rep);
+    return rc;
+}
+
+int ihc_store_seq_raise(ihc_store *st, uint64_t v)
+{
+    if (!st)
+        return IHC_EINVAL;
+    int rc = w_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    script_head(st, SCRIPT_RAISE, false, 4);
+    arg(st, "1");
+    arg(st, "ihc:seq");
+    arg_u64(st, v);
+    arg(st, "interrupt_id");
+    return script_run(st, SCRIPT_RAISE, 4);
+}
+
+int ihc_store_seq_get(ihc_store *st, uint64_t *v)
+{
+    if (!st || !v)
+        return IHC_EINVAL;
+    *v = 0;
+    int rc = r_begin(st);
+    if (rc != IHC_OK)
+        return rc;
+    cmd(st, 3);
+    arg(st, "HGET");
+    arg(st, "ihc:seq");
+    arg(st, "interrupt_id");
+    redisReply *rep;
+    if ((rc = roundtrip(st, &rep)) != IHC_OK)
+        return rc;
+    rc = reply_u64(st, rep, v);
+    freeReplyObject(rep);
+    return rc;
+}

@@ -1,0 +1,768 @@
+/* The `ihc` command-line client: interrupts and queries over libihc, `watch` on the
+ * coordinator's event feed, and `ihc run` (agent/run.c). Human-readable output by default,
+ * the coordinator's JSON with --json. */
+#include "ihc/client.h"
+
+#include "clock.h"
+#include "config.h"
+#include "err.h"
+#include "run.h"
+#include "version.h"
+#include "wire.h"
+
+#include <jansson.h>
+#include <nng/nng.h>
+#include <nng/protocol/pubsub0/sub.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { EXIT_OK = 0, EXIT_INCOMPLETE = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
+
+#define DEFAULT_PUB_URL "tcp://127.0.0.1:7450"
+#define MAX_POS         8
+#define MAX_CFG_ARGS    32
+/* Answers to queries are awaited this long unless --timeout says otherwise. */
+#define QUERY_WAIT_MS   10000
+#define CONNECT_WAIT_MS 1000
+/* Extra wait on top of the coordinator's INTERRUPT_TIMEOUT for interrupts without --timeout. */
+#define INTERRUPT_MARGIN_MS 3000
+
+typedef struct {
+    const char *cmd;
+    const char *pos[MAX_POS];
+    int n_pos;
+    bool json;
+    const char *reason;
+    long timeout_ms; /* 0 = not given */
+    const char *pub_url;
+    char *cfg_argv[MAX_CFG_ARGS];
+    int cfg_argc;
+    ihc_config cfg;
+} cli;
+
+static const char usage_text[] =
+    "usage: ihc [OPTIONS] COMMAND [ARGS]\n"
+    "\n"
+    "commands:\n"
+    "  interrupt HW [--reason TEXT] [--timeout MS] [--json]\n"
+    "                          stop every session of HW (\"*\": all hardware) and report\n"
+    "  sessions [HW] [--json]  active sessions, all or of HW\n"
+    "  agents [--json]         live agents, their modules and last heartbeat\n"
+    "  flags [reset] [--json]  the global interrupt flag, or reset it\n"
+    "  stats [--json]          interrupt counts, success rate and timings\n"
+    "  watch [--json]          print each finished interrupt as it happens (Ctrl-C stops)\n"
+    "  run --hw HW -- CMD ARGS...\n"
+    "                          run CMD as a session of HW on this node's agent\n"
+    "\n"
+    "options:\n"
+    "  --control URL      coordinator control endpoint (IHC_CONTROL_URL,\n"
+    "                     default tcp://127.0.0.1:7452)\n"
+    "  --pub URL          coordinator broadcast endpoint, for watch (IHC_PUB_URL,\n"
+    "                     default " DEFAULT_PUB_URL ")\n"
+    "  --timeout MS       interrupt: its timeout (default: the coordinator's\n"
+    "                     INTERRUPT_TIMEOUT); other commands: how long to wait for the answer\n"
+    "  --secret-file PATH shared secret signing messages (IHC_SECRET_FILE, or IHC_SECRET)\n"
+    "  --json             print the coordinator's JSON document unchanged\n"
+    "  -h, --help         this help\n"
+    "  --version          print the version\n"
+    "\n"
+    "exit status: 0 success, 1 interrupt incomplete (an agent missing or a module timed out)\n"
+    "or failed, 2 usage error or request refused, 3 coordinator unreachable\n";
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("ihc: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs("\n\n", stderr);
+    va_end(ap);
+    fputs(usage_text, stderr);
+    return EXIT_USAGE;
+}
+
+/* Maps a libihc failure to a message and an exit status. */
+static int client_fail(ihc_client *c, const char *what, int rc)
+{
+    const char *detail = ihc_client_last_error(c);
+    if (detail[0] == '\0')
+        detail = ihc_client_strerror(rc);
+    switch (rc) {
+    case IHC_CLIENT_ENOTCONN:
+    case IHC_CLIENT_ETIMEDOUT:
+        /* libihc's text names the URL and what happened */
+        fprintf(stderr, "ihc: %s: %s\n", what, detail);
+        return EXIT_UNREACHABLE;
+    case IHC_CLIENT_EINVAL:
+    case IHC_CLIENT_EBADHW:
+    case IHC_CLIENT_ENOENT:
+    case IHC_CLIENT_ETOOBIG:
+    case IHC_CLIENT_EDISABLED:
+        fprintf(stderr, "ihc: %s: %s\n", what, detail);
+        return EXIT_USAGE;
+    default:
+        fprintf(stderr, "ihc: %s failed: %s\n", what, detail);
+        return EXIT_INCOMPLETE;
+    }
+}
+
+static void print_doc(const char *json)
+{
+    size_t n = strlen(json);
+    fputs(json, stdout);
+    if (n == 0 || json[n - 1] != '\n')
+        fputc('\n', stdout);
+}
+
+static const char *jstr(json_t *o, const char *key, const char *dflt)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_string(v) ? json_string_value(v) : dflt;
+}
+
+static long long jint(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    if (json_is_integer(v))
+        return json_integer_value(v);
+    if (json_is_real(v))
+        return (long long)json_real_value(v);
+    return 0;
+}
+
+/* "3.2s", "4m05s", "2h10m", "3d4h": how long ago ms was. */
+static void fmt_age(char *out, size_t cap, int64_t ms)
+{
+    if (ms <= 0) {
+        snprintf(out, cap, "-");
+        return;
+    }
+    double s = (double)(ihc_now_ms() - ms) / 1000.0;
+    if (s < 0)
+        s = 0;
+    if (s < 60)
+        snprintf(out, cap, "%.1fs", s);
+    else if (s < 3600)
+        snprintf(out, cap, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else if (s < 86400)
+        snprintf(out, cap, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+    else
+        snprintf(out, cap, "%dd%dh", (int)(s / 86400), (int)(s / 3600) % 24);
+}
+
+static void fmt_time(char *out, size_t cap, int64_t ms, bool with_date)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    char b[32];
+    strftime(b, sizeof b, with_date ? "%Y-%m-%d %H:%M:%S" : "%H:%M:%S", &tm);
+    snprintf(out, cap, "%s.%03d", b, (int)(ms % 1000));
+}
+
+/* A table of strings printed with aligned columns. */
+typedef struct {
+    int ncol;
+    size_t nrow, cap;
+    char **cells; /* nrow * ncol, owned */
+} table;
+
+static void table_add(table *t, const char *const *row)
+{
+    if (t->nrow == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 16;
+        char **nc = realloc(t->cells, cap * (size_t)t->ncol * sizeof *nc);
+        if (nc == NULL)
+            return;
+        t->cells = nc;
+        t->cap = cap;
+    }
+    for (int i = 0; i < t->ncol; i++) {
+        /* a cell that cannot be copied prints as "-" */
+        t->cells[t->nrow * (size_t)t->ncol + (size_t)i] = strdup(row[i] != NULL ? row[i] : "-");
+    }
+    t->nrow++;
+}
+
+static void table_print(table *t)
+{
+    size_t w[16] = {0};
+    for (size_t r = 0; r < t->nrow; r++)
+        for (int c = 0; c < t->ncol; c++) {
+            const char *s = t->cells[r * (size_t)t->ncol + (size_t)c];
+            size_t n = s != NULL ? strlen(s) : 1;
+            if (n > w[c])
+                w[c] = n;
+        }
+    for (size_t r = 0; r < t->nrow; r++) {
+        for (int c = 0; c < t->ncol; c++) {
+            const char *s = t->cells[r * (size_t)t->ncol + (size_t)c];
+            if (c == t->ncol - 1)
+                printf("%s\n", s != NULL ? s : "-");
+            else
+                printf("%-*s  ", (int)w[c], s != NULL ? s : "-");
+        }
+    }
+}
+
+static void table_free(table *t)
+{
+    for (size_t i = 0; i < t->nrow * (size_t)t->ncol; i++)
+        free(t->cells[i]);
+    free(t->cells);
+}
+
+static json_t *parse_doc(const char *json)
+{
+    json_error_t e;
+    json_t *d = json_loads(json, 0, &e);
+    if (d == NULL)
+        fprintf(stderr, "ihc: the coordinator's answer is not JSON (line %d: %s)\n", e.line,
+                e.text);
+    return d;
+}
+
+static int show_sessions(const char *json)
+{
+    json_t *d = parse_doc(json);
+    if (d == NULL)
+        return EXIT_INCOMPLETE;
+    json_t *arr = json_object_get(d, "sessions");
+    if (!json_is_array(arr) || json_array_size(arr) == 0) {
+        printf("no active sessions\n");
+        json_decref(d);
+        return EXIT_OK;
+    }
+    table t = {.ncol = 8};
+    const char *head[] = {"SESSION", "HARDWARE_ID", "AGENT",  "STATE",
+                          "EPOCH",   "AGE",         "MODULE", "PID"};
+    table_add(&t, head);
+    size_t i;
+    json_t *s;
+    json_array_foreach(arr, i, s)
+    {
+        char epoch[24], age[24], pid[24];
+        snprintf(epoch, sizeof epoch, "%lld", jint(s, "epoch"));
+        fmt_age(age, sizeof age, jint(s, "created_ms"));
+        long long p = jint(s, "pid");
+        snprintf(pid, sizeof pid, p > 0 ? "%lld" : "-", p);
+        const char *row[] = {jstr(s, "session_id", "?"),
+                             jstr(s, "hardware_id", "?"),
+                             jstr(s, "agent_id", "?"),
+                             jstr(s, "state", "?"),
+                             epoch,
+                             age,
+                             jstr(s, "module", "-"),
+                             pid};
+        table_add(&t, row);
+    }
+    table_print(&t);
+    table_free(&t);
+    json_decref(d);
+    return EXIT_OK;
+}
+
+static int show_agents(const char *json)
+{
+    json_t *d = parse_doc(json);
+    if (d == NULL)
+        return EXIT_INCOMPLETE;
+    json_t *arr = json_object_get(d, "agents");
+    if (!json_is_array(arr) || json_array_size(arr) == 0) {
+        printf("no agents\n");
+        json_decref(d);
+        return EXIT_OK;
+    }
+    table t = {.ncol = 7};
+    const char *head[] = {"AGENT", "NODE", "PID", "CONNECTED", "SESSIONS", "LAST_SEEN", "MODULES"};
+    table_add(&t, head);
+    size_t i;
+    json_t *a;
+    json_array_foreach(arr, i, a)
+    {
+        char pid[24], sess[24], seen[32], mods[512] = "";
+        snprintf(pid, sizeof pid, "%lld", jint(a, "pid"));
+        snprintf(sess, sizeof sess, "%lld", jint(a, "sessions"));
+        fmt_age(seen, sizeof seen, jint(a, "last_seen_ms"));
+        if (strcmp(seen, "-") != 0)
+            strncat(seen, " ago", sizeof seen - strlen(seen) - 1);
+        size_t j;
+        json_t *m;
+        json_array_foreach(json_object_get(a, "modules"), j, m)
+        {
+            const char *name = json_is_string(m) ? json_string_value(m) : jstr(m, "name", "?");
+            size_t used = strlen(mods);
+            snprintf(mods + used, sizeof mods - used, "%s%s", used ? "," : "", name);
+        }
+        json_t *conn = json_object_get(a, "connected");
+        const char *row[] = {jstr(a, "agent_id", "?"),
+                             jstr(a, "node", "-"),
+                             pid,
+                             json_is_boolean(conn) ? (json_is_true(conn) ? "yes" : "no") : "-",
+                             sess,
+                             seen,
+                             mods[0] ? mods : "-"};
+        table_add(&t, row);
+    }
+    table_print(&t);
+    table_free(&t);
+    json_decref(d);
+    return EXIT_OK;
+}
+
+/* Scalar as text for key/value listings. */
+static void fmt_scalar(char *out, size_t cap, json_t *v)
+{
+    if (json_is_string(v))
+        snprintf(out, cap, "%s", json_string_value(v));
+    else if (json_is_integer(v))
+        snprintf(out, cap, "%lld", (long long)json_integer_value(v));
+    else if (json_is_real(v))
+        snprintf(out, cap, "%.3f", json_real_value(v));
+    else if (json_is_true(v))
+        snprintf(out, cap, "true");
+    else if (json_is_false(v))
+        snprintf(out, cap, "false");
+    else if (json_is_null(v) || v == NULL)
+        snprintf(out, cap, "-");
+    else {
+        char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        snprintf(out, cap, "%s", s != NULL ? s : "?");
+        free(s);
+    }
+}
+
+static int show_keyvals(const char *json)
+{
+    json_t *d = parse_doc(json);
+    if (d == NULL)
+        return EXIT_INCOMPLETE;
+    table t = {.ncol = 2};
+    const char *key;
+    json_t *v;
+    json_object_foreach(d, key, v)
+    {
+        char val[512];
+        if (strcmp(key, "set_ms") == 0 && json_is_integer(v) && json_integer_value(v) > 0) {
+            char when[40], age[24];
+            fmt_time(when, sizeof when, json_integer_value(v), true);
+            fmt_age(age, sizeof age, json_integer_value(v));
+            snprintf(val, sizeof val, "%s (%s ago)", when, age);
+        } else {
+            fmt_scalar(val, sizeof val, v);
+        }
+        const char *row[] = {key, val};
+        table_add(&t, row);
+    }
+    table_print(&t);
+    table_free(&t);
+    json_decref(d);
+    return EXIT_OK;
+}
+
+static void list_join(char *out, size_t cap, const char *const *v, size_t n)
+{
+    out[0] = '\0';
+    if (n == 0) {
+        snprintf(out, cap, "none");
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t used = strlen(out);
+        snprintf(out + used, cap - used, "%s%s", i ? ", " : "", v[i]);
+    }
+}
+
+static void show_result(const ihc_result *r, const char *hw)
+{
+    char mods[2048] = "", missing[1024];
+    for (size_t i = 0; i < r->n_modules; i++) {
+        const ihc_module_outcome *m = &r->modules[i];
+        size_t used = strlen(mods);
+        snprintf(mods + used, sizeof mods - used, "%s%s%s%s %s %.1f ms%s%s", i ? ", " : "",
+                 r->n_agents_answered > 1 && m->agent ? m->agent : "",
+                 r->n_agents_answered > 1 && m->agent ? "/" : "", m->name ? m->name : "?",
+                 m->status ? m->status : "?", m->time_ms, m->error ? ": " : "",
+                 m->error ? m->error : "");
+    }
+    if (r->n_modules == 0)
+        list_join(mods, sizeof mods, r->interrupted_modules, r->n_interrupted_modules);
+    list_join(missing, sizeof missing, r->agents_missing, r->n_agents_missing);
+    const char *h = r->hardware_id ? r->hardware_id : hw;
+    size_t ns = r->n_cleaned_sessions, na = r->n_agents_answered;
+    if (r->success)
+        printf("interrupted %s (id %llu, epoch %llu) in %.1f ms: ", h,
+               (unsigned long long)r->interrupt_id, (unsigned long long)r->epoch, r->total_time_ms);
+    else
+        printf("interrupt of %s INCOMPLETE (id %llu, epoch %llu) after %.1f ms: ", h,
+               (unsigned long long)r->interrupt_id, (unsigned long long)r->epoch, r->total_time_ms);
+    printf("%zu session%s on %zu agent%s", ns, ns == 1 ? "" : "s", na, na == 1 ? "" : "s");
+    if (r->n_agents_expected != na)
+        printf(" of %zu expected", r->n_agents_expected);
+    printf("; modules: %s; missing: %s", mods[0] ? mods : "none", missing);
+    if (!r->persisted)
+        printf("; not yet persisted (Redis unreachable, written later)");
+    if (r->error != NULL)
+        printf("; error: %s", r->error);
+    printf("\n");
+}
+
+static int cmd_interrupt(cli *o, ihc_client *c)
+{
+    if (o->n_pos == 0)
+        return usage_error("interrupt: missing HW (the hardware_id to stop)");
+    if (o->n_pos > 1)
+        return usage_error("interrupt: takes one HW, got %d arguments", o->n_pos);
+    const char *hw = o->pos[0];
+    ihc_result *r = NULL;
+    int rc = ihc_client_interrupt(c, hw, o->reason, (int)o->timeout_ms, &r);
+    if (rc != IHC_CLIENT_OK)
+        return client_fail(c, "interrupt", rc);
+    if (o->json)
+        print_doc(ihc_result_json(r));
+    else
+        show_result(r, hw);
+    int ex = r->success ? EXIT_OK : EXIT_INCOMPLETE;
+    if (!r->success && !o->json)
+        fprintf(stderr, "ihc: interrupt of %s incomplete%s%s\n", hw, r->error ? ": " : "",
+                r->error ? r->error : "");
+    ihc_result_free(r);
+    return ex;
+}
+
+static int run_query(cli *o, ihc_client *c, const char *op, const char *hw,
+                     int (*show)(const char *))
+{
+    char *json = NULL;
+    int rc = ihc_client_query(c, op, hw, &json);
+    if (rc != IHC_CLIENT_OK)
+        return client_fail(c, op, rc);
+    int ex = EXIT_OK;
+    if (o->json)
+        print_doc(json);
+    else if (show != NULL)
+        ex = show(json);
+    else
+        printf("flags reset\n");
+    free(json);
+    return ex;
+}
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+static volatile int g_watch_connected;
+
+static void on_watch_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    (void)p;
+    (void)arg;
+    __atomic_store_n(&g_watch_connected, ev == NNG_PIPE_EV_ADD_POST, __ATOMIC_RELAXED);
+}
+
+static void watch_line(const char *json, int64_t ts_ms, bool raw)
+{
+    if (raw) {
+        print_doc(json);
+        fflush(stdout);
+        return;
+    }
+    json_t *d = json_loads(json, 0, NULL);
+    if (d == NULL) {
+        fprintf(stderr, "ihc: watch: event is not JSON, skipped\n");
+        return;
+    }
+    char when[40];
+    fmt_time(when, sizeof when, ts_ms > 0 ? ts_ms : ihc_now_ms(), false);
+    json_t *ag = json_object_get(d, "agents");
+    size_t sessions = json_array_size(json_object_get(d, "cleaned_sessions"));
+    printf("%s  #%lld  %s  %s  %.1f ms  agents %zu/%zu  sessions %zu", when,
+           jint(d, "interrupt_id"), jstr(d, "hardware_id", "?"),
+           json_is_true(json_object_get(d, "success")) ? "ok" : "INCOMPLETE",
+           json_number_value(json_object_get(d, "total_time_ms")),
+           json_array_size(json_object_get(ag, "answered")),
+           json_array_size(json_object_get(ag, "expected")), sessions);
+    const char *err = jstr(d, "error", NULL);
+    if (err != NULL)
+        printf("  error: %s", err);
+    printf("\n");
+    fflush(stdout);
+    json_decref(d);
+}
+
+static int cmd_watch(cli *o)
+{
+    if (o->n_pos != 0)
+        return usage_error("watch: takes no arguments");
+    const char *url = o->pub_url;
+    ihc_wire_auth *auth = NULL;
+    if (o->cfg.secret != NULL &&
+        ihc_wire_auth_new(&auth, o->cfg.secret, o->cfg.secret_len, 0) != IHC_OK) {
+        fprintf(stderr, "ihc: watch: out of memory\n");
+        return EXIT_INCOMPLETE;
+    }
+    nng_socket s;
+    int rv = nng_sub0_open(&s);
+    if (rv != 0) {
+        fprintf(stderr, "ihc: watch: %s\n", nng_strerror(rv));
+        ihc_wire_auth_free(auth);
+        return EXIT_INCOMPLETE;
+    }
+    nng_socket_set(s, NNG_OPT_SUB_SUBSCRIBE, IHC_TOPIC_EVENTS, sizeof IHC_TOPIC_EVENTS);
+    nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG);
+    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 200);
+    nng_socket_set_ms(s, NNG_OPT_RECONNMINT, 100);
+    nng_socket_set_ms(s, NNG_OPT_RECONNMAXT, 2000);
+    nng_socket_set_int(s, NNG_OPT_RECVBUF, 1024);
+    nng_pipe_notify(s, NNG_PIPE_EV_ADD_POST, on_watch_pipe, NULL);
+    nng_pipe_notify(s, NNG_PIPE_EV_REM_POST, on_watch_pipe, NULL);
+    rv = nng_dial(s, url, NULL, NNG_FLAG_NONBLOCK);
+    if (rv != 0) {
+        fprintf(stderr, "ihc: watch: cannot dial %s: %s\n", url, nng_strerror(rv));
+        nng_close(s);
+        ihc_wire_auth_free(auth);
+        return EXIT_USAGE;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    fprintf(stderr, "ihc: watching interrupts from %s (Ctrl-C to stop)\n", url);
+    uint64_t t0 = ihc_mono_ns();
+    bool warned = false;
+    int was = 0;
+    while (!g_stop) {
+        int now = __atomic_load_n(&g_watch_connected, __ATOMIC_RELAXED);
+        if (!now && !warned && ihc_mono_ns() - t0 > (uint64_t)CONNECT_WAIT_MS * 1000000u) {
+            fprintf(stderr, "ihc: watch: waiting for the coordinator at %s...\n", url);
+            warned = true;
+        }
+        if (now && !was && warned)
+            fprintf(stderr, "ihc: watch: connected to %s\n", url);
+        was = now;
+        nng_msg *m = NULL;
+        rv = nng_recvmsg(s, &m, 0);
+        if (rv == NNG_ETIMEDOUT)
+            continue;
+        if (rv != 0) {
+            if (g_stop)
+                break;
+            fprintf(stderr, "ihc: watch: %s\n", nng_strerror(rv));
+            nng_close(s);
+            ihc_wire_auth_free(auth);
+            return EXIT_INCOMPLETE;
+        }
+        const char *topic;
+        size_t tlen, blen;
+        const uint8_t *body;
+        ihc_msg *ev = NULL;
+        char detail[128] = "";
+        int rc = ihc_wire_split(nng_msg_body(m), nng_msg_len(m), &topic, &tlen, &body, &blen);
+        if (rc == IHC_OK)
+            rc = ihc_wire_decode(body, blen, auth, &ev, detail, sizeof detail);
+        if (rc != IHC_OK)
+            fprintf(stderr, "ihc: watch: bad event skipped: %s%s%s\n", ihc_strerror(rc),
+                    detail[0] ? ": " : "", detail);
+        else if (ev->type == IHC_MSG_RESULT && ev->u.result.json != NULL)
+            watch_line(ev->u.result.json, ev->ts_ms, o->json);
+        ihc_msg_free(ev);
+        nng_msg_free(m);
+    }
+    nng_close(s);
+    ihc_wire_auth_free(auth);
+    return EXIT_OK;
+}
+
+static bool parse_ms(const char *s, long *out)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end != '\0' || v < 1 || v > 3600000)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Splits argv into the command, its arguments, our own options and the settings left for
+ * ihc_config_load. Returns -1 to go on, else an exit status. */
+static int parse_args(cli *o, int argc, char **argv, int *run_at)
+{
+    bool opts_done = false;
+    o->cfg_argv[o->cfg_argc++] = argv[0];
+    for (int i = 1; i < argc; i++) {
+        char *a = argv[i];
+        if (opts_done || a[0] != '-' || a[1] == '\0') {
+            if (o->cmd == NULL) {
+                o->cmd = a;
+                if (strcmp(a, "run") == 0) {
+                    *run_at = i;
+                    return -1;
+                }
+            } else if (o->n_pos < MAX_POS) {
+                o->pos[o->n_pos++] = a;
+            } else {
+                return usage_error("too many arguments");
+            }
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            opts_done = true;
+            continue;
+        }
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(usage_text, stdout);
+            return EXIT_OK;
+        }
+        if (strcmp(a, "--version") == 0) {
+            printf("ihc %s\n", IHC_VERSION);
+            return EXIT_OK;
+        }
+        if (strcmp(a, "--json") == 0) {
+            o->json = true;
+            continue;
+        }
+        if (a[1] != '-')
+            return usage_error("unknown option '%s'", a);
+        const char *eq = strchr(a, '=');
+        size_t nl = eq != NULL ? (size_t)(eq - a) : strlen(a);
+        const char *val = eq != NULL ? eq + 1 : (i + 1 < argc ? argv[i + 1] : NULL);
+        bool ours = (nl == 8 && strncmp(a, "--reason", nl) == 0) ||
+                    (nl == 9 && strncmp(a, "--timeout", nl) == 0) ||
+                    (nl == 5 && strncmp(a, "--pub", nl) == 0);
+        if (ours) {
+            if (val == NULL)
+                return usage_error("option '%.*s' needs a value", (int)nl, a);
+            if (eq == NULL)
+                i++;
+            if (a[2] == 'r') {
+                o->reason = val;
+            } else if (a[2] == 't') {
+                if (!parse_ms(val, &o->timeout_ms))
+                    return usage_error("--timeout %s: expected milliseconds in [1, 3600000]", val);
+            } else {
+                o->pub_url = val;
+            }
+            continue;
+        }
+        /* A setting of config.c (--control, --secret-file, --log-level…): forwarded with its
+         * value; ihc_config_load names the problem if it is not one. */
+        if (o->cfg_argc + 2 > MAX_CFG_ARGS)
+            return usage_error("too many options");
+        o->cfg_argv[o->cfg_argc++] = a;
+        if (eq == NULL && strcmp(a, "--print-config") != 0) {
+            if (val == NULL)
+                return usage_error("option '%s' needs a value", a);
+            o->cfg_argv[o->cfg_argc++] = argv[++i];
+        }
+    }
+    return -1;
+}
+
+static int cli_main(int argc, char **argv)
+{
+    cli o = {0};
+    int run_at = -1;
+    int ex = parse_args(&o, argc, argv, &run_at);
+    if (ex >= 0)
+        return ex;
+    if (run_at >= 0)
+        return ihc_run_main(argc - run_at, argv + run_at);
+    if (o.cmd == NULL)
+        return usage_error("missing COMMAND");
+    static const char *const cmds[] = {"interrupt", "sessions", "agents",
+                                       "flags",     "stats",    "watch"};
+    bool known = false;
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        known = known || strcmp(o.cmd, cmds[i]) == 0;
+    if (!known)
+        return usage_error("unknown command '%s'", o.cmd);
+
+    char err[512];
+    o.cfg_argv[o.cfg_argc] = NULL;
+    if (ihc_config_load(&o.cfg, IHC_ROLE_CLI, o.cfg_argc, o.cfg_argv, NULL, NULL, err,
+                        sizeof err) != IHC_OK) {
+        ihc_config_fini(&o.cfg);
+        fprintf(stderr, "ihc: %s\n(see ihc --help)\n", err);
+        return EXIT_USAGE;
+    }
+    if (o.cfg.want_print_config) {
+        ihc_config_dump(stdout, &o.cfg, IHC_ROLE_CLI);
+        ihc_config_fini(&o.cfg);
+        return EXIT_OK;
+    }
+    if (o.pub_url == NULL) {
+        const char *e = getenv("IHC_PUB_URL");
+        o.pub_url = e != NULL && e[0] != '\0' ? e : DEFAULT_PUB_URL;
+    }
+    const char *cmd = o.cmd;
+    bool is_interrupt = strcmp(cmd, "interrupt") == 0;
+    if (o.reason != NULL && !is_interrupt) {
+        ihc_config_fini(&o.cfg);
+        return usage_error("--reason is only for interrupt");
+    }
+    if (strcmp(cmd, "watch") == 0) {
+        ex = cmd_watch(&o);
+        ihc_config_fini(&o.cfg);
+        return ex;
+    }
+
+    ihc_client_opts co = {
+        .control_url = o.cfg.control_url,
+        .secret = o.cfg.secret,
+        .secret_len = o.cfg.secret_len,
+        .connect_timeout_ms = CONNECT_WAIT_MS,
+    };
+    if (is_interrupt)
+        co.timeout_ms = (int)(o.cfg.interrupt_timeout * 1000.0) + INTERRUPT_MARGIN_MS;
+    else
+        co.timeout_ms = o.timeout_ms > 0 ? (int)o.timeout_ms : QUERY_WAIT_MS;
+    ihc_client *c = NULL;
+    int rc = ihc_client_open(&c, &co);
+    if (rc != IHC_CLIENT_OK) {
+        fprintf(stderr, "ihc: cannot use control URL '%s': %s\n",
+                co.control_url ? co.control_url : "", ihc_client_strerror(rc));
+        ihc_config_fini(&o.cfg);
+        return rc == IHC_CLIENT_ETRANSPORT ? EXIT_USAGE : EXIT_INCOMPLETE;
+    }
+    if (is_interrupt) {
+        ex = cmd_interrupt(&o, c);
+    } else if (strcmp(cmd, "sessions") == 0) {
+        if (o.n_pos > 1)
+            ex = usage_error("sessions: takes at most one HW");
+        else
+            ex = run_query(&o, c, "sessions", o.n_pos ? o.pos[0] : NULL, show_sessions);
+    } else if (strcmp(cmd, "flags") == 0) {
+        if (o.n_pos > 1 || (o.n_pos == 1 && strcmp(o.pos[0], "reset") != 0))
+            ex = usage_error("flags: the only argument is 'reset'");
+        else if (o.n_pos == 1)
+            ex = run_query(&o, c, "flags_reset", NULL, NULL);
+        else
+            ex = run_query(&o, c, "flags", NULL, show_keyvals);
+    } else if (o.n_pos > 0) {
+        ex = usage_error("%s: takes no arguments", cmd);
+    } else if (strcmp(cmd, "agents") == 0) {
+        ex = run_query(&o, c, "agents", NULL, show_agents);
+    } else {
+        ex = run_query(&o, c, "stats", NULL, show_keyvals);
+    }
+    ihc_client_close(c);
+    ihc_config_fini(&o.cfg);
+    return ex;
+}
+
+int main(int argc, char **argv)
+{
+    int ex = cli_main(argc, argv);
+    nng_fini(); /* joins nng's threads: a clean exit for leak checkers */
+    return ex;
+}

@@ -1,0 +1,1009 @@
+/* The coordinator loop: one thread that owns the registry and the interrupts in flight,
+ * receives agents' messages on PULL, takes requests from a queue, publishes interrupts,
+ * re-sends, finishes them, and hands every Redis write to the persist thread. */
+#include "coordinator.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nng/protocol/pipeline0/pull.h>
+#include <nng/protocol/pubsub0/pub.h>
+
+#include "clock.h"
+#include "err.h"
+#include "log.h"
+
+#define COMPONENT         "coordinator"
+#define RESEND_MAX_NS     (500ull * 1000000ull)
+#define SWEEP_NS          (100ull * 1000000ull)
+#define MAX_MSGS_PER_TURN 1024
+
+typedef enum { CMD_INTERRUPT, CMD_QUERY } cmd_kind;
+
+struct ihc__cmd {
+    ihc__cmd *next;
+    cmd_kind kind;
+    char hw[IHC_HW_MAX + 1];
+    bool has_hw;
+    char *reason;
+    int64_t timeout_ms;
+    uint64_t t0_ns;
+    char op[32];
+    ihc_api_done_fn done;
+    void *arg;
+};
+
+static void cmd_free(ihc__cmd *k)
+{
+    if (!k)
+        return;
+    free(k->reason);
+    free(k);
+}
+
+static uint64_t ns_of_s(double s)
+{
+    return s <= 0 ? 0 : (uint64_t)(s * 1e9);
+}
+
+static void answer(ihc_api_done_fn done, void *arg, int status, const char *error)
+{
+    json_t *o = json_pack("{s:s}", "error", error);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    done(status, s ? s : strdup("{\"error\":\"out of memory\"}"), arg);
+}
+
+/* ---- request queue (any thread) ---- */
+
+static void wake(ihc_coord *c)
+{
+    uint64_t one = 1;
+    ssize_t n = write(c->wake_fd, &one, sizeof(one));
+    (void)n; /* EAGAIN means the counter is already non-zero: the loop will wake */
+}
+
+static int enqueue(ihc_coord *c, ihc__cmd *k)
+{
+    pthread_mutex_lock(&c->mu);
+    if (c->stopping) {
+        pthread_mutex_unlock(&c->mu);
+        return IHC_ECLOSED;
+    }
+    bool was_empty = c->q_head == NULL;
+    k->next = NULL;
+    if (c->q_tail)
+        c->q_tail->next = k;
+    else
+        c->q_head = k;
+    c->q_tail = k;
+    pthread_mutex_unlock(&c->mu);
+    if (was_empty)
+        wake(c);
+    return IHC_OK;
+}
+
+int ihc__coord_submit_interrupt(ihc_coord *c, const char *hw, const char *reason,
+                                int64_t timeout_ms, uint64_t t0_ns, ihc_api_done_fn done, void *arg)
+{
+    if (atomic_fetch_add(&c->pending, 1) >= c->cfg->max_inflight) {
+        atomic_fetch_sub(&c->pending, 1);
+        return IHC_ELIMIT;
+    }
+    ihc__cmd *k = calloc(1, sizeof(*k));
+    if (!k || (reason && !(k->reason = strdup(reason)))) {
+        free(k);
+        atomic_fetch_sub(&c->pending, 1);
+        return IHC_ENOMEM;
+    }
+    k->kind = CMD_INTERRUPT;
+    snprintf(k->hw, sizeof(k->hw), "%s", hw);
+    k->timeout_ms = timeout_ms;
+    k->t0_ns = t0_ns;
+    k->done = done;
+    k->arg = arg;
+    int rc = enqueue(c, k);
+    if (rc != IHC_OK) {
+        cmd_free(k);
+        atomic_fetch_sub(&c->pending, 1);
+    }
+    return rc;
+}
+
+int ihc__coord_submit_query(ihc_coord *c, const char *op, const char *hw, ihc_api_done_fn done,
+                            void *arg)
+{
+    if (strlen(op) >= sizeof(((ihc__cmd *)0)->op) || (hw && strlen(hw) > IHC_HW_MAX))
+        return IHC_EINVAL;
+    ihc__cmd *k = calloc(1, sizeof(*k));
+    if (!k)
+        return IHC_ENOMEM;
+    k->kind = CMD_QUERY;
+    snprintf(k->op, sizeof(k->op), "%s", op);
+    if (hw) {
+        snprintf(k->hw, sizeof(k->hw), "%s", hw);
+        k->has_hw = true;
+    }
+    k->done = done;
+    k->arg = arg;
+    int rc = enqueue(c, k);
+    if (rc != IHC_OK)
+        free(k);
+    return rc;
+}
+
+/* ---- publishing ---- */
+
+static void publish(ihc_coord *c, const ihc_msg *m)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = ihc_wire_encode_framed(m, c->auth, &buf, &len);
+    if (rc != IHC_OK) {
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot encode %s: %s", ihc_msg_type_name(m->type),
+                ihc_strerror(rc));
+        return;
+    }
+    int nrv = nng_send(c->pub, buf, len, 0);
+    if (nrv != 0)
+        ihc_log(IHC_LOG_WARN, COMPONENT, "publish %s failed: %s", ihc_msg_type_name(m->type),
+                nng_strerror(nrv));
+    free(buf);
+}
+
+static void publish_interrupt(ihc_coord *c, const ihc_inflight *f, const char *const *agents,
+                              size_t n_agents)
+{
+    ihc_msg m = {.type = IHC_MSG_INTERRUPT};
+    m.u.interrupt.id = f->id;
+    m.u.interrupt.hw = f->hw;
+    m.u.interrupt.epoch = f->epoch;
+    m.u.interrupt.reason = f->reason;
+    m.u.interrupt.deadline_ms = f->deadline_ms;
+    m.u.interrupt.agents = (char **)agents;
+    m.u.interrupt.n_agents = n_agents;
+    m.u.interrupt.attempt = f->attempt;
+    publish(c, &m);
+}
+
+/* ---- Redis-facing helpers (queued to the persist thread) ---- */
+
+static char *modules_text(const ihc_module_info *m, size_t n)
+{
+    json_t *a = ihc__api_modules_json(m, n);
+    char *s = a ? json_dumps(a, JSON_COMPACT) : NULL;
+    json_decref(a);
+    return s;
+}
+
+typedef struct {
+    const char *agent_id;
+    json_t *ids;
+    char **hws;
+    size_t n_hws, cap_hws;
+} agent_scan;
+
+static void scan_agent_session(void *arg, const ihc_reg_session *s)
+{
+    agent_scan *sc = arg;
+    if (strcmp(s->agent_id, sc->agent_id) != 0)
+        return;
+    if (sc->ids)
+        json_array_append_new(sc->ids, json_string(s->session_id));
+    for (size_t i = 0; i < sc->n_hws; i++)
+        if (strcmp(sc->hws[i], s->hw) == 0)
+            return;
+    if (sc->n_hws == sc->cap_hws) {
+        size_t cap = sc->cap_hws ? sc->cap_hws * 2 : 8;
+        char **nh = realloc(sc->hws, cap * sizeof(*nh));
+        if (!nh)
+            return;
+        sc->hws = nh;
+        sc->cap_hws = cap;
+    }
+    sc->hws[sc->n_hws++] = s->hw;
+}
+
+static void persist_agent(ihc_coord *c, const ihc_reg_agent *a)
+{
+    agent_scan sc = {.agent_id = a->agent_id, .ids = json_array()};
+    ihc_registry_foreach_session(c->reg, NULL, scan_agent_session, &sc);
+    char *sessions = sc.ids ? json_dumps(sc.ids, JSON_COMPACT) : NULL;
+    char *modules = modules_text(a->modules, a->n_modules);
+    ihc_store_agent sa = {.agent_id = a->agent_id,
+                          .node = a->node,
+                          .pid = a->pid,
+                          .modules = modules ? modules : "[]",
+                          .sessions = sessions ? sessions : "[]",
+                          .started_ms = a->started_ms,
+                          .last_seen_ms = a->last_seen_ms};
+    ihc_persist_agent_put(c->persist, &sa);
+    free(sessions);
+    free(modules);
+    json_decref(sc.ids);
+    free(sc.hws);
+}
+
+static void on_registry_event(void *arg, ihc_reg_event ev, const ihc_reg_session *s)
+{
+    ihc_coord *c = arg;
+    if (ev == IHC_REG_SESSION_ENDED) {
+        ihc_persist_session_state(c->persist, s->hw, s->session_id, s->state, s->updated_ms);
+        return;
+    }
+    ihc_store_session ss = {.session_id = s->session_id,
+                            .hw = s->hw,
+                            .agent_id = s->agent_id,
+                            .state = "active",
+                            .epoch = s->epoch,
+                            .created_ms = s->created_ms,
+                            .updated_ms = s->updated_ms,
+                            .data = s->data};
+    ihc_persist_session_put(c->persist, &ss);
+    if (s->epoch > 0) /* agents may know a newer epoch than Redis (e.g. after an outage) */
+        ihc_persist_epoch_raise(c->persist, s->hw, ihc_registry_epoch(c->reg, s->hw, NULL));
+    if (ev == IHC_REG_SESSION_ADDED) {
+        c->sessions_created++;
+        ihc_persist_stats_incr(c->persist, "sessions_created", 1);
+    }
+}
+
+/* ---- interrupt ids ---- */
+
+static int seq_file_path(const ihc_coord *c, char *buf, size_t cap)
+{
+    int n = snprintf(buf, cap, "%s/seq", c->cfg->state_dir);
+    return (n < 0 || (size_t)n >= cap) ? IHC_EINVAL : IHC_OK;
+}
+
+static int seq_file_read(const ihc_coord *c, uint64_t *v)
+{
+    *v = 0;
+    char path[4096];
+    if (!c->cfg->state_dir || seq_file_path(c, path, sizeof(path)) != IHC_OK)
+        return IHC_OK;
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return errno == ENOENT ? IHC_OK : IHC_EIO;
+    unsigned long long x = 0;
+    int ok = fscanf(fp, "%llu", &x);
+    fclose(fp);
+    if (ok != 1) {
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "state file unreadable path=%s", path);
+        return IHC_EIO;
+    }
+    *v = x;
+    return IHC_OK;
+}
+
+/* Writes the high-water mark durably (temp file, fsync, rename). */
+static int seq_file_write(const ihc_coord *c, uint64_t v)
+{
+    char path[4096], tmp[4200];
+    if (!c->cfg->state_dir || seq_file_path(c, path, sizeof(path)) != IHC_OK)
+        return IHC_OK;
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return IHC_EIO;
+    char line[32];
+    int n = snprintf(line, sizeof(line), "%" PRIu64 "\n", v);
+    bool ok = write(fd, line, (size_t)n) == n && fsync(fd) == 0;
+    ok = (close(fd) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return IHC_EIO;
+    }
+    return IHC_OK;
+}
+
+/* Hands out the next interrupt id, persisting a new high-water mark first whenever the
+ * reserved block is used up, so that a restart resumes above every id ever handed out. */
+static uint64_t next_interrupt_id(ihc_coord *c)
+{
+    if (c->next_id > c->reserved_hi) {
+        uint64_t hi = c->next_id + IHC__ID_BLOCK - 1;
+        int rc = seq_file_write(c, hi);
+        if (rc != IHC_OK)
+            ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot write state file state_dir=%s: %s",
+                    c->cfg->state_dir, strerror(errno));
+        ihc_persist_seq_raise(c->persist, hi);
+        c->reserved_hi = hi;
+    }
+    return c->next_id++;
+}
+
+/* ---- interrupts ---- */
+
+static void stats_record(ihc_coord *c, const ihc_inflight *f)
+{
+    c->total++;
+    if (f->success)
+        c->succeeded++;
+    else
+        c->failed++;
+    c->timed++;
+    c->sum_ms += f->total_time_ms;
+    c->window[c->win_pos] = f->total_time_ms;
+    c->win_pos = (c->win_pos + 1) % IHC__STATS_WINDOW;
+    if (c->win_n < IHC__STATS_WINDOW)
+        c->win_n++;
+}
+
+static void flags_set(ihc_coord *c, const ihc_inflight *f, int64_t now_ms, uint64_t now_ns)
+{
+    c->flag = true;
+    snprintf(c->flag_hw, sizeof(c->flag_hw), "%s", f->hw);
+    snprintf(c->flag_reason, sizeof(c->flag_reason), "%s", f->reason);
+    c->flag_set_ms = now_ms;
+    c->flag_reset_ns = now_ns + ns_of_s(c->cfg->session_cleanup_delay);
+    ihc_store_flags sf = {.global_interrupt_flag = true, .set_ms = now_ms};
+    snprintf(sf.interrupt_hardware_id, sizeof(sf.interrupt_hardware_id), "%s", f->hw);
+    snprintf(sf.reason, sizeof(sf.reason), "%s", f->reason);
+    ihc_persist_flags_set(c->persist, &sf);
+}
+
+void ihc__coord_flags_reset(ihc_coord *c)
+{
+    c->flag = false;
+    c->flag_hw[0] = '\0';
+    c->flag_reason[0] = '\0';
+    c->flag_set_ms = 0;
+    c->flag_reset_ns = 0;
+    ihc_persist_flags_reset(c->persist);
+}
+
+/* Ends f: result, flags, sessions, Redis, stats, event, log line, answer. Frees f. */
+static void finish(ihc_coord *c, ihc_inflight *f)
+{
+    uint64_t now_ns = ihc_mono_ns();
+    int64_t now_ms = ihc_now_ms();
+    ihc_inflight_finish(f, now_ns, ihc_persist_connected(c->persist));
+    char *json = ihc_inflight_result_json(f);
+
+    flags_set(c, f, now_ms, now_ns);
+    for (size_t i = 0; i < f->n_sessions; i++) {
+        const ihc_ifl_session *s = &f->sessions[i];
+        int rc = ihc_registry_session_end(c->reg, s->agent, s->session_id, "interrupted", now_ms);
+        if (rc == IHC_ENOENT && strcmp(f->hw, "*") != 0 &&
+            ihc_id_valid(s->session_id, strlen(s->session_id)))
+            ihc_persist_session_state(c->persist, f->hw, s->session_id, "interrupted", now_ms);
+    }
+
+    char *mods = NULL, *sess = NULL, *missing = NULL;
+    if (ihc_inflight_log_fields(f, &mods, &sess, &missing) == IHC_OK) {
+        ihc_store_log_entry e = {.id = f->id,
+                                 .hw = f->hw,
+                                 .success = f->success,
+                                 .total_time_ms = f->total_time_ms,
+                                 .modules = mods,
+                                 .sessions = sess,
+                                 .agents_missing = missing,
+                                 .reason = f->reason,
+                                 .ts_ms = now_ms};
+        ihc_persist_log_append(c->persist, &e);
+    }
+    free(mods);
+    free(sess);
+    free(missing);
+    ihc_persist_stats_incr(c->persist, "total_interrupts", 1);
+    ihc_persist_stats_incr(c->persist, f->success ? "successful_interrupts" : "failed_interrupts",
+                           1);
+    stats_record(c, f);
+
+    if (json) {
+        ihc_msg m = {.type = IHC_MSG_RESULT};
+        m.u.result.json = json;
+        publish(c, &m);
+    }
+    size_t n_ans = f->n_answered + f->n_extra;
+    if (ihc_log_timing())
+        ihc_log_interrupt(COMPONENT,
+                          "interrupt done id=%" PRIu64 " hw=%s success=%s answered=%zu/%zu "
+                          "attempts=%u time_ms=%.3f",
+                          f->id, f->hw, f->success ? "true" : "false", n_ans, f->n_expected,
+                          f->attempt + 1, f->total_time_ms);
+    else
+        ihc_log_interrupt(COMPONENT,
+                          "interrupt done id=%" PRIu64 " hw=%s success=%s answered=%zu/%zu", f->id,
+                          f->hw, f->success ? "true" : "false", n_ans, f->n_expected);
+    if (!f->success)
+        ihc_log(IHC_LOG_WARN, COMPONENT, "interrupt incomplete id=%" PRIu64 " hw=%s error=\"%s\"",
+                f->id, f->hw, f->error ? f->error : "");
+
+    if (json)
+        f->done(200, json, f->arg);
+    else
+        answer(f->done, f->arg, 500, "out of memory building the result");
+    atomic_fetch_sub(&c->pending, 1);
+    ihc_inflight_free(f);
+}
+
+/* The table stays sorted by id: ids grow and are appended in order, removal keeps order. */
+static void table_remove(ihc_coord *c, size_t i)
+{
+    memmove(&c->fl[i], &c->fl[i + 1], (c->n_fl - i - 1) * sizeof(c->fl[0]));
+    c->n_fl--;
+}
+
+static ssize_t table_find(const ihc_coord *c, uint64_t id)
+{
+    size_t lo = 0, hi = c->n_fl;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (c->fl[mid]->id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return (lo < c->n_fl && c->fl[lo]->id == id) ? (ssize_t)lo : -1;
+}
+
+static void start_interrupt(ihc_coord *c, ihc__cmd *k)
+{
+    uint64_t now_ns = ihc_mono_ns();
+    int64_t now_ms = ihc_now_ms();
+    int64_t timeout_ms =
+        k->timeout_ms > 0 ? k->timeout_ms : (int64_t)(c->cfg->interrupt_timeout * 1000.0);
+    if (timeout_ms < 1)
+        timeout_ms = 1;
+    if (c->n_fl == c->cap_fl) {
+        size_t cap = c->cap_fl ? c->cap_fl * 2 : 64;
+        ihc_inflight **nf = realloc(c->fl, cap * sizeof(*nf));
+        if (!nf)
+            goto nomem;
+        c->fl = nf;
+        c->cap_fl = cap;
+    }
+    char **expected = NULL;
+    size_t n_expected = 0;
+    if (ihc_registry_expected(c->reg, k->hw, &expected, &n_expected) != IHC_OK)
+        goto nomem;
+    uint64_t epoch = ihc_registry_epoch_bump(c->reg, k->hw, now_ms);
+    if (epoch == 0) {
+        ihc_registry_strv_free(expected, n_expected);
+        goto nomem;
+    }
+    uint64_t elapsed_ms = (now_ns - k->t0_ns) / 1000000ull;
+    ihc_inflight_params p = {
+        .id = next_interrupt_id(c),
+        .hw = k->hw,
+        .epoch = epoch,
+        .reason = k->reason,
+        .expected = expected,
+        .n_expected = n_expected,
+        .t0_ns = k->t0_ns,
+        .timeout_ns = (uint64_t)timeout_ms * 1000000ull,
+        .resend_ns = ns_of_s(c->cfg->resend_interval),
+        .resend_max_ns = RESEND_MAX_NS,
+        .deadline_ms = now_ms + timeout_ms - (int64_t)elapsed_ms,
+    };
+    ihc_persist_epoch_raise(c->persist, k->hw, epoch);
+    ihc_inflight *f = NULL;
+    int rc = ihc_inflight_new(&f, &p);
+    ihc_registry_strv_free(expected, n_expected);
+    if (rc != IHC_OK)
+        goto nomem;
+    f->done = k->done;
+    f->arg = k->arg;
+    publish_interrupt(c, f, (const char *const *)f->expected, f->n_expected);
+    if (ihc_inflight_complete(f)) { /* nobody holds a session of hw: nothing to wait for */
+        finish(c, f);
+        return;
+    }
+    c->fl[c->n_fl++] = f;
+    return;
+nomem:
+    ihc_log(IHC_LOG_ERROR, COMPONENT, "interrupt refused: out of memory hw=%s", k->hw);
+    answer(k->done, k->arg, 503, "out of memory");
+    atomic_fetch_sub(&c->pending, 1);
+}
+
+static void resend(ihc_coord *c, ihc_inflight *f, uint64_t now_ns)
+{
+    const char **missing = NULL;
+    size_t n = 0;
+    if (ihc_inflight_missing(f, &missing, &n) != IHC_OK)
+        return;
+    ihc_inflight_resent(f, now_ns);
+    publish_interrupt(c, f, missing, n);
+    ihc_log(IHC_LOG_DEBUG, COMPONENT, "interrupt re-sent id=%" PRIu64 " attempt=%u missing=%zu",
+            f->id, f->attempt, n);
+    free(missing);
+}
+
+/* ---- agents' messages ---- */
+
+static void count_rejected(ihc_coord *c, const char *what, int rc, const char *detail)
+{
+    uint64_t n = atomic_fetch_add(&c->rejected, 1) + 1;
+    uint64_t now = ihc_mono_ns();
+    /* at most one line per second, so a flood of garbage cannot flood the log */
+    if (now - c->last_reject_log_ns >= 1000000000ull || c->last_reject_log_ns == 0) {
+        c->last_reject_log_ns = now;
+        ihc_log(IHC_LOG_WARN, COMPONENT,
+                "message rejected what=%s err=%s detail=\"%s\" total=%" PRIu64, what,
+                ihc_err_name(rc), detail ? detail : "", n);
+    }
+}
+
+static void on_report(ihc_coord *c, const ihc_msg *m)
+{
+    const ihc_report_msg *r = &m->u.report;
+    ihc_registry_touch(c->reg, r->agent, ihc_mono_ns(), ihc_now_ms());
+    ssize_t i = table_find(c, r->id);
+    if (i < 0) {
+        /* the interrupt is over, but what the agent cleaned is no longer active */
+        ihc_log(IHC_LOG_DEBUG, COMPONENT, "late report id=%" PRIu64 " agent=%s sessions=%zu", r->id,
+                r->agent, r->n_sessions);
+        for (size_t k = 0; k < r->n_sessions; k++)
+            ihc_registry_session_end(c->reg, r->agent, r->sessions[k], "interrupted", ihc_now_ms());
+        return;
+    }
+    ihc_inflight *f = c->fl[i];
+    int rc = ihc_inflight_report(f, r);
+    if (rc == IHC_EEXIST)
+        ihc_log(IHC_LOG_DEBUG, COMPONENT, "repeated report id=%" PRIu64 " agent=%s", r->id,
+                r->agent);
+    if (rc == IHC_OK && ihc_inflight_complete(f)) {
+        table_remove(c, (size_t)i);
+        finish(c, f);
+    }
+}
+
+static void send_sync(ihc_coord *c, const char *agent_id)
+{
+    agent_scan sc = {.agent_id = agent_id};
+    ihc_registry_foreach_session(c->reg, NULL, scan_agent_session, &sc);
+    ihc_epoch_info *ep = calloc(sc.n_hws + 1, sizeof(*ep));
+    if (!ep) {
+        free(sc.hws);
+        return;
+    }
+    for (size_t i = 0; i < sc.n_hws; i++) {
+        ep[i].hw = sc.hws[i];
+        ep[i].epoch = ihc_registry_epoch(c->reg, sc.hws[i], &ep[i].set_ms);
+    }
+    ep[sc.n_hws].hw = "*";
+    ep[sc.n_hws].epoch = ihc_registry_epoch(c->reg, "*", &ep[sc.n_hws].set_ms);
+    ihc_msg m = {.type = IHC_MSG_SYNC};
+    m.u.sync.agent = (char *)agent_id;
+    m.u.sync.epochs = ep;
+    m.u.sync.n_epochs = sc.n_hws + 1;
+    publish(c, &m);
+    free(ep);
+    free(sc.hws);
+}
+
+static void on_hello(ihc_coord *c, const ihc_msg *m)
+{
+    const ihc_hello_msg *h = &m->u.hello;
+    int rc = ihc_registry_hello(c->reg, h, ihc_mono_ns(), ihc_now_ms());
+    if (rc != IHC_OK)
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "hello not fully applied agent=%s: %s", h->agent,
+                ihc_strerror(rc));
+    const ihc_reg_agent *a = ihc_registry_agent(c->reg, h->agent);
+    if (a)
+        persist_agent(c, a);
+    send_sync(c, h->agent);
+    ihc_log(IHC_LOG_INFO, COMPONENT, "agent hello agent=%s node=%s modules=%zu sessions=%zu",
+            h->agent, h->node ? h->node : "", h->n_modules, h->n_sessions);
+}
+
+static void on_heartbeat(ihc_coord *c, const ihc_msg *m)
+{
+    const ihc_heartbeat_msg *hb = &m->u.heartbeat;
+    const ihc_reg_agent *before = ihc_registry_agent(c->reg, hb->agent);
+    bool was_connected = before && before->state == IHC_AGENT_CONNECTED;
+    ihc_reg_agent *a = ihc_registry_touch(c->reg, hb->agent, ihc_mono_ns(), ihc_now_ms());
+    if (!a)
+        return;
+    /* a refresh is enough while connected; after a silence the hash may have expired */
+    if (was_connected)
+        ihc_persist_agent_touch(c->persist, a->agent_id, a->last_seen_ms);
+    else
+        persist_agent(c, a);
+}
+
+static void on_session_begin(ihc_coord *c, const ihc_msg *m)
+{
+    const ihc_session_begin_msg *b = &m->u.session_begin;
+    int rc = ihc_registry_session_begin(c->reg, b->agent, &b->session, ihc_mono_ns(), ihc_now_ms());
+    if (rc != IHC_OK)
+        ihc_log(IHC_LOG_WARN, COMPONENT, "session refused agent=%s session=%s: %s", b->agent,
+                b->session.session_id ? b->session.session_id : "", ihc_strerror(rc));
+}
+
+static void on_session_end(ihc_coord *c, const ihc_msg *m)
+{
+    const ihc_session_end_msg *e = &m->u.session_end;
+    int64_t now_ms = ihc_now_ms();
+    ihc_registry_touch(c->reg, e->agent, ihc_mono_ns(), now_ms);
+    int rc = ihc_registry_session_end(c->reg, e->agent, e->session_id, e->state, now_ms);
+    if (rc == IHC_ENOENT && e->hw) /* already ended here (e.g. interrupted): Redis is idempotent */
+        ihc_persist_session_state(c->persist, e->hw, e->session_id, e->state ? e->state : "done",
+                                  now_ms);
+}
+
+typedef void (*msg_handler)(ihc_coord *c, const ihc_msg *m);
+static const msg_handler handlers[IHC__MSG_COUNT] = {
+    [IHC_MSG_REPORT] = on_report,           [IHC_MSG_HELLO] = on_hello,
+    [IHC_MSG_HEARTBEAT] = on_heartbeat,     [IHC_MSG_SESSION_BEGIN] = on_session_begin,
+    [IHC_MSG_SESSION_END] = on_session_end,
+};
+
+static void on_message(ihc_coord *c, nng_msg *nm)
+{
+    ihc_msg *m = NULL;
+    char detail[160] = "";
+    int rc =
+        ihc_wire_decode(nng_msg_body(nm), nng_msg_len(nm), c->auth, &m, detail, sizeof(detail));
+    if (rc != IHC_OK) {
+        count_rejected(c, "report socket", rc, detail);
+        return;
+    }
+    if ((unsigned)m->type >= IHC__MSG_COUNT || !handlers[m->type]) {
+        count_rejected(c, ihc_msg_type_name(m->type), IHC_EPROTO, "unexpected type on PULL");
+        ihc_msg_free(m);
+        return;
+    }
+    handlers[m->type](c, m);
+    ihc_msg_free(m);
+}
+
+/* ---- the loop ---- */
+
+static void run_cmd(ihc_coord *c, ihc__cmd *k)
+{
+    if (k->kind == CMD_INTERRUPT) {
+        start_interrupt(c, k);
+        return;
+    }
+    char *body = NULL;
+    int status = ihc__api_build(c, k->op, k->has_hw ? k->hw : NULL, &body);
+    if (!body)
+        answer(k->done, k->arg, 500, "out of memory");
+    else
+        k->done(status, body, k->arg);
+}
+
+static ihc__cmd *take_queue(ihc_coord *c)
+{
+    pthread_mutex_lock(&c->mu);
+    ihc__cmd *k = c->q_head;
+    c->q_head = c->q_tail = NULL;
+    pthread_mutex_unlock(&c->mu);
+    return k;
+}
+
+static void run_timers(ihc_coord *c, uint64_t now_ns)
+{
+    for (size_t i = 0; i < c->n_fl;) {
+        ihc_inflight *f = c->fl[i];
+        if (ihc_inflight_complete(f) || ihc_inflight_expired(f, now_ns)) {
+            table_remove(c, i);
+            finish(c, f);
+            continue;
+        }
+        if (ihc_inflight_resend_due(f, now_ns))
+            resend(c, f, now_ns);
+        i++;
+    }
+    if (c->flag && c->flag_reset_ns && now_ns >= c->flag_reset_ns) {
+        ihc__coord_flags_reset(c);
+        ihc_log(IHC_LOG_DEBUG, COMPONENT, "flags reset after SESSION_CLEANUP_DELAY");
+    }
+    if (now_ns >= c->next_sweep_ns) {
+        size_t gone = ihc_registry_expire(c->reg, now_ns);
+        if (gone)
+            ihc_log(IHC_LOG_INFO, COMPONENT, "agents gone (silent for IHC_AGENT_TTL) count=%zu",
+                    gone);
+        c->next_sweep_ns = now_ns + SWEEP_NS;
+    }
+}
+
+static int poll_timeout_ms(const ihc_coord *c, uint64_t now_ns)
+{
+    uint64_t next = c->next_sweep_ns;
+    for (size_t i = 0; i < c->n_fl; i++) {
+        uint64_t t = ihc_inflight_next_ns(c->fl[i]);
+        if (t < next)
+            next = t;
+    }
+    if (c->flag && c->flag_reset_ns && c->flag_reset_ns < next)
+        next = c->flag_reset_ns;
+    if (next <= now_ns)
+        return 0;
+    uint64_t ms = (next - now_ns + 999999ull) / 1000000ull;
+    return ms > 1000 ? 1000 : (int)ms;
+}
+
+static void *loop_main(void *arg)
+{
+    ihc_coord *c = arg;
+    while (!atomic_load(&c->loop_stop)) {
+        struct pollfd pfd[2] = {{.fd = c->wake_fd, .events = POLLIN},
+                                {.fd = c->pull_fd, .events = POLLIN}};
+        int rv = poll(pfd, 2, poll_timeout_ms(c, ihc_mono_ns()));
+        if (rv < 0 && errno != EINTR) {
+            ihc_log(IHC_LOG_ERROR, COMPONENT, "poll failed: %s", strerror(errno));
+            ihc_sleep_ms(10);
+        }
+        if (rv > 0 && (pfd[0].revents & POLLIN)) {
+            uint64_t v;
+            ssize_t n = read(c->wake_fd, &v, sizeof(v));
+            (void)n;
+        }
+        for (ihc__cmd *k = take_queue(c); k;) {
+            ihc__cmd *next = k->next;
+            run_cmd(c, k);
+            cmd_free(k);
+            k = next;
+        }
+        for (int i = 0; i < MAX_MSGS_PER_TURN; i++) {
+            nng_msg *nm = NULL;
+            if (nng_recvmsg(c->pull, &nm, NNG_FLAG_NONBLOCK) != 0)
+                break;
+            on_message(c, nm);
+            nng_msg_free(nm);
+        }
+        run_timers(c, ihc_mono_ns());
+    }
+    /* shutting down: answer what is in flight with what it has, then what is queued */
+    while (c->n_fl > 0) {
+        ihc_inflight *f = c->fl[--c->n_fl];
+        finish(c, f);
+    }
+    for (ihc__cmd *k = take_queue(c); k;) {
+        ihc__cmd *next = k->next;
+        if (k->kind == CMD_INTERRUPT) {
+            answer(k->done, k->arg, 503, "coordinator shutting down");
+            atomic_fetch_sub(&c->pending, 1);
+        } else {
+            run_cmd(c, k);
+        }
+        cmd_free(k);
+        k = next;
+    }
+    return NULL;
+}
+
+/* ---- start-up: state from Redis and the state file ---- */
+
+static void load_state(ihc_coord *c)
+{
+    uint64_t file_seq = 0;
+    if (seq_file_read(c, &file_seq) != IHC_OK)
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot read state file in state_dir=%s",
+                c->cfg->state_dir);
+
+    ihc_store_opts so = {.url = c->cfg->redis_url,
+                         .timeout_ms = (uint32_t)c->cfg->redis_timeout_ms,
+                         .client_name = "ihc-coordinator-load"};
+    ihc_store *st = NULL;
+    uint64_t redis_seq = 0;
+    bool loaded = false;
+    uint64_t now_ns = ihc_mono_ns();
+    if (ihc_store_open(&st, &so) == IHC_OK && ihc_store_ping(st) == IHC_OK) {
+        size_t n_ep = 0, n_ag = 0, n_ss = 0;
+        ihc_store_epoch_rec *ep = NULL;
+        ihc_store_agent_rec *ag = NULL;
+        ihc_store_session_rec *ss = NULL;
+        int rc = ihc_store_seq_get(st, &redis_seq);
+        if (rc == IHC_OK && (rc = ihc_store_epochs_list(st, &ep, &n_ep)) == IHC_OK)
+            for (size_t i = 0; i < n_ep; i++)
+                ihc_registry_epoch_raise(c->reg, ep[i].hw, ep[i].epoch, 0);
+        if (rc == IHC_OK && (rc = ihc_store_agents_list(st, &ag, &n_ag)) == IHC_OK)
+            for (size_t i = 0; i < n_ag; i++) {
+                json_t *mods = ag[i].modules ? json_loads(ag[i].modules, 0, NULL) : NULL;
+                size_t nm = json_array_size(mods), k = 0;
+                ihc_module_info *mi = nm ? calloc(nm, sizeof(*mi)) : NULL;
+                for (size_t j = 0; mi && j < nm; j++) {
+                    json_t *v = json_array_get(mods, j);
+                    const char *name = json_string_value(json_object_get(v, "name"));
+                    if (!name)
+                        continue;
+                    mi[k].name = (char *)name;
+                    mi[k].timeout_ms =
+                        (uint32_t)json_integer_value(json_object_get(v, "timeout_ms"));
+                    mi[k].enabled = !json_is_false(json_object_get(v, "enabled"));
+                    json_t *meths = json_object_get(v, "methods");
+                    size_t nme = json_array_size(meths);
+                    mi[k].methods = nme ? calloc(nme, sizeof(char *)) : NULL;
+                    for (size_t q = 0; mi[k].methods && q < nme; q++) {
+                        const char *ms = json_string_value(json_array_get(meths, q));
+                        if (ms)
+                            mi[k].methods[mi[k].n_methods++] = (char *)ms;
+                    }
+                    k++;
+                }
+                ihc_registry_agent_load(c->reg, ag[i].agent_id, ag[i].node, ag[i].pid,
+                                        ag[i].started_ms, ag[i].last_seen_ms, mi, k, now_ns);
+                for (size_t j = 0; j < k; j++)
+                    free(mi[j].methods);
+                free(mi);
+                json_decref(mods);
+            }
+        if (rc == IHC_OK && (rc = ihc_store_sessions_list(st, NULL, &ss, &n_ss)) == IHC_OK)
+            for (size_t i = 0; i < n_ss; i++)
+                ihc_registry_session_load(c->reg, &ss[i], now_ns);
+        int64_t v = 0;
+        if (rc == IHC_OK && ihc_store_stats_get(st, "total_interrupts", &v) == IHC_OK)
+            c->total = (uint64_t)v;
+        if (rc == IHC_OK && ihc_store_stats_get(st, "successful_interrupts", &v) == IHC_OK)
+            c->succeeded = (uint64_t)v;
+        if (rc == IHC_OK && ihc_store_stats_get(st, "failed_interrupts", &v) == IHC_OK)
+            c->failed = (uint64_t)v;
+        if (rc == IHC_OK && ihc_store_stats_get(st, "sessions_created", &v) == IHC_OK)
+            c->sessions_created = (uint64_t)v;
+        ihc_store_flags fl;
+        if (rc == IHC_OK && ihc_store_flags_get(st, &fl) == IHC_OK && fl.global_interrupt_flag) {
+            c->flag = true;
+            snprintf(c->flag_hw, sizeof(c->flag_hw), "%s", fl.interrupt_hardware_id);
+            snprintf(c->flag_reason, sizeof(c->flag_reason), "%s", fl.reason);
+            c->flag_set_ms = fl.set_ms;
+            c->flag_reset_ns = now_ns + ns_of_s(c->cfg->session_cleanup_delay);
+        }
+        loaded = rc == IHC_OK;
+        if (loaded)
+            ihc_log(IHC_LOG_INFO, COMPONENT,
+                    "state loaded from redis epochs=%zu agents=%zu sessions=%zu seq=%" PRIu64, n_ep,
+                    n_ag, n_ss, redis_seq);
+        else
+            ihc_log(IHC_LOG_WARN, COMPONENT, "state only partly loaded from redis: %s",
+                    ihc_strerror(rc));
+        ihc_store_epochs_free(ep, n_ep);
+        ihc_store_agents_free(ag, n_ag);
+        ihc_store_sessions_free(ss, n_ss);
+    } else {
+        ihc_log(IHC_LOG_WARN, COMPONENT,
+                "redis unreachable at start url=%s: starting without stored state",
+                c->cfg->redis_url);
+    }
+    ihc_store_close(st);
+    uint64_t hi = redis_seq > file_seq ? redis_seq : file_seq;
+    if (hi == 0 && !loaded && !c->cfg->state_dir)
+        ihc_log(IHC_LOG_WARN, COMPONENT,
+                "interrupt ids start at 1: no redis and no IHC_STATE_DIR to resume from");
+    c->reserved_hi = hi;
+    c->next_id = hi + 1;
+}
+
+/* ---- lifecycle ---- */
+
+static int listen_on(nng_socket s, const char *url, const char *what)
+{
+    int rv = nng_listen(s, url, NULL, 0);
+    if (rv != 0) {
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot listen %s url=%s: %s", what, url,
+                nng_strerror(rv));
+        return IHC_ETRANSPORT;
+    }
+    return IHC_OK;
+}
+
+int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
+{
+    ihc_coord *c = calloc(1, sizeof(*c));
+    if (!c)
+        return IHC_ENOMEM;
+    int rc = IHC_ENOMEM;
+    c->cfg = cfg;
+    c->wake_fd = -1;
+    c->start_ns = ihc_mono_ns();
+    pthread_mutex_init(&c->mu, NULL);
+    atomic_init(&c->loop_stop, false);
+    atomic_init(&c->pending, 0);
+    atomic_init(&c->rejected, 0);
+    if (!(c->window = calloc(IHC__STATS_WINDOW, sizeof(double))))
+        goto fail;
+    if (cfg->secret && cfg->secret_len &&
+        (rc = ihc_wire_auth_new(&c->auth, cfg->secret, cfg->secret_len, 0)) != IHC_OK)
+        goto fail;
+    ihc_registry_opts ro = {
+        .agent_ttl_ns = ns_of_s(cfg->agent_ttl),
+        .max_sessions_per_agent =
+            cfg->max_active_sessions > 0 ? (size_t)cfg->max_active_sessions * 10 : 0,
+        .on_event = on_registry_event,
+        .arg = c,
+    };
+    if (ro.max_sessions_per_agent && ro.max_sessions_per_agent < 1000)
+        ro.max_sessions_per_agent = 1000;
+    if ((rc = ihc_registry_new(&c->reg, &ro)) != IHC_OK)
+        goto fail;
+
+    ihc_persist_opts po = {.store = {.url = cfg->redis_url,
+                                     .timeout_ms = (uint32_t)cfg->redis_timeout_ms,
+                                     .session_ttl_s = (uint32_t)(cfg->session_timeout + 0.5),
+                                     .agent_ttl_s = (uint32_t)(cfg->agent_ttl + 0.999),
+                                     .log_max = (uint32_t)cfg->interrupt_log_max,
+                                     .client_name = "ihc-coordinator"}};
+    if (po.store.agent_ttl_s == 0)
+        po.store.agent_ttl_s = 1;
+    if ((rc = ihc_persist_open(&c->persist, &po)) != IHC_OK) {
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot start the redis writer url=%s: %s",
+                cfg->redis_url, ihc_strerror(rc));
+        goto fail;
+    }
+    load_state(c);
+
+    int rv;
+    if ((rv = nng_pub0_open(&c->pub)) != 0 || (rv = nng_pull0_open(&c->pull)) != 0) {
+        rc = ihc_err_from_nng(rv);
+        goto fail;
+    }
+    nng_socket_set_int(c->pub, NNG_OPT_SENDBUF, 1024);
+    nng_socket_set_int(c->pull, NNG_OPT_RECVBUF, 1024);
+    nng_socket_set_size(c->pull, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG);
+    if ((rc = listen_on(c->pub, cfg->pub_url, "pub")) != IHC_OK ||
+        (rc = listen_on(c->pull, cfg->report_url, "report")) != IHC_OK)
+        goto fail;
+    if ((rv = nng_socket_get_int(c->pull, NNG_OPT_RECVFD, &c->pull_fd)) != 0) {
+        rc = ihc_err_from_nng(rv);
+        goto fail;
+    }
+    if ((c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+        rc = IHC_EIO;
+        goto fail;
+    }
+    c->next_sweep_ns = ihc_mono_ns() + SWEEP_NS;
+    if (pthread_create(&c->loop, NULL, loop_main, c) != 0) {
+        rc = IHC_EINTERNAL;
+        goto fail;
+    }
+    c->loop_started = true;
+    *out = c;
+    return IHC_OK;
+fail:
+    ihc_coord_close(c, 0);
+    return rc;
+}
+
+void ihc_coord_stop(ihc_coord *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->stopping = true;
+    pthread_mutex_unlock(&c->mu);
+    if (c->loop_started) {
+        atomic_store(&c->loop_stop, true);
+        wake(c);
+        pthread_join(c->loop, NULL);
+        c->loop_started = false;
+    }
+}
+
+void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
+{
+    if (!c)
+        return;
+    ihc_coord_stop(c);
+    /* nothing can reach the queue any more: free what a failed open may have left */
+    for (ihc__cmd *k = take_queue(c); k;) {
+        ihc__cmd *next = k->next;
+        cmd_free(k);
+        k = next;
+    }
+    for (size_t i = 0; i < c->n_fl; i++)
+        ihc_inflight_free(c->fl[i]);
+    free(c->fl);
+    nng_close(c->pub);
+    nng_close(c->pull);
+    if (c->wake_fd >= 0)
+        close(c->wake_fd);
+    ihc_persist_close(c->persist, flush_ms);
+    ihc_registry_free(c->reg);
+    ihc_wire_auth_free(c->auth);
+    free(c->window);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}

@@ -1,0 +1,123 @@
+/* libihc: request interrupts from the ihc coordinator over its control socket (nng REQ/REP,
+ * MessagePack), and read its sessions, agents, flags and stats. Self-contained public
+ * header; link with -lihc (pkg-config ihc). */
+#ifndef IHC_CLIENT_H
+#define IHC_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Return codes: 0 on success, else one of these (the same values as ihc's internal error
+ * table; ihc_client_strerror gives the text of any code). */
+#define IHC_CLIENT_OK         0
+#define IHC_CLIENT_EINVAL     1  /* bad argument, or the coordinator refused the request (4xx) */
+#define IHC_CLIENT_ENOMEM     2  /* out of memory */
+#define IHC_CLIENT_EPROTO     3  /* malformed answer */
+#define IHC_CLIENT_ETOOBIG    4  /* request or answer too large (413) */
+#define IHC_CLIENT_EBADHW     6  /* invalid hardware_id (checked before sending) */
+#define IHC_CLIENT_EBADSIG    10 /* answer without a valid signature (secret mismatch) */
+#define IHC_CLIENT_ENOTCONN   14 /* coordinator unreachable: no connection within connect timeout */
+#define IHC_CLIENT_ETIMEDOUT  15 /* connected, but no answer in time */
+#define IHC_CLIENT_ELIMIT     16 /* coordinator busy: too many requests in flight (429/503) */
+#define IHC_CLIENT_ENOENT     17 /* unknown operation (404) */
+#define IHC_CLIENT_ETRANSPORT 19 /* transport error (bad URL, socket error) */
+#define IHC_CLIENT_EDISABLED  22 /* refused by the coordinator's configuration (403) */
+#define IHC_CLIENT_EINTERNAL  24 /* coordinator error (5xx) */
+
+typedef struct ihc_client ihc_client;
+
+typedef struct ihc_client_opts {
+    const char *control_url; /* NULL: "tcp://127.0.0.1:7452" */
+    const void *secret;      /* shared secret for message signing; NULL: unsigned */
+    size_t secret_len;
+    int timeout_ms;         /* wait for queries and for interrupts sent with timeout 0;
+                               0: 10000 */
+    int connect_timeout_ms; /* how long a call waits for a connection; 0: 1000 */
+} ihc_client_opts;
+
+/* One agent's module outcome in an interrupt. */
+typedef struct ihc_module_outcome {
+    const char *agent;
+    const char *name;
+    const char *status; /* "ok", "timed_out", "failed", "disabled" */
+    double time_ms;
+    const char *error; /* NULL when none */
+} ihc_module_outcome;
+
+/* The answer to an interrupt (the coordinator's JSON document, parsed). Every pointer is
+ * owned by the result and valid until ihc_result_free. */
+typedef struct ihc_result {
+    int status;   /* HTTP-like status the coordinator answered (200) */
+    bool success; /* every expected agent answered and every module stopped in time */
+    uint64_t interrupt_id;
+    const char *hardware_id;
+    uint64_t epoch;
+    const char *const *interrupted_modules;
+    size_t n_interrupted_modules;
+    const char *const *cleaned_sessions;
+    size_t n_cleaned_sessions;
+    const char *const *agents_expected;
+    size_t n_agents_expected;
+    const char *const *agents_answered;
+    size_t n_agents_answered;
+    const char *const *agents_missing;
+    size_t n_agents_missing;
+    const ihc_module_outcome *modules;
+    size_t n_modules;
+    const char *reason; /* NULL when none */
+    double total_time_ms;
+    bool persisted;    /* written to Redis (false while Redis is down; written later) */
+    const char *error; /* why success is false; NULL when none */
+} ihc_result;
+
+/* Creates a client (options are copied; o may be NULL). Connecting happens in the background
+ * and is retried; calls wait up to connect_timeout_ms for it. Errors: IHC_CLIENT_EINVAL,
+ * IHC_CLIENT_ETRANSPORT (bad URL), IHC_CLIENT_ENOMEM. Caller owns *out: ihc_client_close.
+ * A client may be used from many threads at once (each call uses its own nng context). */
+int ihc_client_open(ihc_client **out, const ihc_client_opts *o);
+
+/* Closes the client; calls in progress fail. Accepts NULL. */
+void ihc_client_close(ihc_client *c);
+
+/* Interrupts hw ("*" = global). reason may be NULL; timeout_ms 0 = the coordinator's
+ * INTERRUPT_TIMEOUT. Returns 0 when the coordinator ran the interrupt: *out is then the
+ * result (check (*out)->success: false when an agent was missing or a module timed out);
+ * caller frees it with ihc_result_free. Otherwise *out is NULL and the code says why:
+ * IHC_CLIENT_EBADHW / EINVAL (bad argument or refused: ihc_client_last_error has the
+ * coordinator's text), ENOTCONN, ETIMEDOUT, ELIMIT, EDISABLED, EPROTO, EBADSIG. */
+int ihc_client_interrupt(ihc_client *c, const char *hw, const char *reason, int timeout_ms,
+                         ihc_result **out);
+
+/* The coordinator's JSON document for an interrupt result (NUL-terminated). */
+const char *ihc_result_json(const ihc_result *r);
+
+/* Frees a result; accepts NULL. */
+void ihc_result_free(ihc_result *r);
+
+/* Runs a query: op is "sessions" (hw filters, may be NULL), "agents", "flags",
+ * "flags_reset" or "stats"; hw must be NULL for ops other than sessions. On 0, *json is the
+ * coordinator's JSON document (malloc'd; caller frees with free()). Errors as for
+ * ihc_client_interrupt. */
+int ihc_client_query(ihc_client *c, const char *op, const char *hw, char **json);
+
+/* Text explaining the calling thread's last failed call on c: the coordinator's error
+ * message for refused requests, else a description of the failure; "" when none. Valid
+ * until the thread's next call on any client. */
+const char *ihc_client_last_error(const ihc_client *c);
+
+/* The control URL the client dials (for messages). */
+const char *ihc_client_url(const ihc_client *c);
+
+/* Text for a return code; never NULL. */
+const char *ihc_client_strerror(int rc);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

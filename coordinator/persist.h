@@ -1,0 +1,51 @@
+/* The Redis writer: a thread with its own ihc_store that drains a bounded in-memory queue of
+ * write operations in order, pipelined, off the request path. While Redis is down the
+ * operations wait in the queue (the backlog) and are written when it returns. */
+#ifndef IHC_COORD_PERSIST_H
+#define IHC_COORD_PERSIST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+typedef struct ihc_persist ihc_persist;
+
+typedef struct {
+    ihc_store_opts store; /* copied (url too) */
+    size_t max_queue;     /* 0 = 1000000 operations */
+    size_t batch;         /* operations per pipeline, 0 = 512 */
+} ihc_persist_opts;
+
+/* Starts the writer thread. Redis need not be up. Caller owns *out (ihc_persist_close).
+ * Errors: IHC_EINVAL (bad URL), IHC_ENOMEM, IHC_EINTERNAL (thread). */
+int ihc_persist_open(ihc_persist **out, const ihc_persist_opts *o);
+
+/* Writes what is queued for up to flush_ms (while Redis answers), then stops the thread and
+ * frees everything; operations still queued are dropped and logged. Accepts NULL. */
+void ihc_persist_close(ihc_persist *p, uint32_t flush_ms);
+
+/* The writer's view of Redis: true when its last command succeeded. Thread-safe. */
+bool ihc_persist_connected(const ihc_persist *p);
+
+/* Operations queued and not yet written; operations dropped because the queue was full. */
+size_t ihc_persist_backlog(ihc_persist *p);
+uint64_t ihc_persist_dropped(const ihc_persist *p);
+
+/* Queue one write each. The arguments are copied; every call is thread-safe and never
+ * blocks on Redis. When the queue is full the oldest non-essential operation (agent
+ * refreshes) is dropped, else the oldest one, with a counter and a warning. */
+void ihc_persist_session_put(ihc_persist *p, const ihc_store_session *s);
+void ihc_persist_session_state(ihc_persist *p, const char *hw, const char *session_id,
+                               const char *state, int64_t updated_ms);
+void ihc_persist_epoch_raise(ihc_persist *p, const char *hw, uint64_t epoch);
+void ihc_persist_flags_set(ihc_persist *p, const ihc_store_flags *f);
+void ihc_persist_flags_reset(ihc_persist *p);
+void ihc_persist_agent_put(ihc_persist *p, const ihc_store_agent *a);
+void ihc_persist_agent_touch(ihc_persist *p, const char *agent_id, int64_t last_seen_ms);
+void ihc_persist_log_append(ihc_persist *p, const ihc_store_log_entry *e);
+void ihc_persist_stats_incr(ihc_persist *p, const char *field, int64_t by);
+void ihc_persist_seq_raise(ihc_persist *p, uint64_t v);
+
+#endif

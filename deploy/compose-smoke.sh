@@ -1,0 +1,380 @@
+#!/usr/bin/env bash
+# Smoke test of deploy/docker-compose.yml as a user would run it: build the image, start Redis,
+# the coordinator and three agents, interrupt dev-2 over the published HTTP port, check the
+# answer, the agents' logs and the state in Redis, then take everything down.
+#
+#   sudo bash deploy/compose-smoke.sh
+#
+# Runs as root. Installs what is missing (docker.io, docker-compose, debootstrap, curl, jq)
+# with apt-get, starts dockerd when no engine answers (and stops it again at the end), and,
+# because no image registry may be reachable, makes the base images locally when they are
+# missing: debian:bookworm-slim with debootstrap, redis:7 as a stand-in built from Debian's
+# redis-server. IHC_SMOKE_PULL=1 tries `docker pull` first instead.
+# Environment: IHC_COMPOSE ("docker compose" or "docker-compose"; default: whichever works,
+# v2 first), IHC_SMOKE_DEADLINE (seconds to wait for health, default 180),
+# IHC_SMOKE_KEEP=1 (leave the stack up for a look; `down -v` it yourself).
+# Ends with "N passed, N failed"; exits non-zero when anything failed.
+
+set -u
+set -o pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+COMPOSE_FILE="$HERE/docker-compose.yml"
+PROJECT=ihc-smoke
+DEADLINE=${IHC_SMOKE_DEADLINE:-180}
+WORK=$(mktemp -d /tmp/ihc-smoke.XXXXXX)
+STARTED_DOCKERD=""
+COMPOSE_UP=""
+PASS=0
+FAIL=0
+T_START=$SECONDS
+
+log() { printf '[smoke %3ds] %s\n' "$((SECONDS - T_START))" "$*"; }
+pass() {
+  printf 'PASS %s\n' "$1"
+  PASS=$((PASS + 1))
+}
+fail() {
+  printf 'FAIL %s\n' "$1"
+  [ $# -gt 1 ] && printf '     %s\n' "${@:2}"
+  FAIL=$((FAIL + 1))
+}
+summary() {
+  log "total time $((SECONDS - T_START)) s"
+  printf '%d passed, %d failed\n' "$PASS" "$FAIL"
+}
+die() {
+  fail "$1" "${@:2}"
+  exit 1
+}
+
+compose() { $COMPOSE -p "$PROJECT" -f "$COMPOSE_FILE" "$@"; }
+
+cleanup() {
+  local rc=$?
+  if [ -n "$COMPOSE_UP" ]; then
+    if [ "$FAIL" -gt 0 ] || [ $rc -ne 0 ]; then
+      log "logs of the stack (last 40 lines per service):"
+      compose logs --no-color --tail 40 2>&1 | sed 's/^/    /'
+    fi
+    if [ "${IHC_SMOKE_KEEP:-0}" = 1 ]; then
+      log "IHC_SMOKE_KEEP=1: stack left up; remove it with: $COMPOSE -p $PROJECT -f $COMPOSE_FILE down -v"
+    else
+      log "taking the stack down (down -v)"
+      compose down -v --remove-orphans >"$WORK/down.log" 2>&1 ||
+        { log "down failed:"; sed 's/^/    /' "$WORK/down.log"; }
+    fi
+  fi
+  if [ -n "$STARTED_DOCKERD" ]; then
+    log "stopping the dockerd this script started (pid $STARTED_DOCKERD)"
+    kill -TERM "$STARTED_DOCKERD" 2>/dev/null
+    local d=$((SECONDS + 30))
+    while kill -0 "$STARTED_DOCKERD" 2>/dev/null && [ $SECONDS -lt $d ]; do sleep 0.2; done
+  fi
+  rm -rf "$WORK"
+  summary
+  if [ "$FAIL" -gt 0 ] && [ $rc -eq 0 ]; then rc=1; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_for SECONDS WHAT CMD…: runs CMD until it succeeds or SECONDS pass.
+wait_for() {
+  local secs=$1 what=$2 end
+  shift 2
+  end=$((SECONDS + secs))
+  while [ $SECONDS -lt "$end" ]; do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  log "gave up waiting ${secs}s for: $what"
+  return 1
+}
+
+apt_install() {
+  log "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >"$WORK/apt.log" 2>&1 ||
+    { apt-get update -q >>"$WORK/apt.log" 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >>"$WORK/apt.log" 2>&1; } ||
+    { sed 's/^/    /' "$WORK/apt.log" | tail -20; return 1; }
+}
+
+# ---- tools and engine -------------------------------------------------------------------
+
+[ "$(id -u)" = 0 ] || die "must run as root (starts dockerd, installs packages)"
+
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v docker >/dev/null || need+=(docker.io)
+command -v curl >/dev/null || need+=(curl)
+command -v jq >/dev/null || need+=(jq)
+if [ ${#need[@]} -gt 0 ]; then
+  apt_install $(printf '%s\n' "${need[@]}" | sort -u) || die "install of ${need[*]}"
+fi
+
+if ! timeout 20 docker info >/dev/null 2>&1; then
+  log "no Docker engine answers: starting dockerd (log $WORK/dockerd.log)"
+  dockerd >"$WORK/dockerd.log" 2>&1 &
+  STARTED_DOCKERD=$!
+  wait_for 60 "docker info" docker info ||
+    die "dockerd did not come up within 60 s" "$(tail -5 "$WORK/dockerd.log")"
+fi
+
+if [ -n "${IHC_COMPOSE:-}" ]; then
+  COMPOSE=$IHC_COMPOSE
+elif docker compose version >/dev/null 2>&1; then
+  COMPOSE="docker compose"
+elif command -v docker-compose >/dev/null; then
+  COMPOSE=docker-compose
+else
+  apt_install docker-compose || die "install of docker-compose"
+  COMPOSE=docker-compose
+fi
+log "compose: $COMPOSE ($($COMPOSE version 2>/dev/null | head -1))"
+
+# ---- base images ------------------------------------------------------------------------
+
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+try_pull() {
+  [ "${IHC_SMOKE_PULL:-0}" = 1 ] || return 1
+  log "pulling $1"
+  timeout 120 docker pull "$1" >"$WORK/pull.log" 2>&1
+}
+
+# The Debian mirror apt uses (deb822 .sources or a sources.list line), for debootstrap.
+debian_mirror() {
+  local m
+  m=$(grep -hs -A3 '^Types:.*deb' /etc/apt/sources.list.d/*.sources |
+    awk '/^URIs:/ {u=$2} /^Suites:/ && u && $0 ~ /bookworm( |$)/ {print u; exit}')
+  [ -n "$m" ] || m=$(awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
+  printf '%s\n' "${m:-http://deb.debian.org/debian}"
+}
+
+make_debian_base() {
+  command -v debootstrap >/dev/null || apt_install debootstrap || return 1
+  local mirror dir=$WORK/rootfs
+  mirror=$(debian_mirror)
+  log "making debian:bookworm-slim with debootstrap from $mirror (a few minutes)"
+  debootstrap --variant=minbase bookworm "$dir" "$mirror" >"$WORK/debootstrap.log" 2>&1 ||
+    { tail -20 "$WORK/debootstrap.log" | sed 's/^/    /'; return 1; }
+  rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+  tar -C "$dir" -c . | docker import -c 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
+  local rc=$?
+  rm -rf "$dir"
+  return $rc
+}
+
+# A stand-in for the official redis:7 image: same command line (`redis-server --appendonly
+# yes`, `redis-cli ping`), data in /data, protected mode off as in the official image.
+make_redis_standin() {
+  log "building a stand-in redis:7 from Debian's redis-server"
+  mkdir -p "$WORK/redis"
+  cat >"$WORK/redis/entrypoint.sh" <<'EOS'
+#!/bin/sh
+# Like the official image's entrypoint: flags alone mean redis-server flags.
+if [ "${1#-}" != "$1" ]; then set -- redis-server "$@"; fi
+if [ "$1" = redis-server ]; then
+  shift
+  set -- redis-server --protected-mode no --dir /data "$@"
+fi
+exec "$@"
+EOS
+  cat >"$WORK/redis/Dockerfile" <<'EOS'
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /data && chown redis:redis /data
+COPY entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+RUN chmod 755 /usr/local/bin/docker-entrypoint.sh
+WORKDIR /data
+VOLUME /data
+USER redis
+EXPOSE 6379
+ENTRYPOINT ["docker-entrypoint.sh"]
+CMD ["redis-server"]
+EOS
+  docker build -q -t redis:7 "$WORK/redis" >"$WORK/redis-build.log" 2>&1 ||
+    { tail -20 "$WORK/redis-build.log" | sed 's/^/    /'; return 1; }
+}
+
+t=$SECONDS
+if ! have_image debian:bookworm-slim && ! try_pull debian:bookworm-slim; then
+  make_debian_base || die "making debian:bookworm-slim"
+fi
+if ! have_image redis:7 && ! try_pull redis:7; then
+  make_redis_standin || die "making the redis:7 stand-in"
+fi
+pass "base images present (debian:bookworm-slim, redis:7) [$((SECONDS - t)) s]"
+
+# ---- bring the stack up -----------------------------------------------------------------
+
+# Free host ports, so the test never collides with an ihc (or anything) already running.
+port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
+# pick_ports N: prints N distinct free ports.
+pick_ports() {
+  local n=$1 p got=" "
+  for _ in $(seq 500); do
+    p=$((20000 + RANDOM % 30000))
+    if port_free "$p" && [[ "$got" != *" $p "* ]]; then
+      got="$got$p "
+      n=$((n - 1))
+      [ "$n" -gt 0 ] || break
+    fi
+  done
+  [ "$n" -eq 0 ] && echo $got
+}
+ports=$(pick_ports 4) || die "no free host ports"
+read -r IHC_PUB_PORT IHC_REPORT_PORT IHC_CONTROL_PORT IHC_HTTP_PORT <<<"$ports"
+export IHC_PUB_PORT IHC_REPORT_PORT IHC_CONTROL_PORT IHC_HTTP_PORT
+export IHC_IMAGE=${IHC_IMAGE:-ihc:smoke}
+log "host ports: pub $IHC_PUB_PORT report $IHC_REPORT_PORT control $IHC_CONTROL_PORT http $IHC_HTTP_PORT; image $IHC_IMAGE"
+
+# A crashed earlier run may have left the project behind.
+compose down -v --remove-orphans >/dev/null 2>&1
+
+t=$SECONDS
+log "building the image and starting the stack"
+COMPOSE_UP=1
+if compose up -d --build >"$WORK/up.log" 2>&1; then
+  pass "compose up -d --build [$((SECONDS - t)) s]"
+else
+  tail -40 "$WORK/up.log" | sed 's/^/    /'
+  die "compose up -d --build"
+fi
+
+health() {
+  local id
+  id=$(compose ps -q "$1" 2>/dev/null)
+  [ -n "$id" ] || return 1
+  docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id"
+}
+all_healthy() {
+  local s
+  for s in redis coordinator agent-1 agent-2 agent-3; do
+    [ "$(health "$s")" = healthy ] || return 1
+  done
+}
+t=$SECONDS
+if wait_for "$DEADLINE" "all services healthy" all_healthy; then
+  pass "redis, coordinator and 3 agents healthy [$((SECONDS - t)) s]"
+else
+  for s in redis coordinator agent-1 agent-2 agent-3; do log "  $s: $(health "$s")"; done
+  die "services healthy within ${DEADLINE}s"
+fi
+
+# ---- the checks -------------------------------------------------------------------------
+
+API="http://127.0.0.1:$IHC_HTTP_PORT"
+http_get() { curl -fsS --max-time 5 "$API$1"; }
+
+if http_get /healthz >"$WORK/healthz" && [ "$(jq -r 'has("redis")' "$WORK/healthz" 2>/dev/null)" != "" ]; then
+  pass "GET /healthz on published port $IHC_HTTP_PORT"
+else
+  fail "GET /healthz on published port $IHC_HTTP_PORT" "$(cat "$WORK/healthz" 2>/dev/null)"
+fi
+
+agents_registered() {
+  http_get /v1/agents >"$WORK/agents" || return 1
+  local a
+  for a in agent-1 agent-2 agent-3; do
+    grep -q "\"$a\"" "$WORK/agents" || return 1
+  done
+}
+dev2_sessions() {
+  http_get "/v1/sessions?hardware_id=dev-2" >"$WORK/sessions" || return 1
+  grep -q '"agent-1"' "$WORK/sessions" && grep -q '"agent-2"' "$WORK/sessions"
+}
+if wait_for 30 "agents in /v1/agents" agents_registered; then
+  pass "GET /v1/agents lists agent-1, agent-2, agent-3"
+else
+  fail "GET /v1/agents lists agent-1, agent-2, agent-3" "$(cat "$WORK/agents" 2>/dev/null)"
+fi
+if wait_for 30 "dev-2 sessions" dev2_sessions; then
+  pass "dev-2 has sessions on agent-1 and agent-2"
+else
+  fail "dev-2 has sessions on agent-1 and agent-2" "$(cat "$WORK/sessions" 2>/dev/null)"
+fi
+
+code=$(curl -sS --max-time 15 -o "$WORK/interrupt" -w '%{http_code}' -H 'Content-Type: application/json' \
+  -d '{"hardware_id":"dev-2","reason":"compose smoke test"}' "$API/v1/interrupt")
+res=$(cat "$WORK/interrupt" 2>/dev/null)
+if [ "$code" = 200 ] && [ "$(jq -r .success <<<"$res")" = true ] &&
+  [ "$(jq -c '.agents.answered | sort' <<<"$res")" = '["agent-1","agent-2"]' ] &&
+  [ "$(jq -c '.agents.missing' <<<"$res")" = '[]' ]; then
+  pass "POST /v1/interrupt dev-2: success, answered by agent-1 and agent-2 ($(jq -r .total_time_ms <<<"$res") ms)"
+else
+  fail "POST /v1/interrupt dev-2: success, answered by agent-1 and agent-2" "HTTP $code: $res"
+fi
+interrupt_id=$(jq -r '.interrupt_id // empty' <<<"$res" 2>/dev/null)
+
+# The agents' own account: the interrupt reached both holders of dev-2, not agent-3.
+agent_saw() { compose logs --no-color "$1" 2>/dev/null | grep -i 'interrupt' | grep -q 'dev-2'; }
+if wait_for 10 "agent logs" agent_saw agent-1 && agent_saw agent-2; then
+  pass "agent-1 and agent-2 logged the dev-2 interrupt"
+else
+  fail "agent-1 and agent-2 logged the dev-2 interrupt" "$(compose logs --no-color --tail 10 agent-1 agent-2 2>&1)"
+fi
+if ! agent_saw agent-3; then
+  pass "agent-3 (no dev-2 session) was not interrupted"
+else
+  fail "agent-3 (no dev-2 session) was not interrupted"
+fi
+if http_get "/v1/sessions?hardware_id=dev-3" | grep -q '"agent-3"'; then
+  pass "dev-3 sessions still run"
+else
+  fail "dev-3 sessions still run"
+fi
+
+# Redis state through the compose service (persistence is off the request path: poll).
+rcli() { compose exec -T redis redis-cli "$@"; }
+logged() {
+  rcli XREVRANGE ihc:interrupts + - COUNT 20 >"$WORK/xrange" 2>&1 || return 1
+  grep -qx 'dev-2' "$WORK/xrange"
+}
+if wait_for 20 "ihc:interrupts entry" logged && [ "$(rcli XLEN ihc:interrupts | tr -d '\r')" -ge 1 ]; then
+  pass "redis: ihc:interrupts has the dev-2 interrupt (XLEN $(rcli XLEN ihc:interrupts | tr -d '\r'))"
+else
+  fail "redis: ihc:interrupts has the dev-2 interrupt" "$(cat "$WORK/xrange")"
+fi
+flags() { rcli HGETALL ihc:flags >"$WORK/flags" 2>&1 && grep -qx 'interrupt_hardware_id' "$WORK/flags"; }
+if wait_for 20 "ihc:flags" flags; then
+  pass "redis: HGETALL ihc:flags ($(tr '\r\n' '  ' <"$WORK/flags"))"
+else
+  fail "redis: HGETALL ihc:flags" "$(cat "$WORK/flags")"
+fi
+epoch() { [ "$(rcli GET 'ihc:hw:{dev-2}:epoch' | tr -d '\r')" -ge 1 ] 2>/dev/null; }
+if wait_for 20 "dev-2 epoch" epoch; then
+  pass "redis: ihc:hw:{dev-2}:epoch bumped"
+else
+  fail "redis: ihc:hw:{dev-2}:epoch bumped" "$(rcli GET 'ihc:hw:{dev-2}:epoch')"
+fi
+
+# The CLI in the image, over the control socket.
+if compose exec -T coordinator ihc interrupt dev-3 --reason "smoke cli" --json >"$WORK/cli" 2>&1 &&
+  [ "$(jq -r .success "$WORK/cli" 2>/dev/null)" = true ]; then
+  id2=$(jq -r .interrupt_id "$WORK/cli")
+  if [ -n "$interrupt_id" ] && [ "$id2" -gt "$interrupt_id" ] 2>/dev/null; then
+    pass "ihc interrupt dev-3 (CLI in the image): success, id $id2 after $interrupt_id"
+  else
+    fail "ihc interrupt dev-3: id increases" "first $interrupt_id, then $id2"
+  fi
+else
+  fail "ihc interrupt dev-3 (CLI in the image)" "$(cat "$WORK/cli")"
+fi
+
+# Docker stops containers with SIGTERM: the daemons must exit cleanly and fast.
+t=$SECONDS
+if compose stop -t 20 agent-3 >/dev/null 2>&1 && [ $((SECONDS - t)) -lt 10 ]; then
+  code=$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -q agent-3)")
+  if [ "$code" = 0 ]; then
+    pass "agent-3 stops on SIGTERM with exit 0 [$((SECONDS - t)) s]"
+  else
+    fail "agent-3 stops on SIGTERM with exit 0" "exit code $code"
+  fi
+else
+  fail "agent-3 stops on SIGTERM within 10 s" "took $((SECONDS - t)) s"
+fi

@@ -1,0 +1,167 @@
+/* The floor of ihc's transport: a bare nng PUB → N SUB processes → PUSH acks → PULL
+ * round, with nothing else (no encoding, no Redis, no agent logic). ihc end to end is
+ * compared against this. Usage: bench_floor [--agents N] [--iterations K] [--samples F] */
+#include "bench_util.h"
+
+#include <nng/nng.h>
+#include <nng/protocol/pipeline0/pull.h>
+#include <nng/protocol/pipeline0/push.h>
+#include <nng/protocol/pubsub0/pub.h>
+#include <nng/protocol/pubsub0/sub.h>
+
+static char pub_url[64], pull_url[64];
+static const char topic[] = "hw:bench"; /* with its NUL, as ihc frames it */
+
+static void die(const char *what, int rv)
+{
+    fprintf(stderr, "bench_floor: %s: %s\n", what, nng_strerror(rv));
+    exit(1);
+}
+
+/* A subscriber process: every broadcast is answered with one ack carrying its payload. */
+static void subscriber(int idx)
+{
+    nng_socket sub, push;
+    int rv;
+    if ((rv = nng_sub0_open(&sub)) || (rv = nng_push0_open(&push)))
+        die("open", rv);
+    nng_socket_set(sub, NNG_OPT_SUB_SUBSCRIBE, topic, sizeof(topic));
+    nng_socket_set_ms(sub, NNG_OPT_RECONNMINT, 10);
+    nng_socket_set_ms(push, NNG_OPT_RECONNMINT, 10);
+    if ((rv = nng_dial(sub, pub_url, NULL, NNG_FLAG_NONBLOCK)) ||
+        (rv = nng_dial(push, pull_url, NULL, NNG_FLAG_NONBLOCK)))
+        die("dial", rv);
+    for (;;) {
+        nng_msg *m;
+        if (nng_recvmsg(sub, &m, 0) != 0)
+            break;
+        uint64_t seq = 0;
+        if (nng_msg_len(m) >= sizeof(topic) + 8)
+            memcpy(&seq, (char *)nng_msg_body(m) + sizeof(topic), 8);
+        nng_msg_free(m);
+        uint64_t ack[2] = {seq, (uint64_t)idx};
+        nng_send(push, ack, sizeof(ack), 0);
+    }
+}
+
+static void publish(nng_socket pub, uint64_t seq)
+{
+    char buf[sizeof(topic) + 8];
+    memcpy(buf, topic, sizeof(topic));
+    memcpy(buf + sizeof(topic), &seq, 8);
+    nng_send(pub, buf, sizeof(buf), 0);
+}
+
+/* Waits for n acks of seq (older ones are discarded); returns how many arrived. */
+static int collect(nng_socket pull, uint64_t seq, int n, char *seen)
+{
+    int got = 0;
+    memset(seen, 0, (size_t)n);
+    while (got < n) {
+        uint64_t ack[2];
+        size_t len = sizeof(ack);
+        if (nng_recv(pull, ack, &len, 0) != 0)
+            break; /* timeout */
+        if (len == sizeof(ack) && ack[0] == seq && ack[1] < (uint64_t)n && !seen[ack[1]]) {
+            seen[ack[1]] = 1;
+            got++;
+        }
+    }
+    return got;
+}
+
+/* nng is not fork-safe once initialised, so subscribers are fresh processes (re-exec). */
+static pid_t spawn_subscriber(int idx)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        char num[16];
+        snprintf(num, sizeof(num), "%d", idx);
+        execl("/proc/self/exe", "bench_floor", "--sub", num, pub_url, pull_url, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 5 && !strcmp(argv[1], "--sub")) {
+        snprintf(pub_url, sizeof(pub_url), "%s", argv[3]);
+        snprintf(pull_url, sizeof(pull_url), "%s", argv[4]);
+        subscriber(atoi(argv[2]));
+        return 0;
+    }
+    int agents = 8, iters = 2000;
+    const char *samples = NULL;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--agents"))
+            agents = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--iterations"))
+            iters = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--samples"))
+            samples = argv[i + 1];
+    }
+    if (agents < 1 || iters < 1) {
+        fprintf(stderr, "usage: bench_floor [--agents N] [--iterations K] [--samples F]\n");
+        return 2;
+    }
+    nng_socket pub, pull;
+    nng_listener lp, ll;
+    int rv;
+    if ((rv = nng_pub0_open(&pub)) || (rv = nng_pull0_open(&pull)))
+        die("open", rv);
+    if ((rv = nng_listen(pub, "tcp://127.0.0.1:0", &lp, 0)) ||
+        (rv = nng_listen(pull, "tcp://127.0.0.1:0", &ll, 0)))
+        die("listen", rv);
+    int p1, p2;
+    nng_listener_get_int(lp, NNG_OPT_TCP_BOUND_PORT, &p1);
+    nng_listener_get_int(ll, NNG_OPT_TCP_BOUND_PORT, &p2);
+    snprintf(pub_url, sizeof(pub_url), "tcp://127.0.0.1:%d", p1);
+    snprintf(pull_url, sizeof(pull_url), "tcp://127.0.0.1:%d", p2);
+    nng_socket_set_int(pub, NNG_OPT_SENDBUF, 1024);
+    nng_socket_set_int(pull, NNG_OPT_RECVBUF, 1024);
+
+    pid_t *pids = calloc((size_t)agents, sizeof(pid_t));
+    char *seen = calloc((size_t)agents, 1);
+    for (int i = 0; i < agents; i++)
+        pids[i] = spawn_subscriber(i);
+
+    /* Warm up until every subscriber answers (the slow-joiner problem). */
+    nng_socket_set_ms(pull, NNG_OPT_RECVTIMEO, 50);
+    uint64_t seq = 1;
+    uint64_t until = bench_ns() + 30ull * 1000000000u;
+    for (;; seq++) {
+        publish(pub, seq);
+        if (collect(pull, seq, agents, seen) == agents)
+            break;
+        if (bench_ns() > until) {
+            fprintf(stderr, "bench_floor: subscribers did not connect\n");
+            bench_reap(pids, agents);
+            return 1;
+        }
+    }
+    nng_socket_set_ms(pull, NNG_OPT_RECVTIMEO, 1000);
+    bench_samples s = {0};
+    int lost = 0;
+    for (int k = 0; k < iters; k++) {
+        seq++;
+        uint64_t t0 = bench_ns();
+        publish(pub, seq);
+        if (collect(pull, seq, agents, seen) == agents)
+            bench_add(&s, (double)(bench_ns() - t0) / 1e3);
+        else
+            lost++;
+        bench_progress("nng floor", (size_t)k + 1, (size_t)iters);
+    }
+    if (lost)
+        fprintf(stderr, "bench_floor: %d rounds incomplete (pub/sub drops)\n", lost);
+    bench_report(stdout, "nng_floor", agents, &s, samples);
+    bench_reap(pids, agents);
+    nng_close(pub);
+    nng_close(pull);
+    free(pids);
+    free(seen);
+    free(s.v);
+    return 0;
+}

@@ -1,0 +1,327 @@
+/* A real `ihc-agent --simulate dev-1,dev-2` process driven by a fake coordinator in the test:
+ * hello, sync, an interrupt that stops exactly dev-1's work, a new dev-1 session in the new
+ * epoch, refused configuration, and a clean SIGTERM. */
+#include "harness.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "fake_coord.h"
+
+static char *tmpdir;
+
+static char *path_in(const char *name)
+{
+    static __thread char buf[4][4096];
+    static __thread int k;
+    char *p = buf[k++ % 4];
+    snprintf(p, sizeof(buf[0]), "%s/%s", tmpdir, name);
+    return p;
+}
+
+/* Runs ihc-agent with args and env, waits for its exit; returns the wait status and leaves
+ * its output in log. */
+static int run_agent(char *const *args, char *const *env, const char *log)
+{
+    char *argv[16] = {(char *)th_bin("ihc-agent")};
+    size_t n = 1;
+    for (size_t i = 0; args[i] && n < 15; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    unlink(log);
+    pid_t pid = th_spawn(argv, log, env);
+    assert_true(pid > 0);
+    int st = th_wait_exit(pid, 10000);
+    if (st == -1)
+        st = th_stop(pid, SIGKILL, 1000);
+    return st;
+}
+
+static void test_agent_daemon_bad_config(void **state)
+{
+    (void)state;
+    const char *log = path_in("bad.log");
+    char local[4200];
+    snprintf(local, sizeof(local), "--local=ipc://%s", path_in("bad.sock"));
+
+    char *env_bad[] = {"INTERRUPT_TIMEOUT=abc", NULL};
+    char *a1[] = {local, NULL};
+    int st = run_agent(a1, env_bad, log);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 2);
+    assert_true(fc_log_has(log, "INTERRUPT_TIMEOUT", 0));
+
+    char *a2[] = {local, "--simulate", "bad hw!", NULL};
+    st = run_agent(a2, NULL, log);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 2);
+    assert_true(fc_log_has(log, "simulate", 0));
+    assert_true(fc_log_has(log, "bad hw!", 0));
+
+    char *a3[] = {local, "--simulate", "dev-1,dev-1", NULL};
+    st = run_agent(a3, NULL, log);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 2);
+
+    char *a4[] = {local, "--no-such-flag", NULL};
+    st = run_agent(a4, NULL, log);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 2);
+    assert_true(fc_log_has(log, "--no-such-flag", 0));
+
+    char *a5[] = {local, "stray", NULL};
+    st = run_agent(a5, NULL, log);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 2);
+    assert_true(fc_log_has(log, "stray", 0));
+
+    char *a6[] = {"--version", NULL};
+    st = run_agent(a6, NULL, log);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_true(fc_log_has(log, "ihc-agent 0.", 0));
+
+    char *env_ok[] = {"INTERRUPT_TIMEOUT=2.5", NULL};
+    char *a7[] = {"--print-config", NULL};
+    st = run_agent(a7, env_ok, log);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_true(fc_log_has(log, "INTERRUPT_TIMEOUT", 0));
+
+    char *a8[] = {"--help", NULL};
+    st = run_agent(a8, NULL, log);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_true(fc_log_has(log, "--simulate", 0));
+}
+
+static bool has_module(const ihc_hello_msg *h, const char *name)
+{
+    for (size_t i = 0; i < h->n_modules; i++)
+        if (strcmp(h->modules[i].name, name) == 0)
+            return h->modules[i].n_methods == 2 && h->modules[i].enabled;
+    return false;
+}
+
+static void note_session(char sids[2][IHC_ID_MAX + 1], const ihc_session_info *s)
+{
+    int k = strcmp(s->hw, "dev-1") == 0 ? 0 : strcmp(s->hw, "dev-2") == 0 ? 1 : -1;
+    assert_true(k >= 0);
+    snprintf(sids[k], IHC_ID_MAX + 1, "%s", s->session_id);
+    assert_int_equal(s->epoch, 0);
+}
+
+static void test_agent_daemon_interrupt(void **state)
+{
+    (void)state;
+    fake_coord fc = {0};
+    assert_int_equal(fc_listen(&fc), 0);
+    const char *log = path_in("agent.log");
+    char local[4200];
+    snprintf(local, sizeof(local), "ipc://%s", path_in("agent.sock"));
+    char *argv[] = {(char *)th_bin("ihc-agent"),
+                    "--pub",
+                    fc.pub_url,
+                    "--report",
+                    fc.report_url,
+                    "--id",
+                    "it-agent",
+                    "--simulate",
+                    "dev-1,dev-2",
+                    "--local",
+                    local,
+                    NULL};
+    char *env[] = {"IHC_HEARTBEAT_INTERVAL=0.2", "IHC_LOG_LEVEL=info", NULL};
+    pid_t agent = th_spawn(argv, log, env);
+    assert_true(agent > 0);
+
+    /* hello: the three modules; the sessions of dev-1 and dev-2 (in hello or right after) */
+    ihc_msg *m = fc_recv_type(&fc, IHC_MSG_HELLO, 10000);
+    assert_non_null(m);
+    assert_string_equal(m->u.hello.agent, "it-agent");
+    assert_int_equal(m->u.hello.pid, agent);
+    assert_true(has_module(&m->u.hello, "text_processing"));
+    assert_true(has_module(&m->u.hello, "audio_generation"));
+    assert_true(has_module(&m->u.hello, "session_management"));
+    char sids[2][IHC_ID_MAX + 1] = {"", ""};
+    for (size_t i = 0; i < m->u.hello.n_sessions; i++)
+        note_session(sids, &m->u.hello.sessions[i]);
+    ihc_msg_free(m);
+    const char *hws[] = {"dev-1", "dev-2"};
+    TH_PASS(fc_send_sync(&fc, "it-agent", hws, 2));
+    uint64_t end = th_now_ms_() + 5000;
+    while ((!sids[0][0] || !sids[1][0]) && th_now_ms_() < end) {
+        m = fc_recv(&fc, 200);
+        if (m && m->type == IHC_MSG_SESSION_BEGIN)
+            note_session(sids, &m->u.session_begin.session);
+        ihc_msg_free(m);
+    }
+    assert_true(sids[0][0] && sids[1][0]);
+
+    /* work is visible in the log */
+    char line[512];
+    snprintf(line, sizeof(line), "simulate progress session=%s hw=dev-1", sids[0]);
+    assert_true(TH_WAIT(fc_log_has(log, line, 0), 5000));
+
+    /* interrupt dev-1: the report names the three modules, all ok, and dev-1's session only */
+    ihc_msg *r = fc_interrupt_until_report(&fc, 1, "dev-1", 1, 10000);
+    assert_non_null(r);
+    size_t after = fc_file_size(log);
+    assert_string_equal(r->u.report.agent, "it-agent");
+    assert_string_equal(r->u.report.hw, "dev-1");
+    assert_int_equal(r->u.report.n_modules, 3);
+    for (size_t i = 0; i < r->u.report.n_modules; i++) {
+        const ihc_module_result *mr = &r->u.report.modules[i];
+        if (mr->status != IHC_MOD_OK)
+            fail_msg("module %s: status %d error %s", mr->name, (int)mr->status,
+                     mr->error ? mr->error : "-");
+    }
+    assert_int_equal(r->u.report.n_sessions, 1);
+    assert_string_equal(r->u.report.sessions[0], sids[0]);
+    ihc_msg_free(r);
+
+    /* dev-1's generators stopped in every module; dev-2's did not and keep progressing */
+    static const char *const modules[] = {"text_processing", "audio_generation",
+                                          "session_management"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(line, sizeof(line), "simulate stopped session=%s hw=dev-1 module=%s after",
+                 sids[0], modules[i]);
+        assert_true(TH_WAIT(fc_log_has(log, line, 0), 2000));
+    }
+    snprintf(line, sizeof(line), "simulate progress session=%s hw=dev-2", sids[1]);
+    assert_true(TH_WAIT(fc_log_has(log, line, after), 3000));
+    snprintf(line, sizeof(line), "simulate stopped session=%s", sids[1]);
+    assert_false(fc_log_has(log, line, 0));
+
+    /* a new dev-1 session begins after the pause, in the interrupt's epoch, and works */
+    ihc_msg *b = NULL;
+    end = th_now_ms_() + 5000;
+    while (!b && th_now_ms_() < end) {
+        m = fc_recv(&fc, 200);
+        if (m && m->type == IHC_MSG_SESSION_BEGIN &&
+            strcmp(m->u.session_begin.session.hw, "dev-1") == 0)
+            b = m;
+        else
+            ihc_msg_free(m);
+    }
+    assert_non_null(b);
+    assert_string_not_equal(b->u.session_begin.session.session_id, sids[0]);
+    assert_int_equal(b->u.session_begin.session.epoch, 1);
+    snprintf(line, sizeof(line), "simulate progress session=%s hw=dev-1",
+             b->u.session_begin.session.session_id);
+    ihc_msg_free(b);
+    assert_true(TH_WAIT(fc_log_has(log, line, 0), 3000));
+
+    /* the same interrupt again (a coordinator re-send) is acted on once: the new session
+     * lives on */
+    TH_PASS(fc_send_interrupt(&fc, 1, "dev-1", 1));
+    size_t mark = fc_file_size(log);
+    assert_true(TH_WAIT(fc_log_has(log, line, mark), 3000));
+    snprintf(line, sizeof(line), "simulate stopped session=%s", sids[1]);
+    assert_false(fc_log_has(log, line, 0));
+
+    /* SIGTERM: clean stop, exit 0, promptly */
+    uint64_t t0 = th_now_ms_();
+    kill(agent, SIGTERM);
+    int st = th_wait_exit(agent, 5000);
+    if (st == -1) {
+        th_stop(agent, SIGKILL, 1000);
+        fail_msg("ihc-agent did not exit within 5 s of SIGTERM");
+    }
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_true(th_now_ms_() - t0 < 5000);
+    assert_true(fc_log_has(log, "daemon stopped", 0));
+    struct stat sst;
+    assert_int_not_equal(stat(local + 6, &sst), 0); /* the socket file went with it */
+    fc_close(&fc);
+}
+
+static void test_agent_daemon_local_socket(void **state)
+{
+    (void)state;
+    fake_coord fc = {0};
+    fc_pick_ports(&fc); /* nothing listens: the agents keep dialing, which is fine */
+    const char *sock = path_in("busy.sock");
+    char local[4200];
+    snprintf(local, sizeof(local), "ipc://%s", sock);
+
+    /* a stale socket file (its owner died) is removed at start */
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    close(fd);
+    const char *log1 = path_in("busy1.log");
+    char *argv[] = {(char *)th_bin("ihc-agent"),
+                    "--pub",
+                    fc.pub_url,
+                    "--report",
+                    fc.report_url,
+                    "--local",
+                    local,
+                    NULL};
+    pid_t a1 = th_spawn(argv, log1, NULL);
+    assert_true(a1 > 0);
+    assert_true(TH_WAIT(fc_log_has(log1, "daemon started", 0), 5000));
+    assert_true(fc_log_has(log1, "removed stale socket", 0));
+
+    /* a second agent on the same endpoint refuses to start, naming the problem */
+    const char *log2 = path_in("busy2.log");
+    pid_t a2 = th_spawn(argv, log2, NULL);
+    assert_true(a2 > 0);
+    int st = th_wait_exit(a2, 5000);
+    if (st == -1) {
+        th_stop(a2, SIGKILL, 1000);
+        fail_msg("a second agent on %s kept running", local);
+    }
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 1);
+    assert_true(fc_log_has(log2, "listening there", 0));
+
+    /* the first one is unharmed */
+    assert_int_equal(th_wait_exit(a1, 100), -1);
+    st = th_stop(a1, SIGTERM, 5000);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    tmpdir = th_tmpdir("agentd");
+    return tmpdir ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (getenv("IHC_KEEP_TMP") == NULL && tmpdir) {
+        char cmd[4200];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", tmpdir);
+    } else if (tmpdir) {
+        fprintf(stderr, "logs kept in %s\n", tmpdir);
+    }
+    free(tmpdir);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_agent_daemon_bad_config),
+        cmocka_unit_test(test_agent_daemon_interrupt),
+        cmocka_unit_test(test_agent_daemon_local_socket),
+    };
+    return cmocka_run_group_tests_name("agent_daemon", tests, setup, teardown);
+}

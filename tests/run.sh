@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing (Debian), builds ihc twice — a normal build
+# and an AddressSanitizer + UndefinedBehaviorSanitizer build — and runs the whole suite on
+# both (unit tests, integration tests with real redis-server / coordinator / agents), then
+# the multi-host tests (network namespaces) and the docker-compose smoke test when run as
+# root.  Usage: bash tests/run.sh [--quick] [--no-san] [--no-cluster] [--no-compose]
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+jobs=$(nproc 2>/dev/null || echo 2)
+san=1 cluster=1 compose=1
+for a in "$@"; do
+    case "$a" in
+    --quick) cluster=0 compose=0 ;;
+    --no-san) san=0 ;;
+    --no-cluster) cluster=0 ;;
+    --no-compose) compose=0 ;;
+    -h | --help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) echo "tests/run.sh: unknown option '$a'" >&2; exit 2 ;;
+    esac
+done
+
+log() { printf '\n=== %s ===\n' "$*"; }
+
+# --- dependencies -------------------------------------------------------------------
+deps=(build-essential cmake pkg-config libnng-dev libmsgpack-dev libhiredis-dev libcmocka-dev
+      libjansson-dev libmicrohttpd-dev libmbedtls-dev redis-server redis-tools valgrind
+      iproute2 iptables curl)
+missing=()
+for p in "${deps[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "installing: ${missing[*]}"
+    sudo_=""
+    [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+    $sudo_ apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Tests start their own redis-server processes on free ports; a system one is not needed.
+
+passed=0 failed=0
+phase() { # phase NAME CMD…: runs one phase, counts it
+    local name=$1; shift
+    log "$name"
+    local t0=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1)); echo "--- $name: PASS ($((SECONDS - t0)) s)"
+    else
+        failed=$((failed + 1)); echo "--- $name: FAIL ($((SECONDS - t0)) s)"
+    fi
+}
+
+build_and_test() { # build_and_test DIR [cmake args…]
+    local dir=$1; shift
+    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null &&
+        cmake --build "$dir" -j"$jobs" &&
+        (cd "$dir" && ctest --output-on-failure -j"$jobs" --timeout 300)
+}
+
+phase "normal build + tests" build_and_test build
+if ((san)); then
+    # halt_on_error: the first report fails the test; detect_leaks covers LeakSanitizer.
+    export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    phase "ASan+UBSan build + tests" build_and_test build-san -DIHC_SANITIZE=address,undefined -DIHC_BUILD_BENCH=OFF
+    unset ASAN_OPTIONS UBSAN_OPTIONS
+fi
+if ((cluster)) && [ "$(id -u)" -eq 0 ] && [ -x tests/cluster/run.sh ]; then
+    phase "cluster tests (network namespaces)" env IHC_BIN_DIR="$here/build/bin" bash tests/cluster/run.sh
+fi
+if ((compose)) && [ "$(id -u)" -eq 0 ] && [ -x deploy/compose-smoke.sh ]; then
+    phase "docker-compose smoke test" bash deploy/compose-smoke.sh
+fi
+
+log "summary"
+echo "$passed passed, $failed failed"
+((failed == 0))

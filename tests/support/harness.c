@@ -1,0 +1,389 @@
+/* Test harness implementation: processes, ports, redis-server, deadlines. */
+#include "harness.h"
+
+#include "err.h"
+#include "wire.h"
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+uint64_t th_now_ms_(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void th_sleep_ms_(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+int th_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
+}
+
+const char *th_bin(const char *name)
+{
+    static __thread char path[4096];
+    const char *dir = getenv("IHC_BIN_DIR");
+    snprintf(path, sizeof(path), "%s/%s", dir ? dir : IHC_BIN_DIR, name);
+    return path;
+}
+
+char *th_tmpdir(const char *tag)
+{
+    const char *base = getenv("TMPDIR");
+    char tmpl[4096];
+    snprintf(tmpl, sizeof(tmpl), "%s/ihc-%s-XXXXXX", base ? base : "/tmp", tag);
+    if (!mkdtemp(tmpl))
+        return NULL;
+    return strdup(tmpl);
+}
+
+pid_t th_spawn(char *const argv[], const char *logfile, char *const env[])
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(127);
+    if (logfile) {
+        int fd = open(logfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+    }
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0) {
+        dup2(devnull, 0);
+        close(devnull);
+    }
+    for (size_t i = 0; env && env[i]; i++)
+        putenv(env[i]);
+    execvp(argv[0], argv);
+    fprintf(stderr, "th_spawn: exec %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+}
+
+int th_wait_exit(pid_t pid, int timeout_ms)
+{
+    uint64_t end = th_now_ms_() + (uint64_t)timeout_ms;
+    for (;;) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return st;
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (th_now_ms_() >= end)
+            return -1;
+        th_sleep_ms_(5);
+    }
+}
+
+int th_stop(pid_t pid, int sig, int timeout_ms)
+{
+    if (pid <= 0)
+        return -1;
+    kill(pid, sig);
+    int st = th_wait_exit(pid, timeout_ms);
+    if (st == -1) {
+        kill(pid, SIGKILL);
+        int raw;
+        if (waitpid(pid, &raw, 0) == pid)
+            return raw;
+        return -1;
+    }
+    return st;
+}
+
+bool th_wait_until(bool (*cond)(void *arg), void *arg, int timeout_ms)
+{
+    return TH_WAIT(cond(arg), timeout_ms);
+}
+
+static bool redis_answers(void *arg)
+{
+    th_redis *r = arg;
+    struct timeval tv = {0, 200000};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, tv);
+    bool ok = false;
+    if (c && !c->err && r->password) {
+        redisReply *auth = redisCommand(c, "AUTH %s", r->password);
+        if (auth)
+            freeReplyObject(auth);
+    }
+    if (c && !c->err) {
+        redisReply *rep = redisCommand(c, "PING");
+        ok = rep && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "PONG") == 0;
+        if (rep)
+            freeReplyObject(rep);
+    }
+    if (c)
+        redisFree(c);
+    return ok;
+}
+
+int th_redis_start(th_redis *r)
+{
+    if (!r->dir && !(r->dir = th_tmpdir("redis")))
+        return -1;
+    bool fixed = r->port > 0; /* a restart keeps its port */
+    for (int attempt = 0; attempt < 5; attempt++) {
+        if (!fixed)
+            r->port = th_free_port();
+        char port[16], log[4200];
+        snprintf(port, sizeof(port), "%d", r->port);
+        snprintf(log, sizeof(log), "%s/redis.log", r->dir);
+        char *argv[] = {"redis-server", "--port",    port,     "--bind", "127.0.0.1",
+                        "--save",       "",          "--appendonly", "no", "--dir",
+                        r->dir,         "--daemonize", "no",   NULL, NULL, NULL};
+        if (r->password) {
+            argv[13] = "--requirepass";
+            argv[14] = (char *)r->password;
+        }
+        r->pid = th_spawn(argv, log, NULL);
+        if (r->pid < 0)
+            return -1;
+        if (r->password)
+            snprintf(r->url, sizeof(r->url), "redis://:%s@127.0.0.1:%d/0", r->password, r->port);
+        else
+            snprintf(r->url, sizeof(r->url), "redis://127.0.0.1:%d/0", r->port);
+        if (th_wait_until(redis_answers, r, 10000))
+            return 0;
+        th_stop(r->pid, SIGKILL, 1000);
+        r->pid = 0;
+        if (fixed)
+            break;
+    }
+    return -1;
+}
+
+void th_redis_kill(th_redis *r)
+{
+    if (r->pid > 0)
+        th_stop(r->pid, SIGKILL, 5000);
+    r->pid = 0;
+}
+
+void th_redis_stop(th_redis *r)
+{
+    th_redis_kill(r);
+    if (r->dir) {
+        char cmd[4200];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", r->dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "th_redis_stop: could not remove %s\n", r->dir);
+        free(r->dir);
+        r->dir = NULL;
+    }
+}
+
+static void reply_append(char **out, size_t *len, const char *s, size_t n)
+{
+    char *p = realloc(*out, *len + n + 2);
+    if (!p)
+        return;
+    if (*len)
+        p[(*len)++] = '\n';
+    memcpy(p + *len, s, n);
+    *len += n;
+    p[*len] = '\0';
+    *out = p;
+}
+
+static void reply_render(const redisReply *rep, char **out, size_t *len)
+{
+    char num[32];
+    switch (rep->type) {
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+    case REDIS_REPLY_ERROR:
+        reply_append(out, len, rep->str, rep->len);
+        break;
+    case REDIS_REPLY_INTEGER:
+        snprintf(num, sizeof(num), "%lld", rep->integer);
+        reply_append(out, len, num, strlen(num));
+        break;
+    case REDIS_REPLY_NIL:
+        reply_append(out, len, "(nil)", 5);
+        break;
+    case REDIS_REPLY_ARRAY:
+        for (size_t i = 0; i < rep->elements; i++)
+            reply_render(rep->element[i], out, len);
+        if (rep->elements == 0 && !*out)
+            reply_append(out, len, "", 0);
+        break;
+    }
+}
+
+char *th_redis_cmd(const th_redis *r, const char *fmt, ...)
+{
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    if (r->password) {
+        redisReply *auth = redisCommand(c, "AUTH %s", r->password);
+        if (auth)
+            freeReplyObject(auth);
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *rep = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    char *out = NULL;
+    size_t len = 0;
+    if (rep) {
+        reply_render(rep, &out, &len);
+        if (!out)
+            out = strdup("");
+        freeReplyObject(rep);
+    }
+    redisFree(c);
+    return out;
+}
+
+int th_http(int port, const char *method, const char *path, const char *headers,
+            const char *body, char **resp)
+{
+    if (resp)
+        *resp = NULL;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct timeval tv = {30, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    size_t blen = body ? strlen(body) : 0;
+    size_t cap = strlen(method) + strlen(path) + (headers ? strlen(headers) : 0) + blen + 256;
+    char *req = malloc(cap);
+    int n = snprintf(req, cap,
+                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s%s"
+                     "Content-Length: %zu\r\n\r\n",
+                     method, path, headers ? headers : "",
+                     body ? "Content-Type: application/json\r\n" : "", blen);
+    if (body)
+        memcpy(req + n, body, blen);
+    size_t total = (size_t)n + blen, off = 0;
+    while (off < total) {
+        ssize_t w = write(fd, req + off, total - off);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    free(req);
+    char *buf = NULL;
+    size_t len = 0, bcap = 0;
+    for (;;) {
+        if (len + 4096 + 1 > bcap) {
+            bcap = bcap ? bcap * 2 : 8192;
+            buf = realloc(buf, bcap);
+        }
+        ssize_t r = read(fd, buf + len, bcap - len - 1);
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    close(fd);
+    int status = -1;
+    if (buf) {
+        buf[len] = '\0';
+        if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
+            status = -1;
+        char *hdr_end = strstr(buf, "\r\n\r\n");
+        if (resp && hdr_end)
+            *resp = strdup(hdr_end + 4);
+        free(buf);
+    }
+    return status;
+}
+
+int th_control(const char *url, const char *op, const char *hw, const char *reason,
+               int64_t timeout_ms, char **json)
+{
+    *json = NULL;
+    nng_socket s;
+    if (nng_req0_open(&s) != 0)
+        return -1;
+    int status = -1;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    void *rbuf = NULL;
+    size_t rlen = 0;
+    ihc_msg req = {.type = IHC_MSG_CONTROL_REQUEST};
+    req.u.control_request.op = (char *)op;
+    req.u.control_request.hw = (char *)hw;
+    req.u.control_request.reason = (char *)reason;
+    req.u.control_request.timeout_ms = timeout_ms;
+    /* The coordinator answers within the interrupt's deadline; give it that plus slack. */
+    int wait_ms = (int)(timeout_ms > 0 ? timeout_ms : 5000) + 5000;
+    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, wait_ms);
+    nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 5000);
+    if (nng_dial(s, url, NULL, NNG_FLAG_NONBLOCK) != 0)
+        goto out;
+    if (ihc_wire_encode(&req, NULL, &buf, &len) != IHC_OK)
+        goto out;
+    if (nng_send(s, buf, len, 0) != 0)
+        goto out;
+    if (nng_recv(s, &rbuf, &rlen, NNG_FLAG_ALLOC) != 0)
+        goto out;
+    ihc_msg *resp = NULL;
+    if (ihc_wire_decode(rbuf, rlen, NULL, &resp, NULL, 0) == IHC_OK &&
+        resp->type == IHC_MSG_CONTROL_RESPONSE) {
+        status = resp->u.control_response.status;
+        *json = strdup(resp->u.control_response.json ? resp->u.control_response.json : "");
+    }
+    ihc_msg_free(resp);
+out:
+    free(buf);
+    if (rbuf)
+        nng_free(rbuf, rlen);
+    nng_close(s);
+    return status;
+}

@@ -1,0 +1,108 @@
+/* Test harness: free ports, child processes that die with the test, a real redis-server
+ * per test, and waiting for conditions with deadlines instead of sleeping. */
+#ifndef IHC_TEST_HARNESS_H
+#define IHC_TEST_HARNESS_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <stdbool.h>
+#include <sys/types.h>
+#include <cmocka.h>
+
+/* Fails the test with ihc_strerror(rc) when rc != IHC_OK. */
+#define TH_PASS(expr)                                                                             \
+    do {                                                                                          \
+        int th_rc_ = (expr);                                                                      \
+        if (th_rc_ != 0)                                                                          \
+            fail_msg("%s: %s (%s)", #expr, ihc_strerror(th_rc_), ihc_err_name(th_rc_));           \
+    } while (0)
+
+/* Fails unless expr gives exactly the ihc code want. */
+#define TH_FAIL(expr, want)                                                                       \
+    do {                                                                                          \
+        int th_rc_ = (expr);                                                                      \
+        if (th_rc_ != (want))                                                                     \
+            fail_msg("%s: got %s, want %s", #expr, ihc_err_name(th_rc_), ihc_err_name(want));     \
+    } while (0)
+
+/* A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released). */
+int th_free_port(void);
+
+/* Path of a built program ("ihc-agent") in the build's bin directory; static buffer. */
+const char *th_bin(const char *name);
+
+/* A fresh temporary directory (mkdtemp under $TMPDIR or /tmp); static buffer per call is
+ * NOT kept: the result is malloc'd, caller frees. */
+char *th_tmpdir(const char *tag);
+
+/* Starts argv[0] with argv, stdout/stderr appended to logfile (NULL: inherit), extra
+ * environment entries env ("K=V", NULL-terminated, may be NULL). The child gets
+ * PR_SET_PDEATHSIG SIGKILL, so it never outlives the test. Returns the pid, or -1. */
+pid_t th_spawn(char *const argv[], const char *logfile, char *const env[]);
+
+/* Sends sig to pid and waits up to timeout_ms for it to exit, then SIGKILLs it. Returns the
+ * wait status (as from waitpid), or -1 if pid was not a child. */
+int th_stop(pid_t pid, int sig, int timeout_ms);
+
+/* Waits up to timeout_ms for pid to exit on its own; returns the wait status or -1 on
+ * timeout (the process is left running). */
+int th_wait_exit(pid_t pid, int timeout_ms);
+
+/* Polls cond(arg) every few ms until it holds or timeout_ms passes. */
+bool th_wait_until(bool (*cond)(void *arg), void *arg, int timeout_ms);
+
+/* Same, for an expression: TH_WAIT(expr, timeout_ms) evaluates to true when expr held. */
+#define TH_WAIT(expr, timeout_ms)                                                                 \
+    ({                                                                                            \
+        uint64_t th_end_ = th_now_ms_() + (uint64_t)(timeout_ms);                                  \
+        bool th_ok_ = false;                                                                      \
+        for (;;) {                                                                                \
+            if ((expr)) {                                                                         \
+                th_ok_ = true;                                                                    \
+                break;                                                                            \
+            }                                                                                     \
+            if (th_now_ms_() >= th_end_)                                                          \
+                break;                                                                            \
+            th_sleep_ms_(5);                                                                      \
+        }                                                                                         \
+        th_ok_;                                                                                   \
+    })
+uint64_t th_now_ms_(void);
+void th_sleep_ms_(unsigned ms);
+
+/* A real redis-server on 127.0.0.1:port, data in its own temporary directory. */
+typedef struct {
+    pid_t pid;
+    int port;
+    char *dir;
+    char url[192];        /* "redis://127.0.0.1:<port>/0" ("redis://:<password>@…" with one) */
+    const char *password; /* optional, set before th_redis_start: --requirepass; the harness
+                           * itself (readiness, th_redis_cmd) then authenticates */
+} th_redis;
+
+/* Starts redis-server on a free port (or r->port when non-zero, for restarts) and waits
+ * until it answers PING (10 s deadline). Returns 0 or -1. */
+int th_redis_start(th_redis *r);
+/* Kills it (SIGKILL, as a crash would) and waits; the port stays in r->port. */
+void th_redis_kill(th_redis *r);
+/* Stops it and removes its directory. Safe to call twice. */
+void th_redis_stop(th_redis *r);
+/* Runs one command on it (printf-like, hiredis syntax); returns the reply as a malloc'd
+ * string ("(nil)" for nil, integers in decimal, arrays joined by '\n'), NULL on error. */
+char *th_redis_cmd(const th_redis *r, const char *fmt, ...);
+
+/* One HTTP/1.1 request to 127.0.0.1:port (Connection: close). headers: extra header lines
+ * ("Authorization: Bearer x\r\n"), may be NULL; body may be NULL. Returns the status code
+ * (or -1 on connection failure) and, when resp is not NULL, the malloc'd response body. */
+int th_http(int port, const char *method, const char *path, const char *headers,
+            const char *body, char **resp);
+
+/* A control request to the coordinator's REP socket at url (op "interrupt", "sessions"…);
+ * returns the response status (or -1 when unreachable within timeout_ms) and the JSON body
+ * in *json (malloc'd). hw and reason may be NULL. */
+int th_control(const char *url, const char *op, const char *hw, const char *reason,
+               int64_t timeout_ms, char **json);
+
+#endif

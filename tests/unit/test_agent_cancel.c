@@ -1,0 +1,747 @@
+/* Unit tests of the interrupt path: fencing by epochs, dedupe by interrupt id, global
+ * interrupts, a race of session begins against interrupts, hello on (re)connect, catch-up on
+ * sync, callbacks, should_interrupt and escalation to signals. A fake coordinator in the test
+ * (nng PUB + PULL on free tcp ports) plays the other side. */
+#include "harness.h"
+
+#include "agent_int.h"
+#include "clock.h"
+#include "err.h"
+#include "ihc/agent.h"
+#include "wire.h"
+
+#include <nng/nng.h>
+#include <nng/protocol/pipeline0/pull.h>
+#include <nng/protocol/pubsub0/pub.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ---- fake coordinator ---- */
+
+typedef struct fake_item {
+    ihc_msg *m;
+    struct fake_item *next;
+} fake_item;
+
+typedef struct {
+    nng_socket pub, pull;
+    char pub_url[64], pull_url[64];
+    fake_item *queue; /* received, not yet asked for */
+} fake_coord;
+
+/* Listens on pub_url / pull_url, or on free ports when NULL. */
+static void fake_start_on(fake_coord *f, const char *pub_url, const char *pull_url)
+{
+    memset(f, 0, sizeof(*f));
+    if (pub_url)
+        snprintf(f->pub_url, sizeof(f->pub_url), "%s", pub_url);
+    else
+        snprintf(f->pub_url, sizeof(f->pub_url), "tcp://127.0.0.1:%d", th_free_port());
+    if (pull_url)
+        snprintf(f->pull_url, sizeof(f->pull_url), "%s", pull_url);
+    else
+        snprintf(f->pull_url, sizeof(f->pull_url), "tcp://127.0.0.1:%d", th_free_port());
+    assert_int_equal(nng_pub0_open(&f->pub), 0);
+    assert_int_equal(nng_pull0_open(&f->pull), 0);
+    assert_int_equal(nng_listen(f->pub, f->pub_url, NULL, 0), 0);
+    assert_int_equal(nng_listen(f->pull, f->pull_url, NULL, 0), 0);
+    assert_int_equal(nng_socket_set_ms(f->pull, NNG_OPT_RECVTIMEO, 20), 0);
+}
+
+static void fake_start(fake_coord *f)
+{
+    fake_start_on(f, NULL, NULL);
+}
+
+static void fake_stop(fake_coord *f)
+{
+    nng_close(f->pub);
+    nng_close(f->pull);
+    while (f->queue) {
+        fake_item *it = f->queue;
+        f->queue = it->next;
+        ihc_msg_free(it->m);
+        free(it);
+    }
+}
+
+static void fake_publish(fake_coord *f, const ihc_msg *m)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    TH_PASS(ihc_wire_encode_framed(m, NULL, &buf, &len));
+    assert_int_equal(nng_send(f->pub, buf, len, 0), 0);
+    free(buf);
+}
+
+static void fake_interrupt_n(fake_coord *f, uint64_t id, const char *hw, uint64_t epoch,
+                             const char *agent, uint32_t attempt)
+{
+    ihc_msg m = {.type = IHC_MSG_INTERRUPT};
+    char *agents[1] = {(char *)agent};
+    m.u.interrupt = (ihc_interrupt_msg){.id = id,
+                                        .hw = (char *)hw,
+                                        .epoch = epoch,
+                                        .reason = "test",
+                                        .deadline_ms = 0,
+                                        .agents = agent ? agents : NULL,
+                                        .n_agents = agent ? 1 : 0,
+                                        .attempt = attempt};
+    fake_publish(f, &m);
+}
+
+static void fake_interrupt(fake_coord *f, uint64_t id, const char *hw, uint64_t epoch,
+                           const char *agent)
+{
+    fake_interrupt_n(f, id, hw, epoch, agent, 0);
+}
+
+/* The next message of type t (others are kept for later calls), or NULL at the deadline. */
+static ihc_msg *fake_recv(fake_coord *f, ihc_msg_type t, int timeout_ms)
+{
+    for (fake_item **pp = &f->queue; *pp; pp = &(*pp)->next) {
+        if ((*pp)->m->type == t) {
+            fake_item *it = *pp;
+            *pp = it->next;
+            ihc_msg *m = it->m;
+            free(it);
+            return m;
+        }
+    }
+    uint64_t end = th_now_ms_() + (uint64_t)timeout_ms;
+    while (th_now_ms_() < end) {
+        void *buf = NULL;
+        size_t len = 0;
+        if (nng_recv(f->pull, &buf, &len, NNG_FLAG_ALLOC) != 0)
+            continue;
+        ihc_msg *m = NULL;
+        char detail[128];
+        int rc = ihc_wire_decode(buf, len, NULL, &m, detail, sizeof(detail));
+        nng_free(buf, len);
+        if (rc != 0)
+            fail_msg("agent sent an undecodable message: %s (%s)", ihc_strerror(rc), detail);
+        if (m->type == t)
+            return m;
+        fake_item *it = calloc(1, sizeof(*it));
+        it->m = m;
+        fake_item **tail = &f->queue;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = it;
+    }
+    return NULL;
+}
+
+static void fake_drop(fake_coord *f, ihc_msg_type t)
+{
+    ihc_msg *m;
+    while ((m = fake_recv(f, t, 0)))
+        ihc_msg_free(m);
+}
+
+/* Answers hellos with an empty sync until the agent says it is connected. */
+static void fake_connect(fake_coord *f, ihc_agent *a)
+{
+    uint64_t end = th_now_ms_() + 10000;
+    while (!ihc_agent_connected(a)) {
+        if (th_now_ms_() > end)
+            fail_msg("agent did not connect");
+        ihc_msg *h = fake_recv(f, IHC_MSG_HELLO, 100);
+        if (!h)
+            continue;
+        ihc_msg_free(h);
+        ihc_epoch_info ep = {.hw = "*", .epoch = 0, .set_ms = 0};
+        ihc_msg s = {.type = IHC_MSG_SYNC};
+        s.u.sync = (ihc_sync_msg){.agent = (char *)ihc_agent_id(a), .epochs = &ep, .n_epochs = 1};
+        fake_publish(f, &s);
+        TH_WAIT(ihc_agent_connected(a), 300);
+    }
+    fake_drop(f, IHC_MSG_HELLO);
+}
+
+/* ---- tests ---- */
+
+typedef struct {
+    double cleanup_delay;
+    double module_timeout;
+    double kill_grace;
+    bool no_cleanup;
+    int max_sessions;
+} agent_cfg;
+
+static atomic_int method_calls;
+static int m_count(const char *hw, void *arg)
+{
+    (void)hw;
+    (void)arg;
+    atomic_fetch_add(&method_calls, 1);
+    return 0;
+}
+
+static pthread_mutex_t cb_mu = PTHREAD_MUTEX_INITIALIZER;
+static char cb_hw[160];
+static uint64_t cb_id;
+static atomic_int cb_calls;
+static void on_interrupt(const char *hw, uint64_t id, void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&cb_mu);
+    snprintf(cb_hw, sizeof(cb_hw), "%s", hw);
+    cb_id = id;
+    pthread_mutex_unlock(&cb_mu);
+    atomic_fetch_add(&cb_calls, 1);
+}
+
+static ihc_agent *open_agent_on(const char *pub, const char *pull, const agent_cfg *c)
+{
+    ihc_agent_opts o;
+    ihc_agent_opts_init(&o);
+    o.agent_id = "cancel-agent:1";
+    o.pub_url = pub;
+    o.report_url = pull;
+    o.high_priority = false;
+    o.session_cleanup_delay = c && c->cleanup_delay > 0 ? c->cleanup_delay : 0.3;
+    o.default_module_timeout = c && c->module_timeout > 0 ? c->module_timeout : 1.0;
+    o.kill_grace = c && c->kill_grace > 0 ? c->kill_grace : 2.0;
+    o.cleanup_on_interrupt = !(c && c->no_cleanup);
+    o.max_active_sessions = c && c->max_sessions ? c->max_sessions : 100;
+    ihc_agent *a = NULL;
+    TH_PASS(ihc_agent_open(&a, &o));
+    static const ihc_method counting[] = {{"cancel_generation", m_count}};
+    ihc_module_def d = {
+        .name = "text_processing", .methods = counting, .n_methods = 1, .enabled = true};
+    TH_PASS(ihc_agent_register_module(a, &d));
+    TH_PASS(ihc_agent_register_callback(a, on_interrupt, NULL));
+    atomic_store(&method_calls, 0);
+    atomic_store(&cb_calls, 0);
+    return a;
+}
+
+static ihc_agent *open_agent(fake_coord *f, const agent_cfg *c)
+{
+    ihc_agent *a = open_agent_on(f->pub_url, f->pull_url, c);
+    fake_connect(f, a);
+    return a;
+}
+
+static ihc_token *begin(ihc_agent *a, const char *sid, const char *hw, pid_t pid)
+{
+    ihc_token *t = NULL;
+    ihc_session_opts so = {.session_id = sid, .hw = hw, .pid = pid, .module = "text_processing"};
+    TH_PASS(ihc_agent_session_begin(a, &so, &t, NULL, 0));
+    return t;
+}
+
+static bool has_session(const ihc_msg *r, const char *sid)
+{
+    for (size_t i = 0; i < r->u.report.n_sessions; i++)
+        if (strcmp(r->u.report.sessions[i], sid) == 0)
+            return true;
+    return false;
+}
+
+static ihc_msg *expect_report(fake_coord *f, uint64_t id)
+{
+    ihc_msg *r = fake_recv(f, IHC_MSG_REPORT, 5000);
+    if (!r)
+        fail_msg("no report for interrupt %llu", (unsigned long long)id);
+    if (r->u.report.id != id)
+        fail_msg("report for interrupt %llu, want %llu", (unsigned long long)r->u.report.id,
+                 (unsigned long long)id);
+    return r;
+}
+
+/* Waits for the session_end of sid and checks its state; other sessions' ends are kept. */
+static void expect_end(fake_coord *f, const char *sid, const char *state)
+{
+    uint64_t end = th_now_ms_() + 5000;
+    fake_item *others = NULL;
+    bool found = false;
+    while (!found && th_now_ms_() < end) {
+        ihc_msg *m = fake_recv(f, IHC_MSG_SESSION_END, 100);
+        if (!m)
+            continue;
+        if (strcmp(m->u.session_end.session_id, sid) == 0) {
+            assert_string_equal(m->u.session_end.state, state);
+            ihc_msg_free(m);
+            found = true;
+        } else {
+            fake_item *it = calloc(1, sizeof(*it));
+            it->m = m;
+            it->next = others;
+            others = it;
+        }
+    }
+    while (others) {
+        fake_item *it = others;
+        others = it->next;
+        it->next = f->queue;
+        f->queue = it;
+    }
+    if (!found)
+        fail_msg("no session_end for %s", sid);
+}
+
+static void test_agent_cancel_interrupt_report(void **state)
+{
+    (void)state;
+    fake_coord f;
+    fake_start(&f);
+    ihc_agent *a = open_agent(&f, NULL);
+    ihc_token *t1 = begin(a, "s-1", "dev-1", 0);
+    ihc_token *t2 = begin(a, "s-2", "dev-1", 0);
+    ihc_token *t3 = begin(a, "s-3", "dev-2", 0);
+
+    fake_interrupt(&f, 1, "dev-1", 1, NULL);
+    ihc_msg *r = expect_report(&f, 1);
+    assert_string_equal(r->u.report.agent, "cancel-agent:1");
+    assert_string_equal(r->u.report.hw, "dev-1");
+    assert_int_equal(r->u.report.n_sessions, 2);
+    assert_true(has_session(r, "s-1") && has_session(r, "s-2"));
+    assert_int_equal(r->u.report.n_modules, 1);
+    assert_string_equal(r->u.report.modules[0].name, "text_processing");
+    assert_int_equal(r->u.report.modules[0].status, IHC_MOD_OK);
+    assert_true(r->u.report.time_ms >= 0 && r->u.report.time_ms < 1000);
+    ihc_msg_free(r);
+    assert_true(ihc_token_cancelled(t1) && ihc_token_cancelled(t2));
+    assert_false(ihc_token_cancelled(t3));
+    assert_int_equal(atomic_load(&method_calls), 1);
+    expect_end(&f, "s-1", "interrupted");
+    expect_end(&f, "s-2", "interrupted");
+    assert_true(TH_WAIT(ihc_agent_session_count(a) == 1, 2000));
+    assert_true(TH_WAIT(atomic_load(&cb_calls) == 1, 2000));
+    pthread_mutex_lock(&cb_mu);
+    assert_string_equal(cb_hw, "dev-1");
+    assert_int_equal(cb_id, 1);
+    pthread_mutex_unlock(&cb_mu);
+    TH_FAIL(ihc_agent_session_end(a, "s-1"), IHC_ENOENT); /* cleaned up */
+
+    /* should_interrupt: set for dev-1 only, cleared after SESSION_CLEANUP_DELAY */
+    assert_true(ihc_agent_should_interrupt(a, "dev-1"));
+    assert_false(ihc_agent_should_interrupt(a, "dev-2"));
+    assert_true(TH_WAIT(!ihc_agent_should_interrupt(a, "dev-1"), 3000));
+
+    /* a session begun after the interrupt carries its epoch and survives it */
+    ihc_token *t4 = begin(a, "s-4", "dev-1", 0);
+    fake_interrupt(&f, 2, "dev-1", 1, ihc_agent_id(a));
+    r = expect_report(&f, 2);
+    assert_int_equal(r->u.report.n_sessions, 0);
+    ihc_msg_free(r);
+    assert_false(ihc_token_cancelled(t4));
+    /* the next epoch cancels it */
+    fake_interrupt(&f, 3, "dev-1", 2, NULL);
+    r = expect_report(&f, 3);
+    assert_int_equal(r->u.report.n_sessions, 1);
+    assert_true(has_session(r, "s-4"));
+    ihc_msg_free(r);
+    assert_true(ihc_token_cancelled(t4));
+    assert_false(ihc_token_cancelled(t3));
+    ihc_token_release(t1);
+    ihc_token_release(t2);
+    ihc_token_release(t3);
+    ihc_token_release(t4);
+    ihc_agent_close(a);
+    fake_stop(&f);
+}
+
+static void test_agent_cancel_duplicate_once(void **state)
+{
+    (void)state;
+    fake_coord f;
+    fake_start(&f);
+    ihc_agent *a = open_agent(&f, NULL);
+    ihc_token *t1 = begin(a, "d-1", "dev-1", 0);
+    fake_interrupt(&f, 5, "dev-1", 1, NULL);
+    ihc_msg *r = expect_report(&f, 5);
+    assert_int_equal(r->u.report.n_sessions, 1);
+    ihc_msg_free(r);
+    assert_int_equal(atomic_load(&method_calls), 1);
+    /* re-sent without this agent listed: ignored; the marker's report comes next */
+    fake_interrupt_n(&f, 5, "dev-1", 1, NULL, 1);
+    fake_interrupt(&f, 6, "dev-9", 1, ihc_agent_id(a));
+    r = expect_report(&f, 6);
+    ihc_msg_free(r);
+    assert_int_equal(atomic_load(&method_calls), 2);
+    /* re-sent with this agent listed: the same report again, nothing run twice */
+    fake_interrupt_n(&f, 5, "dev-1", 1, ihc_agent_id(a), 2);
+    r = expect_report(&f, 5);
+    assert_int_equal(r->u.report.n_sessions, 1);
+    assert_true(has_session(r, "d-1"));
+    assert_string_equal(r->u.report.hw, "dev-1");
+    ihc_msg_free(r);
+    assert_int_equal(atomic_load(&method_calls), 2);
+    assert_int_equal(atomic_load(&cb_calls), 2);
+    ihc_token_release(t1);
+    ihc_agent_close(a);
+    fake_stop(&f);
+}
+
+static void test_agent_cancel_listed_and_unconcerned(void **state)
+{
+    (void)state;
+    fake_coord f;
+    fake_start(&f);
+    ihc_agent *a = open_agent(&f, NULL);
+    ihc_token *t1 = begin(a, "u-1", "dev-1", 0);
+    /* no session of dev-7 and not listed: not for this agent */
+    fake_interrupt(&f, 20, "dev-7", 1, NULL);
+    fake_interrupt(&f, 21, "dev-8", 1, "someone-else:1");
+    /* listed without a session: answers with no sessions */
+    fake_interrupt(&f, 22, "dev-7", 2, ihc_agent_id(a));
+    ihc_msg *r = expect_report(&f, 22);
+    assert_int_equal(r->u.report.n_sessions, 0);
+    assert_int_equal(r->u.report.n_modules, 1);
+    ihc_msg_free(r);
+    assert_int_equal(atomic_load(&method_calls), 1);
+    assert_false(ihc_token_cancelled(t1));
+    assert_true(ihc_agent_should_interrupt(a, "dev-7"));
+    assert_false(ihc_agent_should_interrupt(a, "dev-8"));
+    /* the ignored id is not remembered as handled: a listed re-send is answered */
+    fake_interrupt_n(&f, 20, "dev-7", 1, ihc_agent_id(a), 1);
+    r = expect_report(&f, 20);
+    ihc_msg_free(r);
+    ihc_token_release(t1);
+    ihc_agent_close(a);
+    fake_stop(&f);
+}
+
+static void test_agent_cancel_global(void **state)
+{
+    (void)state;
+    fake_coord f;
+    fake_start(&f);
+    ihc_agent *a = open_agent(&f, NULL);
+    ihc_token *t1 = begin(a, "g-1", "dev-1", 0);
+    ihc_token *t2 = begin(a, "g-2", "dev-2", 0);
+    fake_interrupt(&f, 30, "*", 1, NULL);
+    ihc_msg *r = expect_report(&f, 30);
+    assert_string_equal(r->u.report.hw, "*");
+    assert_int_equal(r->u.report.n_sessions, 2);
+    assert_true(has_session(r, "g-1") && has_session(r, "g-2"));
+    ihc_msg_free(r);
+    assert_true(ihc_token_cancelled(t1) && ihc_token_cancelled(t2));
+    assert_true(ihc_agent_should_interrupt(a, "dev-5"));
+    assert_true(ihc_agent_should_interrupt(a, "*"));
+    assert_true(TH_WAIT(atomic_load(&cb_calls) == 1, 2000));
+    pthread_mutex_lock(&cb_mu);
+    assert_string_equal(cb_hw, "*");
+    pthread_mutex_unlock(&cb_mu);
+    /* a session begun after the global interrupt survives the same global epoch */
+    ihc_token *t3 = begin(a, "g-3", "dev-3", 0);
+    fake_interrupt(&f, 31, "*", 1, NULL);
+    r = expect_report(&f, 31);
+    assert_int_equal(r->u.report.n_sessions, 0);
+    ihc_msg_free(r);
+    assert_false(ihc_token_cancelled(t3));
+    ihc_token_release(t1);
+    ihc_token_release(t2);
+    ihc_token_release(t3);
+    ihc_agent_close(a);
+    fake_stop(&f);
+}
+
+/* ---- race: session begins against interrupts ---- */
+
+enum { RACE_THREADS = 4, RACE_MAX = 400, RACE_INTERRUPTS = 20, RACE_AFTER = 10 };
+
+static atomic_int race_last_seen; /* set once the last interrupt was handled */
+
+typedef struct {
+    ihc_agent *a;
+    int idx;
+    int n;
+    ihc_token *toks[RACE_MAX];
+} race_ctx;
+
+/* Begins sessions until RACE_AFTER more were begun after the last interrupt was handled. */
+static void *race_main(void *arg)
+{
+    race_ctx *c = arg;
+    int after = 0;
+    while (c->n < RACE_MAX && after < RACE_AFTER) {
+        bool last = atomic_load(&race_last_seen);
+        if (!last && c->n >= RACE_MAX - RACE_AFTER) { /* keep room for the late ones */
+            th_sleep_ms_(1);
+            continue;
+        }
+        char sid[64];
+        snprintf(sid, sizeof(sid), "r%d-%d", c->idx, c->n);
+        ihc_session_opts so = {.session_id = sid, .hw = "race"};
+        TH_PASS(ihc_agent_session_begin(c->a, &so, &c->toks[c->n], NULL, 0));
+        c->n++;
+        after += last;
+        if (c->n % 8 == 0)
+            th_sleep_ms_(1);
+    }
+    return NULL;
+}
+
+static void test_agent_cancel_race(void **state)
+{
+    (void)state;
+    fake_coord f;
+    fake_start(&f);
+    agent_cfg cfg = {.no_cleanup = true, .max_sessions = RACE_THREADS * RACE_MAX};
+    ihc_agent *a = open_agent(&f, &cfg);
+    atomic_store(&race_last_seen, 0);
+    static race_ctx ctx[RACE_THREADS];
+    pthread_t th[RACE_THREADS];
+    for (int i = 0; i < RACE_THREADS; i++) {
+        ctx[i] = (race_ctx){.a = a, .idx = i};
+        assert_int_equal(pthread_create(&th[i], NULL, race_main, &ctx[i]), 0);
+    }
+    size_t reported = 0;
+    for (int e = 1; e <= RACE_INTERRUPTS; e++) {
+        fake_interrupt(&f, 100 + (uint64_t)e, "race", (uint64_t)e, ihc_agent_id(a));
+        ihc_msg *r = expect_report(&f, 100 + (uint64_t)e);
+        reported += r->u.report.n_sessions;
+        ihc_msg_free(r);
+    }
+    atomic_store(&race_last_seen, 1);
+    for (int i = 0; i < RACE_THREADS; i++)
+        pthread_join(th[i], NULL);
+    /* every session began before the last interrupt (epoch < E) is cancelled, every later one
+     * survives, and each cancelled one was reported exactly once */
+    size_t cancelled = 0, total = 0, begun = 0;
+    pthread_mutex_lock(&a->lock);
+    for (ihc__session *s = a->sessions; s; s = s->next) {
+        total++;
+        bool want = s->epoch < RACE_INTERRUPTS;
+        if (want != ihc_token_cancelled(s->tok) || want != s->cancelled) {
+            pthread_mutex_unlock(&a->lock);
+            fail_msg("session %s epoch %llu cancelled=%d: a lost or wrong cancel", s->id,
+                     (unsigned long long)s->epoch, (int)ihc_token_cancelled(s->tok));
+        }
+        cancelled += want;
+    }
+    pthread_mutex_unlock(&a->lock);
+    for (int i = 0; i < RACE_THREADS; i++)
+        begun += (size_t)ctx[i].n;
+    assert_int_equal(total, begun);
+    assert_int_equal(reported, cancelled);
+    assert_true(cancelled > 0);
+    assert_true(total - cancelled >= RACE_THREADS * RACE_AFTER);
+    for (int i = 0; i < RACE_THREADS; i++)
+        for (int k = 0; k < ctx[i].n; k++)
+            ihc_token_release(ctx[i].toks[k]);
+    ihc_agent_close(a);
+    fake_stop(&f);
+}
+
+/* ---- connection ---- */
+
+static void test_agent_cancel_hello_on_connect(void **state)
+{
+    (void)state;
+    char pub[64], pull[64];
+    snprintf(pub, sizeof(pub), "tcp://127.0.0.1:%d", th_free_port());
+    snprintf(pull, sizeof(pull), "tcp://127.0.0.1:%d", th_free_port());
+    ihc_agent *a = open_agent_on(pub, pull, NULL);
+    ihc_token *t1 = begin(a, "early", "dev-1", 0);
+    /* let the first dials fail: the coordinator really comes up after the agent */
+    th_sleep_ms_(150);
+    assert_false(ihc_agent_connected(a));
+    fake_coord f;
+    fake_start_on(&f, pub, pull);
+    ihc_msg *h = fake_recv(&f, IHC_MSG_HELLO, 5000);
+    assert_non_null(h);
+    assert_string_equal(h->u.hello.agent, "cancel-agent:1");
+    assert_int_equal(h->u.hello.pid, (int32_t)getpid());
+    assert_true(h->u.hello.started_ms > 0);
+    assert_int_equal(h->u.hello.n_modules, 1);
+    assert_string_equal(h->u.hello.modules[0].name, "text_processing");
+    assert_int_equal(h->u.hello.modules[0].n_methods, 1);
+    assert_int_equal(h->u.hello.n_sessions, 1);
+    assert_string_equal(h->u.hello.sessions[0].session_id, "early");
+    assert_string_equal(h->u.hello.sessions[0].hw, "dev-1");
+    assert_string_equal(h->u.hello.sessions[0].module, "text_processing");
+    ihc_msg_free(h);
+    fake_connect(&f, a);
+    assert_true(ihc_agent_connected(a));
+
+    /* the coordinator goes away and comes back: the agent says hello again */
+    fake_stop(&f);
+    assert_true(TH_WAIT(!ihc_agent_connected(a), 5000));
+    fake_start_on(&f, pub, pull);
+    h = fake_recv(&f, IHC_MSG_HELLO, 5000);
+    assert_non_null(h);
+    assert_int_equal(h->u.hello.n_sessions, 1);
+    ihc_msg_free(h);
+    fake_connect(&f, a);
+    /* and interrupts flow again */
+    fake_interrupt(&f, 40, "dev-1", 1, NULL);
+    ihc_msg *r = expect_report(&f, 40);
+    assert_true(has_session(r, "early"));
+    ihc_msg_free(r);
+    ihc_token_release(t1);
+    ihc_agent_close(a);
+    fake_stop(&f);
+}
+
+static void send_sync(fake_coord *f, ihc_agent *a, const char *hw, uint64_t epoch, int64_t set_ms)
+{
+    ihc_epoch_info ep = {.hw = (char *)hw, .epoch = epoch, .set_ms = set_ms};
+    ihc_msg s = {.type = IHC_MSG_SYNC};
+    s.u.sync = (ihc_sync_msg){.agent = (char *)ihc_agent_id(a), .epochs = &ep, .n_epochs = 1};
+    fake_publish(f, &s);
+}
+
+static void test_agent_cancel_catch_up_on_sync(void **state)
+{
+    (void)state;
+    fake_coord f;
+    fake_start(&f);
+    ihc_agent *a = open_agent(&f, NULL);
+    ihc_token *told = begin(a, "old", "dev-1", 0);
+    ihc_token *tyoung = begin(a, "young", "dev-2", 0);
+    ihc_token *tg = begin(a, "gl", "dev-3", 0);
+    int64_t now = ihc_now_ms();
+
+    /* dev-1 was interrupted (epoch 5) after "old" began: a missed interrupt */
+    send_sync(&f, a, "dev-1", 5, now + 60000);
+    assert_true(TH_WAIT(ihc_token_cancelled(told), 5000));
+    expect_end(&f, "old", "interrupted");
+    assert_true(TH_WAIT(atomic_load(&method_calls) == 1, 2000));
+    assert_true(ihc_agent_should_interrupt(a, "dev-1"));
+
+    /* dev-2's last interrupt was before "young" began: it adopts the epoch */
+    send_sync(&f, a, "dev-2", 3, now - 60000);
+    /* a re-send of that interrupt must now leave it alone */
+    fake_interrupt(&f, 50, "dev-2", 3, ihc_agent_id(a));
+    ihc_msg *r = expect_report(&f, 50);
+    assert_int_equal(r->u.report.n_sessions, 0);
+    ihc_msg_free(r);
+    assert_false(ihc_token_cancelled(tyoung));
+
+    /* global epoch with an unknown set time: everything older is cancelled */
+    send_sync(&f, a, "*", 2, 0);
+    assert_true(TH_WAIT(ihc_token_cancelled(tg), 5000));
+    assert_true(TH_WAIT(ihc_token_cancelled(tyoung), 5000));
+    assert_true(TH_WAIT(ihc_agent_session_count(a) == 0, 5000));
+    /* no report for a catch-up: there is no interrupt id to answer */
+    assert_null(fake_recv(&f, IHC_MSG_REPORT, 100));
+    ihc_token_release(told);
+    ihc_token_release(tyoung);
+    ihc_token_release(tg);
+    ihc_agent_close(a);
+    fake_stop(&f);
+}
+
+/* ---- escalation ---- */
+
+static pid_t child(bool ignore_term)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(1);
+        /* an ignored signal stays ignored across exec; exec keeps valgrind/ASan out of it */
+        if (ignore_term)
+            signal(SIGTERM, SIG_IGN);
+        execlp("sleep", "sleep", "30", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static bool alive(pid_t pid)
+{
+    siginfo_t si;
+    memset(&si, 0, sizeof(si));
+    return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0;
+}
+
+static void test_agent_cancel_escalation(void **state)
+{
+    (void)state;
+    fake_coord f;
+    fake_start(&f);
+    agent_cfg cfg = {.module_timeout = 0.2, .kill_grace = 0.2};
+    ihc_agent *a = open_agent(&f, &cfg);
+    pid_t stubborn = child(true);
+    pid_t plain = child(false);
+    pid_t polite = child(false);
+    ihc_token *t1 = begin(a, "stubborn", "dev-1", stubborn);
+    ihc_token *t2 = begin(a, "plain", "dev-1", plain);
+    ihc_token *t3 = begin(a, "polite", "dev-1", polite);
+    uint64_t t0 = th_now_ms_();
+    fake_interrupt(&f, 60, "dev-1", 1, NULL);
+    ihc_msg *r = expect_report(&f, 60);
+    /* the report does not wait for escalation */
+    assert_int_equal(r->u.report.n_sessions, 3);
+    assert_true(alive(stubborn) && alive(plain));
+    ihc_msg_free(r);
+    /* the polite owner ends its session in time: no signal */
+    TH_PASS(ihc_agent_session_end(a, "polite"));
+
+    int st = th_wait_exit(plain, 5000);
+    assert_true(st != -1);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM);
+    assert_true(th_now_ms_() - t0 >= 190);
+    st = th_wait_exit(stubborn, 5000);
+    assert_true(st != -1);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    assert_true(th_now_ms_() - t0 >= 390);
+    assert_int_equal(th_wait_exit(polite, 300), -1); /* still running */
+    th_stop(polite, SIGKILL, 2000);
+    ihc_token_release(t1);
+    ihc_token_release(t2);
+    ihc_token_release(t3);
+    ihc_agent_close(a);
+    fake_stop(&f);
+}
+
+/* A process that exits by itself in time is left alone (and not reaped by the agent). */
+static void test_agent_cancel_escalation_exited(void **state)
+{
+    (void)state;
+    fake_coord f;
+    fake_start(&f);
+    agent_cfg cfg = {.module_timeout = 0.3, .kill_grace = 0.2};
+    ihc_agent *a = open_agent(&f, &cfg);
+    pid_t p = fork();
+    assert_true(p >= 0);
+    if (p == 0) {
+        execlp("sh", "sh", "-c", "sleep 0.05; exit 7", (char *)NULL);
+        _exit(127);
+    }
+    ihc_token *t = begin(a, "exits", "dev-1", p);
+    fake_interrupt(&f, 70, "dev-1", 1, NULL);
+    ihc_msg *r = expect_report(&f, 70);
+    ihc_msg_free(r);
+    int st = th_wait_exit(p, 5000);
+    assert_true(st != -1);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 7);
+    ihc_token_release(t);
+    ihc_agent_close(a);
+    fake_stop(&f);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_agent_cancel_interrupt_report),
+        cmocka_unit_test(test_agent_cancel_duplicate_once),
+        cmocka_unit_test(test_agent_cancel_listed_and_unconcerned),
+        cmocka_unit_test(test_agent_cancel_global),
+        cmocka_unit_test(test_agent_cancel_race),
+        cmocka_unit_test(test_agent_cancel_hello_on_connect),
+        cmocka_unit_test(test_agent_cancel_catch_up_on_sync),
+        cmocka_unit_test(test_agent_cancel_escalation),
+        cmocka_unit_test(test_agent_cancel_escalation_exited),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    nng_fini(); /* nng's own threads, for leak checkers */
+    return rc;
+}

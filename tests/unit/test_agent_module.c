@@ -1,0 +1,539 @@
+/* Unit tests of agent modules: methods in order, a hanging method reported timed out without
+ * holding the report back, failing and disabled modules, config-file overrides and errors.
+ * A fake coordinator in the test (nng PUB + PULL on free tcp ports) sends the interrupts. */
+#include "harness.h"
+
+#include "err.h"
+#include "ihc/agent.h"
+#include "module.h"
+#include "wire.h"
+
+#include <nng/nng.h>
+#include <nng/protocol/pipeline0/pull.h>
+#include <nng/protocol/pubsub0/pub.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- fake coordinator ---- */
+
+typedef struct fake_item {
+    ihc_msg *m;
+    struct fake_item *next;
+} fake_item;
+
+typedef struct {
+    nng_socket pub, pull;
+    char pub_url[64], pull_url[64];
+    fake_item *queue; /* received, not yet asked for */
+} fake_coord;
+
+static void fake_start(fake_coord *f)
+{
+    memset(f, 0, sizeof(*f));
+    snprintf(f->pub_url, sizeof(f->pub_url), "tcp://127.0.0.1:%d", th_free_port());
+    snprintf(f->pull_url, sizeof(f->pull_url), "tcp://127.0.0.1:%d", th_free_port());
+    assert_int_equal(nng_pub0_open(&f->pub), 0);
+    assert_int_equal(nng_pull0_open(&f->pull), 0);
+    assert_int_equal(nng_listen(f->pub, f->pub_url, NULL, 0), 0);
+    assert_int_equal(nng_listen(f->pull, f->pull_url, NULL, 0), 0);
+    assert_int_equal(nng_socket_set_ms(f->pull, NNG_OPT_RECVTIMEO, 20), 0);
+}
+
+static void fake_stop(fake_coord *f)
+{
+    nng_close(f->pub);
+    nng_close(f->pull);
+    while (f->queue) {
+        fake_item *it = f->queue;
+        f->queue = it->next;
+        ihc_msg_free(it->m);
+        free(it);
+    }
+}
+
+static void fake_publish(fake_coord *f, const ihc_msg *m)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    TH_PASS(ihc_wire_encode_framed(m, NULL, &buf, &len));
+    assert_int_equal(nng_send(f->pub, buf, len, 0), 0);
+    free(buf);
+}
+
+static void fake_interrupt(fake_coord *f, uint64_t id, const char *hw, uint64_t epoch,
+                           const char *agent)
+{
+    ihc_msg m = {.type = IHC_MSG_INTERRUPT};
+    char *agents[1] = {(char *)agent};
+    m.u.interrupt = (ihc_interrupt_msg){.id = id,
+                                        .hw = (char *)hw,
+                                        .epoch = epoch,
+                                        .reason = "test",
+                                        .deadline_ms = 0,
+                                        .agents = agent ? agents : NULL,
+                                        .n_agents = agent ? 1 : 0};
+    fake_publish(f, &m);
+}
+
+/* The next message of type t (others are kept for later calls), or NULL at the deadline. */
+static ihc_msg *fake_recv(fake_coord *f, ihc_msg_type t, int timeout_ms)
+{
+    for (fake_item **pp = &f->queue; *pp; pp = &(*pp)->next) {
+        if ((*pp)->m->type == t) {
+            fake_item *it = *pp;
+            *pp = it->next;
+            ihc_msg *m = it->m;
+            free(it);
+            return m;
+        }
+    }
+    uint64_t end = th_now_ms_() + (uint64_t)timeout_ms;
+    while (th_now_ms_() < end) {
+        void *buf = NULL;
+        size_t len = 0;
+        if (nng_recv(f->pull, &buf, &len, NNG_FLAG_ALLOC) != 0)
+            continue;
+        ihc_msg *m = NULL;
+        char detail[128];
+        int rc = ihc_wire_decode(buf, len, NULL, &m, detail, sizeof(detail));
+        nng_free(buf, len);
+        if (rc != 0)
+            fail_msg("agent sent an undecodable message: %s (%s)", ihc_strerror(rc), detail);
+        if (m->type == t)
+            return m;
+        fake_item *it = calloc(1, sizeof(*it));
+        it->m = m;
+        fake_item **tail = &f->queue;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = it;
+    }
+    return NULL;
+}
+
+static void fake_drop(fake_coord *f, ihc_msg_type t)
+{
+    ihc_msg *m;
+    while ((m = fake_recv(f, t, 0)))
+        ihc_msg_free(m);
+}
+
+/* Answers hellos with an empty sync until the agent says it is connected. */
+static void fake_connect(fake_coord *f, ihc_agent *a)
+{
+    uint64_t end = th_now_ms_() + 10000;
+    while (!ihc_agent_connected(a)) {
+        if (th_now_ms_() > end)
+            fail_msg("agent did not connect");
+        ihc_msg *h = fake_recv(f, IHC_MSG_HELLO, 100);
+        if (!h)
+            continue;
+        ihc_msg_free(h);
+        ihc_epoch_info ep = {.hw = "*", .epoch = 0, .set_ms = 0};
+        ihc_msg s = {.type = IHC_MSG_SYNC};
+        s.u.sync = (ihc_sync_msg){.agent = (char *)ihc_agent_id(a), .epochs = &ep, .n_epochs = 1};
+        fake_publish(f, &s);
+        TH_WAIT(ihc_agent_connected(a), 300);
+    }
+    fake_drop(f, IHC_MSG_HELLO);
+}
+
+static ihc_agent *open_agent(fake_coord *f, const char *config)
+{
+    ihc_agent_opts o;
+    ihc_agent_opts_init(&o);
+    o.agent_id = "mod-agent:1";
+    o.pub_url = f->pub_url;
+    o.report_url = f->pull_url;
+    o.high_priority = false;
+    o.config_file = config;
+    ihc_agent *a = NULL;
+    TH_PASS(ihc_agent_open(&a, &o));
+    return a;
+}
+
+static const ihc_module_result *find_mod(const ihc_msg *r, const char *name)
+{
+    for (size_t i = 0; i < r->u.report.n_modules; i++)
+        if (strcmp(r->u.report.modules[i].name, name) == 0)
+            return &r->u.report.modules[i];
+    fail_msg("module %s missing from the report", name);
+    return NULL;
+}
+
+/* ---- methods ---- */
+
+static pthread_mutex_t trace_mu = PTHREAD_MUTEX_INITIALIZER;
+static char trace[512];
+
+static void trace_add(const char *what)
+{
+    pthread_mutex_lock(&trace_mu);
+    if (trace[0])
+        strncat(trace, ",", sizeof(trace) - strlen(trace) - 1);
+    strncat(trace, what, sizeof(trace) - strlen(trace) - 1);
+    pthread_mutex_unlock(&trace_mu);
+}
+
+static void trace_get(char *out, size_t cap)
+{
+    pthread_mutex_lock(&trace_mu);
+    snprintf(out, cap, "%s", trace);
+    trace[0] = '\0';
+    pthread_mutex_unlock(&trace_mu);
+}
+
+static int m_first(const char *hw, void *arg)
+{
+    (void)arg;
+    char b[160];
+    snprintf(b, sizeof(b), "first@%s", hw);
+    trace_add(b);
+    return 0;
+}
+static int m_second(const char *hw, void *arg)
+{
+    (void)hw;
+    (void)arg;
+    trace_add("second");
+    return 0;
+}
+static int m_third(const char *hw, void *arg)
+{
+    (void)hw;
+    (void)arg;
+    trace_add("third");
+    return 0;
+}
+static int m_fail(const char *hw, void *arg)
+{
+    (void)hw;
+    (void)arg;
+    trace_add("fail");
+    return IHC_EIO;
+}
+
+static sem_t hang_sem;
+static atomic_int hang_calls, hang_returned;
+static int m_hang(const char *hw, void *arg)
+{
+    (void)hw;
+    (void)arg;
+    if (atomic_fetch_add(&hang_calls, 1) == 0) { /* only the first call hangs */
+        while (sem_wait(&hang_sem) != 0)
+            ;
+    }
+    atomic_fetch_add(&hang_returned, 1);
+    return 0;
+}
+
+static const ihc_method three[] = {{"first", m_first}, {"second", m_second}, {"third", m_third}};
+
+/* ---- tests ---- */
+
+static void test_agent_module_methods_in_order(void **state)
+{
+    (void)state;
+    fake_coord f;
+    fake_start(&f);
+    ihc_agent *a = open_agent(&f, NULL);
+    ihc_module_def d = {.name = "text_processing",
+                        .methods = three,
+                        .n_methods = 3,
+                        .timeout = 1.0,
+                        .enabled = true};
+    TH_PASS(ihc_agent_register_module(a, &d));
+    TH_FAIL(ihc_agent_register_module(a, &d), IHC_EEXIST);
+    fake_connect(&f, a);
+    fake_interrupt(&f, 1, "dev-1", 1, ihc_agent_id(a));
+    ihc_msg *r = fake_recv(&f, IHC_MSG_REPORT, 5000);
+    assert_non_null(r);
+    assert_int_equal(r->u.report.id, 1);
+    assert_string_equal(r->u.report.agent, "mod-agent:1");
+    assert_string_equal(r->u.report.hw, "dev-1");
+    assert_int_equal(r->u.report.n_sessions, 0);
+    assert_int_equal(r->u.report.n_modules, 1);
+    const ihc_module_result *mr = find_mod(r, "text_processing");
+    assert_int_equal(mr->status, IHC_MOD_OK);
+    assert_null(mr->error);
+    assert_true(mr->time_ms >= 0 && mr->time_ms < 1000);
+    ihc_msg_free(r);
+    char got[512];
+    trace_get(got, sizeof(got));
+    assert_string_equal(got, "first@dev-1,second,third");
+    ihc_agent_close(a);
+    fake_stop(&f);
+}
+
+static void test_agent_module_hang_times_out(void **state)
+{
+    (void)state;
+    sem_init(&hang_sem, 0, 0);
+    atomic_store(&hang_calls, 0);
+    atomic_store(&hang_returned, 0);
+    fake_coord f;
+    fake_start(&f);
+    ihc_agent *a = open_agent(&f, NULL);
+    static const ihc_method hang[] = {{"flush", m_second}, {"wait_forever", m_hang}};
+    ihc_module_def dh = {.name = "audio_generation",
+                         .methods = hang,
+                         .n_methods = 2,
+                         .timeout = 0.2,
+                         .enabled = true};
+    ihc_module_def df = {.name = "text_processing",
+                         .methods = three,
+                         .n_methods = 1,
+                         .timeout = 1.0,
+                         .enabled = true};
+    TH_PASS(ihc_agent_register_module(a, &dh));
+    TH_PASS(ihc_agent_register_module(a, &df));
+    fake_connect(&f, a);
+    uint64_t t0 = th_now_ms_();
+    fake_interrupt(&f, 7, "dev-1", 1, ihc_agent_id(a));
+    ihc_msg *r = fake_recv(&f, IHC_MSG_REPORT, 5000);
+    uint64_t dt = th_now_ms_() - t0;
+    assert_non_null(r);
+    /* the report waits for the timeout, not for the method */
+    assert_true(dt >= 195);
+    assert_true(dt < 200 + 800);
+    assert_int_equal(atomic_load(&hang_returned), 0);
+    const ihc_module_result *mh = find_mod(r, "audio_generation");
+    assert_int_equal(mh->status, IHC_MOD_TIMED_OUT);
+    assert_non_null(mh->error);
+    assert_string_equal(mh->error, "timed out after 200 ms in wait_forever");
+    assert_true(mh->time_ms >= 199);
+    const ihc_module_result *mf = find_mod(r, "text_processing");
+    assert_int_equal(mf->status, IHC_MOD_OK);
+    assert_true(mf->time_ms < 200);
+    ihc_msg_free(r);
+    assert_int_equal(ihc__workers_abandoned(), 1);
+
+    /* a fresh worker serves the next interrupt while the old one still hangs */
+    fake_interrupt(&f, 8, "dev-1", 2, ihc_agent_id(a));
+    r = fake_recv(&f, IHC_MSG_REPORT, 5000);
+    assert_non_null(r);
+    assert_int_equal(r->u.report.id, 8);
+    assert_int_equal(find_mod(r, "audio_generation")->status, IHC_MOD_OK);
+    ihc_msg_free(r);
+    assert_int_equal(atomic_load(&hang_calls), 2);
+
+    ihc_agent_close(a); /* the abandoned worker outlives the agent */
+    sem_post(&hang_sem);
+    assert_true(TH_WAIT(ihc__workers_abandoned() == 0, 5000));
+    sem_destroy(&hang_sem);
+    fake_stop(&f);
+    trace_get((char[512]){0}, 512);
+}
+
+static atomic_int disabled_calls;
+static int m_count(const char *hw, void *arg)
+{
+    (void)hw;
+    (void)arg;
+    atomic_fetch_add(&disabled_calls, 1);
+    return 0;
+}
+
+static void test_agent_module_failed_and_disabled(void **state)
+{
+    (void)state;
+    atomic_store(&disabled_calls, 0);
+    fake_coord f;
+    fake_start(&f);
+    ihc_agent *a = open_agent(&f, NULL);
+    static const ihc_method failing[] = {{"first", m_first}, {"boom", m_fail}, {"third", m_third}};
+    static const ihc_method counting[] = {{"count", m_count}};
+    ihc_module_def d1 = {.name = "failing", .methods = failing, .n_methods = 3, .enabled = true};
+    ihc_module_def d2 = {.name = "off", .methods = counting, .n_methods = 1, .enabled = false};
+    TH_PASS(ihc_agent_register_module(a, &d1));
+    TH_PASS(ihc_agent_register_module(a, &d2));
+    fake_connect(&f, a);
+    fake_interrupt(&f, 3, "dev-2", 1, ihc_agent_id(a));
+    ihc_msg *r = fake_recv(&f, IHC_MSG_REPORT, 5000);
+    assert_non_null(r);
+    const ihc_module_result *m1 = find_mod(r, "failing");
+    assert_int_equal(m1->status, IHC_MOD_FAILED);
+    assert_non_null(m1->error);
+    assert_non_null(strstr(m1->error, "boom failed"));
+    assert_non_null(strstr(m1->error, ihc_strerror(IHC_EIO)));
+    const ihc_module_result *m2 = find_mod(r, "off");
+    assert_int_equal(m2->status, IHC_MOD_DISABLED);
+    ihc_msg_free(r);
+    char got[512];
+    trace_get(got, sizeof(got));
+    assert_string_equal(got, "first@dev-2,fail"); /* stops at the failing method */
+    assert_int_equal(atomic_load(&disabled_calls), 0);
+    ihc_agent_close(a);
+    fake_stop(&f);
+}
+
+static char *write_config(const char *text)
+{
+    char *dir = th_tmpdir("agentcfg");
+    assert_non_null(dir);
+    char *path = malloc(strlen(dir) + 16);
+    sprintf(path, "%s/agent.ini", dir);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs(text, fp);
+    fclose(fp);
+    free(dir);
+    return path;
+}
+
+static void remove_config(char *path)
+{
+    unlink(path);
+    char *slash = strrchr(path, '/');
+    *slash = '\0';
+    rmdir(path);
+    free(path);
+}
+
+static void test_agent_module_config_overrides(void **state)
+{
+    (void)state;
+    atomic_store(&disabled_calls, 0);
+    char *cfg = write_config("# module overrides\n"
+                             "[text_processing]\n"
+                             "interrupt_methods = third, first\n"
+                             "timeout = 0.3\n"
+                             "\n"
+                             "; disabled here although registered enabled\n"
+                             "[counter]\n"
+                             "enabled = false\n"
+                             "[not_registered]\n"
+                             "enabled = yes\n");
+    fake_coord f;
+    fake_start(&f);
+    ihc_agent *a = open_agent(&f, cfg);
+    static const ihc_method counting[] = {{"count", m_count}};
+    ihc_module_def d1 = {.name = "text_processing",
+                         .methods = three,
+                         .n_methods = 3,
+                         .timeout = 2.0,
+                         .enabled = true};
+    ihc_module_def d2 = {.name = "counter", .methods = counting, .n_methods = 1, .enabled = true};
+    TH_PASS(ihc_agent_register_module(a, &d1));
+    TH_PASS(ihc_agent_register_module(a, &d2));
+
+    /* the hello carries the effective settings */
+    ihc_msg *h = NULL;
+    uint64_t end = th_now_ms_() + 5000;
+    while (!h && th_now_ms_() < end) {
+        ihc_msg *m = fake_recv(&f, IHC_MSG_HELLO, 100);
+        if (m && m->u.hello.n_modules == 2)
+            h = m;
+        else
+            ihc_msg_free(m);
+    }
+    assert_non_null(h);
+    const ihc_module_info *mi = &h->u.hello.modules[0];
+    assert_string_equal(mi->name, "text_processing");
+    assert_int_equal(mi->timeout_ms, 300);
+    assert_true(mi->enabled);
+    assert_int_equal(mi->n_methods, 2);
+    assert_string_equal(mi->methods[0], "third");
+    assert_string_equal(mi->methods[1], "first");
+    assert_false(h->u.hello.modules[1].enabled);
+    assert_int_equal(h->u.hello.modules[1].timeout_ms, 1000); /* default_module_timeout */
+    ihc_msg_free(h);
+
+    fake_connect(&f, a);
+    fake_interrupt(&f, 11, "dev-3", 1, ihc_agent_id(a));
+    ihc_msg *r = fake_recv(&f, IHC_MSG_REPORT, 5000);
+    assert_non_null(r);
+    assert_int_equal(find_mod(r, "text_processing")->status, IHC_MOD_OK);
+    assert_int_equal(find_mod(r, "counter")->status, IHC_MOD_DISABLED);
+    ihc_msg_free(r);
+    char got[512];
+    trace_get(got, sizeof(got));
+    assert_string_equal(got, "third,first@dev-3");
+    assert_int_equal(atomic_load(&disabled_calls), 0);
+    ihc_agent_close(a);
+    fake_stop(&f);
+    remove_config(cfg);
+}
+
+static void test_agent_module_config_errors(void **state)
+{
+    (void)state;
+    const char *bad[] = {
+        "[m]\ncolour = red\n",                    /* unknown key */
+        "enabled = true\n",                       /* outside a section */
+        "[m]\nenabled = maybe\n",                 /* not a bool */
+        "[m]\ntimeout = -1\n",                    /* out of range */
+        "[m]\ntimeout = 1s\n",                    /* not a number */
+        "[m]\ntimeout = 0\n",                     /* zero */
+        "[m]\ninterrupt_methods = a, b c\n",      /* bad method name */
+        "[m]\ninterrupt_methods = a, a\n",        /* listed twice */
+        "[m]\ninterrupt_methods =\n",             /* empty */
+        "[m]\n[m]\n",                             /* duplicate section */
+        "[bad name]\n",                           /* bad module name */
+        "[m\n",                                   /* malformed header */
+        "[m]\njust words\n",                      /* no '=' */
+        "[m]\nenabled = true\nenabled = false\n", /* given twice */
+    };
+    fake_coord f;
+    fake_start(&f);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char *cfg = write_config(bad[i]);
+        ihc_agent_opts o;
+        ihc_agent_opts_init(&o);
+        o.pub_url = f.pub_url;
+        o.report_url = f.pull_url;
+        o.config_file = cfg;
+        ihc_agent *a = NULL;
+        int rc = ihc_agent_open(&a, &o);
+        if (rc != IHC_ECONFIG)
+            fail_msg("config %zu (%s): got %s, want IHC_ECONFIG", i, bad[i], ihc_err_name(rc));
+        assert_null(a);
+        remove_config(cfg);
+    }
+    ihc_agent_opts o;
+    ihc_agent_opts_init(&o);
+    o.pub_url = f.pub_url;
+    o.report_url = f.pull_url;
+    o.config_file = "/nonexistent/ihc-agent.ini";
+    ihc_agent *a = NULL;
+    TH_FAIL(ihc_agent_open(&a, &o), IHC_ECONFIG);
+
+    /* an override naming a method the module does not have refuses the registration */
+    char *cfg = write_config("[text_processing]\ninterrupt_methods = first, nope\n");
+    a = open_agent(&f, cfg);
+    ihc_module_def d = {
+        .name = "text_processing", .methods = three, .n_methods = 3, .enabled = true};
+    TH_FAIL(ihc_agent_register_module(a, &d), IHC_ECONFIG);
+    /* bad definitions */
+    ihc_module_def bad_def = {.name = "x", .methods = three, .n_methods = 0, .enabled = true};
+    TH_FAIL(ihc_agent_register_module(a, &bad_def), IHC_EINVAL);
+    bad_def = (ihc_module_def){.name = "bad name", .methods = three, .n_methods = 1};
+    TH_FAIL(ihc_agent_register_module(a, &bad_def), IHC_EINVAL);
+    static const ihc_method dup[] = {{"a", m_first}, {"a", m_second}};
+    bad_def = (ihc_module_def){.name = "dup", .methods = dup, .n_methods = 2};
+    TH_FAIL(ihc_agent_register_module(a, &bad_def), IHC_EINVAL);
+    bad_def = (ihc_module_def){.name = "neg", .methods = three, .n_methods = 1, .timeout = -1};
+    TH_FAIL(ihc_agent_register_module(a, &bad_def), IHC_EINVAL);
+    ihc_agent_close(a);
+    remove_config(cfg);
+    fake_stop(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_agent_module_methods_in_order),
+        cmocka_unit_test(test_agent_module_hang_times_out),
+        cmocka_unit_test(test_agent_module_failed_and_disabled),
+        cmocka_unit_test(test_agent_module_config_overrides),
+        cmocka_unit_test(test_agent_module_config_errors),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    nng_fini(); /* nng's own threads, for leak checkers */
+    return rc;
+}
