@@ -357,7 +357,7 @@ static int rd_fail(mp_rd *r, const char *why)
     return IHC_EPROTO;
 }
 
-static int mp_read(mp_rd *r, mp_obj *o)
+static inline __attribute__((always_inline)) int mp_read(mp_rd *r, mp_obj *o)
 {
     const uint8_t *p = r->p;
     size_t rem = (size_t)(r->end - p);
@@ -1287,7 +1287,7 @@ static int verify(const ihc_wire_auth *auth, const uint8_t *buf, size_t len, con
         return IHC_EBADSIG;
     }
     mp_rd r = {ts->val[C_SIG], buf + len, buf, NULL};
-    mp_obj o;
+    mp_obj o = {0};
     if (mp_read(&r, &o) != 0 || o.kind != MP_BIN || o.n != SIG_LEN) {
         set_detail(detail, dlen, "field 'sig': expected %d bytes of binary", SIG_LEN);
         return IHC_EBADSIG;

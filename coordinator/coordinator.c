@@ -659,6 +659,90 @@ static void on_message(ihc_coord *c, nng_msg *nm)
     ihc_msg_free(m);
 }
 
+/* ---- Redis came back: reconcile and rewrite the state it may have lost ---- */
+
+/* Persist thread: reads what Redis holds now and hands it to the loop. */
+static void on_redis_back(void *arg, ihc_store *st)
+{
+    ihc_coord *c = arg;
+    uint64_t seq = 0;
+    ihc_store_epoch_rec *ep = NULL;
+    size_t n = 0;
+    if (ihc_store_seq_get(st, &seq) != IHC_OK)
+        seq = 0;
+    if (ihc_store_epochs_list(st, &ep, &n) != IHC_OK) {
+        ep = NULL;
+        n = 0;
+    }
+    pthread_mutex_lock(&c->mu);
+    ihc_store_epochs_free(c->resync_epochs, c->resync_n);
+    c->resync = true;
+    c->resync_seq = seq;
+    c->resync_epochs = ep;
+    c->resync_n = n;
+    bool stopping = c->stopping;
+    pthread_mutex_unlock(&c->mu);
+    if (!stopping)
+        wake(c);
+}
+
+static void resync_epoch(void *arg, const char *hw, uint64_t epoch, int64_t set_ms)
+{
+    ihc_coord *c = arg;
+    (void)set_ms;
+    ihc_persist_epoch_raise(c->persist, hw, epoch);
+}
+
+static void resync_session(void *arg, const ihc_reg_session *s)
+{
+    on_registry_event(arg, IHC_REG_SESSION_UPDATED, s);
+}
+
+static void resync_agent(void *arg, const ihc_reg_agent *a)
+{
+    if (a->state != IHC_AGENT_GONE)
+        persist_agent(arg, a);
+}
+
+/* Loop thread: ids and epochs move above what Redis knew, then the whole live state is
+ * written again (every write is idempotent), since a restarted Redis may have lost it. */
+static void resync(ihc_coord *c)
+{
+    pthread_mutex_lock(&c->mu);
+    bool due = c->resync;
+    uint64_t seq = c->resync_seq;
+    ihc_store_epoch_rec *ep = c->resync_epochs;
+    size_t n = c->resync_n;
+    c->resync = false;
+    c->resync_epochs = NULL;
+    c->resync_n = 0;
+    pthread_mutex_unlock(&c->mu);
+    if (!due)
+        return;
+    if (seq >= c->next_id) {
+        /* ids were handed out that this process never knew of (it started without Redis) */
+        c->next_id = seq + 1;
+        c->reserved_hi = seq;
+    }
+    for (size_t i = 0; i < n; i++)
+        ihc_registry_epoch_raise(c->reg, ep[i].hw, ep[i].epoch, 0);
+    ihc_store_epochs_free(ep, n);
+    if (c->reserved_hi > 0)
+        ihc_persist_seq_raise(c->persist, c->reserved_hi);
+    ihc_registry_foreach_epoch(c->reg, resync_epoch, c);
+    ihc_registry_foreach_session(c->reg, NULL, resync_session, c);
+    ihc_registry_foreach_agent(c->reg, resync_agent, c);
+    if (c->flag) {
+        ihc_store_flags sf = {.global_interrupt_flag = true, .set_ms = c->flag_set_ms};
+        snprintf(sf.interrupt_hardware_id, sizeof(sf.interrupt_hardware_id), "%s", c->flag_hw);
+        snprintf(sf.reason, sizeof(sf.reason), "%s", c->flag_reason);
+        ihc_persist_flags_set(c->persist, &sf);
+    }
+    ihc_log(IHC_LOG_INFO, COMPONENT,
+            "redis state rewritten after reconnect sessions=%zu next_id=%" PRIu64,
+            ihc_registry_session_count(c->reg), c->next_id);
+}
+
 /* ---- the loop ---- */
 
 static void run_cmd(ihc_coord *c, ihc__cmd *k)
@@ -755,6 +839,7 @@ static void *loop_main(void *arg)
             on_message(c, nm);
             nng_msg_free(nm);
         }
+        resync(c);
         run_timers(c, ihc_mono_ns());
     }
     /* shutting down: answer what is in flight with what it has, then what is queued */
@@ -925,7 +1010,9 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
                                      .session_ttl_s = (uint32_t)(cfg->session_timeout + 0.5),
                                      .agent_ttl_s = (uint32_t)(cfg->agent_ttl + 0.999),
                                      .log_max = (uint32_t)cfg->interrupt_log_max,
-                                     .client_name = "ihc-coordinator"}};
+                                     .client_name = "ihc-coordinator"},
+                           .on_reconnect = on_redis_back,
+                           .arg = c};
     if (po.store.agent_ttl_s == 0)
         po.store.agent_ttl_s = 1;
     if ((rc = ihc_persist_open(&c->persist, &po)) != IHC_OK) {
@@ -996,11 +1083,13 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
     for (size_t i = 0; i < c->n_fl; i++)
         ihc_inflight_free(c->fl[i]);
     free(c->fl);
+    /* the writer first: its reconnect hook uses the mutex and the wake-up fd */
+    ihc_persist_close(c->persist, flush_ms);
+    ihc_store_epochs_free(c->resync_epochs, c->resync_n);
     nng_close(c->pub);
     nng_close(c->pull);
     if (c->wake_fd >= 0)
         close(c->wake_fd);
-    ihc_persist_close(c->persist, flush_ms);
     ihc_registry_free(c->reg);
     ihc_wire_auth_free(c->auth);
     free(c->window);

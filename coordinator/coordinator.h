@@ -59,6 +59,12 @@ struct ihc_coord {
     atomic_int pending;            /* interrupts accepted and not yet answered */
     atomic_uint_fast64_t rejected; /* bad messages and refused requests */
     ihc_persist *persist;          /* thread-safe */
+    /* Redis answered again after an outage (set by the persist thread, under mu): what it
+     * holds, for the loop to reconcile and rewrite */
+    bool resync;
+    uint64_t resync_seq;
+    ihc_store_epoch_rec *resync_epochs;
+    size_t resync_n;
 
     /* owned by the loop thread */
     ihc_registry *reg;

@@ -16,6 +16,11 @@ typedef struct {
     ihc_store_opts store; /* copied (url too) */
     size_t max_queue;     /* 0 = 1000000 operations */
     size_t batch;         /* operations per pipeline, 0 = 512 */
+    /* Called on the writer thread each time Redis answers again after being unreachable
+     * (it may have restarted empty); st may be used for reads during the call. May be
+     * NULL. */
+    void (*on_reconnect)(void *arg, ihc_store *st);
+    void *arg;
 } ihc_persist_opts;
 
 /* Starts the writer thread. Redis need not be up. Caller owns *out (ihc_persist_close).

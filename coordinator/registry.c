@@ -432,6 +432,19 @@ uint64_t ihc_registry_epoch(const ihc_registry *r, const char *hw, int64_t *set_
     return h ? h->epoch : 0;
 }
 
+void ihc_registry_foreach_epoch(const ihc_registry *r,
+                                void (*fn)(void *arg, const char *hw, uint64_t epoch,
+                                           int64_t set_ms),
+                                void *arg)
+{
+    HMAP_FOREACH(&r->hws, e)
+    {
+        const hwrec *h = e->val;
+        if (h->epoch > 0)
+            fn(arg, e->key, h->epoch, h->set_ms);
+    }
+}
+
 uint64_t ihc_registry_epoch_bump(ihc_registry *r, const char *hw, int64_t now_ms)
 {
     hwrec *h = hw_get_or_add(r, hw);

@@ -140,6 +140,12 @@ void ihc_registry_foreach_hw_agent(const ihc_registry *r,
  * receives the wall ms of the last bump, 0 when unknown. */
 uint64_t ihc_registry_epoch(const ihc_registry *r, const char *hw, int64_t *set_ms);
 
+/* Visits every known epoch (hw "*" included). */
+void ihc_registry_foreach_epoch(const ihc_registry *r,
+                                void (*fn)(void *arg, const char *hw, uint64_t epoch,
+                                           int64_t set_ms),
+                                void *arg);
+
 /* Bumps hw's epoch by one and returns the new value (0 on ENOMEM). */
 uint64_t ihc_registry_epoch_bump(ihc_registry *r, const char *hw, int64_t now_ms);
 

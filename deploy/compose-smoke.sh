@@ -213,12 +213,16 @@ pass "base images present (debian:bookworm-slim, redis:7) [$((SECONDS - t)) s]"
 # ---- bring the stack up -----------------------------------------------------------------
 
 # Free host ports, so the test never collides with an ihc (or anything) already running.
-port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
+# Ports below the ephemeral range (so no client connection holds one by chance) that no
+# socket uses.
+port_free() { ! ss -Htan "sport = :$1" | grep -q .; }
 # pick_ports N: prints N distinct free ports.
 pick_ports() {
-  local n=$1 p got=" "
+  local n=$1 p got=" " lo
+  lo=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)
+  [ "${lo:-0}" -gt 12000 ] || lo=32768
   for _ in $(seq 500); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((10000 + RANDOM % (lo - 10000)))
     if port_free "$p" && [[ "$got" != *" $p "* ]]; then
       got="$got$p "
       n=$((n - 1))
@@ -227,10 +231,16 @@ pick_ports() {
   done
   [ "$n" -eq 0 ] && echo $got
 }
-ports=$(pick_ports 4) || die "no free host ports"
-read -r IHC_PUB_PORT IHC_REPORT_PORT IHC_CONTROL_PORT IHC_HTTP_PORT <<<"$ports"
-export IHC_PUB_PORT IHC_REPORT_PORT IHC_CONTROL_PORT IHC_HTTP_PORT
+new_ports() {
+  local ports
+  ports=$(pick_ports 4) || return 1
+  read -r IHC_PUB_PORT IHC_REPORT_PORT IHC_CONTROL_PORT IHC_HTTP_PORT <<<"$ports"
+  export IHC_PUB_PORT IHC_REPORT_PORT IHC_CONTROL_PORT IHC_HTTP_PORT
+}
+new_ports || die "no free host ports"
 export IHC_IMAGE=${IHC_IMAGE:-ihc:smoke}
+# Keep flags set long enough to read them (a setting of the compose file, as a user sets it).
+export SESSION_CLEANUP_DELAY=${SESSION_CLEANUP_DELAY:-60}
 log "host ports: pub $IHC_PUB_PORT report $IHC_REPORT_PORT control $IHC_CONTROL_PORT http $IHC_HTTP_PORT; image $IHC_IMAGE"
 
 # A crashed earlier run may have left the project behind.
@@ -239,7 +249,19 @@ compose down -v --remove-orphans >/dev/null 2>&1
 t=$SECONDS
 log "building the image and starting the stack"
 COMPOSE_UP=1
-if compose up -d --build >"$WORK/up.log" 2>&1; then
+up_ok=""
+for attempt in 1 2 3; do
+  if compose up -d --build >"$WORK/up.log" 2>&1; then
+    up_ok=1
+    break
+  fi
+  # A port taken between the pick and the bind: pick others and try again.
+  grep -q 'address already in use' "$WORK/up.log" || break
+  compose down -v --remove-orphans >/dev/null 2>&1
+  new_ports || break
+  log "a host port was taken meanwhile (attempt $attempt); now http $IHC_HTTP_PORT"
+done
+if [ -n "$up_ok" ]; then
   pass "compose up -d --build [$((SECONDS - t)) s]"
 else
   tail -40 "$WORK/up.log" | sed 's/^/    /'
@@ -283,6 +305,10 @@ agents_registered() {
   for a in agent-1 agent-2 agent-3; do
     grep -q "\"$a\"" "$WORK/agents" || return 1
   done
+}
+has_session() {
+  http_get "/v1/sessions?hardware_id=$1" |
+    jq -e --arg a "$2" 'any(.sessions[]; .agent_id == $a and .state == "active")'
 }
 dev2_sessions() {
   http_get "/v1/sessions?hardware_id=dev-2" >"$WORK/sessions" || return 1
@@ -340,17 +366,30 @@ if wait_for 20 "ihc:interrupts entry" logged && [ "$(rcli XLEN ihc:interrupts | 
 else
   fail "redis: ihc:interrupts has the dev-2 interrupt" "$(cat "$WORK/xrange")"
 fi
-flags() { rcli HGETALL ihc:flags >"$WORK/flags" 2>&1 && grep -qx 'interrupt_hardware_id' "$WORK/flags"; }
-if wait_for 20 "ihc:flags" flags; then
-  pass "redis: HGETALL ihc:flags ($(tr '\r\n' '  ' <"$WORK/flags"))"
+# Flags stay set for SESSION_CLEANUP_DELAY (made long above), so they can be read here.
+flags_are() {
+  rcli HGETALL ihc:flags >"$WORK/flags" 2>&1 || return 1
+  tr -d '\r' <"$WORK/flags" | paste - - >"$WORK/flags.tsv"
+  grep -qx "interrupt_hardware_id	$1" "$WORK/flags.tsv" &&
+    grep -qx "global_interrupt_flag	$2" "$WORK/flags.tsv"
+}
+if wait_for 20 "ihc:flags" flags_are dev-2 1; then
+  pass "redis: HGETALL ihc:flags says dev-2 ($(tr '\t\n' '= ' <"$WORK/flags.tsv"))"
 else
-  fail "redis: HGETALL ihc:flags" "$(cat "$WORK/flags")"
+  fail "redis: HGETALL ihc:flags says dev-2" "$(cat "$WORK/flags")"
 fi
 epoch() { [ "$(rcli GET 'ihc:hw:{dev-2}:epoch' | tr -d '\r')" -ge 1 ] 2>/dev/null; }
 if wait_for 20 "dev-2 epoch" epoch; then
   pass "redis: ihc:hw:{dev-2}:epoch bumped"
 else
   fail "redis: ihc:hw:{dev-2}:epoch bumped" "$(rcli GET 'ihc:hw:{dev-2}:epoch')"
+fi
+
+code=$(curl -sS --max-time 5 -o "$WORK/reset" -w '%{http_code}' -X POST "$API/v1/flags/reset")
+if [ "$code" = 200 ] && wait_for 20 "flags reset" flags_are "" 0; then
+  pass "POST /v1/flags/reset clears ihc:flags in redis"
+else
+  fail "POST /v1/flags/reset clears ihc:flags in redis" "HTTP $code: $(cat "$WORK/reset")" "$(cat "$WORK/flags")"
 fi
 
 # The CLI in the image, over the control socket.
@@ -364,6 +403,26 @@ if compose exec -T coordinator ihc interrupt dev-3 --reason "smoke cli" --json >
   fi
 else
   fail "ihc interrupt dev-3 (CLI in the image)" "$(cat "$WORK/cli")"
+fi
+
+# A restarted coordinator container: the agents find it again by its service name.
+all_connected() {
+  http_get /v1/agents >"$WORK/agents" || return 1
+  jq -e '[.agents[] | select(.connected == true) | .agent_id] | sort == ["agent-1","agent-2","agent-3"]' \
+    "$WORK/agents"
+}
+t=$SECONDS
+if compose restart -t 20 coordinator >/dev/null 2>&1 &&
+  wait_for 60 "coordinator healthy again" all_healthy && wait_for 30 "agents back" all_connected &&
+  wait_for 30 "agent-1's dev-1 session" has_session dev-1 agent-1; then
+  res=$(curl -sS --max-time 15 -H 'Content-Type: application/json' -d '{"hardware_id":"dev-1"}' "$API/v1/interrupt")
+  if [ "$(jq -r .success <<<"$res")" = true ] && [ "$(jq -c .agents.answered <<<"$res")" = '["agent-1"]' ]; then
+    pass "coordinator restarted: agents reconnect, interrupt of dev-1 answered by agent-1 [$((SECONDS - t)) s]"
+  else
+    fail "coordinator restarted: interrupt of dev-1 answered by agent-1" "$res"
+  fi
+else
+  fail "coordinator restarted: healthy with 3 connected agents within the deadline" "$(cat "$WORK/agents" 2>/dev/null)"
 fi
 
 # Docker stops containers with SIGTERM: the daemons must exit cleanly and fast.

@@ -22,12 +22,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-#define CHECK(cond)                                                                               \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            fprintf(stderr, "fuzz_wire: check failed: %s (line %d)\n", #cond, __LINE__);          \
-            abort();                                                                              \
-        }                                                                                         \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "fuzz_wire: check failed: %s (line %d)\n", #cond, __LINE__);           \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 /* A decoded message re-encodes; decoding that gives the same encoding again; signing it

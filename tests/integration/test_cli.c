@@ -162,7 +162,7 @@ static int teardown(void **state)
 /* ---- running the CLI ------------------------------------------------------------------------- */
 
 typedef struct {
-    int status; /* exit status, -1 if it did not exit normally */
+    int status; /* exit status; 128+N when killed by signal N; -1 when it did not exit */
     char *out, *err;
 } run_result;
 
@@ -213,6 +213,8 @@ static run_result finish(pid_t pid, int timeout_ms)
         th_stop(pid, SIGKILL, 1000);
     else if (WIFEXITED(st))
         r.status = WEXITSTATUS(st);
+    else if (WIFSIGNALED(st))
+        r.status = 128 + WTERMSIG(st); /* shows in failure messages */
     char p[300];
     snprintf(p, sizeof p, "%s/out", g_dir);
     r.out = slurp(p);

@@ -725,6 +725,9 @@ static void test_coordinator_redis_outage(void **state)
     assert_true(TH_WAIT(redis_int("XLEN %s", "ihc:interrupts") == done, 10000));
     assert_true(TH_WAIT(stat_of(&f->c, "persist_backlog") == 0, 5000));
     assert_true(redis_is("4", "GET %s", "ihc:hw:{dev-2}:epoch"));
+    /* what the empty Redis lost is written again: the id high-water mark, the live state */
+    assert_true(TH_WAIT(redis_int("HGET %s interrupt_id", "ihc:seq") >= 1000, 5000));
+    assert_true(TH_WAIT(redis_has("testnode", "HGETALL %s", "ihc:agent:n1:1"), 5000));
     j = interrupt(&f->c, "dev-1", 2000, 200);
     assert_true(json_is_true(json_object_get(j, "persisted")));
     json_decref(j);

@@ -36,7 +36,7 @@ static void start_coordinator(void)
     char *argv[] = {(char *)th_bin("ihc-coordinator"), "--pub", w.pub_url, "--report",
                     w.rep_url, "--control", w.ctl_url, "--http", http, "--redis", w.redis.url,
                     NULL};
-    char *env[] = {"INTERRUPT_TIMEOUT=2.0", "SESSION_CLEANUP_DELAY=0.5", "IHC_AGENT_TTL=3",
+    char *env[] = {"INTERRUPT_TIMEOUT=2.0", "SESSION_CLEANUP_DELAY=3", "IHC_AGENT_TTL=3",
                    "IHC_LOG_LEVEL=debug", NULL};
     w.coord = th_spawn(argv, log, env);
     assert_true(w.coord > 0);
@@ -196,6 +196,18 @@ static void test_e2e_interrupt_exact(void **state)
     assert_true(json_real_value(json_object_get(r, "total_time_ms")) > 0);
     json_decref(r);
 
+    /* The flag is set at once (written off the request path, so wait for it), and resets
+     * by itself after SESSION_CLEANUP_DELAY. */
+    char *v;
+    assert_true(TH_WAIT((v = th_redis_cmd(&w.redis, "HGET ihc:flags interrupt_hardware_id")) &&
+                                strcmp(v, "dev-2") == 0
+                            ? (free(v), true)
+                            : (free(v), false),
+                        2000));
+    r = control("flags", NULL, 0, NULL);
+    assert_true(json_is_true(json_object_get(r, "global_interrupt_flag")));
+    json_decref(r);
+
     /* Other hardware_ids keep running: dev-1 (node-a) keeps logging progress. */
     assert_true(TH_WAIT(count_lines("node-a", "hw=dev-1") > before_dev1 + 1, 5000));
     assert_int_equal(active_sessions("dev-1"), 1);
@@ -204,13 +216,9 @@ static void test_e2e_interrupt_exact(void **state)
     assert_true(count_lines("node-b", "hw=dev-2") > 0);
 
     /* Redis holds the layout of DESIGN.md. */
-    char *v = th_redis_cmd(&w.redis, "GET ihc:hw:{dev-2}:epoch");
+    v = th_redis_cmd(&w.redis, "GET ihc:hw:{dev-2}:epoch");
     assert_non_null(v);
     assert_true(atoi(v) >= 1);
-    free(v);
-    v = th_redis_cmd(&w.redis, "HGET ihc:flags interrupt_hardware_id");
-    assert_non_null(v);
-    assert_string_equal(v, "dev-2");
     free(v);
     assert_true(TH_WAIT((v = th_redis_cmd(&w.redis, "XLEN ihc:interrupts")) && atoi(v) >= 1
                             ? (free(v), true)
@@ -228,6 +236,18 @@ static void test_e2e_interrupt_exact(void **state)
     assert_non_null(v);
     assert_true(atoi(v) >= 1);
     free(v);
+    v = th_redis_cmd(&w.redis, "HGET ihc:session:{dev-1}:dev-1-1 state");
+    assert_non_null(v);
+    assert_string_equal(v, "active");
+    free(v);
+    assert_true(TH_WAIT((v = th_redis_cmd(&w.redis, "HGET ihc:flags global_interrupt_flag")) &&
+                                strcmp(v, "0") == 0
+                            ? (free(v), true)
+                            : (free(v), false),
+                        8000));
+    r = control("flags", NULL, 0, NULL);
+    assert_false(json_is_true(json_object_get(r, "global_interrupt_flag")));
+    json_decref(r);
 }
 
 /* The same over HTTP, and HTTP's bad-input answers. */
