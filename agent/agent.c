@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -547,6 +548,8 @@ int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *opts)
     o.secret = NULL; /* kept only inside auth */
     a->o = o;
     a->started_ms = ihc_now_ms();
+    if (getrandom(&a->id_tag, sizeof(a->id_tag), 0) != sizeof(a->id_tag))
+        a->id_tag = (uint32_t)(a->started_ms ^ ((uint64_t)getpid() << 16));
     atomic_init(&a->sub_pipes, 0);
     atomic_init(&a->push_pipes, 0);
     atomic_init(&a->synced, false);

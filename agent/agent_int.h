@@ -65,6 +65,7 @@ struct ihc_agent {
     uint64_t gepoch;
     uint64_t gflag_until_ns;
     uint64_t id_counter;
+    uint32_t id_tag; /* random per agent run: keeps generated session ids apart */
     ihc__session *esc;
     pthread_cond_t esc_cv;
     pthread_t esc_thread;

@@ -284,10 +284,14 @@ int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token *
         }
         copy_str(s->id, sizeof(s->id), o->session_id);
     } else {
-        /* "<hw>-<n>", the hw cut so the id stays within IHC_ID_MAX */
+        /* "<hw>-<tag>-<n>": the tag (random, drawn at open) keeps ids
+         * of different agents, and of this agent's earlier runs, apart — session keys in
+         * Redis and the coordinator's registry are per hardware_id, not per agent. The hw
+         * is cut so the id stays within IHC_ID_MAX. */
         do {
-            char num[24];
-            int nl = snprintf(num, sizeof(num), "-%llu", (unsigned long long)++a->id_counter);
+            char num[40];
+            int nl = snprintf(num, sizeof(num), "-%08x-%llu", a->id_tag,
+                              (unsigned long long)++a->id_counter);
             size_t hl = strlen(s->hw);
             if (hl + (size_t)nl > IHC_ID_MAX)
                 hl = IHC_ID_MAX - (size_t)nl;

@@ -145,7 +145,7 @@ static void text_work(ihc_token *tok, void *arg)
         if (gen_pause(tok, TEXT_INTERVAL_MS))
             break;
     }
-    ihc_log(IHC_LOG_INFO, COMP, "simulate stopped session=%s hw=%s module=%s after tokens=%" PRIu64,
+    ihc_log(IHC_LOG_INFO, COMP, "stopped session=%s hw=%s module=%s after tokens=%" PRIu64,
             ss->sid, ss->s->slots[ss->slot].hw, IHC_MODULE_TEXT, n);
     gen_finish(g);
 }
@@ -177,7 +177,7 @@ static void audio_work(ihc_token *tok, void *arg)
             break;
     }
     ihc_log(IHC_LOG_INFO, COMP,
-            "simulate stopped session=%s hw=%s module=%s after audio_chunks=%" PRIu64, ss->sid,
+            "stopped session=%s hw=%s module=%s after audio_chunks=%" PRIu64, ss->sid,
             ss->s->slots[ss->slot].hw, IHC_MODULE_AUDIO, n);
     gen_finish(g);
 }
@@ -198,7 +198,7 @@ static void state_work(ihc_token *tok, void *arg)
         if (gen_pause(tok, STATE_INTERVAL_MS))
             break;
     }
-    ihc_log(IHC_LOG_INFO, COMP, "simulate stopped session=%s hw=%s module=%s after beats=%" PRIu64,
+    ihc_log(IHC_LOG_INFO, COMP, "stopped session=%s hw=%s module=%s after beats=%" PRIu64,
             ss->sid, ss->s->slots[ss->slot].hw, IHC_MODULE_STATE, n);
     gen_finish(g);
 }
@@ -226,7 +226,7 @@ static void session_start(ihc_simulate *s, size_t slot)
     const char *hw = s->slots[slot].hw;
     sim_session *ss = calloc(1, sizeof(*ss));
     if (!ss) {
-        ihc_log(IHC_LOG_ERROR, COMP, "simulate cannot begin session hw=%s error=\"%s\"", hw,
+        ihc_log(IHC_LOG_ERROR, COMP, "cannot begin session hw=%s error=\"%s\"", hw,
                 ihc_strerror(IHC_ENOMEM));
         goto retry;
     }
@@ -236,7 +236,7 @@ static void session_start(ihc_simulate *s, size_t slot)
     ihc_session_opts o = {.hw = hw, .data = "{\"simulated\":true}"};
     int rc = ihc_agent_session_begin(s->a, &o, &ss->tok, ss->sid, sizeof(ss->sid));
     if (rc != IHC_OK) {
-        ihc_log(IHC_LOG_WARN, COMP, "simulate cannot begin session hw=%s error=\"%s\" retry_ms=%u",
+        ihc_log(IHC_LOG_WARN, COMP, "cannot begin session hw=%s error=\"%s\" retry_ms=%u",
                 hw, ihc_strerror(rc), s->pause_ms);
         session_free(ss);
         goto retry;
@@ -254,7 +254,7 @@ static void session_start(ihc_simulate *s, size_t slot)
     ss->n_running = IHC_SIM__COUNT; /* before the threads start: they may finish at once */
     pthread_mutex_unlock(&s->mtx);
 
-    ihc_log(IHC_LOG_INFO, COMP, "simulate started session=%s hw=%s", ss->sid, hw);
+    ihc_log(IHC_LOG_INFO, COMP, "started session=%s hw=%s", ss->sid, hw);
     bool failed = false;
     for (int k = 0; k < IHC_SIM__COUNT; k++) {
         rc = ihc_agent_spawn(s->a, ss->sid, module_names[k], work_fns[k], &ss->gens[k]);
@@ -262,7 +262,7 @@ static void session_start(ihc_simulate *s, size_t slot)
             /* ENOENT: the session was interrupted and cleaned up before its work began */
             if (rc != IHC_ENOENT)
                 ihc_log(IHC_LOG_ERROR, COMP,
-                        "simulate cannot start generator session=%s module=%s error=\"%s\"",
+                        "cannot start generator session=%s module=%s error=\"%s\"",
                         ss->sid, module_names[k], ihc_strerror(rc));
             failed = failed || rc != IHC_ENOENT;
             gen_finish(&ss->gens[k]);
@@ -284,11 +284,11 @@ static void session_finish(ihc_simulate *s, sim_session *ss, bool restart)
     int rc = ihc_agent_session_end(s->a, ss->sid);
     /* ENOENT: the agent already cleaned it up after the interrupt (CLEANUP_ON_INTERRUPT) */
     if (rc != IHC_OK && rc != IHC_ENOENT)
-        ihc_log(IHC_LOG_WARN, COMP, "simulate cannot end session=%s error=\"%s\"", ss->sid,
+        ihc_log(IHC_LOG_WARN, COMP, "cannot end session=%s error=\"%s\"", ss->sid,
                 ihc_strerror(rc));
     if (restart)
         ihc_log(IHC_LOG_INFO, COMP,
-                "simulate session ended session=%s hw=%s tokens=%" PRIu64 " audio_chunks=%" PRIu64
+                "session ended session=%s hw=%s tokens=%" PRIu64 " audio_chunks=%" PRIu64
                 " beats=%" PRIu64 " next_session_in_ms=%u",
                 ss->sid, s->slots[ss->slot].hw, (uint64_t)atomic_load(&ss->tokens),
                 (uint64_t)atomic_load(&ss->chunks), (uint64_t)atomic_load(&ss->beats), s->pause_ms);
@@ -303,7 +303,7 @@ static void log_progress(ihc_simulate *s)
         if (ihc_token_cancelled(ss->tok))
             continue;
         ihc_log(IHC_LOG_INFO, COMP,
-                "simulate progress session=%s hw=%s tokens=%" PRIu64 " audio_chunks=%" PRIu64
+                "progress session=%s hw=%s tokens=%" PRIu64 " audio_chunks=%" PRIu64
                 " beats=%" PRIu64,
                 ss->sid, s->slots[ss->slot].hw, (uint64_t)atomic_load(&ss->tokens),
                 (uint64_t)atomic_load(&ss->chunks), (uint64_t)atomic_load(&ss->beats));
@@ -452,7 +452,7 @@ void ihc_simulate_stop(ihc_simulate *s)
         struct timespec ts;
         abs_deadline(&ts, deadline);
         if (pthread_cond_timedwait(&s->cond, &s->mtx, &ts) != 0 && ihc_mono_ns() >= deadline) {
-            ihc_log(IHC_LOG_ERROR, COMP, "simulate generators did not stop within %d ms",
+            ihc_log(IHC_LOG_ERROR, COMP, "generators did not stop within %d ms",
                     STOP_WAIT_MS);
             break;
         }
@@ -488,7 +488,7 @@ void ihc_simulate_free(ihc_simulate *s)
         if (ss->n_running == 0)
             session_free(ss);
         else /* a generator thread still holds it: leaking beats a use-after-free */
-            ihc_log(IHC_LOG_ERROR, COMP, "simulate session=%s still running at exit", ss->sid);
+            ihc_log(IHC_LOG_ERROR, COMP, "session=%s still running at exit", ss->sid);
     }
     pthread_cond_destroy(&s->cond);
     pthread_mutex_destroy(&s->mtx);
@@ -555,7 +555,7 @@ int ihc_simulate_clear_buffers(ihc_simulate *s, const char *hw, ihc_sim_kind kin
         }
         pthread_mutex_unlock(&ss->buf_mtx);
         ihc_log(IHC_LOG_INFO, COMP,
-                "simulate buffers cleared session=%s hw=%s module=%s dropped=%zu", ss->sid,
+                "buffers cleared session=%s hw=%s module=%s dropped=%zu", ss->sid,
                 s->slots[ss->slot].hw, module_names[kind], dropped);
     }
     pthread_mutex_unlock(&s->mtx);

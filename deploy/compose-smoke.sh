@@ -110,6 +110,7 @@ command -v dockerd >/dev/null || need+=(docker.io)
 command -v docker >/dev/null || need+=(docker.io)
 command -v curl >/dev/null || need+=(curl)
 command -v jq >/dev/null || need+=(jq)
+command -v ss >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   apt_install $(printf '%s\n' "${need[@]}" | sort -u) || die "install of ${need[*]}"
 fi
@@ -416,8 +417,10 @@ if compose restart -t 20 coordinator >/dev/null 2>&1 &&
   wait_for 60 "coordinator healthy again" all_healthy && wait_for 30 "agents back" all_connected &&
   wait_for 30 "agent-1's dev-1 session" has_session dev-1 agent-1; then
   res=$(curl -sS --max-time 15 -H 'Content-Type: application/json' -d '{"hardware_id":"dev-1"}' "$API/v1/interrupt")
-  if [ "$(jq -r .success <<<"$res")" = true ] && [ "$(jq -c .agents.answered <<<"$res")" = '["agent-1"]' ]; then
-    pass "coordinator restarted: agents reconnect, interrupt of dev-1 answered by agent-1 [$((SECONDS - t)) s]"
+  id3=$(jq -r '.interrupt_id // 0' <<<"$res")
+  if [ "$(jq -r .success <<<"$res")" = true ] && [ "$(jq -c .agents.answered <<<"$res")" = '["agent-1"]' ] &&
+    [ "$id3" -gt "${id2:-0}" ] 2>/dev/null; then
+    pass "coordinator restarted: agents reconnect, dev-1 answered by agent-1, id $id3 after ${id2:-?} [$((SECONDS - t)) s]"
   else
     fail "coordinator restarted: interrupt of dev-1 answered by agent-1" "$res"
   fi

@@ -72,8 +72,10 @@ wait_for 10 curl -sf "http://127.0.0.1:$http/healthz"
 IHC_AGENT_ID=node-a "$bin/ihc-agent" --simulate dev-1,dev-2 --local "ipc://$run/a.sock" >"$run/node-a.log" 2>&1 & pids+=($!)
 IHC_AGENT_ID=node-b "$bin/ihc-agent" --simulate dev-2,dev-3 --local "ipc://$run/b.sock" >"$run/node-b.log" 2>&1 & pids+=($!)
 IHC_AGENT_ID=node-c "$bin/ihc-agent" --simulate dev-3,dev-4 --local "ipc://$run/c.sock" >"$run/node-c.log" 2>&1 & pids+=($!)
-sessions_of() { curl -sf "http://127.0.0.1:$http/v1/sessions" | grep -o '"hardware_id"' | wc -l; }
-wait_for 15 bash -c "[ \$(curl -sf http://127.0.0.1:$http/v1/sessions | grep -o '\"session_id\"' | wc -l) -ge 6 ]"
+count() { curl -sf "http://127.0.0.1:$http$1" | grep -o "$2" | wc -l; }
+# Ready when the three agents said hello (their modules are known) and 6 sessions run.
+wait_for 15 bash -c "[ \$(curl -sf http://127.0.0.1:$http/v1/agents | grep -o '\"session_management\"' | wc -l) -ge 3 ] &&
+                     [ \$(curl -sf http://127.0.0.1:$http/v1/sessions | grep -o '\"session_id\"' | wc -l) -ge 6 ]"
 
 say "the agents and their work"
 show "$bin/ihc agents"
@@ -84,11 +86,15 @@ show "tail -n 3 $run/node-b.log"
 say "interrupting dev-2 over HTTP (held by node-a and node-b)"
 show "curl -s -X POST http://127.0.0.1:$http/v1/interrupt -H 'Content-Type: application/json' -d '{\"hardware_id\":\"dev-2\",\"reason\":\"user said stop\"}'"
 echo
-sleep 0.5
+mark=$(date -u +%Y-%m-%dT%H:%M:%S.%3N)
+sleep 1.5
 
 say "work that stopped (dev-2) and work that kept running (dev-1, dev-3, dev-4)"
-show "grep -h 'stopped' $run/node-a.log $run/node-b.log | grep 'hw=dev-2' | head -6"
-show "grep -h 'progress' $run/node-a.log $run/node-b.log $run/node-c.log | tail -4"
+show "grep -h 'stopped session' $run/node-a.log $run/node-b.log | grep 'hw=dev-2'"
+echo "progress logged after the interrupt ($mark):"
+show "cat $run/node-*.log | grep progress | awk '\$1 > \"$mark\"' | sort | tail -6"
+echo "the simulation then starts new dev-2 work, in the new epoch:"
+show "grep -h 'started session=dev-2' $run/node-a.log $run/node-b.log"
 
 say "the same through the CLI: interrupt dev-3, then statistics"
 show "$bin/ihc interrupt dev-3 --reason 'from the CLI'" || true

@@ -8,7 +8,8 @@
 #
 #   sudo IHC_BIN_DIR=build/bin bash tests/cluster/run.sh [TEST…]
 #
-# TEST names: harness shared cutoff cutoff_reset coordinator_restart agent_restart throttled (default: all).
+# TEST names: harness shared cutoff cutoff_reset coordinator_restart agent_restart throttled
+# shutdown (default: all; shutdown, when chosen, should come last).
 # Needs root, iproute2, redis-server, curl and jq (installed with apt-get when missing).
 # Logs are kept in $IHC_CLUSTER_LOGS (default: a temporary directory, removed on success).
 # Ends with "N passed, N failed"; exits non-zero when anything failed.
@@ -398,9 +399,41 @@ test_throttled() {
   fi
 }
 
+# exited PID: the process ended (gone, or a zombie waiting for `wait`).
+exited() { [ ! -e "/proc/$1" ] || [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = Z ]; }
+
+test_shutdown() {
+  local name="shutdown: coordinator and agents exit 0 on SIGTERM, no sanitizer report"
+  local problems=() i pid rc who
+  local -A pids=()
+  for ((i = 1; i <= NAGENTS; i++)); do pids[${AGENT_PID[$i]}]="agent node-$i"; done
+  pids[$COORD_PID]=coordinator
+  for pid in "${!pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${!pids[@]}"; do
+    who=${pids[$pid]}
+    if ! wait_for 10 exited "$pid"; then
+      problems+=("$who (pid $pid) still running 10 s after SIGTERM")
+      kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+    rc=$?
+    [ $rc -eq 0 ] || problems+=("$who exited with status $rc")
+  done
+  local f
+  for f in "$LOGS"/coordinator.log "$LOGS"/agent-*.log; do
+    grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:|ThreadSanitizer' "$f" &&
+      problems+=("sanitizer report in $f")
+  done
+  if [ ${#problems[@]} -eq 0 ]; then
+    pass "$name"
+  else
+    fail "$name" "${problems[@]}"
+  fi
+}
+
 # ---- main -------------------------------------------------------------------------------
 
-ALL=(harness shared cutoff cutoff_reset coordinator_restart agent_restart throttled)
+ALL=(harness shared cutoff cutoff_reset coordinator_restart agent_restart throttled shutdown)
 if [ $# -gt 0 ]; then TESTS=("$@"); else TESTS=("${ALL[@]}"); fi
 for t in "${TESTS[@]}"; do
   [[ " ${ALL[*]} " == *" $t "* ]] || {

@@ -312,7 +312,7 @@ int th_http(int port, const char *method, const char *path, const char *headers,
         memcpy(req + n, body, blen);
     size_t total = (size_t)n + blen, off = 0;
     while (off < total) {
-        ssize_t w = write(fd, req + off, total - off);
+        ssize_t w = send(fd, req + off, total - off, MSG_NOSIGNAL);
         if (w <= 0)
             break;
         off += (size_t)w;

@@ -71,8 +71,20 @@ static void test_agent_session_generated_ids(void **state)
     ihc_session_opts so = {.hw = "dev-1"};
     TH_PASS(ihc_agent_session_begin(a, &so, &t1, s1, sizeof(s1)));
     TH_PASS(ihc_agent_session_begin(a, &so, &t2, s2, sizeof(s2)));
-    assert_string_equal(s1, "dev-1-1");
-    assert_string_equal(s2, "dev-1-2");
+    /* "<hw>-<8 hex agent tag>-<n>": unique per agent, increasing within one */
+    assert_int_equal(strlen(s1), strlen("dev-1-") + 8 + 2);
+    assert_memory_equal(s1, "dev-1-", 6);
+    assert_string_equal(s1 + 14, "-1");
+    assert_memory_equal(s1, s2, 14);
+    assert_string_equal(s2 + 14, "-2");
+    /* another agent's ids differ even for the same hw and counter */
+    ihc_agent *b = open_agent(0, 0);
+    ihc_token *tb = NULL;
+    char sb[129];
+    TH_PASS(ihc_agent_session_begin(b, &so, &tb, sb, sizeof(sb)));
+    assert_string_not_equal(s1, sb);
+    ihc_token_release(tb);
+    ihc_agent_close(b);
     /* a 128-byte hw still yields a valid id of at most 128 bytes */
     char hw[129];
     memset(hw, 'h', 128);
@@ -85,11 +97,14 @@ static void test_agent_session_generated_ids(void **state)
     /* an explicit id that looks generated is not handed out twice */
     ihc_token *t4 = NULL, *t5 = NULL;
     char s5[129];
-    ihc_session_opts ex = {.session_id = "dev-2-4", .hw = "dev-2"};
+    char next[129];
+    snprintf(next, sizeof(next), "dev-2-%.8s-4", s1 + 6);
+    ihc_session_opts ex = {.session_id = next, .hw = "dev-2"};
     TH_PASS(ihc_agent_session_begin(a, &ex, &t4, NULL, 0));
     ihc_session_opts gen = {.hw = "dev-2"};
     TH_PASS(ihc_agent_session_begin(a, &gen, &t5, s5, sizeof(s5)));
-    assert_string_equal(s5, "dev-2-5");
+    assert_string_not_equal(s5, next);
+    assert_string_equal(s5 + 14, "-5");
     ihc_token_release(t1);
     ihc_token_release(t2);
     ihc_token_release(t3);
