@@ -1,7 +1,7 @@
 /* The ihc-agent local endpoint: an nng REP socket served by several contexts. aio callbacks
  * only hand requests to a worker thread, which decodes them, talks to libihc-agent, parks
- * "wait" requests on their session and checks every 500 ms that the sessions' processes
- * are still alive. */
+ * "wait" requests on their session and checks every INTERRUPT_CHECK_INTERVAL that the
+ * sessions' processes are still alive. */
 #include "local.h"
 
 #include <errno.h>
@@ -29,7 +29,6 @@
 #define COMP         "local"
 #define N_RECEIVERS  4    /* contexts kept receiving */
 #define MAX_CTX      1024 /* receiving + parked "wait" requests */
-#define PID_CHECK_MS 500
 #define RECV_MAX     (IHC_DATA_MAX + 16u * 1024u)
 #define ERR_MAX      (IHC_REASON_MAX)
 
@@ -72,6 +71,7 @@ struct ihc_local {
     char *url;
     char *path; /* ipc socket file, NULL for other transports */
     int max_active;
+    int check_ms; /* INTERRUPT_CHECK_INTERVAL: process liveness checks */
     nng_socket sock;
     bool sock_open;
     bool listened; /* the socket file is ours to remove */
@@ -663,7 +663,7 @@ static void check_pids(ihc_local *l)
 static void *worker_main(void *arg)
 {
     ihc_local *l = arg;
-    uint64_t next_check = ihc_mono_ns() + (uint64_t)PID_CHECK_MS * 1000000ull;
+    uint64_t next_check = ihc_mono_ns() + (uint64_t)l->check_ms * 1000000ull;
     pthread_mutex_lock(&l->mtx);
     while (!l->stopping) {
         lreq *r = l->q_head;
@@ -680,7 +680,7 @@ static void *worker_main(void *arg)
         if (now >= next_check) {
             pthread_mutex_unlock(&l->mtx);
             check_pids(l);
-            next_check = ihc_mono_ns() + (uint64_t)PID_CHECK_MS * 1000000ull;
+            next_check = ihc_mono_ns() + (uint64_t)l->check_ms * 1000000ull;
             pthread_mutex_lock(&l->mtx);
             continue;
         }
@@ -750,7 +750,8 @@ static int ipc_prepare(const char *path, char *err, size_t err_len)
     return IHC_OK;
 }
 
-int ihc_local_open(ihc_local **out, ihc_agent *a, const char *url, int max_active, char *err,
+int ihc_local_open(ihc_local **out, ihc_agent *a, const char *url, int max_active,
+                   int check_ms, char *err,
                    size_t err_len)
 {
     *out = NULL;
@@ -769,6 +770,7 @@ int ihc_local_open(ihc_local **out, ihc_agent *a, const char *url, int max_activ
     }
     l->a = a;
     l->max_active = max_active > 0 ? max_active : 100;
+    l->check_ms = check_ms > 0 ? check_ms : 100;
     pthread_mutex_init(&l->mtx, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

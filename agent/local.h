@@ -15,11 +15,13 @@ typedef struct ihc_local ihc_local;
 /* Listens on url and serves begin/wait/end/ping for agent a. For ipc:// a stale socket file
  * (nothing listening) is removed first; if another process listens there, IHC_EEXIST.
  * max_active is MAX_ACTIVE_SESSIONS, named in the error a refused "begin" gets.
+ * check_ms is INTERRUPT_CHECK_INTERVAL: how often the sessions' processes are checked for
+ * having exited without ending their session.
  * On error, err receives a message naming the problem. Caller owns *out: ihc_local_shutdown,
  * then (after ihc_agent_close) ihc_local_close.
  * Errors: IHC_EINVAL, IHC_EEXIST, IHC_ETRANSPORT, IHC_ENOMEM, IHC_EINTERNAL. */
-int ihc_local_open(ihc_local **out, ihc_agent *a, const char *url, int max_active, char *err,
-                   size_t err_len);
+int ihc_local_open(ihc_local **out, ihc_agent *a, const char *url, int max_active,
+                   int check_ms, char *err, size_t err_len);
 
 /* Stops serving: closes the socket (pending waits get no answer), stops the worker and ends
  * the endpoint's sessions in the agent. Accepts NULL. */

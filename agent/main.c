@@ -281,7 +281,8 @@ int main(int argc, char **argv)
 
     const char *local_url = cfg.local_url ? cfg.local_url : IHC_LOCAL_DEFAULT_URL;
     if (!local_disabled(cfg.local_url)) {
-        rc = ihc_local_open(&local, a, local_url, cfg.max_active_sessions, err, sizeof(err));
+        rc = ihc_local_open(&local, a, local_url, cfg.max_active_sessions,
+                            (int)(cfg.interrupt_check_interval * 1000), err, sizeof(err));
         if (rc != IHC_OK) {
             fprintf(stderr, PROG ": %s\n", err);
             ihc_log(IHC_LOG_ERROR, COMP, "cannot open the local endpoint url=%s error=\"%s\"",

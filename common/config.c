@@ -82,7 +82,7 @@ static const setting settings[] = {
     {"IHC_AGENT_CONFIG", "config", T_PATH, NULL, NULL, 0, 0, NULL, A, OFF(agent_config),
      "file with per-module overrides (enabled, interrupt_methods, timeout)"},
     {"IHC_STATE_DIR", "state-dir", T_PATH, NULL, NULL, 0, 0, NULL, C, OFF(state_dir),
-     "directory for the coordinator's local state (backlog kept while Redis is down)"},
+     "directory for the coordinator's local state: the interrupt id high-water mark, so ids are never reused even when Redis lost its data"},
     /* secrets: the two sources of one secret may not both be given */
     {"IHC_SECRET", NULL, T_SECRET, NULL, NULL, 0, 0, NULL, C | A | L, OFF(secret),
      "shared secret signing every message (HMAC-SHA256); prefer IHC_SECRET_FILE"},
@@ -97,7 +97,7 @@ static const setting settings[] = {
      C | A, OFF(global_interrupt_enabled), "allow the global interrupt (hardware_id \"*\")"},
     {"INTERRUPT_CHECK_INTERVAL", "interrupt-check-interval", T_SECONDS, "0.1", NULL, 0.001, 60,
      NULL, A, OFF(interrupt_check_interval),
-     "how often generators poll for interruption when they cannot wait on the token's fd"},
+     "agent: how often processes of local-endpoint sessions are checked for having exited"},
     {"INTERRUPT_TIMEOUT", "interrupt-timeout", T_SECONDS, "5.0", NULL, 0.01, 3600, NULL, C | A | L,
      OFF(interrupt_timeout),
      "longest wait for every agent's report (the interrupt is re-sent meanwhile)"},

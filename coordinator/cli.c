@@ -365,6 +365,13 @@ static int show_keyvals(const char *json)
     return EXIT_OK;
 }
 
+/* Durations: one decimal, more for sub-0.1 ms ones so they do not print as 0.0. */
+static const char *fmt_ms(char *out, size_t cap, double ms)
+{
+    snprintf(out, cap, ms >= 0.1 || ms == 0.0 ? "%.1f" : "%.3f", ms);
+    return out;
+}
+
 static void list_join(char *out, size_t cap, const char *const *v, size_t n)
 {
     out[0] = '\0';
@@ -384,10 +391,11 @@ static void show_result(const ihc_result *r, const char *hw)
     for (size_t i = 0; i < r->n_modules; i++) {
         const ihc_module_outcome *m = &r->modules[i];
         size_t used = strlen(mods);
-        snprintf(mods + used, sizeof mods - used, "%s%s%s%s %s %.1f ms%s%s", i ? ", " : "",
+        char t[32];
+        snprintf(mods + used, sizeof mods - used, "%s%s%s%s %s %s ms%s%s", i ? ", " : "",
                  r->n_agents_answered > 1 && m->agent ? m->agent : "",
                  r->n_agents_answered > 1 && m->agent ? "/" : "", m->name ? m->name : "?",
-                 m->status ? m->status : "?", m->time_ms, m->error ? ": " : "",
+                 m->status ? m->status : "?", fmt_ms(t, sizeof t, m->time_ms), m->error ? ": " : "",
                  m->error ? m->error : "");
     }
     if (r->n_modules == 0)
@@ -395,12 +403,14 @@ static void show_result(const ihc_result *r, const char *hw)
     list_join(missing, sizeof missing, r->agents_missing, r->n_agents_missing);
     const char *h = r->hardware_id ? r->hardware_id : hw;
     size_t ns = r->n_cleaned_sessions, na = r->n_agents_answered;
+    char total[32];
+    fmt_ms(total, sizeof total, r->total_time_ms);
     if (r->success)
-        printf("interrupted %s (id %llu, epoch %llu) in %.1f ms: ", h,
-               (unsigned long long)r->interrupt_id, (unsigned long long)r->epoch, r->total_time_ms);
+        printf("interrupted %s (id %llu, epoch %llu) in %s ms: ", h,
+               (unsigned long long)r->interrupt_id, (unsigned long long)r->epoch, total);
     else
-        printf("interrupt of %s INCOMPLETE (id %llu, epoch %llu) after %.1f ms: ", h,
-               (unsigned long long)r->interrupt_id, (unsigned long long)r->epoch, r->total_time_ms);
+        printf("interrupt of %s INCOMPLETE (id %llu, epoch %llu) after %s ms: ", h,
+               (unsigned long long)r->interrupt_id, (unsigned long long)r->epoch, total);
     printf("%zu session%s on %zu agent%s", ns, ns == 1 ? "" : "s", na, na == 1 ? "" : "s");
     if (r->n_agents_expected != na)
         printf(" of %zu expected", r->n_agents_expected);
@@ -414,10 +424,6 @@ static void show_result(const ihc_result *r, const char *hw)
 
 static int cmd_interrupt(cli *o, ihc_client *c)
 {
-    if (o->n_pos == 0)
-        return usage_error("interrupt: missing HW (the hardware_id to stop)");
-    if (o->n_pos > 1)
-        return usage_error("interrupt: takes one HW, got %d arguments", o->n_pos);
     const char *hw = o->pos[0];
     ihc_result *r = NULL;
     int rc = ihc_client_interrupt(c, hw, o->reason, (int)o->timeout_ms, &r);
@@ -486,10 +492,11 @@ static void watch_line(const char *json, int64_t ts_ms, bool raw)
     fmt_time(when, sizeof when, ts_ms > 0 ? ts_ms : ihc_now_ms(), false);
     json_t *ag = json_object_get(d, "agents");
     size_t sessions = json_array_size(json_object_get(d, "cleaned_sessions"));
-    printf("%s  #%lld  %s  %s  %.1f ms  agents %zu/%zu  sessions %zu", when,
-           jint(d, "interrupt_id"), jstr(d, "hardware_id", "?"),
+    char t[32];
+    printf("%s  #%lld  %s  %s  %s ms  agents %zu/%zu  sessions %zu", when, jint(d, "interrupt_id"),
+           jstr(d, "hardware_id", "?"),
            json_is_true(json_object_get(d, "success")) ? "ok" : "INCOMPLETE",
-           json_number_value(json_object_get(d, "total_time_ms")),
+           fmt_ms(t, sizeof t, json_number_value(json_object_get(d, "total_time_ms"))),
            json_array_size(json_object_get(ag, "answered")),
            json_array_size(json_object_get(ag, "expected")), sessions);
     const char *err = jstr(d, "error", NULL);
@@ -502,8 +509,6 @@ static void watch_line(const char *json, int64_t ts_ms, bool raw)
 
 static int cmd_watch(cli *o)
 {
-    if (o->n_pos != 0)
-        return usage_error("watch: takes no arguments");
     const char *url = o->pub_url;
     ihc_wire_auth *auth = NULL;
     if (o->cfg.secret != NULL &&
@@ -668,6 +673,44 @@ static int parse_args(cli *o, int argc, char **argv, int *run_at)
     return -1;
 }
 
+/* Checks the command's arguments before anything is connected. Returns -1 when fine, else
+ * the exit status of a usage error. */
+static int check_command(const cli *o)
+{
+    const char *cmd = o->cmd;
+    bool interrupt = strcmp(cmd, "interrupt") == 0;
+    if (o->reason != NULL && !interrupt)
+        return usage_error("--reason is only for interrupt");
+    if (interrupt) {
+        if (o->n_pos == 0)
+            return usage_error("interrupt: missing HW (the hardware_id to stop)");
+        if (o->n_pos > 1)
+            return usage_error("interrupt: takes one HW, got %d arguments", o->n_pos);
+        if (!ihc_hw_valid(o->pos[0], strlen(o->pos[0]), true))
+            return usage_error("interrupt: invalid hardware_id '%.140s' (1-128 bytes of "
+                               "[A-Za-z0-9._:@-], or * for all)",
+                               o->pos[0]);
+        return -1;
+    }
+    if (strcmp(cmd, "sessions") == 0) {
+        if (o->n_pos > 1)
+            return usage_error("sessions: takes at most one HW");
+        if (o->n_pos == 1 && !ihc_hw_valid(o->pos[0], strlen(o->pos[0]), false))
+            return usage_error("sessions: invalid hardware_id '%.140s' (1-128 bytes of "
+                               "[A-Za-z0-9._:@-])",
+                               o->pos[0]);
+        return -1;
+    }
+    if (strcmp(cmd, "flags") == 0) {
+        if (o->n_pos > 1 || (o->n_pos == 1 && strcmp(o->pos[0], "reset") != 0))
+            return usage_error("flags: the only argument is 'reset'");
+        return -1;
+    }
+    if (o->n_pos > 0)
+        return usage_error("%s: takes no arguments", cmd);
+    return -1;
+}
+
 static int cli_main(int argc, char **argv)
 {
     cli o = {0};
@@ -686,6 +729,9 @@ static int cli_main(int argc, char **argv)
         known = known || strcmp(o.cmd, cmds[i]) == 0;
     if (!known)
         return usage_error("unknown command '%s'", o.cmd);
+    ex = check_command(&o);
+    if (ex >= 0)
+        return ex;
 
     char err[512];
     o.cfg_argv[o.cfg_argc] = NULL;
@@ -706,10 +752,6 @@ static int cli_main(int argc, char **argv)
     }
     const char *cmd = o.cmd;
     bool is_interrupt = strcmp(cmd, "interrupt") == 0;
-    if (o.reason != NULL && !is_interrupt) {
-        ihc_config_fini(&o.cfg);
-        return usage_error("--reason is only for interrupt");
-    }
     if (strcmp(cmd, "watch") == 0) {
         ex = cmd_watch(&o);
         ihc_config_fini(&o.cfg);
@@ -734,27 +776,18 @@ static int cli_main(int argc, char **argv)
         ihc_config_fini(&o.cfg);
         return rc == IHC_CLIENT_ETRANSPORT ? EXIT_USAGE : EXIT_INCOMPLETE;
     }
-    if (is_interrupt) {
+    if (is_interrupt)
         ex = cmd_interrupt(&o, c);
-    } else if (strcmp(cmd, "sessions") == 0) {
-        if (o.n_pos > 1)
-            ex = usage_error("sessions: takes at most one HW");
-        else
-            ex = run_query(&o, c, "sessions", o.n_pos ? o.pos[0] : NULL, show_sessions);
-    } else if (strcmp(cmd, "flags") == 0) {
-        if (o.n_pos > 1 || (o.n_pos == 1 && strcmp(o.pos[0], "reset") != 0))
-            ex = usage_error("flags: the only argument is 'reset'");
-        else if (o.n_pos == 1)
-            ex = run_query(&o, c, "flags_reset", NULL, NULL);
-        else
-            ex = run_query(&o, c, "flags", NULL, show_keyvals);
-    } else if (o.n_pos > 0) {
-        ex = usage_error("%s: takes no arguments", cmd);
-    } else if (strcmp(cmd, "agents") == 0) {
+    else if (strcmp(cmd, "sessions") == 0)
+        ex = run_query(&o, c, "sessions", o.n_pos ? o.pos[0] : NULL, show_sessions);
+    else if (strcmp(cmd, "flags") == 0 && o.n_pos == 1)
+        ex = run_query(&o, c, "flags_reset", NULL, NULL);
+    else if (strcmp(cmd, "flags") == 0)
+        ex = run_query(&o, c, "flags", NULL, show_keyvals);
+    else if (strcmp(cmd, "agents") == 0)
         ex = run_query(&o, c, "agents", NULL, show_agents);
-    } else {
+    else
         ex = run_query(&o, c, "stats", NULL, show_keyvals);
-    }
     ihc_client_close(c);
     ihc_config_fini(&o.cfg);
     return ex;

@@ -218,6 +218,8 @@ static int from_status(int status)
     switch (status) {
     case 400:
         return IHC_EINVAL;
+    case 401:
+        return IHC_EBADSIG; /* the coordinator could not verify our signature */
     case 403:
         return IHC_EDISABLED;
     case 404:

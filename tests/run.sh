@@ -64,8 +64,9 @@ if ((san)); then
     # halt_on_error: the first report fails the test; detect_leaks covers LeakSanitizer.
     export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    export LSAN_OPTIONS=suppressions=$here/tests/lsan.supp:print_suppressions=0
     phase "ASan+UBSan build + tests" build_and_test build-san -DIHC_SANITIZE=address,undefined -DIHC_BUILD_BENCH=OFF
-    unset ASAN_OPTIONS UBSAN_OPTIONS
+    unset ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
 fi
 if ((cluster)) && [ "$(id -u)" -eq 0 ] && [ -x tests/cluster/run.sh ]; then
     phase "cluster tests (network namespaces)" env IHC_BIN_DIR="$here/build/bin" bash tests/cluster/run.sh

@@ -20,7 +20,7 @@ extern "C" {
 #define IHC_CLIENT_EPROTO     3  /* malformed answer */
 #define IHC_CLIENT_ETOOBIG    4  /* request or answer too large (413) */
 #define IHC_CLIENT_EBADHW     6  /* invalid hardware_id (checked before sending) */
-#define IHC_CLIENT_EBADSIG    10 /* answer without a valid signature (secret mismatch) */
+#define IHC_CLIENT_EBADSIG    10 /* a signature was refused, either way (secret mismatch) */
 #define IHC_CLIENT_ENOTCONN   14 /* coordinator unreachable: no connection within connect timeout */
 #define IHC_CLIENT_ETIMEDOUT  15 /* connected, but no answer in time */
 #define IHC_CLIENT_ELIMIT     16 /* coordinator busy: too many requests in flight (429/503) */

@@ -325,6 +325,7 @@ static void test_cli_usage_errors(void **state)
         {{"sessions", "--reason", "x"}, "--reason is only for interrupt"},
         {{"frobnicate"}, "unknown command 'frobnicate'"},
         {{"flags", "clear"}, "the only argument is 'reset'"},
+        {{"sessions", "a b"}, "sessions: invalid hardware_id 'a b'"},
         {{"agents", "extra"}, "agents: takes no arguments"},
         {{"stats", "--bogus", "1"}, "bogus"},
         {{"-x"}, "unknown option '-x'"},

@@ -6,9 +6,11 @@
 #include "config.h"
 #include "err.h"
 #include "http.h"
+#include "log.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -380,7 +382,25 @@ static void test_http_routes(void **state)
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 0);
     assert_int_equal(atomic_load(&n_rejected), 0);
-    srv_stop(s);
+
+    /* one access-log line per request at debug level */
+    char path[] = "/tmp/ihc-http-log-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    ihc_log_setup(&(ihc_log_opts){.level = IHC_LOG_DEBUG, .fd = fd});
+    http(s->port, "GET", "/v1/agents", NULL, NULL, &r);
+    http(s->port, "GET", "/v1/nope?x=1", NULL, NULL, &r);
+    srv_stop(s); /* the completion callbacks have run once the server is stopped */
+    ihc_log_setup(NULL);
+    char log[4096] = "";
+    ssize_t n = pread(fd, log, sizeof log - 1, 0);
+    assert_true(n > 0);
+    log[n] = '\0';
+    close(fd);
+    unlink(path);
+    if (strstr(log, "request method=GET path=/v1/agents status=200 time_ms=") == NULL ||
+        strstr(log, "request method=GET path=/v1/nope status=404") == NULL)
+        fail_msg("access log: %s", log);
 }
 
 static void test_http_interrupt(void **state)
