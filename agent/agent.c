@@ -322,6 +322,7 @@ static void handle(ihc_agent *a, nng_msg *nm, uint64_t t0)
     case IHC_MSG_SYNC:
         if (m->u.sync.agent && strcmp(m->u.sync.agent, a->id) == 0) {
             ihc__cancel_on_sync(a, &m->u.sync);
+            a->ever_synced = true;
             if (!atomic_exchange(&a->synced, true))
                 ihc_log(IHC_LOG_INFO, IHC__LOG, "connected to coordinator epochs=%zu",
                         m->u.sync.n_epochs);

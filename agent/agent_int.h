@@ -47,6 +47,7 @@ struct ihc_agent {
     bool sub_open, push_open;
     atomic_int sub_pipes, push_pipes;
     atomic_bool synced;
+    bool ever_synced; /* receive thread only: a sync was handled since open */
     atomic_bool need_hello;
     pthread_t rx;
     bool rx_started;

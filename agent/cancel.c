@@ -277,7 +277,12 @@ void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m)
             uint64_t *se = global ? &s->gepoch : &s->epoch;
             if (*se >= ep->epoch || s->cancelled)
                 continue;
-            if (ep->set_ms == 0 || s->created_ms <= ep->set_ms) {
+            /* Stale when it began before that interrupt. When the coordinator does not know
+             * when the epoch moved (set_ms 0: it restarted since), only an agent that was
+             * synced before can hold stale work: a fresh agent's sessions all began with no
+             * knowledge of older interrupts, after them. */
+            bool stale = ep->set_ms ? s->created_ms <= ep->set_ms : a->ever_synced;
+            if (stale) {
                 if (ihc__session_claim(s))
                     v[n++] = s;
             } else {

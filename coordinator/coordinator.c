@@ -538,6 +538,11 @@ static void count_rejected(ihc_coord *c, const char *what, int rc, const char *d
 static void on_report(ihc_coord *c, const ihc_msg *m)
 {
     const ihc_report_msg *r = &m->u.report;
+    if (r->id == 0 || r->id >= c->next_id) {
+        /* never handed out: forged or garbled; acting on it would end live sessions below */
+        count_rejected(c, "report", IHC_ENOENT, "report for an interrupt id never issued");
+        return;
+    }
     ihc_registry_touch(c->reg, r->agent, ihc_mono_ns(), ihc_now_ms());
     ssize_t i = table_find(c, r->id);
     if (i < 0) {

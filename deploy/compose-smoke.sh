@@ -19,7 +19,6 @@ set -u
 set -o pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/.." && pwd)
 COMPOSE_FILE="$HERE/docker-compose.yml"
 PROJECT=ihc-smoke
 DEADLINE=${IHC_SMOKE_DEADLINE:-180}
@@ -112,6 +111,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v jq >/dev/null || need+=(jq)
 command -v ss >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
+  # shellcheck disable=SC2046 # one word per package
   apt_install $(printf '%s\n' "${need[@]}" | sort -u) || die "install of ${need[*]}"
 fi
 
@@ -230,7 +230,7 @@ pick_ports() {
       [ "$n" -gt 0 ] || break
     fi
   done
-  [ "$n" -eq 0 ] && echo $got
+  [ "$n" -eq 0 ] && echo "${got# }"
 }
 new_ports() {
   local ports

@@ -16,7 +16,6 @@
 
 NS_PREFIX=${NS_PREFIX:-ihc}
 NS_SUBNET=${NS_SUBNET:-10.77.0}
-NS_HOSTS=0
 NS_PIDS=()
 
 ns_log() { printf '[netns] %s\n' "$*" >&2; }
@@ -87,7 +86,6 @@ ns_teardown() {
   done
   NS_PIDS=()
   ns_cleanup_all
-  NS_HOSTS=0
 }
 
 # ns_setup N: builds N hosts (0 … N-1) on one bridge, cleaning leftovers first, and arranges
@@ -116,7 +114,6 @@ ns_setup() {
     ip -n "$ns" addr add "$(ns_addr "$i")/24" dev eth0 || return 1
     ip -n "$ns" link set eth0 up || return 1
   done
-  NS_HOSTS=$n
   # Wait until every host reaches host 0 (bridge ports forwarding, neighbours resolved).
   for ((i = 1; i < n; i++)); do
     ns_wait_reach "$i" "$(ns_addr 0)" 10 || {

@@ -20,7 +20,10 @@ set -o pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${IHC_BIN_DIR:-$ROOT/build/bin}
-case $BIN in /*) ;; *) BIN=$ROOT/$BIN ;; esac
+case $BIN in
+/*) ;;
+*) if [ -d "$BIN" ]; then BIN=$(cd "$BIN" && pwd); else BIN=$ROOT/$BIN; fi ;;
+esac
 
 # shellcheck source=netns.sh
 . "$HERE/netns.sh"
@@ -33,7 +36,6 @@ PASS=0
 FAIL=0
 T_START=$SECONDS
 COORD_PID=""
-REDIS_PID=""
 declare -A AGENT_PID=()
 # Short heartbeats and TTL keep the tests fast; the defaults are 1 s and 5 s.
 HEARTBEAT=0.3
@@ -125,7 +127,6 @@ api() {
 start_redis() {
   ns_spawn 0 "$LOGS/redis.log" redis-server --port 6379 --bind 127.0.0.1 --save "" \
     --appendonly no --dir "$LOGS"
-  REDIS_PID=$NS_LAST_PID
   wait_for 10 ns_exec 0 redis-cli -p 6379 ping
 }
 
@@ -335,10 +336,10 @@ test_cutoff_reset() {
 
 test_coordinator_restart() {
   local name="coordinator_restart: agents reconnect to a restarted coordinator; ids continue"
-  local problems=() res before=${LAST_ID:-0}
-  if [ "$before" = 0 ]; then
+  local problems=() res prev=${LAST_ID:-0}
+  if [ "$prev" = 0 ]; then
     res=$(api POST /v1/interrupt '{"hardware_id":"dev-3","reason":"before restart"}')
-    before=$(jget '.interrupt_id // 0' "$res")
+    prev=$(jget '.interrupt_id // 0' "$res")
   fi
   kill -KILL "$COORD_PID"
   wait "$COORD_PID" 2>/dev/null
@@ -351,9 +352,9 @@ test_coordinator_restart() {
     problems+=("answered: $(jgetc .agents.answered "$res")")
   local id
   id=$(jget '.interrupt_id // 0' "$res")
-  [ "$id" -gt "$before" ] 2>/dev/null || problems+=("interrupt id $id does not continue after $before")
+  [ "$id" -gt "$prev" ] 2>/dev/null || problems+=("interrupt id $id does not continue after $prev")
   if [ ${#problems[@]} -eq 0 ]; then
-    pass "$name (id $before -> $id)"
+    pass "$name (id $prev -> $id)"
   else
     fail "$name" "${problems[@]}" "result: $res"
   fi
