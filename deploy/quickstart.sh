@@ -13,8 +13,9 @@ keep=0
 run=/tmp/ihc-quickstart
 rm -rf "$run" && mkdir -p "$run"
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-show() { printf '\033[2m$ %s\033[0m\n' "$*"; eval "$@"; }
+if [ -t 1 ]; then b=$'\033[1m' d=$'\033[2m' n=$'\033[0m'; else b= d= n=; fi
+say() { printf '\n%s== %s%s\n' "$b" "$*" "$n"; }
+show() { printf '%s$ %s%s\n' "$d" "$*" "$n"; eval "$@"; }
 
 # --- install and build ---------------------------------------------------------------
 deps=(build-essential cmake pkg-config libnng-dev libmsgpack-dev libhiredis-dev libcmocka-dev
@@ -47,7 +48,12 @@ pids=()
 cleanup() {
     if ((keep)); then
         printf '%s\n' "${pids[@]}" >"$run/pids"
-        say "left running (pids in $run/pids); stop with: kill \$(cat $run/pids)"
+        say "left running; to use it from this shell:"
+        echo "export IHC_CONTROL_URL=$IHC_CONTROL_URL IHC_PUB_URL=$IHC_PUB_URL"
+        echo "export IHC_LOCAL_URL=ipc://$run/a.sock   # node-a's local endpoint, for ihc run"
+        echo "export PATH=$bin:\$PATH                  # ihc, ihc-agent, ihc-coordinator"
+        echo "HTTP API: http://127.0.0.1:$http   Redis: redis-cli -p $redis_port"
+        echo "stop with: kill \$(cat $run/pids)"
         return
     fi
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -84,17 +90,24 @@ sleep 1
 show "tail -n 3 $run/node-b.log"
 
 say "interrupting dev-2 over HTTP (held by node-a and node-b)"
-show "curl -s -X POST http://127.0.0.1:$http/v1/interrupt -H 'Content-Type: application/json' -d '{\"hardware_id\":\"dev-2\",\"reason\":\"user said stop\"}'"
-echo
 mark=$(date -u +%Y-%m-%dT%H:%M:%S.%3N)
+printf '%s$ %s%s\n' "$d" "curl -s -X POST http://127.0.0.1:$http/v1/interrupt -H 'Content-Type: application/json' -d '{\"hardware_id\":\"dev-2\",\"reason\":\"user said stop\"}'" "$n"
+result=$(curl -s -X POST "http://127.0.0.1:$http/v1/interrupt" -H 'Content-Type: application/json' \
+         -d '{"hardware_id":"dev-2","reason":"user said stop"}')
+echo "$result"
+stopped=$(echo "$result" | grep -o '"cleaned_sessions":\[[^]]*\]' | grep -o 'dev-2-[^"]*' || true)
 sleep 1.5
 
 say "work that stopped (dev-2) and work that kept running (dev-1, dev-3, dev-4)"
 show "grep -h 'stopped session' $run/node-a.log $run/node-b.log | grep 'hw=dev-2'"
-echo "progress logged after the interrupt ($mark):"
-show "cat $run/node-*.log | grep progress | awk '\$1 > \"$mark\"' | sort | tail -6"
-echo "the simulation then starts new dev-2 work, in the new epoch:"
-show "grep -h 'started session=dev-2' $run/node-a.log $run/node-b.log"
+after() { cat $run/node-*.log | awk -v m="$mark" '$1 > m' | grep "$@"; }
+echo "progress logged since the interrupt ($mark): dev-1, dev-3 and dev-4 kept running"
+after progress | sort | tail -6
+since=0
+for id in $stopped; do since=$((since + $(after -c "progress session=$id" || true))); done
+echo "interrupted dev-2 sessions:" $stopped "— generators stopped: $(after -c 'stopped session=dev-2' || true), progress lines of theirs since the interrupt: $since"
+echo "the simulation then begins new dev-2 work, in the new epoch (it is not cancelled):"
+after 'started session=dev-2'
 
 say "the same through the CLI: interrupt dev-3, then statistics"
 show "$bin/ihc interrupt dev-3 --reason 'from the CLI'" || true
@@ -102,10 +115,11 @@ show "$bin/ihc stats"
 
 say "what Redis holds (the commands a user would type)"
 show "redis-cli -p $redis_port XREVRANGE ihc:interrupts + - COUNT 1"
+echo "(the flag says the last interrupt was for dev-2/dev-3; it resets after SESSION_CLEANUP_DELAY)"
 show "redis-cli -p $redis_port HGETALL ihc:flags"
 show "redis-cli -p $redis_port GET 'ihc:hw:{dev-2}:epoch'"
 show "redis-cli -p $redis_port SMEMBERS 'ihc:hw:{dev-1}:sessions'"
 show "redis-cli -p $redis_port HGETALL ihc:stats"
-show "redis-cli -p $redis_port KEYS 'ihc:agent:*'"
+show "redis-cli -p $redis_port --scan --pattern 'ihc:agent:*'"
 
 say "done — logs are in $run/"
