@@ -26,11 +26,11 @@
 #include "log.h"
 #include "wire.h"
 
-#define COMP         "local"
-#define N_RECEIVERS  4    /* contexts kept receiving */
-#define MAX_CTX      1024 /* receiving + parked "wait" requests */
-#define RECV_MAX     (IHC_DATA_MAX + 16u * 1024u)
-#define ERR_MAX      (IHC_REASON_MAX)
+#define COMP        "local"
+#define N_RECEIVERS 4    /* contexts kept receiving */
+#define MAX_CTX     1024 /* receiving + parked "wait" requests */
+#define RECV_MAX    (IHC_DATA_MAX + 16u * 1024u)
+#define ERR_MAX     (IHC_REASON_MAX)
 
 typedef enum { LR_RECV, LR_WORK, LR_PARKED, LR_SEND, LR_DEAD } lr_state;
 
@@ -44,6 +44,8 @@ struct lreq {
     nng_msg *msg; /* the received request while LR_WORK */
     uint64_t peer_uid;
     bool has_uid;
+    uint64_t peer_pid; /* the connected process (ipc), to check the pid a "begin" names */
+    bool has_pid;
     uint32_t pipe_id; /* connection the request came on */
     lreq *next_all;
     lreq *next_q;
@@ -134,6 +136,29 @@ static bool pid_owner(pid_t pid, uid_t *uid)
         return false;
     *uid = st.st_uid;
     return true;
+}
+
+/* True when pid is ancestor or one of its descendants (follows the parent chain). */
+static bool pid_descends_from(pid_t pid, pid_t ancestor)
+{
+    for (int depth = 0; depth < 256 && pid > 1; depth++) {
+        if (pid == ancestor)
+            return true;
+        char path[64], buf[512];
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        FILE *f = fopen(path, "re");
+        if (!f)
+            return false;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        char *p = strrchr(buf, ')'); /* then " <state> <ppid>" */
+        int ppid = 0;
+        if (!p || sscanf(p + 1, " %*c %d", &ppid) != 1)
+            return false;
+        pid = (pid_t)ppid;
+    }
+    return pid == ancestor;
 }
 
 /* ---- replies ---- */
@@ -298,9 +323,8 @@ static void tell(ihc_local *l, const char *sid, const char *hw, pid_t pid, lreq 
     size_t n = 0;
     for (lreq *w = waiters; w; w = w->next_wait)
         n++;
-    ihc_log(IHC_LOG_INFO, COMP,
-            "local session told to stop session=%s hw=%s pid=%d waiters=%zu by=%s", sid, hw,
-            (int)pid, n, why);
+    ihc_log(IHC_LOG_INFO, COMP, "session told to stop session=%s hw=%s pid=%d waiters=%zu by=%s",
+            sid, hw, (int)pid, n, why);
     (void)l;
     reply_list(waiters, IHC_OK, sid, "interrupted");
 }
@@ -388,7 +412,7 @@ static bool session_finish(ihc_local *l, const char *sid, const char *why)
     /* ENOENT: the agent already cleaned it up after an interrupt */
     if (rc != IHC_OK && rc != IHC_ENOENT)
         ihc_log(IHC_LOG_WARN, COMP, "cannot end session=%s error=\"%s\"", s->sid, ihc_strerror(rc));
-    ihc_log(IHC_LOG_INFO, COMP, "local session ended session=%s hw=%s pid=%d by=%s", s->sid, s->hw,
+    ihc_log(IHC_LOG_INFO, COMP, "session ended session=%s hw=%s pid=%d by=%s", s->sid, s->hw,
             (int)s->pid, why);
     reply_list(w, IHC_OK, s->sid, "done");
     session_free(s);
@@ -454,6 +478,14 @@ static void op_begin(ihc_local *l, lreq *r, const ihc_local_request *q, op_resul
         op_fail(res, IHC_EINVAL, "field 'pid': no such process %d", (int)q->pid);
         return;
     }
+    /* the agent may signal this process later: only the caller itself or its children */
+    if (!r->has_pid || !pid_descends_from(q->pid, (pid_t)r->peer_pid)) {
+        op_fail(res, IHC_EINVAL,
+                "field 'pid': process %d is not the caller or one of its child processes%s",
+                (int)q->pid,
+                r->has_pid ? "" : " (cannot be checked on this transport; use ipc://)");
+        return;
+    }
     uid_t owner;
     if (r->has_uid && r->peer_uid != 0 && pid_owner(q->pid, &owner) && owner != r->peer_uid) {
         op_fail(res, IHC_EINVAL, "field 'pid': process %d belongs to another user", (int)q->pid);
@@ -507,8 +539,8 @@ static void op_begin(ihc_local *l, lreq *r, const ihc_local_request *q, op_resul
 
     snprintf(res->sid, sizeof(res->sid), "%s", s->sid);
     res->status = IHC_OK;
-    ihc_log(IHC_LOG_INFO, COMP, "local session begun session=%s hw=%s pid=%d module=%s", res->sid,
-            q->hw, (int)q->pid, q->module ? q->module : "-");
+    ihc_log(IHC_LOG_INFO, COMP, "session begun session=%s hw=%s pid=%d module=%s", res->sid, q->hw,
+            (int)q->pid, q->module ? q->module : "-");
 }
 
 static void op_wait(ihc_local *l, lreq *r, const ihc_local_request *q, op_result *res)
@@ -608,6 +640,9 @@ static void handle(ihc_local *l, lreq *r)
     r->pipe_id = (uint32_t)nng_pipe_id(pipe);
     r->has_uid = nng_pipe_get_uint64(pipe, NNG_OPT_IPC_PEER_UID, &uid) == 0;
     r->peer_uid = uid;
+    uint64_t peer_pid = 0;
+    r->has_pid = nng_pipe_get_uint64(pipe, NNG_OPT_IPC_PEER_PID, &peer_pid) == 0 && peer_pid > 0;
+    r->peer_pid = peer_pid;
 
     op_result res = {.status = IHC_OK};
     ihc_msg *m = NULL;
@@ -750,9 +785,8 @@ static int ipc_prepare(const char *path, char *err, size_t err_len)
     return IHC_OK;
 }
 
-int ihc_local_open(ihc_local **out, ihc_agent *a, const char *url, int max_active,
-                   int check_ms, char *err,
-                   size_t err_len)
+int ihc_local_open(ihc_local **out, ihc_agent *a, const char *url, int max_active, int check_ms,
+                   char *err, size_t err_len)
 {
     *out = NULL;
     if (err_len)

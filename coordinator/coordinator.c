@@ -611,11 +611,15 @@ static void on_heartbeat(ihc_coord *c, const ihc_msg *m)
     ihc_reg_agent *a = ihc_registry_touch(c->reg, hb->agent, ihc_mono_ns(), ihc_now_ms());
     if (!a)
         return;
-    /* a refresh is enough while connected; after a silence the hash may have expired */
-    if (was_connected)
+    /* a refresh is enough while connected and its sessions are as last written (the hash's
+     * session list is rewritten at most once per heartbeat); after a silence the hash may
+     * have expired */
+    if (was_connected && a->sessions_written == a->session_changes) {
         ihc_persist_agent_touch(c->persist, a->agent_id, a->last_seen_ms);
-    else
+    } else {
         persist_agent(c, a);
+        a->sessions_written = a->session_changes;
+    }
 }
 
 static void on_session_begin(ihc_coord *c, const ihc_msg *m)

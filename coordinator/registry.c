@@ -403,8 +403,10 @@ static void session_remove(ihc_registry *r, ihc_reg_session *s, const char *stat
     if (h)
         hw_agent_remove(h, s->agent_id);
     ihc_reg_agent *a = hmap_get(&r->agents, s->agent_id);
-    if (a && a->n_sessions > 0)
+    if (a && a->n_sessions > 0) {
         a->n_sessions--;
+        a->session_changes++;
+    }
     s->state = state_static(state);
     s->updated_ms = now_ms;
     emit(r, IHC_REG_SESSION_ENDED, s);
@@ -512,6 +514,7 @@ static int session_upsert(ihc_registry *r, ihc_reg_agent *a, const ihc_session_i
         goto nomem;
     }
     a->n_sessions++;
+    a->session_changes++;
     emit(r, IHC_REG_SESSION_ADDED, s);
     return IHC_OK;
 nomem:

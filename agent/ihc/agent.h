@@ -25,6 +25,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* Return codes: IHC_OK (0) or one of the IHC_E* codes of err.h, installed beside this
+ * header; ihc_strerror(rc) and ihc_err_name(rc) give their text and name. */
+#include "err.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -97,7 +101,8 @@ typedef struct {
  *     enabled = true
  *     timeout = 0.5
  *     interrupt_methods = cancel_generation, clear_buffers
- * Errors: IHC_EINVAL (bad name, no methods), IHC_EEXIST, IHC_ENOMEM. */
+ * Errors: IHC_EINVAL (bad name, no methods), IHC_EEXIST, IHC_ECONFIG (a config-file
+ * override names a method the module does not have), IHC_ENOMEM. */
 int ihc_agent_register_module(ihc_agent *a, const ihc_module_def *m);
 
 /* ---- callbacks ---- */
@@ -114,7 +119,7 @@ bool ihc_agent_should_interrupt(ihc_agent *a, const char *hw);
 typedef void (*ihc_session_cancel_fn)(const char *session_id, void *arg);
 
 typedef struct {
-    const char *session_id; /* NULL: generated ("<hw>-<n>") */
+    const char *session_id; /* NULL: generated, "<hw>-<8 hex, random per agent>-<n>" */
     const char *hw;
     const char *module; /* owning module, may be NULL */
     const char *data;   /* JSON text kept with the session, may be NULL */

@@ -188,6 +188,10 @@ static void test_e2e_interrupt_exact(void **state)
     assert_true(json_array_has(json_object_get(ag, "answered"), "node-b"));
     assert_int_equal(json_array_size(json_object_get(ag, "missing")), 0);
     assert_int_equal(json_array_size(json_object_get(r, "cleaned_sessions")), 2);
+    char cleaned[2][160];
+    for (size_t i = 0; i < 2; i++)
+        snprintf(cleaned[i], sizeof(cleaned[i]), "\"%s\"",
+                 json_string_value(json_array_get(json_object_get(r, "cleaned_sessions"), i)));
     json_t *mods = json_object_get(r, "interrupted_modules");
     assert_true(json_array_has(mods, "text_processing"));
     assert_true(json_array_has(mods, "audio_generation"));
@@ -232,6 +236,15 @@ static void test_e2e_interrupt_exact(void **state)
     assert_non_null(v);
     assert_true(atoi(v) > 0);
     free(v);
+    /* The agents' hashes list their sessions as they are now (rewritten on a heartbeat). */
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < 2; k++)
+            assert_true(TH_WAIT((v = th_redis_cmd(&w.redis, "HGET ihc:agent:%s sessions",
+                                                  agent_ids[i])) &&
+                                        !strstr(v, cleaned[k])
+                                    ? (free(v), true)
+                                    : (free(v), false),
+                                5000));
     v = th_redis_cmd(&w.redis, "HGET ihc:stats total_interrupts");
     assert_non_null(v);
     assert_true(atoi(v) >= 1);
