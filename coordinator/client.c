@@ -41,7 +41,6 @@ _Static_assert(IHC_CLIENT_EINTERNAL == IHC_EINTERNAL, "code");
 
 struct ihc_client {
     nng_socket sock;
-    nng_dialer dialer;
     char *url;
     ihc_wire_auth *auth;
     int timeout_ms;
@@ -156,7 +155,7 @@ int ihc_client_open(ihc_client **out, const ihc_client_opts *o)
     nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 1000);
     nng_pipe_notify(c->sock, NNG_PIPE_EV_ADD_POST, on_pipe, c);
     nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, on_pipe, c);
-    rv = nng_dial(c->sock, c->url, &c->dialer, NNG_FLAG_NONBLOCK);
+    rv = nng_dial(c->sock, c->url, NULL, NNG_FLAG_NONBLOCK);
     if (rv != 0) {
         rc = (rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP || rv == NNG_EINVAL) ? IHC_ETRANSPORT
                                                                              : ihc_err_from_nng(rv);
@@ -178,7 +177,6 @@ void ihc_client_close(ihc_client *c)
 {
     if (c == NULL)
         return;
-    nng_dialer_close(c->dialer);
     nng_close(c->sock);
     ihc_wire_auth_free(c->auth);
     pthread_cond_destroy(&c->cv);

@@ -3,7 +3,12 @@
 # and an AddressSanitizer + UndefinedBehaviorSanitizer build — and runs the whole suite on
 # both (unit tests, integration tests with real redis-server / coordinator / agents), then
 # the multi-host tests (network namespaces) and the docker-compose smoke test when run as
-# root.  Usage: bash tests/run.sh [--quick] [--no-san] [--no-cluster] [--no-compose]
+# root.
+# Usage: bash tests/run.sh [--quick] [--no-san] [--no-cluster] [--no-compose]
+#   --quick       unit and integration tests only (no cluster, no compose)
+#   --no-san      skip the AddressSanitizer + UndefinedBehaviorSanitizer build
+#   --no-cluster  skip the network-namespace cluster tests
+#   --no-compose  skip the docker-compose smoke test
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,7 +21,7 @@ for a in "$@"; do
     --no-san) san=0 ;;
     --no-cluster) cluster=0 ;;
     --no-compose) compose=0 ;;
-    -h | --help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "tests/run.sh: unknown option '$a'" >&2; exit 2 ;;
     esac
 done

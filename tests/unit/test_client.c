@@ -252,6 +252,10 @@ static void test_client_bad_arguments(void **state)
     ihc_client *c = client_for(f->url, NULL, 0);
     ihc_result *r = NULL;
     char *json = NULL;
+    /* connected first: nng 1.5.2 leaks a dialer when a socket is closed mid-connect */
+    TH_PASS(ihc_client_query(c, "agents", NULL, &json));
+    free(json);
+    json = NULL;
     TH_FAIL(ihc_client_interrupt(c, "a b", NULL, 0, &r), IHC_CLIENT_EBADHW);
     assert_non_null(strstr(ihc_client_last_error(c), "invalid hardware_id"));
     TH_FAIL(ihc_client_interrupt(c, "", NULL, 0, &r), IHC_CLIENT_EBADHW);
@@ -274,7 +278,7 @@ static void test_client_bad_arguments(void **state)
     TH_FAIL(ihc_client_query(c, "sessions", "*", &json), IHC_CLIENT_EBADHW);
     assert_null(json);
     /* none of these reached the coordinator */
-    assert_int_equal(atomic_load(&f->requests), 0);
+    assert_int_equal(atomic_load(&f->requests), 1);
 
     ihc_client_opts o = {.timeout_ms = -1};
     ihc_client *c2 = (ihc_client *)1;
