@@ -45,15 +45,28 @@ if ((${#missing[@]})); then
 fi
 # Tests start their own redis-server processes on free ports; a system one is not needed.
 
-passed=0 failed=0
-phase() { # phase NAME CMD…: runs one phase, counts it
+passed=0 failed=0 phases_failed=0
+phase_log=$(mktemp /tmp/ihc-run-XXXXXX)
+trap 'rm -f "$phase_log"' EXIT
+phase() { # phase NAME CMD…: runs one phase and adds its test counts to the totals
     local name=$1; shift
     log "$name"
-    local t0=$SECONDS
-    if "$@"; then
-        passed=$((passed + 1)); echo "--- $name: PASS ($((SECONDS - t0)) s)"
+    local t0=$SECONDS st=0 p=0 f=0 line
+    "$@" 2>&1 | tee "$phase_log" || st=${PIPESTATUS[0]}
+    # ctest: "95% tests passed, 1 tests failed out of 20"; the others: "N passed, N failed"
+    if line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$phase_log" | tail -1); then
+        local total; total=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
+        f=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line"); p=$((total - f))
+    elif line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$phase_log" | tail -1); then
+        p=$(sed -E 's/^([0-9]+) passed.*/\1/' <<<"$line"); f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")
+    fi
+    ((st != 0 && f == 0)) && f=1 # a build or set-up failure counts as a failed test
+    passed=$((passed + p)); failed=$((failed + f))
+    if ((st == 0)); then
+        echo "--- $name: PASS, $p tests ($((SECONDS - t0)) s)"
     else
-        failed=$((failed + 1)); echo "--- $name: FAIL ($((SECONDS - t0)) s)"
+        phases_failed=$((phases_failed + 1))
+        echo "--- $name: FAIL, $f of $((p + f)) tests failed ($((SECONDS - t0)) s)"
     fi
 }
 
@@ -82,4 +95,4 @@ fi
 
 log "summary"
 echo "$passed passed, $failed failed"
-((failed == 0))
+((failed == 0 && phases_failed == 0))
