@@ -80,9 +80,8 @@ static int usage_error(const char *fmt, ...)
     va_start(ap, fmt);
     fputs("ihc: ", stderr);
     vfprintf(stderr, fmt, ap);
-    fputs("\n\n", stderr);
+    fputs("\n(ihc --help lists the commands and options)\n", stderr);
     va_end(ap);
-    fputs(usage_text, stderr);
     return EXIT_USAGE;
 }
 
