@@ -687,3 +687,13 @@ int ihc_agent_register_callback(ihc_agent *a, ihc_interrupt_fn fn, void *arg)
     pthread_mutex_unlock(&a->cb_lock);
     return IHC_OK;
 }
+
+void ihc_agent_log_setup(int level, bool json, bool interrupts, int fd)
+{
+    ihc_log_opts o = {.level = (ihc_log_level)level,
+                      .json = json,
+                      .interrupts = interrupts,
+                      .timing = true,
+                      .fd = fd};
+    ihc_log_setup(&o);
+}

@@ -60,6 +60,12 @@ typedef struct {
  * cleanup on). */
 void ihc_agent_opts_init(ihc_agent_opts *o);
 
+/* libihc-agent writes one log line per event (connections, sessions, interrupts handled)
+ * to stderr at level info by default. This changes it for the whole process: level 0 debug,
+ * 1 info, 2 warn, 3 error; json for JSON lines; interrupts for a line per interrupt
+ * (LOG_INTERRUPTS); fd where lines go (2: stderr). Call before ihc_agent_open. */
+void ihc_agent_log_setup(int level, bool json, bool interrupts, int fd);
+
 /* Opens an agent and starts dialing. Options are copied. Returns IHC_EINVAL for bad options,
  * IHC_ECONFIG for an unreadable or invalid config_file, IHC_ETRANSPORT when nng cannot
  * create sockets. The coordinator need not be up. Caller owns *out: ihc_agent_close. */

@@ -4,6 +4,7 @@
  * reaches the coordinator before this agent's report and the next interrupt expects it).
  * Usage: bench_agent --pub URL --report URL --id ID --hw HW */
 #include <ihc/agent.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 static ihc_agent *agent;
 static const char *hw = "bench";
 static ihc_token *current;
+static pthread_mutex_t current_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int instant(const char *h, void *arg)
 {
@@ -30,8 +32,10 @@ static void begin_session(void)
         fprintf(stderr, "bench_agent: session_begin: error %d\n", rc);
         return;
     }
+    pthread_mutex_lock(&current_mu); /* callbacks of concurrent interrupts may race */
     ihc_token_release(current);
     current = tok;
+    pthread_mutex_unlock(&current_mu);
 }
 
 static void on_interrupt(const char *h, uint64_t id, void *arg)
@@ -64,6 +68,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--hw"))
             hw = argv[i + 1];
     }
+    ihc_agent_log_setup(2, false, false, 2); /* warnings only, like the coordinator here */
     if (ihc_agent_open(&agent, &o) != 0) {
         fprintf(stderr, "bench_agent: cannot open agent\n");
         return 1;
