@@ -3,6 +3,7 @@
  * and queries are handed to the coordinator loop, which calls back with the answer. */
 #include "control.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,10 +19,12 @@
 #include "wire.h"
 
 #define COMPONENT   "control"
-#define N_WORKERS   64
+#define N_WORKERS   64 /* contexts to start with, and to add when all are busy */
 #define MAX_REQUEST (64 * 1024)
 
 typedef enum { W_RECV, W_WAIT, W_SEND } wstate;
+
+static void on_aio(void *arg);
 
 typedef struct worker {
     struct ihc_control *ctl;
@@ -35,9 +38,11 @@ struct ihc_control {
     const ihc_config *cfg;
     ihc_wire_auth *auth;
     nng_socket sock;
-    worker w[N_WORKERS];
-    size_t n_workers;
-    atomic_int busy; /* workers waiting for an answer or sending it */
+    pthread_mutex_t grow_mu; /* guards w, n_workers, max_workers and closing transitions */
+    worker **w;
+    atomic_size_t n_workers;
+    size_t max_workers; /* an interrupt waits in its context: as many as may be in flight */
+    atomic_int busy;    /* workers waiting for an answer or sending it */
     atomic_bool closing;
 };
 
@@ -45,6 +50,48 @@ static void start_recv(worker *w)
 {
     w->state = W_RECV;
     nng_ctx_recv(w->ctx, w->aio);
+}
+
+/* Opens up to n more contexts and starts them receiving. Interrupts hold their context
+ * until the coordinator answers, so when every context waits the pool grows instead of
+ * leaving other clients queued behind slow interrupts. */
+static int add_workers(ihc_control *ctl, size_t n)
+{
+    int rc = IHC_OK;
+    pthread_mutex_lock(&ctl->grow_mu);
+    size_t have = atomic_load(&ctl->n_workers), want = have + n;
+    if (want > ctl->max_workers)
+        want = ctl->max_workers;
+    if (atomic_load(&ctl->closing) || want <= have)
+        goto out;
+    worker **nw = realloc(ctl->w, want * sizeof(*nw));
+    if (!nw) {
+        rc = IHC_ENOMEM;
+        goto out;
+    }
+    ctl->w = nw;
+    for (size_t i = have; i < want; i++) {
+        worker *w = calloc(1, sizeof(*w));
+        int rv;
+        if (!w) {
+            rc = IHC_ENOMEM;
+            break;
+        }
+        w->ctl = ctl;
+        if ((rv = nng_aio_alloc(&w->aio, on_aio, w)) != 0 ||
+            (rv = nng_ctx_open(&w->ctx, ctl->sock)) != 0) {
+            nng_aio_free(w->aio);
+            free(w);
+            rc = ihc_err_from_nng(rv);
+            break;
+        }
+        ctl->w[i] = w;
+        atomic_store(&ctl->n_workers, i + 1);
+        start_recv(w);
+    }
+out:
+    pthread_mutex_unlock(&ctl->grow_mu);
+    return rc;
 }
 
 /* Sends status + json (owned, freed here) as a control_response. */
@@ -102,7 +149,9 @@ static void handle(worker *w, nng_msg *msg)
         ihc_wire_decode(nng_msg_body(msg), nng_msg_len(msg), ctl->auth, &m, detail, sizeof(detail));
     nng_msg_free(msg);
     w->state = W_WAIT;
-    atomic_fetch_add(&ctl->busy, 1);
+    size_t busy = (size_t)atomic_fetch_add(&ctl->busy, 1) + 1;
+    if (busy >= atomic_load(&ctl->n_workers) && add_workers(ctl, N_WORKERS) != IHC_OK)
+        ihc_log(IHC_LOG_WARN, COMPONENT, "cannot add control contexts busy=%zu", busy);
     if (rc == IHC_OK && m->type != IHC_MSG_CONTROL_REQUEST) {
         rc = IHC_ETYPE;
         snprintf(detail, sizeof(detail), "expected a control_request, got %s",
@@ -178,6 +227,9 @@ int ihc_control_open(ihc_control **out, ihc_coord *c, const ihc_config *cfg)
     ctl->cfg = cfg;
     atomic_init(&ctl->busy, 0);
     atomic_init(&ctl->closing, false);
+    atomic_init(&ctl->n_workers, 0);
+    pthread_mutex_init(&ctl->grow_mu, NULL);
+    ctl->max_workers = (size_t)cfg->max_inflight + N_WORKERS;
     int rc = IHC_OK, rv;
     if (cfg->secret && cfg->secret_len &&
         (rc = ihc_wire_auth_new(&ctl->auth, cfg->secret, cfg->secret_len, 0)) != IHC_OK)
@@ -187,26 +239,14 @@ int ihc_control_open(ihc_control **out, ihc_coord *c, const ihc_config *cfg)
         goto fail;
     }
     nng_socket_set_size(ctl->sock, NNG_OPT_RECVMAXSZ, MAX_REQUEST);
-    for (size_t i = 0; i < N_WORKERS; i++) {
-        worker *w = &ctl->w[i];
-        w->ctl = ctl;
-        if ((rv = nng_aio_alloc(&w->aio, on_aio, w)) != 0 ||
-            (rv = nng_ctx_open(&w->ctx, ctl->sock)) != 0) {
-            nng_aio_free(w->aio);
-            w->aio = NULL;
-            rc = ihc_err_from_nng(rv);
-            goto fail;
-        }
-        ctl->n_workers = i + 1;
-    }
     if ((rv = nng_listen(ctl->sock, cfg->control_url, NULL, 0)) != 0) {
         ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot listen control url=%s: %s", cfg->control_url,
                 nng_strerror(rv));
         rc = IHC_ETRANSPORT;
         goto fail;
     }
-    for (size_t i = 0; i < ctl->n_workers; i++)
-        start_recv(&ctl->w[i]);
+    if ((rc = add_workers(ctl, N_WORKERS)) != IHC_OK)
+        goto fail;
     *out = ctl;
     return IHC_OK;
 fail:
@@ -222,13 +262,19 @@ void ihc_control_close(ihc_control *ctl)
     uint64_t end = ihc_mono_ns() + 500ull * 1000000ull;
     while (atomic_load(&ctl->busy) > 0 && ihc_mono_ns() < end)
         ihc_sleep_ms(2);
+    pthread_mutex_lock(&ctl->grow_mu); /* no context is added from here on */
     atomic_store(&ctl->closing, true);
-    for (size_t i = 0; i < ctl->n_workers; i++)
-        nng_aio_stop(ctl->w[i].aio);
+    pthread_mutex_unlock(&ctl->grow_mu);
+    size_t n = atomic_load(&ctl->n_workers);
+    for (size_t i = 0; i < n; i++)
+        nng_aio_stop(ctl->w[i]->aio);
     nng_close(ctl->sock);
-    for (size_t i = 0; i < ctl->n_workers; i++) {
-        nng_aio_free(ctl->w[i].aio);
+    for (size_t i = 0; i < n; i++) {
+        nng_aio_free(ctl->w[i]->aio);
+        free(ctl->w[i]);
     }
+    free(ctl->w);
+    pthread_mutex_destroy(&ctl->grow_mu);
     ihc_wire_auth_free(ctl->auth);
     free(ctl);
 }

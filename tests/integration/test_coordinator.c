@@ -929,6 +929,47 @@ static void test_coordinator_concurrent(void **state)
     assert_int_equal(stat_of(&f->c, "inflight"), 0);
 }
 
+/* Interrupts that wait for a silent agent hold their control context until the deadline;
+ * more of them than the socket started with must not queue other clients behind them. */
+typedef struct {
+    coord *c;
+    int status;
+} slow_arg;
+
+static void *slow_interrupt(void *arg)
+{
+    slow_arg *sa = arg;
+    sa->status = ctl_call(sa->c->control, "interrupt", "dev-1", "slow", 2500, NULL);
+    return NULL;
+}
+
+static void test_coordinator_slow_interrupts_do_not_block(void **state)
+{
+    fixture *f = *state;
+    coord_start(&f->c);
+    fa_start(&f->a[0], "n1:1", &f->c);
+    fa_begin(&f->a[0], "s-1", "dev-1");
+    assert_true(TH_WAIT(session_count(&f->c, "dev-1") == 1, 5000));
+    atomic_store(&f->a[0].mute, true);
+    enum { SLOW = 150 }; /* more than the 64 contexts the control socket starts with */
+    pthread_t th[SLOW];
+    slow_arg sa[SLOW];
+    for (int i = 0; i < SLOW; i++) {
+        sa[i] = (slow_arg){.c = &f->c, .status = 0};
+        assert_int_equal(pthread_create(&th[i], NULL, slow_interrupt, &sa[i]), 0);
+    }
+    assert_true(TH_WAIT(stat_of(&f->c, "inflight") == SLOW, 5000));
+    uint64_t t0 = th_now_ms_();
+    json_t *j = NULL;
+    assert_int_equal(ctl_call(f->c.control, "stats", NULL, NULL, 0, &j), 200);
+    assert_true(th_now_ms_() - t0 < 1000);
+    json_decref(j);
+    for (int i = 0; i < SLOW; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(sa[i].status, 200); /* answered at the deadline: agent missing */
+    }
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -945,6 +986,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_coordinator_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_request_channel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_concurrent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_coordinator_slow_interrupts_do_not_block, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
