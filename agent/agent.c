@@ -18,7 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RX_TIMEOUT_MS         20
+#define RX_TIMEOUT_MS         20   /* hello delay, pause after a failed receive */
+#define RX_IDLE_MAX_MS        1000 /* longest sleep of the receive thread */
 #define HELLO_RETRY_NS        1000000000ull
 #define TICK_NS               50000000ull
 #define RX_BATCH              64
@@ -277,6 +278,7 @@ static void on_sub_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
         atomic_store(&a->synced, false);
     }
     atomic_store(&a->need_hello, true);
+    ihc__rx_wake(a);
 }
 
 static void on_push_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
@@ -290,6 +292,7 @@ static void on_push_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
         atomic_store(&a->synced, false);
     }
     atomic_store(&a->need_hello, true);
+    ihc__rx_wake(a);
 }
 
 static bool is_interrupt_frame(nng_msg *msg)
@@ -340,8 +343,10 @@ static void handle(ihc_agent *a, nng_msg *nm, uint64_t t0)
 static void timers(ihc_agent *a)
 {
     uint64_t now = ihc__now_ns();
-    if (atomic_exchange(&a->need_hello, false) ||
+    if ((a->hello_due_ns && now >= a->hello_due_ns) ||
         (!atomic_load(&a->synced) && now >= a->next_hello_ns)) {
+        atomic_store(&a->need_hello, false);
+        a->hello_due_ns = 0;
         send_hello(a);
         a->next_hello_ns = now + HELLO_RETRY_NS;
     }
@@ -357,14 +362,59 @@ static void timers(ihc_agent *a)
         flush_pending(a);
 }
 
+void ihc__rx_wake(ihc_agent *a)
+{
+    /* not while closing: the receive thread is gone or going, and the sockets' pipe
+     * callbacks (run by nng_close) must not touch the aio */
+    if (a->rx_aio && !atomic_load(&a->stopping))
+        nng_aio_cancel(a->rx_aio);
+}
+
+/* How long the receive thread may sleep: until its next timer. The 50 ms tick only counts
+ * while there is something for it to do (sessions to expire, reports to retry). A hello
+ * asked for goes out RX_TIMEOUT_MS later, with whatever else (modules registered right
+ * after open, sessions) came meanwhile. */
+static nng_duration rx_wait_ms(ihc_agent *a)
+{
+    uint64_t now = ihc__now_ns();
+    if (!a->hello_due_ns && atomic_load(&a->need_hello))
+        a->hello_due_ns = now + (uint64_t)RX_TIMEOUT_MS * 1000000ull;
+    uint64_t next = a->next_hb_ns;
+    if (a->hello_due_ns && a->hello_due_ns < next)
+        next = a->hello_due_ns;
+    if (!atomic_load(&a->synced) && a->next_hello_ns < next)
+        next = a->next_hello_ns;
+    pthread_mutex_lock(&a->lock);
+    bool ticking = a->n_sessions > 0 || a->n_hws > IHC__HW_KEEP;
+    pthread_mutex_unlock(&a->lock);
+    if ((ticking || a->pend_head) && a->next_tick_ns < next)
+        next = a->next_tick_ns;
+    if (next <= now)
+        return 1;
+    uint64_t ms = (next - now + 999999ull) / 1000000ull;
+    return ms > RX_IDLE_MAX_MS ? RX_IDLE_MAX_MS : (nng_duration)ms;
+}
+
 static void *rx_main(void *arg)
 {
     ihc_agent *a = arg;
     ihc__thread_priority(a->o.high_priority);
     nng_msg *batch[RX_BATCH];
+    /* the first hello and heartbeat go out RX_TIMEOUT_MS after open, with what the caller
+     * set up meanwhile (modules, sessions) */
+    uint64_t first = ihc__now_ns() + (uint64_t)RX_TIMEOUT_MS * 1000000ull;
+    a->next_hello_ns = a->next_hb_ns = a->next_tick_ns = first;
     while (!atomic_load(&a->stopping)) {
         nng_msg *msg = NULL;
-        int rv = nng_recvmsg(a->sub, &msg, 0);
+        nng_aio_set_timeout(a->rx_aio, rx_wait_ms(a));
+        nng_recv_aio(a->sub, a->rx_aio);
+        /* a wake-up that came before the receive started must not wait for the timeout */
+        if ((!a->hello_due_ns && atomic_load(&a->need_hello)) || atomic_load(&a->stopping))
+            nng_aio_cancel(a->rx_aio);
+        nng_aio_wait(a->rx_aio);
+        int rv = nng_aio_result(a->rx_aio);
+        if (rv == 0)
+            msg = nng_aio_get_msg(a->rx_aio);
         if (rv == 0) {
             uint64_t t0 = ihc__now_ns();
             size_t n = 0;
@@ -388,7 +438,7 @@ static void *rx_main(void *arg)
             }
         } else if (rv == NNG_ECLOSED) {
             break;
-        } else if (rv != NNG_ETIMEDOUT) {
+        } else if (rv != NNG_ETIMEDOUT && rv != NNG_ECANCELED) {
             ihc_log(IHC_LOG_WARN, IHC__LOG, "receive failed err=\"%s\"", nng_strerror(rv));
             ihc_sleep_ms(RX_TIMEOUT_MS);
         }
@@ -426,6 +476,8 @@ static int open_sockets(ihc_agent *a)
         (rv = nng_socket_set(a->sub, NNG_OPT_SUB_SUBSCRIBE, "hw:", 3)) != 0 ||
         (rv = nng_socket_set(a->sub, NNG_OPT_SUB_SUBSCRIBE, topic, tl)) != 0)
         goto fail;
+    if ((rv = nng_aio_alloc(&a->rx_aio, NULL, NULL)) != 0)
+        goto fail;
     if ((rv = nng_pipe_notify(a->sub, NNG_PIPE_EV_ADD_POST, on_sub_pipe, a)) != 0 ||
         (rv = nng_pipe_notify(a->sub, NNG_PIPE_EV_REM_POST, on_sub_pipe, a)) != 0 ||
         (rv = nng_pipe_notify(a->push, NNG_PIPE_EV_ADD_POST, on_push_pipe, a)) != 0 ||
@@ -457,6 +509,9 @@ static void free_agent(ihc_agent *a)
     if (a->push_open)
         nng_close(a->push);
     a->sub_open = a->push_open = false;
+    if (a->rx_aio) /* after the sockets: their pipe callbacks use it */
+        nng_aio_free(a->rx_aio);
+    a->rx_aio = NULL;
     ihc__escalator_stop(a);
     ihc__modules_fini(&a->mods);
     ihc__gens_close(a, 0);
@@ -626,6 +681,8 @@ void ihc_agent_close(ihc_agent *a)
     if (!a)
         return;
     atomic_store(&a->stopping, true);
+    if (a->rx_aio) /* the receive thread sees stopping now */
+        nng_aio_cancel(a->rx_aio);
     if (a->rx_started)
         pthread_join(a->rx, NULL);
     a->rx_started = false;

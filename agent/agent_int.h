@@ -49,10 +49,12 @@ struct ihc_agent {
     atomic_bool synced;
     bool ever_synced; /* receive thread only: a sync was handled since open */
     atomic_bool need_hello;
+    nng_aio *rx_aio; /* the receive thread's; cancelled to wake it (ihc__rx_wake) */
     pthread_t rx;
     bool rx_started;
     atomic_bool stopping;
     uint64_t next_hello_ns, next_hb_ns, next_tick_ns;
+    uint64_t hello_due_ns; /* receive thread only: need_hello seen, hello goes out then */
     ihc__pending *pend_head, *pend_tail; /* receive thread only */
     size_t n_pending;
 
@@ -88,6 +90,9 @@ struct ihc_agent {
 /* Sends buf (a non-report message for `what`) without blocking; drops and counts it when it
  * cannot go now. Takes ownership of buf. */
 void ihc__send_encoded(ihc_agent *a, uint8_t *buf, size_t len, const char *what);
+/* Any thread: the receive thread looks at need_hello and stopping now, not when its wait
+ * for a message ends (it sleeps until its next timer when idle). */
+void ihc__rx_wake(ihc_agent *a);
 /* Sends an already encoded report, queueing a copy when it cannot go now. */
 void ihc__send_report_buf(ihc_agent *a, const uint8_t *buf, size_t len);
 /* Sends session_end for s (lock NOT held; s must stay referenced). */

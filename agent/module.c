@@ -20,8 +20,9 @@ struct ihc__worker {
     void *arg;
     char hw[IHC_HW_MAX + 1];
     bool job, finished, abandoned, quit, high;
-    size_t cur; /* method running (or about to) */
-    int rc;     /* first non-zero method result */
+    size_t cur;   /* method running (or about to) */
+    int rc;       /* first non-zero method result */
+    uint64_t gen; /* the run the job belongs to (ihc__modules.run_gen) */
     uint64_t t_end_ns;
 };
 
@@ -51,6 +52,7 @@ static void *worker_main(void *arg)
         if (!w->job)
             break;
         w->job = false;
+        uint64_t gen = w->gen;
         int rc = 0;
         for (size_t i = 0; i < w->n && rc == 0; i++) {
             if (w->abandoned)
@@ -67,9 +69,11 @@ static void *worker_main(void *arg)
         w->finished = true;
         ihc__modules *ms = w->ms;
         pthread_mutex_unlock(&w->mu);
-        /* the runner checks finished under w->mu while holding run_mu: no lost wakeup */
+        /* the runner checks finished under w->mu while holding run_mu: no lost wakeup. A
+         * finish of an earlier run (the runner saw the flag and moved on) counts for nothing */
         pthread_mutex_lock(&ms->run_mu);
-        pthread_cond_broadcast(&ms->run_cv);
+        if (ms->run_gen == gen && ms->unfinished > 0 && --ms->unfinished == 0)
+            pthread_cond_broadcast(&ms->run_cv);
         pthread_mutex_unlock(&ms->run_mu);
         pthread_mutex_lock(&w->mu);
     }
@@ -441,6 +445,7 @@ int ihc_agent_register_module(ihc_agent *a, const ihc_module_def *d)
             m->name, m->n_run, m->timeout * 1000.0, m->enabled ? "true" : "false",
             o ? " config=override" : "");
     atomic_store(&a->need_hello, true); /* the coordinator learns the new module */
+    ihc__rx_wake(a);
     return IHC_OK;
 out:
     pthread_mutex_unlock(&ms->mu);
@@ -475,6 +480,10 @@ void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char 
 {
     uint64_t t0 = ihc__now_ns();
     size_t pending = 0;
+    pthread_mutex_lock(&ms->run_mu);
+    uint64_t gen = ++ms->run_gen;
+    ms->unfinished = 0;
+    pthread_mutex_unlock(&ms->run_mu);
     ihc__module *m = head;
     for (size_t i = 0; i < n; m = ++i < n ? m->next : NULL) {
         m->pending = false;
@@ -491,11 +500,17 @@ void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char 
         }
         ihc__worker *w = m->w;
         m->deadline_ns = t0 + ihc__s_to_ns(m->timeout);
+        /* counted before the job starts: a count reaching 0 while jobs are still being
+         * handed out only wakes a runner that is not waiting yet */
+        pthread_mutex_lock(&ms->run_mu);
+        ms->unfinished++;
+        pthread_mutex_unlock(&ms->run_mu);
         pthread_mutex_lock(&w->mu);
         memcpy(w->hw, hw, strlen(hw) + 1);
         w->finished = false;
         w->rc = 0;
         w->cur = 0;
+        w->gen = gen;
         w->job = true;
         pthread_cond_signal(&w->cv);
         pthread_mutex_unlock(&w->mu);
@@ -527,6 +542,7 @@ void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char 
                 pending--;
             } else if (now >= m->deadline_ns) {
                 w->abandoned = true;
+                ms->unfinished--; /* it will never finish: the others' count must reach 0 */
                 m->st = IHC_MOD_TIMED_OUT;
                 m->time_ms = (double)(now - t0) / 1e6;
                 snprintf(m->err, sizeof(m->err), "timed out after %.0f ms in %s",

@@ -53,6 +53,10 @@ typedef struct {
     size_t n_ovr;
     pthread_mutex_t run_mu; /* workers signal completion on run_cv */
     pthread_cond_t run_cv;
+    /* under run_mu: the current run, and its jobs not finished yet; the last one to finish
+     * wakes the runner (once per run, not once per module) */
+    uint64_t run_gen;
+    size_t unfinished;
     bool high_priority;
 } ihc__modules;
 

@@ -555,9 +555,11 @@ void ihc__sessions_tick(ihc_agent *a)
 {
     ihc__session **v = a->cx.victims;
     size_t n = 0;
-    uint64_t now = ihc__now_ns();
     uint64_t ttl = ihc__s_to_ns(a->o.session_timeout);
     pthread_mutex_lock(&a->lock);
+    /* read under the lock: a session begun while we waited for it must not look created in
+     * the future (now - created_ns would wrap and expire it at once) */
+    uint64_t now = ihc__now_ns();
     for (ihc__session *s = a->sessions; s && n < a->cx.victims_cap; s = s->next)
         if (!s->cancelled && now - s->created_ns >= ttl && ihc__session_claim(s))
             v[n++] = s;

@@ -25,6 +25,9 @@
 #define RESEND_MAX_NS     (500ull * 1000000ull)
 #define SWEEP_NS          (100ull * 1000000ull)
 #define MAX_MSGS_PER_TURN 1024
+/* Redis writes queued while interrupts are in flight wait at most this long for the writer
+ * thread: on a small machine it would otherwise take the CPU from the interrupt path. */
+#define PERSIST_DEFER_NS (2ull * 1000000ull)
 
 typedef enum { CMD_INTERRUPT, CMD_QUERY } cmd_kind;
 
@@ -361,13 +364,21 @@ void ihc__coord_flags_reset(ihc_coord *c)
     ihc_persist_flags_reset(c->persist);
 }
 
-/* Ends f: result, flags, sessions, Redis, stats, event, log line, answer. Frees f. */
+/* Ends f: result, answer, then flags, sessions, Redis, stats, event, log line. Frees f.
+ * The caller is answered first: the rest is bookkeeping on this thread, done before the loop
+ * takes its next command, so no later request can see the state from before f ended. */
 static void finish(ihc_coord *c, ihc_inflight *f)
 {
     uint64_t now_ns = ihc_mono_ns();
     int64_t now_ms = ihc_now_ms();
     ihc_inflight_finish(f, now_ns, ihc_persist_connected(c->persist));
     char *json = ihc_inflight_result_json(f);
+    char *event = json ? strdup(json) : NULL; /* the answer takes json */
+    if (json)
+        f->done(200, json, f->arg);
+    else
+        answer(f->done, f->arg, 500, "out of memory building the result");
+    atomic_fetch_sub(&c->pending, 1);
 
     flags_set(c, f, now_ms, now_ns);
     for (size_t i = 0; i < f->n_sessions; i++) {
@@ -399,10 +410,11 @@ static void finish(ihc_coord *c, ihc_inflight *f)
                            1);
     stats_record(c, f);
 
-    if (json) {
+    if (event) {
         ihc_msg m = {.type = IHC_MSG_RESULT};
-        m.u.result.json = json;
+        m.u.result.json = event;
         publish(c, &m);
+        free(event);
     }
     size_t n_ans = f->n_answered + f->n_extra;
     if (ihc_log_timing())
@@ -418,12 +430,6 @@ static void finish(ihc_coord *c, ihc_inflight *f)
     if (!f->success)
         ihc_log(IHC_LOG_WARN, COMPONENT, "interrupt incomplete id=%" PRIu64 " hw=%s error=\"%s\"",
                 f->id, f->hw, f->error ? f->error : "");
-
-    if (json)
-        f->done(200, json, f->arg);
-    else
-        answer(f->done, f->arg, 500, "out of memory building the result");
-    atomic_fetch_sub(&c->pending, 1);
     ihc_inflight_free(f);
 }
 
@@ -486,15 +492,18 @@ static void start_interrupt(ihc_coord *c, ihc__cmd *k)
         .resend_max_ns = RESEND_MAX_NS,
         .deadline_ms = now_ms + timeout_ms - (int64_t)elapsed_ms,
     };
-    ihc_persist_epoch_raise(c->persist, k->hw, epoch);
     ihc_inflight *f = NULL;
     int rc = ihc_inflight_new(&f, &p);
     ihc_registry_strv_free(expected, n_expected);
-    if (rc != IHC_OK)
+    if (rc != IHC_OK) {
+        ihc_persist_epoch_raise(c->persist, k->hw, epoch); /* the bump is already done */
         goto nomem;
+    }
     f->done = k->done;
     f->arg = k->arg;
+    /* the broadcast first: everything else here can wait for it */
     publish_interrupt(c, f, (const char *const *)f->expected, f->n_expected);
+    ihc_persist_epoch_raise(c->persist, k->hw, epoch);
     if (ihc_inflight_complete(f)) { /* nobody holds a session of hw: nothing to wait for */
         finish(c, f);
         return;
@@ -813,6 +822,8 @@ static int poll_timeout_ms(const ihc_coord *c, uint64_t now_ns)
     }
     if (c->flag && c->flag_reset_ns && c->flag_reset_ns < next)
         next = c->flag_reset_ns;
+    if (c->persist_due_ns && c->persist_due_ns < next)
+        next = c->persist_due_ns;
     if (next <= now_ns)
         return 0;
     uint64_t ms = (next - now_ns + 999999ull) / 1000000ull;
@@ -835,12 +846,8 @@ static void *loop_main(void *arg)
             ssize_t n = read(c->wake_fd, &v, sizeof(v));
             (void)n;
         }
-        for (ihc__cmd *k = take_queue(c); k;) {
-            ihc__cmd *next = k->next;
-            run_cmd(c, k);
-            cmd_free(k);
-            k = next;
-        }
+        ihc_persist_defer(c->persist);
+        /* agents' messages first: a session begun before a request must be expected by it */
         for (int i = 0; i < MAX_MSGS_PER_TURN; i++) {
             nng_msg *nm = NULL;
             if (nng_recvmsg(c->pull, &nm, NNG_FLAG_NONBLOCK) != 0)
@@ -848,9 +855,23 @@ static void *loop_main(void *arg)
             on_message(c, nm);
             nng_msg_free(nm);
         }
+        for (ihc__cmd *k = take_queue(c); k;) {
+            ihc__cmd *next = k->next;
+            run_cmd(c, k);
+            cmd_free(k);
+            k = next;
+        }
         resync(c);
-        run_timers(c, ihc_mono_ns());
+        uint64_t now_ns = ihc_mono_ns();
+        run_timers(c, now_ns);
+        if (c->n_fl == 0 || (c->persist_due_ns && now_ns >= c->persist_due_ns)) {
+            ihc_persist_kick(c->persist);
+            c->persist_due_ns = 0;
+        } else if (!c->persist_due_ns && ihc_persist_deferred(c->persist)) {
+            c->persist_due_ns = now_ns + PERSIST_DEFER_NS;
+        }
     }
+    ihc_persist_kick(c->persist);
     /* shutting down: answer what is in flight with what it has, then what is queued */
     while (c->n_fl > 0) {
         ihc_inflight *f = c->fl[--c->n_fl];

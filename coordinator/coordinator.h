@@ -83,6 +83,7 @@ struct ihc_coord {
     size_t win_n, win_pos;
     uint64_t next_sweep_ns;
     uint64_t last_reject_log_ns;
+    uint64_t persist_due_ns; /* deferred Redis writes are handed over by then (0: none) */
 };
 
 /* Queues an interrupt for the loop (t0_ns: monotonic time the request was accepted).

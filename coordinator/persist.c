@@ -59,6 +59,8 @@ struct ihc_persist {
     size_t n_nonessential; /* queued agent refreshes */
     size_t n_writing;      /* taken by the thread, not yet written */
     bool stopping;
+    bool deferred; /* queued writes do not wake the thread (ihc_persist_defer) */
+    bool kick_due; /* writes were queued while deferred */
     uint64_t flush_deadline_ns;
     atomic_bool connected;
     atomic_uint_fast64_t dropped;
@@ -139,7 +141,10 @@ static void push(ihc_persist *p, op *o, bool strs_ok)
     p->n++;
     if (op_nonessential(o))
         p->n_nonessential++;
-    pthread_cond_signal(&p->cv);
+    if (p->deferred)
+        p->kick_due = true;
+    else
+        pthread_cond_signal(&p->cv);
     pthread_mutex_unlock(&p->mu);
     if (victim) {
         uint64_t d = atomic_fetch_add(&p->dropped, 1) + 1;
@@ -388,6 +393,31 @@ void ihc_persist_close(ihc_persist *p, uint32_t flush_ms)
     free(p->url);
     free(p->client_name);
     free(p);
+}
+
+void ihc_persist_defer(ihc_persist *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->deferred = true;
+    pthread_mutex_unlock(&p->mu);
+}
+
+bool ihc_persist_deferred(ihc_persist *p)
+{
+    pthread_mutex_lock(&p->mu);
+    bool due = p->kick_due;
+    pthread_mutex_unlock(&p->mu);
+    return due;
+}
+
+void ihc_persist_kick(ihc_persist *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->deferred = false;
+    if (p->kick_due)
+        pthread_cond_signal(&p->cv);
+    p->kick_due = false;
+    pthread_mutex_unlock(&p->mu);
 }
 
 bool ihc_persist_connected(const ihc_persist *p)

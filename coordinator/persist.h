@@ -31,6 +31,16 @@ int ihc_persist_open(ihc_persist **out, const ihc_persist_opts *o);
  * frees everything; operations still queued are dropped and logged. Accepts NULL. */
 void ihc_persist_close(ihc_persist *p, uint32_t flush_ms);
 
+/* Batching: after ihc_persist_defer, queued writes do not wake the writer thread (it still
+ * writes them when it wakes for another reason, at the latest after its idle period) until
+ * ihc_persist_kick, which wakes it if anything was queued meanwhile and ends the deferral.
+ * Lets the coordinator keep the writer (and Redis) off the CPU while an interrupt is in
+ * flight. Thread-safe. */
+void ihc_persist_defer(ihc_persist *p);
+void ihc_persist_kick(ihc_persist *p);
+/* True when writes queued since ihc_persist_defer wait for ihc_persist_kick. */
+bool ihc_persist_deferred(ihc_persist *p);
+
 /* The writer's view of Redis: true when its last command succeeded. Thread-safe. */
 bool ihc_persist_connected(const ihc_persist *p);
 

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- fake coordinator ---- */
@@ -330,6 +331,59 @@ static void test_agent_module_hang_times_out(void **state)
     trace_get((char[512]){0}, 512);
 }
 
+static int m_slow(const char *hw, void *arg)
+{
+    (void)hw;
+    (void)arg;
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = 300 * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+    return 0;
+}
+
+/* A module that finishes after another one timed out is reported when it finishes, not at its
+ * own (much later) deadline: the runner is woken by the last live worker. */
+static void test_agent_module_finish_after_timeout(void **state)
+{
+    (void)state;
+    sem_init(&hang_sem, 0, 0);
+    atomic_store(&hang_calls, 0);
+    atomic_store(&hang_returned, 0);
+    fake_coord f;
+    fake_start(&f);
+    ihc_agent *a = open_agent(&f, NULL);
+    static const ihc_method hang[] = {{"wait_forever", m_hang}};
+    static const ihc_method slow[] = {{"drain", m_slow}};
+    ihc_module_def dh = {.name = "audio_generation",
+                         .methods = hang,
+                         .n_methods = 1,
+                         .timeout = 0.1,
+                         .enabled = true};
+    ihc_module_def ds = {.name = "text_processing",
+                         .methods = slow,
+                         .n_methods = 1,
+                         .timeout = 5.0,
+                         .enabled = true};
+    TH_PASS(ihc_agent_register_module(a, &dh));
+    TH_PASS(ihc_agent_register_module(a, &ds));
+    fake_connect(&f, a);
+    uint64_t t0 = th_now_ms_();
+    fake_interrupt(&f, 9, "dev-1", 1, ihc_agent_id(a));
+    ihc_msg *r = fake_recv(&f, IHC_MSG_REPORT, 10000);
+    uint64_t dt = th_now_ms_() - t0;
+    assert_non_null(r);
+    assert_true(dt >= 295);
+    assert_true(dt < 2500); /* far from the 5 s deadline of text_processing */
+    assert_int_equal(find_mod(r, "audio_generation")->status, IHC_MOD_TIMED_OUT);
+    assert_int_equal(find_mod(r, "text_processing")->status, IHC_MOD_OK);
+    ihc_msg_free(r);
+    ihc_agent_close(a);
+    sem_post(&hang_sem);
+    assert_true(TH_WAIT(ihc__workers_abandoned() == 0, 5000));
+    sem_destroy(&hang_sem);
+    fake_stop(&f);
+}
+
 static atomic_int disabled_calls;
 static int m_count(const char *hw, void *arg)
 {
@@ -529,6 +583,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_agent_module_methods_in_order),
         cmocka_unit_test(test_agent_module_hang_times_out),
+        cmocka_unit_test(test_agent_module_finish_after_timeout),
         cmocka_unit_test(test_agent_module_failed_and_disabled),
         cmocka_unit_test(test_agent_module_config_overrides),
         cmocka_unit_test(test_agent_module_config_errors),
