@@ -1,8 +1,8 @@
 /* A service embedding libihc-agent, as the benchmark's agents: three modules with
- * instant interrupt methods and one session of the benchmark hardware_id, replaced by a
+ * instant interrupt methods and one session of each given hardware_id, replaced by a
  * fresh one on every interrupt (begun in the interrupt callback, so its session_begin
  * reaches the coordinator before this agent's report and the next interrupt expects it).
- * Usage: bench_agent --pub URL --report URL --id ID --hw HW */
+ * Usage: bench_agent --pub URL --report URL --id ID --hw HW[,HW…] */
 #include <ihc/agent.h>
 #include <pthread.h>
 #include <signal.h>
@@ -11,9 +11,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#define MAX_HWS 64
 static ihc_agent *agent;
-static const char *hw = "bench";
-static ihc_token *current;
+static char *hws[MAX_HWS];
+static ihc_token *current[MAX_HWS];
+static int n_hws;
 static pthread_mutex_t current_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int instant(const char *h, void *arg)
@@ -23,9 +25,9 @@ static int instant(const char *h, void *arg)
     return 0;
 }
 
-static void begin_session(void)
+static void begin_session(int i)
 {
-    ihc_session_opts so = {.hw = hw, .module = "text_processing"};
+    ihc_session_opts so = {.hw = hws[i], .module = "text_processing"};
     ihc_token *tok = NULL;
     int rc = ihc_agent_session_begin(agent, &so, &tok, NULL, 0);
     if (rc != 0) {
@@ -33,8 +35,8 @@ static void begin_session(void)
         return;
     }
     pthread_mutex_lock(&current_mu); /* callbacks of concurrent interrupts may race */
-    ihc_token_release(current);
-    current = tok;
+    ihc_token_release(current[i]);
+    current[i] = tok;
     pthread_mutex_unlock(&current_mu);
 }
 
@@ -42,8 +44,9 @@ static void on_interrupt(const char *h, uint64_t id, void *arg)
 {
     (void)id;
     (void)arg;
-    if (strcmp(h, hw) == 0 || strcmp(h, "*") == 0)
-        begin_session();
+    for (int i = 0; i < n_hws; i++)
+        if (strcmp(h, hws[i]) == 0 || strcmp(h, "*") == 0)
+            begin_session(i);
 }
 
 static volatile sig_atomic_t stop;
@@ -66,8 +69,11 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--id"))
             o.agent_id = argv[i + 1];
         else if (!strcmp(argv[i], "--hw"))
-            hw = argv[i + 1];
+            for (char *t = strtok(argv[i + 1], ","); t && n_hws < MAX_HWS; t = strtok(NULL, ","))
+                hws[n_hws++] = t;
     }
+    if (n_hws == 0)
+        hws[n_hws++] = "bench";
     ihc_agent_log_setup(2, false, false, 2); /* warnings only, like the coordinator here */
     if (ihc_agent_open(&agent, &o) != 0) {
         fprintf(stderr, "bench_agent: cannot open agent\n");
@@ -82,12 +88,14 @@ int main(int argc, char **argv)
         ihc_agent_register_module(agent, &m);
     }
     ihc_agent_register_callback(agent, on_interrupt, NULL);
-    begin_session();
+    for (int i = 0; i < n_hws; i++)
+        begin_session(i);
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
     while (!stop)
         pause();
-    ihc_token_release(current);
+    for (int i = 0; i < n_hws; i++)
+        ihc_token_release(current[i]);
     ihc_agent_close(agent);
     return 0;
 }

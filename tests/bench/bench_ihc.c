@@ -4,6 +4,10 @@
  *   latency:    bench_ihc --bin DIR --redis-port P --agents N --iterations K
  *                         --via control|http [--samples F]
  *   throughput: bench_ihc … --agents 8 --throughput SECONDS --clients C
+ *               (each agent holds one hardware_id per client, "tp-<agent>-<client>", as a
+ *               device's work lives on one node; client c interrupts tp-*-c round robin,
+ *               so each interrupt stops one agent's session and no two clients race on
+ *               one hardware_id)
  *   sessions:   bench_ihc … --preload-sessions 100000   (latency with a big Redis state) */
 #include "bench_util.h"
 
@@ -161,14 +165,17 @@ static int n_agents;
 
 static void *tp_client(void *arg)
 {
-    (void)arg;
+    int client = (int)(intptr_t)arg;
     ctl_client c;
     if (ctl_open(&c) != 0)
         return NULL;
-    while (atomic_load(&running)) {
+    for (unsigned k = 0; atomic_load(&running); k++) {
         int e, a;
-        int st = ctl_call(&c, "interrupt", "bench", &e, &a);
-        if (st == 200 && a == n_agents)
+        char hw[32];
+        snprintf(hw, sizeof(hw), "tp-%d-%d", (int)((k + (unsigned)client) % (unsigned)n_agents),
+                 client);
+        int st = ctl_call(&c, "interrupt", hw, &e, &a);
+        if (st == 200 && e == 1 && a == 1)
             atomic_fetch_add(&done_ok, 1);
         else
             atomic_fetch_add(&done_bad, 1);
@@ -258,8 +265,15 @@ int main(int argc, char **argv)
         char id[32];
         snprintf(id, sizeof(id), "bench-%d", i);
         snprintf(log, sizeof(log), "%s/bench-agent-%d.log", logdir, i);
+        char hwlist[1024] = "bench";
+        if (tp_seconds > 0) {
+            size_t off = 0;
+            for (int k = 0; k < clients && off < sizeof(hwlist) - 32; k++)
+                off += (size_t)snprintf(hwlist + off, sizeof(hwlist) - off, "%stp-%d-%d",
+                                        k ? "," : "", i, k);
+        }
         char *aargv[] = {agent_bin, "--pub", pub_url, "--report", rep_url, "--id", id,
-                         "--hw", "bench", NULL};
+                         "--hw", hwlist, NULL};
         agents[i] = spawn(aargv, log);
     }
     ctl_client c;
@@ -267,12 +281,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_ihc: cannot open control client\n");
         return 1;
     }
-    /* Wait until an interrupt reaches every agent. */
+    /* Wait until an interrupt reaches every agent (throughput: each agent's last hw). */
     uint64_t until = bench_ns() + 60ull * 1000000000u;
-    for (;;) {
-        int e = 0, a = 0;
-        if (ctl_call(&c, "interrupt", "bench", &e, &a) == 200 && e == n_agents && a == n_agents)
-            break;
+    for (int ready = 0; ready < (tp_seconds > 0 ? n_agents : 1);) {
+        int e = 0, a = 0, want = tp_seconds > 0 ? 1 : n_agents;
+        char hw[32] = "bench";
+        if (tp_seconds > 0)
+            snprintf(hw, sizeof(hw), "tp-%d-%d", ready, clients - 1);
+        if (ctl_call(&c, "interrupt", hw, &e, &a) == 200 && e == want && a == want) {
+            ready++;
+            continue;
+        }
         if (bench_ns() > until) {
             fprintf(stderr, "bench_ihc: agents did not all register (expected %d, last %d)\n",
                     n_agents, e);
@@ -286,7 +305,7 @@ int main(int argc, char **argv)
         atomic_store(&running, 1);
         pthread_t *t = calloc((size_t)clients, sizeof(pthread_t));
         for (int i = 0; i < clients; i++)
-            pthread_create(&t[i], NULL, tp_client, NULL);
+            pthread_create(&t[i], NULL, tp_client, (void *)(intptr_t)i);
         for (int s = 0; s < tp_seconds; s++) {
             sleep(1);
             fprintf(stderr, "\rthroughput: %ds %ld ok", s + 1, atomic_load(&done_ok));

@@ -15,8 +15,9 @@ for p in gnuplot-nox redis-server redis-tools python3; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
 done
-cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DIHC_BUILD_TESTS=OFF -DIHC_BUILD_BENCH=ON >/dev/null
-cmake --build build-bench -j"$(nproc)" >/dev/null
+cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DIHC_BUILD_TESTS=ON -DIHC_BUILD_BENCH=ON >/dev/null
+cmake --build build-bench -j"$(nproc)" --target bench_floor bench_redis bench_ihc bench_agent \
+    bench_token ihc-coordinator ihc-agent-bin >/dev/null
 bin=$here/build-bench/bin
 out=$here/tests/bench/results
 mkdir -p "$out/samples"
