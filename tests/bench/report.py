@@ -20,7 +20,7 @@ except OSError:
     pass
 lines.append(f"Machine: {os.cpu_count()} cores, {cpu}, Linux {platform.release()}; "
              f"date: {datetime.date.today().isoformat()}.\n")
-lines.append("| path | N agents | p50 ms | p99 ms | max ms | p50 vs nng floor | ihc control p50 faster by |")
+lines.append("| path | N agents | p50 ms | p99 ms | max ms | p50 ÷ nng floor p50 | p50 ÷ ihc control p50 (>1: ihc faster) |")
 lines.append("|---|---:|---:|---:|---:|---:|---:|")
 names = [("ihc_http", "ihc end to end, HTTP"), ("ihc_control", "ihc end to end, control socket"),
          ("nng_floor", "bare nng PUB→SUB→PUSH→PULL (floor)"),
@@ -64,7 +64,7 @@ for key, label in [("ihc_http", "ihc HTTP"), ("ihc_control", "ihc control"), ("f
                 o.write(f"{v/1000:.4f} {(i+1)/len(vals):.5f}\n")
         series.append((cdf, label))
 if series:
-    plot = "; ".join(f"'{c}' using 1:2 with lines lw 2 title '{l}'" for c, l in series)
+    plot = ", ".join(f"'{c}' using 1:2 with lines lw 2 title '{l}'" for c, l in series)
     script = (f"set terminal pngcairo size 900,500; set output '{os.path.join(out, 'latency.png')}';"
               "set logscale x; set xlabel 'time to stop all 8 agents and answer (ms, log)';"
               "set ylabel 'fraction of interrupts'; set key bottom right; set grid;"
