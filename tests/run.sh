@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing (Debian), builds ihc twice — a normal build
 # and an AddressSanitizer + UndefinedBehaviorSanitizer build — and runs the whole suite on
-# both (unit tests, integration tests with real redis-server / coordinator / agents), then
-# the multi-host tests (network namespaces) and the docker-compose smoke test when run as
-# root.
+# both (unit tests, integration tests with real redis-server / coordinator / agents), runs
+# the unit tests under valgrind, and, as root, the multi-host tests (network namespaces)
+# and the docker-compose smoke test.
 # Usage: bash tests/run.sh [--quick] [--no-san] [--no-cluster] [--no-compose]
 #   --quick       unit and integration tests only (no cluster, no compose)
 #   --no-san      skip the AddressSanitizer + UndefinedBehaviorSanitizer build
@@ -77,7 +77,27 @@ build_and_test() { # build_and_test DIR [cmake args…]
         (cd "$dir" && ctest --output-on-failure -j"$jobs" --timeout 300)
 }
 
+valgrind_unit() { # every unit test of the normal build under valgrind: no errors, no leaks
+    local p=0 f=0 name cmd
+    for name in $(cd build && ctest -L unit -N | sed -nE 's/.*Test +#[0-9]+: ihc\.([a-z_]+)$/\1/p'); do
+        if [ "$name" = wire_corpus ]; then
+            cmd=(build/bin/fuzz_wire_replay tests/fuzz/corpus/wire)
+        else
+            cmd=(build/bin/test_$name)
+        fi
+        if valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+            "${cmd[@]}" >"build/valgrind-$name.log" 2>&1; then
+            p=$((p + 1)); echo "valgrind $name: ok"
+        else
+            f=$((f + 1)); echo "valgrind $name: FAILED (build/valgrind-$name.log)"; tail -30 "build/valgrind-$name.log"
+        fi
+    done
+    echo "$p passed, $f failed"
+    ((f == 0))
+}
+
 phase "normal build + tests" build_and_test build
+phase "valgrind (unit tests)" valgrind_unit
 if ((san)); then
     # halt_on_error: the first report fails the test; detect_leaks covers LeakSanitizer.
     export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=1
