@@ -243,12 +243,7 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    ihc_log_opts lo = {.level = (ihc_log_level)cfg.log_level,
-                       .json = cfg.log_format == IHC_LOGFMT_JSON,
-                       .interrupts = cfg.log_interrupts,
-                       .timing = cfg.log_timing,
-                       .fd = 2};
-    ihc_log_setup(&lo);
+    ihc_config_apply_logging(&cfg);
 
     /* Signals are taken synchronously by this thread; every thread started from here on
      * (ours, nng's, libihc-agent's) inherits the blocked mask. */

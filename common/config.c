@@ -1,6 +1,7 @@
 /* Configuration: one declarative table of every setting (env var, flag, type, default,
  * bounds, help, roles, field) that drives defaults, parsing, validation, usage and dump. */
 #include "config.h"
+#include "log.h"
 
 #include "err.h"
 #include "wire.h"
@@ -916,4 +917,14 @@ void ihc_config_dump(FILE *out, const ihc_config *cfg, unsigned role)
         }
         fprintf(out, " (%s)\n", source_names[src]);
     }
+}
+
+void ihc_config_apply_logging(const ihc_config *cfg)
+{
+    ihc_log_opts lo = {.level = (ihc_log_level)cfg->log_level,
+                       .json = cfg->log_format == IHC_LOGFMT_JSON,
+                       .interrupts = cfg->log_interrupts,
+                       .timing = cfg->log_timing,
+                       .fd = 2};
+    ihc_log_setup(&lo);
 }

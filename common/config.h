@@ -81,6 +81,10 @@ typedef struct ihc_config {
 int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *rest,
                     int *n_rest, char *err, size_t err_len);
 
+/* Sets the process's logging from cfg: IHC_LOG_LEVEL, IHC_LOG_FORMAT, LOG_INTERRUPTS and
+ * LOG_TIMING, lines to stderr. */
+void ihc_config_apply_logging(const ihc_config *cfg);
+
 /* Releases the strings and secrets held by cfg (secrets are zeroed first). */
 void ihc_config_fini(ihc_config *cfg);
 

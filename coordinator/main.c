@@ -44,12 +44,7 @@ int main(int argc, char **argv)
         ihc_config_fini(&cfg);
         return 0;
     }
-    ihc_log_opts lo = {.level = (ihc_log_level)cfg.log_level,
-                       .json = cfg.log_format == IHC_LOGFMT_JSON,
-                       .interrupts = cfg.log_interrupts,
-                       .timing = cfg.log_timing,
-                       .fd = 2};
-    ihc_log_setup(&lo);
+    ihc_config_apply_logging(&cfg);
 
     /* every thread inherits this mask; only main receives the signals, with sigwait */
     sigset_t sigs;
