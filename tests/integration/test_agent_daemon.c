@@ -57,14 +57,14 @@ static void test_agent_daemon_bad_config(void **state)
     int st = run_agent(a1, env_bad, log);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 2);
-    assert_true(fc_log_has(log, "INTERRUPT_TIMEOUT", 0));
+    assert_true(th_log_has(log, "INTERRUPT_TIMEOUT", 0));
 
     char *a2[] = {local, "--simulate", "bad hw!", NULL};
     st = run_agent(a2, NULL, log);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 2);
-    assert_true(fc_log_has(log, "simulate", 0));
-    assert_true(fc_log_has(log, "bad hw!", 0));
+    assert_true(th_log_has(log, "simulate", 0));
+    assert_true(th_log_has(log, "bad hw!", 0));
 
     char *a3[] = {local, "--simulate", "dev-1,dev-1", NULL};
     st = run_agent(a3, NULL, log);
@@ -75,32 +75,32 @@ static void test_agent_daemon_bad_config(void **state)
     st = run_agent(a4, NULL, log);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 2);
-    assert_true(fc_log_has(log, "--no-such-flag", 0));
+    assert_true(th_log_has(log, "--no-such-flag", 0));
 
     char *a5[] = {local, "stray", NULL};
     st = run_agent(a5, NULL, log);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 2);
-    assert_true(fc_log_has(log, "stray", 0));
+    assert_true(th_log_has(log, "stray", 0));
 
     char *a6[] = {"--version", NULL};
     st = run_agent(a6, NULL, log);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
-    assert_true(fc_log_has(log, "ihc-agent 0.", 0));
+    assert_true(th_log_has(log, "ihc-agent 0.", 0));
 
     char *env_ok[] = {"INTERRUPT_TIMEOUT=2.5", NULL};
     char *a7[] = {"--print-config", NULL};
     st = run_agent(a7, env_ok, log);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
-    assert_true(fc_log_has(log, "INTERRUPT_TIMEOUT", 0));
+    assert_true(th_log_has(log, "INTERRUPT_TIMEOUT", 0));
 
     char *a8[] = {"--help", NULL};
     st = run_agent(a8, NULL, log);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
-    assert_true(fc_log_has(log, "--simulate", 0));
+    assert_true(th_log_has(log, "--simulate", 0));
 }
 
 static bool has_module(const ihc_hello_msg *h, const char *name)
@@ -122,8 +122,8 @@ static void note_session(char sids[2][IHC_ID_MAX + 1], const ihc_session_info *s
 static void test_agent_daemon_interrupt(void **state)
 {
     (void)state;
-    fake_coord fc = {0};
-    assert_int_equal(fc_listen(&fc), 0);
+    th_fc fc = {0};
+    assert_int_equal(th_fc_listen(&fc), 0);
     const char *log = path_in("agent.log");
     char local[4200];
     snprintf(local, sizeof(local), "ipc://%s", path_in("agent.sock"));
@@ -144,7 +144,7 @@ static void test_agent_daemon_interrupt(void **state)
     assert_true(agent > 0);
 
     /* hello: the three modules; the sessions of dev-1 and dev-2 (in hello or right after) */
-    ihc_msg *m = fc_recv_type(&fc, IHC_MSG_HELLO, 10000);
+    ihc_msg *m = th_fc_recv_type_drop(&fc, IHC_MSG_HELLO, 10000);
     assert_non_null(m);
     assert_string_equal(m->u.hello.agent, "it-agent");
     assert_int_equal(m->u.hello.pid, agent);
@@ -156,10 +156,10 @@ static void test_agent_daemon_interrupt(void **state)
         note_session(sids, &m->u.hello.sessions[i]);
     ihc_msg_free(m);
     const char *hws[] = {"dev-1", "dev-2"};
-    TH_PASS(fc_send_sync(&fc, "it-agent", hws, 2));
+    TH_PASS(th_fc_send_sync(&fc, "it-agent", hws, 2));
     uint64_t end = th_now_ms_() + 5000;
     while ((!sids[0][0] || !sids[1][0]) && th_now_ms_() < end) {
-        m = fc_recv(&fc, 200);
+        m = th_fc_recv(&fc, 200);
         if (m && m->type == IHC_MSG_SESSION_BEGIN)
             note_session(sids, &m->u.session_begin.session);
         ihc_msg_free(m);
@@ -169,12 +169,12 @@ static void test_agent_daemon_interrupt(void **state)
     /* work is visible in the log */
     char line[512];
     snprintf(line, sizeof(line), "simulate progress session=%s hw=dev-1", sids[0]);
-    assert_true(TH_WAIT(fc_log_has(log, line, 0), 5000));
+    assert_true(TH_WAIT(th_log_has(log, line, 0), 5000));
 
     /* interrupt dev-1: the report names the three modules, all ok, and dev-1's session only */
-    ihc_msg *r = fc_interrupt_until_report(&fc, 1, "dev-1", 1, 10000);
+    ihc_msg *r = th_fc_interrupt_until_report(&fc, 1, "dev-1", 1, 10000);
     assert_non_null(r);
-    size_t after = fc_file_size(log);
+    size_t after = th_file_size(log);
     assert_string_equal(r->u.report.agent, "it-agent");
     assert_string_equal(r->u.report.hw, "dev-1");
     assert_int_equal(r->u.report.n_modules, 3);
@@ -194,18 +194,18 @@ static void test_agent_daemon_interrupt(void **state)
     for (size_t i = 0; i < 3; i++) {
         snprintf(line, sizeof(line), "simulate stopped session=%s hw=dev-1 module=%s after",
                  sids[0], modules[i]);
-        assert_true(TH_WAIT(fc_log_has(log, line, 0), 2000));
+        assert_true(TH_WAIT(th_log_has(log, line, 0), 2000));
     }
     snprintf(line, sizeof(line), "simulate progress session=%s hw=dev-2", sids[1]);
-    assert_true(TH_WAIT(fc_log_has(log, line, after), 3000));
+    assert_true(TH_WAIT(th_log_has(log, line, after), 3000));
     snprintf(line, sizeof(line), "simulate stopped session=%s", sids[1]);
-    assert_false(fc_log_has(log, line, 0));
+    assert_false(th_log_has(log, line, 0));
 
     /* a new dev-1 session begins after the pause, in the interrupt's epoch, and works */
     ihc_msg *b = NULL;
     end = th_now_ms_() + 5000;
     while (!b && th_now_ms_() < end) {
-        m = fc_recv(&fc, 200);
+        m = th_fc_recv(&fc, 200);
         if (m && m->type == IHC_MSG_SESSION_BEGIN &&
             strcmp(m->u.session_begin.session.hw, "dev-1") == 0)
             b = m;
@@ -218,15 +218,15 @@ static void test_agent_daemon_interrupt(void **state)
     snprintf(line, sizeof(line), "simulate progress session=%s hw=dev-1",
              b->u.session_begin.session.session_id);
     ihc_msg_free(b);
-    assert_true(TH_WAIT(fc_log_has(log, line, 0), 3000));
+    assert_true(TH_WAIT(th_log_has(log, line, 0), 3000));
 
     /* the same interrupt again (a coordinator re-send) is acted on once: the new session
      * lives on */
-    TH_PASS(fc_send_interrupt(&fc, 1, "dev-1", 1));
-    size_t mark = fc_file_size(log);
-    assert_true(TH_WAIT(fc_log_has(log, line, mark), 3000));
+    TH_PASS(th_fc_send_interrupt(&fc, 1, "dev-1", 1, NULL, 0));
+    size_t mark = th_file_size(log);
+    assert_true(TH_WAIT(th_log_has(log, line, mark), 3000));
     snprintf(line, sizeof(line), "simulate stopped session=%s", sids[1]);
-    assert_false(fc_log_has(log, line, 0));
+    assert_false(th_log_has(log, line, 0));
 
     /* SIGTERM: clean stop, exit 0, promptly */
     uint64_t t0 = th_now_ms_();
@@ -239,17 +239,17 @@ static void test_agent_daemon_interrupt(void **state)
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     assert_true(th_now_ms_() - t0 < 5000);
-    assert_true(fc_log_has(log, "daemon stopped", 0));
+    assert_true(th_log_has(log, "daemon stopped", 0));
     struct stat sst;
     assert_int_not_equal(stat(local + 6, &sst), 0); /* the socket file went with it */
-    fc_close(&fc);
+    th_fc_close(&fc);
 }
 
 static void test_agent_daemon_local_socket(void **state)
 {
     (void)state;
-    fake_coord fc = {0};
-    fc_pick_ports(&fc); /* nothing listens: the agents keep dialing, which is fine */
+    th_fc fc = {0};
+    th_fc_pick_ports(&fc); /* nothing listens: the agents keep dialing, which is fine */
     const char *sock = path_in("busy.sock");
     char local[4200];
     snprintf(local, sizeof(local), "ipc://%s", sock);
@@ -271,8 +271,8 @@ static void test_agent_daemon_local_socket(void **state)
                     NULL};
     pid_t a1 = th_spawn(argv, log1, NULL);
     assert_true(a1 > 0);
-    assert_true(TH_WAIT(fc_log_has(log1, "daemon started", 0), 5000));
-    assert_true(fc_log_has(log1, "removed stale socket", 0));
+    assert_true(TH_WAIT(th_log_has(log1, "daemon started", 0), 5000));
+    assert_true(th_log_has(log1, "removed stale socket", 0));
 
     /* a second agent on the same endpoint refuses to start, naming the problem */
     const char *log2 = path_in("busy2.log");
@@ -285,7 +285,7 @@ static void test_agent_daemon_local_socket(void **state)
     }
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 1);
-    assert_true(fc_log_has(log2, "listening there", 0));
+    assert_true(th_log_has(log2, "listening there", 0));
 
     /* the first one is unharmed */
     assert_int_equal(th_wait_exit(a1, 100), -1);

@@ -16,11 +16,11 @@
 static char *tmpdir;
 
 /* Waits for a hello from agent id listing a session of hw; returns that session's id. */
-static bool wait_hello(fake_coord *fc, const char *hw, char *sid, size_t sid_len, int ms)
+static bool wait_hello(th_fc *fc, const char *hw, char *sid, size_t sid_len, int ms)
 {
     uint64_t end = th_now_ms_() + (uint64_t)ms;
     while (th_now_ms_() < end) {
-        ihc_msg *m = fc_recv_type(fc, IHC_MSG_HELLO, (int)(end - th_now_ms_()));
+        ihc_msg *m = th_fc_recv_type_drop(fc, IHC_MSG_HELLO, (int)(end - th_now_ms_()));
         if (!m)
             return false;
         bool found = false;
@@ -41,8 +41,8 @@ static bool wait_hello(fake_coord *fc, const char *hw, char *sid, size_t sid_len
 static void test_agent_late_coordinator(void **state)
 {
     (void)state;
-    fake_coord fc = {0};
-    fc_pick_ports(&fc);
+    th_fc fc = {0};
+    th_fc_pick_ports(&fc);
     char log[4200], local[4200];
     snprintf(log, sizeof(log), "%s/agent.log", tmpdir);
     snprintf(local, sizeof(local), "ipc://%s/agent.sock", tmpdir);
@@ -62,20 +62,20 @@ static void test_agent_late_coordinator(void **state)
     assert_true(agent > 0);
 
     /* it runs (and works) without a coordinator */
-    assert_true(TH_WAIT(fc_log_has(log, "simulate progress", 0), 5000));
+    assert_true(TH_WAIT(th_log_has(log, "simulate progress", 0), 5000));
     assert_int_equal(th_wait_exit(agent, 10), -1);
 
     /* the coordinator appears on the ports the agent dials */
     uint64_t t0 = th_now_ms_();
-    assert_int_equal(fc_listen(&fc), 0);
+    assert_int_equal(th_fc_listen(&fc), 0);
     char sid[IHC_ID_MAX + 1] = "";
     assert_true(wait_hello(&fc, "dev-1", sid, sizeof(sid), 8000));
     fprintf(stderr, "hello %llu ms after the coordinator started listening\n",
             (unsigned long long)(th_now_ms_() - t0));
     const char *hws[] = {"dev-1"};
-    TH_PASS(fc_send_sync(&fc, "late-agent", hws, 1));
+    TH_PASS(th_fc_send_sync(&fc, "late-agent", hws, 1));
 
-    ihc_msg *r = fc_interrupt_until_report(&fc, 7, "dev-1", 1, 8000);
+    ihc_msg *r = th_fc_interrupt_until_report(&fc, 7, "dev-1", 1, 8000);
     assert_non_null(r);
     assert_string_equal(r->u.report.hw, "dev-1");
     assert_int_equal(r->u.report.n_sessions, 1);
@@ -85,13 +85,13 @@ static void test_agent_late_coordinator(void **state)
     char line[512];
     snprintf(line, sizeof(line), "simulate stopped session=%s hw=dev-1 module=text_processing",
              sid);
-    assert_true(TH_WAIT(fc_log_has(log, line, 0), 2000));
+    assert_true(TH_WAIT(th_log_has(log, line, 0), 2000));
 
     /* the replacement dev-1 session begins (after the pause, in the new epoch) */
     ihc_msg *b = NULL;
     uint64_t end = th_now_ms_() + 5000;
     while (!b && th_now_ms_() < end) {
-        ihc_msg *m = fc_recv(&fc, 200);
+        ihc_msg *m = th_fc_recv(&fc, 200);
         if (m && m->type == IHC_MSG_SESSION_BEGIN &&
             strcmp(m->u.session_begin.session.hw, "dev-1") == 0)
             b = m;
@@ -106,8 +106,8 @@ static void test_agent_late_coordinator(void **state)
     assert_string_not_equal(sid2, sid);
 
     /* the coordinator goes away and comes back: a new hello lists the current session */
-    fc_close(&fc); /* closes the agent's connections too */
-    assert_int_equal(fc_listen(&fc), 0);
+    th_fc_close(&fc); /* closes the agent's connections too */
+    assert_int_equal(th_fc_listen(&fc), 0);
     char sid3[IHC_ID_MAX + 1] = "";
     assert_true(wait_hello(&fc, "dev-1", sid3, sizeof(sid3), 8000));
     assert_string_equal(sid3, sid2);
@@ -115,7 +115,7 @@ static void test_agent_late_coordinator(void **state)
     int st = th_stop(agent, SIGTERM, 5000);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
-    fc_close(&fc);
+    th_fc_close(&fc);
 }
 
 static int setup(void **state)

@@ -23,7 +23,7 @@
 
 static struct {
     char *dir;
-    fake_coord fc;
+    th_fc fc;
     pid_t agent;
     char local[4200];
     char agent_log[4200];
@@ -78,7 +78,7 @@ static pid_t wait_begin(const char *sid)
 {
     uint64_t end = th_now_ms_() + 5000;
     while (th_now_ms_() < end) {
-        ihc_msg *m = fc_recv(&w.fc, 200);
+        ihc_msg *m = th_fc_recv(&w.fc, 200);
         if (m && m->type == IHC_MSG_SESSION_BEGIN &&
             strcmp(m->u.session_begin.session.session_id, sid) == 0) {
             pid_t pid = m->u.session_begin.session.pid;
@@ -97,7 +97,7 @@ static pid_t wait_begin(const char *sid)
 static ihc_msg *interrupt(const char *hw)
 {
     uint64_t *ep = &w.epoch[strcmp(hw, "dev-9") == 0 ? 0 : 1];
-    ihc_msg *r = fc_interrupt_until_report(&w.fc, ++w.next_id, hw, ++*ep, 5000);
+    ihc_msg *r = th_fc_interrupt_until_report(&w.fc, ++w.next_id, hw, ++*ep, 5000);
     assert_non_null(r);
     return r;
 }
@@ -128,10 +128,10 @@ static void test_run_exit_code(void **state)
     st = run_to_end(log, a4, NULL, 10000);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 127);
-    assert_true(fc_log_has(log, "cannot run /no/such/command-ihc", 0));
+    assert_true(th_log_has(log, "cannot run /no/such/command-ihc", 0));
 
     /* every one of them ended its session */
-    assert_true(TH_WAIT(fc_log_has(w.agent_log, "local session ended session=exit-0", 0), 3000));
+    assert_true(TH_WAIT(th_log_has(w.agent_log, "local session ended session=exit-0", 0), 3000));
 }
 
 static void test_run_usage_and_unreachable(void **state)
@@ -141,22 +141,22 @@ static void test_run_usage_and_unreachable(void **state)
     char *a1[] = {"--", "true", NULL};
     int st = run_to_end(log, a1, NULL, 5000);
     assert_int_equal(WEXITSTATUS(st), 2);
-    assert_true(fc_log_has(log, "--hw", 0));
+    assert_true(th_log_has(log, "--hw", 0));
 
     char *a2[] = {"--hw", "bad hw!", "--", "true", NULL};
     st = run_to_end(log, a2, NULL, 5000);
     assert_int_equal(WEXITSTATUS(st), 2);
-    assert_true(fc_log_has(log, "invalid hardware_id", 0));
+    assert_true(th_log_has(log, "invalid hardware_id", 0));
 
     char *a3[] = {"--hw", "dev-9", NULL};
     st = run_to_end(log, a3, NULL, 5000);
     assert_int_equal(WEXITSTATUS(st), 2);
-    assert_true(fc_log_has(log, "no command", 0));
+    assert_true(th_log_has(log, "no command", 0));
 
     char *a4[] = {"--hw", "dev-9", "--bogus", "--", "true", NULL};
     st = run_to_end(log, a4, NULL, 5000);
     assert_int_equal(WEXITSTATUS(st), 2);
-    assert_true(fc_log_has(log, "--bogus", 0));
+    assert_true(th_log_has(log, "--bogus", 0));
 
     /* nobody listens there: exit 3 and the command never ran */
     char nobody[4300];
@@ -168,7 +168,7 @@ static void test_run_usage_and_unreachable(void **state)
     st = run_to_end(log, a5, nobody, 10000);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 3);
-    assert_true(fc_log_has(log, "cannot reach the ihc agent", 0));
+    assert_true(th_log_has(log, "cannot reach the ihc agent", 0));
     struct stat sst;
     assert_int_not_equal(stat(marker, &sst), 0);
 }
@@ -199,8 +199,8 @@ static void test_run_interrupt_polite(void **state)
     char want[512];
     snprintf(want, sizeof(want),
              "ihc run: interrupted (hardware_id dev-9, session %s): sent SIGTERM", sid);
-    assert_true(fc_log_has(log, want, 0));
-    assert_true(fc_log_has(log, "ihc run: sleep stopped by interrupt (signal 15)", 0));
+    assert_true(th_log_has(log, want, 0));
+    assert_true(th_log_has(log, "ihc run: sleep stopped by interrupt (signal 15)", 0));
 }
 
 static void test_run_interrupt_stubborn(void **state)
@@ -228,8 +228,8 @@ static void test_run_interrupt_stubborn(void **state)
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 128 + SIGKILL);
     assert_true(took < MODULE_TIMEOUT_MS + KILL_GRACE_MS + 2500);
-    assert_true(fc_log_has(log, "ihc run: interrupted (hardware_id dev-9", 0));
-    assert_true(fc_log_has(log, "killed by SIGKILL after the grace period", 0));
+    assert_true(th_log_has(log, "ihc run: interrupted (hardware_id dev-9", 0));
+    assert_true(th_log_has(log, "killed by SIGKILL after the grace period", 0));
     /* nothing of its process group is left */
     assert_true(TH_WAIT(kill(-child, 0) == -1 && errno == ESRCH, 2000));
 }
@@ -248,10 +248,10 @@ static void test_run_forwards_signals(void **state)
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 128 + SIGINT);
     /* not an interrupt: no such message, and the session ended normally */
-    assert_false(fc_log_has(log, "interrupted (hardware_id", 0));
+    assert_false(th_log_has(log, "interrupted (hardware_id", 0));
     char want[256];
     snprintf(want, sizeof(want), "local session ended session=%s", sid);
-    assert_true(TH_WAIT(fc_log_has(w.agent_log, want, 0), 3000));
+    assert_true(TH_WAIT(th_log_has(w.agent_log, want, 0), 3000));
 }
 
 /* ---- the local protocol itself ---- */
@@ -340,7 +340,7 @@ static void test_run_local_protocol(void **state)
     ihc_msg *e = NULL;
     uint64_t end = th_now_ms_() + 5000;
     while (!e && th_now_ms_() < end) {
-        ihc_msg *m = fc_recv(&w.fc, 200);
+        ihc_msg *m = th_fc_recv(&w.fc, 200);
         if (m && m->type == IHC_MSG_SESSION_END &&
             strcmp(m->u.session_end.session_id, "s-dies") == 0)
             e = m;
@@ -400,7 +400,7 @@ static int setup(void **state)
         snprintf(w.runner, sizeof(w.runner), "%s", th_bin("ihc-run-driver"));
         fprintf(stderr, "the ihc CLI is not built: testing ihc_run_main through %s\n", w.runner);
     }
-    if (fc_listen(&w.fc) != 0)
+    if (th_fc_listen(&w.fc) != 0)
         return -1;
     snprintf(w.local, sizeof(w.local), "ipc://%s/agent.sock", w.dir);
     snprintf(w.agent_log, sizeof(w.agent_log), "%s/agent.log", w.dir);
@@ -418,14 +418,14 @@ static int setup(void **state)
     w.agent = th_spawn(argv, w.agent_log, env);
     if (w.agent <= 0)
         return -1;
-    ihc_msg *h = fc_recv_type(&w.fc, IHC_MSG_HELLO, 10000);
+    ihc_msg *h = th_fc_recv_type_drop(&w.fc, IHC_MSG_HELLO, 10000);
     if (!h) {
         fprintf(stderr, "no hello from the agent\n");
         return -1;
     }
     ihc_msg_free(h);
     const char *hws[] = {"dev-9", "dev-8"};
-    if (fc_send_sync(&w.fc, "run-agent", hws, 2) != IHC_OK)
+    if (th_fc_send_sync(&w.fc, "run-agent", hws, 2) != IHC_OK)
         return -1;
     struct stat st;
     return TH_WAIT(stat(w.local + 6, &st) == 0, 5000) ? 0 : -1;
@@ -442,7 +442,7 @@ static int teardown(void **state)
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
             fprintf(stderr, "ihc-agent did not stop cleanly (status 0x%x)\n", st);
     }
-    fc_close(&w.fc);
+    th_fc_close(&w.fc);
     if (w.dir && !getenv("IHC_KEEP_TMP")) {
         char cmd[4300];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", w.dir);

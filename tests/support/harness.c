@@ -137,6 +137,40 @@ bool th_wait_until(bool (*cond)(void *arg), void *arg, int timeout_ms)
     return TH_WAIT(cond(arg), timeout_ms);
 }
 
+char *th_slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return strdup("");
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (len + 1024 + 1 > cap)
+            buf = realloc(buf, cap *= 2);
+        size_t n = fread(buf + len, 1, cap - len - 1, f);
+        if (n == 0)
+            break;
+        len += n;
+    }
+    fclose(f);
+    buf[len] = '\0';
+    return buf;
+}
+
+bool th_log_has(const char *path, const char *needle, size_t from)
+{
+    char *s = th_slurp(path);
+    bool found = strlen(s) >= from && strstr(s + from, needle) != NULL;
+    free(s);
+    return found;
+}
+
+size_t th_file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (size_t)st.st_size : 0;
+}
+
 static bool redis_answers(void *arg)
 {
     th_redis *r = arg;

@@ -72,6 +72,12 @@ bool th_wait_until(bool (*cond)(void *arg), void *arg, int timeout_ms);
 uint64_t th_now_ms_(void);
 void th_sleep_ms_(unsigned ms);
 
+/* Log files of started processes: the whole file as a malloc'd string (caller frees; ""
+ * when missing), whether it contains needle at or after byte offset from, and its size. */
+char *th_slurp(const char *path);
+bool th_log_has(const char *path, const char *needle, size_t from);
+size_t th_file_size(const char *path);
+
 /* A real redis-server on 127.0.0.1:port, data in its own temporary directory. */
 typedef struct {
     pid_t pid;

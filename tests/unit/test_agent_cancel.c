@@ -1,8 +1,10 @@
 /* Unit tests of the interrupt path: fencing by epochs, dedupe by interrupt id, global
  * interrupts, a race of session begins against interrupts, hello on (re)connect, catch-up on
- * sync, callbacks, should_interrupt and escalation to signals. A fake coordinator in the test
- * (nng PUB + PULL on free tcp ports) plays the other side. */
+ * sync, callbacks, should_interrupt and escalation to signals. The fake coordinator of
+ * tests/support (nng PUB + PULL on free tcp ports) plays the other side. */
 #include "harness.h"
+
+#include "fake_coord.h"
 
 #include "agent_int.h"
 #include "clock.h"
@@ -10,9 +12,6 @@
 #include "ihc/agent.h"
 #include "wire.h"
 
-#include <nng/nng.h>
-#include <nng/protocol/pipeline0/pull.h>
-#include <nng/protocol/pubsub0/pub.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -22,149 +21,6 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-/* ---- fake coordinator ---- */
-
-typedef struct fake_item {
-    ihc_msg *m;
-    struct fake_item *next;
-} fake_item;
-
-typedef struct {
-    nng_socket pub, pull;
-    char pub_url[64], pull_url[64];
-    fake_item *queue; /* received, not yet asked for */
-} fake_coord;
-
-/* Listens on pub_url / pull_url, or on free ports when NULL. */
-static void fake_start_on(fake_coord *f, const char *pub_url, const char *pull_url)
-{
-    memset(f, 0, sizeof(*f));
-    if (pub_url)
-        snprintf(f->pub_url, sizeof(f->pub_url), "%s", pub_url);
-    else
-        snprintf(f->pub_url, sizeof(f->pub_url), "tcp://127.0.0.1:%d", th_free_port());
-    if (pull_url)
-        snprintf(f->pull_url, sizeof(f->pull_url), "%s", pull_url);
-    else
-        snprintf(f->pull_url, sizeof(f->pull_url), "tcp://127.0.0.1:%d", th_free_port());
-    assert_int_equal(nng_pub0_open(&f->pub), 0);
-    assert_int_equal(nng_pull0_open(&f->pull), 0);
-    assert_int_equal(nng_listen(f->pub, f->pub_url, NULL, 0), 0);
-    assert_int_equal(nng_listen(f->pull, f->pull_url, NULL, 0), 0);
-    assert_int_equal(nng_socket_set_ms(f->pull, NNG_OPT_RECVTIMEO, 20), 0);
-}
-
-static void fake_start(fake_coord *f)
-{
-    fake_start_on(f, NULL, NULL);
-}
-
-static void fake_stop(fake_coord *f)
-{
-    nng_close(f->pub);
-    nng_close(f->pull);
-    while (f->queue) {
-        fake_item *it = f->queue;
-        f->queue = it->next;
-        ihc_msg_free(it->m);
-        free(it);
-    }
-}
-
-static void fake_publish(fake_coord *f, const ihc_msg *m)
-{
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    TH_PASS(ihc_wire_encode_framed(m, NULL, &buf, &len));
-    assert_int_equal(nng_send(f->pub, buf, len, 0), 0);
-    free(buf);
-}
-
-static void fake_interrupt_n(fake_coord *f, uint64_t id, const char *hw, uint64_t epoch,
-                             const char *agent, uint32_t attempt)
-{
-    ihc_msg m = {.type = IHC_MSG_INTERRUPT};
-    char *agents[1] = {(char *)agent};
-    m.u.interrupt = (ihc_interrupt_msg){.id = id,
-                                        .hw = (char *)hw,
-                                        .epoch = epoch,
-                                        .reason = "test",
-                                        .deadline_ms = 0,
-                                        .agents = agent ? agents : NULL,
-                                        .n_agents = agent ? 1 : 0,
-                                        .attempt = attempt};
-    fake_publish(f, &m);
-}
-
-static void fake_interrupt(fake_coord *f, uint64_t id, const char *hw, uint64_t epoch,
-                           const char *agent)
-{
-    fake_interrupt_n(f, id, hw, epoch, agent, 0);
-}
-
-/* The next message of type t (others are kept for later calls), or NULL at the deadline. */
-static ihc_msg *fake_recv(fake_coord *f, ihc_msg_type t, int timeout_ms)
-{
-    for (fake_item **pp = &f->queue; *pp; pp = &(*pp)->next) {
-        if ((*pp)->m->type == t) {
-            fake_item *it = *pp;
-            *pp = it->next;
-            ihc_msg *m = it->m;
-            free(it);
-            return m;
-        }
-    }
-    uint64_t end = th_now_ms_() + (uint64_t)timeout_ms;
-    while (th_now_ms_() < end) {
-        void *buf = NULL;
-        size_t len = 0;
-        if (nng_recv(f->pull, &buf, &len, NNG_FLAG_ALLOC) != 0)
-            continue;
-        ihc_msg *m = NULL;
-        char detail[128];
-        int rc = ihc_wire_decode(buf, len, NULL, &m, detail, sizeof(detail));
-        nng_free(buf, len);
-        if (rc != 0)
-            fail_msg("agent sent an undecodable message: %s (%s)", ihc_strerror(rc), detail);
-        if (m->type == t)
-            return m;
-        fake_item *it = calloc(1, sizeof(*it));
-        it->m = m;
-        fake_item **tail = &f->queue;
-        while (*tail)
-            tail = &(*tail)->next;
-        *tail = it;
-    }
-    return NULL;
-}
-
-static void fake_drop(fake_coord *f, ihc_msg_type t)
-{
-    ihc_msg *m;
-    while ((m = fake_recv(f, t, 0)))
-        ihc_msg_free(m);
-}
-
-/* Answers hellos with an empty sync until the agent says it is connected. */
-static void fake_connect(fake_coord *f, ihc_agent *a)
-{
-    uint64_t end = th_now_ms_() + 10000;
-    while (!ihc_agent_connected(a)) {
-        if (th_now_ms_() > end)
-            fail_msg("agent did not connect");
-        ihc_msg *h = fake_recv(f, IHC_MSG_HELLO, 100);
-        if (!h)
-            continue;
-        ihc_msg_free(h);
-        ihc_epoch_info ep = {.hw = "*", .epoch = 0, .set_ms = 0};
-        ihc_msg s = {.type = IHC_MSG_SYNC};
-        s.u.sync = (ihc_sync_msg){.agent = (char *)ihc_agent_id(a), .epochs = &ep, .n_epochs = 1};
-        fake_publish(f, &s);
-        TH_WAIT(ihc_agent_connected(a), 300);
-    }
-    fake_drop(f, IHC_MSG_HELLO);
-}
 
 /* ---- tests ---- */
 
@@ -224,10 +80,10 @@ static ihc_agent *open_agent_on(const char *pub, const char *pull, const agent_c
     return a;
 }
 
-static ihc_agent *open_agent(fake_coord *f, const agent_cfg *c)
+static ihc_agent *open_agent(th_fc *f, const agent_cfg *c)
 {
-    ihc_agent *a = open_agent_on(f->pub_url, f->pull_url, c);
-    fake_connect(f, a);
+    ihc_agent *a = open_agent_on(f->pub_url, f->report_url, c);
+    th_fc_connect(f, a, ihc_agent_id(a), ihc_agent_connected);
     return a;
 }
 
@@ -247,9 +103,9 @@ static bool has_session(const ihc_msg *r, const char *sid)
     return false;
 }
 
-static ihc_msg *expect_report(fake_coord *f, uint64_t id)
+static ihc_msg *expect_report(th_fc *f, uint64_t id)
 {
-    ihc_msg *r = fake_recv(f, IHC_MSG_REPORT, 5000);
+    ihc_msg *r = th_fc_recv_type(f, IHC_MSG_REPORT, 5000);
     if (!r)
         fail_msg("no report for interrupt %llu", (unsigned long long)id);
     if (r->u.report.id != id)
@@ -259,13 +115,14 @@ static ihc_msg *expect_report(fake_coord *f, uint64_t id)
 }
 
 /* Waits for the session_end of sid and checks its state; other sessions' ends are kept. */
-static void expect_end(fake_coord *f, const char *sid, const char *state)
+static void expect_end(th_fc *f, const char *sid, const char *state)
 {
     uint64_t end = th_now_ms_() + 5000;
-    fake_item *others = NULL;
+    ihc_msg **others = NULL;
+    size_t n_others = 0;
     bool found = false;
     while (!found && th_now_ms_() < end) {
-        ihc_msg *m = fake_recv(f, IHC_MSG_SESSION_END, 100);
+        ihc_msg *m = th_fc_recv_type(f, IHC_MSG_SESSION_END, 100);
         if (!m)
             continue;
         if (strcmp(m->u.session_end.session_id, sid) == 0) {
@@ -273,18 +130,16 @@ static void expect_end(fake_coord *f, const char *sid, const char *state)
             ihc_msg_free(m);
             found = true;
         } else {
-            fake_item *it = calloc(1, sizeof(*it));
-            it->m = m;
-            it->next = others;
-            others = it;
+            ihc_msg **grown = realloc(others, (n_others + 1) * sizeof(*others));
+            assert_non_null(grown);
+            others = grown;
+            others[n_others++] = m;
         }
     }
-    while (others) {
-        fake_item *it = others;
-        others = it->next;
-        it->next = f->queue;
-        f->queue = it;
-    }
+    /* back in the order they came, ahead of anything still queued */
+    while (n_others > 0)
+        th_fc_unget(f, others[--n_others]);
+    free(others);
     if (!found)
         fail_msg("no session_end for %s", sid);
 }
@@ -292,14 +147,14 @@ static void expect_end(fake_coord *f, const char *sid, const char *state)
 static void test_agent_cancel_interrupt_report(void **state)
 {
     (void)state;
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
     ihc_token *t1 = begin(a, "s-1", "dev-1", 0);
     ihc_token *t2 = begin(a, "s-2", "dev-1", 0);
     ihc_token *t3 = begin(a, "s-3", "dev-2", 0);
 
-    fake_interrupt(&f, 1, "dev-1", 1, NULL);
+    TH_PASS(th_fc_send_interrupt(&f, 1, "dev-1", 1, NULL, 0));
     ihc_msg *r = expect_report(&f, 1);
     assert_string_equal(r->u.report.agent, "cancel-agent:1");
     assert_string_equal(r->u.report.hw, "dev-1");
@@ -330,13 +185,13 @@ static void test_agent_cancel_interrupt_report(void **state)
 
     /* a session begun after the interrupt carries its epoch and survives it */
     ihc_token *t4 = begin(a, "s-4", "dev-1", 0);
-    fake_interrupt(&f, 2, "dev-1", 1, ihc_agent_id(a));
+    TH_PASS(th_fc_send_interrupt(&f, 2, "dev-1", 1, ihc_agent_id(a), 0));
     r = expect_report(&f, 2);
     assert_int_equal(r->u.report.n_sessions, 0);
     ihc_msg_free(r);
     assert_false(ihc_token_cancelled(t4));
     /* the next epoch cancels it */
-    fake_interrupt(&f, 3, "dev-1", 2, NULL);
+    TH_PASS(th_fc_send_interrupt(&f, 3, "dev-1", 2, NULL, 0));
     r = expect_report(&f, 3);
     assert_int_equal(r->u.report.n_sessions, 1);
     assert_true(has_session(r, "s-4"));
@@ -348,29 +203,29 @@ static void test_agent_cancel_interrupt_report(void **state)
     ihc_token_release(t3);
     ihc_token_release(t4);
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 static void test_agent_cancel_duplicate_once(void **state)
 {
     (void)state;
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
     ihc_token *t1 = begin(a, "d-1", "dev-1", 0);
-    fake_interrupt(&f, 5, "dev-1", 1, NULL);
+    TH_PASS(th_fc_send_interrupt(&f, 5, "dev-1", 1, NULL, 0));
     ihc_msg *r = expect_report(&f, 5);
     assert_int_equal(r->u.report.n_sessions, 1);
     ihc_msg_free(r);
     assert_int_equal(atomic_load(&method_calls), 1);
     /* re-sent without this agent listed: ignored; the marker's report comes next */
-    fake_interrupt_n(&f, 5, "dev-1", 1, NULL, 1);
-    fake_interrupt(&f, 6, "dev-9", 1, ihc_agent_id(a));
+    TH_PASS(th_fc_send_interrupt(&f, 5, "dev-1", 1, NULL, 1));
+    TH_PASS(th_fc_send_interrupt(&f, 6, "dev-9", 1, ihc_agent_id(a), 0));
     r = expect_report(&f, 6);
     ihc_msg_free(r);
     assert_int_equal(atomic_load(&method_calls), 2);
     /* re-sent with this agent listed: the same report again, nothing run twice */
-    fake_interrupt_n(&f, 5, "dev-1", 1, ihc_agent_id(a), 2);
+    TH_PASS(th_fc_send_interrupt(&f, 5, "dev-1", 1, ihc_agent_id(a), 2));
     r = expect_report(&f, 5);
     assert_int_equal(r->u.report.n_sessions, 1);
     assert_true(has_session(r, "d-1"));
@@ -380,21 +235,21 @@ static void test_agent_cancel_duplicate_once(void **state)
     assert_int_equal(atomic_load(&cb_calls), 2);
     ihc_token_release(t1);
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 static void test_agent_cancel_listed_and_unconcerned(void **state)
 {
     (void)state;
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
     ihc_token *t1 = begin(a, "u-1", "dev-1", 0);
     /* no session of dev-7 and not listed: not for this agent */
-    fake_interrupt(&f, 20, "dev-7", 1, NULL);
-    fake_interrupt(&f, 21, "dev-8", 1, "someone-else:1");
+    TH_PASS(th_fc_send_interrupt(&f, 20, "dev-7", 1, NULL, 0));
+    TH_PASS(th_fc_send_interrupt(&f, 21, "dev-8", 1, "someone-else:1", 0));
     /* listed without a session: answers with no sessions */
-    fake_interrupt(&f, 22, "dev-7", 2, ihc_agent_id(a));
+    TH_PASS(th_fc_send_interrupt(&f, 22, "dev-7", 2, ihc_agent_id(a), 0));
     ihc_msg *r = expect_report(&f, 22);
     assert_int_equal(r->u.report.n_sessions, 0);
     assert_int_equal(r->u.report.n_modules, 1);
@@ -404,23 +259,23 @@ static void test_agent_cancel_listed_and_unconcerned(void **state)
     assert_true(ihc_agent_should_interrupt(a, "dev-7"));
     assert_false(ihc_agent_should_interrupt(a, "dev-8"));
     /* the ignored id is not remembered as handled: a listed re-send is answered */
-    fake_interrupt_n(&f, 20, "dev-7", 1, ihc_agent_id(a), 1);
+    TH_PASS(th_fc_send_interrupt(&f, 20, "dev-7", 1, ihc_agent_id(a), 1));
     r = expect_report(&f, 20);
     ihc_msg_free(r);
     ihc_token_release(t1);
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 static void test_agent_cancel_global(void **state)
 {
     (void)state;
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
     ihc_token *t1 = begin(a, "g-1", "dev-1", 0);
     ihc_token *t2 = begin(a, "g-2", "dev-2", 0);
-    fake_interrupt(&f, 30, "*", 1, NULL);
+    TH_PASS(th_fc_send_interrupt(&f, 30, "*", 1, NULL, 0));
     ihc_msg *r = expect_report(&f, 30);
     assert_string_equal(r->u.report.hw, "*");
     assert_int_equal(r->u.report.n_sessions, 2);
@@ -435,7 +290,7 @@ static void test_agent_cancel_global(void **state)
     pthread_mutex_unlock(&cb_mu);
     /* a session begun after the global interrupt survives the same global epoch */
     ihc_token *t3 = begin(a, "g-3", "dev-3", 0);
-    fake_interrupt(&f, 31, "*", 1, NULL);
+    TH_PASS(th_fc_send_interrupt(&f, 31, "*", 1, NULL, 0));
     r = expect_report(&f, 31);
     assert_int_equal(r->u.report.n_sessions, 0);
     ihc_msg_free(r);
@@ -444,7 +299,7 @@ static void test_agent_cancel_global(void **state)
     ihc_token_release(t2);
     ihc_token_release(t3);
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 /* ---- race: session begins against interrupts ---- */
@@ -486,8 +341,8 @@ static void *race_main(void *arg)
 static void test_agent_cancel_race(void **state)
 {
     (void)state;
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     agent_cfg cfg = {.no_cleanup = true, .max_sessions = RACE_THREADS * RACE_MAX};
     ihc_agent *a = open_agent(&f, &cfg);
     atomic_store(&race_last_seen, 0);
@@ -499,7 +354,8 @@ static void test_agent_cancel_race(void **state)
     }
     size_t reported = 0;
     for (int e = 1; e <= RACE_INTERRUPTS; e++) {
-        fake_interrupt(&f, 100 + (uint64_t)e, "race", (uint64_t)e, ihc_agent_id(a));
+        TH_PASS(
+            th_fc_send_interrupt(&f, 100 + (uint64_t)e, "race", (uint64_t)e, ihc_agent_id(a), 0));
         ihc_msg *r = expect_report(&f, 100 + (uint64_t)e);
         reported += r->u.report.n_sessions;
         ihc_msg_free(r);
@@ -532,7 +388,7 @@ static void test_agent_cancel_race(void **state)
         for (int k = 0; k < ctx[i].n; k++)
             ihc_token_release(ctx[i].toks[k]);
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 /* ---- connection ---- */
@@ -540,17 +396,15 @@ static void test_agent_cancel_race(void **state)
 static void test_agent_cancel_hello_on_connect(void **state)
 {
     (void)state;
-    char pub[64], pull[64];
-    snprintf(pub, sizeof(pub), "tcp://127.0.0.1:%d", th_free_port());
-    snprintf(pull, sizeof(pull), "tcp://127.0.0.1:%d", th_free_port());
-    ihc_agent *a = open_agent_on(pub, pull, NULL);
+    th_fc f = {0};
+    th_fc_pick_ports(&f);
+    ihc_agent *a = open_agent_on(f.pub_url, f.report_url, NULL);
     ihc_token *t1 = begin(a, "early", "dev-1", 0);
     /* let the first dials fail: the coordinator really comes up after the agent */
     th_sleep_ms_(150);
     assert_false(ihc_agent_connected(a));
-    fake_coord f;
-    fake_start_on(&f, pub, pull);
-    ihc_msg *h = fake_recv(&f, IHC_MSG_HELLO, 5000);
+    assert_int_equal(th_fc_listen(&f), 0);
+    ihc_msg *h = th_fc_recv_type(&f, IHC_MSG_HELLO, 5000);
     assert_non_null(h);
     assert_string_equal(h->u.hello.agent, "cancel-agent:1");
     assert_int_equal(h->u.hello.pid, (int32_t)getpid());
@@ -563,41 +417,41 @@ static void test_agent_cancel_hello_on_connect(void **state)
     assert_string_equal(h->u.hello.sessions[0].hw, "dev-1");
     assert_string_equal(h->u.hello.sessions[0].module, "text_processing");
     ihc_msg_free(h);
-    fake_connect(&f, a);
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
     assert_true(ihc_agent_connected(a));
 
     /* the coordinator goes away and comes back: the agent says hello again */
-    fake_stop(&f);
+    th_fc_close(&f);
     assert_true(TH_WAIT(!ihc_agent_connected(a), 5000));
-    fake_start_on(&f, pub, pull);
-    h = fake_recv(&f, IHC_MSG_HELLO, 5000);
+    assert_int_equal(th_fc_listen(&f), 0); /* on the same ports */
+    h = th_fc_recv_type(&f, IHC_MSG_HELLO, 5000);
     assert_non_null(h);
     assert_int_equal(h->u.hello.n_sessions, 1);
     ihc_msg_free(h);
-    fake_connect(&f, a);
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
     /* and interrupts flow again */
-    fake_interrupt(&f, 40, "dev-1", 1, NULL);
+    TH_PASS(th_fc_send_interrupt(&f, 40, "dev-1", 1, NULL, 0));
     ihc_msg *r = expect_report(&f, 40);
     assert_true(has_session(r, "early"));
     ihc_msg_free(r);
     ihc_token_release(t1);
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
-static void send_sync(fake_coord *f, ihc_agent *a, const char *hw, uint64_t epoch, int64_t set_ms)
+static void send_sync(th_fc *f, ihc_agent *a, const char *hw, uint64_t epoch, int64_t set_ms)
 {
     ihc_epoch_info ep = {.hw = (char *)hw, .epoch = epoch, .set_ms = set_ms};
     ihc_msg s = {.type = IHC_MSG_SYNC};
     s.u.sync = (ihc_sync_msg){.agent = (char *)ihc_agent_id(a), .epochs = &ep, .n_epochs = 1};
-    fake_publish(f, &s);
+    TH_PASS(th_fc_publish(f, &s));
 }
 
 static void test_agent_cancel_catch_up_on_sync(void **state)
 {
     (void)state;
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
     ihc_token *told = begin(a, "old", "dev-1", 0);
     ihc_token *tyoung = begin(a, "young", "dev-2", 0);
@@ -614,7 +468,7 @@ static void test_agent_cancel_catch_up_on_sync(void **state)
     /* dev-2's last interrupt was before "young" began: it adopts the epoch */
     send_sync(&f, a, "dev-2", 3, now - 60000);
     /* a re-send of that interrupt must now leave it alone */
-    fake_interrupt(&f, 50, "dev-2", 3, ihc_agent_id(a));
+    TH_PASS(th_fc_send_interrupt(&f, 50, "dev-2", 3, ihc_agent_id(a), 0));
     ihc_msg *r = expect_report(&f, 50);
     assert_int_equal(r->u.report.n_sessions, 0);
     ihc_msg_free(r);
@@ -626,12 +480,12 @@ static void test_agent_cancel_catch_up_on_sync(void **state)
     assert_true(TH_WAIT(ihc_token_cancelled(tyoung), 5000));
     assert_true(TH_WAIT(ihc_agent_session_count(a) == 0, 5000));
     /* no report for a catch-up: there is no interrupt id to answer */
-    assert_null(fake_recv(&f, IHC_MSG_REPORT, 100));
+    assert_null(th_fc_recv_type(&f, IHC_MSG_REPORT, 100));
     ihc_token_release(told);
     ihc_token_release(tyoung);
     ihc_token_release(tg);
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 /* ---- escalation ---- */
@@ -664,8 +518,8 @@ static bool alive(pid_t pid)
 static void test_agent_cancel_escalation(void **state)
 {
     (void)state;
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     agent_cfg cfg = {.module_timeout = 0.2, .kill_grace = 0.2};
     ihc_agent *a = open_agent(&f, &cfg);
     pid_t stubborn = child(true);
@@ -675,7 +529,7 @@ static void test_agent_cancel_escalation(void **state)
     ihc_token *t2 = begin(a, "plain", "dev-1", plain);
     ihc_token *t3 = begin(a, "polite", "dev-1", polite);
     uint64_t t0 = th_now_ms_();
-    fake_interrupt(&f, 60, "dev-1", 1, NULL);
+    TH_PASS(th_fc_send_interrupt(&f, 60, "dev-1", 1, NULL, 0));
     ihc_msg *r = expect_report(&f, 60);
     /* the report does not wait for escalation */
     assert_int_equal(r->u.report.n_sessions, 3);
@@ -698,15 +552,15 @@ static void test_agent_cancel_escalation(void **state)
     ihc_token_release(t2);
     ihc_token_release(t3);
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 /* A process that exits by itself in time is left alone (and not reaped by the agent). */
 static void test_agent_cancel_escalation_exited(void **state)
 {
     (void)state;
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     agent_cfg cfg = {.module_timeout = 0.3, .kill_grace = 0.2};
     ihc_agent *a = open_agent(&f, &cfg);
     pid_t p = fork();
@@ -716,7 +570,7 @@ static void test_agent_cancel_escalation_exited(void **state)
         _exit(127);
     }
     ihc_token *t = begin(a, "exits", "dev-1", p);
-    fake_interrupt(&f, 70, "dev-1", 1, NULL);
+    TH_PASS(th_fc_send_interrupt(&f, 70, "dev-1", 1, NULL, 0));
     ihc_msg *r = expect_report(&f, 70);
     ihc_msg_free(r);
     int st = th_wait_exit(p, 5000);
@@ -724,7 +578,7 @@ static void test_agent_cancel_escalation_exited(void **state)
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 7);
     ihc_token_release(t);
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 int main(void)

@@ -1,16 +1,16 @@
 /* Unit tests of agent modules: methods in order, a hanging method reported timed out without
  * holding the report back, failing and disabled modules, config-file overrides and errors.
- * A fake coordinator in the test (nng PUB + PULL on free tcp ports) sends the interrupts. */
+ * The fake coordinator of tests/support (nng PUB + PULL on free tcp ports) sends the
+ * interrupts. */
 #include "harness.h"
+
+#include "fake_coord.h"
 
 #include "err.h"
 #include "ihc/agent.h"
 #include "module.h"
 #include "wire.h"
 
-#include <nng/nng.h>
-#include <nng/protocol/pipeline0/pull.h>
-#include <nng/protocol/pubsub0/pub.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdatomic.h>
@@ -20,137 +20,13 @@
 #include <time.h>
 #include <unistd.h>
 
-/* ---- fake coordinator ---- */
-
-typedef struct fake_item {
-    ihc_msg *m;
-    struct fake_item *next;
-} fake_item;
-
-typedef struct {
-    nng_socket pub, pull;
-    char pub_url[64], pull_url[64];
-    fake_item *queue; /* received, not yet asked for */
-} fake_coord;
-
-static void fake_start(fake_coord *f)
-{
-    memset(f, 0, sizeof(*f));
-    snprintf(f->pub_url, sizeof(f->pub_url), "tcp://127.0.0.1:%d", th_free_port());
-    snprintf(f->pull_url, sizeof(f->pull_url), "tcp://127.0.0.1:%d", th_free_port());
-    assert_int_equal(nng_pub0_open(&f->pub), 0);
-    assert_int_equal(nng_pull0_open(&f->pull), 0);
-    assert_int_equal(nng_listen(f->pub, f->pub_url, NULL, 0), 0);
-    assert_int_equal(nng_listen(f->pull, f->pull_url, NULL, 0), 0);
-    assert_int_equal(nng_socket_set_ms(f->pull, NNG_OPT_RECVTIMEO, 20), 0);
-}
-
-static void fake_stop(fake_coord *f)
-{
-    nng_close(f->pub);
-    nng_close(f->pull);
-    while (f->queue) {
-        fake_item *it = f->queue;
-        f->queue = it->next;
-        ihc_msg_free(it->m);
-        free(it);
-    }
-}
-
-static void fake_publish(fake_coord *f, const ihc_msg *m)
-{
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    TH_PASS(ihc_wire_encode_framed(m, NULL, &buf, &len));
-    assert_int_equal(nng_send(f->pub, buf, len, 0), 0);
-    free(buf);
-}
-
-static void fake_interrupt(fake_coord *f, uint64_t id, const char *hw, uint64_t epoch,
-                           const char *agent)
-{
-    ihc_msg m = {.type = IHC_MSG_INTERRUPT};
-    char *agents[1] = {(char *)agent};
-    m.u.interrupt = (ihc_interrupt_msg){.id = id,
-                                        .hw = (char *)hw,
-                                        .epoch = epoch,
-                                        .reason = "test",
-                                        .deadline_ms = 0,
-                                        .agents = agent ? agents : NULL,
-                                        .n_agents = agent ? 1 : 0};
-    fake_publish(f, &m);
-}
-
-/* The next message of type t (others are kept for later calls), or NULL at the deadline. */
-static ihc_msg *fake_recv(fake_coord *f, ihc_msg_type t, int timeout_ms)
-{
-    for (fake_item **pp = &f->queue; *pp; pp = &(*pp)->next) {
-        if ((*pp)->m->type == t) {
-            fake_item *it = *pp;
-            *pp = it->next;
-            ihc_msg *m = it->m;
-            free(it);
-            return m;
-        }
-    }
-    uint64_t end = th_now_ms_() + (uint64_t)timeout_ms;
-    while (th_now_ms_() < end) {
-        void *buf = NULL;
-        size_t len = 0;
-        if (nng_recv(f->pull, &buf, &len, NNG_FLAG_ALLOC) != 0)
-            continue;
-        ihc_msg *m = NULL;
-        char detail[128];
-        int rc = ihc_wire_decode(buf, len, NULL, &m, detail, sizeof(detail));
-        nng_free(buf, len);
-        if (rc != 0)
-            fail_msg("agent sent an undecodable message: %s (%s)", ihc_strerror(rc), detail);
-        if (m->type == t)
-            return m;
-        fake_item *it = calloc(1, sizeof(*it));
-        it->m = m;
-        fake_item **tail = &f->queue;
-        while (*tail)
-            tail = &(*tail)->next;
-        *tail = it;
-    }
-    return NULL;
-}
-
-static void fake_drop(fake_coord *f, ihc_msg_type t)
-{
-    ihc_msg *m;
-    while ((m = fake_recv(f, t, 0)))
-        ihc_msg_free(m);
-}
-
-/* Answers hellos with an empty sync until the agent says it is connected. */
-static void fake_connect(fake_coord *f, ihc_agent *a)
-{
-    uint64_t end = th_now_ms_() + 10000;
-    while (!ihc_agent_connected(a)) {
-        if (th_now_ms_() > end)
-            fail_msg("agent did not connect");
-        ihc_msg *h = fake_recv(f, IHC_MSG_HELLO, 100);
-        if (!h)
-            continue;
-        ihc_msg_free(h);
-        ihc_epoch_info ep = {.hw = "*", .epoch = 0, .set_ms = 0};
-        ihc_msg s = {.type = IHC_MSG_SYNC};
-        s.u.sync = (ihc_sync_msg){.agent = (char *)ihc_agent_id(a), .epochs = &ep, .n_epochs = 1};
-        fake_publish(f, &s);
-        TH_WAIT(ihc_agent_connected(a), 300);
-    }
-    fake_drop(f, IHC_MSG_HELLO);
-}
-
-static ihc_agent *open_agent(fake_coord *f, const char *config)
+static ihc_agent *open_agent(th_fc *f, const char *config)
 {
     ihc_agent_opts o;
     ihc_agent_opts_init(&o);
     o.agent_id = "mod-agent:1";
     o.pub_url = f->pub_url;
-    o.report_url = f->pull_url;
+    o.report_url = f->report_url;
     o.high_priority = false;
     o.config_file = config;
     ihc_agent *a = NULL;
@@ -240,8 +116,8 @@ static const ihc_method three[] = {{"first", m_first}, {"second", m_second}, {"t
 static void test_agent_module_methods_in_order(void **state)
 {
     (void)state;
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
     ihc_module_def d = {.name = "text_processing",
                         .methods = three,
@@ -250,9 +126,9 @@ static void test_agent_module_methods_in_order(void **state)
                         .enabled = true};
     TH_PASS(ihc_agent_register_module(a, &d));
     TH_FAIL(ihc_agent_register_module(a, &d), IHC_EEXIST);
-    fake_connect(&f, a);
-    fake_interrupt(&f, 1, "dev-1", 1, ihc_agent_id(a));
-    ihc_msg *r = fake_recv(&f, IHC_MSG_REPORT, 5000);
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
+    TH_PASS(th_fc_send_interrupt(&f, 1, "dev-1", 1, ihc_agent_id(a), 0));
+    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
     assert_non_null(r);
     assert_int_equal(r->u.report.id, 1);
     assert_string_equal(r->u.report.agent, "mod-agent:1");
@@ -268,7 +144,7 @@ static void test_agent_module_methods_in_order(void **state)
     trace_get(got, sizeof(got));
     assert_string_equal(got, "first@dev-1,second,third");
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 static void test_agent_module_hang_times_out(void **state)
@@ -277,8 +153,8 @@ static void test_agent_module_hang_times_out(void **state)
     sem_init(&hang_sem, 0, 0);
     atomic_store(&hang_calls, 0);
     atomic_store(&hang_returned, 0);
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
     static const ihc_method hang[] = {{"flush", m_second}, {"wait_forever", m_hang}};
     ihc_module_def dh = {.name = "audio_generation",
@@ -293,10 +169,10 @@ static void test_agent_module_hang_times_out(void **state)
                          .enabled = true};
     TH_PASS(ihc_agent_register_module(a, &dh));
     TH_PASS(ihc_agent_register_module(a, &df));
-    fake_connect(&f, a);
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
     uint64_t t0 = th_now_ms_();
-    fake_interrupt(&f, 7, "dev-1", 1, ihc_agent_id(a));
-    ihc_msg *r = fake_recv(&f, IHC_MSG_REPORT, 5000);
+    TH_PASS(th_fc_send_interrupt(&f, 7, "dev-1", 1, ihc_agent_id(a), 0));
+    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
     uint64_t dt = th_now_ms_() - t0;
     assert_non_null(r);
     /* the report waits for the timeout, not for the method */
@@ -315,8 +191,8 @@ static void test_agent_module_hang_times_out(void **state)
     assert_int_equal(ihc__workers_abandoned(), 1);
 
     /* a fresh worker serves the next interrupt while the old one still hangs */
-    fake_interrupt(&f, 8, "dev-1", 2, ihc_agent_id(a));
-    r = fake_recv(&f, IHC_MSG_REPORT, 5000);
+    TH_PASS(th_fc_send_interrupt(&f, 8, "dev-1", 2, ihc_agent_id(a), 0));
+    r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
     assert_non_null(r);
     assert_int_equal(r->u.report.id, 8);
     assert_int_equal(find_mod(r, "audio_generation")->status, IHC_MOD_OK);
@@ -327,7 +203,7 @@ static void test_agent_module_hang_times_out(void **state)
     sem_post(&hang_sem);
     assert_true(TH_WAIT(ihc__workers_abandoned() == 0, 5000));
     sem_destroy(&hang_sem);
-    fake_stop(&f);
+    th_fc_close(&f);
     trace_get((char[512]){0}, 512);
 }
 
@@ -349,8 +225,8 @@ static void test_agent_module_finish_after_timeout(void **state)
     sem_init(&hang_sem, 0, 0);
     atomic_store(&hang_calls, 0);
     atomic_store(&hang_returned, 0);
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
     static const ihc_method hang[] = {{"wait_forever", m_hang}};
     static const ihc_method slow[] = {{"drain", m_slow}};
@@ -366,10 +242,10 @@ static void test_agent_module_finish_after_timeout(void **state)
                          .enabled = true};
     TH_PASS(ihc_agent_register_module(a, &dh));
     TH_PASS(ihc_agent_register_module(a, &ds));
-    fake_connect(&f, a);
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
     uint64_t t0 = th_now_ms_();
-    fake_interrupt(&f, 9, "dev-1", 1, ihc_agent_id(a));
-    ihc_msg *r = fake_recv(&f, IHC_MSG_REPORT, 10000);
+    TH_PASS(th_fc_send_interrupt(&f, 9, "dev-1", 1, ihc_agent_id(a), 0));
+    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 10000);
     uint64_t dt = th_now_ms_() - t0;
     assert_non_null(r);
     assert_true(dt >= 295);
@@ -381,7 +257,7 @@ static void test_agent_module_finish_after_timeout(void **state)
     sem_post(&hang_sem);
     assert_true(TH_WAIT(ihc__workers_abandoned() == 0, 5000));
     sem_destroy(&hang_sem);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 static atomic_int disabled_calls;
@@ -397,8 +273,8 @@ static void test_agent_module_failed_and_disabled(void **state)
 {
     (void)state;
     atomic_store(&disabled_calls, 0);
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
     static const ihc_method failing[] = {{"first", m_first}, {"boom", m_fail}, {"third", m_third}};
     static const ihc_method counting[] = {{"count", m_count}};
@@ -406,9 +282,9 @@ static void test_agent_module_failed_and_disabled(void **state)
     ihc_module_def d2 = {.name = "off", .methods = counting, .n_methods = 1, .enabled = false};
     TH_PASS(ihc_agent_register_module(a, &d1));
     TH_PASS(ihc_agent_register_module(a, &d2));
-    fake_connect(&f, a);
-    fake_interrupt(&f, 3, "dev-2", 1, ihc_agent_id(a));
-    ihc_msg *r = fake_recv(&f, IHC_MSG_REPORT, 5000);
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
+    TH_PASS(th_fc_send_interrupt(&f, 3, "dev-2", 1, ihc_agent_id(a), 0));
+    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
     assert_non_null(r);
     const ihc_module_result *m1 = find_mod(r, "failing");
     assert_int_equal(m1->status, IHC_MOD_FAILED);
@@ -423,7 +299,7 @@ static void test_agent_module_failed_and_disabled(void **state)
     assert_string_equal(got, "first@dev-2,fail"); /* stops at the failing method */
     assert_int_equal(atomic_load(&disabled_calls), 0);
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 static char *write_config(const char *text)
@@ -463,8 +339,8 @@ static void test_agent_module_config_overrides(void **state)
                              "enabled = false\n"
                              "[not_registered]\n"
                              "enabled = yes\n");
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, cfg);
     static const ihc_method counting[] = {{"count", m_count}};
     ihc_module_def d1 = {.name = "text_processing",
@@ -480,7 +356,7 @@ static void test_agent_module_config_overrides(void **state)
     ihc_msg *h = NULL;
     uint64_t end = th_now_ms_() + 5000;
     while (!h && th_now_ms_() < end) {
-        ihc_msg *m = fake_recv(&f, IHC_MSG_HELLO, 100);
+        ihc_msg *m = th_fc_recv_type(&f, IHC_MSG_HELLO, 100);
         if (m && m->u.hello.n_modules == 2)
             h = m;
         else
@@ -498,9 +374,9 @@ static void test_agent_module_config_overrides(void **state)
     assert_int_equal(h->u.hello.modules[1].timeout_ms, 1000); /* default_module_timeout */
     ihc_msg_free(h);
 
-    fake_connect(&f, a);
-    fake_interrupt(&f, 11, "dev-3", 1, ihc_agent_id(a));
-    ihc_msg *r = fake_recv(&f, IHC_MSG_REPORT, 5000);
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
+    TH_PASS(th_fc_send_interrupt(&f, 11, "dev-3", 1, ihc_agent_id(a), 0));
+    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
     assert_non_null(r);
     assert_int_equal(find_mod(r, "text_processing")->status, IHC_MOD_OK);
     assert_int_equal(find_mod(r, "counter")->status, IHC_MOD_DISABLED);
@@ -510,7 +386,7 @@ static void test_agent_module_config_overrides(void **state)
     assert_string_equal(got, "third,first@dev-3");
     assert_int_equal(atomic_load(&disabled_calls), 0);
     ihc_agent_close(a);
-    fake_stop(&f);
+    th_fc_close(&f);
     remove_config(cfg);
 }
 
@@ -533,14 +409,14 @@ static void test_agent_module_config_errors(void **state)
         "[m]\njust words\n",                      /* no '=' */
         "[m]\nenabled = true\nenabled = false\n", /* given twice */
     };
-    fake_coord f;
-    fake_start(&f);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char *cfg = write_config(bad[i]);
         ihc_agent_opts o;
         ihc_agent_opts_init(&o);
         o.pub_url = f.pub_url;
-        o.report_url = f.pull_url;
+        o.report_url = f.report_url;
         o.config_file = cfg;
         ihc_agent *a = NULL;
         int rc = ihc_agent_open(&a, &o);
@@ -552,7 +428,7 @@ static void test_agent_module_config_errors(void **state)
     ihc_agent_opts o;
     ihc_agent_opts_init(&o);
     o.pub_url = f.pub_url;
-    o.report_url = f.pull_url;
+    o.report_url = f.report_url;
     o.config_file = "/nonexistent/ihc-agent.ini";
     ihc_agent *a = NULL;
     TH_FAIL(ihc_agent_open(&a, &o), IHC_ECONFIG);
@@ -575,7 +451,7 @@ static void test_agent_module_config_errors(void **state)
     TH_FAIL(ihc_agent_register_module(a, &bad_def), IHC_EINVAL);
     ihc_agent_close(a);
     remove_config(cfg);
-    fake_stop(&f);
+    th_fc_close(&f);
 }
 
 int main(void)
