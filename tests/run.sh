@@ -86,7 +86,7 @@ valgrind_unit() { # every unit test of the normal build under valgrind: no error
             cmd=(build/bin/test_$name)
         fi
         if valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect \
-            "${cmd[@]}" >"build/valgrind-$name.log" 2>&1; then
+            --suppressions=tests/valgrind.supp "${cmd[@]}" >"build/valgrind-$name.log" 2>&1; then
             p=$((p + 1)); echo "valgrind $name: ok"
         else
             f=$((f + 1)); echo "valgrind $name: FAILED (build/valgrind-$name.log)"; tail -30 "build/valgrind-$name.log"
