@@ -20,8 +20,8 @@ typedef struct ihc_local ihc_local;
  * On error, err receives a message naming the problem. Caller owns *out: ihc_local_shutdown,
  * then (after ihc_agent_close) ihc_local_close.
  * Errors: IHC_EINVAL, IHC_EEXIST, IHC_ETRANSPORT, IHC_ENOMEM, IHC_EINTERNAL. */
-int ihc_local_open(ihc_local **out, ihc_agent *a, const char *url, int max_active,
-                   int check_ms, char *err, size_t err_len);
+int ihc_local_open(ihc_local **out, ihc_agent *a, const char *url, int max_active, int check_ms,
+                   char *err, size_t err_len);
 
 /* Stops serving: closes the socket (pending waits get no answer), stops the worker and ends
  * the endpoint's sessions in the agent. Accepts NULL. */

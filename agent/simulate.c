@@ -145,8 +145,8 @@ static void text_work(ihc_token *tok, void *arg)
         if (gen_pause(tok, TEXT_INTERVAL_MS))
             break;
     }
-    ihc_log(IHC_LOG_INFO, COMP, "stopped session=%s hw=%s module=%s after tokens=%" PRIu64,
-            ss->sid, ss->s->slots[ss->slot].hw, IHC_MODULE_TEXT, n);
+    ihc_log(IHC_LOG_INFO, COMP, "stopped session=%s hw=%s module=%s after tokens=%" PRIu64, ss->sid,
+            ss->s->slots[ss->slot].hw, IHC_MODULE_TEXT, n);
     gen_finish(g);
 }
 
@@ -176,9 +176,8 @@ static void audio_work(ihc_token *tok, void *arg)
         if (gen_pause(tok, AUDIO_INTERVAL_MS))
             break;
     }
-    ihc_log(IHC_LOG_INFO, COMP,
-            "stopped session=%s hw=%s module=%s after audio_chunks=%" PRIu64, ss->sid,
-            ss->s->slots[ss->slot].hw, IHC_MODULE_AUDIO, n);
+    ihc_log(IHC_LOG_INFO, COMP, "stopped session=%s hw=%s module=%s after audio_chunks=%" PRIu64,
+            ss->sid, ss->s->slots[ss->slot].hw, IHC_MODULE_AUDIO, n);
     gen_finish(g);
 }
 
@@ -198,8 +197,8 @@ static void state_work(ihc_token *tok, void *arg)
         if (gen_pause(tok, STATE_INTERVAL_MS))
             break;
     }
-    ihc_log(IHC_LOG_INFO, COMP, "stopped session=%s hw=%s module=%s after beats=%" PRIu64,
-            ss->sid, ss->s->slots[ss->slot].hw, IHC_MODULE_STATE, n);
+    ihc_log(IHC_LOG_INFO, COMP, "stopped session=%s hw=%s module=%s after beats=%" PRIu64, ss->sid,
+            ss->s->slots[ss->slot].hw, IHC_MODULE_STATE, n);
     gen_finish(g);
 }
 
@@ -236,8 +235,8 @@ static void session_start(ihc_simulate *s, size_t slot)
     ihc_session_opts o = {.hw = hw, .data = "{\"simulated\":true}"};
     int rc = ihc_agent_session_begin(s->a, &o, &ss->tok, ss->sid, sizeof(ss->sid));
     if (rc != IHC_OK) {
-        ihc_log(IHC_LOG_WARN, COMP, "cannot begin session hw=%s error=\"%s\" retry_ms=%u",
-                hw, ihc_strerror(rc), s->pause_ms);
+        ihc_log(IHC_LOG_WARN, COMP, "cannot begin session hw=%s error=\"%s\" retry_ms=%u", hw,
+                ihc_strerror(rc), s->pause_ms);
         session_free(ss);
         goto retry;
     }
@@ -262,8 +261,8 @@ static void session_start(ihc_simulate *s, size_t slot)
             /* ENOENT: the session was interrupted and cleaned up before its work began */
             if (rc != IHC_ENOENT)
                 ihc_log(IHC_LOG_ERROR, COMP,
-                        "cannot start generator session=%s module=%s error=\"%s\"",
-                        ss->sid, module_names[k], ihc_strerror(rc));
+                        "cannot start generator session=%s module=%s error=\"%s\"", ss->sid,
+                        module_names[k], ihc_strerror(rc));
             failed = failed || rc != IHC_ENOENT;
             gen_finish(&ss->gens[k]);
         }
@@ -452,8 +451,7 @@ void ihc_simulate_stop(ihc_simulate *s)
         struct timespec ts;
         abs_deadline(&ts, deadline);
         if (pthread_cond_timedwait(&s->cond, &s->mtx, &ts) != 0 && ihc_mono_ns() >= deadline) {
-            ihc_log(IHC_LOG_ERROR, COMP, "generators did not stop within %d ms",
-                    STOP_WAIT_MS);
+            ihc_log(IHC_LOG_ERROR, COMP, "generators did not stop within %d ms", STOP_WAIT_MS);
             break;
         }
     }
@@ -554,9 +552,8 @@ int ihc_simulate_clear_buffers(ihc_simulate *s, const char *hw, ihc_sim_kind kin
             break;
         }
         pthread_mutex_unlock(&ss->buf_mtx);
-        ihc_log(IHC_LOG_INFO, COMP,
-                "buffers cleared session=%s hw=%s module=%s dropped=%zu", ss->sid,
-                s->slots[ss->slot].hw, module_names[kind], dropped);
+        ihc_log(IHC_LOG_INFO, COMP, "buffers cleared session=%s hw=%s module=%s dropped=%zu",
+                ss->sid, s->slots[ss->slot].hw, module_names[kind], dropped);
     }
     pthread_mutex_unlock(&s->mtx);
     return IHC_OK;

@@ -83,7 +83,8 @@ static const setting settings[] = {
     {"IHC_AGENT_CONFIG", "config", T_PATH, NULL, NULL, 0, 0, NULL, A, OFF(agent_config),
      "file with per-module overrides (enabled, interrupt_methods, timeout)"},
     {"IHC_STATE_DIR", "state-dir", T_PATH, NULL, NULL, 0, 0, NULL, C, OFF(state_dir),
-     "directory for the coordinator's local state: the interrupt id high-water mark, so ids are never reused even when Redis lost its data"},
+     "directory for the coordinator's local state: the interrupt id high-water mark, so ids are "
+     "never reused even when Redis lost its data"},
     /* secrets: the two sources of one secret may not both be given */
     {"IHC_SECRET", NULL, T_SECRET, NULL, NULL, 0, 0, NULL, C | A | L, OFF(secret),
      "shared secret signing every message (HMAC-SHA256); prefer IHC_SECRET_FILE"},

@@ -23,16 +23,16 @@ typedef enum { IHC_LOGFMT_TEXT = 0, IHC_LOGFMT_JSON } ihc_log_format;
  * durations are seconds as in the original module's settings. */
 typedef struct ihc_config {
     /* endpoints */
-    char *pub_url;     /* IHC_PUB_URL --pub (coordinator listens, agent dials) */
-    char *report_url;  /* IHC_REPORT_URL --report */
-    char *control_url; /* IHC_CONTROL_URL --control (coordinator listens, CLI dials) */
-    char *http_addr;   /* IHC_HTTP_ADDR --http, "host:port" */
-    char *redis_url;   /* IHC_REDIS_URL --redis */
-    char *local_url;   /* IHC_LOCAL_URL --local (agent local endpoint) */
-    char *agent_id;    /* IHC_AGENT_ID --id, default "<hostname>:<pid>" */
-    char *simulate;    /* --simulate HW[,HW...] (agent), NULL when off */
+    char *pub_url;      /* IHC_PUB_URL --pub (coordinator listens, agent dials) */
+    char *report_url;   /* IHC_REPORT_URL --report */
+    char *control_url;  /* IHC_CONTROL_URL --control (coordinator listens, CLI dials) */
+    char *http_addr;    /* IHC_HTTP_ADDR --http, "host:port" */
+    char *redis_url;    /* IHC_REDIS_URL --redis */
+    char *local_url;    /* IHC_LOCAL_URL --local (agent local endpoint) */
+    char *agent_id;     /* IHC_AGENT_ID --id, default "<hostname>:<pid>" */
+    char *simulate;     /* --simulate HW[,HW...] (agent), NULL when off */
     char *agent_config; /* IHC_AGENT_CONFIG --config: module overrides file, NULL = none */
-    char *state_dir;   /* IHC_STATE_DIR --state-dir: coordinator's local state, NULL = none */
+    char *state_dir;    /* IHC_STATE_DIR --state-dir: coordinator's local state, NULL = none */
     /* secrets: contents, not paths; NULL when unset */
     uint8_t *secret; /* IHC_SECRET, or IHC_SECRET_FILE / --secret-file */
     size_t secret_len;
@@ -78,8 +78,8 @@ typedef struct ihc_config {
  * On error returns IHC_ECONFIG and writes into err a message naming the setting and what
  * it accepts, e.g. "INTERRUPT_TIMEOUT=abc: expected a number of seconds in [0.01, 3600]".
  * cfg must be released with ihc_config_fini in every case. */
-int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *rest,
-                    int *n_rest, char *err, size_t err_len);
+int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *rest, int *n_rest,
+                    char *err, size_t err_len);
 
 /* Sets the process's logging from cfg: IHC_LOG_LEVEL, IHC_LOG_FORMAT, LOG_INTERRUPTS and
  * LOG_TIMING, lines to stderr. */

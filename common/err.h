@@ -3,31 +3,31 @@
 #ifndef IHC_ERR_H
 #define IHC_ERR_H
 
-#define IHC_ERR_MAP(XX)                                                                           \
-    XX(OK, "success")                                                                             \
-    XX(EINVAL, "invalid argument")                                                                \
-    XX(ENOMEM, "out of memory")                                                                   \
-    XX(EPROTO, "malformed message")                                                               \
-    XX(ETOOBIG, "message or field too large")                                                     \
-    XX(EVERSION, "unsupported protocol version")                                                  \
-    XX(EBADHW, "invalid hardware_id")                                                             \
-    XX(EBADID, "invalid identifier")                                                              \
-    XX(EMISSING, "required field missing")                                                        \
-    XX(ETYPE, "field has the wrong type")                                                         \
-    XX(EBADSIG, "missing or bad signature")                                                       \
-    XX(EREPLAY, "replayed or stale message")                                                      \
-    XX(ECONFIG, "invalid configuration")                                                          \
-    XX(EREDIS, "redis command failed")                                                            \
-    XX(ENOTCONN, "not connected")                                                                 \
-    XX(ETIMEDOUT, "timed out")                                                                    \
-    XX(ELIMIT, "limit reached")                                                                   \
-    XX(ENOENT, "not found")                                                                       \
-    XX(EEXIST, "already exists")                                                                  \
-    XX(ETRANSPORT, "transport error")                                                             \
-    XX(ECLOSED, "object is closed")                                                               \
-    XX(ECANCELED, "cancelled")                                                                    \
-    XX(EDISABLED, "disabled by configuration")                                                    \
-    XX(EIO, "I/O error")                                                                          \
+#define IHC_ERR_MAP(XX)                                                                            \
+    XX(OK, "success")                                                                              \
+    XX(EINVAL, "invalid argument")                                                                 \
+    XX(ENOMEM, "out of memory")                                                                    \
+    XX(EPROTO, "malformed message")                                                                \
+    XX(ETOOBIG, "message or field too large")                                                      \
+    XX(EVERSION, "unsupported protocol version")                                                   \
+    XX(EBADHW, "invalid hardware_id")                                                              \
+    XX(EBADID, "invalid identifier")                                                               \
+    XX(EMISSING, "required field missing")                                                         \
+    XX(ETYPE, "field has the wrong type")                                                          \
+    XX(EBADSIG, "missing or bad signature")                                                        \
+    XX(EREPLAY, "replayed or stale message")                                                       \
+    XX(ECONFIG, "invalid configuration")                                                           \
+    XX(EREDIS, "redis command failed")                                                             \
+    XX(ENOTCONN, "not connected")                                                                  \
+    XX(ETIMEDOUT, "timed out")                                                                     \
+    XX(ELIMIT, "limit reached")                                                                    \
+    XX(ENOENT, "not found")                                                                        \
+    XX(EEXIST, "already exists")                                                                   \
+    XX(ETRANSPORT, "transport error")                                                              \
+    XX(ECLOSED, "object is closed")                                                                \
+    XX(ECANCELED, "cancelled")                                                                     \
+    XX(EDISABLED, "disabled by configuration")                                                     \
+    XX(EIO, "I/O error")                                                                           \
     XX(EINTERNAL, "internal error")
 
 typedef enum {
@@ -47,10 +47,10 @@ const char *ihc_err_name(int rc);
 int ihc_err_from_nng(int nng_rv);
 
 /* Programmer errors only; never for input from the network, Redis or configuration. */
-#define IHC_ASSERT(cond)                                                                          \
-    do {                                                                                          \
-        if (!(cond))                                                                              \
-            ihc__assert_fail(#cond, __FILE__, __LINE__);                                          \
+#define IHC_ASSERT(cond)                                                                           \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            ihc__assert_fail(#cond, __FILE__, __LINE__);                                           \
     } while (0)
 _Noreturn void ihc__assert_fail(const char *expr, const char *file, int line);
 

@@ -40,5 +40,4 @@ bool ihc_log_enabled(ihc_log_level lvl);
 /* Parses "debug|info|warn|error"; returns -1 when unknown. */
 int ihc_log_level_parse(const char *s);
 
-
 #endif

@@ -87,8 +87,7 @@ typedef struct {
 /* Lists active sessions of hw, or of every hw when hw is NULL (SCAN over the sets; entries
  * whose hash expired are removed from their set). Caller owns *out:
  * ihc_store_sessions_free(*out, *n). */
-int ihc_store_sessions_list(ihc_store *st, const char *hw, ihc_store_session_rec **out,
-                            size_t *n);
+int ihc_store_sessions_list(ihc_store *st, const char *hw, ihc_store_session_rec **out, size_t *n);
 void ihc_store_sessions_free(ihc_store_session_rec *recs, size_t n);
 
 /* ---- epochs ---- */
@@ -122,7 +121,7 @@ typedef struct {
     const char *agent_id;
     const char *node;
     int32_t pid;
-    const char *modules; /* JSON array text */
+    const char *modules;  /* JSON array text */
     const char *sessions; /* JSON array of session ids */
     int64_t started_ms;
     int64_t last_seen_ms;

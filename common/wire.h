@@ -9,30 +9,30 @@
 #include <stdint.h>
 
 /* Limits enforced by the encoder and the decoder. */
-#define IHC_WIRE_MAX_MSG (4u * 1024u * 1024u) /* whole message, bytes */
-#define IHC_WIRE_MAX_DEPTH 8                  /* nesting of maps/arrays */
-#define IHC_WIRE_MAX_LIST 100000              /* entries of any list */
-#define IHC_HW_MAX 128                        /* hardware_id bytes */
-#define IHC_ID_MAX 128                        /* session ids, module and method names */
-#define IHC_AGENT_ID_MAX 255                  /* agent ids ("host:pid") */
-#define IHC_REASON_MAX 1024                   /* free text: reason, error */
-#define IHC_DATA_MAX (64u * 1024u)            /* session data (JSON text) */
-#define IHC_JSON_MAX (2u * 1024u * 1024u)     /* JSON carried in control responses */
-#define IHC_TOPIC_MAX (3 + IHC_AGENT_ID_MAX + 1)
+#define IHC_WIRE_MAX_MSG   (4u * 1024u * 1024u) /* whole message, bytes */
+#define IHC_WIRE_MAX_DEPTH 8                    /* nesting of maps/arrays */
+#define IHC_WIRE_MAX_LIST  100000               /* entries of any list */
+#define IHC_HW_MAX         128                  /* hardware_id bytes */
+#define IHC_ID_MAX         128                  /* session ids, module and method names */
+#define IHC_AGENT_ID_MAX   255                  /* agent ids ("host:pid") */
+#define IHC_REASON_MAX     1024                 /* free text: reason, error */
+#define IHC_DATA_MAX       (64u * 1024u)        /* session data (JSON text) */
+#define IHC_JSON_MAX       (2u * 1024u * 1024u) /* JSON carried in control responses */
+#define IHC_TOPIC_MAX      (3 + IHC_AGENT_ID_MAX + 1)
 
 /* The message types; the X-macro gives the enum and the "type" strings. */
-#define IHC_MSG_MAP(XX)                                                                           \
-    XX(INTERRUPT, "interrupt")                                                                    \
-    XX(REPORT, "report")                                                                          \
-    XX(SESSION_BEGIN, "session_begin")                                                            \
-    XX(SESSION_END, "session_end")                                                                \
-    XX(HELLO, "hello")                                                                            \
-    XX(HEARTBEAT, "heartbeat")                                                                    \
-    XX(SYNC, "sync")                                                                              \
-    XX(RESULT, "result")                                                                          \
-    XX(CONTROL_REQUEST, "control_request")                                                        \
-    XX(CONTROL_RESPONSE, "control_response")                                                      \
-    XX(LOCAL_REQUEST, "local_request")                                                            \
+#define IHC_MSG_MAP(XX)                                                                            \
+    XX(INTERRUPT, "interrupt")                                                                     \
+    XX(REPORT, "report")                                                                           \
+    XX(SESSION_BEGIN, "session_begin")                                                             \
+    XX(SESSION_END, "session_end")                                                                 \
+    XX(HELLO, "hello")                                                                             \
+    XX(HEARTBEAT, "heartbeat")                                                                     \
+    XX(SYNC, "sync")                                                                               \
+    XX(RESULT, "result")                                                                           \
+    XX(CONTROL_REQUEST, "control_request")                                                         \
+    XX(CONTROL_RESPONSE, "control_response")                                                       \
+    XX(LOCAL_REQUEST, "local_request")                                                             \
     XX(LOCAL_RESPONSE, "local_response")
 
 typedef enum {
@@ -50,7 +50,7 @@ typedef struct {
     uint64_t id;
     char *hw;
     uint64_t epoch;
-    char *reason;      /* may be "" */
+    char *reason;        /* may be "" */
     int64_t deadline_ms; /* wall clock ms by which the coordinator gives up */
     char **agents;
     size_t n_agents;
@@ -160,8 +160,8 @@ typedef struct {
  * "agents", "flags", "flags_reset", "stats". */
 typedef struct {
     char *op;
-    char *hw;     /* interrupt: required; sessions: optional filter */
-    char *reason; /* may be NULL */
+    char *hw;           /* interrupt: required; sessions: optional filter */
+    char *reason;       /* may be NULL */
     int64_t timeout_ms; /* 0 = coordinator default */
 } ihc_control_request;
 
@@ -233,8 +233,7 @@ int ihc_wire_encode(const ihc_msg *m, const ihc_wire_auth *auth, uint8_t **buf, 
 
 /* Like ihc_wire_encode, but prefixes the topic: "hw:<hw>\0" for interrupts, "ag:<agent>\0"
  * for sync, "ev:\0" for results. Other types: IHC_EINVAL. */
-int ihc_wire_encode_framed(const ihc_msg *m, const ihc_wire_auth *auth, uint8_t **buf,
-                           size_t *len);
+int ihc_wire_encode_framed(const ihc_msg *m, const ihc_wire_auth *auth, uint8_t **buf, size_t *len);
 
 /* Decodes one message of exactly len bytes. auth may be NULL (no signature check; a "sig"
  * present is then ignored). Caller owns *out (ihc_msg_free). Errors: IHC_ETOOBIG,

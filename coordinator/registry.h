@@ -30,9 +30,9 @@ typedef struct {
     ihc_agent_state state;
     ihc_module_info *modules;
     size_t n_modules;
-    size_t n_sessions; /* active sessions */
-    uint64_t session_changes;   /* bumped on every session added or ended */
-    uint64_t sessions_written;  /* session_changes when the agent hash was last written */
+    size_t n_sessions;         /* active sessions */
+    uint64_t session_changes;  /* bumped on every session added or ended */
+    uint64_t sessions_written; /* session_changes when the agent hash was last written */
 } ihc_reg_agent;
 
 /* An active session; every pointer is owned by the registry. */

@@ -93,7 +93,7 @@ typedef struct {
 } ihc_method;
 
 typedef struct {
-    const char *name; /* e.g. "text_processing" */
+    const char *name;          /* e.g. "text_processing" */
     const ihc_method *methods; /* called in this order */
     size_t n_methods;
     double timeout; /* seconds for all methods together; 0: default_module_timeout */
@@ -127,9 +127,9 @@ typedef void (*ihc_session_cancel_fn)(const char *session_id, void *arg);
 typedef struct {
     const char *session_id; /* NULL: generated, "<hw>-<8 hex, random per agent>-<n>" */
     const char *hw;
-    const char *module; /* owning module, may be NULL */
-    const char *data;   /* JSON text kept with the session, may be NULL */
-    pid_t pid;          /* >0: a process to escalate against (FORCE_CLEANUP) */
+    const char *module;              /* owning module, may be NULL */
+    const char *data;                /* JSON text kept with the session, may be NULL */
+    pid_t pid;                       /* >0: a process to escalate against (FORCE_CLEANUP) */
     ihc_session_cancel_fn on_cancel; /* called once when cancelled, may be NULL */
     void *arg;
 } ihc_session_opts;
@@ -160,10 +160,10 @@ static inline bool ihc_token_cancelled(const ihc_token *t)
 
 /* For generator loops: IHC_CHECKPOINT(tok, break); runs the statement when cancelled. Not
  * wrapped in do/while so that break, continue, return and goto act on the caller's loop. */
-#define IHC_CHECKPOINT(tok, on_cancel)                                                            \
-    if (__builtin_expect(ihc_token_cancelled(tok), 0)) {                                          \
-        on_cancel;                                                                                \
-    } else                                                                                        \
+#define IHC_CHECKPOINT(tok, on_cancel)                                                             \
+    if (__builtin_expect(ihc_token_cancelled(tok), 0)) {                                           \
+        on_cancel;                                                                                 \
+    } else                                                                                         \
         (void)0
 
 /* A file descriptor that becomes readable when the token is cancelled (for poll/epoll);
@@ -202,8 +202,8 @@ int ihc_agent_spawn(ihc_agent *a, const char *session_id, const char *module, ih
 /* Cancels and stops the generators of one session (session_id) or of every session of hw
  * (hw), then waits until they are done or timeout_ms passes. *still_running (may be NULL)
  * receives how many did not finish. Returns IHC_OK or IHC_ETIMEDOUT. */
-int ihc_agent_generators_stop(ihc_agent *a, const char *session_id, const char *hw,
-                              int timeout_ms, size_t *still_running);
+int ihc_agent_generators_stop(ihc_agent *a, const char *session_id, const char *hw, int timeout_ms,
+                              size_t *still_running);
 
 #ifdef __cplusplus
 }

@@ -83,8 +83,8 @@ int main(int argc, char **argv)
                                          {"clear_buffers", instant}};
     static const char *names[] = {"text_processing", "audio_generation", "session_management"};
     for (int i = 0; i < 3; i++) {
-        ihc_module_def m = {.name = names[i], .methods = methods, .n_methods = 2,
-                            .timeout = 0.5, .enabled = true};
+        ihc_module_def m = {
+            .name = names[i], .methods = methods, .n_methods = 2, .timeout = 0.5, .enabled = true};
         ihc_agent_register_module(agent, &m);
     }
     ihc_agent_register_callback(agent, on_interrupt, NULL);

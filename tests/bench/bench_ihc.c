@@ -257,8 +257,8 @@ int main(int argc, char **argv)
     setenv("IHC_LOG_LEVEL", "warn", 1);
     setenv("IHC_MAX_INFLIGHT", "100000", 1);
     snprintf(log, sizeof(log), "%s/bench-coordinator.log", logdir);
-    char *cargv[] = {coord_bin, "--pub", pub_url, "--report", rep_url, "--control", ctl_url,
-                     "--http", http_addr, "--redis", redis_url, NULL};
+    char *cargv[] = {coord_bin, "--pub",  pub_url,   "--report", rep_url,   "--control",
+                     ctl_url,   "--http", http_addr, "--redis",  redis_url, NULL};
     pid_t coord = spawn(cargv, log);
     pid_t *agents = calloc((size_t)n_agents, sizeof(pid_t));
     for (int i = 0; i < n_agents; i++) {
@@ -272,8 +272,8 @@ int main(int argc, char **argv)
                 off += (size_t)snprintf(hwlist + off, sizeof(hwlist) - off, "%stp-%d-%d",
                                         k ? "," : "", i, k);
         }
-        char *aargv[] = {agent_bin, "--pub", pub_url, "--report", rep_url, "--id", id,
-                         "--hw", hwlist, NULL};
+        char *aargv[] = {agent_bin, "--pub", pub_url, "--report", rep_url,
+                         "--id",    id,      "--hw",  hwlist,     NULL};
         agents[i] = spawn(aargv, log);
     }
     ctl_client c;

@@ -33,8 +33,17 @@ static void start_coordinator(void)
     char log[512], http[64];
     snprintf(log, sizeof(log), "%s/coordinator.log", w.dir);
     snprintf(http, sizeof(http), "127.0.0.1:%d", w.http);
-    char *argv[] = {(char *)th_bin("ihc-coordinator"), "--pub", w.pub_url, "--report",
-                    w.rep_url, "--control", w.ctl_url, "--http", http, "--redis", w.redis.url,
+    char *argv[] = {(char *)th_bin("ihc-coordinator"),
+                    "--pub",
+                    w.pub_url,
+                    "--report",
+                    w.rep_url,
+                    "--control",
+                    w.ctl_url,
+                    "--http",
+                    http,
+                    "--redis",
+                    w.redis.url,
                     NULL};
     char *env[] = {"INTERRUPT_TIMEOUT=2.0", "SESSION_CLEANUP_DELAY=3", "IHC_AGENT_TTL=3",
                    "IHC_LOG_LEVEL=debug", NULL};
@@ -50,9 +59,18 @@ static void start_agent(int i)
     char log[512], local[512];
     snprintf(log, sizeof(log), "%s/%s.log", w.dir, agent_ids[i]);
     snprintf(local, sizeof(local), "ipc://%s/%s.sock", w.dir, agent_ids[i]);
-    char *argv[] = {(char *)th_bin("ihc-agent"), "--pub",  w.pub_url,           "--report",
-                    w.rep_url,                   "--id",   (char *)agent_ids[i], "--simulate",
-                    (char *)agent_hws[i],        "--local", local,               NULL};
+    char *argv[] = {(char *)th_bin("ihc-agent"),
+                    "--pub",
+                    w.pub_url,
+                    "--report",
+                    w.rep_url,
+                    "--id",
+                    (char *)agent_ids[i],
+                    "--simulate",
+                    (char *)agent_hws[i],
+                    "--local",
+                    local,
+                    NULL};
     char *env[] = {"IHC_MODULE_TIMEOUT=0.5", "IHC_HEARTBEAT_INTERVAL=0.2", NULL};
     w.agent[i] = th_spawn(argv, log, env);
     assert_true(w.agent[i] > 0);
@@ -239,12 +257,12 @@ static void test_e2e_interrupt_exact(void **state)
     /* The agents' hashes list their sessions as they are now (rewritten on a heartbeat). */
     for (int i = 0; i < 2; i++)
         for (int k = 0; k < 2; k++)
-            assert_true(TH_WAIT((v = th_redis_cmd(&w.redis, "HGET ihc:agent:%s sessions",
-                                                  agent_ids[i])) &&
-                                        !strstr(v, cleaned[k])
-                                    ? (free(v), true)
-                                    : (free(v), false),
-                                5000));
+            assert_true(
+                TH_WAIT((v = th_redis_cmd(&w.redis, "HGET ihc:agent:%s sessions", agent_ids[i])) &&
+                                !strstr(v, cleaned[k])
+                            ? (free(v), true)
+                            : (free(v), false),
+                        5000));
     v = th_redis_cmd(&w.redis, "HGET ihc:stats total_interrupts");
     assert_non_null(v);
     assert_true(atoi(v) >= 1);
@@ -273,8 +291,7 @@ static void test_e2e_http(void **state)
     (void)state;
     char *body = NULL;
     int st = th_http(w.http, "POST", "/v1/interrupt", NULL,
-                     "{\"hardware_id\":\"dev-4\",\"reason\":\"http\",\"timeout_ms\":2000}",
-                     &body);
+                     "{\"hardware_id\":\"dev-4\",\"reason\":\"http\",\"timeout_ms\":2000}", &body);
     assert_int_equal(st, 200);
     json_t *r = json_loads(body, 0, NULL);
     assert_non_null(r);
@@ -330,8 +347,8 @@ static void test_e2e_agent_killed(void **state)
     assert_false(json_is_true(json_object_get(r, "success")));
     json_t *missing = json_object_get(json_object_get(r, "agents"), "missing");
     assert_true(json_array_has(missing, "node-c"));
-    assert_true(json_array_has(json_object_get(json_object_get(r, "agents"), "answered"),
-                               "node-b"));
+    assert_true(
+        json_array_has(json_object_get(json_object_get(r, "agents"), "answered"), "node-b"));
     assert_true(json_real_value(json_object_get(r, "total_time_ms")) < 800 + 500);
     assert_non_null(json_object_get(r, "error"));
     json_decref(r);
@@ -391,13 +408,12 @@ static void test_e2e_coordinator_restart(void **state)
     assert_true(json_is_true(json_object_get(r, "success")));
     assert_true(json_integer_value(json_object_get(r, "interrupt_id")) > id_before);
     assert_true(json_integer_value(json_object_get(r, "epoch")) > epoch_before);
-    assert_int_equal(json_array_size(json_object_get(json_object_get(r, "agents"), "answered")),
-                     1);
+    assert_int_equal(json_array_size(json_object_get(json_object_get(r, "agents"), "answered")), 1);
     json_decref(r);
 }
 
 /* Concurrent interrupts from several clients: all answered, ids distinct. */
-#define CLIENTS 4
+#define CLIENTS    4
 #define PER_CLIENT 10
 static json_int_t ids[CLIENTS * PER_CLIENT];
 
@@ -409,7 +425,8 @@ static void *client_thread(void *arg)
         char *body = NULL;
         int st = th_control(w.ctl_url, "interrupt", hws[(c + i) % 4], "concurrent", 2000, &body);
         json_t *r = body ? json_loads(body, 0, NULL) : NULL;
-        ids[c * PER_CLIENT + i] = st == 200 && r ? json_integer_value(json_object_get(r, "interrupt_id")) : -1;
+        ids[c * PER_CLIENT + i] =
+            st == 200 && r ? json_integer_value(json_object_get(r, "interrupt_id")) : -1;
         json_decref(r);
         free(body);
     }
@@ -434,12 +451,9 @@ static void test_e2e_concurrent(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_e2e_startup),
-        cmocka_unit_test(test_e2e_interrupt_exact),
-        cmocka_unit_test(test_e2e_http),
-        cmocka_unit_test(test_e2e_agent_killed),
-        cmocka_unit_test(test_e2e_redis_outage),
-        cmocka_unit_test(test_e2e_coordinator_restart),
+        cmocka_unit_test(test_e2e_startup),      cmocka_unit_test(test_e2e_interrupt_exact),
+        cmocka_unit_test(test_e2e_http),         cmocka_unit_test(test_e2e_agent_killed),
+        cmocka_unit_test(test_e2e_redis_outage), cmocka_unit_test(test_e2e_coordinator_restart),
         cmocka_unit_test(test_e2e_concurrent),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

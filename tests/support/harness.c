@@ -204,9 +204,9 @@ int th_redis_start(th_redis *r)
         char port[16], log[4200];
         snprintf(port, sizeof(port), "%d", r->port);
         snprintf(log, sizeof(log), "%s/redis.log", r->dir);
-        char *argv[] = {"redis-server", "--port",    port,     "--bind", "127.0.0.1",
-                        "--save",       "",          "--appendonly", "no", "--dir",
-                        r->dir,         "--daemonize", "no",   NULL, NULL, NULL};
+        char *argv[] = {"redis-server", "--port", port,    "--bind", "127.0.0.1",   "--save", "",
+                        "--appendonly", "no",     "--dir", r->dir,   "--daemonize", "no",     NULL,
+                        NULL,           NULL};
         if (r->password) {
             argv[13] = "--requirepass";
             argv[14] = (char *)r->password;
@@ -317,8 +317,8 @@ char *th_redis_cmd(const th_redis *r, const char *fmt, ...)
     return out;
 }
 
-int th_http(int port, const char *method, const char *path, const char *headers,
-            const char *body, char **resp)
+int th_http(int port, const char *method, const char *path, const char *headers, const char *body,
+            char **resp)
 {
     if (resp)
         *resp = NULL;

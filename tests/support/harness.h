@@ -12,19 +12,19 @@
 #include <cmocka.h>
 
 /* Fails the test with ihc_strerror(rc) when rc != IHC_OK. */
-#define TH_PASS(expr)                                                                             \
-    do {                                                                                          \
-        int th_rc_ = (expr);                                                                      \
-        if (th_rc_ != 0)                                                                          \
-            fail_msg("%s: %s (%s)", #expr, ihc_strerror(th_rc_), ihc_err_name(th_rc_));           \
+#define TH_PASS(expr)                                                                              \
+    do {                                                                                           \
+        int th_rc_ = (expr);                                                                       \
+        if (th_rc_ != 0)                                                                           \
+            fail_msg("%s: %s (%s)", #expr, ihc_strerror(th_rc_), ihc_err_name(th_rc_));            \
     } while (0)
 
 /* Fails unless expr gives exactly the ihc code want. */
-#define TH_FAIL(expr, want)                                                                       \
-    do {                                                                                          \
-        int th_rc_ = (expr);                                                                      \
-        if (th_rc_ != (want))                                                                     \
-            fail_msg("%s: got %s, want %s", #expr, ihc_err_name(th_rc_), ihc_err_name(want));     \
+#define TH_FAIL(expr, want)                                                                        \
+    do {                                                                                           \
+        int th_rc_ = (expr);                                                                       \
+        if (th_rc_ != (want))                                                                      \
+            fail_msg("%s: got %s, want %s", #expr, ihc_err_name(th_rc_), ihc_err_name(want));      \
     } while (0)
 
 /* A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released). */
@@ -54,20 +54,20 @@ int th_wait_exit(pid_t pid, int timeout_ms);
 bool th_wait_until(bool (*cond)(void *arg), void *arg, int timeout_ms);
 
 /* Same, for an expression: TH_WAIT(expr, timeout_ms) evaluates to true when expr held. */
-#define TH_WAIT(expr, timeout_ms)                                                                 \
-    ({                                                                                            \
+#define TH_WAIT(expr, timeout_ms)                                                                  \
+    ({                                                                                             \
         uint64_t th_end_ = th_now_ms_() + (uint64_t)(timeout_ms);                                  \
-        bool th_ok_ = false;                                                                      \
-        for (;;) {                                                                                \
-            if ((expr)) {                                                                         \
-                th_ok_ = true;                                                                    \
-                break;                                                                            \
-            }                                                                                     \
-            if (th_now_ms_() >= th_end_)                                                          \
-                break;                                                                            \
-            th_sleep_ms_(5);                                                                      \
-        }                                                                                         \
-        th_ok_;                                                                                   \
+        bool th_ok_ = false;                                                                       \
+        for (;;) {                                                                                 \
+            if ((expr)) {                                                                          \
+                th_ok_ = true;                                                                     \
+                break;                                                                             \
+            }                                                                                      \
+            if (th_now_ms_() >= th_end_)                                                           \
+                break;                                                                             \
+            th_sleep_ms_(5);                                                                       \
+        }                                                                                          \
+        th_ok_;                                                                                    \
     })
 uint64_t th_now_ms_(void);
 void th_sleep_ms_(unsigned ms);
@@ -102,8 +102,8 @@ char *th_redis_cmd(const th_redis *r, const char *fmt, ...);
 /* One HTTP/1.1 request to 127.0.0.1:port (Connection: close). headers: extra header lines
  * ("Authorization: Bearer x\r\n"), may be NULL; body may be NULL. Returns the status code
  * (or -1 on connection failure) and, when resp is not NULL, the malloc'd response body. */
-int th_http(int port, const char *method, const char *path, const char *headers,
-            const char *body, char **resp);
+int th_http(int port, const char *method, const char *path, const char *headers, const char *body,
+            char **resp);
 
 /* A control request to the coordinator's REP socket at url (op "interrupt", "sessions"…);
  * returns the response status (or -1 when unreachable within timeout_ms) and the JSON body
