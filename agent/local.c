@@ -91,21 +91,30 @@ struct ihc_local {
 
 /* ---- process liveness ---- */
 
-/* Reads state and start time (field 22) of /proc/<pid>/stat. */
-static bool proc_stat(pid_t pid, char *state, unsigned long long *start)
+/* Reads /proc/<pid>/stat into buf and returns what follows the command name (" <state>
+ * <ppid> …"), or NULL. The name may contain spaces and parentheses, hence the last ')'. */
+static char *proc_stat_fields(pid_t pid, char *buf, size_t cap)
 {
-    char path[64], buf[1024];
+    char path[64];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
     FILE *f = fopen(path, "re");
     if (!f)
-        return false;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        return NULL;
+    size_t n = fread(buf, 1, cap - 1, f);
     fclose(f);
     buf[n] = '\0';
-    char *p = strrchr(buf, ')'); /* the command name may contain spaces and parentheses */
+    char *p = strrchr(buf, ')');
+    return p ? p + 1 : NULL;
+}
+
+/* Reads state and start time (field 22) of /proc/<pid>/stat. */
+static bool proc_stat(pid_t pid, char *state, unsigned long long *start)
+{
+    char buf[1024];
+    char *p = proc_stat_fields(pid, buf, sizeof(buf));
     if (!p)
         return false;
-    char *save = NULL, *tok = strtok_r(p + 1, " ", &save);
+    char *save = NULL, *tok = strtok_r(p, " ", &save);
     if (!tok)
         return false;
     *state = tok[0];
@@ -144,17 +153,10 @@ static bool pid_descends_from(pid_t pid, pid_t ancestor)
     for (int depth = 0; depth < 256 && pid > 1; depth++) {
         if (pid == ancestor)
             return true;
-        char path[64], buf[512];
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-        FILE *f = fopen(path, "re");
-        if (!f)
-            return false;
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        buf[n] = '\0';
-        char *p = strrchr(buf, ')'); /* then " <state> <ppid>" */
+        char buf[512];
+        char *p = proc_stat_fields(pid, buf, sizeof(buf));
         int ppid = 0;
-        if (!p || sscanf(p + 1, " %*c %d", &ppid) != 1)
+        if (!p || sscanf(p, " %*c %d", &ppid) != 1)
             return false;
         pid = (pid_t)ppid;
     }
