@@ -859,30 +859,7 @@ static int http_raw(const void *req, size_t len, char **body, bool half_close)
     }
     if (half_close)
         shutdown(fd, SHUT_WR);
-    char *buf = NULL;
-    size_t blen = 0, cap = 0;
-    for (;;) {
-        if (blen + 4097 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            buf = realloc(buf, cap);
-        }
-        ssize_t n = recv(fd, buf + blen, cap - blen - 1, 0);
-        if (n <= 0)
-            break;
-        blen += (size_t)n;
-    }
-    close(fd);
-    int status = -1;
-    if (buf) {
-        buf[blen] = '\0';
-        if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
-            status = -1;
-        char *end = strstr(buf, "\r\n\r\n");
-        if (body && end)
-            *body = strdup(end + 4);
-        free(buf);
-    }
-    return status;
+    return th_http_read_answer(fd, body);
 }
 
 /* A request with a JSON body that reaches the API: the answer must be want with an

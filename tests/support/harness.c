@@ -317,6 +317,36 @@ char *th_redis_cmd(const th_redis *r, const char *fmt, ...)
     return out;
 }
 
+int th_http_read_answer(int fd, char **body)
+{
+    if (body)
+        *body = NULL;
+    char *buf = NULL;
+    size_t len = 0, bcap = 0;
+    for (;;) {
+        if (len + 4096 + 1 > bcap) {
+            bcap = bcap ? bcap * 2 : 8192;
+            buf = realloc(buf, bcap);
+        }
+        ssize_t r = read(fd, buf + len, bcap - len - 1);
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    close(fd);
+    int status = -1;
+    if (buf) {
+        buf[len] = '\0';
+        if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
+            status = -1;
+        char *hdr_end = strstr(buf, "\r\n\r\n");
+        if (body && hdr_end)
+            *body = strdup(hdr_end + 4);
+        free(buf);
+    }
+    return status;
+}
+
 int th_http(int port, const char *method, const char *path, const char *headers, const char *body,
             char **resp)
 {
@@ -352,30 +382,7 @@ int th_http(int port, const char *method, const char *path, const char *headers,
         off += (size_t)w;
     }
     free(req);
-    char *buf = NULL;
-    size_t len = 0, bcap = 0;
-    for (;;) {
-        if (len + 4096 + 1 > bcap) {
-            bcap = bcap ? bcap * 2 : 8192;
-            buf = realloc(buf, bcap);
-        }
-        ssize_t r = read(fd, buf + len, bcap - len - 1);
-        if (r <= 0)
-            break;
-        len += (size_t)r;
-    }
-    close(fd);
-    int status = -1;
-    if (buf) {
-        buf[len] = '\0';
-        if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
-            status = -1;
-        char *hdr_end = strstr(buf, "\r\n\r\n");
-        if (resp && hdr_end)
-            *resp = strdup(hdr_end + 4);
-        free(buf);
-    }
-    return status;
+    return th_http_read_answer(fd, resp);
 }
 
 int th_control(const char *url, const char *op, const char *hw, const char *reason,

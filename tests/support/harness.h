@@ -105,6 +105,11 @@ char *th_redis_cmd(const th_redis *r, const char *fmt, ...);
 int th_http(int port, const char *method, const char *path, const char *headers, const char *body,
             char **resp);
 
+/* Reads an HTTP answer from fd until the peer closes, then closes fd. Returns the status
+ * (-1 when no status line came) and, when body is not NULL, the malloc'd body (NULL when
+ * there was none). */
+int th_http_read_answer(int fd, char **body);
+
 /* A control request to the coordinator's REP socket at url (op "interrupt", "sessions"…);
  * returns the response status (or -1 when unreachable within timeout_ms) and the JSON body
  * in *json (malloc'd). hw and reason may be NULL. */
