@@ -8,6 +8,7 @@
 #include <nng/protocol/reqrep0/req.h>
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <hiredis.h>
 #include <netinet/in.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -38,19 +40,74 @@ void th_sleep_ms_(unsigned ms)
         ;
 }
 
+/* Ports come from below the kernel's ephemeral range: a port the kernel picks for bind(0)
+ * is also what it hands to outgoing connect()s, so between our pick and the daemon's bind
+ * any test's client socket could take it. Tests run in parallel (ctest -j), so each pick is
+ * also reserved across processes with a flock on /tmp/ihc-test-ports/<port>; the lock
+ * lives as long as this process (the fd is close-on-exec and never closed), and the kernel
+ * drops it when the process dies: the empty files stay, a stale lock cannot. */
+static int th_port_range(int *lo, int *hi)
+{
+    int eph_lo = 32768;
+    FILE *fp = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (fp) {
+        int a, b;
+        if (fscanf(fp, "%d %d", &a, &b) == 2 && a > 2048)
+            eph_lo = a;
+        fclose(fp);
+    }
+    *lo = eph_lo > 12000 ? 10000 : 1025;
+    *hi = eph_lo - 1;
+    return *hi > *lo ? 0 : -1;
+}
+
+static bool th_port_bindable(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bool ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Takes the cross-process reservation of port; returns the fd that holds it, or -1. */
+static int th_port_reserve(int port)
+{
+    const char *dir = "/tmp/ihc-test-ports";
+    if (mkdir(dir, 01777) == 0)
+        chmod(dir, 01777); /* umask would narrow it; other users' tests share the dir */
+    char path[64];
+    snprintf(path, sizeof(path), "%s/%d", dir, port);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
 int th_free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
+    int lo, hi;
+    if (th_port_range(&lo, &hi) != 0)
         return -1;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
+    static unsigned seed;
+    if (!seed)
+        seed = (unsigned)getpid() ^ (unsigned)th_now_ms_();
+    for (int tries = 0; tries < 1000; tries++) {
+        int port = lo + (int)(rand_r(&seed) % (unsigned)(hi - lo + 1));
+        int fd = th_port_reserve(port);
+        if (fd < 0)
+            continue;
+        if (th_port_bindable(port))
+            return port; /* fd stays open: the reservation is ours until we exit */
+        close(fd);
+    }
+    return -1;
 }
 
 const char *th_bin(const char *name)

@@ -27,7 +27,8 @@
             fail_msg("%s: got %s, want %s", #expr, ihc_err_name(th_rc_), ihc_err_name(want));      \
     } while (0)
 
-/* A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released). */
+/* A TCP port on 127.0.0.1, free when picked, outside the kernel's ephemeral range (so no
+ * client socket takes it) and reserved for this process against other test processes. */
 int th_free_port(void);
 
 /* Path of a built program ("ihc-agent") in the build's bin directory; static buffer. */
