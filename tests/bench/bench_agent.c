@@ -1,10 +1,13 @@
 /* A service embedding libihc-agent, as the benchmark's agents: three modules with
  * instant interrupt methods and one session of each given hardware_id, replaced by a
- * fresh one on every interrupt (begun in the interrupt callback, so its session_begin
- * reaches the coordinator before this agent's report and the next interrupt expects it).
+ * fresh one on every interrupt. The new session is begun in the old one's on_cancel,
+ * which runs before the modules and the report, so its session_begin reaches the
+ * coordinator ahead of the report (one PUSH pipe keeps order) and the requester's next
+ * interrupt always finds it.
  * Usage: bench_agent --pub URL --report URL --id ID --hw HW[,HW…] */
 #include <ihc/agent.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,28 +28,30 @@ static int instant(const char *h, void *arg)
     return 0;
 }
 
+static void on_session_cancel(const char *session_id, void *arg);
+
 static void begin_session(int i)
 {
-    ihc_session_opts so = {.hw = hws[i], .module = "text_processing"};
+    ihc_session_opts so = {.hw = hws[i],
+                           .module = "text_processing",
+                           .on_cancel = on_session_cancel,
+                           .arg = (void *)(intptr_t)i};
     ihc_token *tok = NULL;
     int rc = ihc_agent_session_begin(agent, &so, &tok, NULL, 0);
     if (rc != 0) {
         fprintf(stderr, "bench_agent: session_begin: error %d\n", rc);
         return;
     }
-    pthread_mutex_lock(&current_mu); /* callbacks of concurrent interrupts may race */
+    pthread_mutex_lock(&current_mu); /* on_cancel of concurrent interrupts may race */
     ihc_token_release(current[i]);
     current[i] = tok;
     pthread_mutex_unlock(&current_mu);
 }
 
-static void on_interrupt(const char *h, uint64_t id, void *arg)
+static void on_session_cancel(const char *session_id, void *arg)
 {
-    (void)id;
-    (void)arg;
-    for (int i = 0; i < n_hws; i++)
-        if (strcmp(h, hws[i]) == 0 || strcmp(h, "*") == 0)
-            begin_session(i);
+    (void)session_id;
+    begin_session((int)(intptr_t)arg);
 }
 
 static volatile sig_atomic_t stop;
@@ -87,7 +92,6 @@ int main(int argc, char **argv)
             .name = names[i], .methods = methods, .n_methods = 2, .timeout = 0.5, .enabled = true};
         ihc_agent_register_module(agent, &m);
     }
-    ihc_agent_register_callback(agent, on_interrupt, NULL);
     for (int i = 0; i < n_hws; i++)
         begin_session(i);
     signal(SIGTERM, on_signal);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the Performance table of the README: ihc end to end (HTTP and control socket)
 # against the nng floor, Redis pub/sub and Redis-flag polling, for N = 1, 8, 32 (+128 for
-# scale), throughput with 8 agents, latency with 100k sessions in Redis, the token check
+# scale), the bare request hop, throughput with 8 agents (and the floor's), latency with 100k sessions in Redis, the token check
 # and agent idle cost. Writes tests/bench/results/{results.json,table.md,latency.png}.
 # Usage: bash tests/bench/run.sh [--quick]
 set -euo pipefail
@@ -33,6 +33,8 @@ results=$out/results.json
 run() { echo "+ $*" >&2; "$@" | tee -a "$results"; }
 flush() { redis-cli -p "$port" FLUSHALL >/dev/null; }
 
+# The request hop every answered interrupt pays on top of the fan-out floor.
+run "$bin/bench_floor" --reqrep --iterations $iters
 for n in 1 8 32; do
     it=$iters; ((n == 32)) && it=$iters32
     run "$bin/bench_floor" --agents $n --iterations $it --samples "$out/samples/floor_$n.txt"
@@ -44,6 +46,7 @@ done
 flush; run "$bin/bench_floor" --agents $scale --iterations 200
 flush; run "$bin/bench_ihc" --bin "$bin" --redis-port "$port" --agents $scale --iterations 200 --via control --logdir "$work"
 flush; run "$bin/bench_ihc" --bin "$bin" --redis-port "$port" --agents 8 --throughput 10 --clients 8 --logdir "$work"
+run "$bin/bench_floor" --agents 8 --throughput 10 --window 8
 flush; run "$bin/bench_ihc" --bin "$bin" --redis-port "$port" --agents 8 --iterations $iters --via control --logdir "$work"
 flush; run "$bin/bench_ihc" --bin "$bin" --redis-port "$port" --agents 8 --iterations $iters --via control --preload-sessions 100000 --logdir "$work"
 run "$bin/bench_token"

@@ -119,8 +119,10 @@ static void coord_start(coord *c)
                     NULL};
     c->pid = th_spawn(argv, c->log, c->env);
     assert_true(c->pid > 0);
-    if (!TH_WAIT(ctl_call(c->control, "stats", NULL, NULL, 0, NULL) == 200, 10000))
+    if (!TH_WAIT(ctl_call(c->control, "stats", NULL, NULL, 0, NULL) == 200, 10000)) {
+        th_log_tail(c->log, 30);
         fail_msg("coordinator did not answer on %s (log %s)", c->control, c->log);
+    }
 }
 
 /* True when the log holds a sanitizer report (ASan, UBSan, LSan builds). */
@@ -144,8 +146,10 @@ static int coord_stop(coord *c)
         return -1;
     int st = th_stop(c->pid, SIGTERM, 10000);
     c->pid = 0;
-    if (log_has_sanitizer_report(c->log))
+    if (log_has_sanitizer_report(c->log)) {
+        th_log_tail(c->log, 60);
         fail_msg("sanitizer report in %s", c->log);
+    }
     return (st >= 0 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
 }
 

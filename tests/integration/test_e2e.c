@@ -49,9 +49,10 @@ static void start_coordinator(void)
                    "IHC_LOG_LEVEL=debug", NULL};
     w.coord = th_spawn(argv, log, env);
     assert_true(w.coord > 0);
-    char *body = NULL;
-    assert_true(TH_WAIT(th_http(w.http, "GET", "/healthz", NULL, NULL, NULL) == 200, 10000));
-    free(body);
+    if (!TH_WAIT(th_http(w.http, "GET", "/healthz", NULL, NULL, NULL) == 200, 10000)) {
+        th_log_tail(log, 30);
+        fail_msg("coordinator did not answer GET /healthz on port %d (log %s)", w.http, log);
+    }
 }
 
 static void start_agent(int i)

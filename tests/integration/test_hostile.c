@@ -333,12 +333,18 @@ static json_t *normal_interrupt(void)
 static void check_healthy(void)
 {
     assert_true(alive(w.redis.pid) || w.redis.pid == 0);
-    if (!alive(w.coord))
+    if (!alive(w.coord)) {
+        th_log_tail(w.log_coord, 30);
         fail_msg("ihc-coordinator died; log %s", w.log_coord);
-    if (!alive(w.agent_a))
+    }
+    if (!alive(w.agent_a)) {
+        th_log_tail(w.log_a, 30);
         fail_msg("ihc-agent %s died; log %s", AGENT_A, w.log_a);
-    if (w.agent_b > 0 && !alive(w.agent_b))
+    }
+    if (w.agent_b > 0 && !alive(w.agent_b)) {
+        th_log_tail(w.log_b, 30);
         fail_msg("ihc-agent %s died; log %s", AGENT_B, w.log_b);
+    }
     assert_true(log_clean(w.log_coord));
     assert_true(log_clean(w.log_a));
     assert_true(log_clean(w.log_b));
@@ -1634,12 +1640,16 @@ static void test_hostile_shutdown(void **state)
     (void)state;
     int st = th_stop(w.agent_a, SIGTERM, 10000);
     w.agent_a = 0;
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        th_log_tail(w.log_a, 30);
         fail_msg("agent exit status %d; log %s", st, w.log_a);
+    }
     st = th_stop(w.coord, SIGTERM, 10000);
     w.coord = 0;
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        th_log_tail(w.log_coord, 30);
         fail_msg("coordinator exit status %d; log %s", st, w.log_coord);
+    }
     assert_true(log_clean(w.log_coord));
     assert_true(log_clean(w.log_a));
 }

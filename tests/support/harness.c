@@ -222,6 +222,23 @@ bool th_log_has(const char *path, const char *needle, size_t from)
     return found;
 }
 
+void th_log_tail(const char *path, int lines)
+{
+    char *text = th_slurp(path);
+    if (!text)
+        return;
+    size_t len = strlen(text);
+    const char *from = text + len;
+    for (int n = 0; from > text && n <= lines;)
+        if (*--from == '\n' && from + 1 < text + len)
+            n++;
+    if (*from == '\n')
+        from++;
+    fprintf(stderr, "--- last %d lines of %s ---\n%s%s--- end of %s ---\n", lines, path, from,
+            len && text[len - 1] != '\n' ? "\n" : "", path);
+    free(text);
+}
+
 size_t th_file_size(const char *path)
 {
     struct stat st;

@@ -78,6 +78,9 @@ void th_sleep_ms_(unsigned ms);
 char *th_slurp(const char *path);
 bool th_log_has(const char *path, const char *needle, size_t from);
 size_t th_file_size(const char *path);
+/* Prints the last lines of a log to stderr, so that a failure seen only in CI's output
+ * still shows what the process said (its temporary directory is gone by then). */
+void th_log_tail(const char *path, int lines);
 
 /* A real redis-server on 127.0.0.1:port, data in its own temporary directory. */
 typedef struct {
