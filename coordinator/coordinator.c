@@ -1113,6 +1113,14 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
     for (size_t i = 0; i < c->n_fl; i++)
         ihc_inflight_free(c->fl[i]);
     free(c->fl);
+    if (c->persist && c->reg) {
+        /* Redis may have come back after the loop's last turn: rewrite what it lost now,
+         * and record the id block once more (raise-only), so that a coordinator started
+         * after this one never hands out these ids again */
+        resync(c);
+        if (c->reserved_hi > 0)
+            ihc_persist_seq_raise(c->persist, c->reserved_hi);
+    }
     /* the writer first: its reconnect hook uses the mutex and the wake-up fd */
     ihc_persist_close(c->persist, flush_ms);
     ihc_store_epochs_free(c->resync_epochs, c->resync_n);

@@ -382,8 +382,17 @@ static void test_e2e_redis_outage(void **state)
     json_int_t total = json_integer_value(json_object_get(stats, "total_interrupts"));
     json_decref(stats);
     assert_int_equal(th_redis_start(&w.redis), 0); /* same port, empty data */
-    /* Everything the coordinator had not written lands once Redis is back. */
+    /* Everything the coordinator had not written lands once Redis is back, and the live
+     * state the empty Redis lost is written again: the id block, sessions, epochs. */
     assert_true(TH_WAIT((v = th_redis_cmd(&w.redis, "XLEN ihc:interrupts")) && atoi(v) >= 1
+                            ? (free(v), true)
+                            : (free(v), false),
+                        15000));
+    assert_true(TH_WAIT((v = th_redis_cmd(&w.redis, "HGET ihc:seq interrupt_id")) && atoi(v) > 0
+                            ? (free(v), true)
+                            : (free(v), false),
+                        15000));
+    assert_true(TH_WAIT((v = th_redis_cmd(&w.redis, "GET ihc:hw:{dev-1}:epoch")) && atoi(v) > 0
                             ? (free(v), true)
                             : (free(v), false),
                         15000));

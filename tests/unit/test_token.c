@@ -123,21 +123,18 @@ static void test_token_many_waiters(void **state)
     ihc_token_release(c.t);
 }
 
-/* The inline check stays a plain load: a million checks take well under a second even
- * unoptimised or under valgrind (a syscall or a lock per check would not). */
-static void test_token_check_is_cheap(void **state)
+/* IHC_CHECKPOINT on a live token never takes the cancelled branch, in a hot loop as a
+ * generator would run it (its cost is a benchmark's business, not a test's). */
+static void test_token_checkpoint_live(void **state)
 {
     (void)state;
     ihc_token *t = NULL;
     TH_PASS(ihc__token_new(&t, "hot"));
-    uint64_t t0 = th_now_ms_();
     volatile int seen = 0;
     for (int i = 0; i < 1000000; i++)
         IHC_CHECKPOINT(t, seen++);
-    uint64_t dt = th_now_ms_() - t0;
     ihc_token_release(t);
     assert_int_equal(seen, 0);
-    assert_true(dt < 2000);
 }
 
 int main(void)
@@ -147,7 +144,7 @@ int main(void)
         cmocka_unit_test(test_token_wait_timeout),
         cmocka_unit_test(test_token_refcount),
         cmocka_unit_test(test_token_many_waiters),
-        cmocka_unit_test(test_token_check_is_cheap),
+        cmocka_unit_test(test_token_checkpoint_live),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
