@@ -323,7 +323,11 @@ static void handle(ihc_agent *a, nng_msg *nm, uint64_t t0)
         ihc__cancel_on_interrupt(a, &m->u.interrupt, t0);
         break;
     case IHC_MSG_SYNC:
-        if (m->u.sync.agent && strcmp(m->u.sync.agent, a->id) == 0) {
+        if (m->u.sync.agent && strcmp(m->u.sync.agent, a->id) == 0 && m->u.sync.hello) {
+            /* the coordinator gave us up while we were silent (stopped, starved) */
+            ihc_log(IHC_LOG_WARN, IHC__LOG, "coordinator asks for a hello: it had lost this agent");
+            atomic_store(&a->need_hello, true);
+        } else if (m->u.sync.agent && strcmp(m->u.sync.agent, a->id) == 0) {
             ihc__cancel_on_sync(a, &m->u.sync);
             a->ever_synced = true;
             if (!atomic_exchange(&a->synced, true))

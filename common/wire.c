@@ -256,6 +256,7 @@ static const wire_field heartbeat_fields[] = {
 static const wire_field sync_fields[] = {
     FLD("agent", K_AGENT, F_REQ, ihc_sync_msg, agent),
     OBJ("epochs", epoch_info_schema, 0, ihc_sync_msg, epochs, n_epochs),
+    FLD("hello", K_BOOL, 0, ihc_sync_msg, hello),
 };
 static const wire_field result_fields[] = {
     TXT("json", F_REQ, IHC_JSON_MAX, ihc_result_msg, json),

@@ -144,11 +144,14 @@ typedef struct {
     int64_t set_ms; /* coordinator wall clock of the last bump, 0 if unknown */
 } ihc_epoch_info;
 
-/* "sync" on PUB, topic "ag:<agent>\0": the coordinator's answer to hello. */
+/* "sync" on PUB, topic "ag:<agent>\0": the coordinator's answer to hello; with hello set
+ * (and no epochs), its request for one: it had given the agent up and forgotten its
+ * sessions, and the agent's link never dropped, so nothing else would make it say hello. */
 typedef struct {
     char *agent;
     ihc_epoch_info *epochs; /* includes "*" for the global epoch */
     size_t n_epochs;
+    bool hello;
 } ihc_sync_msg;
 
 /* "result" on PUB, topic "ev:\0": a finished interrupt, for `ihc watch`. */

@@ -612,14 +612,29 @@ static void on_hello(ihc_coord *c, const ihc_msg *m)
             h->agent, h->node ? h->node : "", h->n_modules, h->n_sessions);
 }
 
+/* An agent given up (silent past IHC_AGENT_TTL, its sessions expired) or forgotten speaks
+ * again on a link that never dropped: ask it for a hello, which lists its sessions. */
+static void ask_hello(ihc_coord *c, const char *agent_id, const char *why)
+{
+    ihc_msg m = {.type = IHC_MSG_SYNC};
+    m.u.sync.agent = (char *)agent_id;
+    m.u.sync.hello = true;
+    publish(c, &m);
+    ihc_log(IHC_LOG_WARN, COMPONENT, "agent back agent=%s was=%s: asking it for a hello", agent_id,
+            why);
+}
+
 static void on_heartbeat(ihc_coord *c, const ihc_msg *m)
 {
     const ihc_heartbeat_msg *hb = &m->u.heartbeat;
     const ihc_reg_agent *before = ihc_registry_agent(c->reg, hb->agent);
     bool was_connected = before && before->state == IHC_AGENT_CONNECTED;
+    const char *lost = !before ? "unknown" : before->state == IHC_AGENT_GONE ? "gone" : NULL;
     ihc_reg_agent *a = ihc_registry_touch(c->reg, hb->agent, ihc_mono_ns(), ihc_now_ms());
     if (!a)
         return;
+    if (lost)
+        ask_hello(c, a->agent_id, lost);
     /* a refresh is enough while connected and its sessions are as last written (the hash's
      * session list is rewritten at most once per heartbeat); after a silence the hash may
      * have expired */

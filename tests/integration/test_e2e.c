@@ -111,6 +111,25 @@ static size_t live_agents(void)
     return n;
 }
 
+/* True when the coordinator knows agent id as connected, with the given process id (so a
+ * restarted agent has said hello, not only its predecessor's entry is still fresh). */
+static bool agent_is(const char *id, pid_t pid)
+{
+    json_t *j = control("agents", NULL, 0, NULL);
+    bool found = false;
+    size_t i;
+    json_t *a;
+    json_array_foreach(json_object_get(j, "agents"), i, a)
+    {
+        const char *aid = json_string_value(json_object_get(a, "agent_id"));
+        found = found ||
+                (aid && !strcmp(aid, id) && json_integer_value(json_object_get(a, "pid")) == pid &&
+                 json_is_true(json_object_get(a, "connected")));
+    }
+    json_decref(j);
+    return found;
+}
+
 static bool json_array_has(json_t *arr, const char *s)
 {
     size_t i;
@@ -354,7 +373,30 @@ static void test_e2e_agent_killed(void **state)
     assert_non_null(json_object_get(r, "error"));
     json_decref(r);
     start_agent(2);
+    assert_true(TH_WAIT(agent_is("node-c", w.agent[2]), 15000));
     assert_true(TH_WAIT(live_agents() == N_AGENTS, 15000));
+}
+
+/* An agent silent past IHC_AGENT_TTL (stopped, starved) is given up and its sessions
+ * expire; when it speaks again on the link that never dropped, the coordinator asks it for
+ * a hello and knows its sessions again, so interrupts of its hardware_ids reach it. */
+static void test_e2e_agent_silent(void **state)
+{
+    (void)state;
+    assert_true(TH_WAIT(agent_is("node-c", w.agent[2]), 15000));
+    assert_true(TH_WAIT(active_sessions("dev-4") == 1, 10000));
+    assert_int_equal(kill(w.agent[2], SIGSTOP), 0);
+    bool given_up = TH_WAIT(active_sessions("dev-4") == 0, 10000);
+    assert_int_equal(kill(w.agent[2], SIGCONT), 0);
+    assert_true(given_up);
+    assert_true(TH_WAIT(active_sessions("dev-4") == 1, 10000));
+    json_t *r = control("interrupt", "dev-4", 2000, NULL);
+    assert_non_null(r);
+    assert_true(json_is_true(json_object_get(r, "success")));
+    assert_true(
+        json_array_has(json_object_get(json_object_get(r, "agents"), "answered"), "node-c"));
+    assert_int_equal(json_array_size(json_object_get(r, "cleaned_sessions")), 1);
+    json_decref(r);
 }
 
 /* Redis killed: interrupts still succeed with persisted false; the backlog lands later. */
@@ -461,9 +503,13 @@ static void test_e2e_concurrent(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_e2e_startup),      cmocka_unit_test(test_e2e_interrupt_exact),
-        cmocka_unit_test(test_e2e_http),         cmocka_unit_test(test_e2e_agent_killed),
-        cmocka_unit_test(test_e2e_redis_outage), cmocka_unit_test(test_e2e_coordinator_restart),
+        cmocka_unit_test(test_e2e_startup),
+        cmocka_unit_test(test_e2e_interrupt_exact),
+        cmocka_unit_test(test_e2e_http),
+        cmocka_unit_test(test_e2e_agent_killed),
+        cmocka_unit_test(test_e2e_agent_silent),
+        cmocka_unit_test(test_e2e_redis_outage),
+        cmocka_unit_test(test_e2e_coordinator_restart),
         cmocka_unit_test(test_e2e_concurrent),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -72,7 +72,7 @@ static void make_full(ihc_msg_type t, ihc_msg *m)
         m->u.heartbeat = (ihc_heartbeat_msg){"n1:42", 5, fx_hws, 3, fx_modnames, 2};
         break;
     case IHC_MSG_SYNC:
-        m->u.sync = (ihc_sync_msg){"n1:42", fx_epochs, 3};
+        m->u.sync = (ihc_sync_msg){"n1:42", fx_epochs, 3, true};
         break;
     case IHC_MSG_RESULT:
         m->u.result.json = "{\"success\":true,\"interrupt_id\":17}";
@@ -281,6 +281,7 @@ static void assert_msg_equal(const ihc_msg *d, const ihc_msg *e)
     case IHC_MSG_SYNC: {
         const ihc_sync_msg *a = &d->u.sync, *b = &e->u.sync;
         assert_string_equal(a->agent, b->agent);
+        assert_int_equal(a->hello, b->hello);
         assert_int_equal(a->n_epochs, b->n_epochs);
         for (size_t i = 0; i < a->n_epochs; i++) {
             assert_string_equal(a->epochs[i].hw, b->epochs[i].hw);
