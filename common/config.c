@@ -20,6 +20,7 @@
 
 typedef enum {
     T_URL,         /* nng URL: tcp://, tls+tcp://, ipc://, inproc:// */
+    T_URL_OFF,     /* the same, or "", "off", "none": the endpoint is disabled */
     T_REDIS_URL,   /* redis:// or unix:// */
     T_ADDR,        /* host:port */
     T_AGENT_ID,    /* ihc_agent_id_valid; default "<hostname>:<pid>" */
@@ -74,8 +75,9 @@ static const setting settings[] = {
      "HTTP API listen address"},
     {"IHC_REDIS_URL", "redis", T_REDIS_URL, "redis://127.0.0.1:6379/0", NULL, 0, 0, NULL, C,
      OFF(redis_url), "Redis holding sessions, flags, epochs, the interrupt log and stats"},
-    {"IHC_LOCAL_URL", "local", T_URL, "ipc:///tmp/ihc-agent.sock", NULL, 0, 0, NULL, A | L,
-     OFF(local_url), "the agent's local endpoint for processes on this node (`ihc run` dials it)"},
+    {"IHC_LOCAL_URL", "local", T_URL_OFF, "ipc:///tmp/ihc-agent.sock", NULL, 0, 0, NULL, A | L,
+     OFF(local_url),
+     "the agent's local endpoint for processes on this node (`ihc run` dials it); off disables"},
     {"IHC_AGENT_ID", "id", T_AGENT_ID, NULL, NULL, 0, 0, NULL, A, OFF(agent_id),
      "this agent's id: 1-255 printable ASCII characters without spaces"},
     {NULL, "simulate", T_HW_LIST, NULL, NULL, 0, 0, NULL, A, OFF(simulate),
@@ -167,6 +169,7 @@ static const char *metavar(const setting *s)
 {
     switch (s->type) {
     case T_URL:
+    case T_URL_OFF:
     case T_REDIS_URL:
         return "URL";
     case T_ADDR:
@@ -441,10 +444,14 @@ static bool parse_value(const setting *s, const char *v, ihc_config *cfg, char *
     char *field = (char *)cfg + s->off;
     switch (s->type) {
     case T_URL:
+    case T_URL_OFF:
+        if (s->type == T_URL_OFF && (!v[0] || !strcmp(v, "off") || !strcmp(v, "none")))
+            return set_string((char **)field, v, why, wlen);
         if (!url_ok(v)) {
             snprintf(why, wlen,
                      "expected an nng URL: tcp://HOST:PORT, tls+tcp://HOST:PORT, ipc://PATH or "
-                     "inproc://NAME (port in [0, 65535])");
+                     "inproc://NAME (port in [0, 65535])%s",
+                     s->type == T_URL_OFF ? ", or off" : "");
             return false;
         }
         return set_string((char **)field, v, why, wlen);
@@ -781,6 +788,7 @@ void ihc_config_fini(ihc_config *cfg)
         char **field = (char **)((char *)cfg + s->off);
         switch (s->type) {
         case T_URL:
+        case T_URL_OFF:
         case T_REDIS_URL:
         case T_ADDR:
         case T_AGENT_ID:

@@ -11,13 +11,14 @@
 #include <string.h>
 
 #include "clock.h"
+#include "ihc/client.h"
 #include "coordinator.h"
 #include "err.h"
 #include "log.h"
 #include "version.h"
 
 #define COMPONENT      "api"
-#define TIMEOUT_MAX_MS 600000
+#define TIMEOUT_MAX_MS IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS
 
 static char *dump(json_t *o)
 {
@@ -88,7 +89,8 @@ void ihc_api_interrupt(ihc_coord *c, const char *hw, const char *reason, int64_t
         goto bad;
     }
     if (timeout_ms < 0 || timeout_ms > TIMEOUT_MAX_MS) {
-        snprintf(msg, sizeof(msg), "timeout_ms: %" PRId64 " out of range [1, %d]", timeout_ms,
+        snprintf(msg, sizeof(msg),
+                 "timeout_ms: %" PRId64 " out of range [0, %d] (0: INTERRUPT_TIMEOUT)", timeout_ms,
                  TIMEOUT_MAX_MS);
         goto bad;
     }
@@ -266,6 +268,8 @@ typedef struct {
 static void add_agent(void *arg, const ihc_reg_agent *a)
 {
     agents_ctx *x = arg;
+    if (a->state == IHC_AGENT_GONE)
+        return; /* the contract lists live agents; a gone one is kept only to be purged */
     json_t *hws = json_object_get(x->hws, a->agent_id);
     json_t *o = json_object();
     if (!o)
@@ -275,9 +279,7 @@ static void add_agent(void *arg, const ihc_reg_agent *a)
     json_object_set_new(o, "pid", json_integer(a->pid));
     json_object_set_new(o, "connected", json_boolean(a->state == IHC_AGENT_CONNECTED));
     json_object_set_new(o, "state",
-                        json_string(a->state == IHC_AGENT_CONNECTED ? "connected"
-                                    : a->state == IHC_AGENT_PENDING ? "pending"
-                                                                    : "gone"));
+                        json_string(a->state == IHC_AGENT_CONNECTED ? "connected" : "pending"));
     json_object_set_new(o, "started_ms", json_integer(a->started_ms));
     json_object_set_new(o, "last_seen_ms", json_integer(a->last_seen_ms));
     json_object_set_new(o, "sessions", json_integer((json_int_t)a->n_sessions));

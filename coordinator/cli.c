@@ -63,7 +63,7 @@ static const char usage_text[] =
     "                     default tcp://127.0.0.1:7452)\n"
     "  --pub URL          coordinator broadcast endpoint, for watch (IHC_PUB_URL,\n"
     "                     default " DEFAULT_PUB_URL ")\n"
-    "  --timeout MS       interrupt: its timeout (default: the coordinator's\n"
+    "  --timeout MS       interrupt: its timeout, at most 600000 (default: the coordinator's\n"
     "                     INTERRUPT_TIMEOUT); other commands: how long to wait for the answer\n"
     "  --secret-file PATH shared secret signing messages (IHC_SECRET_FILE, or IHC_SECRET)\n"
     "  --json             print the coordinator's JSON document unchanged\n"
@@ -102,6 +102,7 @@ static int client_fail(ihc_client *c, const char *what, int rc)
     case IHC_CLIENT_ENOENT:
     case IHC_CLIENT_ETOOBIG:
     case IHC_CLIENT_EDISABLED:
+    case IHC_CLIENT_EBADSIG: /* refused: our secret is not the coordinator's */
         fprintf(stderr, "ihc: %s: %s\n", what, detail);
         return EXIT_USAGE;
     default:
@@ -424,6 +425,9 @@ static void show_result(const ihc_result *r, const char *hw)
 static int cmd_interrupt(cli *o, ihc_client *c)
 {
     const char *hw = o->pos[0];
+    if (o->timeout_ms > IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS)
+        return usage_error("--timeout %ld: an interrupt waits at most %d ms", o->timeout_ms,
+                           IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS);
     ihc_result *r = NULL;
     int rc = ihc_client_interrupt(c, hw, o->reason, (int)o->timeout_ms, &r);
     if (rc != IHC_CLIENT_OK)

@@ -84,12 +84,15 @@ int ihc_client_open(ihc_client **out, const ihc_client_opts *o);
 /* Closes the client; calls in progress fail. Accepts NULL. */
 void ihc_client_close(ihc_client *c);
 
+/* The longest timeout an interrupt may ask for (ms); the coordinator refuses more (400). */
+#define IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS 600000
+
 /* Interrupts hw ("*" = global). reason may be NULL; timeout_ms 0 = the coordinator's
- * INTERRUPT_TIMEOUT. Returns 0 when the coordinator ran the interrupt: *out is then the
- * result (check (*out)->success: false when an agent was missing or a module timed out);
- * caller frees it with ihc_result_free. Otherwise *out is NULL and the code says why:
- * IHC_CLIENT_EBADHW / EINVAL (bad argument or refused: ihc_client_last_error has the
- * coordinator's text), ENOTCONN, ETIMEDOUT, ELIMIT, EDISABLED, EPROTO, EBADSIG. */
+ * INTERRUPT_TIMEOUT, at most IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS. Returns 0 when the coordinator
+ * ran the interrupt: *out is then the result (check (*out)->success: false when an agent was
+ * missing or a module timed out); caller frees it with ihc_result_free. Otherwise *out is NULL and
+ * the code says why: IHC_CLIENT_EBADHW / EINVAL (bad argument or refused: ihc_client_last_error has
+ * the coordinator's text), ENOTCONN, ETIMEDOUT, ELIMIT, EDISABLED, EPROTO, EBADSIG. */
 int ihc_client_interrupt(ihc_client *c, const char *hw, const char *reason, int timeout_ms,
                          ihc_result **out);
 

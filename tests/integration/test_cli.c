@@ -322,6 +322,7 @@ static void test_cli_usage_errors(void **state)
         {{"interrupt", "a b"}, "invalid hardware_id"},
         {{"interrupt", "dev-1", "--timeout", "abc"}, "--timeout abc: expected milliseconds"},
         {{"interrupt", "dev-1", "--timeout"}, "needs a value"},
+        {{"interrupt", "dev-1", "--timeout", "600001"}, "an interrupt waits at most 600000 ms"},
         {{"sessions", "--reason", "x"}, "--reason is only for interrupt"},
         {{"frobnicate"}, "unknown command 'frobnicate'"},
         {{"flags", "clear"}, "the only argument is 'reset'"},

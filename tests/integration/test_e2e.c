@@ -387,8 +387,12 @@ static void test_e2e_agent_silent(void **state)
     assert_true(TH_WAIT(active_sessions("dev-4") == 1, 10000));
     assert_int_equal(kill(w.agent[2], SIGSTOP), 0);
     bool given_up = TH_WAIT(active_sessions("dev-4") == 0, 10000);
+    json_t *j = control("agents", NULL, 0, NULL); /* live agents only */
+    size_t listed = json_array_size(json_object_get(j, "agents"));
+    json_decref(j);
     assert_int_equal(kill(w.agent[2], SIGCONT), 0);
     assert_true(given_up);
+    assert_int_equal(listed, N_AGENTS - 1);
     assert_true(TH_WAIT(active_sessions("dev-4") == 1, 10000));
     json_t *r = control("interrupt", "dev-4", 2000, NULL);
     assert_non_null(r);

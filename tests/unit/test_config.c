@@ -472,6 +472,17 @@ static void test_config_bad_url(void **state)
     unsetenv("IHC_PUB_URL");
     expect_error(CLI, ARGS("--control", "tcp://a b:1"), "--control=tcp://a b:1", NULL);
     expect_error(AGENT, ARGS("--local=/tmp/sock"), "--local=/tmp/sock", "ipc://");
+    expect_error(AGENT, ARGS("--pub=off"), "--pub=off", "tcp://"); /* only local can be off */
+    static const char *const offs[] = {"off", "none", ""};
+    for (size_t i = 0; i < 3; i++) { /* the local endpoint can be switched off */
+        ihc_config cfg;
+        char err[256];
+        setenv("IHC_LOCAL_URL", offs[i], 1);
+        TH_PASS(load(&cfg, AGENT, err, sizeof err, NULL, NULL, NOARGS));
+        assert_string_equal(cfg.local_url, offs[i]);
+        ihc_config_fini(&cfg);
+    }
+    unsetenv("IHC_LOCAL_URL");
     expect_error(COORD, ARGS("--report=tls+tcp://h:x"), "--report=tls+tcp://h:x", NULL);
     expect_error(COORD, ARGS("--redis=tcp://127.0.0.1:6379"), "--redis=tcp://127.0.0.1:6379",
                  "redis://");
