@@ -240,19 +240,22 @@ static bool content_type_ok(struct MHD_Connection *conn)
 typedef struct {
     bool takes_hw;
     const char *hw;
+    bool hw_nul; /* "%00" decoded inside the value: the C string would be cut short */
     int n_hw;
     char bad[HTTP_NAME_MAX + 1];
     bool has_bad;
 } query_scan;
 
 static enum MHD_Result scan_arg(void *cls, enum MHD_ValueKind kind, const char *key,
-                                const char *value)
+                                size_t key_size, const char *value, size_t value_size)
 {
     (void)kind;
     query_scan *q = cls;
-    if (q->takes_hw && key != NULL && strcmp(key, "hardware_id") == 0) {
+    if (q->takes_hw && key != NULL && key_size == strlen("hardware_id") &&
+        strcmp(key, "hardware_id") == 0) {
         q->n_hw++;
         q->hw = value;
+        q->hw_nul = value != NULL && strlen(value) != value_size;
         return MHD_YES;
     }
     if (!q->has_bad) {
@@ -294,7 +297,7 @@ static bool admit(ihc_http *h, struct MHD_Connection *conn, http_req *r, const c
         return false;
     }
     query_scan q = {.takes_hw = rt->takes_hw};
-    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, scan_arg, &q);
+    MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, scan_arg, &q);
     if (q.has_bad) {
         *ret = refuse(h, conn, r, MHD_HTTP_BAD_REQUEST, NULL, "unknown query parameter '%s'%s",
                       q.bad, rt->takes_hw ? " (accepted: hardware_id)" : "");
@@ -306,9 +309,10 @@ static bool admit(ihc_http *h, struct MHD_Connection *conn, http_req *r, const c
         return false;
     }
     if (q.n_hw == 1) {
-        if (q.hw == NULL || q.hw[0] == '\0') {
+        if (q.hw == NULL || q.hw[0] == '\0' || q.hw_nul) {
             *ret = refuse(h, conn, r, MHD_HTTP_BAD_REQUEST, NULL,
-                          "query parameter 'hardware_id' is empty");
+                          q.hw_nul ? "query parameter 'hardware_id' contains a NUL byte (%%00)"
+                                   : "query parameter 'hardware_id' is empty");
             return false;
         }
         r->hw = strdup(q.hw);

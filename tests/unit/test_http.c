@@ -486,7 +486,9 @@ static void test_http_bad_input(void **state)
     expect_error(&r, 400, "given more than once");
     http(s->port, "GET", "/v1/sessions?hardware_id=", NULL, NULL, &r);
     expect_error(&r, 400, "'hardware_id' is empty");
-    assert_int_equal(atomic_load(&n_rejected), rejected + 8);
+    http(s->port, "GET", "/v1/sessions?hardware_id=dev-1%00junk", NULL, NULL, &r);
+    expect_error(&r, 400, "'hardware_id' contains a NUL byte (%00)");
+    assert_int_equal(atomic_load(&n_rejected), rejected + 9);
     /* nothing reached the coordinator */
     assert_int_equal(atomic_load(&n_interrupts), 0);
     srv_stop(s);
