@@ -187,6 +187,23 @@ static void opts_from_config(ihc_agent_opts *o, const ihc_config *cfg)
     o->config_file = cfg->agent_config;
 }
 
+/* How long a signalled shutdown may take before the process exits anyway. nng 1.5.2's
+ * nng_close was seen to wait forever for a pipe that never finished closing (2 agents of
+ * 128 being stopped at once); a supervisor then gets an exit instead of a hung process. */
+#define SHUTDOWN_GRACE_S 10
+
+static void *shutdown_watchdog(void *arg)
+{
+    (void)arg;
+    sleep(SHUTDOWN_GRACE_S);
+    ihc_log(IHC_LOG_ERROR, COMP,
+            "shutdown did not finish in %d s (stuck closing the transport): "
+            "exiting now",
+            SHUTDOWN_GRACE_S);
+    _exit(1);
+    return NULL;
+}
+
 /* IHC_LOCAL_URL="" (or off/none) runs the agent without a local endpoint. */
 static bool local_disabled(const char *url)
 {
@@ -318,6 +335,9 @@ int main(int argc, char **argv)
             : sig == SIGTERM ? "SIGTERM"
                              : "?");
     status = 0;
+    pthread_t wd;
+    if (pthread_create(&wd, NULL, shutdown_watchdog, NULL) == 0)
+        pthread_detach(wd);
 
 out:
     /* order: stop the work, stop serving processes, close the agent (no callbacks or methods
