@@ -304,14 +304,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (getenv("IHC_KEEP_TMP") == NULL && tmpdir) {
-        char cmd[4200];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", tmpdir);
-    } else if (tmpdir) {
-        fprintf(stderr, "logs kept in %s\n", tmpdir);
-    }
+    th_tmpdir_remove(tmpdir);
     free(tmpdir);
     return 0;
 }

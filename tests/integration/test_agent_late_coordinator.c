@@ -128,12 +128,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    if (tmpdir && !getenv("IHC_KEEP_TMP")) {
-        char cmd[4200];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", tmpdir);
-    }
+    th_tmpdir_remove(tmpdir);
     free(tmpdir);
     return 0;
 }

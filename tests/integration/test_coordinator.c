@@ -169,16 +169,8 @@ static bool coord_fini(coord *c)
         fprintf(stderr, "sanitizer report in %s\n", c->log);
         clean = false;
     }
-    if (c->dir && getenv("IHC_TEST_KEEP")) {
-        fprintf(stderr, "kept %s\n", c->dir);
-        free(c->dir);
-    } else if (c->dir) {
-        char cmd[4300];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", c->dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "cannot remove %s\n", c->dir);
-        free(c->dir);
-    }
+    th_tmpdir_remove(c->dir);
+    free(c->dir);
     memset(c, 0, sizeof(*c));
     return clean;
 }

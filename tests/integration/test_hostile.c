@@ -1689,14 +1689,7 @@ static int teardown(void **state)
     if (w.redis.pid > 0)
         kill(w.redis.pid, SIGCONT);
     th_redis_stop(&w.redis);
-    if (getenv("IHC_KEEP_LOGS"))
-        fprintf(stderr, "logs kept in %s\n", w.dir);
-    else {
-        char cmd[600];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", w.dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", w.dir);
-    }
+    th_tmpdir_remove(w.dir);
     free(w.dir);
     return 0;
 }

@@ -443,12 +443,7 @@ static int teardown(void **state)
             fprintf(stderr, "ihc-agent did not stop cleanly (status 0x%x)\n", st);
     }
     th_fc_close(&w.fc);
-    if (w.dir && !getenv("IHC_KEEP_TMP")) {
-        char cmd[4300];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", w.dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", w.dir);
-    }
+    th_tmpdir_remove(w.dir);
     free(w.dir);
     return 0;
 }

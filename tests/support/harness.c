@@ -222,6 +222,20 @@ bool th_log_has(const char *path, const char *needle, size_t from)
     return found;
 }
 
+void th_tmpdir_remove(const char *dir)
+{
+    if (!dir)
+        return;
+    if (getenv("IHC_KEEP_LOGS") || getenv("IHC_KEEP_TMP") || getenv("IHC_TEST_KEEP")) {
+        fprintf(stderr, "logs kept in %s\n", dir);
+        return;
+    }
+    char cmd[4300];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+}
+
 void th_log_tail(const char *path, int lines)
 {
     char *text = th_slurp(path);

@@ -37,6 +37,9 @@ const char *th_bin(const char *name);
 /* A fresh temporary directory (mkdtemp under $TMPDIR or /tmp); static buffer per call is
  * NOT kept: the result is malloc'd, caller frees. */
 char *th_tmpdir(const char *tag);
+/* Removes a directory made by th_tmpdir and all in it (NULL: nothing), unless IHC_KEEP_LOGS
+ * is set (or the older IHC_KEEP_TMP / IHC_TEST_KEEP): then it says where the logs are. */
+void th_tmpdir_remove(const char *dir);
 
 /* Starts argv[0] with argv, stdout/stderr appended to logfile (NULL: inherit), extra
  * environment entries env ("K=V", NULL-terminated, may be NULL). The child gets
