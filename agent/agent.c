@@ -4,6 +4,7 @@
 #include "agent_int.h"
 
 #include "clock.h"
+#include "defaults.h"
 
 #include <errno.h>
 #include <math.h>
@@ -66,12 +67,12 @@ void ihc__thread_priority(bool high)
 void ihc_agent_opts_init(ihc_agent_opts *o)
 {
     memset(o, 0, sizeof(*o));
-    o->max_active_sessions = 100;
-    o->session_timeout = 300.0;
-    o->session_cleanup_delay = 2.0;
-    o->heartbeat_interval = 1.0;
-    o->default_module_timeout = 1.0;
-    o->kill_grace = 2.0;
+    o->max_active_sessions = IHC_DEFAULT_MAX_ACTIVE_SESSIONS;
+    o->session_timeout = IHC_DEFAULT_SESSION_TIMEOUT_S;
+    o->session_cleanup_delay = IHC_DEFAULT_SESSION_CLEANUP_DELAY_S;
+    o->heartbeat_interval = IHC_DEFAULT_HEARTBEAT_INTERVAL_S;
+    o->default_module_timeout = IHC_DEFAULT_MODULE_TIMEOUT_S;
+    o->kill_grace = IHC_DEFAULT_KILL_GRACE_S;
     o->cleanup_on_interrupt = true;
     o->force_cleanup = true;
     o->high_priority = true;
@@ -80,6 +81,12 @@ void ihc_agent_opts_init(ihc_agent_opts *o)
 static bool bad_seconds(double v)
 {
     return !isfinite(v) || v < 0 || v > 86400.0 * 365;
+}
+
+/* A duration that must be positive: 0 would make a timer spin or expire everything. */
+static bool bad_positive_seconds(double v)
+{
+    return bad_seconds(v) || v == 0;
 }
 
 /* ---- sending ---- */
@@ -550,13 +557,16 @@ int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *opts)
         o = *opts;
     else
         ihc_agent_opts_init(&o);
-    const char *bad = o.max_active_sessions < 0               ? "max_active_sessions (>= 0)"
-                      : bad_seconds(o.session_timeout)        ? "session_timeout (s, >= 0)"
-                      : bad_seconds(o.session_cleanup_delay)  ? "session_cleanup_delay (s, >= 0)"
-                      : bad_seconds(o.heartbeat_interval)     ? "heartbeat_interval (s, >= 0)"
-                      : bad_seconds(o.default_module_timeout) ? "default_module_timeout (s, >= 0)"
-                      : bad_seconds(o.kill_grace)             ? "kill_grace (s, >= 0)"
-                      : o.secret_len && !o.secret             ? "secret (NULL with a length)"
+    /* Every value is taken as given (ihc_agent_opts_init holds the defaults): kill_grace 0
+     * means SIGKILL right after SIGTERM, not "the default". */
+    const char *bad = o.max_active_sessions < 1                 ? "max_active_sessions (>= 1)"
+                      : bad_positive_seconds(o.session_timeout) ? "session_timeout (s, > 0)"
+                      : bad_seconds(o.session_cleanup_delay)    ? "session_cleanup_delay (s, >= 0)"
+                      : bad_positive_seconds(o.heartbeat_interval) ? "heartbeat_interval (s, > 0)"
+                      : bad_positive_seconds(o.default_module_timeout)
+                          ? "default_module_timeout (s, > 0)"
+                      : bad_seconds(o.kill_grace) ? "kill_grace (s, >= 0)"
+                      : o.secret_len && !o.secret ? "secret (NULL with a length)"
                       : o.agent_id && !ihc_agent_id_valid(o.agent_id, strlen(o.agent_id))
                           ? "agent_id (1-255 printable bytes, no spaces)"
                           : NULL;
@@ -564,16 +574,6 @@ int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *opts)
         ihc_log(IHC_LOG_ERROR, IHC__LOG, "invalid agent option: %s", bad);
         return IHC_EINVAL;
     }
-    if (o.max_active_sessions == 0)
-        o.max_active_sessions = 100;
-    if (o.session_timeout == 0)
-        o.session_timeout = 300.0;
-    if (o.heartbeat_interval == 0)
-        o.heartbeat_interval = 1.0;
-    if (o.default_module_timeout == 0)
-        o.default_module_timeout = 1.0;
-    if (o.kill_grace == 0)
-        o.kill_grace = 2.0;
 
     ihc_agent *a = calloc(1, sizeof(*a));
     if (!a)
@@ -593,8 +593,8 @@ int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *opts)
     }
     if (gethostname(a->node, sizeof(a->node) - 1) != 0 || !a->node[0])
         snprintf(a->node, sizeof(a->node), "localhost");
-    a->pub_url = strdup(o.pub_url ? o.pub_url : "tcp://127.0.0.1:7450");
-    a->report_url = strdup(o.report_url ? o.report_url : "tcp://127.0.0.1:7451");
+    a->pub_url = strdup(o.pub_url ? o.pub_url : IHC_DEFAULT_PUB_URL);
+    a->report_url = strdup(o.report_url ? o.report_url : IHC_DEFAULT_REPORT_URL);
     if (!a->pub_url || !a->report_url)
         goto fail;
     if (o.config_file && !(a->config_file = strdup(o.config_file)))

@@ -8,8 +8,6 @@
 
 #include "ihc/agent.h"
 
-#define IHC_LOCAL_DEFAULT_URL "ipc:///tmp/ihc-agent.sock"
-
 typedef struct ihc_local ihc_local;
 
 /* Listens on url and serves begin/wait/end/ping for agent a. For ipc:// a stale socket file

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "defaults.h"
 #include "err.h"
 #include "ihc/agent.h"
 #include "local.h"
@@ -291,7 +292,7 @@ int main(int argc, char **argv)
     if (register_modules(a, modules, sizeof(modules)) != IHC_OK)
         goto out;
 
-    const char *local_url = cfg.local_url ? cfg.local_url : IHC_LOCAL_DEFAULT_URL;
+    const char *local_url = cfg.local_url ? cfg.local_url : IHC_DEFAULT_LOCAL_URL;
     if (!local_disabled(cfg.local_url)) {
         rc = ihc_local_open(&local, a, local_url, cfg.max_active_sessions,
                             (int)(cfg.interrupt_check_interval * 1000), err, sizeof(err));
@@ -316,8 +317,8 @@ int main(int argc, char **argv)
 
     ihc_log(IHC_LOG_INFO, COMP,
             "daemon started id=%s pub=%s report=%s local=%s modules=%s simulate=%s version=%s",
-            ihc_agent_id(a), cfg.pub_url ? cfg.pub_url : "tcp://127.0.0.1:7450",
-            cfg.report_url ? cfg.report_url : "tcp://127.0.0.1:7451", local_url, modules,
+            ihc_agent_id(a), cfg.pub_url,
+            cfg.report_url, local_url, modules,
             cfg.simulate ? cfg.simulate : "off", IHC_VERSION);
 
     int sig;

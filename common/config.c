@@ -1,9 +1,10 @@
 /* Configuration: one declarative table of every setting (env var, flag, type, default,
  * bounds, help, roles, field) that drives defaults, parsing, validation, usage and dump. */
 #include "config.h"
-#include "log.h"
 
+#include "defaults.h"
 #include "err.h"
+#include "log.h"
 #include "wire.h"
 
 #include <ctype.h>
@@ -64,18 +65,19 @@ _Static_assert(IHC_PRIORITY_HIGH == 2 && IHC_LOGFMT_JSON == 1, "choices follow t
 
 static const setting settings[] = {
     /* endpoints */
-    {"IHC_PUB_URL", "pub", T_URL, "tcp://127.0.0.1:7450", "tcp://0.0.0.0:7450", 0, 0, NULL, C | A,
+    {"IHC_PUB_URL", "pub", T_URL, IHC_DEFAULT_PUB_URL, IHC_DEFAULT_PUB_LISTEN, 0, 0, NULL, C | A,
      OFF(pub_url), "broadcast endpoint: the coordinator listens (PUB), agents dial (SUB)"},
-    {"IHC_REPORT_URL", "report", T_URL, "tcp://127.0.0.1:7451", "tcp://0.0.0.0:7451", 0, 0, NULL,
-     C | A, OFF(report_url), "report endpoint: the coordinator listens (PULL), agents dial (PUSH)"},
-    {"IHC_CONTROL_URL", "control", T_URL, "tcp://127.0.0.1:7452", "tcp://0.0.0.0:7452", 0, 0, NULL,
-     C | L, OFF(control_url),
+    {"IHC_REPORT_URL", "report", T_URL, IHC_DEFAULT_REPORT_URL, IHC_DEFAULT_REPORT_LISTEN, 0, 0,
+     NULL, C | A, OFF(report_url),
+     "report endpoint: the coordinator listens (PULL), agents dial (PUSH)"},
+    {"IHC_CONTROL_URL", "control", T_URL, IHC_DEFAULT_CONTROL_URL, IHC_DEFAULT_CONTROL_LISTEN, 0, 0,
+     NULL, C | L, OFF(control_url),
      "control endpoint: the coordinator listens (REP), the CLI and libihc dial (REQ)"},
-    {"IHC_HTTP_ADDR", "http", T_ADDR, "0.0.0.0:7480", NULL, 0, 0, NULL, C, OFF(http_addr),
+    {"IHC_HTTP_ADDR", "http", T_ADDR, IHC_DEFAULT_HTTP_ADDR, NULL, 0, 0, NULL, C, OFF(http_addr),
      "HTTP API listen address"},
-    {"IHC_REDIS_URL", "redis", T_REDIS_URL, "redis://127.0.0.1:6379/0", NULL, 0, 0, NULL, C,
+    {"IHC_REDIS_URL", "redis", T_REDIS_URL, IHC_DEFAULT_REDIS_URL, NULL, 0, 0, NULL, C,
      OFF(redis_url), "Redis holding sessions, flags, epochs, the interrupt log and stats"},
-    {"IHC_LOCAL_URL", "local", T_URL_OFF, "ipc:///tmp/ihc-agent.sock", NULL, 0, 0, NULL, A | L,
+    {"IHC_LOCAL_URL", "local", T_URL_OFF, IHC_DEFAULT_LOCAL_URL, NULL, 0, 0, NULL, A | L,
      OFF(local_url),
      "the agent's local endpoint for processes on this node (`ihc run` dials it); off disables"},
     {"IHC_AGENT_ID", "id", T_AGENT_ID, NULL, NULL, 0, 0, NULL, A, OFF(agent_id),
@@ -99,18 +101,21 @@ static const setting settings[] = {
     /* the original module's settings */
     {"GLOBAL_INTERRUPT_ENABLED", "global-interrupt-enabled", T_BOOL, "true", NULL, 0, 0, NULL,
      C | A, OFF(global_interrupt_enabled), "allow the global interrupt (hardware_id \"*\")"},
-    {"INTERRUPT_CHECK_INTERVAL", "interrupt-check-interval", T_SECONDS, "0.1", NULL, 0.001, 60,
-     NULL, A, OFF(interrupt_check_interval),
+    {"INTERRUPT_CHECK_INTERVAL", "interrupt-check-interval", T_SECONDS,
+     IHC_STR(IHC_DEFAULT_INTERRUPT_CHECK_S), NULL, 0.001, 60, NULL, A,
+     OFF(interrupt_check_interval),
      "agent: how often processes of local-endpoint sessions are checked for having exited"},
-    {"INTERRUPT_TIMEOUT", "interrupt-timeout", T_SECONDS, "5.0", NULL, 0.01, 3600, NULL, C | A | L,
-     OFF(interrupt_timeout),
+    {"INTERRUPT_TIMEOUT", "interrupt-timeout", T_SECONDS, IHC_STR(IHC_DEFAULT_INTERRUPT_TIMEOUT_S),
+     NULL, 0.01, 3600, NULL, C | A | L, OFF(interrupt_timeout),
      "longest wait for every agent's report (the interrupt is re-sent meanwhile)"},
-    {"SESSION_CLEANUP_DELAY", "session-cleanup-delay", T_SECONDS, "2.0", NULL, 0, 3600, NULL, C | A,
+    {"SESSION_CLEANUP_DELAY", "session-cleanup-delay", T_SECONDS,
+     IHC_STR(IHC_DEFAULT_SESSION_CLEANUP_DELAY_S), NULL, 0, 3600, NULL, C | A,
      OFF(session_cleanup_delay), "after an interrupt, when its flag is reset"},
-    {"MAX_ACTIVE_SESSIONS", "max-active-sessions", T_INT, "100", NULL, 1, 1000000, NULL, C | A,
-     OFF(max_active_sessions), "active sessions allowed per agent"},
-    {"SESSION_TIMEOUT", "session-timeout", T_SECONDS, "300", NULL, 1, 604800, NULL, C | A,
-     OFF(session_timeout), "a session not ended or renewed within this expires"},
+    {"MAX_ACTIVE_SESSIONS", "max-active-sessions", T_INT, IHC_STR(IHC_DEFAULT_MAX_ACTIVE_SESSIONS),
+     NULL, 1, 1000000, NULL, C | A, OFF(max_active_sessions), "active sessions allowed per agent"},
+    {"SESSION_TIMEOUT", "session-timeout", T_SECONDS, IHC_STR(IHC_DEFAULT_SESSION_TIMEOUT_S), NULL,
+     1, 604800, NULL, C | A, OFF(session_timeout),
+     "a session not ended or renewed within this expires"},
     {"LOG_INTERRUPTS", "log-interrupts", T_BOOL, "true", NULL, 0, 0, NULL, C | A,
      OFF(log_interrupts), "log a line for every interrupt handled"},
     {"LOG_TIMING", "log-timing", T_BOOL, "true", NULL, 0, 0, NULL, C | A, OFF(log_timing),
@@ -122,12 +127,13 @@ static const setting settings[] = {
     {"FORCE_CLEANUP", "force-cleanup", T_BOOL, "true", NULL, 0, 0, NULL, A, OFF(force_cleanup),
      "SIGTERM, then SIGKILL, local processes that do not stop within their module's timeout"},
     /* ihc's own tuning */
-    {"IHC_MODULE_TIMEOUT", "module-timeout", T_SECONDS, "1.0", NULL, 0.001, 3600, NULL, A,
-     OFF(module_timeout), "default time a module's interrupt methods may take"},
-    {"IHC_KILL_GRACE", "kill-grace", T_SECONDS, "2.0", NULL, 0, 300, NULL, A, OFF(kill_grace),
-     "time between SIGTERM and SIGKILL for a process that does not stop"},
-    {"IHC_HEARTBEAT_INTERVAL", "heartbeat", T_SECONDS, "1.0", NULL, 0.05, 60, NULL, C | A,
-     OFF(heartbeat_interval), "how often agents send heartbeats"},
+    {"IHC_MODULE_TIMEOUT", "module-timeout", T_SECONDS, IHC_STR(IHC_DEFAULT_MODULE_TIMEOUT_S), NULL,
+     0.001, 3600, NULL, A, OFF(module_timeout),
+     "default time a module's interrupt methods may take"},
+    {"IHC_KILL_GRACE", "kill-grace", T_SECONDS, IHC_STR(IHC_DEFAULT_KILL_GRACE_S), NULL, 0, 300,
+     NULL, A, OFF(kill_grace), "time between SIGTERM and SIGKILL for a process that does not stop"},
+    {"IHC_HEARTBEAT_INTERVAL", "heartbeat", T_SECONDS, IHC_STR(IHC_DEFAULT_HEARTBEAT_INTERVAL_S),
+     NULL, 0.05, 60, NULL, C | A, OFF(heartbeat_interval), "how often agents send heartbeats"},
     {"IHC_AGENT_TTL", "agent-ttl", T_SECONDS, "5.0", NULL, 0.1, 3600, NULL, C, OFF(agent_ttl),
      "an agent silent for this long is considered gone (must exceed the heartbeat interval)"},
     {"IHC_RESEND_INTERVAL", "resend-interval", T_SECONDS, "0.02", NULL, 0.001, 60, NULL, C,

@@ -11,14 +11,14 @@
 #include <string.h>
 
 #include "clock.h"
-#include "ihc/client.h"
 #include "coordinator.h"
+#include "defaults.h"
 #include "err.h"
 #include "log.h"
 #include "version.h"
 
 #define COMPONENT      "api"
-#define TIMEOUT_MAX_MS IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS
+#define TIMEOUT_MAX_MS IHC_INTERRUPT_TIMEOUT_MAX_MS
 
 static char *dump(json_t *o)
 {

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+/* max_sessions / session_timeout 0: keep ihc_agent_opts_init's default. */
 static ihc_agent *open_agent(int max_sessions, double session_timeout)
 {
     char pub[64], rep[64];
@@ -24,8 +25,10 @@ static ihc_agent *open_agent(int max_sessions, double session_timeout)
     o.agent_id = "test-agent:1";
     o.pub_url = pub;
     o.report_url = rep;
-    o.max_active_sessions = max_sessions;
-    o.session_timeout = session_timeout;
+    if (max_sessions)
+        o.max_active_sessions = max_sessions;
+    if (session_timeout)
+        o.session_timeout = session_timeout;
     o.high_priority = false;
     ihc_agent *a = NULL;
     TH_PASS(ihc_agent_open(&a, &o));
@@ -334,6 +337,12 @@ static void test_agent_session_open_errors(void **state)
     assert_int_equal(o.max_active_sessions, 100);
     assert_true(o.cleanup_on_interrupt && o.force_cleanup);
     o.max_active_sessions = -1;
+    TH_FAIL(ihc_agent_open(&a, &o), IHC_EINVAL);
+    /* values are taken as given: 0 is not "the default" (kill_grace 0 is valid: at once) */
+    o.max_active_sessions = 0;
+    TH_FAIL(ihc_agent_open(&a, &o), IHC_EINVAL);
+    ihc_agent_opts_init(&o);
+    o.heartbeat_interval = 0;
     TH_FAIL(ihc_agent_open(&a, &o), IHC_EINVAL);
     ihc_agent_opts_init(&o);
     o.session_timeout = -2;

@@ -22,11 +22,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "defaults.h"
 #include "err.h"
 #include "wire.h"
 
 #define PFX             "ihc run: "
-#define DEFAULT_URL     "ipc:///tmp/ihc-agent.sock"
 #define CALL_TIMEOUT_MS 5000
 #define RECV_MAX        (64u * 1024u)
 #define DATA_MAX        1024
@@ -60,7 +60,7 @@ static void usage(FILE *out)
             "\n"
             "Exit status: CMD's status, 128+N when CMD died of signal N, 1 when the agent refused\n"
             "the session, 2 usage error, 3 agent unreachable.\n",
-            DEFAULT_URL);
+            IHC_DEFAULT_LOCAL_URL);
 }
 
 /* Returns 0 to run, 1 for --help, -1 on a usage error (already reported). */
@@ -312,7 +312,7 @@ int ihc_run_main(int argc, char **argv)
     if (!ra.url)
         ra.url = getenv("IHC_LOCAL_URL");
     if (!ra.url || !ra.url[0])
-        ra.url = DEFAULT_URL;
+        ra.url = IHC_DEFAULT_LOCAL_URL;
 
     int status = 1;
     char err[512] = "";

@@ -27,7 +27,8 @@
 
 /* Return codes: IHC_OK (0) or one of the IHC_E* codes of err.h, installed beside this
  * header; ihc_strerror(rc) and ihc_err_name(rc) give their text and name. */
-#include "err.h"
+#include "ihc/err.h"
+#include "ihc/export.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,18 +39,19 @@ typedef struct ihc_token ihc_token;
 typedef struct ihc_generator ihc_generator;
 
 /* ---- options ---- */
+/* Start from ihc_agent_opts_init: every value is then taken as given. */
 typedef struct {
     const char *agent_id;   /* NULL: "<hostname>:<pid>" */
     const char *pub_url;    /* coordinator PUB to dial; NULL: tcp://127.0.0.1:7450 */
     const char *report_url; /* coordinator PULL to dial; NULL: tcp://127.0.0.1:7451 */
     const void *secret;     /* HMAC secret, NULL: unsigned messages */
     size_t secret_len;
-    int max_active_sessions;       /* MAX_ACTIVE_SESSIONS; 0: 100 */
-    double session_timeout;        /* SESSION_TIMEOUT s; 0: 300 */
-    double session_cleanup_delay;  /* SESSION_CLEANUP_DELAY s (should_interrupt flag) */
-    double heartbeat_interval;     /* s; 0: 1.0 */
-    double default_module_timeout; /* s, for modules registered with timeout 0; 0: 1.0 */
-    double kill_grace;             /* s between SIGTERM and SIGKILL; 0: 2.0 */
+    int max_active_sessions;       /* MAX_ACTIVE_SESSIONS (>= 1; default 100) */
+    double session_timeout;        /* SESSION_TIMEOUT s (> 0; default 300) */
+    double session_cleanup_delay;  /* SESSION_CLEANUP_DELAY s (should_interrupt flag; 2) */
+    double heartbeat_interval;     /* s (> 0; default 1.0) */
+    double default_module_timeout; /* s, for modules registered with timeout 0 (> 0; 1.0) */
+    double kill_grace;             /* s between SIGTERM and SIGKILL (0: at once; 2.0) */
     bool cleanup_on_interrupt;     /* CLEANUP_ON_INTERRUPT */
     bool force_cleanup;            /* FORCE_CLEANUP */
     bool high_priority;            /* INTERRUPT_PRIORITY=high: interrupt threads first */
@@ -58,28 +60,28 @@ typedef struct {
 
 /* Fills o with the defaults above (all the original module's defaults: cleanup and force
  * cleanup on). */
-void ihc_agent_opts_init(ihc_agent_opts *o);
+IHC_API void ihc_agent_opts_init(ihc_agent_opts *o);
 
 /* libihc-agent writes one log line per event (connections, sessions, interrupts handled)
  * to stderr at level info by default. This changes it for the whole process: level 0 debug,
  * 1 info, 2 warn, 3 error; json for JSON lines; interrupts for a line per interrupt
  * (LOG_INTERRUPTS); fd where lines go (2: stderr). Call before ihc_agent_open. */
-void ihc_agent_log_setup(int level, bool json, bool interrupts, int fd);
+IHC_API void ihc_agent_log_setup(int level, bool json, bool interrupts, int fd);
 
 /* Opens an agent and starts dialing. Options are copied. Returns IHC_EINVAL for bad options,
  * IHC_ECONFIG for an unreadable or invalid config_file, IHC_ETRANSPORT when nng cannot
  * create sockets. The coordinator need not be up. Caller owns *out: ihc_agent_close. */
-int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *o);
+IHC_API int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *o);
 
 /* Stops all generators (with a short deadline), sends session_end for live sessions, and
  * frees everything. Accepts NULL. */
-void ihc_agent_close(ihc_agent *a);
+IHC_API void ihc_agent_close(ihc_agent *a);
 
 /* The agent's id; valid until close. */
-const char *ihc_agent_id(const ihc_agent *a);
+IHC_API const char *ihc_agent_id(const ihc_agent *a);
 
 /* True while both connections to the coordinator are up and the last hello was answered. */
-bool ihc_agent_connected(const ihc_agent *a);
+IHC_API bool ihc_agent_connected(const ihc_agent *a);
 
 /* ---- modules ---- */
 /* An interrupt method: called with the hardware_id being interrupted. Returns 0 on success
@@ -109,17 +111,17 @@ typedef struct {
  *     interrupt_methods = cancel_generation, clear_buffers
  * Errors: IHC_EINVAL (bad name, no methods), IHC_EEXIST, IHC_ECONFIG (a config-file
  * override names a method the module does not have), IHC_ENOMEM. */
-int ihc_agent_register_module(ihc_agent *a, const ihc_module_def *m);
+IHC_API int ihc_agent_register_module(ihc_agent *a, const ihc_module_def *m);
 
 /* ---- callbacks ---- */
 /* Called on the agent's thread for every interrupt that concerns this agent, after the
  * tokens were cancelled. hw is "*" for a global interrupt. */
 typedef void (*ihc_interrupt_fn)(const char *hw, uint64_t interrupt_id, void *arg);
-int ihc_agent_register_callback(ihc_agent *a, ihc_interrupt_fn fn, void *arg);
+IHC_API int ihc_agent_register_callback(ihc_agent *a, ihc_interrupt_fn fn, void *arg);
 
 /* True while an interrupt for hw (or a global one) is recent: set on every interrupt,
  * cleared after SESSION_CLEANUP_DELAY — the original module's should_interrupt(hw). */
-bool ihc_agent_should_interrupt(ihc_agent *a, const char *hw);
+IHC_API bool ihc_agent_should_interrupt(ihc_agent *a, const char *hw);
 
 /* ---- sessions and their cancellation tokens ---- */
 typedef void (*ihc_session_cancel_fn)(const char *session_id, void *arg);
@@ -138,15 +140,15 @@ typedef struct {
  * ihc_token_release) and, when sid is not NULL, its id in sid (sid_len ≥ 129).
  * Errors: IHC_EBADHW, IHC_EBADID, IHC_EEXIST (id in use), IHC_ELIMIT (MAX_ACTIVE_SESSIONS
  * reached), IHC_ENOMEM. */
-int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token **tok, char *sid,
-                            size_t sid_len);
+IHC_API int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token **tok,
+                                    char *sid, size_t sid_len);
 
 /* Ends a session normally ("done"): its generators are expected to have finished. Returns
  * IHC_ENOENT for an unknown (or already cleaned up) session. */
-int ihc_agent_session_end(ihc_agent *a, const char *session_id);
+IHC_API int ihc_agent_session_end(ihc_agent *a, const char *session_id);
 
 /* Number of live sessions. */
-size_t ihc_agent_session_count(ihc_agent *a);
+IHC_API size_t ihc_agent_session_count(ihc_agent *a);
 
 /* The token check on the hot path: one relaxed atomic load, no syscall, no lock. */
 struct ihc_token_head {
@@ -168,19 +170,19 @@ static inline bool ihc_token_cancelled(const ihc_token *t)
 
 /* A file descriptor that becomes readable when the token is cancelled (for poll/epoll);
  * owned by the token. */
-int ihc_token_fd(const ihc_token *t);
+IHC_API int ihc_token_fd(const ihc_token *t);
 
 /* Waits until cancelled (IHC_OK) or timeout_ms passes (IHC_ETIMEDOUT); -1 waits forever. */
-int ihc_token_wait(const ihc_token *t, int timeout_ms);
+IHC_API int ihc_token_wait(const ihc_token *t, int timeout_ms);
 
 /* Cancels the token (also done by interrupts); idempotent. */
-void ihc_token_cancel(ihc_token *t);
+IHC_API void ihc_token_cancel(ihc_token *t);
 
 /* The session id the token belongs to; valid while a reference is held. */
-const char *ihc_token_session(const ihc_token *t);
+IHC_API const char *ihc_token_session(const ihc_token *t);
 
-void ihc_token_retain(ihc_token *t);
-void ihc_token_release(ihc_token *t); /* accepts NULL */
+IHC_API void ihc_token_retain(ihc_token *t);
+IHC_API void ihc_token_release(ihc_token *t); /* accepts NULL */
 
 /* ---- generators: running work under a session ---- */
 /* Asks the work to stop; called once, on the agent's thread, when the session is cancelled
@@ -189,21 +191,21 @@ typedef void (*ihc_generator_stop_fn)(void *arg);
 
 /* Registers running work of session_id / module. Caller owns *g until it calls
  * ihc_generator_done (exactly once, when the work has finished). Errors: IHC_ENOENT. */
-int ihc_agent_generator_add(ihc_agent *a, const char *session_id, const char *module,
-                            ihc_generator_stop_fn stop, void *arg, ihc_generator **g);
-void ihc_generator_done(ihc_generator *g);
+IHC_API int ihc_agent_generator_add(ihc_agent *a, const char *session_id, const char *module,
+                                    ihc_generator_stop_fn stop, void *arg, ihc_generator **g);
+IHC_API void ihc_generator_done(ihc_generator *g);
 
 /* Runs fn(tok, arg) on a new thread as a generator of session_id / module; the generator is
  * done when fn returns. Errors: IHC_ENOENT, IHC_ENOMEM. */
 typedef void (*ihc_work_fn)(ihc_token *tok, void *arg);
-int ihc_agent_spawn(ihc_agent *a, const char *session_id, const char *module, ihc_work_fn fn,
-                    void *arg);
+IHC_API int ihc_agent_spawn(ihc_agent *a, const char *session_id, const char *module,
+                            ihc_work_fn fn, void *arg);
 
 /* Cancels and stops the generators of one session (session_id) or of every session of hw
  * (hw), then waits until they are done or timeout_ms passes. *still_running (may be NULL)
  * receives how many did not finish. Returns IHC_OK or IHC_ETIMEDOUT. */
-int ihc_agent_generators_stop(ihc_agent *a, const char *session_id, const char *hw, int timeout_ms,
-                              size_t *still_running);
+IHC_API int ihc_agent_generators_stop(ihc_agent *a, const char *session_id, const char *hw,
+                                      int timeout_ms, size_t *still_running);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ihc/export.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -79,10 +81,10 @@ typedef struct ihc_result {
  * and is retried; calls wait up to connect_timeout_ms for it. Errors: IHC_CLIENT_EINVAL,
  * IHC_CLIENT_ETRANSPORT (bad URL), IHC_CLIENT_ENOMEM. Caller owns *out: ihc_client_close.
  * A client may be used from many threads at once (each call uses its own nng context). */
-int ihc_client_open(ihc_client **out, const ihc_client_opts *o);
+IHC_API int ihc_client_open(ihc_client **out, const ihc_client_opts *o);
 
 /* Closes the client; calls in progress fail. Accepts NULL. */
-void ihc_client_close(ihc_client *c);
+IHC_API void ihc_client_close(ihc_client *c);
 
 /* The longest timeout an interrupt may ask for (ms); the coordinator refuses more (400). */
 #define IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS 600000
@@ -93,31 +95,31 @@ void ihc_client_close(ihc_client *c);
  * missing or a module timed out); caller frees it with ihc_result_free. Otherwise *out is NULL and
  * the code says why: IHC_CLIENT_EBADHW / EINVAL (bad argument or refused: ihc_client_last_error has
  * the coordinator's text), ENOTCONN, ETIMEDOUT, ELIMIT, EDISABLED, EPROTO, EBADSIG. */
-int ihc_client_interrupt(ihc_client *c, const char *hw, const char *reason, int timeout_ms,
-                         ihc_result **out);
+IHC_API int ihc_client_interrupt(ihc_client *c, const char *hw, const char *reason, int timeout_ms,
+                                 ihc_result **out);
 
 /* The coordinator's JSON document for an interrupt result (NUL-terminated). */
-const char *ihc_result_json(const ihc_result *r);
+IHC_API const char *ihc_result_json(const ihc_result *r);
 
 /* Frees a result; accepts NULL. */
-void ihc_result_free(ihc_result *r);
+IHC_API void ihc_result_free(ihc_result *r);
 
 /* Runs a query: op is "sessions" (hw filters, may be NULL), "agents", "flags",
  * "flags_reset" or "stats"; hw must be NULL for ops other than sessions. On 0, *json is the
  * coordinator's JSON document (malloc'd; caller frees with free()). Errors as for
  * ihc_client_interrupt. */
-int ihc_client_query(ihc_client *c, const char *op, const char *hw, char **json);
+IHC_API int ihc_client_query(ihc_client *c, const char *op, const char *hw, char **json);
 
 /* Text explaining the calling thread's last failed call on c: the coordinator's error
  * message for refused requests, else a description of the failure; "" when none. Valid
  * until the thread's next call on any client. */
-const char *ihc_client_last_error(const ihc_client *c);
+IHC_API const char *ihc_client_last_error(const ihc_client *c);
 
 /* The control URL the client dials (for messages). */
-const char *ihc_client_url(const ihc_client *c);
+IHC_API const char *ihc_client_url(const ihc_client *c);
 
 /* Text for a return code; never NULL. */
-const char *ihc_client_strerror(int rc);
+IHC_API const char *ihc_client_strerror(int rc);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,7 @@
 #include "ihc/client.h"
 
 #include "clock.h"
+#include "defaults.h"
 #include "err.h"
 #include "wire.h"
 
@@ -16,7 +17,9 @@
 #include <string.h>
 #include <time.h>
 
-#define CLIENT_DEFAULT_URL        "tcp://127.0.0.1:7452"
+_Static_assert(IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS == IHC_INTERRUPT_TIMEOUT_MAX_MS,
+               "the public limit is the coordinator's");
+
 #define CLIENT_DEFAULT_TIMEOUT_MS 10000
 #define CLIENT_DEFAULT_CONNECT_MS 1000
 /* Added to an interrupt's own timeout: the coordinator answers when it gives up, and the
@@ -123,7 +126,7 @@ int ihc_client_open(ihc_client **out, const ihc_client_opts *o)
         return IHC_ENOMEM;
     int rc = IHC_OK;
     c->url = strdup(d.control_url != NULL && d.control_url[0] != '\0' ? d.control_url
-                                                                      : CLIENT_DEFAULT_URL);
+                                                                      : IHC_DEFAULT_CONTROL_URL);
     if (c->url == NULL) {
         free(c);
         return IHC_ENOMEM;

@@ -5,6 +5,7 @@
 
 #include "clock.h"
 #include "config.h"
+#include "defaults.h"
 #include "err.h"
 #include "run.h"
 #include "version.h"
@@ -22,9 +23,8 @@
 
 enum { EXIT_OK = 0, EXIT_INCOMPLETE = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
 
-#define DEFAULT_PUB_URL "tcp://127.0.0.1:7450"
-#define MAX_POS         8
-#define MAX_CFG_ARGS    32
+#define MAX_POS      8
+#define MAX_CFG_ARGS 32
 /* Answers to queries are awaited this long unless --timeout says otherwise. */
 #define QUERY_WAIT_MS   10000
 #define CONNECT_WAIT_MS 1000
@@ -60,9 +60,9 @@ static const char usage_text[] =
     "\n"
     "options:\n"
     "  --control URL      coordinator control endpoint (IHC_CONTROL_URL,\n"
-    "                     default tcp://127.0.0.1:7452)\n"
+    "                     default " IHC_DEFAULT_CONTROL_URL ")\n"
     "  --pub URL          coordinator broadcast endpoint, for watch (IHC_PUB_URL,\n"
-    "                     default " DEFAULT_PUB_URL ")\n"
+    "                     default " IHC_DEFAULT_PUB_URL ")\n"
     "  --timeout MS       interrupt: its timeout, at most 600000 (default: the coordinator's\n"
     "                     INTERRUPT_TIMEOUT); other commands: how long to wait for the answer\n"
     "  --secret-file PATH shared secret signing messages (IHC_SECRET_FILE, or IHC_SECRET)\n"
@@ -751,7 +751,7 @@ static int cli_main(int argc, char **argv)
     }
     if (o.pub_url == NULL) {
         const char *e = getenv("IHC_PUB_URL");
-        o.pub_url = e != NULL && e[0] != '\0' ? e : DEFAULT_PUB_URL;
+        o.pub_url = e != NULL && e[0] != '\0' ? e : IHC_DEFAULT_PUB_URL;
     }
     const char *cmd = o.cmd;
     bool is_interrupt = strcmp(cmd, "interrupt") == 0;
