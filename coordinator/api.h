@@ -47,9 +47,15 @@ typedef void (*ihc_api_done_fn)(int status, char *json, void *arg);
 void ihc_api_interrupt(ihc_coord *c, const char *hw, const char *reason, int64_t timeout_ms,
                        ihc_api_done_fn done, void *arg);
 
-/* Synchronous queries. op: "sessions" (hw may filter, NULL = all), "agents", "flags",
- * "flags_reset", "stats", "health", "metrics" (Prometheus text, not JSON). Returns the
- * status; *body is malloc'd, caller frees. Unknown op: 404. */
+/* Queries. op: "sessions" (hw may filter, NULL = all), "agents", "flags", "flags_reset",
+ * "stats", "health", "metrics" (Prometheus text, not JSON); hw is accepted by "sessions"
+ * only (400 otherwise), unknown op: 404. done is called exactly once, as for
+ * ihc_api_interrupt; "health" and refusals are answered inside the call. */
+void ihc_api_query_async(ihc_coord *c, const char *op, const char *hw, ihc_api_done_fn done,
+                         void *arg);
+
+/* ihc_api_query_async, waiting for the answer. Returns the status; *body is malloc'd,
+ * caller frees. */
 int ihc_api_query(ihc_coord *c, const char *op, const char *hw, char **body);
 
 /* Counts a request refused before it reached the API (bad JSON, oversized body…), so that

@@ -13,7 +13,8 @@
 #include <nng/protocol/reqrep0/rep.h>
 
 #include "clock.h"
-#include "coordinator.h"
+#include "api.h"
+#include "docs.h"
 #include "err.h"
 #include "log.h"
 #include "wire.h"
@@ -132,14 +133,6 @@ static void on_answer(int status, char *json, void *arg)
     reply(arg, status, json);
 }
 
-static char *error_json(const char *msg)
-{
-    json_t *o = json_pack("{s:s}", "error", msg);
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    return s;
-}
-
 static void handle(worker *w, nng_msg *msg)
 {
     ihc_control *ctl = w->ctl;
@@ -165,28 +158,19 @@ static void handle(worker *w, nng_msg *msg)
         ihc_log(IHC_LOG_WARN, COMPONENT, "request rejected err=%s detail=\"%s\"", ihc_err_name(rc),
                 detail);
         ihc_msg_free(m);
-        reply(w, auth ? 401 : 400, error_json(text));
+        reply(w, auth ? 401 : 400, ihc_doc_error(text));
         return;
     }
     const ihc_control_request *r = &m->u.control_request;
     if (strcmp(r->op, "interrupt") == 0) {
         if (!r->hw) {
             ihc_api_count_rejected(ctl->c);
-            reply(w, 400, error_json("hardware_id: missing"));
+            reply(w, 400, ihc_doc_error("hardware_id: missing"));
         } else {
             ihc_api_interrupt(ctl->c, r->hw, r->reason, r->timeout_ms, on_answer, w);
         }
-    } else if (strcmp(r->op, "health") == 0) {
-        char *body = NULL;
-        int status = ihc_api_query(ctl->c, "health", NULL, &body); /* does not block */
-        reply(w, status, body);
     } else {
-        rc = ihc__coord_submit_query(ctl->c, r->op, r->hw, on_answer, w);
-        if (rc != IHC_OK)
-            reply(w, rc == IHC_EINVAL ? 404 : 503,
-                  error_json(rc == IHC_EINVAL    ? "unknown request"
-                             : rc == IHC_ECLOSED ? "coordinator shutting down"
-                                                 : ihc_strerror(rc)));
+        ihc_api_query_async(ctl->c, r->op, r->hw, on_answer, w);
     }
     ihc_msg_free(m);
 }

@@ -6,7 +6,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,12 +17,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <nng/nng.h>
 #include <nng/protocol/pipeline0/pull.h>
 #include <nng/protocol/pubsub0/pub.h>
 
 #include "clock.h"
+#include "docs.h"
 #include "err.h"
+#include "inflight.h"
 #include "log.h"
+#include "persist.h"
+#include "registry.h"
+#include "wire.h"
 
 #define COMPONENT         "coordinator"
 #define RESEND_MAX_NS     (500ull * 1000000ull)
@@ -28,6 +37,56 @@
 /* Redis writes queued while interrupts are in flight wait at most this long for the writer
  * thread: on a small machine it would otherwise take the CPU from the interrupt path. */
 #define PERSIST_DEFER_NS (2ull * 1000000ull)
+
+#define IHC__STATS_WINDOW 10000 /* interrupts kept for avg/p50/p99 */
+#define IHC__ID_BLOCK     1000  /* interrupt ids reserved per persisted high-water mark */
+
+typedef struct ihc__cmd ihc__cmd;
+
+struct ihc_coord {
+    const ihc_config *cfg;
+    ihc_wire_auth *auth;
+    nng_socket pub, pull;
+    int pull_fd; /* NNG_OPT_RECVFD */
+    int wake_fd; /* eventfd: the queue has work or the loop must stop */
+    pthread_t loop;
+    bool loop_started;
+    uint64_t start_ns;
+
+    /* shared with request threads, under mu */
+    pthread_mutex_t mu;
+    ihc__cmd *q_head, *q_tail;
+    bool stopping;
+    atomic_bool loop_stop;
+    atomic_int pending;            /* interrupts accepted and not yet answered */
+    atomic_uint_fast64_t rejected; /* bad messages and refused requests */
+    ihc_persist *persist;          /* thread-safe */
+    /* Redis answered again after an outage (set by the persist thread, under mu): what it
+     * holds, for the loop to reconcile and rewrite */
+    bool resync;
+    uint64_t resync_seq;
+    ihc_store_epoch_rec *resync_epochs;
+    size_t resync_n;
+
+    /* owned by the loop thread */
+    ihc_registry *reg;
+    ihc_inflight **fl;
+    size_t n_fl, cap_fl;
+    uint64_t next_id, reserved_hi;
+    bool flag;
+    char flag_hw[IHC_HW_MAX + 1];
+    char flag_reason[IHC_REASON_MAX + 1];
+    int64_t flag_set_ms;
+    uint64_t flag_reset_ns;
+    uint64_t total, succeeded, failed, sessions_created;
+    uint64_t timed; /* interrupts finished by this process (sum_ms covers them) */
+    double sum_ms;
+    double *window; /* IHC__STATS_WINDOW most recent total_time_ms */
+    size_t win_n, win_pos;
+    uint64_t next_sweep_ns;
+    uint64_t last_reject_log_ns;
+    uint64_t persist_due_ns; /* deferred Redis writes are handed over by then (0: none) */
+};
 
 typedef enum { CMD_INTERRUPT, CMD_QUERY } cmd_kind;
 
@@ -39,10 +98,12 @@ struct ihc__cmd {
     char *reason;
     int64_t timeout_ms;
     uint64_t t0_ns;
-    char op[32];
+    int query; /* index in queries[] */
     ihc_api_done_fn done;
     void *arg;
 };
+
+static int query_index(const char *op);
 
 static void cmd_free(ihc__cmd *k)
 {
@@ -59,9 +120,7 @@ static uint64_t ns_of_s(double s)
 
 static void answer(ihc_api_done_fn done, void *arg, int status, const char *error)
 {
-    json_t *o = json_pack("{s:s}", "error", error);
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
+    char *s = ihc_doc_error(error);
     done(status, s ? s : strdup("{\"error\":\"out of memory\"}"), arg);
 }
 
@@ -124,13 +183,14 @@ int ihc__coord_submit_interrupt(ihc_coord *c, const char *hw, const char *reason
 int ihc__coord_submit_query(ihc_coord *c, const char *op, const char *hw, ihc_api_done_fn done,
                             void *arg)
 {
-    if (strlen(op) >= sizeof(((ihc__cmd *)0)->op) || (hw && strlen(hw) > IHC_HW_MAX))
+    int q = query_index(op);
+    if (q < 0 || (hw && strlen(hw) > IHC_HW_MAX))
         return IHC_EINVAL;
     ihc__cmd *k = calloc(1, sizeof(*k));
     if (!k)
         return IHC_ENOMEM;
     k->kind = CMD_QUERY;
-    snprintf(k->op, sizeof(k->op), "%s", op);
+    k->query = q;
     if (hw) {
         snprintf(k->hw, sizeof(k->hw), "%s", hw);
         k->has_hw = true;
@@ -179,14 +239,6 @@ static void publish_interrupt(ihc_coord *c, const ihc_inflight *f, const char *c
 
 /* ---- Redis-facing helpers (queued to the persist thread) ---- */
 
-static char *modules_text(const ihc_module_info *m, size_t n)
-{
-    json_t *a = ihc__api_modules_json(m, n);
-    char *s = a ? json_dumps(a, JSON_COMPACT) : NULL;
-    json_decref(a);
-    return s;
-}
-
 typedef struct {
     const char *agent_id;
     json_t *ids;
@@ -220,7 +272,7 @@ static void persist_agent(ihc_coord *c, const ihc_reg_agent *a)
     agent_scan sc = {.agent_id = a->agent_id, .ids = json_array()};
     ihc_registry_foreach_session(c->reg, NULL, scan_agent_session, &sc);
     char *sessions = sc.ids ? json_dumps(sc.ids, JSON_COMPACT) : NULL;
-    char *modules = modules_text(a->modules, a->n_modules);
+    char *modules = ihc_doc_modules_text(a->modules, a->n_modules);
     ihc_store_agent sa = {.agent_id = a->agent_id,
                           .node = a->node,
                           .pid = a->pid,
@@ -354,7 +406,7 @@ static void flags_set(ihc_coord *c, const ihc_inflight *f, int64_t now_ms, uint6
     ihc_persist_flags_set(c->persist, &sf);
 }
 
-void ihc__coord_flags_reset(ihc_coord *c)
+static void flags_reset(ihc_coord *c)
 {
     c->flag = false;
     c->flag_hw[0] = '\0';
@@ -778,18 +830,106 @@ static void resync(ihc_coord *c)
 
 /* ---- the loop ---- */
 
+/* ---- queries (loop thread) ---- */
+
+static void stats_view(const ihc_coord *c, ihc_stats_view *s)
+{
+    *s = (ihc_stats_view){.total = c->total,
+                          .succeeded = c->succeeded,
+                          .failed = c->failed,
+                          .timed = c->timed,
+                          .sum_ms = c->sum_ms,
+                          .window = c->window,
+                          .win_n = c->win_n,
+                          .sessions_created = c->sessions_created,
+                          .rejected = atomic_load(&c->rejected),
+                          .active_sessions = ihc_registry_session_count(c->reg),
+                          .registered_modules = ihc_registry_module_count(c->reg),
+                          .agents = ihc_registry_live_agents(c->reg),
+                          .inflight = c->n_fl,
+                          .persist_backlog = ihc_persist_backlog(c->persist),
+                          .persist_dropped = ihc_persist_dropped(c->persist),
+                          .redis_up = ihc_persist_connected(c->persist),
+                          .uptime_s = (double)(ihc_mono_ns() - c->start_ns) / 1e9};
+}
+
+static char *q_sessions(ihc_coord *c, const char *hw)
+{
+    return ihc_doc_sessions(c->reg, hw);
+}
+
+static char *q_agents(ihc_coord *c, const char *hw)
+{
+    (void)hw;
+    return ihc_doc_agents(c->reg);
+}
+
+static char *q_flags(ihc_coord *c, const char *hw)
+{
+    (void)hw;
+    ihc_flags_view f = {
+        .set = c->flag, .hw = c->flag_hw, .reason = c->flag_reason, .set_ms = c->flag_set_ms};
+    return ihc_doc_flags(&f);
+}
+
+static char *q_flags_reset(ihc_coord *c, const char *hw)
+{
+    flags_reset(c);
+    ihc_log(IHC_LOG_INFO, COMPONENT, "flags reset on request");
+    return q_flags(c, hw);
+}
+
+static char *q_stats(ihc_coord *c, const char *hw)
+{
+    (void)hw;
+    ihc_stats_view s;
+    stats_view(c, &s);
+    return ihc_doc_stats(&s);
+}
+
+static char *q_metrics(ihc_coord *c, const char *hw)
+{
+    (void)hw;
+    ihc_stats_view s;
+    stats_view(c, &s);
+    return ihc_doc_metrics(&s);
+}
+
+static char *q_health(ihc_coord *c, const char *hw)
+{
+    (void)hw;
+    return ihc_doc_health(ihc_persist_connected(c->persist));
+}
+
+/* The queries of api.h, by op. */
+static const struct {
+    const char *op;
+    char *(*run)(ihc_coord *c, const char *hw);
+} queries[] = {
+    {"sessions", q_sessions},       {"agents", q_agents}, {"flags", q_flags},
+    {"flags_reset", q_flags_reset}, {"stats", q_stats},   {"metrics", q_metrics},
+    {"health", q_health},
+};
+
+static int query_index(const char *op)
+{
+    for (size_t i = 0; i < sizeof(queries) / sizeof(queries[0]); i++)
+        if (strcmp(queries[i].op, op) == 0)
+            return (int)i;
+    return -1;
+}
+
 static void run_cmd(ihc_coord *c, ihc__cmd *k)
 {
     if (k->kind == CMD_INTERRUPT) {
         start_interrupt(c, k);
         return;
     }
-    char *body = NULL;
-    int status = ihc__api_build(c, k->op, k->has_hw ? k->hw : NULL, &body);
+    char *body = queries[k->query].run(c, k->has_hw ? k->hw : NULL);
     if (!body)
         answer(k->done, k->arg, 500, "out of memory");
     else
-        k->done(status, body, k->arg);
+        k->done(200, body, k->arg);
 }
 
 static ihc__cmd *take_queue(ihc_coord *c)
@@ -815,7 +955,7 @@ static void run_timers(ihc_coord *c, uint64_t now_ns)
         i++;
     }
     if (c->flag && c->flag_reset_ns && now_ns >= c->flag_reset_ns) {
-        ihc__coord_flags_reset(c);
+        flags_reset(c);
         ihc_log(IHC_LOG_DEBUG, COMPONENT, "flags reset after SESSION_CLEANUP_DELAY");
     }
     if (now_ns >= c->next_sweep_ns) {
@@ -1148,4 +1288,19 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
     free(c->window);
     pthread_mutex_destroy(&c->mu);
     free(c);
+}
+
+const ihc_config *ihc__coord_config(const ihc_coord *c)
+{
+    return c->cfg;
+}
+
+void ihc__coord_count_rejected(ihc_coord *c)
+{
+    atomic_fetch_add(&c->rejected, 1);
+}
+
+bool ihc__coord_redis_up(const ihc_coord *c)
+{
+    return ihc_persist_connected(c->persist);
 }

@@ -3,6 +3,7 @@
 #include "http.h"
 
 #include "clock.h"
+#include "docs.h"
 #include "err.h"
 #include "log.h"
 
@@ -162,12 +163,8 @@ static enum MHD_Result respond(struct MHD_Connection *conn, http_req *r, int sta
 /* {"error": msg}, JSON-escaped. */
 static char *error_doc(const char *msg)
 {
-    json_t *o = json_pack("{s:s}", "error", msg);
-    if (o == NULL)
-        return strdup("{\"error\":\"internal error\"}");
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return s;
+    char *s = ihc_doc_error(msg);
+    return s ? s : strdup("{\"error\":\"internal error\"}");
 }
 
 /* Refuses the request with status and a message naming the problem; counted as rejected. */

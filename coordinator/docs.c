@@ -1,0 +1,290 @@
+/* The coordinator's documents (docs.h): JSON through jansson, Prometheus text by hand. */
+#include "docs.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "version.h"
+
+static char *dump(json_t *o)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(o);
+    return s;
+}
+
+char *ihc_doc_error(const char *msg)
+{
+    return dump(json_pack("{s:s}", "error", msg));
+}
+
+char *ihc_doc_health(bool redis_up)
+{
+    return dump(json_pack("{s:s, s:s, s:s}", "status", "ok", "redis",
+                          redis_up ? "reachable" : "unreachable", "version", IHC_VERSION));
+}
+
+json_t *ihc_doc_modules_json(const ihc_module_info *m, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++) {
+        json_t *meths = json_array();
+        for (size_t j = 0; meths && j < m[i].n_methods; j++)
+            json_array_append_new(meths, json_string(m[i].methods[j]));
+        json_array_append_new(a, json_pack("{s:s, s:o, s:I, s:b}", "name", m[i].name, "methods",
+                                           meths ? meths : json_array(), "timeout_ms",
+                                           (json_int_t)m[i].timeout_ms, "enabled", m[i].enabled));
+    }
+    return a;
+}
+
+char *ihc_doc_modules_text(const ihc_module_info *m, size_t n)
+{
+    json_t *a = ihc_doc_modules_json(m, n);
+    char *s = a ? json_dumps(a, JSON_COMPACT) : NULL;
+    json_decref(a);
+    return s;
+}
+
+static json_t *data_json(const char *data)
+{
+    if (!data)
+        return json_null();
+    json_t *j = json_loads(data, JSON_DECODE_ANY, NULL);
+    if (j)
+        return j;
+    j = json_string(data);
+    return j ? j : json_null();
+}
+
+static void add_session(void *arg, const ihc_reg_session *s)
+{
+    json_t *arr = arg;
+    json_t *o = json_object();
+    if (!o)
+        return;
+    json_object_set_new(o, "session_id", json_string(s->session_id));
+    json_object_set_new(o, "hardware_id", json_string(s->hw));
+    json_object_set_new(o, "agent_id", json_string(s->agent_id));
+    json_object_set_new(o, "state", json_string(s->state));
+    json_object_set_new(o, "epoch", json_integer((json_int_t)s->epoch));
+    json_object_set_new(o, "created_ms", json_integer(s->created_ms));
+    json_object_set_new(o, "updated_ms", json_integer(s->updated_ms));
+    json_object_set_new(o, "module", s->module ? json_string(s->module) : json_null());
+    json_object_set_new(o, "pid", json_integer(s->pid));
+    json_object_set_new(o, "data", data_json(s->data));
+    json_array_append_new(arr, o);
+}
+
+char *ihc_doc_sessions(const ihc_registry *r, const char *hw)
+{
+    json_t *arr = json_array();
+    if (arr)
+        ihc_registry_foreach_session(r, hw, add_session, arr);
+    return dump(json_pack("{s:I, s:o}", "count", (json_int_t)json_array_size(arr), "sessions",
+                          arr ? arr : json_array()));
+}
+
+static void add_hw_of_agent(void *arg, const char *hw, const char *agent_id)
+{
+    json_t *by_agent = arg;
+    json_t *a = json_object_get(by_agent, agent_id);
+    if (!a) {
+        a = json_array();
+        json_object_set_new(by_agent, agent_id, a);
+    }
+    json_array_append_new(a, json_string(hw));
+}
+
+typedef struct {
+    json_t *arr;
+    json_t *hws;
+} agents_ctx;
+
+static void add_agent(void *arg, const ihc_reg_agent *a)
+{
+    agents_ctx *x = arg;
+    if (a->state == IHC_AGENT_GONE)
+        return; /* the contract lists live agents; a gone one is kept only to be purged */
+    json_t *hws = json_object_get(x->hws, a->agent_id);
+    json_t *o = json_object();
+    if (!o)
+        return;
+    json_object_set_new(o, "agent_id", json_string(a->agent_id));
+    json_object_set_new(o, "node", json_string(a->node ? a->node : ""));
+    json_object_set_new(o, "pid", json_integer(a->pid));
+    json_object_set_new(o, "connected", json_boolean(a->state == IHC_AGENT_CONNECTED));
+    json_object_set_new(o, "state",
+                        json_string(a->state == IHC_AGENT_CONNECTED ? "connected" : "pending"));
+    json_object_set_new(o, "started_ms", json_integer(a->started_ms));
+    json_object_set_new(o, "last_seen_ms", json_integer(a->last_seen_ms));
+    json_object_set_new(o, "sessions", json_integer((json_int_t)a->n_sessions));
+    json_object_set_new(o, "hardware_ids", hws ? json_incref(hws) : json_array());
+    json_object_set_new(o, "modules", ihc_doc_modules_json(a->modules, a->n_modules));
+    json_array_append_new(x->arr, o);
+}
+
+char *ihc_doc_agents(const ihc_registry *r)
+{
+    agents_ctx x = {.arr = json_array(), .hws = json_object()};
+    if (x.arr && x.hws) {
+        ihc_registry_foreach_hw_agent(r, add_hw_of_agent, x.hws);
+        ihc_registry_foreach_agent(r, add_agent, &x);
+    }
+    json_decref(x.hws);
+    return dump(json_pack("{s:I, s:o}", "count", (json_int_t)json_array_size(x.arr), "agents",
+                          x.arr ? x.arr : json_array()));
+}
+
+char *ihc_doc_flags(const ihc_flags_view *f)
+{
+    json_t *o = json_object();
+    if (o) {
+        json_object_set_new(o, "global_interrupt_flag", json_boolean(f->set));
+        json_object_set_new(o, "interrupt_hardware_id", f->set ? json_string(f->hw) : json_null());
+        json_object_set_new(o, "set_ms", json_integer(f->set ? f->set_ms : 0));
+        json_object_set_new(o, "reason", f->set ? json_string(f->reason) : json_null());
+    }
+    return dump(o);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Quantiles over the window of recent interrupts; q[] in, v[] out. */
+static void quantiles(const ihc_stats_view *c, const double *q, double *v, size_t nq)
+{
+    for (size_t i = 0; i < nq; i++)
+        v[i] = 0.0;
+    if (c->win_n == 0)
+        return;
+    double *s = malloc(c->win_n * sizeof(*s));
+    if (!s)
+        return;
+    memcpy(s, c->window, c->win_n * sizeof(*s));
+    qsort(s, c->win_n, sizeof(*s), cmp_double);
+    for (size_t i = 0; i < nq; i++) {
+        size_t idx = (size_t)(q[i] * (double)(c->win_n - 1) + 0.5);
+        v[i] = s[idx < c->win_n ? idx : c->win_n - 1];
+    }
+    free(s);
+}
+
+char *ihc_doc_stats(const ihc_stats_view *c)
+{
+    static const double q[] = {0.5, 0.99};
+    double v[2];
+    quantiles(c, q, v, 2);
+    double rate = c->total ? (double)c->succeeded / (double)c->total : 1.0;
+    json_t *o = json_object();
+    if (o) {
+        json_object_set_new(o, "total_interrupts", json_integer((json_int_t)c->total));
+        json_object_set_new(o, "successful_interrupts", json_integer((json_int_t)c->succeeded));
+        json_object_set_new(o, "failed_interrupts", json_integer((json_int_t)c->failed));
+        json_object_set_new(o, "success_rate", json_real(rate));
+        json_object_set_new(o, "avg_time_ms",
+                            json_real(c->timed ? c->sum_ms / (double)c->timed : 0.0));
+        json_object_set_new(o, "p50_time_ms", json_real(v[0]));
+        json_object_set_new(o, "p99_time_ms", json_real(v[1]));
+        json_object_set_new(o, "active_sessions", json_integer((json_int_t)c->active_sessions));
+        json_object_set_new(o, "registered_modules",
+                            json_integer((json_int_t)c->registered_modules));
+        json_object_set_new(o, "agents", json_integer((json_int_t)c->agents));
+        json_object_set_new(o, "inflight", json_integer((json_int_t)c->inflight));
+        json_object_set_new(o, "rejected_messages", json_integer((json_int_t)c->rejected));
+        json_object_set_new(o, "sessions_created", json_integer((json_int_t)c->sessions_created));
+        json_object_set_new(o, "persist_backlog", json_integer((json_int_t)c->persist_backlog));
+        json_object_set_new(o, "persist_dropped", json_integer((json_int_t)c->persist_dropped));
+        json_object_set_new(o, "redis_connected", json_boolean(c->redis_up));
+        json_object_set_new(o, "uptime_s", json_real(c->uptime_s));
+    }
+    return dump(o);
+}
+
+/* Appends printf output to a growing buffer; on ENOMEM the buffer is freed and NULL. */
+static void __attribute__((format(printf, 3, 4)))
+emitf(char **buf, size_t *len, const char *fmt, ...)
+{
+    if (!*buf)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof(line))
+        n = sizeof(line) - 1;
+    char *nb = realloc(*buf, *len + (size_t)n + 1);
+    if (!nb) {
+        free(*buf);
+        *buf = NULL;
+        return;
+    }
+    memcpy(nb + *len, line, (size_t)n + 1);
+    *buf = nb;
+    *len += (size_t)n;
+}
+
+char *ihc_doc_metrics(const ihc_stats_view *c)
+{
+    static const double q[] = {0.5, 0.9, 0.99};
+    double v[3];
+    quantiles(c, q, v, 3);
+    size_t len = 0;
+    char *b = calloc(1, 1);
+    emitf(&b, &len,
+          "# HELP ihc_interrupts_total Interrupts finished, by result.\n"
+          "# TYPE ihc_interrupts_total counter\n");
+    emitf(&b, &len, "ihc_interrupts_total{result=\"success\"} %" PRIu64 "\n", c->succeeded);
+    emitf(&b, &len, "ihc_interrupts_total{result=\"failure\"} %" PRIu64 "\n", c->failed);
+    emitf(&b, &len,
+          "# HELP ihc_interrupt_duration_ms Time from request to result (quantiles "
+          "over the last %zu interrupts).\n"
+          "# TYPE ihc_interrupt_duration_ms summary\n",
+          c->win_n);
+    for (int i = 0; i < 3; i++)
+        emitf(&b, &len, "ihc_interrupt_duration_ms{quantile=\"%g\"} %.6f\n", q[i], v[i]);
+    emitf(&b, &len, "ihc_interrupt_duration_ms_sum %.6f\n", c->sum_ms);
+    emitf(&b, &len, "ihc_interrupt_duration_ms_count %" PRIu64 "\n", c->timed);
+    emitf(&b, &len,
+          "# HELP ihc_active_sessions Active sessions known to the coordinator.\n"
+          "# TYPE ihc_active_sessions gauge\nihc_active_sessions %zu\n",
+          c->active_sessions);
+    emitf(&b, &len,
+          "# HELP ihc_agents Agents that are connected or expected back.\n"
+          "# TYPE ihc_agents gauge\nihc_agents %zu\n",
+          c->agents);
+    emitf(&b, &len,
+          "# HELP ihc_inflight Interrupts in flight.\n# TYPE ihc_inflight gauge\n"
+          "ihc_inflight %zu\n",
+          c->inflight);
+    emitf(&b, &len,
+          "# HELP ihc_rejected_messages_total Bad messages and refused requests.\n"
+          "# TYPE ihc_rejected_messages_total counter\nihc_rejected_messages_total %" PRIu64 "\n",
+          c->rejected);
+    emitf(&b, &len,
+          "# HELP ihc_persist_backlog Redis writes waiting.\n"
+          "# TYPE ihc_persist_backlog gauge\nihc_persist_backlog %zu\n",
+          c->persist_backlog);
+    emitf(&b, &len,
+          "# HELP ihc_persist_dropped_total Redis writes dropped because the backlog was full.\n"
+          "# TYPE ihc_persist_dropped_total counter\nihc_persist_dropped_total %" PRIu64 "\n",
+          c->persist_dropped);
+    emitf(&b, &len,
+          "# HELP ihc_redis_up Whether Redis answered the coordinator's last command.\n"
+          "# TYPE ihc_redis_up gauge\nihc_redis_up %d\n",
+          c->redis_up ? 1 : 0);
+    emitf(&b, &len,
+          "# HELP ihc_uptime_seconds Seconds since the coordinator started.\n"
+          "# TYPE ihc_uptime_seconds gauge\nihc_uptime_seconds %.3f\n",
+          c->uptime_s);
+    return b;
+}
