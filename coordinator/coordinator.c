@@ -73,6 +73,7 @@ struct ihc_coord {
     ihc_inflight **fl;
     size_t n_fl, cap_fl;
     uint64_t next_id, reserved_hi;
+    uint64_t first_id; /* next_id at start: ids below were handed out by earlier runs */
     bool flag;
     char flag_hw[IHC_HW_MAX + 1];
     char flag_reason[IHC_REASON_MAX + 1];
@@ -1144,7 +1145,7 @@ static void load_state(ihc_coord *c)
         ihc_log(IHC_LOG_WARN, COMPONENT,
                 "interrupt ids start at 1: no redis and no IHC_STATE_DIR to resume from");
     c->reserved_hi = hi;
-    c->next_id = hi + 1;
+    c->next_id = c->first_id = hi + 1;
 }
 
 /* ---- lifecycle ---- */
@@ -1268,13 +1269,13 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
     for (size_t i = 0; i < c->n_fl; i++)
         ihc_inflight_free(c->fl[i]);
     free(c->fl);
-    if (c->persist && c->reg) {
+    if (c->persist && c->reg && c->next_id > c->first_id) {
         /* Redis may have come back after the loop's last turn: rewrite what it lost now,
          * and record the id block once more (raise-only), so that a coordinator started
-         * after this one never hands out these ids again */
+         * after this one never hands out these ids again. A coordinator that handed out no
+         * id (e.g. it failed to start) has nothing to record. */
         resync(c);
-        if (c->reserved_hi > 0)
-            ihc_persist_seq_raise(c->persist, c->reserved_hi);
+        ihc_persist_seq_raise(c->persist, c->reserved_hi);
     }
     /* the writer first: its reconnect hook uses the mutex and the wake-up fd */
     ihc_persist_close(c->persist, flush_ms);

@@ -8,6 +8,7 @@
 #include "log.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -26,6 +27,7 @@
 #define COMPONENT "http"
 /* Idle connections are closed after this long (slow or stalled clients). */
 #define HTTP_IDLE_TIMEOUT_S 30u
+#define HTTP_BACKLOG        512 /* pending connections the kernel keeps for accept */
 /* Per-connection memory for the request line, headers and the read buffer. */
 #define HTTP_CONN_MEMORY (64u * 1024u)
 /* A chunked body that overflows the limit is swallowed up to this much more, so the client
@@ -682,6 +684,27 @@ static int parse_addr(const char *addr, struct sockaddr_storage *ss, bool *v6)
     return IHC_OK;
 }
 
+/* Binds and listens on ss ourselves, so that a failure names the address and the reason
+ * (libmicrohttpd reports a busy port as "Failed to bind to port 0"). Returns the socket or
+ * -1 after logging. */
+static int listen_socket(const struct sockaddr_storage *ss, bool v6, const char *addr)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot listen on %s: socket: %s", addr, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    socklen_t len = v6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (bind(fd, (const struct sockaddr *)ss, len) != 0 || listen(fd, HTTP_BACKLOG) != 0) {
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot listen on %s: %s", addr, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 int ihc_http_open(ihc_http **out, ihc_coord *c, const ihc_config *cfg)
 {
     if (out == NULL || cfg == NULL || cfg->http_addr == NULL)
@@ -695,14 +718,20 @@ int ihc_http_open(ihc_http **out, ihc_coord *c, const ihc_config *cfg)
                 cfg->http_addr);
         return IHC_EINVAL;
     }
+    int lfd = listen_socket(&ss, v6, cfg->http_addr);
+    if (lfd < 0)
+        return IHC_EIO;
     ihc_http *h = calloc(1, sizeof *h);
-    if (h == NULL)
+    if (h == NULL) {
+        close(lfd);
         return IHC_ENOMEM;
+    }
     h->coord = c;
     h->max_body = cfg->http_max_body > 0 ? (size_t)cfg->http_max_body : 64 * 1024;
     if (cfg->http_token != NULL && cfg->http_token[0] != '\0') {
         h->token = strdup(cfg->http_token);
         if (h->token == NULL) {
+            close(lfd);
             free(h);
             return IHC_ENOMEM;
         }
@@ -719,13 +748,13 @@ int ihc_http_open(ihc_http **out, ihc_coord *c, const ihc_config *cfg)
                      (v6 ? MHD_USE_IPv6 : 0);
     h->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, conns,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd, MHD_OPTION_CONNECTION_LIMIT, conns,
         MHD_OPTION_CONNECTION_TIMEOUT, HTTP_IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)HTTP_CONN_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 512u, MHD_OPTION_END);
+        (size_t)HTTP_CONN_MEMORY, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
     if (h->daemon == NULL) {
-        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot listen addr=%s error=\"%s\"", cfg->http_addr,
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot serve HTTP on %s: %s", cfg->http_addr,
                 h->mhd_error[0] ? h->mhd_error : "libmicrohttpd failed to start");
+        close(lfd);
         pthread_cond_destroy(&h->drained);
         pthread_mutex_destroy(&h->mu);
         free(h->token);

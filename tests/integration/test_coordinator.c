@@ -8,6 +8,8 @@
 #include <nng/nng.h>
 #include <nng/protocol/pipeline0/push.h>
 #include <nng/protocol/pubsub0/sub.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
 #include <signal.h>
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -966,6 +969,85 @@ static void test_coordinator_slow_interrupts_do_not_block(void **state)
     }
 }
 
+/* A listening socket on 127.0.0.1:port, held by the test (a busy port). */
+static int hold_port(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(fd, 4), 0);
+    return fd;
+}
+
+/* Starts a coordinator that must fail; returns its exit status and leaves its log. */
+static int coord_run_failing(coord *c)
+{
+    char *argv[] = {(char *)th_bin("ihc-coordinator"),
+                    "--pub",
+                    c->pub,
+                    "--report",
+                    c->report,
+                    "--control",
+                    c->control,
+                    "--http",
+                    c->http,
+                    "--redis",
+                    (char *)c->redis_url,
+                    "--state-dir",
+                    c->dir,
+                    NULL};
+    pid_t pid = th_spawn(argv, c->log, c->env);
+    assert_true(pid > 0);
+    int st = th_wait_exit(pid, 10000);
+    if (st < 0) {
+        th_stop(pid, SIGKILL, 1000);
+        th_log_tail(c->log, 30);
+        fail_msg("coordinator kept running although a port was busy (log %s)", c->log);
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A busy port is named in one clear line, and a coordinator that never ran writes and warns
+ * about nothing else (it used to warn about an "unwritten redis backlog" when Redis was
+ * down, and to report a busy HTTP port as "Failed to bind to port 0"). */
+static void test_coordinator_busy_ports(void **state)
+{
+    (void)state;
+    char dead_redis[64];
+    snprintf(dead_redis, sizeof(dead_redis), "redis://127.0.0.1:%d/0", th_free_port());
+    for (int which = 0; which < 2; which++) {
+        coord c;
+        coord_init(&c, dead_redis);
+        char seq[4300];
+        snprintf(seq, sizeof(seq), "%s/seq", c.dir);
+        FILE *fp = fopen(seq, "w"); /* ids handed out by an earlier run */
+        assert_non_null(fp);
+        fputs("5000\n", fp);
+        fclose(fp);
+        const char *url = which == 0 ? c.http : c.pub;
+        int port = atoi(strrchr(url, ':') + 1);
+        int fd = hold_port(port);
+        assert_int_equal(coord_run_failing(&c), 1);
+        close(fd);
+        char want[128];
+        if (which == 0)
+            snprintf(want, sizeof(want), "cannot listen on %s: Address already in use", c.http);
+        else
+            snprintf(want, sizeof(want), "cannot listen pub url=%s: Address in use", c.pub);
+        bool ok = th_log_has(c.log, want, 0) && !th_log_has(c.log, "unwritten", 0) &&
+                  !th_log_has(c.log, "port 0", 0);
+        if (!ok) {
+            th_log_tail(c.log, 30);
+            fail_msg("want '%s' and no backlog warning in %s", want, c.log);
+        }
+        assert_true(coord_fini(&c));
+    }
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -982,6 +1064,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_coordinator_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_request_channel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_concurrent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_coordinator_busy_ports, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_slow_interrupts_do_not_block, setup,
                                         teardown),
     };
