@@ -25,7 +25,7 @@ int ihc__token_new(ihc_token **out, const char *sid)
         ihc_log(IHC_LOG_ERROR, "agent", "cannot create token eventfd err=\"%s\"", strerror(e));
         return e == ENOMEM ? IHC_ENOMEM : IHC_EIO;
     }
-    atomic_init(&t->head.cancelled, 0);
+    __atomic_store_n(&t->head.cancelled, 0, __ATOMIC_RELAXED);
     atomic_init(&t->refs, 1);
     if (sid) {
         size_t n = strnlen(sid, IHC_ID_MAX);
@@ -41,7 +41,7 @@ void ihc_token_cancel(ihc_token *t)
     if (!t)
         return;
     /* exchange, so only the first canceller writes the eventfd */
-    if (atomic_exchange_explicit(&t->head.cancelled, 1, memory_order_acq_rel) == 0) {
+    if (__atomic_exchange_n(&t->head.cancelled, 1, __ATOMIC_ACQ_REL) == 0) {
         uint64_t one = 1;
         ssize_t n;
         do {
@@ -68,7 +68,7 @@ int ihc_token_wait(const ihc_token *t, int timeout_ms)
         return IHC_EINVAL;
     int64_t end = timeout_ms >= 0 ? mono_ms() + timeout_ms : 0;
     for (;;) {
-        if (atomic_load_explicit(&t->head.cancelled, memory_order_acquire))
+        if (__atomic_load_n(&t->head.cancelled, __ATOMIC_ACQUIRE))
             return IHC_OK;
         int wait = -1;
         if (timeout_ms >= 0) {

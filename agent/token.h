@@ -4,6 +4,8 @@
 #define IHC_AGENT_TOKEN_H
 
 #include "ihc/agent.h"
+
+#include <stdatomic.h>
 #include "wire.h"
 
 struct ihc_token {

@@ -19,7 +19,6 @@
 #ifndef IHC_AGENT_H
 #define IHC_AGENT_H
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -151,13 +150,15 @@ IHC_API int ihc_agent_session_end(ihc_agent *a, const char *session_id);
 IHC_API size_t ihc_agent_session_count(ihc_agent *a);
 
 /* The token check on the hot path: one relaxed atomic load, no syscall, no lock. */
+/* The flag is a plain int read with the compiler's atomic builtin, so that this header is
+ * the same in C and C++ (C++ before C++23 has no <stdatomic.h>). */
 struct ihc_token_head {
-    atomic_int cancelled; /* first member of every ihc_token */
+    int cancelled; /* first member of every ihc_token; written atomically only */
 };
 static inline bool ihc_token_cancelled(const ihc_token *t)
 {
-    return atomic_load_explicit(&((const struct ihc_token_head *)(const void *)t)->cancelled,
-                                memory_order_relaxed) != 0;
+    return __atomic_load_n(&((const struct ihc_token_head *)(const void *)t)->cancelled,
+                           __ATOMIC_RELAXED) != 0;
 }
 
 /* For generator loops: IHC_CHECKPOINT(tok, break); runs the statement when cancelled. Not

@@ -154,6 +154,11 @@ check_tree() {
         printf '#include <ihc/%s>\ntypedef int ihc_test_nonempty;\n' "$h" |
             "$cc" -std=c11 -pedantic -Wall -Wextra -Werror -fsyntax-only -x c -I"$incdir" - ||
             fail "ihc/$h does not compile on its own from $incdir"
+        if command -v c++ >/dev/null; then # C++ services embed the libraries too
+            printf '#include <ihc/%s>\n' "$h" |
+                c++ -std=c++11 -Wall -Wextra -Werror -fsyntax-only -x c++ -I"$incdir" - ||
+                fail "ihc/$h does not compile as C++ from $incdir"
+        fi
     done
 
     step "pkg-config: ihc.pc and ihc-agent.pc name $prefix"
