@@ -1,5 +1,6 @@
 /* libihc: the client side of the coordinator's control socket (nng REQ, one context per
- * call so that one client serves many threads), and parsing of interrupt results. */
+ * call so that one client serves many threads), the watch on its broadcast socket (nng SUB,
+ * topic "ev:"), and parsing of interrupt results. */
 #include "ihc/client.h"
 
 #include "clock.h"
@@ -9,9 +10,11 @@
 
 #include <jansson.h>
 #include <nng/nng.h>
+#include <nng/protocol/pubsub0/sub.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,12 +23,29 @@
 _Static_assert(IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS == IHC_INTERRUPT_TIMEOUT_MAX_MS,
                "the public limit is the coordinator's");
 
-#define CLIENT_DEFAULT_TIMEOUT_MS 10000
-#define CLIENT_DEFAULT_CONNECT_MS 1000
 /* Added to an interrupt's own timeout: the coordinator answers when it gives up, and the
  * answer needs time to travel. */
 #define CLIENT_MARGIN_MS 2000
 #define CLIENT_ERR_MAX   512
+
+/* ---- nng tunables: each socket option ihc sets, with why its value ---- */
+/* REQ never re-sends a request on its own timer: the coordinator would run a re-sent
+ * interrupt twice. Each call's own deadline bounds the wait instead. */
+#define CLIENT_REQ_RESEND_MS NNG_DURATION_INFINITE
+/* First redial 50 ms after a drop: a call waits only connect_timeout_ms (1 s by default). */
+#define CLIENT_RECONNECT_MIN_MS 50
+/* Backoff capped at 1 s, so a coordinator that comes back is found within one default
+ * connect wait. */
+#define CLIENT_RECONNECT_MAX_MS 1000
+/* A watch waits for the coordinator as long as it takes: first redial after 100 ms... */
+#define WATCH_RECONNECT_MIN_MS 100
+/* ...then at least every 2 s, so a restarted coordinator's results show within 2 s. */
+#define WATCH_RECONNECT_MAX_MS 2000
+/* Results queued between two ihc_watch_next calls (SUB's default is 128): a burst of
+ * interrupts finishing while the caller prints is kept, not dropped. */
+#define WATCH_RECVBUF 1024
+/* Both sockets: the wire's own cap (a frame over NNG_OPT_RECVMAXSZ closes the pipe). */
+#define SOCK_RECV_MAX IHC_WIRE_MAX_MSG
 
 /* The public codes are the internal ones; keep them in step. */
 _Static_assert(IHC_CLIENT_EINVAL == IHC_EINVAL, "code");
@@ -39,8 +59,17 @@ _Static_assert(IHC_CLIENT_ETIMEDOUT == IHC_ETIMEDOUT, "code");
 _Static_assert(IHC_CLIENT_ELIMIT == IHC_ELIMIT, "code");
 _Static_assert(IHC_CLIENT_ENOENT == IHC_ENOENT, "code");
 _Static_assert(IHC_CLIENT_ETRANSPORT == IHC_ETRANSPORT, "code");
+_Static_assert(IHC_CLIENT_ECLOSED == IHC_ECLOSED, "code");
 _Static_assert(IHC_CLIENT_EDISABLED == IHC_EDISABLED, "code");
 _Static_assert(IHC_CLIENT_EINTERNAL == IHC_EINTERNAL, "code");
+
+/* A socket's connection, kept by nng's pipe callbacks (one dialer: at most one pipe). */
+typedef struct {
+    pthread_mutex_t mu; /* guards connected, pipe_id (and a watch's busy, closing) */
+    pthread_cond_t cv;  /* on connect (and when a watch's last waiting call leaves) */
+    bool connected;
+    uint32_t pipe_id;
+} conn_state;
 
 struct ihc_client {
     nng_socket sock;
@@ -48,10 +77,39 @@ struct ihc_client {
     ihc_wire_auth *auth;
     int timeout_ms;
     int connect_timeout_ms;
-    pthread_mutex_t mu; /* guards connected, pipe_id */
-    pthread_cond_t cv;
-    bool connected;
-    uint32_t pipe_id;
+    conn_state conn;
+};
+
+struct ihc_watch {
+    nng_socket sock;
+    char *url;
+    ihc_wire_auth *auth;
+    conn_state conn;
+    int busy;     /* calls inside ihc_watch_next (conn.mu) */
+    bool closing; /* ihc_watch_close has begun (conn.mu) */
+    atomic_uint_least64_t dropped;
+};
+
+/* A socket option and the value ihc gives it (one of the tunables above). */
+typedef enum { OPT_MS, OPT_SIZE, OPT_INT } opt_kind;
+typedef struct {
+    const char *name; /* NNG_OPT_* */
+    opt_kind kind;
+    int64_t value;
+} sock_opt;
+
+static const sock_opt client_opts[] = {
+    {NNG_OPT_REQ_RESENDTIME, OPT_MS, CLIENT_REQ_RESEND_MS},
+    {NNG_OPT_RECVMAXSZ, OPT_SIZE, SOCK_RECV_MAX},
+    {NNG_OPT_RECONNMINT, OPT_MS, CLIENT_RECONNECT_MIN_MS},
+    {NNG_OPT_RECONNMAXT, OPT_MS, CLIENT_RECONNECT_MAX_MS},
+};
+
+static const sock_opt watch_opts[] = {
+    {NNG_OPT_RECVMAXSZ, OPT_SIZE, SOCK_RECV_MAX},
+    {NNG_OPT_RECVBUF, OPT_INT, WATCH_RECVBUF},
+    {NNG_OPT_RECONNMINT, OPT_MS, WATCH_RECONNECT_MIN_MS},
+    {NNG_OPT_RECONNMAXT, OPT_MS, WATCH_RECONNECT_MAX_MS},
 };
 
 typedef struct {
@@ -62,29 +120,40 @@ typedef struct {
     ihc_module_outcome *mods;
 } result_priv;
 
-static _Thread_local const ihc_client *tl_client;
+/* The calling thread's last error text and the client or watch it is about (NULL: an
+ * open that failed). */
+static _Thread_local const void *tl_owner;
 static _Thread_local char tl_err[CLIENT_ERR_MAX];
 
-static void set_err(const ihc_client *c, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void set_err(const ihc_client *c, const char *fmt, ...)
+static void set_err(const void *owner, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(const void *owner, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(tl_err, sizeof tl_err, fmt, ap);
     va_end(ap);
-    tl_client = c;
+    tl_owner = owner;
 }
 
-static void clear_err(const ihc_client *c)
+static void clear_err(const void *owner)
 {
     tl_err[0] = '\0';
-    tl_client = c;
+    tl_owner = owner;
+}
+
+static const char *last_error(const void *owner)
+{
+    return tl_owner == owner ? tl_err : "";
 }
 
 const char *ihc_client_last_error(const ihc_client *c)
 {
-    return (c != NULL && tl_client == c) ? tl_err : "";
+    return last_error(c);
+}
+
+const char *ihc_watch_last_error(const ihc_watch *w)
+{
+    return last_error(w);
 }
 
 const char *ihc_client_strerror(int rc)
@@ -97,80 +166,154 @@ const char *ihc_client_url(const ihc_client *c)
     return c != NULL ? c->url : "";
 }
 
+static void conn_init(conn_state *cs)
+{
+    pthread_mutex_init(&cs->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&cs->cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+static void conn_fini(conn_state *cs)
+{
+    pthread_cond_destroy(&cs->cv);
+    pthread_mutex_destroy(&cs->mu);
+}
+
 static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
-    ihc_client *c = arg;
-    pthread_mutex_lock(&c->mu);
+    conn_state *cs = arg;
+    pthread_mutex_lock(&cs->mu);
     if (ev == NNG_PIPE_EV_ADD_POST) {
-        c->connected = true;
-        c->pipe_id = nng_pipe_id(p);
-        pthread_cond_broadcast(&c->cv);
-    } else if (ev == NNG_PIPE_EV_REM_POST && c->pipe_id == (uint32_t)nng_pipe_id(p)) {
-        c->connected = false;
+        cs->connected = true;
+        cs->pipe_id = nng_pipe_id(p);
+        pthread_cond_broadcast(&cs->cv);
+    } else if (ev == NNG_PIPE_EV_REM_POST && cs->pipe_id == (uint32_t)nng_pipe_id(p)) {
+        cs->connected = false;
     }
-    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&cs->mu);
+}
+
+static bool conn_is_up(const conn_state *cs)
+{
+    pthread_mutex_t *mu = (pthread_mutex_t *)&cs->mu; /* locking does not change the state */
+    pthread_mutex_lock(mu);
+    bool ok = cs->connected;
+    pthread_mutex_unlock(mu);
+    return ok;
+}
+
+/* Sets opts on s. On failure the caller's open fails: the text (ihc_client_last_error(NULL))
+ * names the option. */
+static int set_opts(nng_socket s, const sock_opt *opts, size_t n, const char *url)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rv;
+        if (opts[i].kind == OPT_MS)
+            rv = nng_socket_set_ms(s, opts[i].name, (nng_duration)opts[i].value);
+        else if (opts[i].kind == OPT_SIZE)
+            rv = nng_socket_set_size(s, opts[i].name, (size_t)opts[i].value);
+        else
+            rv = nng_socket_set_int(s, opts[i].name, (int)opts[i].value);
+        if (rv != 0) {
+            set_err(NULL, "socket for %s: cannot set option %s to %lld: %s", url, opts[i].name,
+                    (long long)opts[i].value, nng_strerror(rv));
+            return rv == NNG_ENOMEM ? IHC_ENOMEM : IHC_ETRANSPORT;
+        }
+    }
+    return IHC_OK;
+}
+
+/* Follows s's connection in cs and starts dialling url in the background. */
+static int dial(nng_socket s, const char *url, conn_state *cs)
+{
+    int rv = nng_pipe_notify(s, NNG_PIPE_EV_ADD_POST, on_pipe, cs);
+    if (rv == 0)
+        rv = nng_pipe_notify(s, NNG_PIPE_EV_REM_POST, on_pipe, cs);
+    if (rv != 0) {
+        set_err(NULL, "socket for %s: cannot follow its connection: %s", url, nng_strerror(rv));
+        return rv == NNG_ENOMEM ? IHC_ENOMEM : IHC_ETRANSPORT;
+    }
+    rv = nng_dial(s, url, NULL, NNG_FLAG_NONBLOCK);
+    if (rv != 0) {
+        set_err(NULL, "cannot dial '%s': %s", url, nng_strerror(rv));
+        return (rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP || rv == NNG_EINVAL)
+                   ? IHC_ETRANSPORT
+                   : ihc_err_from_nng(rv);
+    }
+    return IHC_OK;
+}
+
+/* The auth context for an optional secret (*auth NULL without one). */
+static int auth_for(const void *secret, size_t len, ihc_wire_auth **auth)
+{
+    *auth = NULL;
+    if (secret == NULL || len == 0)
+        return IHC_OK;
+    int rc = ihc_wire_auth_new(auth, secret, len, 0);
+    if (rc != IHC_OK)
+        set_err(NULL, "cannot use the secret: %s", ihc_strerror(rc));
+    return rc;
 }
 
 int ihc_client_open(ihc_client **out, const ihc_client_opts *o)
 {
-    if (out == NULL)
+    clear_err(NULL);
+    if (out == NULL) {
+        set_err(NULL, "out is NULL");
         return IHC_EINVAL;
+    }
     *out = NULL;
     ihc_client_opts d = {0};
     if (o != NULL)
         d = *o;
-    if (d.timeout_ms < 0 || d.connect_timeout_ms < 0 || (d.secret == NULL && d.secret_len > 0))
+    if (d.timeout_ms < 0 || d.connect_timeout_ms < 0) {
+        set_err(NULL, "timeout_ms and connect_timeout_ms must not be negative");
         return IHC_EINVAL;
+    }
+    if (d.secret == NULL && d.secret_len > 0) {
+        set_err(NULL, "secret_len is %zu but secret is NULL", d.secret_len);
+        return IHC_EINVAL;
+    }
     ihc_client *c = calloc(1, sizeof *c);
-    if (c == NULL)
+    if (c == NULL) {
+        set_err(NULL, "out of memory");
         return IHC_ENOMEM;
-    int rc = IHC_OK;
+    }
     c->url = strdup(d.control_url != NULL && d.control_url[0] != '\0' ? d.control_url
                                                                       : IHC_DEFAULT_CONTROL_URL);
     if (c->url == NULL) {
         free(c);
+        set_err(NULL, "out of memory");
         return IHC_ENOMEM;
     }
-    c->timeout_ms = d.timeout_ms > 0 ? d.timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
+    c->timeout_ms = d.timeout_ms > 0 ? d.timeout_ms : IHC_CLIENT_DEFAULT_TIMEOUT_MS;
     c->connect_timeout_ms =
-        d.connect_timeout_ms > 0 ? d.connect_timeout_ms : CLIENT_DEFAULT_CONNECT_MS;
-    pthread_mutex_init(&c->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    if (d.secret != NULL && d.secret_len > 0) {
-        rc = ihc_wire_auth_new(&c->auth, d.secret, d.secret_len, 0);
-        if (rc != IHC_OK)
-            goto fail_sync;
-    }
+        d.connect_timeout_ms > 0 ? d.connect_timeout_ms : IHC_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS;
+    conn_init(&c->conn);
+    int rc = auth_for(d.secret, d.secret_len, &c->auth);
+    if (rc != IHC_OK)
+        goto fail;
     int rv = nng_req0_open(&c->sock);
     if (rv != 0) {
+        set_err(NULL, "cannot open a REQ socket: %s", nng_strerror(rv));
         rc = ihc_err_from_nng(rv);
-        goto fail_sync;
+        goto fail;
     }
-    /* One send per call: a request is never re-sent by REQ's timer (an interrupt would run
-     * twice); the call's own deadline bounds the wait instead. */
-    nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
-    nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG);
-    nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 50);
-    nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 1000);
-    nng_pipe_notify(c->sock, NNG_PIPE_EV_ADD_POST, on_pipe, c);
-    nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, on_pipe, c);
-    rv = nng_dial(c->sock, c->url, NULL, NNG_FLAG_NONBLOCK);
-    if (rv != 0) {
-        rc = (rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP || rv == NNG_EINVAL) ? IHC_ETRANSPORT
-                                                                             : ihc_err_from_nng(rv);
+    rc = set_opts(c->sock, client_opts, sizeof client_opts / sizeof client_opts[0], c->url);
+    if (rc == IHC_OK)
+        rc = dial(c->sock, c->url, &c->conn);
+    if (rc != IHC_OK) {
         nng_close(c->sock);
-        goto fail_sync;
+        goto fail;
     }
     *out = c;
     return IHC_OK;
-fail_sync:
+fail:
     ihc_wire_auth_free(c->auth);
-    pthread_cond_destroy(&c->cv);
-    pthread_mutex_destroy(&c->mu);
+    conn_fini(&c->conn);
     free(c->url);
     free(c);
     return rc;
@@ -182,8 +325,7 @@ void ihc_client_close(ihc_client *c)
         return;
     nng_close(c->sock);
     ihc_wire_auth_free(c->auth);
-    pthread_cond_destroy(&c->cv);
-    pthread_mutex_destroy(&c->mu);
+    conn_fini(&c->conn);
     free(c->url);
     free(c);
 }
@@ -198,21 +340,14 @@ static bool wait_connected(ihc_client *c, int ms)
         ts.tv_sec++;
         ts.tv_nsec -= 1000000000L;
     }
-    pthread_mutex_lock(&c->mu);
-    while (!c->connected) {
-        if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) != 0 && !c->connected)
+    conn_state *cs = &c->conn;
+    pthread_mutex_lock(&cs->mu);
+    while (!cs->connected) {
+        if (pthread_cond_timedwait(&cs->cv, &cs->mu, &ts) != 0 && !cs->connected)
             break;
     }
-    bool ok = c->connected;
-    pthread_mutex_unlock(&c->mu);
-    return ok;
-}
-
-static bool is_connected(ihc_client *c)
-{
-    pthread_mutex_lock(&c->mu);
-    bool ok = c->connected;
-    pthread_mutex_unlock(&c->mu);
+    bool ok = cs->connected;
+    pthread_mutex_unlock(&cs->mu);
     return ok;
 }
 
@@ -323,7 +458,7 @@ static int roundtrip(ihc_client *c, const ihc_msg *req, int wait_ms, ihc_msg **r
     goto out;
 nng_fail:
     if (rv == NNG_ETIMEDOUT) {
-        if (is_connected(c)) {
+        if (conn_is_up(&c->conn)) {
             rc = IHC_ETIMEDOUT;
             set_err(c, "no answer from the coordinator at %s within %d ms", c->url, wait_ms);
         } else {
@@ -394,8 +529,8 @@ static int str_list(json_t *arr, const char ***out, size_t *n)
     return IHC_OK;
 }
 
-/* Parses an interrupt document; takes json. */
-static int parse_result(char *json, int status, result_priv **out)
+/* Parses an interrupt document; takes json. sent_ms: the message's timestamp. */
+static int parse_result(char *json, int status, int64_t sent_ms, result_priv **out)
 {
     *out = NULL;
     result_priv *r = calloc(1, sizeof *r);
@@ -420,6 +555,7 @@ static int parse_result(char *json, int status, result_priv **out)
     p->total_time_ms = jnum(d, "total_time_ms");
     p->persisted = json_is_true(json_object_get(d, "persisted"));
     p->error = jstr(d, "error");
+    p->sent_ms = sent_ms;
     json_t *agents = json_object_get(d, "agents");
     if (agents != NULL && !json_is_object(agents))
         goto fail;
@@ -519,6 +655,7 @@ int ihc_client_interrupt(ihc_client *c, const char *hw, const char *reason, int 
     if (rc != IHC_OK)
         return rc;
     int status = m->u.control_response.status;
+    int64_t sent_ms = m->ts_ms;
     char *json = copy_body(m);
     ihc_msg_free(m);
     if (json == NULL)
@@ -529,7 +666,7 @@ int ihc_client_interrupt(ihc_client *c, const char *hw, const char *reason, int 
         return rc;
     }
     result_priv *r = NULL;
-    rc = parse_result(json, status, &r);
+    rc = parse_result(json, status, sent_ms, &r);
     if (rc != IHC_OK) {
         set_err(c, "bad answer from %s: interrupt result is not the expected JSON document",
                 c->url);
@@ -586,4 +723,220 @@ int ihc_client_query(ihc_client *c, const char *op, const char *hw, char **json)
     }
     *json = body;
     return IHC_OK;
+}
+
+/* ---- watch ---------------------------------------------------------------------------------- */
+
+int ihc_watch_open(ihc_watch **out, const ihc_watch_opts *o)
+{
+    clear_err(NULL);
+    if (out == NULL) {
+        set_err(NULL, "out is NULL");
+        return IHC_EINVAL;
+    }
+    *out = NULL;
+    ihc_watch_opts d = {0};
+    if (o != NULL)
+        d = *o;
+    if (d.secret == NULL && d.secret_len > 0) {
+        set_err(NULL, "secret_len is %zu but secret is NULL", d.secret_len);
+        return IHC_EINVAL;
+    }
+    ihc_watch *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        set_err(NULL, "out of memory");
+        return IHC_ENOMEM;
+    }
+    w->url = strdup(d.pub_url != NULL && d.pub_url[0] != '\0' ? d.pub_url : IHC_DEFAULT_PUB_URL);
+    if (w->url == NULL) {
+        free(w);
+        set_err(NULL, "out of memory");
+        return IHC_ENOMEM;
+    }
+    conn_init(&w->conn);
+    atomic_init(&w->dropped, 0);
+    int rc = auth_for(d.secret, d.secret_len, &w->auth);
+    if (rc != IHC_OK)
+        goto fail;
+    int rv = nng_sub0_open(&w->sock);
+    if (rv != 0) {
+        set_err(NULL, "cannot open a SUB socket: %s", nng_strerror(rv));
+        rc = ihc_err_from_nng(rv);
+        goto fail;
+    }
+    /* the topic with its NUL: "ev:" must not also match a longer topic */
+    rv = nng_socket_set(w->sock, NNG_OPT_SUB_SUBSCRIBE, IHC_TOPIC_EVENTS, sizeof IHC_TOPIC_EVENTS);
+    if (rv != 0) {
+        set_err(NULL, "socket for %s: cannot subscribe to the event topic: %s", w->url,
+                nng_strerror(rv));
+        rc = rv == NNG_ENOMEM ? IHC_ENOMEM : IHC_ETRANSPORT;
+    } else {
+        rc = set_opts(w->sock, watch_opts, sizeof watch_opts / sizeof watch_opts[0], w->url);
+    }
+    if (rc == IHC_OK)
+        rc = dial(w->sock, w->url, &w->conn);
+    if (rc != IHC_OK) {
+        nng_close(w->sock);
+        goto fail;
+    }
+    *out = w;
+    return IHC_OK;
+fail:
+    ihc_wire_auth_free(w->auth);
+    conn_fini(&w->conn);
+    free(w->url);
+    free(w);
+    return rc;
+}
+
+void ihc_watch_close(ihc_watch *w)
+{
+    if (w == NULL)
+        return;
+    pthread_mutex_lock(&w->conn.mu);
+    w->closing = true;
+    pthread_mutex_unlock(&w->conn.mu);
+    nng_close(w->sock); /* ends the waits in ihc_watch_next with NNG_ECLOSED */
+    pthread_mutex_lock(&w->conn.mu);
+    while (w->busy > 0)
+        pthread_cond_wait(&w->conn.cv, &w->conn.mu);
+    pthread_mutex_unlock(&w->conn.mu);
+    ihc_wire_auth_free(w->auth);
+    conn_fini(&w->conn);
+    free(w->url);
+    free(w);
+}
+
+bool ihc_watch_connected(const ihc_watch *w)
+{
+    return w != NULL && conn_is_up(&w->conn);
+}
+
+uint64_t ihc_watch_dropped(const ihc_watch *w)
+{
+    return w != NULL ? atomic_load(&((ihc_watch *)w)->dropped) : 0;
+}
+
+const char *ihc_watch_url(const ihc_watch *w)
+{
+    return w != NULL ? w->url : "";
+}
+
+/* One message from the topic as a result: IHC_OK and *out; IHC_EPROTO when it is not a valid
+ * result (counted, the text says why; the caller goes on waiting); IHC_ENOMEM. Frees msg. */
+static int watch_take(ihc_watch *w, nng_msg *msg, ihc_result **out)
+{
+    const char *topic;
+    size_t tlen, blen;
+    const uint8_t *body;
+    ihc_msg *ev = NULL;
+    char detail[128] = "";
+    int rc = ihc_wire_split(nng_msg_body(msg), nng_msg_len(msg), &topic, &tlen, &body, &blen);
+    if (rc != IHC_OK || tlen != sizeof IHC_TOPIC_EVENTS - 1 ||
+        memcmp(topic, IHC_TOPIC_EVENTS, tlen) != 0) {
+        set_err(w, "%s: not a message framed with the event topic", ihc_strerror(IHC_EPROTO));
+        goto drop;
+    }
+    rc = ihc_wire_decode(body, blen, w->auth, &ev, detail, sizeof detail);
+    if (rc == IHC_ENOMEM)
+        goto out;
+    if (rc != IHC_OK) {
+        set_err(w, "%s%s%s", ihc_strerror(rc), detail[0] ? ": " : "", detail);
+        goto drop;
+    }
+    if (ev->type != IHC_MSG_RESULT || ev->u.result.json == NULL) {
+        set_err(w, "a '%s' message on the event topic, not a result", ihc_msg_type_name(ev->type));
+        goto drop;
+    }
+    char *json = strdup(ev->u.result.json);
+    if (json == NULL) {
+        rc = IHC_ENOMEM;
+        goto out;
+    }
+    result_priv *r = NULL;
+    rc = parse_result(json, 200, ev->ts_ms, &r);
+    if (rc == IHC_ENOMEM)
+        goto out;
+    if (rc != IHC_OK) {
+        set_err(w, "a result that is not an interrupt document");
+        goto drop;
+    }
+    *out = &r->pub;
+    rc = IHC_OK;
+    goto out;
+drop:
+    atomic_fetch_add(&w->dropped, 1);
+    rc = IHC_EPROTO;
+out:
+    ihc_msg_free(ev);
+    nng_msg_free(msg);
+    return rc;
+}
+
+/* Registers a call in ihc_watch_next; false once the watch is closing. */
+static bool watch_enter(ihc_watch *w)
+{
+    pthread_mutex_lock(&w->conn.mu);
+    bool ok = !w->closing;
+    if (ok)
+        w->busy++;
+    pthread_mutex_unlock(&w->conn.mu);
+    return ok;
+}
+
+static void watch_leave(ihc_watch *w)
+{
+    pthread_mutex_lock(&w->conn.mu);
+    if (--w->busy == 0 && w->closing)
+        pthread_cond_broadcast(&w->conn.cv);
+    pthread_mutex_unlock(&w->conn.mu);
+}
+
+int ihc_watch_next(ihc_watch *w, int timeout_ms, ihc_result **out)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (w == NULL || out == NULL)
+        return IHC_EINVAL;
+    clear_err(w);
+    if (!watch_enter(w)) {
+        set_err(w, "the watch is closed");
+        return IHC_ECLOSED;
+    }
+    uint64_t end = ihc_mono_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
+    nng_aio *aio = NULL;
+    int rv = nng_aio_alloc(&aio, NULL, NULL);
+    int rc = rv == 0 ? IHC_EPROTO : ihc_err_from_nng(rv);
+    /* rc stays IHC_EPROTO while messages are dropped */
+    while (rc == IHC_EPROTO) {
+        nng_duration left = NNG_DURATION_INFINITE;
+        if (timeout_ms >= 0) {
+            uint64_t now = ihc_mono_ns();
+            /* 0: only what has already arrived (nng completes a zero timeout at once) */
+            left = now < end ? (nng_duration)((end - now + 999999u) / 1000000u) : 0;
+        }
+        nng_aio_set_timeout(aio, left);
+        nng_recv_aio(w->sock, aio);
+        nng_aio_wait(aio);
+        rv = nng_aio_result(aio);
+        if (rv == 0) {
+            rc = watch_take(w, nng_aio_get_msg(aio), out);
+            nng_aio_set_msg(aio, NULL);
+        } else if (rv == NNG_ETIMEDOUT) {
+            rc = IHC_ETIMEDOUT;
+            if (tl_err[0] == '\0')
+                set_err(w, "no finished interrupt within %d ms", timeout_ms);
+        } else if (rv == NNG_ECLOSED) {
+            rc = IHC_ECLOSED;
+            set_err(w, "the watch is closed");
+        } else {
+            rc = ihc_err_from_nng(rv);
+            set_err(w, "receiving from %s failed: %s", w->url, nng_strerror(rv));
+        }
+    }
+    if (rc == IHC_ENOMEM)
+        set_err(w, "out of memory");
+    nng_aio_free(aio);
+    watch_leave(w);
+    return rc;
 }

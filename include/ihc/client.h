@@ -1,6 +1,7 @@
 /* libihc: request interrupts from the ihc coordinator over its control socket (nng REQ/REP,
- * MessagePack), and read its sessions, agents, flags and stats. Self-contained public
- * header; link with -lihc (pkg-config ihc). */
+ * MessagePack), read its sessions, agents, flags and stats, and follow finished interrupts on
+ * its broadcast socket (nng SUB). Self-contained public header; link with -lihc (pkg-config
+ * ihc). */
 #ifndef IHC_CLIENT_H
 #define IHC_CLIENT_H
 
@@ -24,22 +25,28 @@ extern "C" {
 #define IHC_CLIENT_EBADHW     6  /* invalid hardware_id (checked before sending) */
 #define IHC_CLIENT_EBADSIG    10 /* a signature was refused, either way (secret mismatch) */
 #define IHC_CLIENT_ENOTCONN   14 /* coordinator unreachable: no connection within connect timeout */
-#define IHC_CLIENT_ETIMEDOUT  15 /* connected, but no answer in time */
+#define IHC_CLIENT_ETIMEDOUT  15 /* connected, but no answer in time (watch: no result in time) */
 #define IHC_CLIENT_ELIMIT     16 /* coordinator busy: too many requests in flight (429/503) */
 #define IHC_CLIENT_ENOENT     17 /* unknown operation (404) */
 #define IHC_CLIENT_ETRANSPORT 19 /* transport error (bad URL, socket error) */
+#define IHC_CLIENT_ECLOSED    20 /* the watch was closed while the call waited */
 #define IHC_CLIENT_EDISABLED  22 /* refused by the coordinator's configuration (403) */
 #define IHC_CLIENT_EINTERNAL  24 /* coordinator error (5xx) */
 
 typedef struct ihc_client ihc_client;
+
+/* Defaults of ihc_client_opts' timeouts (ms). */
+#define IHC_CLIENT_DEFAULT_TIMEOUT_MS         10000
+#define IHC_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS 1000
 
 typedef struct ihc_client_opts {
     const char *control_url; /* NULL: "tcp://127.0.0.1:7452" */
     const void *secret;      /* shared secret for message signing; NULL: unsigned */
     size_t secret_len;
     int timeout_ms;         /* wait for queries and for interrupts sent with timeout 0;
-                               0: 10000 */
-    int connect_timeout_ms; /* how long a call waits for a connection; 0: 1000 */
+                               0: IHC_CLIENT_DEFAULT_TIMEOUT_MS */
+    int connect_timeout_ms; /* how long a call waits for a connection;
+                               0: IHC_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS */
 } ihc_client_opts;
 
 /* One agent's module outcome in an interrupt. */
@@ -51,10 +58,11 @@ typedef struct ihc_module_outcome {
     const char *error; /* NULL when none */
 } ihc_module_outcome;
 
-/* The answer to an interrupt (the coordinator's JSON document, parsed). Every pointer is
- * owned by the result and valid until ihc_result_free. */
+/* A finished interrupt: the answer to ihc_client_interrupt, or one that ihc_watch_next saw
+ * (the coordinator's JSON document, parsed). Every pointer is owned by the result and valid
+ * until ihc_result_free. */
 typedef struct ihc_result {
-    int status;   /* HTTP-like status the coordinator answered (200) */
+    int status;   /* HTTP-like status the coordinator answered (200; 200 from a watch too) */
     bool success; /* every expected agent answered and every module stopped in time */
     uint64_t interrupt_id;
     const char *hardware_id;
@@ -75,11 +83,14 @@ typedef struct ihc_result {
     double total_time_ms;
     bool persisted;    /* written to Redis (false while Redis is down; written later) */
     const char *error; /* why success is false; NULL when none */
+    int64_t sent_ms;   /* when the coordinator sent it: its wall clock, ms since the Unix
+                          epoch; 0 when it did not say */
 } ihc_result;
 
 /* Creates a client (options are copied; o may be NULL). Connecting happens in the background
  * and is retried; calls wait up to connect_timeout_ms for it. Errors: IHC_CLIENT_EINVAL,
- * IHC_CLIENT_ETRANSPORT (bad URL), IHC_CLIENT_ENOMEM. Caller owns *out: ihc_client_close.
+ * IHC_CLIENT_ETRANSPORT (bad URL, or the socket refused an option), IHC_CLIENT_ENOMEM;
+ * ihc_client_last_error(NULL) then says which. Caller owns *out: ihc_client_close.
  * A client may be used from many threads at once (each call uses its own nng context). */
 IHC_API int ihc_client_open(ihc_client **out, const ihc_client_opts *o);
 
@@ -111,8 +122,9 @@ IHC_API void ihc_result_free(ihc_result *r);
 IHC_API int ihc_client_query(ihc_client *c, const char *op, const char *hw, char **json);
 
 /* Text explaining the calling thread's last failed call on c: the coordinator's error
- * message for refused requests, else a description of the failure; "" when none. Valid
- * until the thread's next call on any client. */
+ * message for refused requests, else a description of the failure; "" when none. With c
+ * NULL: why the calling thread's last ihc_client_open or ihc_watch_open failed. Valid until
+ * the thread's next call on any client or watch. */
 IHC_API const char *ihc_client_last_error(const ihc_client *c);
 
 /* The control URL the client dials (for messages). */
@@ -120,6 +132,64 @@ IHC_API const char *ihc_client_url(const ihc_client *c);
 
 /* Text for a return code; never NULL. */
 IHC_API const char *ihc_client_strerror(int rc);
+
+/* ---- watch: finished interrupts as they happen ----------------------------------------------
+ * The coordinator publishes each finished interrupt's result on its broadcast socket (topic
+ * "ev:"); a watch subscribes to it. Results published while a watch is not connected are not
+ * seen (publish/subscribe keeps no history), and a watch that reads too slowly loses the
+ * oldest: use it to follow and display, not to account. Messages on the topic that are not a
+ * valid result (garbage, another message type, unsigned or forged when a secret is set) are
+ * dropped and counted (ihc_watch_dropped), never returned.
+ *
+ * Threads: ihc_watch_connected, ihc_watch_dropped, ihc_watch_url and ihc_watch_next may be
+ * called from any thread at any time (with several threads in ihc_watch_next, each result goes
+ * to one of them). ihc_watch_close may be called while other threads wait in ihc_watch_next:
+ * they return IHC_CLIENT_ECLOSED, and close returns once they have; no call on the watch may
+ * start after close has begun. */
+
+typedef struct ihc_watch ihc_watch;
+
+typedef struct ihc_watch_opts {
+    const char *pub_url; /* the coordinator's broadcast socket; NULL: "tcp://127.0.0.1:7450" */
+    const void *secret;  /* shared secret: only results signed with it are returned;
+                            NULL: signatures are not checked */
+    size_t secret_len;
+} ihc_watch_opts;
+
+/* Creates a watch (options are copied; o may be NULL). Connecting happens in the background
+ * and is retried for as long as the watch is open. Errors: IHC_CLIENT_EINVAL,
+ * IHC_CLIENT_ETRANSPORT (bad URL, or the socket refused an option), IHC_CLIENT_ENOMEM;
+ * ihc_client_last_error(NULL) then says which. Caller owns *out: ihc_watch_close. */
+IHC_API int ihc_watch_open(ihc_watch **out, const ihc_watch_opts *o);
+
+/* Closes the watch; waits in ihc_watch_next return IHC_CLIENT_ECLOSED. Accepts NULL. */
+IHC_API void ihc_watch_close(ihc_watch *w);
+
+/* Waits for the next finished interrupt: timeout_ms > 0 waits that long, 0 takes only what
+ * has already arrived, < 0 waits until one comes or the watch is closed. On 0, *out is the
+ * result (ihc_result_json gives the coordinator's document unchanged); caller frees it with
+ * ihc_result_free. Otherwise *out is NULL: IHC_CLIENT_ETIMEDOUT (none in time, connected or
+ * not: see ihc_watch_connected), IHC_CLIENT_ECLOSED, IHC_CLIENT_EINVAL, IHC_CLIENT_ENOMEM,
+ * IHC_CLIENT_ETRANSPORT (socket error).
+ * Bad messages met while waiting are dropped, counted, and the wait goes on; the text of the
+ * last one this thread dropped is ihc_watch_last_error(w). */
+IHC_API int ihc_watch_next(ihc_watch *w, int timeout_ms, ihc_result **out);
+
+/* True while the watch has a connection to the coordinator. */
+IHC_API bool ihc_watch_connected(const ihc_watch *w);
+
+/* How many messages the watch has dropped since it was opened: not decodable, not signed
+ * with the secret (or replayed), not a result, or a result that is not an interrupt
+ * document. A count that grows with a secret set usually means the secrets differ. */
+IHC_API uint64_t ihc_watch_dropped(const ihc_watch *w);
+
+/* About the calling thread's last ihc_watch_next on w: why it failed, or, when it dropped
+ * messages and then timed out or returned a result, why the last of them was dropped; "" when
+ * neither. Valid until the thread's next call on any client or watch. */
+IHC_API const char *ihc_watch_last_error(const ihc_watch *w);
+
+/* The broadcast URL the watch dials (for messages). */
+IHC_API const char *ihc_watch_url(const ihc_watch *w);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,7 @@
 /* libihc tests: the client against a fake coordinator control socket (nng REP in a thread of
- * this test) — result parsing, errors, signing, unreachable and slow coordinators, threads. */
+ * this test) — result parsing, errors, signing, unreachable and slow coordinators, threads —
+ * and the watch against a coordinator-like publisher (tests/support/fake_coord: nng PUB). */
+#include "fake_coord.h"
 #include "harness.h"
 
 #include "err.h"
@@ -14,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static const char full_result[] =
     "{\"success\":true,\"interrupt_id\":17,\"hardware_id\":\"dev-1\",\"epoch\":4,"
@@ -284,11 +287,18 @@ static void test_client_bad_arguments(void **state)
     ihc_client *c2 = (ihc_client *)1;
     TH_FAIL(ihc_client_open(&c2, &o), IHC_CLIENT_EINVAL);
     assert_null(c2);
+    assert_non_null(strstr(ihc_client_last_error(NULL), "must not be negative"));
     o = (ihc_client_opts){.control_url = "bogus://x"};
     TH_FAIL(ihc_client_open(&c2, &o), IHC_CLIENT_ETRANSPORT);
+    /* a failed open explains itself through last_error(NULL), and about no client */
+    assert_non_null(strstr(ihc_client_last_error(NULL), "cannot dial 'bogus://x'"));
+    assert_string_equal(ihc_client_last_error(c), "");
     TH_FAIL(ihc_client_open(NULL, NULL), IHC_CLIENT_EINVAL);
     assert_string_equal(ihc_client_strerror(IHC_CLIENT_ENOTCONN), "not connected");
-    assert_string_equal(ihc_client_last_error(NULL), "");
+    TH_PASS(ihc_client_query(c, "agents", NULL, &json));
+    free(json);
+    json = NULL;
+    assert_string_equal(ihc_client_last_error(NULL), ""); /* this thread's text is about c */
     ihc_client_close(NULL);
     ihc_result_free(NULL);
     ihc_client_close(c);
@@ -426,6 +436,348 @@ static void test_client_many_threads(void **state)
     fake_stop(f);
 }
 
+/* ---- watch ---------------------------------------------------------------------------------- */
+
+#define SECRET "s3cret"
+
+/* An interrupt result document with this id, for hardware_id hw. */
+static const char *doc_for(char *buf, size_t cap, uint64_t id, const char *hw)
+{
+    snprintf(buf, cap,
+             "{\"success\":true,\"interrupt_id\":%llu,\"hardware_id\":\"%s\",\"epoch\":1,"
+             "\"agents\":{\"expected\":[],\"answered\":[],\"missing\":[]},"
+             "\"total_time_ms\":0.1,\"persisted\":true}",
+             (unsigned long long)id, hw);
+    return buf;
+}
+
+/* Publishes raw bytes on the fake coordinator's PUB socket. */
+static void publish_raw(th_fc *fc, const void *buf, size_t len)
+{
+    assert_int_equal(nng_send(fc->pub, (void *)buf, len, 0), 0);
+}
+
+/* A "result" message framed with the event topic, signed with secret (NULL: unsigned).
+ * Caller frees *buf. */
+static void encode_result(const char *json, const char *secret, uint8_t **buf, size_t *len)
+{
+    ihc_wire_auth *a = NULL;
+    if (secret != NULL)
+        TH_PASS(ihc_wire_auth_new(&a, secret, strlen(secret), 0));
+    ihc_msg m = {.type = IHC_MSG_RESULT};
+    m.u.result.json = (char *)json;
+    TH_PASS(ihc_wire_encode_framed(&m, a, buf, len));
+    ihc_wire_auth_free(a);
+}
+
+static void publish_result(th_fc *fc, const char *json, const char *secret)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    encode_result(json, secret, &buf, &len);
+    publish_raw(fc, buf, len);
+    free(buf);
+}
+
+static ihc_watch *watch_for(const char *url, const char *secret)
+{
+    ihc_watch_opts o = {.pub_url = url};
+    if (secret != NULL) {
+        o.secret = secret;
+        o.secret_len = strlen(secret);
+    }
+    ihc_watch *w = NULL;
+    TH_PASS(ihc_watch_open(&w, &o));
+    assert_non_null(w);
+    return w;
+}
+
+#define MARKER_BASE 9000000u
+
+/* Publish/subscribe loses what is sent before both ends of the connection are up: publishes
+ * markers (signed with secret) until the watch gets one, then waits for the last one sent,
+ * so that nothing of this is left queued for the test. */
+static void watch_sync(th_fc *fc, ihc_watch *w, const char *secret)
+{
+    assert_true(TH_WAIT(ihc_watch_connected(w), 10000));
+    uint64_t end = th_now_ms_() + 10000, last = 0;
+    bool got = false;
+    while (th_now_ms_() < end) {
+        if (!got) {
+            char doc[256];
+            publish_result(fc, doc_for(doc, sizeof doc, MARKER_BASE + ++last, "sync"), secret);
+        }
+        ihc_result *r = NULL;
+        int rc = ihc_watch_next(w, got ? 5000 : 100, &r);
+        if (rc == IHC_CLIENT_OK) {
+            got = true;
+            uint64_t id = r->interrupt_id;
+            ihc_result_free(r);
+            if (id == MARKER_BASE + last)
+                return;
+        } else if (rc != IHC_CLIENT_ETIMEDOUT || got) {
+            fail_msg("watch sync: %s (%s)", ihc_client_strerror(rc), ihc_watch_last_error(w));
+        }
+    }
+    fail_msg("watch sync: no marker arrived within 10 s");
+}
+
+/* The next result must be the one with this id. */
+static void expect_id(ihc_watch *w, uint64_t id)
+{
+    ihc_result *r = NULL;
+    int rc = ihc_watch_next(w, 5000, &r);
+    if (rc != IHC_CLIENT_OK)
+        fail_msg("want result %llu: %s (%s)", (unsigned long long)id, ihc_client_strerror(rc),
+                 ihc_watch_last_error(w));
+    assert_int_equal(r->interrupt_id, id);
+    ihc_result_free(r);
+}
+
+static void test_client_watch_results(void **state)
+{
+    (void)state;
+    th_fc fc = {0};
+    assert_int_equal(th_fc_listen(&fc), 0);
+    ihc_watch *w = watch_for(fc.pub_url, NULL);
+    assert_string_equal(ihc_watch_url(w), fc.pub_url);
+    watch_sync(&fc, w, NULL);
+
+    publish_result(&fc, full_result, NULL);
+    publish_result(&fc, incomplete_result, SECRET); /* no secret here: signatures not checked */
+    ihc_result *r = NULL;
+    TH_PASS(ihc_watch_next(w, 5000, &r));
+    assert_string_equal(ihc_result_json(r), full_result);
+    assert_int_equal(r->status, 200);
+    assert_true(r->success);
+    assert_int_equal(r->interrupt_id, 17);
+    assert_string_equal(r->hardware_id, "dev-1");
+    assert_int_equal(r->n_cleaned_sessions, 2);
+    assert_int_equal(r->n_agents_answered, 1);
+    assert_int_equal(r->n_modules, 2);
+    assert_string_equal(r->reason, "user stop");
+    int64_t now_ms = (int64_t)time(NULL) * 1000;
+    assert_true(r->sent_ms > now_ms - 60000 && r->sent_ms < now_ms + 60000);
+    ihc_result_free(r);
+    TH_PASS(ihc_watch_next(w, 5000, &r));
+    assert_false(r->success);
+    assert_int_equal(r->interrupt_id, 18);
+    assert_string_equal(r->error, "1 agent did not answer: n2:7");
+    assert_string_equal(r->agents_missing[0], "n2:7");
+    ihc_result_free(r);
+
+    /* nothing more: 0 takes only what has arrived, a timeout waits that long */
+    r = (ihc_result *)1;
+    TH_FAIL(ihc_watch_next(w, 0, &r), IHC_CLIENT_ETIMEDOUT);
+    assert_null(r);
+    uint64_t t0 = th_now_ms_();
+    TH_FAIL(ihc_watch_next(w, 300, &r), IHC_CLIENT_ETIMEDOUT);
+    uint64_t took = th_now_ms_() - t0;
+    assert_true(took >= 250 && took < 3000);
+    assert_non_null(strstr(ihc_watch_last_error(w), "no finished interrupt within 300 ms"));
+    assert_int_equal(ihc_watch_dropped(w), 0);
+    assert_true(ihc_watch_connected(w));
+    ihc_watch_close(w);
+    th_fc_close(&fc);
+}
+
+static void test_client_watch_bad_messages(void **state)
+{
+    (void)state;
+    th_fc fc = {0};
+    assert_int_equal(th_fc_listen(&fc), 0);
+    ihc_watch *w = watch_for(fc.pub_url, NULL);
+    watch_sync(&fc, w, NULL);
+
+    /* another message type framed with the event topic */
+    ihc_msg im = {.type = IHC_MSG_INTERRUPT};
+    im.u.interrupt = (ihc_interrupt_msg){.id = 5, .hw = "dev-1", .epoch = 1, .reason = "x"};
+    uint8_t *body = NULL;
+    size_t blen = 0;
+    TH_PASS(ihc_wire_encode(&im, NULL, &body, &blen));
+    uint8_t *wrong_type = malloc(sizeof IHC_TOPIC_EVENTS + blen);
+    assert_non_null(wrong_type);
+    memcpy(wrong_type, IHC_TOPIC_EVENTS, sizeof IHC_TOPIC_EVENTS);
+    memcpy(wrong_type + sizeof IHC_TOPIC_EVENTS, body, blen);
+    free(body);
+    uint8_t *not_doc = NULL, *not_json = NULL;
+    size_t not_doc_len = 0, not_json_len = 0;
+    encode_result("{\"hello\":1}", NULL, &not_doc, &not_doc_len);
+    encode_result("{\"success\":", NULL, &not_json, &not_json_len);
+    static const uint8_t garbage[] = "ev:\0\xc1\xc1\xc1";
+    static const uint8_t huge_array[] = "ev:\0\xdd\x08\x00\x00\x00";
+
+    const struct {
+        const void *buf;
+        size_t len;
+        const char *why;
+    } bad[] = {
+        {garbage, sizeof garbage - 1, "malformed message"},
+        {huge_array, sizeof huge_array - 1, "malformed message"},
+        {wrong_type, sizeof IHC_TOPIC_EVENTS + blen, "'interrupt' message on the event topic"},
+        {not_doc, not_doc_len, "not an interrupt document"},
+        {not_json, not_json_len, "not an interrupt document"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        /* each bad message, then a good one: the good one is what comes out */
+        publish_raw(&fc, bad[i].buf, bad[i].len);
+        char doc[256];
+        publish_result(&fc, doc_for(doc, sizeof doc, 100 + i, "dev-1"), NULL);
+        expect_id(w, 100 + i);
+        assert_int_equal(ihc_watch_dropped(w), i + 1);
+        if (strstr(ihc_watch_last_error(w), bad[i].why) == NULL)
+            fail_msg("bad message %zu: want '%s' in '%s'", i, bad[i].why, ihc_watch_last_error(w));
+    }
+    /* a bad message alone never comes out: the wait runs to its end */
+    publish_raw(&fc, garbage, sizeof garbage - 1);
+    ihc_result *r = NULL;
+    TH_FAIL(ihc_watch_next(w, 500, &r), IHC_CLIENT_ETIMEDOUT);
+    assert_null(r);
+    assert_int_equal(ihc_watch_dropped(w), 6);
+    assert_non_null(strstr(ihc_watch_last_error(w), "malformed message"));
+    free(wrong_type);
+    free(not_doc);
+    free(not_json);
+    ihc_watch_close(w);
+    th_fc_close(&fc);
+}
+
+static void test_client_watch_secret(void **state)
+{
+    (void)state;
+    th_fc fc = {0};
+    assert_int_equal(th_fc_listen(&fc), 0);
+    ihc_watch *w = watch_for(fc.pub_url, SECRET);
+    watch_sync(&fc, w, SECRET);
+    assert_int_equal(ihc_watch_dropped(w), 0);
+
+    /* unsigned, then signed with another secret: dropped; the signed one after comes out */
+    char doc[256];
+    publish_result(&fc, full_result, NULL);
+    publish_result(&fc, doc_for(doc, sizeof doc, 1, "dev-1"), SECRET);
+    expect_id(w, 1);
+    assert_int_equal(ihc_watch_dropped(w), 1);
+    assert_non_null(strstr(ihc_watch_last_error(w), "signature"));
+    publish_result(&fc, full_result, "other-secret");
+    publish_result(&fc, doc_for(doc, sizeof doc, 2, "dev-1"), SECRET);
+    expect_id(w, 2);
+    assert_int_equal(ihc_watch_dropped(w), 2);
+    assert_non_null(strstr(ihc_watch_last_error(w), "signature"));
+
+    /* the same signed bytes twice: the copy is a replay */
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    encode_result(doc_for(doc, sizeof doc, 3, "dev-1"), SECRET, &buf, &len);
+    publish_raw(&fc, buf, len);
+    publish_raw(&fc, buf, len);
+    free(buf);
+    publish_result(&fc, doc_for(doc, sizeof doc, 4, "dev-1"), SECRET);
+    expect_id(w, 3);
+    expect_id(w, 4);
+    assert_int_equal(ihc_watch_dropped(w), 3);
+    assert_non_null(strstr(ihc_watch_last_error(w), "nonce already seen"));
+
+    /* a mismatched secret alone: nothing comes out, and the count says why */
+    publish_result(&fc, full_result, "other-secret");
+    ihc_result *r = NULL;
+    TH_FAIL(ihc_watch_next(w, 500, &r), IHC_CLIENT_ETIMEDOUT);
+    assert_null(r);
+    assert_int_equal(ihc_watch_dropped(w), 4);
+    assert_non_null(strstr(ihc_watch_last_error(w), "signature"));
+    ihc_watch_close(w);
+    th_fc_close(&fc);
+}
+
+/* The coordinator is not there at first, comes up, and goes away again. */
+static void test_client_watch_connection(void **state)
+{
+    (void)state;
+    th_fc fc = {0};
+    th_fc_pick_ports(&fc);
+    ihc_watch *w = watch_for(fc.pub_url, NULL);
+    ihc_result *r = NULL;
+    TH_FAIL(ihc_watch_next(w, 200, &r), IHC_CLIENT_ETIMEDOUT);
+    assert_false(ihc_watch_connected(w));
+    assert_int_equal(th_fc_listen(&fc), 0);
+    watch_sync(&fc, w, NULL); /* waits for ihc_watch_connected */
+    publish_result(&fc, full_result, NULL);
+    expect_id(w, 17);
+    th_fc_close(&fc);
+    assert_true(TH_WAIT(!ihc_watch_connected(w), 10000));
+    ihc_watch_close(w);
+}
+
+typedef struct {
+    ihc_watch *w;
+    int rc;
+    ihc_result *r;
+} waiter;
+
+static void *wait_forever(void *arg)
+{
+    waiter *wt = arg;
+    wt->rc = ihc_watch_next(wt->w, -1, &wt->r);
+    return NULL;
+}
+
+static void test_client_watch_close_while_waiting(void **state)
+{
+    (void)state;
+    th_fc fc = {0};
+    assert_int_equal(th_fc_listen(&fc), 0);
+    ihc_watch *w = watch_for(fc.pub_url, NULL);
+    watch_sync(&fc, w, NULL);
+    waiter wt = {.w = w, .rc = -1, .r = (ihc_result *)1};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, wait_forever, &wt), 0);
+    /* a message is only dropped inside ihc_watch_next: once the count moves, the thread is
+     * in its wait, and close must end it */
+    static const uint8_t garbage[] = "ev:\0\xc1";
+    uint64_t end = th_now_ms_() + 10000;
+    while (ihc_watch_dropped(w) == 0 && th_now_ms_() < end) {
+        publish_raw(&fc, garbage, sizeof garbage - 1);
+        TH_WAIT(ihc_watch_dropped(w) > 0, 100);
+    }
+    assert_true(ihc_watch_dropped(w) > 0);
+    uint64_t t0 = th_now_ms_();
+    ihc_watch_close(w); /* returns once the waiting call has left */
+    assert_int_equal(wt.rc, IHC_CLIENT_ECLOSED);
+    assert_null(wt.r);
+    pthread_join(t, NULL);
+    assert_true(th_now_ms_() - t0 < 5000);
+    th_fc_close(&fc);
+}
+
+static void test_client_watch_bad_arguments(void **state)
+{
+    (void)state;
+    ihc_watch *w = (ihc_watch *)1;
+    TH_FAIL(ihc_watch_open(NULL, NULL), IHC_CLIENT_EINVAL);
+    ihc_watch_opts o = {.pub_url = "bogus://x"};
+    TH_FAIL(ihc_watch_open(&w, &o), IHC_CLIENT_ETRANSPORT);
+    assert_null(w);
+    assert_non_null(strstr(ihc_client_last_error(NULL), "cannot dial 'bogus://x'"));
+    o = (ihc_watch_opts){.secret_len = 4};
+    TH_FAIL(ihc_watch_open(&w, &o), IHC_CLIENT_EINVAL);
+    assert_non_null(strstr(ihc_client_last_error(NULL), "secret is NULL"));
+    ihc_result *r = (ihc_result *)1;
+    TH_FAIL(ihc_watch_next(NULL, 0, &r), IHC_CLIENT_EINVAL);
+    assert_null(r);
+    assert_false(ihc_watch_connected(NULL));
+    assert_int_equal(ihc_watch_dropped(NULL), 0);
+    assert_string_equal(ihc_watch_url(NULL), "");
+    assert_string_equal(ihc_watch_last_error(NULL), ihc_client_last_error(NULL));
+    ihc_watch_close(NULL);
+
+    th_fc fc = {0};
+    assert_int_equal(th_fc_listen(&fc), 0);
+    w = watch_for(fc.pub_url, NULL);
+    TH_FAIL(ihc_watch_next(w, 0, NULL), IHC_CLIENT_EINVAL);
+    watch_sync(&fc, w, NULL); /* connected first: see test_client_bad_arguments */
+    ihc_watch_close(w);
+    th_fc_close(&fc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -437,6 +789,12 @@ int main(void)
         cmocka_unit_test(test_client_timeout),
         cmocka_unit_test(test_client_signed),
         cmocka_unit_test(test_client_many_threads),
+        cmocka_unit_test(test_client_watch_results),
+        cmocka_unit_test(test_client_watch_bad_messages),
+        cmocka_unit_test(test_client_watch_secret),
+        cmocka_unit_test(test_client_watch_connection),
+        cmocka_unit_test(test_client_watch_close_while_waiting),
+        cmocka_unit_test(test_client_watch_bad_arguments),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     nng_fini(); /* drains nng's reaper so leak checkers see only real leaks */
