@@ -1,6 +1,6 @@
-/* The `ihc` command-line client: interrupts and queries over libihc, `watch` on the
- * coordinator's event feed, and `ihc run` (agent/run.c). Human-readable output by default,
- * the coordinator's JSON with --json. */
+/* The `ihc` command-line client: interrupts, queries and `watch` over libihc's public API,
+ * and `ihc run` (cli/run.c). Human-readable output by default, the coordinator's JSON with
+ * --json. */
 #include "ihc/client.h"
 
 #include "clock.h"
@@ -11,11 +11,12 @@
 #include "version.h"
 #include "wire.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <nng/nng.h>
-#include <nng/protocol/pubsub0/sub.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,25 +26,33 @@ enum { EXIT_OK = 0, EXIT_INCOMPLETE = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
 
 #define MAX_POS      8
 #define MAX_CFG_ARGS 32
-/* Answers to queries are awaited this long unless --timeout says otherwise. */
-#define QUERY_WAIT_MS   10000
-#define CONNECT_WAIT_MS 1000
+/* Longest --timeout of the commands that wait for an answer (an interrupt's own limit is
+ * IHC_INTERRUPT_TIMEOUT_MAX_MS): an hour; written as a literal for IHC_STR in the help. */
+#define QUERY_WAIT_MAX_MS 3600000
 /* Extra wait on top of the coordinator's INTERRUPT_TIMEOUT for interrupts without --timeout. */
 #define INTERRUPT_MARGIN_MS 3000
+/* watch: how long it waits quietly for the coordinator before saying it is waiting. */
+#define WATCH_QUIET_MS 1000
+/* watch: each wait for a result is this short, so Ctrl-C and a connection change are seen. */
+#define WATCH_POLL_MS 200
 
 typedef struct {
     const char *cmd;
     const char *pos[MAX_POS];
-    int n_pos;
+    int n_pos; /* may exceed MAX_POS: only the first MAX_POS are kept */
     bool json;
     const char *reason;
-    long timeout_ms; /* 0 = not given */
+    const char *timeout_arg; /* --timeout as given; checked once the command is known */
+    long timeout_ms;         /* 0 = not given */
     const char *pub_url;
+    const char *first_opt; /* the first option given, for `run` which takes none before it */
     char *cfg_argv[MAX_CFG_ARGS];
     int cfg_argc;
     ihc_config cfg;
 } cli;
 
+/* The help text, laid out as it prints. */
+/* clang-format off */
 static const char usage_text[] =
     "usage: ihc [OPTIONS] COMMAND [ARGS]\n"
     "\n"
@@ -57,14 +66,17 @@ static const char usage_text[] =
     "  watch [--json]          print each finished interrupt as it happens (Ctrl-C stops)\n"
     "  run --hw HW -- CMD ARGS...\n"
     "                          run CMD as a session of HW on this node's agent\n"
+    "                          (ihc run --help lists its options)\n"
     "\n"
     "options:\n"
     "  --control URL      coordinator control endpoint (IHC_CONTROL_URL,\n"
     "                     default " IHC_DEFAULT_CONTROL_URL ")\n"
     "  --pub URL          coordinator broadcast endpoint, for watch (IHC_PUB_URL,\n"
     "                     default " IHC_DEFAULT_PUB_URL ")\n"
-    "  --timeout MS       interrupt: its timeout, at most 600000 (default: the coordinator's\n"
-    "                     INTERRUPT_TIMEOUT); other commands: how long to wait for the answer\n"
+    "  --timeout MS       interrupt: its timeout, 1 to " IHC_STR(IHC_INTERRUPT_TIMEOUT_MAX_MS) "\n"
+    "                     (default: the coordinator's INTERRUPT_TIMEOUT); sessions, agents,\n"
+    "                     flags, stats: how long to wait for the answer, 1 to " IHC_STR(QUERY_WAIT_MAX_MS) "\n"
+    "                     (default " IHC_STR(IHC_CLIENT_DEFAULT_TIMEOUT_MS) ")\n"
     "  --secret-file PATH shared secret signing messages (IHC_SECRET_FILE, or IHC_SECRET)\n"
     "  --json             print the coordinator's JSON document unchanged\n"
     "  -h, --help         this help\n"
@@ -72,7 +84,9 @@ static const char usage_text[] =
     "\n"
     "exit status: 0 success, 1 interrupt incomplete (an agent missing or a module timed out)\n"
     "or failed, 2 usage error or request refused, 3 coordinator unreachable\n";
+/* clang-format on */
 
+/* Every usage error: one line naming the problem, one hint, exit 2. */
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage_error(const char *fmt, ...)
 {
@@ -80,7 +94,7 @@ static int usage_error(const char *fmt, ...)
     va_start(ap, fmt);
     fputs("ihc: ", stderr);
     vfprintf(stderr, fmt, ap);
-    fputs("\n(ihc --help lists the commands and options)\n", stderr);
+    fputs("\nTry 'ihc --help'.\n", stderr);
     va_end(ap);
     return EXIT_USAGE;
 }
@@ -425,9 +439,6 @@ static void show_result(const ihc_result *r, const char *hw)
 static int cmd_interrupt(cli *o, ihc_client *c)
 {
     const char *hw = o->pos[0];
-    if (o->timeout_ms > IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS)
-        return usage_error("--timeout %ld: an interrupt waits at most %d ms", o->timeout_ms,
-                           IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS);
     ihc_result *r = NULL;
     int rc = ihc_client_interrupt(c, hw, o->reason, (int)o->timeout_ms, &r);
     if (rc != IHC_CLIENT_OK)
@@ -470,139 +481,92 @@ static void on_signal(int sig)
     g_stop = 1;
 }
 
-static volatile int g_watch_connected;
-
-static void on_watch_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
-{
-    (void)p;
-    (void)arg;
-    __atomic_store_n(&g_watch_connected, ev == NNG_PIPE_EV_ADD_POST, __ATOMIC_RELAXED);
-}
-
-static void watch_line(const char *json, int64_t ts_ms, bool raw)
+static void watch_line(const ihc_result *r, bool raw)
 {
     if (raw) {
-        print_doc(json);
+        print_doc(ihc_result_json(r));
         fflush(stdout);
         return;
     }
-    json_t *d = json_loads(json, 0, NULL);
-    if (d == NULL) {
-        fprintf(stderr, "ihc: watch: event is not JSON, skipped\n");
-        return;
-    }
-    char when[40];
-    fmt_time(when, sizeof when, ts_ms > 0 ? ts_ms : ihc_now_ms(), false);
-    json_t *ag = json_object_get(d, "agents");
-    size_t sessions = json_array_size(json_object_get(d, "cleaned_sessions"));
-    char t[32];
-    printf("%s  #%lld  %s  %s  %s ms  agents %zu/%zu  sessions %zu", when, jint(d, "interrupt_id"),
-           jstr(d, "hardware_id", "?"),
-           json_is_true(json_object_get(d, "success")) ? "ok" : "INCOMPLETE",
-           fmt_ms(t, sizeof t, json_number_value(json_object_get(d, "total_time_ms"))),
-           json_array_size(json_object_get(ag, "answered")),
-           json_array_size(json_object_get(ag, "expected")), sessions);
-    const char *err = jstr(d, "error", NULL);
-    if (err != NULL)
-        printf("  error: %s", err);
+    char when[40], t[32];
+    fmt_time(when, sizeof when, r->sent_ms > 0 ? r->sent_ms : ihc_now_ms(), false);
+    printf("%s  #%llu  %s  %s  %s ms  agents %zu/%zu  sessions %zu", when,
+           (unsigned long long)r->interrupt_id, r->hardware_id != NULL ? r->hardware_id : "?",
+           r->success ? "ok" : "INCOMPLETE", fmt_ms(t, sizeof t, r->total_time_ms),
+           r->n_agents_answered, r->n_agents_expected, r->n_cleaned_sessions);
+    if (r->error != NULL)
+        printf("  error: %s", r->error);
     printf("\n");
     fflush(stdout);
-    json_decref(d);
 }
 
 static int cmd_watch(cli *o)
 {
-    const char *url = o->pub_url;
-    ihc_wire_auth *auth = NULL;
-    if (o->cfg.secret != NULL &&
-        ihc_wire_auth_new(&auth, o->cfg.secret, o->cfg.secret_len, 0) != IHC_OK) {
-        fprintf(stderr, "ihc: watch: out of memory\n");
+    ihc_watch_opts wo = {
+        .pub_url = o->pub_url, .secret = o->cfg.secret, .secret_len = o->cfg.secret_len};
+    ihc_watch *w = NULL;
+    int rc = ihc_watch_open(&w, &wo);
+    if (rc == IHC_CLIENT_ETRANSPORT || rc == IHC_CLIENT_EINVAL)
+        return usage_error("watch: %s", ihc_client_last_error(NULL));
+    if (rc != IHC_CLIENT_OK) {
+        fprintf(stderr, "ihc: watch: %s\n", ihc_client_last_error(NULL));
         return EXIT_INCOMPLETE;
     }
-    nng_socket s;
-    int rv = nng_sub0_open(&s);
-    if (rv != 0) {
-        fprintf(stderr, "ihc: watch: %s\n", nng_strerror(rv));
-        ihc_wire_auth_free(auth);
-        return EXIT_INCOMPLETE;
-    }
-    nng_socket_set(s, NNG_OPT_SUB_SUBSCRIBE, IHC_TOPIC_EVENTS, sizeof IHC_TOPIC_EVENTS);
-    nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG);
-    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 200);
-    nng_socket_set_ms(s, NNG_OPT_RECONNMINT, 100);
-    nng_socket_set_ms(s, NNG_OPT_RECONNMAXT, 2000);
-    nng_socket_set_int(s, NNG_OPT_RECVBUF, 1024);
-    nng_pipe_notify(s, NNG_PIPE_EV_ADD_POST, on_watch_pipe, NULL);
-    nng_pipe_notify(s, NNG_PIPE_EV_REM_POST, on_watch_pipe, NULL);
-    rv = nng_dial(s, url, NULL, NNG_FLAG_NONBLOCK);
-    if (rv != 0) {
-        fprintf(stderr, "ihc: watch: cannot dial %s: %s\n", url, nng_strerror(rv));
-        nng_close(s);
-        ihc_wire_auth_free(auth);
-        return EXIT_USAGE;
-    }
+    const char *url = ihc_watch_url(w);
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     fprintf(stderr, "ihc: watching interrupts from %s (Ctrl-C to stop)\n", url);
     uint64_t t0 = ihc_mono_ns();
-    bool warned = false;
-    int was = 0;
+    bool warned = false, was = false;
+    uint64_t dropped = 0;
+    int ex = EXIT_OK;
     while (!g_stop) {
-        int now = __atomic_load_n(&g_watch_connected, __ATOMIC_RELAXED);
-        if (!now && !warned && ihc_mono_ns() - t0 > (uint64_t)CONNECT_WAIT_MS * 1000000u) {
+        bool now = ihc_watch_connected(w);
+        if (!now && !warned && ihc_mono_ns() - t0 > (uint64_t)WATCH_QUIET_MS * 1000000u) {
             fprintf(stderr, "ihc: watch: waiting for the coordinator at %s...\n", url);
             warned = true;
         }
         if (now && !was && warned)
             fprintf(stderr, "ihc: watch: connected to %s\n", url);
         was = now;
-        nng_msg *m = NULL;
-        rv = nng_recvmsg(s, &m, 0);
-        if (rv == NNG_ETIMEDOUT)
-            continue;
-        if (rv != 0) {
-            if (g_stop)
-                break;
-            fprintf(stderr, "ihc: watch: %s\n", nng_strerror(rv));
-            nng_close(s);
-            ihc_wire_auth_free(auth);
-            return EXIT_INCOMPLETE;
+        ihc_result *r = NULL;
+        rc = ihc_watch_next(w, WATCH_POLL_MS, &r);
+        uint64_t d = ihc_watch_dropped(w);
+        if (d == dropped + 1)
+            fprintf(stderr, "ihc: watch: bad event skipped: %s\n", ihc_watch_last_error(w));
+        else if (d > dropped)
+            fprintf(stderr, "ihc: watch: %llu bad events skipped; the last: %s\n",
+                    (unsigned long long)(d - dropped), ihc_watch_last_error(w));
+        dropped = d;
+        if (rc == IHC_CLIENT_OK) {
+            watch_line(r, o->json);
+            ihc_result_free(r);
+        } else if (rc != IHC_CLIENT_ETIMEDOUT && !g_stop) {
+            fprintf(stderr, "ihc: watch: %s\n", ihc_watch_last_error(w));
+            ex = EXIT_INCOMPLETE;
+            break;
         }
-        const char *topic;
-        size_t tlen, blen;
-        const uint8_t *body;
-        ihc_msg *ev = NULL;
-        char detail[128] = "";
-        int rc = ihc_wire_split(nng_msg_body(m), nng_msg_len(m), &topic, &tlen, &body, &blen);
-        if (rc == IHC_OK)
-            rc = ihc_wire_decode(body, blen, auth, &ev, detail, sizeof detail);
-        if (rc != IHC_OK)
-            fprintf(stderr, "ihc: watch: bad event skipped: %s%s%s\n", ihc_strerror(rc),
-                    detail[0] ? ": " : "", detail);
-        else if (ev->type == IHC_MSG_RESULT && ev->u.result.json != NULL)
-            watch_line(ev->u.result.json, ev->ts_ms, o->json);
-        ihc_msg_free(ev);
-        nng_msg_free(m);
     }
-    nng_close(s);
-    ihc_wire_auth_free(auth);
-    return EXIT_OK;
+    ihc_watch_close(w);
+    return ex;
 }
 
-static bool parse_ms(const char *s, long *out)
-{
-    char *end = NULL;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end != '\0' || v < 1 || v > 3600000)
-        return false;
-    *out = v;
-    return true;
-}
+/* Options of the command line itself; every other long option is a setting of config.c. */
+static const struct {
+    const char *name;
+    const char *metavar;
+    size_t off; /* of the const char * in cli */
+} own_opts[] = {
+    {"--reason", "TEXT", offsetof(cli, reason)},
+    {"--timeout", "MS", offsetof(cli, timeout_arg)},
+    {"--pub", "URL", offsetof(cli, pub_url)},
+};
 
 /* Splits argv into the command, its arguments, our own options and the settings left for
- * ihc_config_load. Returns -1 to go on, else an exit status. */
+ * ihc_config_load (which names an unknown option or a bad value). Returns -1 to go on, else
+ * an exit status. */
 static int parse_args(cli *o, int argc, char **argv, int *run_at)
 {
     bool opts_done = false;
@@ -616,10 +580,10 @@ static int parse_args(cli *o, int argc, char **argv, int *run_at)
                     *run_at = i;
                     return -1;
                 }
-            } else if (o->n_pos < MAX_POS) {
-                o->pos[o->n_pos++] = a;
             } else {
-                return usage_error("too many arguments");
+                if (o->n_pos < MAX_POS)
+                    o->pos[o->n_pos] = a;
+                o->n_pos++;
             }
             continue;
         }
@@ -635,6 +599,8 @@ static int parse_args(cli *o, int argc, char **argv, int *run_at)
             printf("ihc %s\n", IHC_VERSION);
             return EXIT_OK;
         }
+        if (o->first_opt == NULL)
+            o->first_opt = a;
         if (strcmp(a, "--json") == 0) {
             o->json = true;
             continue;
@@ -643,47 +609,80 @@ static int parse_args(cli *o, int argc, char **argv, int *run_at)
             return usage_error("unknown option '%s'", a);
         const char *eq = strchr(a, '=');
         size_t nl = eq != NULL ? (size_t)(eq - a) : strlen(a);
-        const char *val = eq != NULL ? eq + 1 : (i + 1 < argc ? argv[i + 1] : NULL);
-        bool ours = (nl == 8 && strncmp(a, "--reason", nl) == 0) ||
-                    (nl == 9 && strncmp(a, "--timeout", nl) == 0) ||
-                    (nl == 5 && strncmp(a, "--pub", nl) == 0);
-        if (ours) {
+        /* as ihc_config_load reads it: the next argument is the value unless it is an option */
+        const char *next = i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 ? argv[i + 1] : NULL;
+        const char *val = eq != NULL ? eq + 1 : next;
+        bool ours = false;
+        for (size_t k = 0; k < sizeof own_opts / sizeof own_opts[0] && !ours; k++) {
+            if (strlen(own_opts[k].name) != nl || strncmp(a, own_opts[k].name, nl) != 0)
+                continue;
+            ours = true;
             if (val == NULL)
-                return usage_error("option '%.*s' needs a value", (int)nl, a);
+                return usage_error("option '%s' requires a value (%s)", own_opts[k].name,
+                                   own_opts[k].metavar);
             if (eq == NULL)
                 i++;
-            if (a[2] == 'r') {
-                o->reason = val;
-            } else if (a[2] == 't') {
-                if (!parse_ms(val, &o->timeout_ms))
-                    return usage_error("--timeout %s: expected milliseconds in [1, 3600000]", val);
-            } else {
-                o->pub_url = val;
-            }
-            continue;
+            *(const char **)(void *)((char *)o + own_opts[k].off) = val;
         }
-        /* A setting of config.c (--control, --secret-file, --log-level…): forwarded with its
-         * value; ihc_config_load names the problem if it is not one. */
+        if (ours)
+            continue;
+        /* A setting of config.c (--control, --secret-file, --log-level…) or an unknown option:
+         * forwarded with its value for ihc_config_load to judge. */
         if (o->cfg_argc + 2 > MAX_CFG_ARGS)
             return usage_error("too many options");
         o->cfg_argv[o->cfg_argc++] = a;
-        if (eq == NULL && strcmp(a, "--print-config") != 0) {
-            if (val == NULL)
-                return usage_error("option '%s' needs a value", a);
+        if (eq == NULL && next != NULL && strcmp(a, "--print-config") != 0)
             o->cfg_argv[o->cfg_argc++] = argv[++i];
-        }
     }
     return -1;
 }
 
-/* Checks the command's arguments before anything is connected. Returns -1 when fine, else
- * the exit status of a usage error. */
-static int check_command(const cli *o)
+/* Checks --timeout against the command's limit and stores it. Returns -1 when fine. */
+static int check_timeout(cli *o, bool interrupt)
 {
+    if (o->timeout_arg == NULL)
+        return -1;
+    long max = interrupt ? IHC_INTERRUPT_TIMEOUT_MAX_MS : QUERY_WAIT_MAX_MS;
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(o->timeout_arg, &end, 10);
+    if (end == o->timeout_arg || *end != '\0' || errno == ERANGE || v < 1 || v > max) {
+        if (interrupt)
+            return usage_error("--timeout %s: an interrupt's timeout is 1 to %ld ms",
+                               o->timeout_arg, max);
+        return usage_error("--timeout %s: the wait for an answer is 1 to %ld ms", o->timeout_arg,
+                           max);
+    }
+    o->timeout_ms = v;
+    return -1;
+}
+
+/* Checks the command and its arguments before anything is connected. Returns -1 when fine,
+ * else the exit status of a usage error. */
+static int check_command(cli *o)
+{
+    static const char *const cmds[] = {"interrupt", "sessions", "agents",
+                                       "flags",     "stats",    "watch"};
     const char *cmd = o->cmd;
+    if (cmd == NULL)
+        return usage_error("missing COMMAND (interrupt, sessions, agents, flags, stats, watch "
+                           "or run)");
+    bool known = false;
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        known = known || strcmp(cmd, cmds[i]) == 0;
+    if (!known)
+        return usage_error("unknown command '%s'", cmd);
     bool interrupt = strcmp(cmd, "interrupt") == 0;
+    bool watch = strcmp(cmd, "watch") == 0;
     if (o->reason != NULL && !interrupt)
         return usage_error("--reason is only for interrupt");
+    if (o->pub_url != NULL && !watch)
+        return usage_error("--pub is only for watch");
+    if (o->timeout_arg != NULL && watch)
+        return usage_error("--timeout is not for watch (it runs until Ctrl-C)");
+    int ex = check_timeout(o, interrupt);
+    if (ex >= 0)
+        return ex;
     if (interrupt) {
         if (o->n_pos == 0)
             return usage_error("interrupt: missing HW (the hardware_id to stop)");
@@ -697,7 +696,7 @@ static int check_command(const cli *o)
     }
     if (strcmp(cmd, "sessions") == 0) {
         if (o->n_pos > 1)
-            return usage_error("sessions: takes at most one HW");
+            return usage_error("sessions: takes at most one HW, got %d arguments", o->n_pos);
         if (o->n_pos == 1 && !ihc_hw_valid(o->pos[0], strlen(o->pos[0]), false))
             return usage_error("sessions: invalid hardware_id '%.140s' (1-128 bytes of "
                                "[A-Za-z0-9._:@-])",
@@ -714,6 +713,16 @@ static int check_command(const cli *o)
     return -1;
 }
 
+/* ihc_config_load's message without its own "(see --help)": usage_error gives the hint. */
+static const char *config_problem(char *err)
+{
+    static const char suffix[] = " (see --help)";
+    size_t n = strlen(err), sn = sizeof suffix - 1;
+    if (n >= sn && strcmp(err + n - sn, suffix) == 0)
+        err[n - sn] = '\0';
+    return err;
+}
+
 static int cli_main(int argc, char **argv)
 {
     cli o = {0};
@@ -721,33 +730,29 @@ static int cli_main(int argc, char **argv)
     int ex = parse_args(&o, argc, argv, &run_at);
     if (ex >= 0)
         return ex;
-    if (run_at >= 0)
+    if (run_at >= 0) {
+        if (o.first_opt != NULL)
+            return usage_error("'%s' is not an option of run (put run's options after 'run')",
+                               o.first_opt);
         return ihc_run_main(argc - run_at, argv + run_at);
-    if (o.cmd == NULL)
-        return usage_error("missing COMMAND");
-    static const char *const cmds[] = {"interrupt", "sessions", "agents",
-                                       "flags",     "stats",    "watch"};
-    bool known = false;
-    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-        known = known || strcmp(o.cmd, cmds[i]) == 0;
-    if (!known)
-        return usage_error("unknown command '%s'", o.cmd);
-    ex = check_command(&o);
-    if (ex >= 0)
-        return ex;
+    }
 
     char err[512];
     o.cfg_argv[o.cfg_argc] = NULL;
     if (ihc_config_load(&o.cfg, IHC_ROLE_CLI, o.cfg_argc, o.cfg_argv, NULL, NULL, err,
                         sizeof err) != IHC_OK) {
         ihc_config_fini(&o.cfg);
-        fprintf(stderr, "ihc: %s\n(see ihc --help)\n", err);
-        return EXIT_USAGE;
+        return usage_error("%s", config_problem(err));
     }
     if (o.cfg.want_print_config) {
         ihc_config_dump(stdout, &o.cfg, IHC_ROLE_CLI);
         ihc_config_fini(&o.cfg);
         return EXIT_OK;
+    }
+    ex = check_command(&o);
+    if (ex >= 0) {
+        ihc_config_fini(&o.cfg);
+        return ex;
     }
     if (o.pub_url == NULL) {
         const char *e = getenv("IHC_PUB_URL");
@@ -765,19 +770,22 @@ static int cli_main(int argc, char **argv)
         .control_url = o.cfg.control_url,
         .secret = o.cfg.secret,
         .secret_len = o.cfg.secret_len,
-        .connect_timeout_ms = CONNECT_WAIT_MS,
     };
     if (is_interrupt)
         co.timeout_ms = (int)(o.cfg.interrupt_timeout * 1000.0) + INTERRUPT_MARGIN_MS;
     else
-        co.timeout_ms = o.timeout_ms > 0 ? (int)o.timeout_ms : QUERY_WAIT_MS;
+        co.timeout_ms = (int)o.timeout_ms; /* 0: libihc's default */
     ihc_client *c = NULL;
     int rc = ihc_client_open(&c, &co);
     if (rc != IHC_CLIENT_OK) {
-        fprintf(stderr, "ihc: cannot use control URL '%s': %s\n",
-                co.control_url ? co.control_url : "", ihc_client_strerror(rc));
+        if (rc == IHC_CLIENT_ETRANSPORT || rc == IHC_CLIENT_EINVAL) {
+            ex = usage_error("%s", ihc_client_last_error(NULL));
+        } else {
+            fprintf(stderr, "ihc: %s\n", ihc_client_last_error(NULL));
+            ex = EXIT_INCOMPLETE;
+        }
         ihc_config_fini(&o.cfg);
-        return rc == IHC_CLIENT_ETRANSPORT ? EXIT_USAGE : EXIT_INCOMPLETE;
+        return ex;
     }
     if (is_interrupt)
         ex = cmd_interrupt(&o, c);

@@ -63,7 +63,7 @@ static void usage(FILE *out)
             IHC_DEFAULT_LOCAL_URL);
 }
 
-/* Returns 0 to run, 1 for --help, -1 on a usage error (already reported). */
+/* Returns 0 to run, 1 for --help, -1 on a usage error (its one line already printed). */
 static int parse_args(int argc, char **argv, run_args *ra)
 {
     int i;
@@ -79,12 +79,13 @@ static int parse_args(int argc, char **argv, run_args *ra)
             break; /* the command starts here */
         static const struct {
             const char *name;
+            const char *metavar;
             size_t off;
         } opts[] = {
-            {"--hw", offsetof(run_args, hw)},
-            {"--session", offsetof(run_args, session)},
-            {"--module", offsetof(run_args, module)},
-            {"--local", offsetof(run_args, url)},
+            {"--hw", "HW", offsetof(run_args, hw)},
+            {"--session", "ID", offsetof(run_args, session)},
+            {"--module", "NAME", offsetof(run_args, module)},
+            {"--local", "URL", offsetof(run_args, url)},
         };
         bool known = false;
         for (size_t k = 0; k < sizeof(opts) / sizeof(opts[0]) && !known; k++) {
@@ -95,7 +96,8 @@ static int parse_args(int argc, char **argv, run_args *ra)
             const char *v = a[n] == '=' ? a + n + 1 : NULL;
             if (!v) {
                 if (i + 1 >= argc) {
-                    fprintf(stderr, PFX "option %s needs a value\n", opts[k].name);
+                    fprintf(stderr, PFX "option '%s' requires a value (%s)\n", opts[k].name,
+                            opts[k].metavar);
                     return -1;
                 }
                 v = argv[++i];
@@ -132,7 +134,7 @@ static int parse_args(int argc, char **argv, run_args *ra)
         return -1;
     }
     if (ra->url && !ra->url[0]) {
-        fprintf(stderr, PFX "--local: empty url\n");
+        fprintf(stderr, PFX "--local: empty URL\n");
         return -1;
     }
     return 0;
@@ -305,9 +307,13 @@ int ihc_run_main(int argc, char **argv)
 {
     run_args ra = {0};
     int pr = parse_args(argc, argv, &ra);
-    if (pr != 0) {
-        usage(pr > 0 ? stdout : stderr);
-        return pr > 0 ? 0 : EXIT_USAGE;
+    if (pr > 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (pr < 0) {
+        fputs("Try 'ihc run --help'.\n", stderr);
+        return EXIT_USAGE;
     }
     if (!ra.url)
         ra.url = getenv("IHC_LOCAL_URL");

@@ -2,6 +2,7 @@
  * PUB socket in this process) — outputs, --json, exit statuses, unreachable, watch. */
 #include "harness.h"
 
+#include "defaults.h"
 #include "err.h"
 #include "wire.h"
 
@@ -310,26 +311,51 @@ static void test_cli_interrupt(void **state)
     done(&r);
 }
 
+/* A usage error: exit 2, nothing on stdout, and on stderr exactly two lines: the problem
+ * (containing want) and one hint. */
+static void expect_usage(run_result *r, const char *want, const char *hint)
+{
+    expect(r, 2, NULL, want);
+    assert_string_equal(r->out, "");
+    size_t lines = 0;
+    for (const char *p = r->err; *p; p++)
+        lines += *p == '\n';
+    const char *h = strstr(r->err, hint);
+    if (lines != 2 || h == NULL || strcmp(h, hint) != 0 || strstr(r->err, "(see") != NULL)
+        fail_msg("want one line naming '%s' and then '%s'; got:\n%s", want, hint, r->err);
+}
+
 static void test_cli_usage_errors(void **state)
 {
     (void)state;
+    static const char hint[] = "Try 'ihc --help'.\n";
     static const struct {
-        const char *args[6];
+        const char *args[8];
         const char *err;
     } cases[] = {
         {{"interrupt"}, "interrupt: missing HW"},
         {{"interrupt", "a", "b"}, "takes one HW"},
         {{"interrupt", "a b"}, "invalid hardware_id"},
-        {{"interrupt", "dev-1", "--timeout", "abc"}, "--timeout abc: expected milliseconds"},
-        {{"interrupt", "dev-1", "--timeout"}, "needs a value"},
-        {{"interrupt", "dev-1", "--timeout", "600001"}, "an interrupt waits at most 600000 ms"},
+        {{"interrupt", "dev-1", "--timeout", "abc"},
+         "--timeout abc: an interrupt's timeout is 1 to " IHC_STR(IHC_INTERRUPT_TIMEOUT_MAX_MS)},
+        {{"interrupt", "dev-1", "--timeout"}, "option '--timeout' requires a value (MS)"},
+        {{"interrupt", "dev-1", "--timeout", "600001"},
+         "--timeout 600001: an interrupt's timeout is 1 to 600000 ms"},
+        {{"interrupt", "dev-1", "--timeout", "0"}, "--timeout 0: an interrupt's timeout is"},
+        {{"stats", "--timeout", "4000000"},
+         "--timeout 4000000: the wait for an answer is 1 to 3600000 ms"},
+        {{"watch", "--timeout", "5"}, "--timeout is not for watch"},
         {{"sessions", "--reason", "x"}, "--reason is only for interrupt"},
+        {{"stats", "--pub", "tcp://127.0.0.1:1"}, "--pub is only for watch"},
         {{"frobnicate"}, "unknown command 'frobnicate'"},
         {{"flags", "clear"}, "the only argument is 'reset'"},
         {{"sessions", "a b"}, "sessions: invalid hardware_id 'a b'"},
         {{"agents", "extra"}, "agents: takes no arguments"},
-        {{"stats", "--bogus", "1"}, "bogus"},
+        {{"stats", "--bogus", "1"}, "unknown option '--bogus'"},
+        {{"--bogus", "stats"}, "unknown option '--bogus'"},
+        {{"stats", "--log-level"}, "option '--log-level' requires a value"},
         {{"-x"}, "unknown option '-x'"},
+        {{"run", "--hw", "a", "--", "true"}, "'--control' is not an option of run"},
         {{NULL}, "missing COMMAND"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -339,18 +365,54 @@ static void test_cli_usage_errors(void **state)
             args[n++] = cases[i].args[j];
         args[n] = NULL;
         run_result r = run_cli_env(NULL, args);
-        expect(&r, 2, NULL, cases[i].err);
-        assert_string_equal(r.out, "");
+        expect_usage(&r, cases[i].err, hint);
         done(&r);
     }
-    run_result r = CLI("--help");
+
+    /* the messages users met, word for word */
+    run_result r = CLI("--bogus");
+    expect_usage(&r, "unknown option", hint);
+    assert_string_equal(r.err, "ihc: unknown option '--bogus'\nTry 'ihc --help'.\n");
+    done(&r);
+    r = CLI("interrupt", "x", "--timeout", "4000000");
+    expect_usage(&r, "--timeout", hint);
+    assert_string_equal(r.err, "ihc: --timeout 4000000: an interrupt's timeout is 1 to 600000 ms\n"
+                               "Try 'ihc --help'.\n");
+    done(&r);
+    r = CLI("--control", "nope://x", "stats");
+    expect_usage(&r, "--control=nope://x: expected an nng URL", hint);
+    done(&r);
+    r = CLI("watch", "--pub", "bogus://x");
+    expect_usage(&r, "watch: cannot dial 'bogus://x'", hint);
+    done(&r);
+
+    /* `ihc run`: its own hint */
+    static const struct {
+        const char *args[8];
+        const char *err;
+    } run_cases[] = {
+        {{"run", "--bogus"}, "ihc run: unknown option '--bogus'"},
+        {{"run", "--hw"}, "ihc run: option '--hw' requires a value (HW)"},
+        {{"run", "--hw", "dev-1"}, "ihc run: no command given"},
+        {{"run", "--", "true"}, "ihc run: --hw HW is required"},
+        {{"run", "--hw", "a b", "--", "true"}, "ihc run: --hw 'a b': invalid hardware_id"},
+        {{"run", "--hw", "a", "--local=", "--", "true"}, "ihc run: --local: empty URL"},
+    };
+    for (size_t i = 0; i < sizeof run_cases / sizeof run_cases[0]; i++) {
+        r = run_cli_env(NULL, run_cases[i].args);
+        expect_usage(&r, run_cases[i].err, "Try 'ihc run --help'.\n");
+        done(&r);
+    }
+
+    /* the help states each --timeout's limit */
+    r = CLI("--help");
     expect(&r, 0, "usage: ihc", NULL);
+    assert_non_null(strstr(r.out, "its timeout, 1 to " IHC_STR(IHC_INTERRUPT_TIMEOUT_MAX_MS)));
+    assert_non_null(strstr(r.out, "how long to wait for the answer, 1 to 3600000"));
+    assert_string_equal(r.err, "");
     done(&r);
     r = CLI("--version");
     expect(&r, 0, "ihc 0.1.0", NULL);
-    done(&r);
-    r = CLI("--control", "nope://x", "stats");
-    expect(&r, 2, NULL, "--control");
     done(&r);
 }
 
@@ -450,6 +512,13 @@ static bool out_has(const char *needle)
     return ok;
 }
 
+/* Publishes bytes that are not a message, framed with the event topic. */
+static void publish_garbage(void)
+{
+    static const char garbage[] = "ev:\0\xc1\xc1";
+    nng_send(fake.pub, (void *)garbage, sizeof garbage - 1, 0);
+}
+
 static void test_cli_watch(void **state)
 {
     (void)state;
@@ -457,6 +526,7 @@ static void test_cli_watch(void **state)
     /* the subscriber joins at some point: publish until both lines were seen */
     bool seen = false;
     for (int i = 0; i < 200 && !seen; i++) {
+        publish_garbage();
         publish_result(full_result);
         publish_result(incomplete_result);
         seen = TH_WAIT(out_has("#18  dev-2  INCOMPLETE") && out_has("#17  dev-1  ok"), 50);
@@ -466,6 +536,11 @@ static void test_cli_watch(void **state)
     run_result r = finish(pid, 5000);
     expect(&r, 0, "#17  dev-1  ok  0.9 ms  agents 1/1  sessions 2", "watching interrupts from");
     assert_non_null(strstr(r.out, "agents 1/2  sessions 0  error: 1 agent did not answer"));
+    /* the garbage is named on stderr, never printed as an interrupt */
+    assert_non_null(strstr(r.err, "ihc: watch: bad event skipped: malformed message"));
+    for (const char *line = r.out; *line; line = strchr(line, '\n') + 1)
+        if (strstr(line, "  #17  dev-1  ok  ") == NULL && strstr(line, "  #18  dev-2  ") == NULL)
+            fail_msg("unexpected watch line: %.200s", line);
     done(&r);
 
     /* --json: one document per line, unchanged */
@@ -474,6 +549,7 @@ static void test_cli_watch(void **state)
     pid = start_cli((const char *const[]){"watch", "--json", NULL}, (char *const[]){env, NULL});
     seen = false;
     for (int i = 0; i < 200 && !seen; i++) {
+        publish_garbage();
         publish_result(full_result);
         seen = TH_WAIT(out_has(full_result), 50);
     }
@@ -481,6 +557,12 @@ static void test_cli_watch(void **state)
     kill(pid, SIGTERM);
     r = finish(pid, 5000);
     assert_int_equal(r.status, 0);
+    /* one document per line, each the coordinator's unchanged */
+    char want_line[sizeof full_result + 1];
+    snprintf(want_line, sizeof want_line, "%s\n", full_result);
+    for (const char *line = r.out; *line; line += strlen(want_line))
+        if (strncmp(line, want_line, strlen(want_line)) != 0)
+            fail_msg("unexpected watch --json output: %.200s", line);
     done(&r);
 }
 
