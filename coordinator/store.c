@@ -44,6 +44,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "redis_url.h"
 
 #include <errno.h>
 #include <hiredis.h>
@@ -63,7 +64,6 @@
 #define DEF_LOG_MAX       100000u
 #define BACKOFF_MIN_MS    50u
 #define BACKOFF_MAX_MS    2000u
-#define MAX_DB            1000000
 
 enum { SCRIPT_RAISE, SCRIPT_STATE, SCRIPT_TOUCH, SCRIPT_COUNT };
 
@@ -100,11 +100,7 @@ static const char *const script_body[SCRIPT_COUNT] = {script_raise, script_state
 
 struct ihc_store {
     /* where and how to connect (from the URL and options) */
-    char *host; /* NULL for a unix socket */
-    int port;
-    char *path; /* unix socket path, or NULL */
-    char *user, *password;
-    int db;
+    ihc_redis_url url;
     char *client_name;
     char where[300]; /* host:port/db for messages, never the password */
     uint32_t timeout_ms, session_ttl_s, agent_ttl_s, log_max;
@@ -440,8 +436,8 @@ static int st_connect(ihc_store *st)
 {
     struct timeval tv = ms_tv(st->timeout_ms);
     errno = 0;
-    redisContext *c = st->path ? redisConnectUnixWithTimeout(st->path, tv)
-                               : redisConnectWithTimeout(st->host, st->port, tv);
+    redisContext *c = st->url.path ? redisConnectUnixWithTimeout(st->url.path, tv)
+                                   : redisConnectWithTimeout(st->url.host, st->url.port, tv);
     if (!c) {
         set_err(st, "redis %s: out of memory", st->where);
         return IHC_ENOMEM;
@@ -452,25 +448,26 @@ static int st_connect(ihc_store *st)
         set_err(st, "redis connect %s: %s", st->where, c->errstr);
         return connect_fail(st, rc);
     }
-    if (redisSetTimeout(c, tv) != REDIS_OK || (!st->path && redisEnableKeepAlive(c) != REDIS_OK)) {
+    if (redisSetTimeout(c, tv) != REDIS_OK ||
+        (!st->url.path && redisEnableKeepAlive(c) != REDIS_OK)) {
         set_err(st, "redis %s: socket options: %s", st->where, c->errstr);
         return connect_fail(st, IHC_ENOTCONN);
     }
     batch_reset(st);
     size_t nsetup = 0;
     const char *what[3];
-    if (st->password) {
-        cmd(st, st->user ? 3 : 2);
+    if (st->url.password) {
+        cmd(st, st->url.user ? 3 : 2);
         arg(st, "AUTH");
-        if (st->user)
-            arg(st, st->user);
-        arg(st, st->password);
+        if (st->url.user)
+            arg(st, st->url.user);
+        arg(st, st->url.password);
         what[nsetup++] = "AUTH";
     }
-    if (st->db != 0) {
+    if (st->url.db != 0) {
         cmd(st, 2);
         arg(st, "SELECT");
-        arg_i64(st, st->db);
+        arg_i64(st, st->url.db);
         what[nsetup++] = "SELECT";
     }
     if (st->client_name) {
@@ -652,196 +649,6 @@ static int script_run(ihc_store *st, int which, int nrest)
     return rc;
 }
 
-/* ---------------------------------------------------------------- URL ---- */
-
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decodes s[0..n) into a new string; %00 is refused (AUTH takes C strings here). */
-static int pct_decode(const char *s, size_t n, char **out, const char **why)
-{
-    char *d = malloc(n + 1);
-    if (!d)
-        return IHC_ENOMEM;
-    size_t j = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            d[j++] = s[i];
-            continue;
-        }
-        int hi = i + 2 < n ? hexval(s[i + 1]) : -1;
-        int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            free(d);
-            *why = "bad %-escape in user info";
-            return IHC_EINVAL;
-        }
-        d[j++] = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    d[j] = '\0';
-    *out = d;
-    return IHC_OK;
-}
-
-static bool parse_uint(const char *s, size_t n, long max, long *v)
-{
-    if (n == 0 || n > 10)
-        return false;
-    long x = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        x = x * 10 + (s[i] - '0');
-    }
-    if (x > max)
-        return false;
-    *v = x;
-    return true;
-}
-
-/* "[user]:password" or, as redis-cli reads it, "password". */
-static int parse_userinfo(ihc_store *st, const char *s, size_t n, const char **why)
-{
-    const char *colon = memchr(s, ':', n);
-    if (colon && colon > s) {
-        int rc = pct_decode(s, (size_t)(colon - s), &st->user, why);
-        if (rc != IHC_OK)
-            return rc;
-    }
-    const char *pw = colon ? colon + 1 : s;
-    size_t pwlen = n - (size_t)(pw - s);
-    if (pwlen == 0) {
-        *why = "empty password in user info";
-        return IHC_EINVAL;
-    }
-    return pct_decode(pw, pwlen, &st->password, why);
-}
-
-static int parse_unix_url(ihc_store *st, const char *rest, const char **why)
-{
-    /* unix://[[user]:password@]/path[?db=N] */
-    if (rest[0] != '/') {
-        const char *at = strchr(rest, '@');
-        if (at) {
-            int rc = parse_userinfo(st, rest, (size_t)(at - rest), why);
-            if (rc != IHC_OK)
-                return rc;
-            rest = at + 1;
-        }
-        if (rest[0] != '/') {
-            *why = "unix socket path must be absolute (unix:///path/to.sock)";
-            return IHC_EINVAL;
-        }
-    }
-    const char *q = strchr(rest, '?');
-    size_t plen = q ? (size_t)(q - rest) : strlen(rest);
-    if (plen < 2) {
-        *why = "empty unix socket path";
-        return IHC_EINVAL;
-    }
-    if (!(st->path = strndup(rest, plen)))
-        return IHC_ENOMEM;
-    if (q) {
-        long db;
-        if (strncmp(q + 1, "db=", 3) != 0 || !parse_uint(q + 4, strlen(q + 4), MAX_DB, &db)) {
-            *why = "unix socket query must be ?db=N";
-            return IHC_EINVAL;
-        }
-        st->db = (int)db;
-    }
-    snprintf(st->where, sizeof(st->where), "unix:%s/%d", st->path, st->db);
-    return IHC_OK;
-}
-
-static int parse_url(ihc_store *st, const char *url, const char **why)
-{
-    if (strncmp(url, "unix://", 7) == 0)
-        return parse_unix_url(st, url + 7, why);
-    if (strncmp(url, "redis://", 8) != 0) {
-        *why = "scheme must be redis:// or unix:// (no TLS with hiredis 0.14)";
-        return IHC_EINVAL;
-    }
-    /* redis://[[user]:password@]host[:port][/db]; the user info ends at the last '@' of the
-     * authority, so a password may hold '@' (and ':' after the first). */
-    const char *rest = url + 8;
-    const char *auth_end = rest + strcspn(rest, "/?#");
-    const char *at = NULL;
-    for (const char *p = rest; p < auth_end; p++)
-        if (*p == '@')
-            at = p;
-    const char *host = rest;
-    int rc;
-    if (at) {
-        if ((rc = parse_userinfo(st, rest, (size_t)(at - rest), why)) != IHC_OK)
-            return rc;
-        host = at + 1;
-    }
-    const char *host_end, *port_s = NULL;
-    if (host[0] == '[') {
-        const char *close = memchr(host, ']', (size_t)(auth_end - host));
-        if (!close) {
-            *why = "unterminated [ipv6] host";
-            return IHC_EINVAL;
-        }
-        if (!(st->host = strndup(host + 1, (size_t)(close - host - 1))))
-            return IHC_ENOMEM;
-        host_end = close + 1;
-        if (host_end < auth_end) {
-            if (*host_end != ':') {
-                *why = "junk after [ipv6] host";
-                return IHC_EINVAL;
-            }
-            port_s = host_end + 1;
-        }
-    } else {
-        const char *colon = memchr(host, ':', (size_t)(auth_end - host));
-        host_end = colon ? colon : auth_end;
-        if (!(st->host = strndup(host, (size_t)(host_end - host))))
-            return IHC_ENOMEM;
-        if (colon)
-            port_s = colon + 1;
-    }
-    if (st->host[0] == '\0') {
-        *why = "missing host";
-        return IHC_EINVAL;
-    }
-    st->port = 6379;
-    if (port_s) {
-        long port;
-        if (!parse_uint(port_s, (size_t)(auth_end - port_s), 65535, &port) || port == 0) {
-            *why = "port must be 1-65535";
-            return IHC_EINVAL;
-        }
-        st->port = (int)port;
-    }
-    if (*auth_end == '/') {
-        const char *dbs = auth_end + 1;
-        size_t dlen = strlen(dbs);
-        long db = 0;
-        if (dlen > 0 && !parse_uint(dbs, dlen, MAX_DB, &db)) {
-            *why = "database must be a number (redis://host:port/N)";
-            return IHC_EINVAL;
-        }
-        st->db = (int)db;
-    } else if (*auth_end != '\0') {
-        *why = "unexpected query or fragment in redis:// URL";
-        return IHC_EINVAL;
-    }
-    bool v6 = strchr(st->host, ':') != NULL;
-    snprintf(st->where, sizeof(st->where), "%s%s%s:%d/%d", v6 ? "[" : "", st->host, v6 ? "]" : "",
-             st->port, st->db);
-    return IHC_OK;
-}
-
 /* ------------------------------------------------------------ lifetime ---- */
 
 static bool valid_client_name(const char *s)
@@ -859,10 +666,6 @@ int ihc_store_open(ihc_store **out, const ihc_store_opts *o)
     if (!out || !o)
         return IHC_EINVAL;
     *out = NULL;
-    if (!o->url || !*o->url) {
-        ihc_log(IHC_LOG_ERROR, "store", "bad redis url reason=\"empty\"");
-        return IHC_EINVAL;
-    }
     if (o->client_name && !valid_client_name(o->client_name)) {
         ihc_log(IHC_LOG_ERROR, "store",
                 "bad redis client name reason=\"empty, or has spaces or control characters\"");
@@ -871,14 +674,15 @@ int ihc_store_open(ihc_store **out, const ihc_store_opts *o)
     ihc_store *st = calloc(1, sizeof(*st));
     if (!st)
         return IHC_ENOMEM;
-    const char *why = "invalid";
-    int rc = parse_url(st, o->url, &why);
+    char why[256];
+    int rc = ihc_redis_url_parse(o->url, &st->url, why, sizeof(why));
     if (rc != IHC_OK) {
         if (rc == IHC_EINVAL) /* the reason only: the URL may hold a password */
             ihc_log(IHC_LOG_ERROR, "store", "bad redis url reason=\"%s\"", why);
         ihc_store_close(st);
         return rc;
     }
+    ihc_redis_url_where(&st->url, st->where, sizeof(st->where));
     if (o->client_name && !(st->client_name = strdup(o->client_name))) {
         ihc_store_close(st);
         return IHC_ENOMEM;
@@ -913,13 +717,7 @@ void ihc_store_close(ihc_store *st)
         return;
     if (st->c)
         redisFree(st->c);
-    free(st->host);
-    free(st->path);
-    free(st->user);
-    if (st->password) {
-        memset(st->password, 0, strlen(st->password));
-        free(st->password);
-    }
+    ihc_redis_url_fini(&st->url); /* wipes the password */
     free(st->client_name);
     free(st->buf);
     free(st);
