@@ -116,6 +116,27 @@ static bool key_gone(const th_redis *r, const char *key)
     return gone;
 }
 
+/* Keys matching pattern (SCAN, not KEYS: it counts only what exists, expired or not yet). */
+static long redis_count(const th_redis *r, const char *pattern)
+{
+    long n = 0;
+    char cursor[32] = "0";
+    do {
+        char *got = th_redis_cmd(r, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+        if (!got)
+            return -1;
+        /* rendered as the cursor, then one key per line */
+        char *nl = strchr(got, '\n');
+        if (nl)
+            *nl = '\0';
+        snprintf(cursor, sizeof(cursor), "%s", got);
+        for (char *p = nl; p; p = strchr(p + 1, '\n'))
+            n++;
+        free(got);
+    } while (strcmp(cursor, "0") != 0);
+    return n;
+}
+
 static uint64_t elapsed_ms(uint64_t t0)
 {
     return th_now_ms_() - t0;
@@ -388,6 +409,29 @@ static void test_store_session_expiry(void **state)
     assert_int_equal(n, 0);
     ihc_store_sessions_free(recs, n);
     EXPECT_CMD(&g_redis, "0", "SCARD ihc:hw:{dev-f}:sessions");
+
+    /* More gone sessions than one command's arguments hold, around one that lives on: all
+     * are pruned (several SREMs in one round trip), the live one is listed and kept. */
+    ihc_store_opts o2 = {.url = g_redis.url, .session_ttl_s = 300};
+    TH_PASS(ihc_store_open(&f->st2, &o2));
+    ihc_store_session keep = {"keep", "dev-g", "ag", "active", 1, 1, 1, NULL};
+    TH_PASS(ihc_store_session_put(f->st2, &keep));
+    char sid[75][16];
+    TH_PASS(ihc_store_pipeline_begin(f->st));
+    for (int i = 0; i < 75; i++) {
+        snprintf(sid[i], sizeof(sid[i]), "g%02d", i);
+        ihc_store_session g = {sid[i], "dev-g", "ag", "active", 1, 1, 1, NULL};
+        TH_PASS(ihc_store_session_put(f->st, &g));
+    }
+    TH_PASS(ihc_store_pipeline_exec(f->st));
+    EXPECT_CMD(&g_redis, "76", "SCARD ihc:hw:{dev-g}:sessions");
+    /* expiry is sampled: wait until every hash is gone, not only some */
+    assert_true(TH_WAIT(redis_count(&g_redis, "ihc:session:{dev-g}:g*") == 0, 10000));
+    TH_PASS(ihc_store_sessions_list(f->st, "dev-g", &recs, &n));
+    assert_int_equal(n, 1);
+    assert_string_equal(recs[0].session_id, "keep");
+    ihc_store_sessions_free(recs, n);
+    EXPECT_CMD(&g_redis, "keep", "SMEMBERS ihc:hw:{dev-g}:sessions");
 }
 
 /* -------------------------------------------------------------- epochs ---- */
@@ -663,6 +707,13 @@ static void test_store_stats_seq(void **state)
     TH_PASS(ihc_store_stats_get(f->st, "sessions_created", &v));
     assert_int_equal(v, 40);
     EXPECT_CMD(&g_redis, "40", "HGET ihc:stats sessions_created");
+    /* numbers are formatted exactly at both ends of the range */
+    TH_PASS(ihc_store_stats_incr(f->st, "low", INT64_MIN));
+    EXPECT_CMD(&g_redis, "-9223372036854775808", "HGET ihc:stats low");
+    TH_PASS(ihc_store_stats_incr(f->st, "high", INT64_MAX));
+    EXPECT_CMD(&g_redis, "9223372036854775807", "HGET ihc:stats high");
+    TH_PASS(ihc_store_stats_incr(f->st, "zero", 0));
+    EXPECT_CMD(&g_redis, "0", "HGET ihc:stats zero");
 
     char *ok = th_redis_cmd(&g_redis, "HSET ihc:stats bogus notanumber");
     free(ok);
