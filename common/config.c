@@ -5,6 +5,7 @@
 #include "defaults.h"
 #include "err.h"
 #include "log.h"
+#include "redis_url.h"
 #include "wire.h"
 
 #include <ctype.h>
@@ -22,7 +23,7 @@
 typedef enum {
     T_URL,         /* nng URL: tcp://, tls+tcp://, ipc://, inproc:// */
     T_URL_OFF,     /* the same, or "", "off", "none": the endpoint is disabled */
-    T_REDIS_URL,   /* redis:// or unix:// */
+    T_REDIS_URL,   /* redis:// or unix:// (redis_url.h) */
     T_ADDR,        /* host:port */
     T_AGENT_ID,    /* ihc_agent_id_valid; default "<hostname>:<pid>" */
     T_HW_LIST,     /* HW[,HW...] */
@@ -278,17 +279,6 @@ static bool url_ok(const char *v)
     return false;
 }
 
-static bool redis_url_ok(const char *v)
-{
-    if (has_ctl_or_space(v))
-        return false;
-    if (strncmp(v, "redis://", 8) == 0)
-        return v[8] != '\0' && v[8] != '/';
-    if (strncmp(v, "unix://", 7) == 0)
-        return v[7] != '\0';
-    return false;
-}
-
 static bool bool_parse(const char *v, bool *out)
 {
     static const char *const yes[] = {"true", "1", "yes", "on"};
@@ -461,12 +451,18 @@ static bool parse_value(const setting *s, const char *v, ihc_config *cfg, char *
             return false;
         }
         return set_string((char **)field, v, why, wlen);
-    case T_REDIS_URL:
-        if (!redis_url_ok(v)) {
-            snprintf(why, wlen, "expected redis://HOST[:PORT][/DB] or unix://PATH");
+    case T_REDIS_URL: {
+        /* the parser of the store and the request channel, so that what passes here
+         * connects there; its message says what is wrong */
+        ihc_redis_url u;
+        int rc = ihc_redis_url_parse(v, &u, why, wlen);
+        ihc_redis_url_fini(&u);
+        if (rc == IHC_ENOMEM)
+            snprintf(why, wlen, "out of memory");
+        if (rc != IHC_OK)
             return false;
-        }
         return set_string((char **)field, v, why, wlen);
+    }
     case T_ADDR:
         if (has_ctl_or_space(v) || !hostport_ok(v, false)) {
             snprintf(why, wlen, "expected HOST:PORT with a port in [0, 65535]");
@@ -768,8 +764,13 @@ int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *
         if (s->type == T_SECRET || s->type == T_TOKEN) { /* never echo a secret */
             set_err(err, err_len, "%s: %s", lab, why);
         } else {
-            char v[80];
-            show(v, sizeof v, raw[i] ? raw[i] : "");
+            char v[80], masked[512];
+            const char *raw_v = raw[i] ? raw[i] : "";
+            if (s->type == T_REDIS_URL) { /* never echo a password held in the URL */
+                ihc_redis_url_redact(raw_v, masked, sizeof masked);
+                raw_v = masked;
+            }
+            show(v, sizeof v, raw_v);
             set_err(err, err_len, "%s=%s: %s", lab, v, why);
         }
         return IHC_ECONFIG;
@@ -862,20 +863,21 @@ void ihc_config_usage(FILE *out, unsigned role, const char *prog)
     }
 }
 
-/* Redis URLs may carry a password: the user:password part before '@' is masked. */
+/* Redis URLs may carry a password (redis:// and unix:// alike): their user info is masked. */
 static void print_string(FILE *out, const setting *s, const char *v)
 {
     if (v == NULL) {
         fputs("(none)", out);
         return;
     }
-    if (s->type == T_REDIS_URL && strncmp(v, "redis://", 8) == 0) {
-        const char *auth = v + 8;
-        const char *at = memrchr(auth, '@', strcspn(auth, "/"));
-        if (at != NULL) {
-            fprintf(out, "redis://***%s", at);
-            return;
-        }
+    if (s->type == T_REDIS_URL) {
+        size_t n = strlen(v) + 4; /* "***" may stand for less than it hides */
+        char *masked = malloc(n);
+        if (masked)
+            ihc_redis_url_redact(v, masked, n);
+        fputs(masked ? masked : "(not shown)", out);
+        free(masked);
+        return;
     }
     fputs(v, out);
 }

@@ -16,6 +16,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "redis_url.h"
 
 #define COMPONENT      "reqchan"
 #define BACKOFF_MIN_MS 100
@@ -24,77 +25,12 @@
 struct ihc_reqchan {
     ihc_coord *c;
     const ihc_config *cfg;
-    char host[256];
-    int port;
-    char user[256];
-    char pass[512];
+    ihc_redis_url url;
+    char where[300]; /* for messages: never the password */
     int stop_pipe[2];
     pthread_t thread;
     bool started;
 };
-
-/* redis://[user:password@|:password@]host[:port][/db] -> host, port, user, pass. */
-static int parse_url(ihc_reqchan *rq, const char *url)
-{
-    static const char prefix[] = "redis://";
-    if (!url || strncmp(url, prefix, sizeof(prefix) - 1) != 0)
-        return IHC_EINVAL;
-    const char *p = url + sizeof(prefix) - 1;
-    const char *end = p + strcspn(p, "/");
-    const char *at = NULL;
-    for (const char *q = p; q < end; q++)
-        if (*q == '@')
-            at = q;
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        size_t ulen = colon ? (size_t)(colon - p) : 0;
-        const char *pw = colon ? colon + 1 : p;
-        size_t plen = (size_t)(at - pw);
-        if (ulen >= sizeof(rq->user) || plen >= sizeof(rq->pass))
-            return IHC_EINVAL;
-        memcpy(rq->user, p, ulen);
-        rq->user[ulen] = '\0';
-        memcpy(rq->pass, pw, plen);
-        rq->pass[plen] = '\0';
-        p = at + 1;
-    }
-    const char *hend;
-    const char *portp = NULL;
-    if (*p == '[') {
-        p++;
-        hend = memchr(p, ']', (size_t)(end - p));
-        if (!hend)
-            return IHC_EINVAL;
-        if (hend + 1 < end && hend[1] == ':')
-            portp = hend + 2;
-    } else {
-        hend = memchr(p, ':', (size_t)(end - p));
-        if (hend)
-            portp = hend + 1;
-        else
-            hend = end;
-    }
-    size_t hlen = (size_t)(hend - p);
-    if (hlen == 0 || hlen >= sizeof(rq->host))
-        return IHC_EINVAL;
-    memcpy(rq->host, p, hlen);
-    rq->host[hlen] = '\0';
-    rq->port = 6379;
-    if (portp) {
-        int port = 0;
-        for (const char *q = portp; q < end; q++) {
-            if (*q < '0' || *q > '9')
-                return IHC_EINVAL;
-            port = port * 10 + (*q - '0');
-            if (port > 65535)
-                return IHC_EINVAL;
-        }
-        if (port == 0)
-            return IHC_EINVAL;
-        rq->port = port;
-    }
-    return IHC_OK;
-}
 
 /* Waits up to ms for the stop pipe; true when stopping. */
 static bool wait_stop(ihc_reqchan *rq, int ms)
@@ -145,33 +81,50 @@ static void handle_payload(ihc_reqchan *rq, const char *payload, size_t len)
     json_decref(o);
 }
 
-static redisContext *connect_and_subscribe(ihc_reqchan *rq)
+/* Connects, authenticates and subscribes; NULL with why filled on failure. No SELECT:
+ * pub/sub channels are shared by every database of a server, so the URL's db does not
+ * matter here (it does for the store). */
+static redisContext *connect_and_subscribe(ihc_reqchan *rq, char *why, size_t wlen)
 {
     int tmo = rq->cfg->redis_timeout_ms > 0 ? rq->cfg->redis_timeout_ms : 500;
     struct timeval tv = {.tv_sec = tmo / 1000, .tv_usec = (tmo % 1000) * 1000};
-    redisContext *ctx = redisConnectWithTimeout(rq->host, rq->port, tv);
-    if (!ctx || ctx->err)
+    /* hiredis 0.14: a unix socket needs its own connect call */
+    redisContext *ctx = rq->url.path ? redisConnectUnixWithTimeout(rq->url.path, tv)
+                                     : redisConnectWithTimeout(rq->url.host, rq->url.port, tv);
+    redisReply *r = NULL;
+    if (!ctx || ctx->err) {
+        snprintf(why, wlen, "%s", ctx ? ctx->errstr : "out of memory");
         goto fail;
+    }
     redisSetTimeout(ctx, tv);
-    redisEnableKeepAlive(ctx);
-    redisReply *r;
-    if (rq->pass[0]) {
-        r = rq->user[0] ? redisCommand(ctx, "AUTH %s %s", rq->user, rq->pass)
-                        : redisCommand(ctx, "AUTH %s", rq->pass);
-        bool ok = r && r->type != REDIS_REPLY_ERROR;
-        if (r)
-            freeReplyObject(r);
-        if (!ok)
+    if (!rq->url.path)
+        redisEnableKeepAlive(ctx);
+    if (rq->url.password) {
+        const char *argv[3] = {"AUTH"};
+        int argc = 1;
+        if (rq->url.user)
+            argv[argc++] = rq->url.user;
+        argv[argc++] = rq->url.password;
+        r = redisCommandArgv(ctx, argc, argv, NULL);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(why, wlen, "AUTH: %s", r ? r->str : ctx->errstr);
             goto fail;
+        }
+        freeReplyObject(r);
     }
     r = redisCommand(ctx, "SUBSCRIBE %s", IHC_REQUESTS_CHANNEL);
-    bool ok = r && r->type == REDIS_REPLY_ARRAY;
-    if (r)
-        freeReplyObject(r);
-    if (!ok)
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        snprintf(why, wlen, "SUBSCRIBE: %s",
+                 !r                             ? ctx->errstr
+                 : r->type == REDIS_REPLY_ERROR ? r->str
+                                                : "unexpected reply");
         goto fail;
+    }
+    freeReplyObject(r);
     return ctx;
 fail:
+    if (r)
+        freeReplyObject(r);
     if (ctx)
         redisFree(ctx);
     return NULL;
@@ -191,19 +144,21 @@ static void *reqchan_main(void *arg)
     int backoff = BACKOFF_MIN_MS;
     bool warned = false;
     for (;;) {
-        redisContext *ctx = connect_and_subscribe(rq);
+        char why[256];
+        redisContext *ctx = connect_and_subscribe(rq, why, sizeof(why));
         if (!ctx) {
             if (!warned)
-                ihc_log(IHC_LOG_WARN, COMPONENT, "cannot subscribe to %s on %s:%d; retrying",
-                        IHC_REQUESTS_CHANNEL, rq->host, rq->port);
+                ihc_log(IHC_LOG_WARN, COMPONENT,
+                        "cannot subscribe to %s redis=%s err=\"%s\"; retrying",
+                        IHC_REQUESTS_CHANNEL, rq->where, why);
             warned = true;
             if (wait_stop(rq, backoff))
                 return NULL;
             backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
             continue;
         }
-        ihc_log(IHC_LOG_INFO, COMPONENT, "subscribed channel=%s redis=%s:%d", IHC_REQUESTS_CHANNEL,
-                rq->host, rq->port);
+        ihc_log(IHC_LOG_INFO, COMPONENT, "subscribed channel=%s redis=%s", IHC_REQUESTS_CHANNEL,
+                rq->where);
         warned = false;
         backoff = BACKOFF_MIN_MS;
         bool stop = false;
@@ -245,11 +200,15 @@ int ihc_reqchan_open(ihc_reqchan **out, ihc_coord *c, const ihc_config *cfg)
     rq->c = c;
     rq->cfg = cfg;
     rq->stop_pipe[0] = rq->stop_pipe[1] = -1;
-    int rc = parse_url(rq, cfg->redis_url);
+    char why[256];
+    int rc = ihc_redis_url_parse(cfg->redis_url, &rq->url, why, sizeof(why));
     if (rc != IHC_OK) {
-        ihc_log(IHC_LOG_ERROR, COMPONENT, "bad redis url for the request channel");
+        if (rc == IHC_EINVAL) /* the reason only: the URL may hold a password */
+            ihc_log(IHC_LOG_ERROR, COMPONENT, "bad redis url for the request channel reason=\"%s\"",
+                    why);
         goto fail;
     }
+    ihc_redis_url_where(&rq->url, rq->where, sizeof(rq->where));
     if (pipe2(rq->stop_pipe, O_CLOEXEC) != 0) {
         rc = IHC_EIO;
         goto fail;
@@ -279,6 +238,6 @@ void ihc_reqchan_close(ihc_reqchan *rq)
         close(rq->stop_pipe[0]);
     if (rq->stop_pipe[1] >= 0)
         close(rq->stop_pipe[1]);
-    memset(rq->pass, 0, sizeof(rq->pass));
+    ihc_redis_url_fini(&rq->url); /* wipes the password */
     free(rq);
 }

@@ -12,10 +12,12 @@
  * connected" and ihc_store_errstr says why. A timed-out read (hiredis: REDIS_ERR_IO with
  * EAGAIN) gives IHC_ETIMEDOUT; every other connection failure IHC_ENOTCONN.
  *
- * Commands are formatted here straight into one reusable RESP buffer (keys included) and
- * handed to redisAppendFormattedCommand, so a write costs no allocation of ours in the
- * steady state. Multi-command operations (session_put: HSET, EXPIRE, SADD) queue all their
- * commands and read the replies in one round trip.
+ * Commands are built as argument vectors and formatted by hiredis (redisFormatCommandArgv),
+ * one whole command at a time, into one reusable batch buffer that redisAppendFormattedCommand
+ * takes in one piece: an operation made of several commands (session_put: HSET, EXPIRE, SADD)
+ * is queued entirely or not at all, and its replies are read in one round trip. Keys and
+ * numbers are composed in a reusable scratch buffer, so that building them allocates nothing
+ * of ours in the steady state (hiredis allocates one temporary per command it formats).
  *
  * Pipelines. pipeline_begin opens a pipeline: write calls then only queue (IHC_OK) and reads
  * fail with IHC_EINVAL. If the connection is down at begin, begin returns IHC_ENOTCONN and
@@ -44,6 +46,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "redis_url.h"
 
 #include <errno.h>
 #include <hiredis.h>
@@ -63,7 +66,6 @@
 #define DEF_LOG_MAX       100000u
 #define BACKOFF_MIN_MS    50u
 #define BACKOFF_MAX_MS    2000u
-#define MAX_DB            1000000
 
 enum { SCRIPT_RAISE, SCRIPT_STATE, SCRIPT_TOUCH, SCRIPT_COUNT };
 
@@ -98,13 +100,20 @@ static const char script_touch[] = "if redis.call('EXISTS', KEYS[1]) == 0 then r
 
 static const char *const script_body[SCRIPT_COUNT] = {script_raise, script_state, script_touch};
 
+/* The longest command has ARGS_MAX arguments (XADD of an interrupt has 24); longer lists
+ * (SREM of many members) are split over several commands. */
+#define ARGS_MAX 32
+
+/* One argument of the command being built: len bytes at p, or, when p is NULL, at off in
+ * st->scratch (which may move while the command grows). */
+typedef struct {
+    const char *p;
+    size_t off, len;
+} cmd_arg;
+
 struct ihc_store {
     /* where and how to connect (from the URL and options) */
-    char *host; /* NULL for a unix socket */
-    int port;
-    char *path; /* unix socket path, or NULL */
-    char *user, *password;
-    int db;
+    ihc_redis_url url;
     char *client_name;
     char where[300]; /* host:port/db for messages, never the password */
     uint32_t timeout_ms, session_ttl_s, agent_ttl_s, log_max;
@@ -124,14 +133,17 @@ struct ihc_store {
     bool in_pipe, pipe_dead;
     size_t pipe_n;
 
-    /* command builder: a batch of whole RESP commands in buf[0..len) */
+    /* command builder: the command being built in args[], then the batch of whole RESP
+     * commands in buf[0..len) */
+    cmd_arg args[ARGS_MAX];
+    int argc, argc_want; /* arguments given, and expected (0: no command open) */
+    char *scratch;       /* keys and numbers of the open command */
+    size_t scratch_len, scratch_cap;
     char *buf;
     size_t len, cap;
-    size_t ncmd;   /* commands in the batch */
-    int argc_left; /* arguments the current command still expects */
+    size_t ncmd; /* commands in the batch */
     bool oom;
-    size_t script_tail; /* offset of the keys after an EVAL/EVALSHA head */
-    size_t queued;      /* commands queued by the current call outside a pipeline */
+    size_t queued; /* commands queued by the current call outside a pipeline */
 
     char err[512];
 };
@@ -162,75 +174,94 @@ static void call_start(ihc_store *st)
             st->cap = 4096;
         }
     }
+    if (st->scratch_cap > (1u << 20)) {
+        free(st->scratch);
+        st->scratch = NULL;
+        st->scratch_cap = st->scratch_len = 0;
+    }
 }
 
 /* ------------------------------------------------------------- builder ---- */
 
-/* The builder holds a batch of whole RESP commands; batch_queue hands the batch to hiredis
- * in one piece, so an operation made of several commands is queued entirely or not at all
- * (a session hash must never be written without its EXPIRE). */
+/* A command is opened by cmd() with its exact argument count, filled by the arg_*() calls,
+ * and formatted onto the batch when the next command opens or the batch is queued. The
+ * arguments point at the caller's strings, which must live until then. */
+
+static bool grow(char **p, size_t *cap, size_t need, bool *oom)
+{
+    if (*oom)
+        return false;
+    if (need <= *cap)
+        return true;
+    size_t c = *cap ? *cap : 512;
+    while (c < need)
+        c *= 2;
+    char *np = realloc(*p, c);
+    if (!np) {
+        *oom = true;
+        return false;
+    }
+    *p = np;
+    *cap = c;
+    return true;
+}
 
 static bool buf_reserve(ihc_store *st, size_t more)
 {
-    if (st->oom)
-        return false;
-    if (st->len + more <= st->cap)
-        return true;
-    size_t cap = st->cap ? st->cap : 512;
-    while (cap < st->len + more)
-        cap *= 2;
-    char *p = realloc(st->buf, cap);
-    if (!p) {
-        st->oom = true;
-        return false;
-    }
-    st->buf = p;
-    st->cap = cap;
-    return true;
+    return grow(&st->buf, &st->cap, st->len + more, &st->oom);
 }
 
 static void batch_reset(ihc_store *st)
 {
     st->len = 0;
     st->ncmd = 0;
-    st->argc_left = 0;
+    st->argc_want = 0;
     st->oom = false;
 }
 
-/* Starts a command of exactly argc arguments in the batch. */
-static void cmd(ihc_store *st, int argc)
+/* Formats the open command, if any, onto the end of the batch. */
+static void cmd_close(ihc_store *st)
 {
-    IHC_ASSERT(st->argc_left == 0);
-    st->argc_left = argc;
-    st->ncmd++;
-    if (buf_reserve(st, 16))
-        st->len += (size_t)snprintf(st->buf + st->len, 16, "*%d\r\n", argc);
+    if (st->argc_want == 0)
+        return;
+    IHC_ASSERT(st->argc == st->argc_want);
+    st->argc_want = 0;
+    if (st->oom)
+        return;
+    const char *v[ARGS_MAX];
+    size_t l[ARGS_MAX];
+    for (int i = 0; i < st->argc; i++) {
+        v[i] = st->args[i].p ? st->args[i].p : st->scratch + st->args[i].off;
+        l[i] = st->args[i].len;
+    }
+    char *resp = NULL;
+    int n = redisFormatCommandArgv(&resp, st->argc, v, l);
+    if (n < 0) {
+        st->oom = true;
+        return;
+    }
+    if (buf_reserve(st, (size_t)n)) {
+        memcpy(st->buf + st->len, resp, (size_t)n);
+        st->len += (size_t)n;
+    }
+    redisFreeCommand(resp);
 }
 
-/* One argument made of the concatenation of n byte strings (keys are built this way, with
- * no intermediate buffer). */
-static void arg_parts(ihc_store *st, size_t n, const char *const *p, const size_t *l)
+/* Opens a command of exactly argc arguments in the batch. */
+static void cmd(ihc_store *st, int argc)
 {
-    IHC_ASSERT(st->argc_left > 0);
-    st->argc_left--;
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += l[i];
-    if (!buf_reserve(st, total + 32))
-        return;
-    st->len += (size_t)snprintf(st->buf + st->len, 32, "$%zu\r\n", total);
-    for (size_t i = 0; i < n; i++) {
-        memcpy(st->buf + st->len, p[i], l[i]);
-        st->len += l[i];
-    }
-    st->buf[st->len++] = '\r';
-    st->buf[st->len++] = '\n';
+    cmd_close(st);
+    IHC_ASSERT(argc > 0 && argc <= ARGS_MAX);
+    st->argc = 0;
+    st->argc_want = argc;
+    st->scratch_len = 0;
+    st->ncmd++;
 }
 
 static void arg_bin(ihc_store *st, const void *p, size_t n)
 {
-    const char *parts[1] = {p};
-    arg_parts(st, 1, parts, &n);
+    IHC_ASSERT(st->argc < st->argc_want);
+    st->args[st->argc++] = (cmd_arg){.p = p ? p : "", .len = n};
 }
 
 static void arg(ihc_store *st, const char *s)
@@ -238,18 +269,52 @@ static void arg(ihc_store *st, const char *s)
     arg_bin(st, s ? s : "", s ? strlen(s) : 0);
 }
 
-static void arg_i64(ihc_store *st, int64_t v)
+/* One argument made of the concatenation of n byte strings, composed in the scratch (keys
+ * are built this way). */
+static void arg_parts(ihc_store *st, size_t n, const char *const *p, const size_t *l)
 {
-    char num[24];
-    int n = snprintf(num, sizeof(num), "%lld", (long long)v);
-    arg_bin(st, num, (size_t)n);
+    IHC_ASSERT(st->argc < st->argc_want);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += l[i];
+    cmd_arg a = {.p = "", .len = 0}; /* out of memory: st->oom fails the batch */
+    if (grow(&st->scratch, &st->scratch_cap, st->scratch_len + total, &st->oom)) {
+        a = (cmd_arg){.p = NULL, .off = st->scratch_len, .len = total};
+        for (size_t i = 0; i < n; i++) {
+            memcpy(st->scratch + st->scratch_len, p[i], l[i]);
+            st->scratch_len += l[i];
+        }
+    }
+    st->args[st->argc++] = a;
+}
+
+/* Writes the decimal digits of v backwards, ending at end; returns where they start. */
+static char *u64_digits(char *end, uint64_t v)
+{
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return end;
 }
 
 static void arg_u64(ihc_store *st, uint64_t v)
 {
     char num[24];
-    int n = snprintf(num, sizeof(num), "%llu", (unsigned long long)v);
-    arg_bin(st, num, (size_t)n);
+    const char *p = u64_digits(num + sizeof(num), v);
+    size_t n = (size_t)(num + sizeof(num) - p);
+    arg_parts(st, 1, &p, &n);
+}
+
+static void arg_i64(ihc_store *st, int64_t v)
+{
+    char num[24];
+    char *p = u64_digits(num + sizeof(num), v < 0 ? 0 - (uint64_t)v : (uint64_t)v);
+    if (v < 0)
+        *--p = '-';
+    const char *cp = p;
+    size_t n = (size_t)(num + sizeof(num) - p);
+    arg_parts(st, 1, &cp, &n);
 }
 
 /* a + b (+ c (+ d)): "ihc:session:{" hw "}:" sid */
@@ -266,7 +331,7 @@ static void arg_key(ihc_store *st, const char *a, const char *b, const char *c, 
 /* Hands the batch to hiredis (no I/O yet). On failure nothing was queued. */
 static int batch_queue(ihc_store *st)
 {
-    IHC_ASSERT(st->argc_left == 0);
+    cmd_close(st);
     if (st->oom) {
         set_err(st, "out of memory formatting a redis command");
         return IHC_ENOMEM;
@@ -440,8 +505,8 @@ static int st_connect(ihc_store *st)
 {
     struct timeval tv = ms_tv(st->timeout_ms);
     errno = 0;
-    redisContext *c = st->path ? redisConnectUnixWithTimeout(st->path, tv)
-                               : redisConnectWithTimeout(st->host, st->port, tv);
+    redisContext *c = st->url.path ? redisConnectUnixWithTimeout(st->url.path, tv)
+                                   : redisConnectWithTimeout(st->url.host, st->url.port, tv);
     if (!c) {
         set_err(st, "redis %s: out of memory", st->where);
         return IHC_ENOMEM;
@@ -452,25 +517,26 @@ static int st_connect(ihc_store *st)
         set_err(st, "redis connect %s: %s", st->where, c->errstr);
         return connect_fail(st, rc);
     }
-    if (redisSetTimeout(c, tv) != REDIS_OK || (!st->path && redisEnableKeepAlive(c) != REDIS_OK)) {
+    if (redisSetTimeout(c, tv) != REDIS_OK ||
+        (!st->url.path && redisEnableKeepAlive(c) != REDIS_OK)) {
         set_err(st, "redis %s: socket options: %s", st->where, c->errstr);
         return connect_fail(st, IHC_ENOTCONN);
     }
     batch_reset(st);
     size_t nsetup = 0;
     const char *what[3];
-    if (st->password) {
-        cmd(st, st->user ? 3 : 2);
+    if (st->url.password) {
+        cmd(st, st->url.user ? 3 : 2);
         arg(st, "AUTH");
-        if (st->user)
-            arg(st, st->user);
-        arg(st, st->password);
+        if (st->url.user)
+            arg(st, st->url.user);
+        arg(st, st->url.password);
         what[nsetup++] = "AUTH";
     }
-    if (st->db != 0) {
+    if (st->url.db != 0) {
         cmd(st, 2);
         arg(st, "SELECT");
-        arg_i64(st, st->db);
+        arg_i64(st, st->url.db);
         what[nsetup++] = "SELECT";
     }
     if (st->client_name) {
@@ -606,11 +672,11 @@ static int roundtrip(ihc_store *st, redisReply **out)
 
 /* Starts a fresh batch with "EVALSHA sha" or "EVAL body" followed by nrest arguments
  * (numkeys, keys, args) that the caller adds. */
-static void script_head(ihc_store *st, int which, bool force_eval, int nrest)
+static void script_head(ihc_store *st, int which, int nrest)
 {
     batch_reset(st);
     cmd(st, 2 + nrest);
-    if (!force_eval && st->loaded[which]) {
+    if (st->loaded[which]) {
         arg(st, "EVALSHA");
         arg(st, st->sha[which]);
     } else {
@@ -619,30 +685,25 @@ static void script_head(ihc_store *st, int which, bool force_eval, int nrest)
         if (st->sha[which][0])
             st->loaded[which] = true; /* EVAL caches it under its sha */
     }
-    st->script_tail = st->len;
 }
 
 /* Queues (pipeline) or runs the script command built after script_head. Outside a pipeline
  * a NOSCRIPT answer is retried once with EVAL. */
-static int script_run(ihc_store *st, int which, int nrest)
+static int script_run(ihc_store *st, int which)
 {
     if (st->in_pipe)
         return batch_queue(st);
     redisReply *rep;
     int rc = roundtrip(st, &rep);
     if (rc == IHC_EREDIS && st->noscript) {
-        size_t tail_len = st->len - st->script_tail;
-        char *tail = malloc(tail_len ? tail_len : 1);
-        if (!tail)
-            return IHC_ENOMEM;
-        memcpy(tail, st->buf + st->script_tail, tail_len);
-        script_head(st, which, true, nrest);
-        if (buf_reserve(st, tail_len)) {
-            memcpy(st->buf + st->len, tail, tail_len);
-            st->len += tail_len;
-        }
-        st->argc_left = 0; /* the tail holds the remaining arguments */
-        free(tail);
+        /* The command's arguments are still in args[] and the scratch: open it again with
+         * EVAL in place of EVALSHA (EVAL caches the script again). */
+        batch_reset(st);
+        st->ncmd = 1;
+        st->argc_want = st->argc;
+        st->args[0] = (cmd_arg){.p = "EVAL", .len = 4};
+        st->args[1] = (cmd_arg){.p = script_body[which], .len = strlen(script_body[which])};
+        st->loaded[which] = st->sha[which][0] != '\0';
         st->err[0] = '\0';
         st->noscript = false;
         rc = roundtrip(st, &rep);
@@ -650,196 +711,6 @@ static int script_run(ihc_store *st, int which, int nrest)
     if (rep)
         freeReplyObject(rep);
     return rc;
-}
-
-/* ---------------------------------------------------------------- URL ---- */
-
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decodes s[0..n) into a new string; %00 is refused (AUTH takes C strings here). */
-static int pct_decode(const char *s, size_t n, char **out, const char **why)
-{
-    char *d = malloc(n + 1);
-    if (!d)
-        return IHC_ENOMEM;
-    size_t j = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            d[j++] = s[i];
-            continue;
-        }
-        int hi = i + 2 < n ? hexval(s[i + 1]) : -1;
-        int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            free(d);
-            *why = "bad %-escape in user info";
-            return IHC_EINVAL;
-        }
-        d[j++] = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    d[j] = '\0';
-    *out = d;
-    return IHC_OK;
-}
-
-static bool parse_uint(const char *s, size_t n, long max, long *v)
-{
-    if (n == 0 || n > 10)
-        return false;
-    long x = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        x = x * 10 + (s[i] - '0');
-    }
-    if (x > max)
-        return false;
-    *v = x;
-    return true;
-}
-
-/* "[user]:password" or, as redis-cli reads it, "password". */
-static int parse_userinfo(ihc_store *st, const char *s, size_t n, const char **why)
-{
-    const char *colon = memchr(s, ':', n);
-    if (colon && colon > s) {
-        int rc = pct_decode(s, (size_t)(colon - s), &st->user, why);
-        if (rc != IHC_OK)
-            return rc;
-    }
-    const char *pw = colon ? colon + 1 : s;
-    size_t pwlen = n - (size_t)(pw - s);
-    if (pwlen == 0) {
-        *why = "empty password in user info";
-        return IHC_EINVAL;
-    }
-    return pct_decode(pw, pwlen, &st->password, why);
-}
-
-static int parse_unix_url(ihc_store *st, const char *rest, const char **why)
-{
-    /* unix://[[user]:password@]/path[?db=N] */
-    if (rest[0] != '/') {
-        const char *at = strchr(rest, '@');
-        if (at) {
-            int rc = parse_userinfo(st, rest, (size_t)(at - rest), why);
-            if (rc != IHC_OK)
-                return rc;
-            rest = at + 1;
-        }
-        if (rest[0] != '/') {
-            *why = "unix socket path must be absolute (unix:///path/to.sock)";
-            return IHC_EINVAL;
-        }
-    }
-    const char *q = strchr(rest, '?');
-    size_t plen = q ? (size_t)(q - rest) : strlen(rest);
-    if (plen < 2) {
-        *why = "empty unix socket path";
-        return IHC_EINVAL;
-    }
-    if (!(st->path = strndup(rest, plen)))
-        return IHC_ENOMEM;
-    if (q) {
-        long db;
-        if (strncmp(q + 1, "db=", 3) != 0 || !parse_uint(q + 4, strlen(q + 4), MAX_DB, &db)) {
-            *why = "unix socket query must be ?db=N";
-            return IHC_EINVAL;
-        }
-        st->db = (int)db;
-    }
-    snprintf(st->where, sizeof(st->where), "unix:%s/%d", st->path, st->db);
-    return IHC_OK;
-}
-
-static int parse_url(ihc_store *st, const char *url, const char **why)
-{
-    if (strncmp(url, "unix://", 7) == 0)
-        return parse_unix_url(st, url + 7, why);
-    if (strncmp(url, "redis://", 8) != 0) {
-        *why = "scheme must be redis:// or unix:// (no TLS with hiredis 0.14)";
-        return IHC_EINVAL;
-    }
-    /* redis://[[user]:password@]host[:port][/db]; the user info ends at the last '@' of the
-     * authority, so a password may hold '@' (and ':' after the first). */
-    const char *rest = url + 8;
-    const char *auth_end = rest + strcspn(rest, "/?#");
-    const char *at = NULL;
-    for (const char *p = rest; p < auth_end; p++)
-        if (*p == '@')
-            at = p;
-    const char *host = rest;
-    int rc;
-    if (at) {
-        if ((rc = parse_userinfo(st, rest, (size_t)(at - rest), why)) != IHC_OK)
-            return rc;
-        host = at + 1;
-    }
-    const char *host_end, *port_s = NULL;
-    if (host[0] == '[') {
-        const char *close = memchr(host, ']', (size_t)(auth_end - host));
-        if (!close) {
-            *why = "unterminated [ipv6] host";
-            return IHC_EINVAL;
-        }
-        if (!(st->host = strndup(host + 1, (size_t)(close - host - 1))))
-            return IHC_ENOMEM;
-        host_end = close + 1;
-        if (host_end < auth_end) {
-            if (*host_end != ':') {
-                *why = "junk after [ipv6] host";
-                return IHC_EINVAL;
-            }
-            port_s = host_end + 1;
-        }
-    } else {
-        const char *colon = memchr(host, ':', (size_t)(auth_end - host));
-        host_end = colon ? colon : auth_end;
-        if (!(st->host = strndup(host, (size_t)(host_end - host))))
-            return IHC_ENOMEM;
-        if (colon)
-            port_s = colon + 1;
-    }
-    if (st->host[0] == '\0') {
-        *why = "missing host";
-        return IHC_EINVAL;
-    }
-    st->port = 6379;
-    if (port_s) {
-        long port;
-        if (!parse_uint(port_s, (size_t)(auth_end - port_s), 65535, &port) || port == 0) {
-            *why = "port must be 1-65535";
-            return IHC_EINVAL;
-        }
-        st->port = (int)port;
-    }
-    if (*auth_end == '/') {
-        const char *dbs = auth_end + 1;
-        size_t dlen = strlen(dbs);
-        long db = 0;
-        if (dlen > 0 && !parse_uint(dbs, dlen, MAX_DB, &db)) {
-            *why = "database must be a number (redis://host:port/N)";
-            return IHC_EINVAL;
-        }
-        st->db = (int)db;
-    } else if (*auth_end != '\0') {
-        *why = "unexpected query or fragment in redis:// URL";
-        return IHC_EINVAL;
-    }
-    bool v6 = strchr(st->host, ':') != NULL;
-    snprintf(st->where, sizeof(st->where), "%s%s%s:%d/%d", v6 ? "[" : "", st->host, v6 ? "]" : "",
-             st->port, st->db);
-    return IHC_OK;
 }
 
 /* ------------------------------------------------------------ lifetime ---- */
@@ -859,10 +730,6 @@ int ihc_store_open(ihc_store **out, const ihc_store_opts *o)
     if (!out || !o)
         return IHC_EINVAL;
     *out = NULL;
-    if (!o->url || !*o->url) {
-        ihc_log(IHC_LOG_ERROR, "store", "bad redis url reason=\"empty\"");
-        return IHC_EINVAL;
-    }
     if (o->client_name && !valid_client_name(o->client_name)) {
         ihc_log(IHC_LOG_ERROR, "store",
                 "bad redis client name reason=\"empty, or has spaces or control characters\"");
@@ -871,14 +738,15 @@ int ihc_store_open(ihc_store **out, const ihc_store_opts *o)
     ihc_store *st = calloc(1, sizeof(*st));
     if (!st)
         return IHC_ENOMEM;
-    const char *why = "invalid";
-    int rc = parse_url(st, o->url, &why);
+    char why[256];
+    int rc = ihc_redis_url_parse(o->url, &st->url, why, sizeof(why));
     if (rc != IHC_OK) {
         if (rc == IHC_EINVAL) /* the reason only: the URL may hold a password */
             ihc_log(IHC_LOG_ERROR, "store", "bad redis url reason=\"%s\"", why);
         ihc_store_close(st);
         return rc;
     }
+    ihc_redis_url_where(&st->url, st->where, sizeof(st->where));
     if (o->client_name && !(st->client_name = strdup(o->client_name))) {
         ihc_store_close(st);
         return IHC_ENOMEM;
@@ -913,15 +781,10 @@ void ihc_store_close(ihc_store *st)
         return;
     if (st->c)
         redisFree(st->c);
-    free(st->host);
-    free(st->path);
-    free(st->user);
-    if (st->password) {
-        memset(st->password, 0, strlen(st->password));
-        free(st->password);
-    }
+    ihc_redis_url_fini(&st->url); /* wipes the password */
     free(st->client_name);
     free(st->buf);
+    free(st->scratch);
     free(st);
 }
 
@@ -1247,17 +1110,28 @@ static int list_index(ihc_store *st, const index_ops *ops, const char *ctx, vec 
         freeReplyObject(h);
     }
     if (ngone > 0) {
+        /* SREM of the gone members, ARGS_MAX - 2 per command, in one round trip */
         batch_reset(st);
-        cmd(st, 2 + (int)ngone);
-        arg(st, "SREM");
-        ops->set_key(st, ctx);
-        for (size_t i = 0; i < n; i++)
-            if (gone[i])
-                arg_bin(st, members->element[i]->str, members->element[i]->len);
-        redisReply *rep;
-        int r = roundtrip(st, &rep);
-        if (rep)
-            freeReplyObject(rep);
+        size_t left = ngone, room = 0, nsrem = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (!gone[i])
+                continue;
+            if (room == 0) {
+                room = left < ARGS_MAX - 2 ? left : ARGS_MAX - 2;
+                left -= room;
+                cmd(st, 2 + (int)room);
+                arg(st, "SREM");
+                ops->set_key(st, ctx);
+                nsrem++;
+            }
+            arg_bin(st, members->element[i]->str, members->element[i]->len);
+            room--;
+        }
+        int r = batch_queue(st);
+        if (r == IHC_OK)
+            r = st_flush(st);
+        if (r == IHC_OK)
+            r = st_drain(st, nsrem);
         if (r != IHC_OK && (first == IHC_OK || r != IHC_EREDIS))
             first = r; /* a lost connection wins */
     }
@@ -1325,14 +1199,14 @@ int ihc_store_session_state(ihc_store *st, const char *hw, const char *session_i
     int rc = w_begin(st);
     if (rc != IHC_OK)
         return rc;
-    script_head(st, SCRIPT_STATE, false, 6);
+    script_head(st, SCRIPT_STATE, 6);
     arg(st, "2");
     key_session(st, hw, session_id);
     key_hw_set(st, hw);
     arg(st, state);
     arg_i64(st, updated_ms);
     arg(st, session_id);
-    return script_run(st, SCRIPT_STATE, 6);
+    return script_run(st, SCRIPT_STATE);
 }
 
 static void session_rec_fini(ihc_store_session_rec *r)
@@ -1450,11 +1324,11 @@ int ihc_store_epoch_raise(ihc_store *st, const char *hw, uint64_t epoch)
     int rc = w_begin(st);
     if (rc != IHC_OK)
         return rc;
-    script_head(st, SCRIPT_RAISE, false, 3);
+    script_head(st, SCRIPT_RAISE, 3);
     arg(st, "1");
     key_epoch(st, hw);
     arg_u64(st, epoch);
-    return script_run(st, SCRIPT_RAISE, 3);
+    return script_run(st, SCRIPT_RAISE);
 }
 
 int ihc_store_epoch_get(ihc_store *st, const char *hw, uint64_t *epoch)
@@ -1668,12 +1542,12 @@ int ihc_store_agent_touch(ihc_store *st, const char *agent_id, int64_t last_seen
         return rc;
     /* Touching an agent whose hash expired is a no-op (IHC_OK): it must not leave a hash
      * holding only last_seen_ms; the next agent_put writes the whole record again. */
-    script_head(st, SCRIPT_TOUCH, false, 4);
+    script_head(st, SCRIPT_TOUCH, 4);
     arg(st, "1");
     key_agent(st, agent_id);
     arg_i64(st, last_seen_ms);
     arg(st, st->agent_ttl);
-    return script_run(st, SCRIPT_TOUCH, 4);
+    return script_run(st, SCRIPT_TOUCH);
 }
 
 int ihc_store_agent_del(ihc_store *st, const char *agent_id)
@@ -1892,12 +1766,12 @@ int ihc_store_seq_raise(ihc_store *st, uint64_t v)
     int rc = w_begin(st);
     if (rc != IHC_OK)
         return rc;
-    script_head(st, SCRIPT_RAISE, false, 4);
+    script_head(st, SCRIPT_RAISE, 4);
     arg(st, "1");
     arg(st, "ihc:seq");
     arg_u64(st, v);
     arg(st, "interrupt_id");
-    return script_run(st, SCRIPT_RAISE, 4);
+    return script_run(st, SCRIPT_RAISE);
 }
 
 int ihc_store_seq_get(ihc_store *st, uint64_t *v)

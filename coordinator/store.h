@@ -27,7 +27,7 @@
 typedef struct ihc_store ihc_store;
 
 typedef struct {
-    const char *url;         /* redis://[:password@|user:password@]host[:port][/db] */
+    const char *url;         /* redis:// or unix:// URL (common/redis_url.h) */
     uint32_t timeout_ms;     /* connect and per-command timeout (0 = 500) */
     uint32_t session_ttl_s;  /* session hash expiry (0 = 300) */
     uint32_t agent_ttl_s;    /* agent hash expiry (0 = 10) */

@@ -98,6 +98,7 @@ out:
     return status;
 }
 
+/* Starts the coordinator; without c->redis_url it takes IHC_REDIS_URL from its env. */
 static void coord_start(coord *c)
 {
     char *argv[] = {(char *)th_bin("ihc-coordinator"),
@@ -109,8 +110,6 @@ static void coord_start(coord *c)
                     c->control,
                     "--http",
                     c->http,
-                    "--redis",
-                    (char *)c->redis_url,
                     "--state-dir",
                     c->dir,
                     "--agent-ttl",
@@ -119,6 +118,8 @@ static void coord_start(coord *c)
                     "0.5",
                     "--log-level",
                     "debug",
+                    c->redis_url ? "--redis" : NULL,
+                    (char *)c->redis_url,
                     NULL};
     c->pid = th_spawn(argv, c->log, c->env);
     assert_true(c->pid > 0);
@@ -437,6 +438,7 @@ static void fa_stop(fake_agent *a)
 typedef struct {
     coord c;
     fake_agent a[3];
+    th_redis own; /* a redis-server of the case's own */
 } fixture;
 
 static int group_setup(void **state)
@@ -474,6 +476,7 @@ static int teardown(void **state)
     for (int i = 0; i < 3; i++)
         fa_stop(&f->a[i]);
     bool clean = coord_fini(&f->c);
+    th_redis_stop(&f->own);
     free(f);
     return clean ? 0 : -1;
 }
@@ -850,6 +853,85 @@ static void test_coordinator_request_channel(void **state)
     assert_true(TH_WAIT(stat_of(&f->c, "rejected_messages") == before + 1, 3000));
 }
 
+/* Runs a command on r; true when its rendered reply contains needle. */
+static bool reply_has(const th_redis *r, const char *needle, const char *fmt, const char *a1,
+                      const char *a2)
+{
+    char *got = th_redis_cmd(r, fmt, a1, a2);
+    bool ok = got && strstr(got, needle);
+    free(got);
+    return ok;
+}
+
+/* A command on db 2 of r (SELECT inside a script stays inside it). */
+#define ON_DB2(cmd) "redis.call('SELECT', 2) return redis.call(" cmd ")"
+
+/* True when one CLIENT LIST line of r holds both needles. */
+static bool client_with(const th_redis *r, const char *n1, const char *n2)
+{
+    char *list = th_redis_cmd(r, "CLIENT LIST");
+    bool ok = false;
+    for (char *l = list ? strtok(list, "\n") : NULL; l && !ok; l = strtok(NULL, "\n"))
+        ok = strstr(l, n1) && strstr(l, n2);
+    free(list);
+    return ok;
+}
+
+/* The form a user reported failing (exit 1, "bad redis url for the request channel"):
+ * IHC_REDIS_URL=unix:///path?db=N, here with an ACL user whose password needs every kind of
+ * escape. The store writes db 2 over the socket, the request channel subscribes over it, and
+ * an interrupt published on ihc:requests lands in the ihc:interrupts stream. */
+static void test_coordinator_request_channel_unix(void **state)
+{
+    fixture *f = *state;
+    f->own.unix_socket = true;
+    f->own.password = "p@ss:w/rd%";
+    assert_int_equal(th_redis_start(&f->own), 0);
+    char *ok = th_redis_cmd(&f->own, "ACL SETUSER %s on %s ~* &* +@all", "ihc", ">p@ss:w/rd%");
+    assert_non_null(ok);
+    assert_string_equal(ok, "OK");
+    free(ok);
+    char enc[64], env[400];
+    snprintf(env, sizeof(env), "IHC_REDIS_URL=unix://ihc:%s@%s?db=2",
+             th_pct_encode(f->own.password, enc, sizeof(enc)), f->own.sock);
+    f->c.redis_url = NULL;
+    coord_env(&f->c, env);
+    coord_start(&f->c);
+    fa_start(&f->a[0], "n1:1", &f->c);
+    fa_begin(&f->a[0], "s-1", "dev-1");
+    assert_true(TH_WAIT(session_count(&f->c, "dev-1") == 1, 5000));
+
+    /* both connections go through the socket as user ihc: the store on db 2, the
+     * subscriber (pub/sub is the same on every db) */
+    char addr[200];
+    snprintf(addr, sizeof(addr), "addr=%s", f->own.sock);
+    assert_true(TH_WAIT(reply_has(&f->own, "\n1", "PUBSUB NUMSUB %s", "ihc:requests", NULL), 5000));
+    assert_true(TH_WAIT(client_with(&f->own, addr, " sub=1 "), 5000));
+    assert_true(client_with(&f->own, "name=ihc-coordinator ", " db=2 "));
+    assert_true(client_with(&f->own, "name=ihc-coordinator ", addr));
+    assert_true(client_with(&f->own, " user=ihc ", " sub=1 "));
+    assert_true(th_log_has(f->c.log, "subscribed channel=ihc:requests redis=unix:", 0));
+
+    char *r = th_redis_cmd(&f->own, "PUBLISH ihc:requests %s", "{\"hardware_id\":\"dev-1\"}");
+    assert_non_null(r);
+    assert_string_equal(r, "1");
+    free(r);
+    if (!TH_WAIT(
+            reply_has(&f->own, "1", "EVAL %s 1 %s", ON_DB2("'XLEN', KEYS[1]"), "ihc:interrupts"),
+            5000)) {
+        th_log_tail(f->c.log, 30);
+        fail_msg("no entry in ihc:interrupts on db 2");
+    }
+    assert_true(reply_has(&f->own, "dev-1", "EVAL %s 1 %s", ON_DB2("'XRANGE', KEYS[1], '-', '+'"),
+                          "ihc:interrupts"));
+    assert_int_equal(atomic_load(&f->a[0].reports), 1);
+    r = th_redis_cmd(&f->own, "XLEN %s", "ihc:interrupts"); /* db 0 untouched */
+    assert_non_null(r);
+    assert_string_equal(r, "0");
+    free(r);
+    assert_int_equal(coord_stop(&f->c), 0);
+}
+
 typedef struct {
     coord *c;
     int n;
@@ -1063,6 +1145,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_coordinator_global_disabled, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_request_channel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_coordinator_request_channel_unix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_concurrent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_busy_ports, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_slow_interrupts_do_not_block, setup,

@@ -281,6 +281,22 @@ static bool redis_answers(void *arg)
     return ok;
 }
 
+char *th_pct_encode(const char *s, char *out, size_t len)
+{
+    size_t o = 0;
+    for (; *s && o + 4 < len; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            strchr("._~-", c))
+            out[o++] = (char)c;
+        else
+            o += (size_t)snprintf(out + o, len - o, "%%%02X", c);
+    }
+    if (len)
+        out[o < len ? o : len - 1] = '\0';
+    return out;
+}
+
 int th_redis_start(th_redis *r)
 {
     if (!r->dir && !(r->dir = th_tmpdir("redis")))
@@ -294,18 +310,34 @@ int th_redis_start(th_redis *r)
         snprintf(log, sizeof(log), "%s/redis.log", r->dir);
         char *argv[] = {"redis-server", "--port", port,    "--bind", "127.0.0.1",   "--save", "",
                         "--appendonly", "no",     "--dir", r->dir,   "--daemonize", "no",     NULL,
-                        NULL,           NULL};
+                        NULL,           NULL,     NULL,    NULL,     NULL,          NULL,     NULL};
+        int argc = 13;
         if (r->password) {
-            argv[13] = "--requirepass";
-            argv[14] = (char *)r->password;
+            argv[argc++] = "--requirepass";
+            argv[argc++] = (char *)r->password;
+        }
+        r->sock[0] = '\0';
+        if (r->unix_socket) {
+            if ((size_t)snprintf(r->sock, sizeof(r->sock), "%s/redis.sock", r->dir) >=
+                sizeof(r->sock)) {
+                fprintf(stderr, "th_redis_start: socket path under %s is too long\n", r->dir);
+                return -1;
+            }
+            argv[argc++] = "--unixsocket";
+            argv[argc++] = r->sock;
+            argv[argc++] = "--unixsocketperm";
+            argv[argc++] = "700";
         }
         r->pid = th_spawn(argv, log, NULL);
         if (r->pid < 0)
             return -1;
-        if (r->password)
-            snprintf(r->url, sizeof(r->url), "redis://:%s@127.0.0.1:%d/0", r->password, r->port);
-        else
+        if (r->password) {
+            char enc[128];
+            snprintf(r->url, sizeof(r->url), "redis://:%s@127.0.0.1:%d/0",
+                     th_pct_encode(r->password, enc, sizeof(enc)), r->port);
+        } else {
             snprintf(r->url, sizeof(r->url), "redis://127.0.0.1:%d/0", r->port);
+        }
         if (th_wait_until(redis_answers, r, 10000))
             return 0;
         th_stop(r->pid, SIGKILL, 1000);

@@ -90,10 +90,18 @@ typedef struct {
     pid_t pid;
     int port;
     char *dir;
-    char url[192];        /* "redis://127.0.0.1:<port>/0" ("redis://:<password>@…" with one) */
+    char url[192];        /* "redis://127.0.0.1:<port>/0" ("redis://:<password>@…" with one,
+                           * the password percent-encoded) */
     const char *password; /* optional, set before th_redis_start: --requirepass; the harness
                            * itself (readiness, th_redis_cmd) then authenticates */
+    bool unix_socket;     /* optional, set before th_redis_start: also listen on sock */
+    char sock[108];       /* "<dir>/redis.sock" with unix_socket, else "" (a socket address
+                           * holds 107 bytes of path) */
 } th_redis;
+
+/* Percent-encodes s for the user info of a URL (everything but [A-Za-z0-9._~-]) into out;
+ * returns out. */
+char *th_pct_encode(const char *s, char *out, size_t len);
 
 /* Starts redis-server on a free port (or r->port when non-zero, for restarts) and waits
  * until it answers PING (10 s deadline). Returns 0 or -1. */

@@ -489,6 +489,48 @@ static void test_config_bad_url(void **state)
     expect_error(COORD, ARGS("--redis=redis://"), "--redis=redis://", "unix://");
     setenv("IHC_REDIS_URL", "unix://", 1);
     expect_error(COORD, NOARGS, "IHC_REDIS_URL=unix://", NULL);
+    /* the setting is named, the Redis URL parser says what is wrong */
+    expect_error_msg(COORD, ARGS("--redis=redis://h:0/1"),
+                     "--redis=redis://h:0/1: port must be a number in [1, 65535]");
+    setenv("IHC_REDIS_URL", "unix://relative.sock", 1);
+    expect_error(COORD, NOARGS, "IHC_REDIS_URL=unix://relative.sock: ", "takes no host");
+    setenv("IHC_REDIS_URL", "unix:///run/redis.sock?database=1", 1);
+    expect_error(COORD, NOARGS, "IHC_REDIS_URL=unix:///run/redis.sock?database=1: ", "?db=DB");
+    /* a password in a refused URL is not echoed */
+    setenv("IHC_REDIS_URL", "redis://bob:hunter2@h:99999/0", 1);
+    expect_error_msg(COORD, NOARGS,
+                     "IHC_REDIS_URL=redis://***@h:99999/0: port must be a number "
+                     "in [1, 65535]");
+    setenv("IHC_REDIS_URL", "unix://:hunter2%zz@/run/redis.sock", 1);
+    expect_error(COORD, NOARGS, "IHC_REDIS_URL=unix://***@/run/redis.sock: ", "%-escape");
+    unsetenv("IHC_REDIS_URL");
+}
+
+/* Every form the README documents passes the start-up check, unix:// sockets included. */
+static void test_config_redis_url_forms(void **state)
+{
+    (void)state;
+    static const char *const good[] = {
+        "redis://127.0.0.1:6379/0",
+        "redis://db.internal",
+        "redis://:p%40ss%3Aw%2Frd%25@[::1]:6380/2",
+        "redis://ihc:pw@h/1",
+        "unix:///var/run/redis/redis-server.sock",
+        "unix:///var/run/redis/redis-server.sock?db=3",
+        "unix://:pw@/run/redis.sock?db=1",
+        "unix://ihc:p%40ss@/run/redis.sock",
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        ihc_config cfg;
+        char err[512] = "";
+        setenv("IHC_REDIS_URL", good[i], 1);
+        int rc = load(&cfg, COORD, err, sizeof err, NULL, NULL, NOARGS);
+        if (rc != IHC_OK)
+            fail_msg("IHC_REDIS_URL=%s: %s", good[i], err);
+        assert_string_equal(cfg.redis_url, good[i]);
+        ihc_config_fini(&cfg);
+    }
+    unsetenv("IHC_REDIS_URL");
 }
 
 static void test_config_bad_http_addr(void **state)
@@ -770,6 +812,15 @@ static void test_config_dump(void **state)
     free(d);
     ihc_config_fini(&cfg);
 
+    /* a unix:// URL's password is masked the same way */
+    TH_PASS(load(&cfg, COORD, err, sizeof err, NULL, NULL,
+                 ARGS("--redis=unix://ihc:hunter2@/run/redis.sock?db=2")));
+    d = capture_dump(&cfg, COORD);
+    assert_non_null(strstr(d, "IHC_REDIS_URL=unix://***@/run/redis.sock?db=2 (flag)\n"));
+    assert_null(strstr(d, "hunter2"));
+    free(d);
+    ihc_config_fini(&cfg);
+
     TH_PASS(load(&cfg, AGENT, err, sizeof err, NULL, NULL, ARGS("--simulate=a,b")));
     d = capture_dump(&cfg, AGENT);
     assert_non_null(strstr(d, "--simulate=a,b (flag)\n"));
@@ -821,6 +872,7 @@ int main(void)
         cmocka_unit_test_setup(test_config_bad_bool, reset_env),
         cmocka_unit_test_setup(test_config_bad_enum, reset_env),
         cmocka_unit_test_setup(test_config_bad_url, reset_env),
+        cmocka_unit_test_setup(test_config_redis_url_forms, reset_env),
         cmocka_unit_test_setup(test_config_bad_http_addr, reset_env),
         cmocka_unit_test_setup(test_config_bad_port, reset_env),
         cmocka_unit_test_setup(test_config_bad_simulate, reset_env),

@@ -1,8 +1,10 @@
-/* Unit tests of common/store against a real redis-server: URLs, every operation and key,
- * expiry pruning, pipelining, AUTH/ACL, SELECT, and Redis down, killed, restarted or hung. */
+/* Unit tests of coordinator/store against a real redis-server: URLs, every operation and key,
+ * expiry pruning, pipelining, AUTH/ACL with escaped passwords, SELECT, unix sockets, and
+ * Redis down, killed, restarted or hung. */
 #include "harness.h"
 
 #include "err.h"
+#include "log.h"
 #include "store.h"
 
 #include <math.h>
@@ -20,8 +22,6 @@ static th_redis g_redis;
 typedef struct {
     ihc_store *st, *st2;
     th_redis own; /* a redis-server the case kills, restarts or stops */
-    pid_t unix_pid;
-    char *unix_dir;
 } fixture;
 
 static int group_setup(void **state)
@@ -58,15 +58,6 @@ static int teardown(void **state)
     if (f->own.pid > 0)
         kill(f->own.pid, SIGCONT); /* a case may have left it stopped */
     th_redis_stop(&f->own);
-    if (f->unix_pid > 0)
-        th_stop(f->unix_pid, SIGKILL, 5000);
-    if (f->unix_dir) {
-        char cmd[4200];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->unix_dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", f->unix_dir);
-        free(f->unix_dir);
-    }
     free(f);
     return 0;
 }
@@ -114,6 +105,27 @@ static bool key_gone(const th_redis *r, const char *key)
     bool gone = got && strcmp(got, "0") == 0;
     free(got);
     return gone;
+}
+
+/* Keys matching pattern (SCAN, not KEYS: it counts only what exists, expired or not yet). */
+static long redis_count(const th_redis *r, const char *pattern)
+{
+    long n = 0;
+    char cursor[32] = "0";
+    do {
+        char *got = th_redis_cmd(r, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+        if (!got)
+            return -1;
+        /* rendered as the cursor, then one key per line */
+        char *nl = strchr(got, '\n');
+        if (nl)
+            *nl = '\0';
+        snprintf(cursor, sizeof(cursor), "%s", got);
+        for (char *p = nl; p; p = strchr(p + 1, '\n'))
+            n++;
+        free(got);
+    } while (strcmp(cursor, "0") != 0);
+    return n;
 }
 
 static uint64_t elapsed_ms(uint64_t t0)
@@ -388,6 +400,29 @@ static void test_store_session_expiry(void **state)
     assert_int_equal(n, 0);
     ihc_store_sessions_free(recs, n);
     EXPECT_CMD(&g_redis, "0", "SCARD ihc:hw:{dev-f}:sessions");
+
+    /* More gone sessions than one command's arguments hold, around one that lives on: all
+     * are pruned (several SREMs in one round trip), the live one is listed and kept. */
+    ihc_store_opts o2 = {.url = g_redis.url, .session_ttl_s = 300};
+    TH_PASS(ihc_store_open(&f->st2, &o2));
+    ihc_store_session keep = {"keep", "dev-g", "ag", "active", 1, 1, 1, NULL};
+    TH_PASS(ihc_store_session_put(f->st2, &keep));
+    char sid[75][16];
+    TH_PASS(ihc_store_pipeline_begin(f->st));
+    for (int i = 0; i < 75; i++) {
+        snprintf(sid[i], sizeof(sid[i]), "g%02d", i);
+        ihc_store_session g = {sid[i], "dev-g", "ag", "active", 1, 1, 1, NULL};
+        TH_PASS(ihc_store_session_put(f->st, &g));
+    }
+    TH_PASS(ihc_store_pipeline_exec(f->st));
+    EXPECT_CMD(&g_redis, "76", "SCARD ihc:hw:{dev-g}:sessions");
+    /* expiry is sampled: wait until every hash is gone, not only some */
+    assert_true(TH_WAIT(redis_count(&g_redis, "ihc:session:{dev-g}:g*") == 0, 10000));
+    TH_PASS(ihc_store_sessions_list(f->st, "dev-g", &recs, &n));
+    assert_int_equal(n, 1);
+    assert_string_equal(recs[0].session_id, "keep");
+    ihc_store_sessions_free(recs, n);
+    EXPECT_CMD(&g_redis, "keep", "SMEMBERS ihc:hw:{dev-g}:sessions");
 }
 
 /* -------------------------------------------------------------- epochs ---- */
@@ -663,6 +698,13 @@ static void test_store_stats_seq(void **state)
     TH_PASS(ihc_store_stats_get(f->st, "sessions_created", &v));
     assert_int_equal(v, 40);
     EXPECT_CMD(&g_redis, "40", "HGET ihc:stats sessions_created");
+    /* numbers are formatted exactly at both ends of the range */
+    TH_PASS(ihc_store_stats_incr(f->st, "low", INT64_MIN));
+    EXPECT_CMD(&g_redis, "-9223372036854775808", "HGET ihc:stats low");
+    TH_PASS(ihc_store_stats_incr(f->st, "high", INT64_MAX));
+    EXPECT_CMD(&g_redis, "9223372036854775807", "HGET ihc:stats high");
+    TH_PASS(ihc_store_stats_incr(f->st, "zero", 0));
+    EXPECT_CMD(&g_redis, "0", "HGET ihc:stats zero");
 
     char *ok = th_redis_cmd(&g_redis, "HSET ihc:stats bogus notanumber");
     free(ok);
@@ -1000,31 +1042,152 @@ static void test_store_redis_hung(void **state)
 
 /* ------------------------------------------------------------ unix socket ---- */
 
+/* The password needs every kind of percent-escape a URL's user info can need. */
+#define ODD_PASSWORD "p@ss:w/rd%"
+
+/* The line of CLIENT LIST for the connection named name, malloc'd ("" when none). */
+static char *client_line(const th_redis *r, const char *name)
+{
+    char *list = th_redis_cmd(r, "CLIENT LIST");
+    char want[128];
+    snprintf(want, sizeof(want), "name=%s ", name);
+    char *line = NULL;
+    for (char *l = list ? strtok(list, "\n") : NULL; l && !line; l = strtok(NULL, "\n"))
+        if (strstr(l, want))
+            line = strdup(l);
+    free(list);
+    return line ? line : strdup("");
+}
+
 static void test_store_unix_socket(void **state)
 {
     fixture *f = *state;
-    f->unix_dir = th_tmpdir("redis-unix");
-    assert_non_null(f->unix_dir);
-    char sock[4200], log[4200], url[4300];
-    snprintf(sock, sizeof(sock), "%s/redis.sock", f->unix_dir);
-    snprintf(log, sizeof(log), "%s/redis.log", f->unix_dir);
-    char *argv[] = {
-        "redis-server", "--port", "0",     "--unixsocket", sock,          "--save", "",
-        "--appendonly", "no",     "--dir", f->unix_dir,    "--daemonize", "no",     NULL};
-    f->unix_pid = th_spawn(argv, log, NULL);
-    assert_true(f->unix_pid > 0);
-    snprintf(url, sizeof(url), "unix://%s?db=1", sock);
-    ihc_store_opts o = {.url = url, .timeout_ms = 500, .client_name = "ihc-unix"};
-    TH_PASS(ihc_store_open(&f->st, &o));
-    assert_true(TH_WAIT(ihc_store_ping(f->st) == IHC_OK, 10000));
+    f->own.unix_socket = true;
+    f->own.password = ODD_PASSWORD;
+    assert_int_equal(th_redis_start(&f->own), 0);
+    char enc[64], url[512];
+    th_pct_encode(ODD_PASSWORD, enc, sizeof(enc));
+
+    /* ":password" form on db 1: writes and reads through the socket */
+    snprintf(url, sizeof(url), "unix://:%s@%s?db=1", enc, f->own.sock);
+    f->st = open_store(url, 1000, "ihc-unix");
+    assert_true(ihc_store_connected(f->st));
+    ihc_store_session s = {"u-1", "dev-u", "ag", "active", 4, 10, 11, "{\"k\":1}"};
+    TH_PASS(ihc_store_session_put(f->st, &s));
     TH_PASS(ihc_store_stats_incr(f->st, "u", 3));
-    snprintf(url, sizeof(url), "unix://%s", sock);
-    o.url = url;
-    o.client_name = NULL;
-    TH_PASS(ihc_store_open(&f->st2, &o));
+    ihc_store_session_rec *recs = NULL;
+    size_t n = 0;
+    TH_PASS(ihc_store_sessions_list(f->st, "dev-u", &recs, &n));
+    assert_int_equal(n, 1);
+    assert_string_equal(recs[0].session_id, "u-1");
+    assert_string_equal(recs[0].data, "{\"k\":1}");
+    assert_int_equal(recs[0].epoch, 4);
+    ihc_store_sessions_free(recs, n);
+    char *line = client_line(&f->own, "ihc-unix");
+    char want_addr[200];
+    snprintf(want_addr, sizeof(want_addr), "addr=%s", f->own.sock);
+    bool on_socket = strstr(line, want_addr) && strstr(line, " db=1 ");
+    if (!on_socket)
+        fail_msg("CLIENT LIST: \"%s\" lacks %s and db=1", line, want_addr);
+    free(line);
+    EXPECT_CMD(&f->own, "(nil)", "HGET ihc:stats u"); /* db 0 is untouched */
+
+    /* db 0 through the same socket (no ?db=) */
+    snprintf(url, sizeof(url), "unix://:%s@%s", enc, f->own.sock);
+    f->st2 = open_store(url, 1000, NULL);
     int64_t v = -1;
     TH_PASS(ihc_store_stats_get(f->st2, "u", &v));
-    assert_int_equal(v, 0); /* db 0 */
+    assert_int_equal(v, 0);
+    ihc_store_close(f->st2);
+
+    /* "user:password" form with an ACL user holding the same odd password */
+    EXPECT_CMD(&f->own, "OK", "ACL SETUSER %s on %s ~* &* +@all", "ihc", ">" ODD_PASSWORD);
+    snprintf(url, sizeof(url), "unix://ihc:%s@%s?db=1", enc, f->own.sock);
+    f->st2 = open_store(url, 1000, "ihc-unix-acl");
+    assert_true(ihc_store_connected(f->st2));
+    TH_PASS(ihc_store_stats_get(f->st2, "u", &v));
+    assert_int_equal(v, 3);
+    line = client_line(&f->own, "ihc-unix-acl");
+    bool as_ihc = strstr(line, " user=ihc ") != NULL;
+    free(line);
+    assert_true(as_ihc);
+    ihc_store_close(f->st2);
+
+    /* a wrong password is refused by Redis and said so; the message names the socket */
+    snprintf(url, sizeof(url), "unix://ihc:wrong@%s?db=1", f->own.sock);
+    f->st2 = open_store(url, 1000, NULL);
+    assert_false(ihc_store_connected(f->st2));
+    assert_non_null(strstr(ihc_store_errstr(f->st2), "WRONGPASS"));
+    assert_non_null(strstr(ihc_store_errstr(f->st2), f->own.sock));
+    assert_null(strstr(ihc_store_errstr(f->st2), "wrong"));
+}
+
+/* Both user info forms over TCP with a password that needs escapes, for the default user
+ * (requirepass) and an ACL user. */
+static void test_store_auth_escaped_password(void **state)
+{
+    fixture *f = *state;
+    f->own.password = ODD_PASSWORD;
+    assert_int_equal(th_redis_start(&f->own), 0);
+    /* the harness' URL: ":password" form, percent-encoded */
+    assert_non_null(strstr(f->own.url, "redis://:p%40ss%3Aw%2Frd%25@"));
+    f->st = open_store(f->own.url, 1000, "ihc-default");
+    assert_true(ihc_store_connected(f->st));
+    TH_PASS(ihc_store_stats_incr(f->st, "x", 2));
+    EXPECT_CMD(&f->own, "2", "HGET ihc:stats x");
+
+    EXPECT_CMD(&f->own, "OK", "ACL SETUSER %s on %s ~* &* +@all", "carol", ">" ODD_PASSWORD);
+    char enc[64], url[256];
+    snprintf(url, sizeof(url), "redis://carol:%s@127.0.0.1:%d/0",
+             th_pct_encode(ODD_PASSWORD, enc, sizeof(enc)), f->own.port);
+    f->st2 = open_store(url, 1000, "ihc-carol");
+    assert_true(ihc_store_connected(f->st2));
+    int64_t v = 0;
+    TH_PASS(ihc_store_stats_get(f->st2, "x", &v));
+    assert_int_equal(v, 2);
+    char *line = client_line(&f->own, "ihc-carol");
+    bool as_carol = strstr(line, " user=carol ") != NULL;
+    free(line);
+    assert_true(as_carol);
+}
+
+/* A refused URL: IHC_EINVAL, and the log line carries the parser's reason, never the
+ * password. */
+static void test_store_bad_url_messages(void **state)
+{
+    (void)state;
+    static const char *const cases[][2] = {
+        /* the password written without escapes: its '/' ends the authority */
+        {"unix://:p@ss:w/rd%@/run/redis.sock", "unix:// takes no host"},
+        {"redis://:p@ss:w/rd%@127.0.0.1:6379/0", "port must be a number"},
+        {"redis://:secret@127.0.0.1:70000/0", "port must be a number in [1, 65535]"},
+        {"unix://:secret@/run/redis.sock?db=one", "db must be a number"},
+        {"redis://:secret%zz@127.0.0.1", "bad %-escape in the password"},
+        {"rediss://:secret@127.0.0.1", "hiredis 0.14 has no TLS"},
+    };
+    char path[] = "/tmp/ihc-store-log-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(ftruncate(fd, 0), 0);
+        assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+        ihc_log_setup(&(ihc_log_opts){.level = IHC_LOG_DEBUG, .fd = fd});
+        ihc_store_opts o = {.url = cases[i][0]};
+        ihc_store *st = NULL;
+        int rc = ihc_store_open(&st, &o);
+        ihc_log_setup(NULL);
+        char log[1024] = "";
+        ssize_t n = pread(fd, log, sizeof(log) - 1, 0);
+        log[n > 0 ? n : 0] = '\0';
+        if (rc != IHC_EINVAL || st)
+            fail_msg("\"%s\": got %s, want IHC_EINVAL", cases[i][0], ihc_err_name(rc));
+        if (!strstr(log, "bad redis url reason=") || !strstr(log, cases[i][1]))
+            fail_msg("\"%s\": log \"%s\" lacks \"%s\"", cases[i][0], log, cases[i][1]);
+        if (strstr(log, "secret") || strstr(log, "ss:w"))
+            fail_msg("\"%s\": log \"%s\" shows the password", cases[i][0], log);
+    }
+    close(fd);
+    unlink(path);
 }
 
 int main(void)
@@ -1049,6 +1212,8 @@ int main(void)
         T(test_store_redis_killed_mid_pipeline),
         T(test_store_redis_hung),
         T(test_store_unix_socket),
+        T(test_store_auth_escaped_password),
+        T(test_store_bad_url_messages),
 #undef T
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
