@@ -44,8 +44,8 @@ typedef struct {
     const char *reason;
     const char *timeout_arg; /* --timeout as given; checked once the command is known */
     long timeout_ms;         /* 0 = not given */
-    const char *pub_url;
-    const char *first_opt; /* the first option given, for `run` which takes none before it */
+    bool pub_given;          /* --pub on the command line (a setting: IHC_PUB_URL, config.c) */
+    const char *first_opt;   /* the first option given, for `run` which takes none before it */
     char *cfg_argv[MAX_CFG_ARGS];
     int cfg_argc;
     ihc_config cfg;
@@ -503,7 +503,7 @@ static void watch_line(const ihc_result *r, bool raw)
 static int cmd_watch(cli *o)
 {
     ihc_watch_opts wo = {
-        .pub_url = o->pub_url, .secret = o->cfg.secret, .secret_len = o->cfg.secret_len};
+        .pub_url = o->cfg.pub_url, .secret = o->cfg.secret, .secret_len = o->cfg.secret_len};
     ihc_watch *w = NULL;
     int rc = ihc_watch_open(&w, &wo);
     if (rc == IHC_CLIENT_ETRANSPORT || rc == IHC_CLIENT_EINVAL)
@@ -561,7 +561,6 @@ static const struct {
 } own_opts[] = {
     {"--reason", "TEXT", offsetof(cli, reason)},
     {"--timeout", "MS", offsetof(cli, timeout_arg)},
-    {"--pub", "URL", offsetof(cli, pub_url)},
 };
 
 /* Splits argv into the command, its arguments, our own options and the settings left for
@@ -626,8 +625,9 @@ static int parse_args(cli *o, int argc, char **argv, int *run_at)
         }
         if (ours)
             continue;
-        /* A setting of config.c (--control, --secret-file, --log-level…) or an unknown option:
-         * forwarded with its value for ihc_config_load to judge. */
+        /* A setting of config.c (--control, --pub, --secret-file, --log-level…) or an unknown
+         * option: forwarded with its value for ihc_config_load to judge. */
+        o->pub_given = o->pub_given || (nl == 5 && strncmp(a, "--pub", 5) == 0);
         if (o->cfg_argc + 2 > MAX_CFG_ARGS)
             return usage_error("too many options");
         o->cfg_argv[o->cfg_argc++] = a;
@@ -676,7 +676,7 @@ static int check_command(cli *o)
     bool watch = strcmp(cmd, "watch") == 0;
     if (o->reason != NULL && !interrupt)
         return usage_error("--reason is only for interrupt");
-    if (o->pub_url != NULL && !watch)
+    if (o->pub_given && !watch)
         return usage_error("--pub is only for watch");
     if (o->timeout_arg != NULL && watch)
         return usage_error("--timeout is not for watch (it runs until Ctrl-C)");
@@ -713,16 +713,6 @@ static int check_command(cli *o)
     return -1;
 }
 
-/* ihc_config_load's message without its own "(see --help)": usage_error gives the hint. */
-static const char *config_problem(char *err)
-{
-    static const char suffix[] = " (see --help)";
-    size_t n = strlen(err), sn = sizeof suffix - 1;
-    if (n >= sn && strcmp(err + n - sn, suffix) == 0)
-        err[n - sn] = '\0';
-    return err;
-}
-
 static int cli_main(int argc, char **argv)
 {
     cli o = {0};
@@ -742,7 +732,7 @@ static int cli_main(int argc, char **argv)
     if (ihc_config_load(&o.cfg, IHC_ROLE_CLI, o.cfg_argc, o.cfg_argv, NULL, NULL, err,
                         sizeof err) != IHC_OK) {
         ihc_config_fini(&o.cfg);
-        return usage_error("%s", config_problem(err));
+        return usage_error("%s", err);
     }
     if (o.cfg.want_print_config) {
         ihc_config_dump(stdout, &o.cfg, IHC_ROLE_CLI);
@@ -753,10 +743,6 @@ static int cli_main(int argc, char **argv)
     if (ex >= 0) {
         ihc_config_fini(&o.cfg);
         return ex;
-    }
-    if (o.pub_url == NULL) {
-        const char *e = getenv("IHC_PUB_URL");
-        o.pub_url = e != NULL && e[0] != '\0' ? e : IHC_DEFAULT_PUB_URL;
     }
     const char *cmd = o.cmd;
     bool is_interrupt = strcmp(cmd, "interrupt") == 0;

@@ -66,8 +66,9 @@ _Static_assert(IHC_PRIORITY_HIGH == 2 && IHC_LOGFMT_JSON == 1, "choices follow t
 
 static const setting settings[] = {
     /* endpoints */
-    {"IHC_PUB_URL", "pub", T_URL, IHC_DEFAULT_PUB_URL, IHC_DEFAULT_PUB_LISTEN, 0, 0, NULL, C | A,
-     OFF(pub_url), "broadcast endpoint: the coordinator listens (PUB), agents dial (SUB)"},
+    {"IHC_PUB_URL", "pub", T_URL, IHC_DEFAULT_PUB_URL, IHC_DEFAULT_PUB_LISTEN, 0, 0, NULL,
+     C | A | L, OFF(pub_url),
+     "broadcast endpoint: the coordinator listens (PUB), agents and `ihc watch` dial (SUB)"},
     {"IHC_REPORT_URL", "report", T_URL, IHC_DEFAULT_REPORT_URL, IHC_DEFAULT_REPORT_LISTEN, 0, 0,
      NULL, C | A, OFF(report_url),
      "report endpoint: the coordinator listens (PULL), agents dial (PUSH)"},
@@ -623,7 +624,7 @@ static bool add_rest(int *rest, int *n_rest, int idx, char **argv, char *err, si
     if (rest == NULL) {
         char v[80];
         show(v, sizeof v, argv[idx]);
-        set_err(err, err_len, "unexpected argument '%s' (see --help)", v);
+        set_err(err, err_len, "unexpected argument '%s'", v);
         return false;
     }
     rest[(*n_rest)++] = idx;
@@ -672,7 +673,7 @@ static int parse_args(ihc_config *cfg, unsigned role, int argc, char **argv, con
             char opt[80];
             snprintf(opt, sizeof opt, "%.*s", (int)(n + 2 < 70 ? n + 2 : 70), a);
             show(shown, sizeof shown, opt);
-            set_err(err, err_len, "unknown option '%s' (see --help)", shown);
+            set_err(err, err_len, "unknown option '%s'", shown);
             return IHC_ECONFIG;
         }
         const char *v;

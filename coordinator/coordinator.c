@@ -27,6 +27,7 @@
 #include "inflight.h"
 #include "log.h"
 #include "persist.h"
+#include "redis_url.h"
 #include "registry.h"
 #include "wire.h"
 
@@ -73,7 +74,8 @@ struct ihc_coord {
     ihc_inflight **fl;
     size_t n_fl, cap_fl;
     uint64_t next_id, reserved_hi;
-    uint64_t first_id; /* next_id at start: ids below were handed out by earlier runs */
+    uint64_t first_id;      /* next_id at start: ids below were handed out by earlier runs */
+    char redis_shown[1024]; /* IHC_REDIS_URL for log lines: user and password masked */
     bool flag;
     char flag_hw[IHC_HW_MAX + 1];
     char flag_reason[IHC_REASON_MAX + 1];
@@ -1136,8 +1138,7 @@ static void load_state(ihc_coord *c)
         ihc_store_sessions_free(ss, n_ss);
     } else {
         ihc_log(IHC_LOG_WARN, COMPONENT,
-                "redis unreachable at start url=%s: starting without stored state",
-                c->cfg->redis_url);
+                "redis unreachable at start url=%s: starting without stored state", c->redis_shown);
     }
     ihc_store_close(st);
     uint64_t hi = redis_seq > file_seq ? redis_seq : file_seq;
@@ -1168,6 +1169,7 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
         return IHC_ENOMEM;
     int rc = IHC_ENOMEM;
     c->cfg = cfg;
+    ihc_redis_url_redact(cfg->redis_url, c->redis_shown, sizeof(c->redis_shown));
     c->wake_fd = -1;
     c->start_ns = ihc_mono_ns();
     pthread_mutex_init(&c->mu, NULL);
@@ -1203,7 +1205,7 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
         po.store.agent_ttl_s = 1;
     if ((rc = ihc_persist_open(&c->persist, &po)) != IHC_OK) {
         ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot start the redis writer url=%s: %s",
-                cfg->redis_url, ihc_strerror(rc));
+                c->redis_shown, ihc_strerror(rc));
         goto fail;
     }
     load_state(c);

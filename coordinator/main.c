@@ -12,6 +12,7 @@
 #include "err.h"
 #include "http.h"
 #include "log.h"
+#include "redis_url.h"
 #include "reqchan.h"
 #include "version.h"
 
@@ -77,11 +78,13 @@ int main(int argc, char **argv)
         ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot start the request channel: %s", ihc_strerror(rc));
         goto out;
     }
+    char redis[1024];
+    ihc_redis_url_redact(cfg.redis_url, redis, sizeof(redis));
     ihc_log(IHC_LOG_INFO, COMPONENT,
             "started version=%s pub=%s report=%s control=%s http=%s http_port=%d redis=%s "
             "global_interrupt=%s signed=%s",
             IHC_VERSION, cfg.pub_url, cfg.report_url, cfg.control_url, cfg.http_addr,
-            ihc_http_port(http), cfg.redis_url, cfg.global_interrupt_enabled ? "on" : "off",
+            ihc_http_port(http), redis, cfg.global_interrupt_enabled ? "on" : "off",
             cfg.secret ? "yes" : "no");
 
     int sig = 0;

@@ -2,6 +2,7 @@
  * by one thread with its own store connection; a batch that fails for lack of Redis goes
  * back to the front of the queue, so writes land in order once Redis returns. */
 #include "persist.h"
+#include "redis_url.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -47,6 +48,7 @@ typedef struct op {
 struct ihc_persist {
     ihc_persist_opts o;
     char *url;
+    char url_shown[1024]; /* url for log lines, user and password masked */
     char *client_name;
     ihc_store *st;
     pthread_t thread;
@@ -247,7 +249,7 @@ static void set_connected(ihc_persist *p, bool up)
     bool was = atomic_exchange(&p->connected, up);
     if (was != up)
         ihc_log(up ? IHC_LOG_INFO : IHC_LOG_WARN, COMPONENT, "redis %s url=%s backlog=%zu",
-                up ? "reachable" : "unreachable", p->url, ihc_persist_backlog(p));
+                up ? "reachable" : "unreachable", p->url_shown, ihc_persist_backlog(p));
     if (!was && up && p->o.on_reconnect)
         p->o.on_reconnect(p->o.arg, p->st);
 }
@@ -336,6 +338,7 @@ int ihc_persist_open(ihc_persist **out, const ihc_persist_opts *o)
     if (p->o.batch == 0)
         p->o.batch = 512;
     p->url = strdup(o->store.url ? o->store.url : "");
+    ihc_redis_url_redact(o->store.url ? o->store.url : "", p->url_shown, sizeof(p->url_shown));
     p->client_name = o->store.client_name ? strdup(o->store.client_name) : NULL;
     if (!p->url || (o->store.client_name && !p->client_name)) {
         free(p->url);

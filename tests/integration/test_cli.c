@@ -383,7 +383,7 @@ static void test_cli_usage_errors(void **state)
     expect_usage(&r, "--control=nope://x: expected an nng URL", hint);
     done(&r);
     r = CLI("watch", "--pub", "bogus://x");
-    expect_usage(&r, "watch: cannot dial 'bogus://x'", hint);
+    expect_usage(&r, "--pub=bogus://x: expected an nng URL", hint);
     done(&r);
 
     /* `ihc run`: its own hint */
