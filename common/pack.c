@@ -288,6 +288,8 @@ bool ihc__wbuf_reserve(ihc__wbuf *w, size_t add)
     size_t cap = w->cap ? w->cap : 256;
     while (cap < need)
         cap *= 2;
+    if (cap > w->max)
+        cap = w->max; /* need <= max: what fits in cap never passes max */
     uint8_t *b = realloc(w->b, cap);
     if (b == NULL) {
         w->err = IHC_ENOMEM;
