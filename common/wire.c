@@ -877,6 +877,8 @@ static int dec_version_type(const top_scan *ts, ihc_msg_type *type, char *detail
     return 0;
 }
 
+/* The envelope: "v" and "type" (required), "ts_ms" and "nonce" (optional integers; a nonce
+ * of another type matters only to the signature check). */
 static int dec_envelope(const top_scan *ts, envelope *env, char *detail, size_t dlen)
 {
     memset(env, 0, sizeof *env);
@@ -892,8 +894,6 @@ static int dec_envelope(const top_scan *ts, envelope *env, char *detail, size_t 
     rc = common_int(ts->val[C_NONCE], ts->end, false, &env->nonce, NULL);
     env->has_nonce = rc == 0;
     env->bad_nonce = rc > 0;
-    if (!env->has_nonce)
-        env->nonce = 0;
     return 0;
 }
 
