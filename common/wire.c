@@ -1,23 +1,19 @@
-/* The ihc wire protocol: a bounded MessagePack walker that validates untrusted bytes before
- * anything is allocated, table-driven decoding/encoding of the structs of wire.h, topic
- * framing, and HMAC-SHA256 signing with a bounded replay cache. */
+/* The ihc wire protocol: the message schemas, table-driven decoding into the structs of
+ * wire.h and encoding from them, topic framing and identifier rules. The MessagePack
+ * reader and writer are in pack.c, signing and replay protection in sign.c. */
 #include "wire.h"
 
 #include "clock.h"
 #include "err.h"
+#include "pack.h"
 
-#include <errno.h>
 #include <math.h>
-#include <mbedtls/md.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #define IHC_WIRE_VERSION 1
-#define SIG_LEN          32
 
 /* ------------------------------------------------------------------------------------------
  * Identifiers
@@ -314,272 +310,6 @@ static const char *const mod_status_names[] = {
 #define MOD_STATUS_COUNT (sizeof(mod_status_names) / sizeof(mod_status_names[0]))
 
 /* ------------------------------------------------------------------------------------------
- * MessagePack reader. Every read is bounds-checked, so the decoder is safe even if it were
- * handed bytes the validator did not see; the validator adds the global limits.
- * ---------------------------------------------------------------------------------------- */
-
-enum { MP_NIL, MP_BOOL, MP_UINT, MP_INT, MP_FLOAT, MP_STR, MP_BIN, MP_ARRAY, MP_MAP };
-
-typedef struct {
-    int kind;
-    uint32_t n;       /* str/bin length, array/map count */
-    const uint8_t *s; /* str/bin payload */
-    union {
-        bool b;
-        uint64_t u; /* MP_UINT: every non-negative integer */
-        int64_t i;  /* MP_INT: negative integers only */
-        double d;
-    } v;
-} mp_obj;
-
-typedef struct {
-    const uint8_t *p, *end, *start;
-    const char *why; /* reason of the last failure */
-} mp_rd;
-
-static inline uint16_t be16(const uint8_t *p)
-{
-    return (uint16_t)((uint16_t)p[0] << 8 | p[1]);
-}
-
-static inline uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static inline uint64_t be64(const uint8_t *p)
-{
-    return (uint64_t)be32(p) << 32 | be32(p + 4);
-}
-
-static int rd_fail(mp_rd *r, const char *why)
-{
-    r->why = why;
-    return IHC_EPROTO;
-}
-
-static inline __attribute__((always_inline)) int mp_read(mp_rd *r, mp_obj *o)
-{
-    const uint8_t *p = r->p;
-    size_t rem = (size_t)(r->end - p);
-    size_t hdr = 1;   /* header bytes consumed */
-    uint64_t pay = 0; /* str/bin payload length */
-
-    if (rem == 0)
-        return rd_fail(r, "truncated");
-    uint8_t t = p[0];
-    if (t <= 0x7f) {
-        o->kind = MP_UINT;
-        o->v.u = t;
-        r->p = p + 1;
-        return 0;
-    }
-    if (t >= 0xe0) {
-        o->kind = MP_INT;
-        o->v.i = (int8_t)t;
-        r->p = p + 1;
-        return 0;
-    }
-    if (t <= 0x8f) {
-        o->kind = MP_MAP;
-        o->n = t & 0x0f;
-        r->p = p + 1;
-        return 0;
-    }
-    if (t <= 0x9f) {
-        o->kind = MP_ARRAY;
-        o->n = t & 0x0f;
-        r->p = p + 1;
-        return 0;
-    }
-    if (t <= 0xbf) {
-        o->kind = MP_STR;
-        pay = t & 0x1f;
-        goto payload;
-    }
-
-    static const uint8_t hdr_len[32] = {
-        /* c0 */ 1, 1, 1, 1, 2, 3, 5, 1,
-        1,          1, 5, 9, 2, 3, 5, 9,
-        /* d0 */ 2, 3, 5, 9, 1, 1, 1, 1,
-        1,          2, 3, 5, 3, 5, 3, 5, /* ext: 1, refused below */
-    };
-    hdr = hdr_len[t - 0xc0];
-    if (rem < hdr)
-        return rd_fail(r, "truncated");
-    switch (t) {
-    case 0xc0:
-        o->kind = MP_NIL;
-        break;
-    case 0xc1:
-        return rd_fail(r, "reserved type byte 0xc1");
-    case 0xc2:
-    case 0xc3:
-        o->kind = MP_BOOL;
-        o->v.b = t == 0xc3;
-        break;
-    case 0xc4:
-        o->kind = MP_BIN;
-        pay = p[1];
-        goto payload;
-    case 0xc5:
-        o->kind = MP_BIN;
-        pay = be16(p + 1);
-        goto payload;
-    case 0xc6:
-        o->kind = MP_BIN;
-        pay = be32(p + 1);
-        goto payload;
-    case 0xc7:
-    case 0xc8:
-    case 0xc9:
-    case 0xd4:
-    case 0xd5:
-    case 0xd6:
-    case 0xd7:
-    case 0xd8:
-        return rd_fail(r, "ext types are not allowed");
-    case 0xca: {
-        uint32_t bits = be32(p + 1);
-        float f;
-        memcpy(&f, &bits, sizeof f);
-        o->kind = MP_FLOAT;
-        o->v.d = f;
-        break;
-    }
-    case 0xcb: {
-        uint64_t bits = be64(p + 1);
-        memcpy(&o->v.d, &bits, sizeof o->v.d);
-        o->kind = MP_FLOAT;
-        break;
-    }
-    case 0xcc:
-        o->kind = MP_UINT;
-        o->v.u = p[1];
-        break;
-    case 0xcd:
-        o->kind = MP_UINT;
-        o->v.u = be16(p + 1);
-        break;
-    case 0xce:
-        o->kind = MP_UINT;
-        o->v.u = be32(p + 1);
-        break;
-    case 0xcf:
-        o->kind = MP_UINT;
-        o->v.u = be64(p + 1);
-        break;
-    case 0xd0:
-    case 0xd1:
-    case 0xd2:
-    case 0xd3: {
-        int64_t i;
-        if (t == 0xd0)
-            i = (int8_t)p[1];
-        else if (t == 0xd1)
-            i = (int16_t)be16(p + 1);
-        else if (t == 0xd2)
-            i = (int32_t)be32(p + 1);
-        else
-            i = (int64_t)be64(p + 1);
-        /* Non-negative values are one kind whatever their encoding (as in msgpack-c). */
-        if (i >= 0) {
-            o->kind = MP_UINT;
-            o->v.u = (uint64_t)i;
-        } else {
-            o->kind = MP_INT;
-            o->v.i = i;
-        }
-        break;
-    }
-    case 0xd9:
-        o->kind = MP_STR;
-        pay = p[1];
-        goto payload;
-    case 0xda:
-        o->kind = MP_STR;
-        pay = be16(p + 1);
-        goto payload;
-    case 0xdb:
-        o->kind = MP_STR;
-        pay = be32(p + 1);
-        goto payload;
-    case 0xdc:
-        o->kind = MP_ARRAY;
-        o->n = be16(p + 1);
-        break;
-    case 0xdd:
-        o->kind = MP_ARRAY;
-        o->n = be32(p + 1);
-        break;
-    case 0xde:
-        o->kind = MP_MAP;
-        o->n = be16(p + 1);
-        break;
-    default: /* 0xdf */
-        o->kind = MP_MAP;
-        o->n = be32(p + 1);
-        break;
-    }
-    r->p = p + hdr;
-    return 0;
-
-payload:
-    if (pay > rem - hdr)
-        return rd_fail(r, "string or binary longer than the message");
-    o->n = (uint32_t)pay;
-    o->s = p + hdr;
-    r->p = p + hdr + pay;
-    return 0;
-}
-
-/* Validates one object and everything below it: depth, declared counts against the limit and
- * against the bytes that remain (each entry needs at least one byte), string map keys. */
-static int mp_check(mp_rd *r, int depth, int *kind)
-{
-    mp_obj o;
-    int rc = mp_read(r, &o);
-    if (rc)
-        return rc;
-    *kind = o.kind;
-    if (o.kind != MP_ARRAY && o.kind != MP_MAP)
-        return 0;
-    if (depth + 1 > IHC_WIRE_MAX_DEPTH)
-        return rd_fail(r, "nested too deeply");
-    uint64_t items = o.kind == MP_MAP ? 2 * (uint64_t)o.n : o.n;
-    if (items > (uint64_t)(r->end - r->p))
-        return rd_fail(r, "declared count larger than the message");
-    if (o.n > IHC_WIRE_MAX_LIST) {
-        r->why = "list longer than the limit";
-        return IHC_ETOOBIG;
-    }
-    for (uint64_t i = 0; i < items; i++) {
-        int k;
-        if ((rc = mp_check(r, depth + 1, &k)) != 0)
-            return rc;
-        if (o.kind == MP_MAP && (i & 1) == 0 && k != MP_STR)
-            return rd_fail(r, "map key is not a string");
-    }
-    return 0;
-}
-
-/* Skips one (validated) object. */
-static int mp_skip(mp_rd *r)
-{
-    mp_obj o;
-    int rc = mp_read(r, &o);
-    if (rc)
-        return rc;
-    if (o.kind == MP_ARRAY || o.kind == MP_MAP) {
-        uint64_t items = o.kind == MP_MAP ? 2 * (uint64_t)o.n : o.n;
-        for (uint64_t i = 0; i < items; i++)
-            if ((rc = mp_skip(r)) != 0)
-                return rc;
-    }
-    return 0;
-}
-
-/* ------------------------------------------------------------------------------------------
  * Arena: a decoded message lives in a few malloc'd chunks; the first one starts with a chunk
  * header followed by the ihc_msg itself, so ihc_msg_free finds the chain from the message.
  * ---------------------------------------------------------------------------------------- */
@@ -689,13 +419,6 @@ static void set_detail(char *detail, size_t len, const char *fmt, ...)
     va_end(ap);
 }
 
-static const char *kind_name(int kind)
-{
-    static const char *const names[] = {"nil",    "bool",   "integer", "integer", "float",
-                                        "string", "binary", "array",   "map"};
-    return names[kind];
-}
-
 static char *ar_strdup(dctx *c, const uint8_t *s, size_t n)
 {
     char *d = ar_alloc(&c->ar, n + 1, 1);
@@ -707,10 +430,12 @@ static char *ar_strdup(dctx *c, const uint8_t *s, size_t n)
 }
 
 /* Validates and copies a string of kind k (key/elem name the field for detail). */
-static int dec_string(dctx *c, const wire_field *f, int k, long elem, const mp_obj *o, char **dst)
+static int dec_string(dctx *c, const wire_field *f, int k, long elem, const ihc__mp_obj *o,
+                      char **dst)
 {
-    if (o->kind != MP_STR)
-        return fail(c, IHC_ETYPE, f->key, elem, "expected string, got %s", kind_name(o->kind));
+    if (o->kind != IHC__MP_STR)
+        return fail(c, IHC_ETYPE, f->key, elem, "expected string, got %s",
+                    ihc__mp_kind_name(o->kind));
     const char *s = (const char *)o->s;
     size_t n = o->n;
     if (memchr(s, '\0', n) != NULL)
@@ -756,16 +481,132 @@ static int dec_string(dctx *c, const wire_field *f, int k, long elem, const mp_o
     return 0;
 }
 
-static int dec_obj(dctx *c, const wire_schema *s, char *base, mp_rd *r, uint32_t n);
+/* K_U64, K_U32, K_I64, K_I64_POS, K_I32: range-checked into dst. */
+static int dec_int(dctx *c, const wire_field *f, const ihc__mp_obj *o, void *dst)
+{
+    if (o->kind != IHC__MP_UINT && o->kind != IHC__MP_INT)
+        return fail(c, IHC_ETYPE, f->key, -1, "expected integer, got %s",
+                    ihc__mp_kind_name(o->kind));
+    bool neg = o->kind == IHC__MP_INT;
+    if (neg && (f->kind == K_U64 || f->kind == K_U32 || f->kind == K_I64_POS))
+        return fail(c, IHC_ETYPE, f->key, -1, "must not be negative");
+    if (f->kind == K_U64) {
+        *(uint64_t *)dst = o->v.u;
+    } else if (f->kind == K_U32) {
+        if (o->v.u > UINT32_MAX)
+            return fail(c, IHC_ETYPE, f->key, -1, "out of range");
+        *(uint32_t *)dst = (uint32_t)o->v.u;
+    } else if (f->kind == K_I32) {
+        if (neg ? o->v.i < INT32_MIN : o->v.u > INT32_MAX)
+            return fail(c, IHC_ETYPE, f->key, -1, "out of range");
+        *(int32_t *)dst = neg ? (int32_t)o->v.i : (int32_t)o->v.u;
+    } else {
+        if (!neg && o->v.u > INT64_MAX)
+            return fail(c, IHC_ETYPE, f->key, -1, "out of range");
+        *(int64_t *)dst = neg ? o->v.i : (int64_t)o->v.u;
+    }
+    return 0;
+}
+
+/* K_DOUBLE: a float or an integer, finite. */
+static int dec_double(dctx *c, const wire_field *f, const ihc__mp_obj *o, double *dst)
+{
+    double d;
+    if (o->kind == IHC__MP_FLOAT)
+        d = o->v.d;
+    else if (o->kind == IHC__MP_UINT)
+        d = (double)o->v.u;
+    else if (o->kind == IHC__MP_INT)
+        d = (double)o->v.i;
+    else
+        return fail(c, IHC_ETYPE, f->key, -1, "expected number, got %s",
+                    ihc__mp_kind_name(o->kind));
+    if (!isfinite(d))
+        return fail(c, IHC_ETYPE, f->key, -1, "not a finite number");
+    *dst = d;
+    return 0;
+}
+
+/* K_MODSTATUS: one of mod_status_names. */
+static int dec_mod_status(dctx *c, const wire_field *f, const ihc__mp_obj *o, ihc_mod_status *dst)
+{
+    if (o->kind != IHC__MP_STR)
+        return fail(c, IHC_ETYPE, f->key, -1, "expected string, got %s",
+                    ihc__mp_kind_name(o->kind));
+    for (size_t i = 0; i < MOD_STATUS_COUNT; i++) {
+        if (strlen(mod_status_names[i]) == o->n && memcmp(mod_status_names[i], o->s, o->n) == 0) {
+            *dst = (ihc_mod_status)i;
+            return 0;
+        }
+    }
+    return fail(c, IHC_EPROTO, f->key, -1, "unknown status (ok|timed_out|failed|disabled)");
+}
+
+/* K_LIST: the array o of strings of kind f->elem. */
+static int dec_list(dctx *c, const wire_field *f, char *base, ihc__mp_reader *r,
+                    const ihc__mp_obj *o)
+{
+    if (o->kind != IHC__MP_ARRAY)
+        return fail(c, IHC_ETYPE, f->key, -1, "expected array, got %s", ihc__mp_kind_name(o->kind));
+    char **v = NULL;
+    if (o->n > 0 && (v = ar_alloc(&c->ar, o->n * sizeof *v, sizeof(void *))) == NULL)
+        return fail(c, IHC_ENOMEM, f->key, -1, "out of memory");
+    for (uint32_t i = 0; i < o->n; i++) {
+        ihc__mp_obj e;
+        int rc = ihc__mp_read(r, &e);
+        if (rc)
+            return fail(c, rc, f->key, (long)i, "%s", r->why);
+        if ((rc = dec_string(c, f, f->elem, (long)i, &e, &v[i])) != 0)
+            return rc;
+    }
+    *(char ***)(void *)(base + f->off) = v;
+    *(size_t *)(void *)(base + f->n_off) = o->n;
+    return 0;
+}
+
+static int dec_obj(dctx *c, const wire_schema *s, char *base, ihc__mp_reader *r, uint32_t n);
+
+/* K_OBJS: the array o of maps, each decoded per the schema f->aux. */
+static int dec_objs(dctx *c, const wire_field *f, char *base, ihc__mp_reader *r,
+                    const ihc__mp_obj *o)
+{
+    const wire_schema *sub = f->aux;
+    if (o->kind != IHC__MP_ARRAY)
+        return fail(c, IHC_ETYPE, f->key, -1, "expected array, got %s", ihc__mp_kind_name(o->kind));
+    char *v = NULL;
+    if (o->n > 0) {
+        if ((v = ar_alloc(&c->ar, (size_t)o->n * sub->size, 16)) == NULL)
+            return fail(c, IHC_ENOMEM, f->key, -1, "out of memory");
+        memset(v, 0, (size_t)o->n * sub->size);
+    }
+    for (uint32_t i = 0; i < o->n; i++) {
+        ihc__mp_obj e;
+        int rc = ihc__mp_read(r, &e);
+        if (rc)
+            return fail(c, rc, f->key, (long)i, "%s", r->why);
+        if (e.kind != IHC__MP_MAP)
+            return fail(c, IHC_ETYPE, f->key, (long)i, "expected map, got %s",
+                        ihc__mp_kind_name(e.kind));
+        c->parent = f->key;
+        c->parent_idx = i;
+        rc = dec_obj(c, sub, v + (size_t)i * sub->size, r, e.n);
+        c->parent = NULL;
+        if (rc)
+            return rc;
+    }
+    *(void **)(void *)(base + f->off) = v;
+    *(size_t *)(void *)(base + f->n_off) = o->n;
+    return 0;
+}
 
 /* Decodes the value of field f into base. *present is false when the value is nil. */
-static int dec_field(dctx *c, const wire_field *f, char *base, mp_rd *r, bool *present)
+static int dec_field(dctx *c, const wire_field *f, char *base, ihc__mp_reader *r, bool *present)
 {
-    mp_obj o;
-    int rc = mp_read(r, &o);
+    ihc__mp_obj o;
+    int rc = ihc__mp_read(r, &o);
     if (rc)
         return fail(c, rc, f->key, -1, "%s", r->why);
-    *present = o.kind != MP_NIL;
+    *present = o.kind != IHC__MP_NIL;
     if (!*present)
         return 0;
     void *dst = base + f->off;
@@ -775,115 +616,33 @@ static int dec_field(dctx *c, const wire_field *f, char *base, mp_rd *r, bool *p
     case K_U32:
     case K_I64:
     case K_I64_POS:
-    case K_I32: {
-        if (o.kind != MP_UINT && o.kind != MP_INT)
-            return fail(c, IHC_ETYPE, f->key, -1, "expected integer, got %s", kind_name(o.kind));
-        bool neg = o.kind == MP_INT;
-        if (neg && (f->kind == K_U64 || f->kind == K_U32 || f->kind == K_I64_POS))
-            return fail(c, IHC_ETYPE, f->key, -1, "must not be negative");
-        if (f->kind == K_U64) {
-            *(uint64_t *)dst = o.v.u;
-        } else if (f->kind == K_U32) {
-            if (o.v.u > UINT32_MAX)
-                return fail(c, IHC_ETYPE, f->key, -1, "out of range");
-            *(uint32_t *)dst = (uint32_t)o.v.u;
-        } else if (f->kind == K_I32) {
-            if (neg ? o.v.i < INT32_MIN : o.v.u > INT32_MAX)
-                return fail(c, IHC_ETYPE, f->key, -1, "out of range");
-            *(int32_t *)dst = neg ? (int32_t)o.v.i : (int32_t)o.v.u;
-        } else {
-            if (!neg && o.v.u > INT64_MAX)
-                return fail(c, IHC_ETYPE, f->key, -1, "out of range");
-            *(int64_t *)dst = neg ? o.v.i : (int64_t)o.v.u;
-        }
-        return 0;
-    }
-    case K_DOUBLE: {
-        double d;
-        if (o.kind == MP_FLOAT)
-            d = o.v.d;
-        else if (o.kind == MP_UINT)
-            d = (double)o.v.u;
-        else if (o.kind == MP_INT)
-            d = (double)o.v.i;
-        else
-            return fail(c, IHC_ETYPE, f->key, -1, "expected number, got %s", kind_name(o.kind));
-        if (!isfinite(d))
-            return fail(c, IHC_ETYPE, f->key, -1, "not a finite number");
-        *(double *)dst = d;
-        return 0;
-    }
+    case K_I32:
+        return dec_int(c, f, &o, dst);
+    case K_DOUBLE:
+        return dec_double(c, f, &o, dst);
     case K_BOOL:
     case K_MODOK:
-        if (o.kind != MP_BOOL)
-            return fail(c, IHC_ETYPE, f->key, -1, "expected bool, got %s", kind_name(o.kind));
+        if (o.kind != IHC__MP_BOOL)
+            return fail(c, IHC_ETYPE, f->key, -1, "expected bool, got %s",
+                        ihc__mp_kind_name(o.kind));
         if (f->kind == K_BOOL)
             *(bool *)dst = o.v.b;
         else
             c->ok = o.v.b;
         return 0;
     case K_MODSTATUS:
-        if (o.kind != MP_STR)
-            return fail(c, IHC_ETYPE, f->key, -1, "expected string, got %s", kind_name(o.kind));
-        for (size_t i = 0; i < MOD_STATUS_COUNT; i++) {
-            if (strlen(mod_status_names[i]) == o.n && memcmp(mod_status_names[i], o.s, o.n) == 0) {
-                *(ihc_mod_status *)dst = (ihc_mod_status)i;
-                return 0;
-            }
-        }
-        return fail(c, IHC_EPROTO, f->key, -1, "unknown status (ok|timed_out|failed|disabled)");
+        return dec_mod_status(c, f, &o, dst);
     case K_HW:
     case K_HW_ANY:
     case K_ID:
     case K_AGENT:
     case K_TEXT:
     case K_ENUM:
-        return dec_string(c, f, f->kind, -1, &o, (char **)dst);
-    case K_LIST: {
-        if (o.kind != MP_ARRAY)
-            return fail(c, IHC_ETYPE, f->key, -1, "expected array, got %s", kind_name(o.kind));
-        char **v = NULL;
-        if (o.n > 0 && (v = ar_alloc(&c->ar, o.n * sizeof *v, sizeof(void *))) == NULL)
-            return fail(c, IHC_ENOMEM, f->key, -1, "out of memory");
-        for (uint32_t i = 0; i < o.n; i++) {
-            mp_obj e;
-            if ((rc = mp_read(r, &e)) != 0)
-                return fail(c, rc, f->key, (long)i, "%s", r->why);
-            if ((rc = dec_string(c, f, f->elem, (long)i, &e, &v[i])) != 0)
-                return rc;
-        }
-        *(char ***)dst = v;
-        *(size_t *)(base + f->n_off) = o.n;
-        return 0;
-    }
-    case K_OBJS: {
-        const wire_schema *sub = f->aux;
-        if (o.kind != MP_ARRAY)
-            return fail(c, IHC_ETYPE, f->key, -1, "expected array, got %s", kind_name(o.kind));
-        char *v = NULL;
-        if (o.n > 0) {
-            if ((v = ar_alloc(&c->ar, (size_t)o.n * sub->size, 16)) == NULL)
-                return fail(c, IHC_ENOMEM, f->key, -1, "out of memory");
-            memset(v, 0, (size_t)o.n * sub->size);
-        }
-        for (uint32_t i = 0; i < o.n; i++) {
-            mp_obj e;
-            if ((rc = mp_read(r, &e)) != 0)
-                return fail(c, rc, f->key, (long)i, "%s", r->why);
-            if (e.kind != MP_MAP)
-                return fail(c, IHC_ETYPE, f->key, (long)i, "expected map, got %s",
-                            kind_name(e.kind));
-            c->parent = f->key;
-            c->parent_idx = i;
-            rc = dec_obj(c, sub, v + (size_t)i * sub->size, r, e.n);
-            c->parent = NULL;
-            if (rc)
-                return rc;
-        }
-        *(void **)dst = v;
-        *(size_t *)(base + f->n_off) = o.n;
-        return 0;
-    }
+        return dec_string(c, f, f->kind, -1, &o, dst);
+    case K_LIST:
+        return dec_list(c, f, base, r, &o);
+    case K_OBJS:
+        return dec_objs(c, f, base, r, &o);
     }
     return fail(c, IHC_EINTERNAL, f->key, -1, "bad schema");
 }
@@ -899,19 +658,19 @@ static const wire_field *find_field(const wire_schema *s, const uint8_t *key, ui
 }
 
 /* Decodes the n entries of a map into base per schema s. Known keys may appear once. */
-static int dec_obj(dctx *c, const wire_schema *s, char *base, mp_rd *r, uint32_t n)
+static int dec_obj(dctx *c, const wire_schema *s, char *base, ihc__mp_reader *r, uint32_t n)
 {
     uint32_t seen = 0, present = 0;
     int rc;
     for (uint32_t i = 0; i < n; i++) {
-        mp_obj k;
-        if ((rc = mp_read(r, &k)) != 0)
+        ihc__mp_obj k;
+        if ((rc = ihc__mp_read(r, &k)) != 0)
             return fail(c, rc, "?", -1, "%s", r->why);
-        if (k.kind != MP_STR)
+        if (k.kind != IHC__MP_STR)
             return fail(c, IHC_EPROTO, "?", -1, "map key is not a string");
         const wire_field *f = find_field(s, k.s, k.n);
         if (f == NULL) {
-            if ((rc = mp_skip(r)) != 0)
+            if ((rc = ihc__mp_skip(r)) != 0)
                 return fail(c, rc, "?", -1, "%s", r->why);
             continue;
         }
@@ -934,7 +693,7 @@ static int dec_obj(dctx *c, const wire_schema *s, char *base, mp_rd *r, uint32_t
         if (f->flags & F_DEF_TRUE)
             *(bool *)(base + f->off) = true;
         if ((f->flags & F_DEF_EMPTY) &&
-            (*(char **)(base + f->off) = ar_strdup(c, (const uint8_t *)"", 0)) == NULL)
+            (*(char **)(void *)(base + f->off) = ar_strdup(c, (const uint8_t *)"", 0)) == NULL)
             return fail(c, IHC_ENOMEM, f->key, -1, "out of memory");
     }
     return s->post ? s->post(c, base, present) : 0;
@@ -952,13 +711,17 @@ static int module_result_post(dctx *c, char *base, uint32_t present)
     return 0;
 }
 
-/* The entries every message shares; located by scan_top before any allocation. */
+/* ------------------------------------------------------------------------------------------
+ * Envelope: the entries every message shares, located by scan_top before any allocation.
+ * ---------------------------------------------------------------------------------------- */
+
 enum { C_V, C_TYPE, C_TS, C_NONCE, C_SIG, C__COUNT };
 static const char *const common_keys[C__COUNT] = {"v", "type", "ts_ms", "nonce", "sig"};
 
 typedef struct {
     uint32_t n;                   /* entries of the top-level map */
     const uint8_t *body;          /* first entry */
+    const uint8_t *end;           /* end of the message */
     const uint8_t *val[C__COUNT]; /* value of each common key, or NULL */
     const uint8_t *sig_key;       /* where the "sig" entry starts */
     bool sig_last;                /* "sig" is the last entry */
@@ -980,33 +743,40 @@ static int common_key(const uint8_t *k, uint32_t n)
     }
 }
 
-/* Validates the whole message (see mp_check) and, in the same walk, locates the common
- * entries of the top-level map. */
-static int scan_top(const uint8_t *buf, size_t len, top_scan *ts, char *detail, size_t dlen)
+/* The top-level map's header: a map whose count the message can hold. */
+static int scan_map_header(ihc__mp_reader *r, top_scan *ts)
 {
-    mp_rd r = {buf, buf + len, buf, NULL};
-    mp_obj o;
-    memset(ts, 0, sizeof *ts);
-    int rc = mp_read(&r, &o);
-    if (rc == 0 && o.kind != MP_MAP)
-        rc = rd_fail(&r, "message is not a MessagePack map");
-    if (rc == 0 && 2 * (uint64_t)o.n > (uint64_t)(r.end - r.p))
-        rc = rd_fail(&r, "declared count larger than the message");
-    if (rc == 0 && o.n > IHC_WIRE_MAX_LIST) {
-        r.why = "list longer than the limit";
-        rc = IHC_ETOOBIG;
+    ihc__mp_obj o;
+    int rc = ihc__mp_read(r, &o);
+    if (rc == 0 && o.kind != IHC__MP_MAP) {
+        r->why = "message is not a MessagePack map";
+        rc = IHC_EPROTO;
     }
+    if (rc == 0)
+        rc = ihc__mp_check_count(r, &o, IHC_WIRE_MAX_LIST);
     if (rc == 0) {
         ts->n = o.n;
-        ts->body = r.p;
+        ts->body = r->p;
     }
-    for (uint32_t i = 0; rc == 0 && i < o.n; i++) {
+    return rc;
+}
+
+/* Validates the whole message (ihc__mp_check: one bounded walk over every byte, nothing
+ * allocated) and, in the same walk, locates the common entries of the top-level map. */
+static int scan_top(const uint8_t *buf, size_t len, top_scan *ts, char *detail, size_t dlen)
+{
+    ihc__mp_reader r = {buf, buf + len, NULL};
+    memset(ts, 0, sizeof *ts);
+    ts->end = buf + len;
+    int rc = scan_map_header(&r, ts);
+    for (uint32_t i = 0; rc == 0 && i < ts->n; i++) {
         const uint8_t *kstart = r.p;
-        mp_obj k;
-        if ((rc = mp_read(&r, &k)) != 0)
+        ihc__mp_obj k;
+        if ((rc = ihc__mp_read(&r, &k)) != 0)
             break;
-        if (k.kind != MP_STR) {
-            rc = rd_fail(&r, "map key is not a string");
+        if (k.kind != IHC__MP_STR) {
+            r.why = "map key is not a string";
+            rc = IHC_EPROTO;
             break;
         }
         int j = common_key(k.s, k.n);
@@ -1018,11 +788,11 @@ static int scan_top(const uint8_t *buf, size_t len, top_scan *ts, char *detail, 
             ts->val[j] = r.p;
             if (j == C_SIG) {
                 ts->sig_key = kstart;
-                ts->sig_last = i + 1 == o.n;
+                ts->sig_last = i + 1 == ts->n;
             }
         }
-        int kind;
-        rc = mp_check(&r, 1, &kind);
+        ihc__mp_kind kind;
+        rc = ihc__mp_check(&r, IHC_WIRE_MAX_DEPTH - 1, IHC_WIRE_MAX_LIST, &kind);
     }
     if (rc) {
         set_detail(detail, dlen, "at byte %zu: %s", (size_t)(r.p - buf), r.why);
@@ -1040,13 +810,13 @@ static int common_int(const uint8_t *at, const uint8_t *end, bool neg_ok, uint64
 {
     if (at == NULL)
         return -1;
-    mp_rd r = {at, end, at, NULL};
-    mp_obj o;
-    if (mp_read(&r, &o) != 0)
+    ihc__mp_reader r = {at, end, NULL};
+    ihc__mp_obj o;
+    if (ihc__mp_read(&r, &o) != 0)
         return IHC_EPROTO;
-    if (o.kind == MP_NIL)
+    if (o.kind == IHC__MP_NIL)
         return -1;
-    if (o.kind == MP_UINT) {
+    if (o.kind == IHC__MP_UINT) {
         if (u)
             *u = o.v.u;
         if (i) {
@@ -1056,266 +826,121 @@ static int common_int(const uint8_t *at, const uint8_t *end, bool neg_ok, uint64
         }
         return 0;
     }
-    if (o.kind == MP_INT && neg_ok && i) {
+    if (o.kind == IHC__MP_INT && neg_ok && i) {
         *i = o.v.i;
         return 0;
     }
     return IHC_ETYPE;
 }
 
-/* ------------------------------------------------------------------------------------------
- * Signing and replay protection
- * ---------------------------------------------------------------------------------------- */
-
-#define RC_NIL         UINT32_MAX
-#define RC_INITIAL_CAP 1024u
-#define RC_MAX_CAP     (1u << 21) /* ~2M nonces (at most ~64 MB): ~17k signed msgs/s at a 60 s span */
-
 typedef struct {
-    uint64_t nonce;
-    int64_t expire_ms; /* monotonic */
-    uint32_t next;     /* next entry in the same bucket */
-} rc_entry;
+    ihc_msg_type type;
+    int64_t ts_ms;  /* 0 when absent */
+    uint64_t nonce; /* 0 when absent */
+    bool has_ts_ms, has_nonce;
+    bool bad_nonce; /* present but not an unsigned integer */
+} envelope;
 
-struct ihc_wire_auth {
-    unsigned char *key;
-    size_t key_len;
-    uint32_t window_ms;
-    const mbedtls_md_info_t *md;
-    pthread_mutex_t mu;
-    /* Nonces seen, in arrival order (a ring), indexed by a chained hash table. An entry
-     * lives 2 × window after arrival: by then the message's ts_ms is outside the window and
-     * the staleness check rejects any replay on its own. */
-    rc_entry *ring;
-    uint32_t cap, head, count;
-    uint32_t *bucket; /* 2 × cap buckets */
-};
-
-static inline uint32_t rc_hash(uint64_t x, uint32_t nbucket)
+/* "v" and "type", both required. */
+static int dec_version_type(const top_scan *ts, ihc_msg_type *type, char *detail, size_t dlen)
 {
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebull;
-    x ^= x >> 31;
-    return (uint32_t)x & (nbucket - 1);
+    uint64_t v = 0;
+    int rc = common_int(ts->val[C_V], ts->end, false, &v, NULL);
+    if (rc < 0) {
+        set_detail(detail, dlen, "field 'v': required field missing");
+        return IHC_EMISSING;
+    }
+    if (rc > 0) {
+        set_detail(detail, dlen, "field 'v': expected unsigned integer");
+        return IHC_ETYPE;
+    }
+    if (v != IHC_WIRE_VERSION) {
+        set_detail(detail, dlen, "field 'v': unsupported version %llu (want %d)",
+                   (unsigned long long)v, IHC_WIRE_VERSION);
+        return IHC_EVERSION;
+    }
+    ihc__mp_obj to = {.kind = IHC__MP_NIL}; /* absent reads as nil */
+    ihc__mp_reader tr = {ts->val[C_TYPE], ts->end, NULL};
+    rc = tr.p != NULL ? ihc__mp_read(&tr, &to) : 0;
+    if (rc == 0 && to.kind == IHC__MP_NIL) {
+        set_detail(detail, dlen, "field 'type': required field missing");
+        return IHC_EMISSING;
+    }
+    if (rc != 0 || to.kind != IHC__MP_STR) {
+        set_detail(detail, dlen, "field 'type': expected string");
+        return IHC_ETYPE;
+    }
+    if ((*type = type_lookup(to.s, to.n)) == IHC_MSG_NONE) {
+        set_detail(detail, dlen, "field 'type': unknown message type");
+        return IHC_EPROTO;
+    }
+    return 0;
 }
 
-int ihc_wire_auth_new(ihc_wire_auth **out, const void *secret, size_t len, uint32_t window_ms)
+/* The envelope: "v" and "type" (required), "ts_ms" and "nonce" (optional integers; a nonce
+ * of another type matters only to the signature check). */
+static int dec_envelope(const top_scan *ts, envelope *env, char *detail, size_t dlen)
 {
-    if (out == NULL)
-        return IHC_EINVAL;
-    *out = NULL;
-    if (secret == NULL || len == 0)
-        return IHC_EINVAL;
-    ihc_wire_auth *a = calloc(1, sizeof *a);
-    if (a == NULL)
-        return IHC_ENOMEM;
-    a->md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
-    a->key = malloc(len);
-    a->cap = RC_INITIAL_CAP;
-    a->ring = malloc(a->cap * sizeof *a->ring);
-    a->bucket = malloc(2 * a->cap * sizeof *a->bucket);
-    if (a->md == NULL || a->key == NULL || a->ring == NULL || a->bucket == NULL) {
-        int rc = a->md == NULL ? IHC_EINTERNAL : IHC_ENOMEM;
-        free(a->key);
-        free(a->ring);
-        free(a->bucket);
-        free(a);
-        return rc;
-    }
-    memcpy(a->key, secret, len);
-    a->key_len = len;
-    a->window_ms = window_ms ? window_ms : 30000;
-    for (uint32_t i = 0; i < 2 * a->cap; i++)
-        a->bucket[i] = RC_NIL;
-    pthread_mutex_init(&a->mu, NULL);
-    *out = a;
-    return IHC_OK;
-}
-
-void ihc_wire_auth_free(ihc_wire_auth *a)
-{
-    if (a == NULL)
-        return;
-    pthread_mutex_destroy(&a->mu);
-    if (a->key != NULL) {
-        volatile unsigned char *k = a->key;
-        for (size_t i = 0; i < a->key_len; i++)
-            k[i] = 0;
-        free(a->key);
-    }
-    free(a->ring);
-    free(a->bucket);
-    free(a);
-}
-
-static int hmac2(const ihc_wire_auth *a, const uint8_t *p1, size_t n1, const uint8_t *p2, size_t n2,
-                 uint8_t mac[SIG_LEN])
-{
-    mbedtls_md_context_t ctx;
-    mbedtls_md_init(&ctx);
-    int bad = mbedtls_md_setup(&ctx, a->md, 1) ||
-              mbedtls_md_hmac_starts(&ctx, a->key, a->key_len) ||
-              mbedtls_md_hmac_update(&ctx, p1, n1) ||
-              (n2 > 0 && mbedtls_md_hmac_update(&ctx, p2, n2)) || mbedtls_md_hmac_finish(&ctx, mac);
-    mbedtls_md_free(&ctx);
-    return bad ? IHC_ENOMEM : IHC_OK;
-}
-
-static bool ct_equal(const uint8_t *a, const uint8_t *b, size_t n)
-{
-    volatile uint8_t d = 0;
-    for (size_t i = 0; i < n; i++)
-        d |= a[i] ^ b[i];
-    return d == 0;
-}
-
-static void rc_unlink(ihc_wire_auth *a, uint32_t idx)
-{
-    uint32_t *pp = &a->bucket[rc_hash(a->ring[idx].nonce, 2 * a->cap)];
-    while (*pp != idx)
-        pp = &a->ring[*pp].next;
-    *pp = a->ring[idx].next;
-}
-
-static int rc_grow(ihc_wire_auth *a)
-{
-    uint32_t cap = a->cap * 2;
-    rc_entry *ring = malloc(cap * sizeof *ring);
-    uint32_t *bucket = malloc(2 * (size_t)cap * sizeof *bucket);
-    if (ring == NULL || bucket == NULL) {
-        free(ring);
-        free(bucket);
-        return IHC_ENOMEM;
-    }
-    for (uint32_t i = 0; i < 2 * cap; i++)
-        bucket[i] = RC_NIL;
-    for (uint32_t i = 0; i < a->count; i++) {
-        ring[i] = a->ring[(a->head + i) & (a->cap - 1)];
-        uint32_t h = rc_hash(ring[i].nonce, 2 * cap);
-        ring[i].next = bucket[h];
-        bucket[h] = i;
-    }
-    free(a->ring);
-    free(a->bucket);
-    a->ring = ring;
-    a->bucket = bucket;
-    a->cap = cap;
-    a->head = 0;
-    return IHC_OK;
-}
-
-/* Records nonce; IHC_EREPLAY when it was seen within its lifetime or the cache is full. */
-static int rc_check(ihc_wire_auth *a, uint64_t nonce, const char **why)
-{
-    int rc = IHC_OK;
-    pthread_mutex_lock(&a->mu);
-    int64_t now = (int64_t)(ihc_mono_ns() / 1000000u);
-    while (a->count > 0 && a->ring[a->head].expire_ms <= now) {
-        rc_unlink(a, a->head);
-        a->head = (a->head + 1) & (a->cap - 1);
-        a->count--;
-    }
-    uint32_t h = rc_hash(nonce, 2 * a->cap);
-    for (uint32_t i = a->bucket[h]; i != RC_NIL; i = a->ring[i].next) {
-        if (a->ring[i].nonce == nonce) {
-            *why = "nonce already seen";
-            rc = IHC_EREPLAY;
-            goto out;
-        }
-    }
-    if (a->count == a->cap) {
-        if (a->cap >= RC_MAX_CAP) {
-            *why = "replay cache full";
-            rc = IHC_EREPLAY;
-            goto out;
-        }
-        if ((rc = rc_grow(a)) != 0) {
-            *why = "out of memory";
-            goto out;
-        }
-        h = rc_hash(nonce, 2 * a->cap);
-    }
-    uint32_t idx = (a->head + a->count) & (a->cap - 1);
-    a->ring[idx].nonce = nonce;
-    /* The margin covers the difference between the wall clock of the window check and the
-     * monotonic clock of expiry. */
-    int64_t margin = a->window_ms < 1000 ? a->window_ms : 1000;
-    a->ring[idx].expire_ms = now + 2 * (int64_t)a->window_ms + margin;
-    a->ring[idx].next = a->bucket[h];
-    a->bucket[h] = idx;
-    a->count++;
-out:
-    pthread_mutex_unlock(&a->mu);
-    return rc;
-}
-
-/* Smallest MessagePack map header for n entries; returns its length. The signature covers
- * this header for the entry count without "sig", so that any standard packer encoding the
- * map without "sig" produces exactly the signed bytes. */
-static size_t map_hdr(uint8_t h[5], uint32_t n)
-{
-    if (n <= 15) {
-        h[0] = (uint8_t)(0x80 | n);
-        return 1;
-    }
-    if (n <= 0xffff) {
-        h[0] = 0xde;
-        h[1] = (uint8_t)(n >> 8);
-        h[2] = (uint8_t)n;
-        return 3;
-    }
-    h[0] = 0xdf;
-    h[1] = (uint8_t)(n >> 24);
-    h[2] = (uint8_t)(n >> 16);
-    h[3] = (uint8_t)(n >> 8);
-    h[4] = (uint8_t)n;
-    return 5;
-}
-
-static int verify(const ihc_wire_auth *auth, const uint8_t *buf, size_t len, const top_scan *ts,
-                  int64_t ts_ms, bool has_ts, uint64_t nonce, bool has_nonce, char *detail,
-                  size_t dlen)
-{
-    ihc_wire_auth *a = (ihc_wire_auth *)auth; /* the replay cache is behind a->mu */
-    if (ts->val[C_SIG] == NULL) {
-        set_detail(detail, dlen, "field 'sig': message is not signed");
-        return IHC_EBADSIG;
-    }
-    if (!ts->sig_last) {
-        set_detail(detail, dlen, "field 'sig': must be the last entry");
-        return IHC_EBADSIG;
-    }
-    mp_rd r = {ts->val[C_SIG], buf + len, buf, NULL};
-    mp_obj o = {0};
-    if (mp_read(&r, &o) != 0 || o.kind != MP_BIN || o.n != SIG_LEN) {
-        set_detail(detail, dlen, "field 'sig': expected %d bytes of binary", SIG_LEN);
-        return IHC_EBADSIG;
-    }
-    uint8_t h[5], mac[SIG_LEN];
-    size_t hn = map_hdr(h, ts->n - 1);
-    int rc = hmac2(a, h, hn, ts->body, (size_t)(ts->sig_key - ts->body), mac);
+    memset(env, 0, sizeof *env);
+    int rc = dec_version_type(ts, &env->type, detail, dlen);
     if (rc)
         return rc;
-    if (!ct_equal(mac, o.s, SIG_LEN)) {
-        set_detail(detail, dlen, "field 'sig': signature does not match");
-        return IHC_EBADSIG;
+    rc = common_int(ts->val[C_TS], ts->end, true, NULL, &env->ts_ms);
+    if (rc > 0) {
+        set_detail(detail, dlen, "field 'ts_ms': expected integer");
+        return IHC_ETYPE;
     }
-    if (!has_ts || !has_nonce) {
-        set_detail(detail, dlen, "field '%s': signed messages need it", has_ts ? "nonce" : "ts_ms");
+    env->has_ts_ms = rc == 0;
+    rc = common_int(ts->val[C_NONCE], ts->end, false, &env->nonce, NULL);
+    env->has_nonce = rc == 0;
+    env->bad_nonce = rc > 0;
+    return 0;
+}
+
+/* The signature and replay checks of sign.c, on the map scan_top located. */
+static int verify(const ihc_wire_auth *auth, const top_scan *ts, const envelope *env, char *detail,
+                  size_t dlen)
+{
+    if (env->bad_nonce) {
+        set_detail(detail, dlen, "field 'nonce': expected unsigned integer");
         return IHC_EREPLAY;
     }
-    int64_t now = ihc_now_ms();
-    if (ts_ms < now - (int64_t)a->window_ms || ts_ms > now + (int64_t)a->window_ms) {
-        set_detail(detail, dlen, "field 'ts_ms': outside the %u ms window", a->window_ms);
-        return IHC_EREPLAY;
-    }
-    const char *why = NULL;
-    if ((rc = rc_check(a, nonce, &why)) != 0) {
-        set_detail(detail, dlen, "field 'nonce': %s", why);
+    ihc__signed_map sm = {
+        .n = ts->n,
+        .entries = ts->body,
+        .end = ts->end,
+        .sig_key = ts->sig_key,
+        .sig = ts->val[C_SIG],
+        .sig_last = ts->sig_last,
+        .has_ts_ms = env->has_ts_ms,
+        .has_nonce = env->has_nonce,
+        .ts_ms = env->ts_ms,
+        .nonce = env->nonce,
+    };
+    return ihc__sign_verify(auth, &sm, detail, dlen);
+}
+
+/* The fields, into one arena sized for the common case; *out is its first allocation. */
+static int dec_body(const top_scan *ts, const envelope *env, size_t len, ihc_msg **out,
+                    char *detail, size_t dlen)
+{
+    dctx c = {.detail = detail, .detail_len = dlen};
+    size_t cap = sizeof(ihc_msg) + 2 * len + 64;
+    c.ar.first = c.ar.cur = chunk_new(cap);
+    if (c.ar.first == NULL)
+        return IHC_ENOMEM;
+    ihc_msg *m = ar_alloc(&c.ar, sizeof *m, 16);
+    memset(m, 0, sizeof *m);
+    m->type = env->type;
+    m->ts_ms = env->ts_ms;
+    m->nonce = env->nonce;
+    ihc__mp_reader br = {ts->body, ts->end, NULL};
+    int rc = dec_obj(&c, &msg_schemas[env->type], (char *)&m->u, &br, ts->n);
+    if (rc) {
+        arena_free(c.ar.first);
         return rc;
     }
+    *out = m;
     return IHC_OK;
 }
 
@@ -1335,213 +960,22 @@ int ihc_wire_decode(const uint8_t *buf, size_t len, const ihc_wire_auth *auth, i
         set_detail(detail, detail_len, "empty message");
         return IHC_EPROTO;
     }
-
-    /* 1. Structure: one bounded walk over every byte, nothing allocated; it also locates
-     * the envelope entries: v, type, ts_ms, nonce, sig. */
+    /* Structure first (nothing allocated), then the envelope, the signature, the fields. */
     top_scan ts;
+    envelope env;
     int rc = scan_top(buf, len, &ts, detail, detail_len);
-    if (rc)
-        return rc;
-
-    /* 2. Envelope. */
-    uint64_t v = 0;
-    rc = common_int(ts.val[C_V], buf + len, false, &v, NULL);
-    if (rc < 0) {
-        set_detail(detail, detail_len, "field 'v': required field missing");
-        return IHC_EMISSING;
-    }
-    if (rc > 0) {
-        set_detail(detail, detail_len, "field 'v': expected unsigned integer");
-        return IHC_ETYPE;
-    }
-    if (v != IHC_WIRE_VERSION) {
-        set_detail(detail, detail_len, "field 'v': unsupported version %llu (want %d)",
-                   (unsigned long long)v, IHC_WIRE_VERSION);
-        return IHC_EVERSION;
-    }
-    if (ts.val[C_TYPE] == NULL) {
-        set_detail(detail, detail_len, "field 'type': required field missing");
-        return IHC_EMISSING;
-    }
-    mp_rd tr = {ts.val[C_TYPE], buf + len, buf, NULL};
-    mp_obj to;
-    if ((rc = mp_read(&tr, &to)) == 0 && to.kind == MP_NIL) {
-        set_detail(detail, detail_len, "field 'type': required field missing");
-        return IHC_EMISSING;
-    }
-    if (rc != 0 || to.kind != MP_STR) {
-        set_detail(detail, detail_len, "field 'type': expected string");
-        return IHC_ETYPE;
-    }
-    ihc_msg_type type = type_lookup(to.s, to.n);
-    if (type == IHC_MSG_NONE) {
-        set_detail(detail, detail_len, "field 'type': unknown message type");
-        return IHC_EPROTO;
-    }
-    int64_t ts_ms = 0;
-    rc = common_int(ts.val[C_TS], buf + len, true, NULL, &ts_ms);
-    bool has_ts = rc == 0;
-    if (rc > 0) {
-        set_detail(detail, detail_len, "field 'ts_ms': expected integer");
-        return IHC_ETYPE;
-    }
-    uint64_t nonce = 0;
-    rc = common_int(ts.val[C_NONCE], buf + len, false, &nonce, NULL);
-    bool has_nonce = rc == 0;
-    if (!has_nonce)
-        nonce = 0;
-    if (auth != NULL) {
-        if (rc > 0) {
-            set_detail(detail, detail_len, "field 'nonce': expected unsigned integer");
-            return IHC_EREPLAY;
-        }
-        rc = verify(auth, buf, len, &ts, ts_ms, has_ts, nonce, has_nonce, detail, detail_len);
-        if (rc)
-            return rc;
-    }
-
-    /* 3. Fields, into one arena sized for the common case. */
-    dctx c = {.detail = detail, .detail_len = detail_len};
-    size_t cap = sizeof(ihc_msg) + 2 * len + 64;
-    c.ar.first = c.ar.cur = chunk_new(cap);
-    if (c.ar.first == NULL)
-        return IHC_ENOMEM;
-    ihc_msg *m = ar_alloc(&c.ar, sizeof *m, 16);
-    memset(m, 0, sizeof *m);
-    m->type = type;
-    m->ts_ms = ts_ms;
-    m->nonce = nonce;
-    mp_rd br = {ts.body, buf + len, buf, NULL};
-    rc = dec_obj(&c, &msg_schemas[type], (char *)&m->u, &br, ts.n);
-    if (rc) {
-        arena_free(c.ar.first);
-        return rc;
-    }
-    *out = m;
-    return IHC_OK;
+    if (rc == 0)
+        rc = dec_envelope(&ts, &env, detail, detail_len);
+    if (rc == 0 && auth != NULL)
+        rc = verify(auth, &ts, &env, detail, detail_len);
+    if (rc == 0)
+        rc = dec_body(&ts, &env, len, out, detail, detail_len);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------------------------
- * Encoder
+ * Encoder: msgpack-c's packer writing into a bounded ihc__wbuf (pack.h).
  * ---------------------------------------------------------------------------------------- */
-
-typedef struct {
-    uint8_t *b;
-    size_t len, cap;
-    int err;
-} wbuf;
-
-static bool w_need(wbuf *w, size_t add)
-{
-    if (w->err)
-        return false;
-    if (add <= w->cap - w->len)
-        return true;
-    size_t need = w->len + add;
-    if (need > IHC_WIRE_MAX_MSG + IHC_TOPIC_MAX + 64) {
-        w->err = IHC_ETOOBIG;
-        return false;
-    }
-    size_t cap = w->cap ? w->cap : 256;
-    while (cap < need)
-        cap *= 2;
-    uint8_t *b = realloc(w->b, cap);
-    if (b == NULL) {
-        w->err = IHC_ENOMEM;
-        return false;
-    }
-    w->b = b;
-    w->cap = cap;
-    return true;
-}
-
-static void w_bytes(wbuf *w, const void *p, size_t n)
-{
-    if (w_need(w, n)) {
-        memcpy(w->b + w->len, p, n);
-        w->len += n;
-    }
-}
-
-static void w_be(wbuf *w, uint8_t tag, uint64_t v, int nbytes)
-{
-    uint8_t t[9];
-    t[0] = tag;
-    for (int i = 0; i < nbytes; i++)
-        t[1 + i] = (uint8_t)(v >> (8 * (nbytes - 1 - i)));
-    w_bytes(w, t, 1 + (size_t)nbytes);
-}
-
-static void w_array(wbuf *w, uint32_t n)
-{
-    if (n <= 15)
-        w_be(w, (uint8_t)(0x90 | n), 0, 0);
-    else if (n <= 0xffff)
-        w_be(w, 0xdc, n, 2);
-    else
-        w_be(w, 0xdd, n, 4);
-}
-
-static void w_map(wbuf *w, uint32_t n)
-{
-    uint8_t h[5];
-    w_bytes(w, h, map_hdr(h, n));
-}
-
-static void w_str(wbuf *w, const char *s, size_t n)
-{
-    if (n <= 31)
-        w_be(w, (uint8_t)(0xa0 | n), 0, 0);
-    else if (n <= 0xff)
-        w_be(w, 0xd9, n, 1);
-    else if (n <= 0xffff)
-        w_be(w, 0xda, n, 2);
-    else
-        w_be(w, 0xdb, n, 4);
-    w_bytes(w, s, n);
-}
-
-static void w_uint(wbuf *w, uint64_t v)
-{
-    if (v <= 0x7f)
-        w_be(w, (uint8_t)v, 0, 0);
-    else if (v <= 0xff)
-        w_be(w, 0xcc, v, 1);
-    else if (v <= 0xffff)
-        w_be(w, 0xcd, v, 2);
-    else if (v <= 0xffffffffu)
-        w_be(w, 0xce, v, 4);
-    else
-        w_be(w, 0xcf, v, 8);
-}
-
-static void w_int(wbuf *w, int64_t v)
-{
-    if (v >= 0)
-        w_uint(w, (uint64_t)v);
-    else if (v >= -32)
-        w_be(w, (uint8_t)(int8_t)v, 0, 0);
-    else if (v >= INT8_MIN)
-        w_be(w, 0xd0, (uint8_t)(int8_t)v, 1);
-    else if (v >= INT16_MIN)
-        w_be(w, 0xd1, (uint16_t)(int16_t)v, 2);
-    else if (v >= INT32_MIN)
-        w_be(w, 0xd2, (uint32_t)(int32_t)v, 4);
-    else
-        w_be(w, 0xd3, (uint64_t)v, 8);
-}
-
-static void w_double(wbuf *w, double d)
-{
-    uint64_t bits;
-    memcpy(&bits, &d, sizeof bits);
-    w_be(w, 0xcb, bits, 8);
-}
-
-static void w_key(wbuf *w, const char *k, size_t n)
-{
-    w_str(w, k, n);
-}
 
 /* Whether the encoder emits field f of base (see the schema comment). */
 static bool enc_present(const wire_field *f, const char *base)
@@ -1574,12 +1008,20 @@ static bool enc_present(const wire_field *f, const char *base)
         return *(char *const *)p != NULL;
     case K_LIST:
     case K_OBJS:
-        return *(const size_t *)(base + f->n_off) != 0;
+        return *(const size_t *)(const void *)(base + f->n_off) != 0;
     }
     return false;
 }
 
-static int enc_string(wbuf *w, const wire_field *f, int k, const char *s)
+static void pack_bool(msgpack_packer *pk, bool b)
+{
+    if (b)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
+
+static int enc_string(msgpack_packer *pk, const wire_field *f, int k, const char *s)
 {
     if (s == NULL) {
         if (!(f->flags & F_DEF_EMPTY))
@@ -1616,41 +1058,63 @@ static int enc_string(wbuf *w, const wire_field *f, int k, const char *s)
     default:
         return IHC_EINTERNAL;
     }
-    w_str(w, s, n);
+    msgpack_pack_str_with_body(pk, s, n);
     return IHC_OK;
 }
 
-static int enc_obj(wbuf *w, const wire_schema *s, const char *base);
+static int enc_obj(msgpack_packer *pk, const wire_schema *s, const char *base);
 
-static int enc_field(wbuf *w, const wire_field *f, const char *base)
+/* K_LIST or K_OBJS: the array of n elements at v (checked against the list limit). */
+static int enc_array(msgpack_packer *pk, const wire_field *f, const void *v, size_t n)
+{
+    if (n > IHC_WIRE_MAX_LIST)
+        return IHC_ETOOBIG;
+    if (n > 0 && v == NULL)
+        return IHC_EINVAL;
+    msgpack_pack_array(pk, n);
+    for (size_t i = 0; i < n; i++) {
+        int rc;
+        if (f->kind == K_LIST) {
+            rc = enc_string(pk, f, f->elem, ((char *const *)v)[i]);
+        } else {
+            const wire_schema *sub = f->aux;
+            rc = enc_obj(pk, sub, (const char *)v + i * sub->size);
+        }
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int enc_field(msgpack_packer *pk, const wire_field *f, const char *base)
 {
     const void *p = base + f->off;
-    w_key(w, f->key, f->klen);
+    msgpack_pack_str_with_body(pk, f->key, f->klen);
     switch ((wire_kind)f->kind) {
     case K_U64:
-        w_uint(w, *(const uint64_t *)p);
+        msgpack_pack_uint64(pk, *(const uint64_t *)p);
         return 0;
     case K_U32:
-        w_uint(w, *(const uint32_t *)p);
+        msgpack_pack_uint64(pk, *(const uint32_t *)p);
         return 0;
     case K_I64_POS:
         if (*(const int64_t *)p < 0)
             return IHC_EINVAL;
-        w_int(w, *(const int64_t *)p);
+        msgpack_pack_int64(pk, *(const int64_t *)p);
         return 0;
     case K_I64:
-        w_int(w, *(const int64_t *)p);
+        msgpack_pack_int64(pk, *(const int64_t *)p);
         return 0;
     case K_I32:
-        w_int(w, *(const int32_t *)p);
+        msgpack_pack_int64(pk, *(const int32_t *)p);
         return 0;
     case K_DOUBLE:
         if (!isfinite(*(const double *)p))
             return IHC_EINVAL;
-        w_double(w, *(const double *)p);
+        msgpack_pack_double(pk, *(const double *)p);
         return 0;
     case K_BOOL:
-        w_be(w, *(const bool *)p ? 0xc3 : 0xc2, 0, 0);
+        pack_bool(pk, *(const bool *)p);
         return 0;
     case K_MODSTATUS:
     case K_MODOK: {
@@ -1658,9 +1122,9 @@ static int enc_field(wbuf *w, const wire_field *f, const char *base)
         if ((unsigned)st >= MOD_STATUS_COUNT)
             return IHC_EINVAL;
         if (f->kind == K_MODOK)
-            w_be(w, (st == IHC_MOD_OK || st == IHC_MOD_DISABLED) ? 0xc3 : 0xc2, 0, 0);
+            pack_bool(pk, st == IHC_MOD_OK || st == IHC_MOD_DISABLED);
         else
-            w_str(w, mod_status_names[st], strlen(mod_status_names[st]));
+            msgpack_pack_str_with_body(pk, mod_status_names[st], strlen(mod_status_names[st]));
         return 0;
     }
     case K_HW:
@@ -1669,61 +1133,95 @@ static int enc_field(wbuf *w, const wire_field *f, const char *base)
     case K_AGENT:
     case K_TEXT:
     case K_ENUM:
-        return enc_string(w, f, f->kind, *(char *const *)p);
-    case K_LIST: {
-        char *const *v = *(char *const *const *)p;
-        size_t n = *(const size_t *)(base + f->n_off);
-        if (n > IHC_WIRE_MAX_LIST)
-            return IHC_ETOOBIG;
-        if (n > 0 && v == NULL)
-            return IHC_EINVAL;
-        w_array(w, (uint32_t)n);
-        for (size_t i = 0; i < n; i++) {
-            int rc = enc_string(w, f, f->elem, v[i]);
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
-    case K_OBJS: {
-        const wire_schema *sub = f->aux;
-        const char *v = *(const char *const *)p;
-        size_t n = *(const size_t *)(base + f->n_off);
-        if (n > IHC_WIRE_MAX_LIST)
-            return IHC_ETOOBIG;
-        if (n > 0 && v == NULL)
-            return IHC_EINVAL;
-        w_array(w, (uint32_t)n);
-        for (size_t i = 0; i < n; i++) {
-            int rc = enc_obj(w, sub, v + i * sub->size);
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
+        return enc_string(pk, f, f->kind, *(char *const *)p);
+    case K_LIST:
+    case K_OBJS:
+        return enc_array(pk, f, *(const void *const *)p,
+                         *(const size_t *)(const void *)(base + f->n_off));
     }
     return IHC_EINTERNAL;
 }
 
-static int enc_obj(wbuf *w, const wire_schema *s, const char *base)
+/* How many fields of base schema s emits. */
+static uint32_t enc_count(const wire_schema *s, const char *base)
 {
     uint32_t n = 0;
     for (uint32_t i = 0; i < s->n_fields; i++)
         n += enc_present(&s->fields[i], base);
-    w_map(w, n);
+    return n;
+}
+
+/* The fields of base that schema s emits, without a map header. */
+static int enc_fields(msgpack_packer *pk, const wire_schema *s, const char *base)
+{
     for (uint32_t i = 0; i < s->n_fields; i++) {
         if (!enc_present(&s->fields[i], base))
             continue;
-        int rc = enc_field(w, &s->fields[i], base);
+        int rc = enc_field(pk, &s->fields[i], base);
         if (rc)
             return rc;
     }
     return 0;
 }
 
-/* The body is written after a 5-byte gap so that the map header, whose entry count is known
- * only at the end (and changes when "sig" is appended), can be put in front without moving
- * the entries; the topic (if any) precedes the gap and the body is slid down onto it. */
+static int enc_obj(msgpack_packer *pk, const wire_schema *s, const char *base)
+{
+    msgpack_pack_map(pk, enc_count(s, base));
+    return enc_fields(pk, s, base);
+}
+
+static inline void pack_common_key(msgpack_packer *pk, int key)
+{
+    msgpack_pack_str_with_body(pk, common_keys[key], strlen(common_keys[key]));
+}
+
+/* The entries every message starts with: v, type, ts_ms and, when signing, nonce. */
+static int enc_envelope(msgpack_packer *pk, const ihc_msg *m, bool sign, uint32_t *n)
+{
+    pack_common_key(pk, C_V);
+    msgpack_pack_uint64(pk, IHC_WIRE_VERSION);
+    pack_common_key(pk, C_TYPE);
+    msgpack_pack_str_with_body(pk, type_names[m->type], type_lens[m->type]);
+    pack_common_key(pk, C_TS);
+    msgpack_pack_int64(pk, m->ts_ms != 0 ? m->ts_ms : ihc_now_ms());
+    *n += 3;
+    if (sign) {
+        uint64_t nonce;
+        int rc = ihc__sign_nonce(&nonce);
+        if (rc)
+            return rc;
+        pack_common_key(pk, C_NONCE);
+        msgpack_pack_uint64(pk, nonce);
+        (*n)++;
+    }
+    return IHC_OK;
+}
+
+/* Appends "sig": the signature of the n entries written from offset body on. */
+static int enc_sig(ihc__wbuf *w, const ihc_wire_auth *auth, size_t body, uint32_t n)
+{
+    uint8_t mac[IHC_SIG_LEN];
+    int rc = ihc__sign_map(auth, n, w->b + body, w->len - body, mac);
+    if (rc)
+        return rc;
+    pack_common_key(&w->pk, C_SIG);
+    msgpack_pack_bin_with_body(&w->pk, mac, IHC_SIG_LEN);
+    return w->err;
+}
+
+/* The map's entries were written after a 5-byte gap that follows the topic (tl bytes): the
+ * header for n entries, known only now, goes at the end of the gap and header and entries
+ * slide down onto the topic. */
+static int enc_close(ihc__wbuf *w, size_t tl, size_t gap, uint32_t n)
+{
+    uint8_t h[5];
+    size_t hn = ihc__mp_map_header(h, n);
+    memcpy(w->b + gap - hn, h, hn);
+    memmove(w->b + tl, w->b + gap - hn, w->len - (gap - hn));
+    w->len -= gap - hn - tl;
+    return w->len - tl > IHC_WIRE_MAX_MSG ? IHC_ETOOBIG : IHC_OK;
+}
+
 static int encode(const ihc_msg *m, const ihc_wire_auth *auth, const char *topic, size_t tl,
                   uint8_t **buf, size_t *len)
 {
@@ -1734,81 +1232,35 @@ static int encode(const ihc_msg *m, const ihc_wire_auth *auth, const char *topic
     if (m == NULL || buf == NULL || len == NULL || m->type <= IHC_MSG_NONE ||
         m->type >= IHC__MSG_COUNT)
         return IHC_EINVAL;
-    const wire_schema *s = &msg_schemas[m->type];
-    const char *base = (const char *)&m->u;
     const size_t gap = tl + 5;
-    wbuf w = {0};
-    int rc = IHC_OK;
-    uint32_t n = 0;
-
-    if (!w_need(&w, gap + 256))
+    ihc__wbuf w;
+    ihc__wbuf_init(&w, IHC_WIRE_MAX_MSG + IHC_TOPIC_MAX + 64);
+    if (!ihc__wbuf_reserve(&w, gap + 256))
         return w.err;
     memcpy(w.b, topic, tl);
     w.len = gap;
 
-    w_key(&w, "v", 1);
-    w_uint(&w, IHC_WIRE_VERSION);
-    w_key(&w, "type", 4);
-    w_str(&w, type_names[m->type], strlen(type_names[m->type]));
-    w_key(&w, "ts_ms", 5);
-    w_int(&w, m->ts_ms != 0 ? m->ts_ms : ihc_now_ms());
-    n = 3;
-    if (auth != NULL) {
-        uint64_t nonce;
-        ssize_t got;
-        while ((got = getrandom(&nonce, sizeof nonce, 0)) < 0 && errno == EINTR)
-            ;
-        if (got != (ssize_t)sizeof nonce) {
-            rc = IHC_EINTERNAL;
-            goto fail;
-        }
-        w_key(&w, "nonce", 5);
-        w_uint(&w, nonce);
-        n++;
+    const wire_schema *s = &msg_schemas[m->type];
+    const char *base = (const char *)&m->u;
+    uint32_t n = 0;
+    int rc = enc_envelope(&w.pk, m, auth != NULL, &n);
+    if (rc == 0) {
+        n += enc_count(s, base);
+        rc = enc_fields(&w.pk, s, base);
     }
-    for (uint32_t i = 0; i < s->n_fields; i++) {
-        if (!enc_present(&s->fields[i], base))
-            continue;
-        if ((rc = enc_field(&w, &s->fields[i], base)) != 0)
-            goto fail;
-        n++;
-    }
-    if (w.err) {
+    if (rc == 0)
         rc = w.err;
-        goto fail;
-    }
-
-    uint8_t h[5];
-    size_t hn;
-    if (auth != NULL) {
-        uint8_t mac[SIG_LEN];
-        hn = map_hdr(h, n);
-        memcpy(w.b + gap - hn, h, hn);
-        if ((rc = hmac2(auth, w.b + gap - hn, w.len - gap + hn, NULL, 0, mac)) != 0)
-            goto fail;
-        w_key(&w, "sig", 3);
-        w_be(&w, 0xc4, SIG_LEN, 1);
-        w_bytes(&w, mac, SIG_LEN);
+    if (rc == 0 && auth != NULL && (rc = enc_sig(&w, auth, gap, n)) == 0)
         n++;
-        if (w.err) {
-            rc = w.err;
-            goto fail;
-        }
-    }
-    hn = map_hdr(h, n);
-    memcpy(w.b + gap - hn, h, hn);
-    memmove(w.b + tl, w.b + gap - hn, w.len - (gap - hn));
-    w.len -= gap - hn - tl;
-    if (w.len - tl > IHC_WIRE_MAX_MSG) {
-        rc = IHC_ETOOBIG;
-        goto fail;
+    if (rc == 0)
+        rc = enc_close(&w, tl, gap, n);
+    if (rc) {
+        ihc__wbuf_fini(&w);
+        return rc;
     }
     *buf = w.b;
     *len = w.len;
     return IHC_OK;
-fail:
-    free(w.b);
-    return rc;
 }
 
 int ihc_wire_encode(const ihc_msg *m, const ihc_wire_auth *auth, uint8_t **buf, size_t *len)

@@ -1,8 +1,10 @@
 /* The ihc wire protocol: MessagePack messages of DESIGN.md, topic framing for PUB/SUB,
- * identifier validation and optional HMAC-SHA256 signing. Decoding is strict and safe on
- * hostile input: nothing is allocated before the bytes that back it have been seen. */
+ * identifier validation and optional HMAC-SHA256 signing (sign.h). Decoding is strict and
+ * safe on hostile input: nothing is allocated before the bytes that back it have been seen. */
 #ifndef IHC_WIRE_H
 #define IHC_WIRE_H
+
+#include "sign.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -216,22 +218,12 @@ typedef struct ihc_msg {
     } u;
 } ihc_msg;
 
-/* Message signing. With a secret, the encoder adds "nonce" and a final "sig" entry
- * (HMAC-SHA256 over the map encoded without "sig"); the decoder refuses messages without a
- * valid sig (IHC_EBADSIG) and those it has seen or that are older than the window
- * (IHC_EREPLAY). An ihc_wire_auth is safe to share between threads. */
-typedef struct ihc_wire_auth ihc_wire_auth;
-
-/* Creates an auth context; copies the secret. window_ms bounds accepted clock skew and
- * message age (0 = 30000). Caller owns *out; free with ihc_wire_auth_free. */
-int ihc_wire_auth_new(ihc_wire_auth **out, const void *secret, size_t len, uint32_t window_ms);
-void ihc_wire_auth_free(ihc_wire_auth *a);
-
 /* Name of a type ("report"), or "unknown". */
 const char *ihc_msg_type_name(ihc_msg_type t);
 
-/* Encodes m (without topic). auth may be NULL. On success *buf is malloc'd, caller frees.
- * Errors: IHC_EINVAL (missing required field, invalid hw/id), IHC_ETOOBIG, IHC_ENOMEM. */
+/* Encodes m (without topic). auth (sign.h) may be NULL: unsigned. On success *buf is malloc'd,
+ * caller frees. Errors: IHC_EINVAL (missing required field, invalid hw/id), IHC_ETOOBIG,
+ * IHC_ENOMEM. */
 int ihc_wire_encode(const ihc_msg *m, const ihc_wire_auth *auth, uint8_t **buf, size_t *len);
 
 /* Like ihc_wire_encode, but prefixes the topic: "hw:<hw>\0" for interrupts, "ag:<agent>\0"

@@ -1,5 +1,5 @@
 /* Unit tests of common/wire: round trips of every message type, framing, identifier rules,
- * hostile and random input, signing and replay protection. */
+ * field-by-field validation of hostile and random input, and every type signed. */
 #include "harness.h"
 
 #include "clock.h"
@@ -7,9 +7,7 @@
 #include "wire.h"
 
 #include <math.h>
-#include <mbedtls/md.h>
 #include <msgpack.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -778,39 +776,25 @@ static void test_wire_decode_trailing(void **state)
     free(b);
 }
 
-static void test_wire_decode_huge_counts(void **state)
+/* Hostile structure is refused before anything is allocated (the reader's cases are in
+ * test_pack.c); the detail says where. */
+static void test_wire_decode_structure(void **state)
 {
     (void)state;
-    static const struct {
-        uint8_t bytes[9];
-        size_t len;
-        int want;
-    } cases[] = {
-        {{0xdd, 0x08, 0x00, 0x00, 0x00}, 5, IHC_EPROTO}, /* array32 of 2^27 */
-        {{0xdf, 0x08, 0x00, 0x00, 0x00}, 5, IHC_EPROTO}, /* map32 */
-        {{0xdf, 0xff, 0xff, 0xff, 0xff}, 5, IHC_EPROTO}, /* map32 of 2^32-1 */
-        {{0xdc, 0xff, 0xff}, 3, IHC_EPROTO},             /* array16 */
-        {{0xde, 0xff, 0xff}, 3, IHC_EPROTO},             /* map16 */
-        {{0xdb, 0xff, 0xff, 0xff, 0xff}, 5, IHC_EPROTO}, /* str32 */
-        {{0xc6, 0xff, 0xff, 0xff, 0xff}, 5, IHC_EPROTO}, /* bin32 */
-        {{0x81, 0xa1, 'x', 0xdd, 0x7f, 0xff, 0xff, 0xff}, 8, IHC_EPROTO},
-        {{0x81, 0xa1, 'x', 0xdb, 0x00, 0x00, 0x00, 0x09}, 8, IHC_EPROTO},
-        {{0x81, 0xa1, 'x', 0xc7, 0x01, 0x05, 0x00}, 7, IHC_EPROTO}, /* ext8 */
-        {{0x81, 0xa1, 'x', 0xd4, 0x01, 0x00}, 6, IHC_EPROTO},       /* fixext1 */
-        {{0x81, 0xa1, 'x', 0xc1}, 4, IHC_EPROTO},                   /* reserved */
-        {{0x81, 0x01, 0x01}, 3, IHC_EPROTO},                        /* int key */
-        {{0x91, 0x80}, 2, IHC_EPROTO},                              /* not a map */
-        {{0xa1, 'x'}, 2, IHC_EPROTO},
-        {{0xc0}, 1, IHC_EPROTO},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        ihc_msg *m = (ihc_msg *)(uintptr_t)1;
-        char detail[128];
-        int rc = ihc_wire_decode(cases[i].bytes, cases[i].len, NULL, &m, detail, sizeof detail);
-        if (rc != cases[i].want)
-            fail_msg("case %zu: %s (%s)", i, ihc_err_name(rc), detail);
-        assert_null(m);
-    }
+    static const uint8_t huge[] = {0xdd, 0x08, 0x00, 0x00, 0x00}; /* array32 of 2^27 */
+    assert_string_equal(dec_fail(huge, sizeof huge, NULL, IHC_EPROTO),
+                        "at byte 5: message is not a MessagePack map");
+    static const uint8_t hmap[] = {0xdf, 0xff, 0xff, 0xff, 0xff};
+    assert_string_equal(dec_fail(hmap, sizeof hmap, NULL, IHC_EPROTO),
+                        "at byte 5: declared count larger than the message");
+    static const uint8_t inner[] = {0x81, 0xa1, 'x', 0xdd, 0x7f, 0xff, 0xff, 0xff};
+    assert_string_equal(dec_fail(inner, sizeof inner, NULL, IHC_EPROTO),
+                        "at byte 8: declared count larger than the message");
+    static const uint8_t key[] = {0x81, 0x01, 0x01};
+    assert_string_equal(dec_fail(key, sizeof key, NULL, IHC_EPROTO),
+                        "at byte 2: map key is not a string");
+    static const uint8_t ext[] = {0x81, 0xa1, 'x', 0xd4, 0x01, 0x00};
+    dec_fail(ext, sizeof ext, NULL, IHC_EPROTO);
     /* A list longer than IHC_WIRE_MAX_LIST with all its bytes present. */
     size_t cnt = IHC_WIRE_MAX_LIST + 1, len = 3 + 5 + cnt;
     uint8_t *b = malloc(len);
@@ -821,7 +805,8 @@ static void test_wire_decode_huge_counts(void **state)
     b[6] = (uint8_t)(cnt >> 8);
     b[7] = (uint8_t)cnt;
     memset(b + 8, 0xc0, cnt);
-    dec_fail(b, len, NULL, IHC_ETOOBIG);
+    assert_string_equal(dec_fail(b, len, NULL, IHC_ETOOBIG),
+                        "at byte 8: list longer than the limit");
     free(b);
 }
 
@@ -1455,32 +1440,23 @@ static void test_wire_decode_mutations(void **state)
 }
 
 /* ------------------------------------------------------------------------------------------
- * Signing
+ * Signing (tampering, windows and the replay cache are test_sign.c's)
  * ---------------------------------------------------------------------------------------- */
 
-static ihc_wire_auth *auth_new(const char *secret, uint32_t window)
+static ihc_wire_auth *auth_new(const char *secret)
 {
     ihc_wire_auth *a = NULL;
-    TH_PASS(ihc_wire_auth_new(&a, secret, strlen(secret), window));
+    TH_PASS(ihc_wire_auth_new(&a, secret, strlen(secret), 0));
     assert_non_null(a);
     return a;
 }
 
-static void test_wire_auth_args(void **state)
+/* Every message type signed: decodes without auth too, not with another key, once with
+ * the right one. */
+static void test_wire_sign_roundtrip(void **state)
 {
     (void)state;
-    ihc_wire_auth *a = (ihc_wire_auth *)1;
-    TH_FAIL(ihc_wire_auth_new(&a, "k", 0, 0), IHC_EINVAL);
-    assert_null(a);
-    TH_FAIL(ihc_wire_auth_new(&a, NULL, 3, 0), IHC_EINVAL);
-    TH_FAIL(ihc_wire_auth_new(NULL, "k", 1, 0), IHC_EINVAL);
-    ihc_wire_auth_free(NULL);
-}
-
-static void test_wire_sign(void **state)
-{
-    (void)state;
-    ihc_wire_auth *a = auth_new("s3cret", 0), *other = auth_new("another", 0);
+    ihc_wire_auth *a = auth_new("s3cret"), *other = auth_new("another");
     for (int t = IHC_MSG_NONE + 1; t < IHC__MSG_COUNT; t++) {
         ihc_msg m;
         uint8_t *b;
@@ -1504,367 +1480,8 @@ static void test_wire_sign(void **state)
         free(b);
     }
 
-    /* Every single flipped byte is refused. */
-    ihc_msg m;
-    uint8_t *b;
-    size_t n;
-    make_full(IHC_MSG_INTERRUPT, &m);
-    m.ts_ms = 0;
-    enc(&m, a, &b, &n);
-    for (size_t i = 0; i < n; i++) {
-        b[i] ^= 0x01;
-        ihc_msg *d = (ihc_msg *)(uintptr_t)1;
-        int rc = ihc_wire_decode(b, n, a, &d, NULL, 0);
-        if (rc == IHC_OK)
-            fail_msg("flipped byte %zu of %zu accepted", i, n);
-        assert_null(d);
-        b[i] ^= 0x01;
-    }
-    /* A flip inside the reason text leaves a well-formed message: exactly EBADSIG. */
-    uint8_t *r = memmem(b, n, "user stop", 9);
-    assert_non_null(r);
-    r[0] = 'U';
-    dec_fail(b, n, a, IHC_EBADSIG);
-    r[0] = 'u';
-    /* Unflipped, it is still fresh: none of the attempts above consumed its nonce. */
-    ihc_msg_free(dec_ok(b, n, a));
-    free(b);
-
-    /* Unsigned message with auth set. */
-    enc(&m, NULL, &b, &n);
-    assert_string_equal(dec_fail(b, n, a, IHC_EBADSIG), "field 'sig': message is not signed");
-    free(b);
-
-    /* Stale and future timestamps. */
-    m.ts_ms = ihc_now_ms() - 31000;
-    enc(&m, a, &b, &n);
-    dec_fail(b, n, a, IHC_EREPLAY);
-    free(b);
-    m.ts_ms = ihc_now_ms() + 31000;
-    enc(&m, a, &b, &n);
-    dec_fail(b, n, a, IHC_EREPLAY);
-    free(b);
-    m.ts_ms = ihc_now_ms() - 29000;
-    enc(&m, a, &b, &n);
-    ihc_msg_free(dec_ok(b, n, a));
-    free(b);
-
-    /* A framed, signed interrupt. */
-    m.ts_ms = 0;
-    TH_PASS(ihc_wire_encode_framed(&m, a, &b, &n));
-    const uint8_t *body;
-    size_t bl;
-    TH_PASS(ihc_wire_split(b, n, NULL, NULL, &body, &bl));
-    ihc_msg_free(dec_ok(body, bl, a));
-    free(b);
-
     ihc_wire_auth_free(a);
     ihc_wire_auth_free(other);
-}
-
-static void test_wire_sign_window(void **state)
-{
-    (void)state;
-    ihc_wire_auth *a = auth_new("k", 10000); /* wide: a loaded machine may stall us */
-    ihc_msg m;
-    uint8_t *b;
-    size_t n;
-    make_min(IHC_MSG_HEARTBEAT, &m);
-    m.ts_ms = ihc_now_ms() - 20000;
-    enc(&m, a, &b, &n);
-    dec_fail(b, n, a, IHC_EREPLAY);
-    free(b);
-    m.ts_ms = 0;
-    enc(&m, a, &b, &n);
-    ihc_msg_free(dec_ok(b, n, a));
-    free(b);
-    ihc_wire_auth_free(a);
-}
-
-static void hmac(const char *key, const void *p, size_t n, uint8_t out[32])
-{
-    assert_int_equal(mbedtls_md_hmac(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256),
-                                     (const unsigned char *)key, strlen(key), p, n, out),
-                     0);
-}
-
-/* The documented scheme with another MessagePack implementation: pack the map without "sig"
- * with a standard packer, HMAC those bytes, re-pack with "sig" appended. Also with a
- * map16 header (more than 15 entries after the signature is appended). */
-static void test_wire_sign_interop(void **state)
-{
-    (void)state;
-    const char *key = "interop-key";
-    ihc_wire_auth *a = auth_new(key, 0);
-    static const int extras[] = {0, 14, 70000}; /* fixmap, map16, map32 headers */
-    for (size_t e = 0; e < sizeof extras / sizeof extras[0]; e++) {
-        int extra = extras[e];
-        msgpack_sbuffer sb;
-        msgpack_packer pk;
-        msgpack_sbuffer_init(&sb);
-        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-        uint32_t n = 6 + (uint32_t)extra;
-#define PSTR(s) (msgpack_pack_str(&pk, strlen(s)), msgpack_pack_str_body(&pk, s, strlen(s)))
-        msgpack_pack_map(&pk, n);
-        PSTR("v");
-        msgpack_pack_int(&pk, 1);
-        PSTR("type");
-        PSTR("heartbeat");
-        PSTR("ts_ms");
-        msgpack_pack_int64(&pk, ihc_now_ms());
-        PSTR("nonce");
-        msgpack_pack_uint64(&pk, 0x1234567890abcdefull + (uint64_t)extra);
-        PSTR("agent");
-        PSTR("py:1");
-        PSTR("sessions");
-        msgpack_pack_int(&pk, 3);
-        for (int i = 0; i < extra; i++) {
-            char k[12];
-            snprintf(k, sizeof k, "x%d", i);
-            PSTR(k);
-            msgpack_pack_nil(&pk);
-        }
-        uint8_t mac[32];
-        hmac(key, sb.data, sb.size, mac);
-        /* Same entries, header for n + 1, then sig. */
-        msgpack_sbuffer s2;
-        msgpack_packer p2;
-        msgpack_sbuffer_init(&s2);
-        msgpack_packer_init(&p2, &s2, msgpack_sbuffer_write);
-        msgpack_pack_map(&p2, n + 1);
-        size_t old_hdr = n <= 15 ? 1 : n <= 0xffff ? 3 : 5;
-        msgpack_sbuffer_write(&s2, sb.data + old_hdr, sb.size - old_hdr);
-        msgpack_pack_str(&p2, 3);
-        msgpack_pack_str_body(&p2, "sig", 3);
-        msgpack_pack_bin(&p2, 32);
-        msgpack_pack_bin_body(&p2, mac, 32);
-        ihc_msg *m = dec_ok((uint8_t *)s2.data, s2.size, a);
-        assert_string_equal(m->u.heartbeat.agent, "py:1");
-        assert_int_equal(m->u.heartbeat.n_sessions, 3);
-        ihc_msg_free(m);
-        /* sig not last → refused. */
-        msgpack_sbuffer s3;
-        msgpack_packer p3;
-        msgpack_sbuffer_init(&s3);
-        msgpack_packer_init(&p3, &s3, msgpack_sbuffer_write);
-        msgpack_pack_map(&p3, n + 2);
-        msgpack_sbuffer_write(&s3, sb.data + old_hdr, sb.size - old_hdr);
-        msgpack_pack_str(&p3, 3);
-        msgpack_pack_str_body(&p3, "sig", 3);
-        msgpack_pack_bin(&p3, 32);
-        msgpack_pack_bin_body(&p3, mac, 32);
-        msgpack_pack_str(&p3, 2);
-        msgpack_pack_str_body(&p3, "zz", 2);
-        msgpack_pack_nil(&p3);
-        const char *det = dec_fail((uint8_t *)s3.data, s3.size, a, IHC_EBADSIG);
-        assert_string_equal(det, "field 'sig': must be the last entry");
-        /* A sig of the wrong size. */
-        msgpack_sbuffer_clear(&s3);
-        msgpack_pack_map(&p3, n + 1);
-        msgpack_sbuffer_write(&s3, sb.data + old_hdr, sb.size - old_hdr);
-        msgpack_pack_str(&p3, 3);
-        msgpack_pack_str_body(&p3, "sig", 3);
-        msgpack_pack_bin(&p3, 31);
-        msgpack_pack_bin_body(&p3, mac, 31);
-        dec_fail((uint8_t *)s3.data, s3.size, a, IHC_EBADSIG);
-        msgpack_sbuffer_destroy(&s3);
-        msgpack_sbuffer_destroy(&s2);
-        msgpack_sbuffer_destroy(&sb);
-#undef PSTR
-    }
-    ihc_wire_auth_free(a);
-}
-
-/* Signs the map given as (key, value) pairs the documented way; caller destroys out. */
-static void sign_pairs(const char *key, const msgpack_object_kv *kv, uint32_t n,
-                       msgpack_sbuffer *out)
-{
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, n);
-    for (uint32_t i = 0; i < n; i++) {
-        msgpack_pack_object(&pk, kv[i].key);
-        msgpack_pack_object(&pk, kv[i].val);
-    }
-    uint8_t mac[32];
-    hmac(key, sb.data, sb.size, mac);
-    msgpack_sbuffer_init(out);
-    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, n + 1);
-    msgpack_sbuffer_write(out, sb.data + 1, sb.size - 1); /* n < 15: fixmap */
-    msgpack_pack_str(&pk, 3);
-    msgpack_pack_str_body(&pk, "sig", 3);
-    msgpack_pack_bin(&pk, 32);
-    msgpack_pack_bin_body(&pk, mac, 32);
-    msgpack_sbuffer_destroy(&sb);
-}
-
-/* Correctly signed messages without ts_ms or nonce cannot be checked for replay. */
-static void test_wire_sign_envelope(void **state)
-{
-    (void)state;
-    ihc_wire_auth *a = auth_new("k", 0);
-    msgpack_object_kv kv[] = {
-        {mo_str("v", 1), mo_uint(1)},
-        {mo_str("type", 4), mo_str("heartbeat", 9)},
-        {mo_str("agent", 5), mo_str("a:1", 3)},
-        {mo_str("ts_ms", 5), mo_uint((uint64_t)ihc_now_ms())},
-        {mo_str("nonce", 5), mo_uint(99)},
-    };
-    msgpack_sbuffer sb;
-    sign_pairs("k", kv, 4, &sb); /* no nonce */
-    assert_string_equal(dec_fail((uint8_t *)sb.data, sb.size, a, IHC_EREPLAY),
-                        "field 'nonce': signed messages need it");
-    msgpack_sbuffer_destroy(&sb);
-    kv[3] = kv[4];
-    sign_pairs("k", kv, 4, &sb); /* no ts_ms */
-    assert_string_equal(dec_fail((uint8_t *)sb.data, sb.size, a, IHC_EREPLAY),
-                        "field 'ts_ms': signed messages need it");
-    msgpack_sbuffer_destroy(&sb);
-    kv[3] = (msgpack_object_kv){mo_str("ts_ms", 5), mo_uint((uint64_t)ihc_now_ms())};
-    kv[4].val = mo_int(-99);
-    sign_pairs("k", kv, 5, &sb); /* negative nonce */
-    dec_fail((uint8_t *)sb.data, sb.size, a, IHC_EREPLAY);
-    msgpack_sbuffer_destroy(&sb);
-    kv[4].val = mo_uint(99);
-    sign_pairs("k", kv, 5, &sb);
-    ihc_msg *m = dec_ok((uint8_t *)sb.data, sb.size, a);
-    assert_int_equal(m->nonce, 99);
-    ihc_msg_free(m);
-    msgpack_sbuffer_destroy(&sb);
-    ihc_wire_auth_free(a);
-}
-
-/* With a short window, nonces expire from the cache while new ones arrive; the ones still
- * inside the window stay found. */
-static void test_wire_replay_expiry(void **state)
-{
-    (void)state;
-    ihc_wire_auth *a = auth_new("k", 40); /* entries live 2 x 40 + 40 ms */
-    ihc_msg m;
-    make_min(IHC_MSG_HEARTBEAT, &m);
-    m.ts_ms = 0;
-    uint8_t *prev = NULL;
-    size_t prev_n = 0;
-    int fresh = 0;
-    uint64_t end = ihc_mono_ns() + 400u * 1000000u;
-    while (ihc_mono_ns() < end) {
-        uint8_t *b;
-        size_t n;
-        uint64_t t0 = ihc_mono_ns();
-        enc(&m, a, &b, &n);
-        ihc_msg *d = NULL;
-        char det[128];
-        int rc = ihc_wire_decode(b, n, a, &d, det, sizeof det);
-        ihc_msg_free(d);
-        /* A fresh message passes unless this thread was stalled past the window between
-         * encoding and decoding (a loaded machine): then it is stale, and refused as such. */
-        if (rc == IHC_OK)
-            fresh++;
-        else if (rc != IHC_EREPLAY || ihc_mono_ns() - t0 < 20u * 1000000u)
-            fail_msg("fresh message refused: %s: %s", ihc_err_name(rc), det);
-        if (prev != NULL) { /* seen before, or by now older than the window: never accepted */
-            rc = ihc_wire_decode(prev, prev_n, a, &d, det, sizeof det);
-            assert_int_equal(rc, IHC_EREPLAY);
-            free(prev);
-        }
-        prev = b;
-        prev_n = n;
-    }
-    free(prev);
-    assert_true(fresh > 10);
-    ihc_wire_auth_free(a);
-}
-
-/* The replay cache grows past its initial size and still remembers every nonce. */
-static void test_wire_replay_cache(void **state)
-{
-    (void)state;
-    ihc_wire_auth *a = auth_new("k", 0);
-    enum { N = 5000 };
-    uint8_t **bufs = calloc(N, sizeof *bufs);
-    size_t *lens = calloc(N, sizeof *lens);
-    assert_non_null(bufs);
-    assert_non_null(lens);
-    ihc_msg m;
-    make_min(IHC_MSG_HEARTBEAT, &m);
-    m.ts_ms = 0;
-    for (int i = 0; i < N; i++) {
-        enc(&m, a, &bufs[i], &lens[i]);
-        ihc_msg_free(dec_ok(bufs[i], lens[i], a));
-    }
-    for (int i = 0; i < N; i += 97)
-        dec_fail(bufs[i], lens[i], a, IHC_EREPLAY);
-    dec_fail(bufs[N - 1], lens[N - 1], a, IHC_EREPLAY);
-    for (int i = 0; i < N; i++)
-        free(bufs[i]);
-    free(bufs);
-    free(lens);
-    ihc_wire_auth_free(a);
-}
-
-typedef struct {
-    ihc_wire_auth *auth;
-    const uint8_t *shared;
-    size_t shared_len;
-    int shared_ok;
-    int own_ok;
-} race_arg;
-
-static void *race_thread(void *p)
-{
-    race_arg *r = p;
-    ihc_msg m;
-    make_min(IHC_MSG_HEARTBEAT, &m);
-    m.ts_ms = 0;
-    for (int i = 0; i < 500; i++) {
-        uint8_t *b;
-        size_t n;
-        if (ihc_wire_encode(&m, r->auth, &b, &n) != IHC_OK)
-            continue;
-        ihc_msg *d;
-        if (ihc_wire_decode(b, n, r->auth, &d, NULL, 0) == IHC_OK) {
-            r->own_ok++;
-            ihc_msg_free(d);
-        }
-        free(b);
-        if (ihc_wire_decode(r->shared, r->shared_len, r->auth, &d, NULL, 0) == IHC_OK) {
-            r->shared_ok++;
-            ihc_msg_free(d);
-        }
-    }
-    return NULL;
-}
-
-/* Threads sharing one auth: each own message is accepted once, the shared one exactly once. */
-static void test_wire_auth_threads(void **state)
-{
-    (void)state;
-    ihc_wire_auth *a = auth_new("k", 0);
-    ihc_msg m;
-    uint8_t *b;
-    size_t n;
-    make_min(IHC_MSG_HEARTBEAT, &m);
-    m.ts_ms = 0;
-    enc(&m, a, &b, &n);
-    enum { T = 4 };
-    pthread_t th[T];
-    race_arg args[T];
-    for (int i = 0; i < T; i++) {
-        args[i] = (race_arg){a, b, n, 0, 0};
-        assert_int_equal(pthread_create(&th[i], NULL, race_thread, &args[i]), 0);
-    }
-    int shared = 0;
-    for (int i = 0; i < T; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(args[i].own_ok, 500);
-        shared += args[i].shared_ok;
-    }
-    assert_int_equal(shared, 1);
-    free(b);
-    ihc_wire_auth_free(a);
 }
 
 /* The hot path: decoding an interrupt and a report. Prints the cost; fails only when it is
@@ -1925,7 +1542,7 @@ int main(void)
         cmocka_unit_test(test_wire_decode_args),
         cmocka_unit_test(test_wire_decode_truncated),
         cmocka_unit_test(test_wire_decode_trailing),
-        cmocka_unit_test(test_wire_decode_huge_counts),
+        cmocka_unit_test(test_wire_decode_structure),
         cmocka_unit_test(test_wire_decode_deep),
         cmocka_unit_test(test_wire_decode_oversized),
         cmocka_unit_test(test_wire_decode_fields),
@@ -1935,14 +1552,7 @@ int main(void)
         cmocka_unit_test(test_wire_decode_duplicates),
         cmocka_unit_test(test_wire_decode_random),
         cmocka_unit_test(test_wire_decode_mutations),
-        cmocka_unit_test(test_wire_auth_args),
-        cmocka_unit_test(test_wire_sign),
-        cmocka_unit_test(test_wire_sign_window),
-        cmocka_unit_test(test_wire_sign_interop),
-        cmocka_unit_test(test_wire_sign_envelope),
-        cmocka_unit_test(test_wire_replay_expiry),
-        cmocka_unit_test(test_wire_replay_cache),
-        cmocka_unit_test(test_wire_auth_threads),
+        cmocka_unit_test(test_wire_sign_roundtrip),
         cmocka_unit_test(test_wire_decode_speed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
