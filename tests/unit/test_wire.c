@@ -1486,47 +1486,6 @@ static void test_wire_sign_roundtrip(void **state)
 
 /* The hot path: decoding an interrupt and a report. Prints the cost; fails only when it is
  * absurdly slow (sanitizers and valgrind make it several times slower). */
-static void test_wire_decode_speed(void **state)
-{
-    (void)state;
-    ihc_msg m;
-    uint8_t *bi, *br;
-    size_t ni, nr;
-    make_full(IHC_MSG_INTERRUPT, &m);
-    enc(&m, NULL, &bi, &ni);
-    make_full(IHC_MSG_REPORT, &m);
-    enc(&m, NULL, &br, &nr);
-    enum { N = 20000 };
-    uint64_t t0 = ihc_mono_ns();
-    for (int i = 0; i < N; i++) {
-        ihc_msg *d;
-        TH_PASS(ihc_wire_decode(bi, ni, NULL, &d, NULL, 0));
-        ihc_msg_free(d);
-    }
-    uint64_t t1 = ihc_mono_ns();
-    for (int i = 0; i < N; i++) {
-        ihc_msg *d;
-        TH_PASS(ihc_wire_decode(br, nr, NULL, &d, NULL, 0));
-        ihc_msg_free(d);
-    }
-    uint64_t t2 = ihc_mono_ns();
-    for (int i = 0; i < N; i++) {
-        uint8_t *b;
-        size_t n;
-        TH_PASS(ihc_wire_encode(&m, NULL, &b, &n));
-        free(b);
-    }
-    uint64_t t3 = ihc_mono_ns();
-    double di = (double)(t1 - t0) / N / 1000, dr = (double)(t2 - t1) / N / 1000,
-           er = (double)(t3 - t2) / N / 1000;
-    print_message("decode interrupt (%zu B) %.2f us, report (%zu B) %.2f us; encode report "
-                  "%.2f us\n",
-                  ni, di, nr, dr, er);
-    assert_true(di < 200 && dr < 200 && er < 200);
-    free(bi);
-    free(br);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1553,7 +1512,6 @@ int main(void)
         cmocka_unit_test(test_wire_decode_random),
         cmocka_unit_test(test_wire_decode_mutations),
         cmocka_unit_test(test_wire_sign_roundtrip),
-        cmocka_unit_test(test_wire_decode_speed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
