@@ -29,3 +29,12 @@ void ihc_sleep_ms(uint32_t ms)
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
 }
+
+struct timespec ihc_mono_abstime(uint64_t mono_ns)
+{
+    if (mono_ns > (uint64_t)INT64_MAX / 2)
+        mono_ns = (uint64_t)INT64_MAX / 2;
+    struct timespec ts = {.tv_sec = (time_t)(mono_ns / 1000000000ull),
+                          .tv_nsec = (long)(mono_ns % 1000000000ull)};
+    return ts;
+}
