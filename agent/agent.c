@@ -1,66 +1,27 @@
-/* The agent object: options, the two nng connections to the coordinator (SUB for broadcasts,
- * PUSH for reports and events), the receive thread that dispatches messages and runs the
- * timers (hello until synced, heartbeats, reaping), and the non-blocking send helpers. */
+/* The agent object: options, lifecycle, what the agent says to the coordinator (hello until
+ * synced, heartbeats), the dispatch of decoded messages, and the connection's state as the
+ * agent sees it (logged when it is lost, regained, or never comes). The sockets and the
+ * receive thread are transport.c's, which calls back into the functions given to it here. */
 #include "agent_int.h"
 
 #include "clock.h"
 #include "defaults.h"
 
-#include <errno.h>
 #include <math.h>
-#include <nng/protocol/pipeline0/push.h>
-#include <nng/protocol/pubsub0/sub.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
-#define RX_TIMEOUT_MS         20   /* hello delay, pause after a failed receive */
-#define RX_IDLE_MAX_MS        1000 /* longest sleep of the receive thread */
-#define HELLO_RETRY_NS        1000000000ull
-#define TICK_NS               50000000ull
-#define RX_BATCH              64
-#define CLOSE_GEN_DEADLINE_MS 500
-
-/* ---- small shared helpers ---- */
-
-uint64_t ihc__now_ns(void)
-{
-    return ihc_mono_ns();
-}
-
-struct timespec ihc__abstime(uint64_t mono_ns)
-{
-    if (mono_ns > (uint64_t)INT64_MAX / 2)
-        mono_ns = (uint64_t)INT64_MAX / 2;
-    struct timespec ts = {.tv_sec = (time_t)(mono_ns / 1000000000ull),
-                          .tv_nsec = (long)(mono_ns % 1000000000ull)};
-    return ts;
-}
-
-int ihc__cond_init_mono(pthread_cond_t *cv)
-{
-    pthread_condattr_t at;
-    if (pthread_condattr_init(&at) != 0)
-        return -1;
-    pthread_condattr_setclock(&at, CLOCK_MONOTONIC);
-    int rv = pthread_cond_init(cv, &at);
-    pthread_condattr_destroy(&at);
-    return rv;
-}
-
-void ihc__thread_priority(bool high)
-{
-    if (!high)
-        return;
-    /* per-thread nice on Linux; without CAP_SYS_NICE this fails and is fine to ignore */
-    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10) != 0)
-        ihc_log(IHC_LOG_DEBUG, IHC__LOG, "thread priority not raised err=\"%s\"", strerror(errno));
-}
+#define HELLO_DELAY_NS         20000000ull /* a hello asked for goes out this much later */
+#define HELLO_RETRY_NS         1000000000ull
+#define TICK_NS                50000000ull
+#define CLOSE_GEN_DEADLINE_MS  500
+#define CLOSE_SEND_DEADLINE_MS 250 /* for the last session_end and reports to go out */
+/* How long an agent may go without a first connection before it says so: dialing a wrong URL
+ * looks exactly like a coordinator that is not up yet, so after this it is worth a warning. */
+#define UNREACHABLE_WARN_NS 3000000000ull
 
 /* ---- options ---- */
 
@@ -87,75 +48,6 @@ static bool bad_seconds(double v)
 static bool bad_positive_seconds(double v)
 {
     return bad_seconds(v) || v == 0;
-}
-
-/* ---- sending ---- */
-
-void ihc__send_encoded(ihc_agent *a, uint8_t *buf, size_t len, const char *what)
-{
-    int rv = nng_send(a->push, buf, len, NNG_FLAG_NONBLOCK);
-    if (rv != 0) {
-        atomic_fetch_add(&a->n_drops, 1);
-        ihc_log(IHC_LOG_DEBUG, IHC__LOG, "message dropped type=%s err=\"%s\"", what,
-                nng_strerror(rv));
-    }
-    free(buf);
-}
-
-/* Sends queued reports in order until one cannot go. Receive thread only. */
-static void flush_pending(ihc_agent *a)
-{
-    while (a->pend_head) {
-        ihc__pending *p = a->pend_head;
-        if (nng_send(a->push, p->buf, p->len, NNG_FLAG_NONBLOCK) != 0)
-            return;
-        a->pend_head = p->next;
-        if (!a->pend_head)
-            a->pend_tail = NULL;
-        a->n_pending--;
-        free(p->buf);
-        free(p);
-    }
-}
-
-void ihc__send_report_buf(ihc_agent *a, const uint8_t *buf, size_t len)
-{
-    flush_pending(a);
-    if (!a->pend_head && nng_send(a->push, (void *)buf, len, NNG_FLAG_NONBLOCK) == 0)
-        return;
-    /* kept and retried: reports are what the coordinator waits for */
-    ihc__pending *p = malloc(sizeof(*p));
-    uint8_t *copy = malloc(len);
-    if (!p || !copy) {
-        free(p);
-        free(copy);
-        atomic_fetch_add(&a->n_drops, 1);
-        ihc_log(IHC_LOG_ERROR, IHC__LOG, "report dropped: out of memory");
-        return;
-    }
-    memcpy(copy, buf, len);
-    p->buf = copy;
-    p->len = len;
-    p->next = NULL;
-    if (a->n_pending >= IHC__PENDING_MAX) {
-        ihc__pending *old = a->pend_head;
-        a->pend_head = old->next;
-        if (!a->pend_head)
-            a->pend_tail = NULL;
-        a->n_pending--;
-        free(old->buf);
-        free(old);
-        atomic_fetch_add(&a->n_drops, 1);
-        ihc_log(IHC_LOG_WARN, IHC__LOG, "report queue full: oldest report dropped max=%d",
-                IHC__PENDING_MAX);
-    }
-    if (a->pend_tail)
-        a->pend_tail->next = p;
-    else
-        a->pend_head = p;
-    a->pend_tail = p;
-    a->n_pending++;
-    ihc_log(IHC_LOG_DEBUG, IHC__LOG, "report queued for retry pending=%zu", a->n_pending);
 }
 
 /* ---- hello and heartbeat ---- */
@@ -227,7 +119,7 @@ static void send_hello(ihc_agent *a)
         return;
     }
     ihc_log(IHC_LOG_DEBUG, IHC__LOG, "hello sent sessions=%zu modules=%zu", h->n_sessions, nm);
-    ihc__send_encoded(a, buf, len, "hello");
+    ihc__transport_send(&a->tp, buf, len, "hello");
 }
 
 static void send_heartbeat(ihc_agent *a)
@@ -269,52 +161,74 @@ static void send_heartbeat(ihc_agent *a)
         ihc_log(IHC_LOG_WARN, IHC__LOG, "heartbeat not sent err=\"%s\"", ihc_strerror(rc));
         return;
     }
-    ihc__send_encoded(a, buf, len, "heartbeat");
+    ihc__transport_send(&a->tp, buf, len, "heartbeat");
 }
 
-/* ---- receiving ---- */
+/* ---- the connection ---- */
 
-static void on_sub_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+/* Receive thread: a sync answered our hello. */
+static void connected(ihc_agent *a, bool first, size_t n_epochs)
 {
-    (void)p;
-    ihc_agent *a = arg;
-    if (ev == NNG_PIPE_EV_ADD_POST) {
-        atomic_fetch_add(&a->sub_pipes, 1);
-    } else {
-        atomic_fetch_sub(&a->sub_pipes, 1);
-        atomic_store(&a->synced, false);
+    uint64_t lost = atomic_exchange(&a->lost_ns, 0);
+    if (first)
+        ihc_log(IHC_LOG_INFO, IHC__LOG, "connected to coordinator pub=%s report=%s epochs=%zu",
+                a->pub_url, a->report_url, n_epochs);
+    else
+        ihc_log(IHC_LOG_INFO, IHC__LOG,
+                "connection to coordinator regained after %.1f s pub=%s report=%s epochs=%zu",
+                lost ? (double)(ihc_mono_ns() - lost) / 1e9 : 0.0, a->pub_url, a->report_url,
+                n_epochs);
+}
+
+/* nng's thread: a SUB or PUSH connection came or went. Either way a hello is due: the
+ * coordinator learns of us (again) and answers with a sync. */
+static void on_link(void *ctx, bool sub, bool up)
+{
+    ihc_agent *a = ctx;
+    if (!up && atomic_exchange(&a->synced, false)) {
+        atomic_store(&a->lost_ns, ihc_mono_ns());
+        ihc_log(IHC_LOG_WARN, IHC__LOG,
+                "connection to coordinator lost (%s closed) pub=%s report=%s: reconnecting",
+                sub ? "pub" : "report", a->pub_url, a->report_url);
     }
     atomic_store(&a->need_hello, true);
-    ihc__rx_wake(a);
+    ihc__transport_wake(&a->tp);
 }
 
-static void on_push_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+/* Receive thread: once, when no sync came UNREACHABLE_WARN_NS after open, says what to
+ * check; which connections are up tells a wrong URL from a refused hello. */
+static void warn_unreachable(ihc_agent *a)
 {
-    (void)p;
-    ihc_agent *a = arg;
-    if (ev == NNG_PIPE_EV_ADD_POST) {
-        atomic_fetch_add(&a->push_pipes, 1);
-    } else {
-        atomic_fetch_sub(&a->push_pipes, 1);
-        atomic_store(&a->synced, false);
-    }
-    atomic_store(&a->need_hello, true);
-    ihc__rx_wake(a);
+    int sub = 0, push = 0;
+    ihc__transport_links(&a->tp, &sub, &push);
+    double s = (double)UNREACHABLE_WARN_NS / 1e9;
+    if (sub > 0 && push > 0)
+        ihc_log(IHC_LOG_WARN, IHC__LOG,
+                "coordinator not answering after %.0f s: connected to pub=%s and report=%s but "
+                "no sync came back; check that IHC_SECRET (or IHC_SECRET_FILE) matches the "
+                "coordinator's and that these are a coordinator's ports",
+                s, a->pub_url, a->report_url);
+    else
+        ihc_log(IHC_LOG_WARN, IHC__LOG,
+                "no connection to the coordinator after %.0f s: pub=%s (%s) report=%s (%s); check "
+                "that ihc-coordinator is running and listening there (IHC_PUB_URL/--pub, "
+                "IHC_REPORT_URL/--report: host, port, not swapped) and that no firewall is in "
+                "between; still trying",
+                s, a->pub_url, sub > 0 ? "connected" : "not connected", a->report_url,
+                push > 0 ? "connected" : "not connected");
 }
 
-static bool is_interrupt_frame(nng_msg *msg)
-{
-    return nng_msg_len(msg) >= 3 && memcmp(nng_msg_body(msg), "hw:", 3) == 0;
-}
+/* ---- receiving and timers ---- */
 
-static void handle(ihc_agent *a, nng_msg *nm, uint64_t t0)
+static void on_frame(void *ctx, const uint8_t *frame, size_t len, uint64_t t0)
 {
+    ihc_agent *a = ctx;
     const char *topic = NULL;
     const uint8_t *body = NULL;
     size_t tlen = 0, blen = 0;
     char detail[160] = "";
     ihc_msg *m = NULL;
-    int rc = ihc_wire_split(nng_msg_body(nm), nng_msg_len(nm), &topic, &tlen, &body, &blen);
+    int rc = ihc_wire_split(frame, len, &topic, &tlen, &body, &blen);
     if (rc == IHC_OK)
         rc = ihc_wire_decode(body, blen, a->auth, &m, detail, sizeof(detail));
     if (rc != IHC_OK) {
@@ -336,10 +250,10 @@ static void handle(ihc_agent *a, nng_msg *nm, uint64_t t0)
             atomic_store(&a->need_hello, true);
         } else if (m->u.sync.agent && strcmp(m->u.sync.agent, a->id) == 0) {
             ihc__cancel_on_sync(a, &m->u.sync);
+            bool first = !a->ever_synced;
             a->ever_synced = true;
             if (!atomic_exchange(&a->synced, true))
-                ihc_log(IHC_LOG_INFO, IHC__LOG, "connected to coordinator epochs=%zu",
-                        m->u.sync.n_epochs);
+                connected(a, first, m->u.sync.n_epochs);
         }
         break;
     default:
@@ -351,9 +265,15 @@ static void handle(ihc_agent *a, nng_msg *nm, uint64_t t0)
     ihc_msg_free(m);
 }
 
-static void timers(ihc_agent *a)
+/* Receive thread: the timers (hello until synced, heartbeats, reaping) and when the next
+ * one is due. The 50 ms tick only counts while there is something for it to do (sessions to
+ * expire). A hello asked for goes out HELLO_DELAY_NS later, with whatever else (modules
+ * registered right after open, sessions) came meanwhile. */
+static uint64_t on_timers(void *ctx, uint64_t now)
 {
-    uint64_t now = ihc__now_ns();
+    ihc_agent *a = ctx;
+    if (!a->hello_due_ns && atomic_load(&a->need_hello))
+        a->hello_due_ns = now + HELLO_DELAY_NS;
     if ((a->hello_due_ns && now >= a->hello_due_ns) ||
         (!atomic_load(&a->synced) && now >= a->next_hello_ns)) {
         atomic_store(&a->need_hello, false);
@@ -363,166 +283,52 @@ static void timers(ihc_agent *a)
     }
     if (now >= a->next_hb_ns) {
         send_heartbeat(a);
-        a->next_hb_ns = now + ihc__s_to_ns(a->o.heartbeat_interval);
+        a->next_hb_ns = now + ihc_s_to_ns(a->o.heartbeat_interval);
     }
+    pthread_mutex_lock(&a->lock);
+    bool ticking = a->n_sessions > 0 || a->n_hws > IHC__HW_KEEP;
+    pthread_mutex_unlock(&a->lock);
     if (now >= a->next_tick_ns) {
         ihc__sessions_tick(a);
         a->next_tick_ns = now + TICK_NS;
     }
-    if (a->pend_head)
-        flush_pending(a);
-}
+    bool waiting = !a->ever_synced && !a->told_unreachable;
+    if (waiting && now - a->opened_ns >= UNREACHABLE_WARN_NS) {
+        a->told_unreachable = true;
+        waiting = false;
+        warn_unreachable(a);
+    }
 
-void ihc__rx_wake(ihc_agent *a)
-{
-    /* not while closing: the receive thread is gone or going, and the sockets' pipe
-     * callbacks (run by nng_close) must not touch the aio */
-    if (a->rx_aio && !atomic_load(&a->stopping))
-        nng_aio_cancel(a->rx_aio);
-}
-
-/* How long the receive thread may sleep: until its next timer. The 50 ms tick only counts
- * while there is something for it to do (sessions to expire, reports to retry). A hello
- * asked for goes out RX_TIMEOUT_MS later, with whatever else (modules registered right
- * after open, sessions) came meanwhile. */
-static nng_duration rx_wait_ms(ihc_agent *a)
-{
-    uint64_t now = ihc__now_ns();
-    if (!a->hello_due_ns && atomic_load(&a->need_hello))
-        a->hello_due_ns = now + (uint64_t)RX_TIMEOUT_MS * 1000000ull;
     uint64_t next = a->next_hb_ns;
     if (a->hello_due_ns && a->hello_due_ns < next)
         next = a->hello_due_ns;
     if (!atomic_load(&a->synced) && a->next_hello_ns < next)
         next = a->next_hello_ns;
-    pthread_mutex_lock(&a->lock);
-    bool ticking = a->n_sessions > 0 || a->n_hws > IHC__HW_KEEP;
-    pthread_mutex_unlock(&a->lock);
-    if ((ticking || a->pend_head) && a->next_tick_ns < next)
+    if (ticking && a->next_tick_ns < next)
         next = a->next_tick_ns;
-    if (next <= now)
-        return 1;
-    uint64_t ms = (next - now + 999999ull) / 1000000ull;
-    return ms > RX_IDLE_MAX_MS ? RX_IDLE_MAX_MS : (nng_duration)ms;
-}
-
-static void *rx_main(void *arg)
-{
-    ihc_agent *a = arg;
-    ihc__thread_priority(a->o.high_priority);
-    nng_msg *batch[RX_BATCH];
-    /* the first hello and heartbeat go out RX_TIMEOUT_MS after open, with what the caller
-     * set up meanwhile (modules, sessions) */
-    uint64_t first = ihc__now_ns() + (uint64_t)RX_TIMEOUT_MS * 1000000ull;
-    a->next_hello_ns = a->next_hb_ns = a->next_tick_ns = first;
-    while (!atomic_load(&a->stopping)) {
-        nng_msg *msg = NULL;
-        nng_aio_set_timeout(a->rx_aio, rx_wait_ms(a));
-        nng_recv_aio(a->sub, a->rx_aio);
-        /* a wake-up that came before the receive started must not wait for the timeout */
-        if ((!a->hello_due_ns && atomic_load(&a->need_hello)) || atomic_load(&a->stopping))
-            nng_aio_cancel(a->rx_aio);
-        nng_aio_wait(a->rx_aio);
-        int rv = nng_aio_result(a->rx_aio);
-        if (rv == 0)
-            msg = nng_aio_get_msg(a->rx_aio);
-        if (rv == 0) {
-            uint64_t t0 = ihc__now_ns();
-            size_t n = 0;
-            batch[n++] = msg;
-            while (n < RX_BATCH && nng_recvmsg(a->sub, &msg, NNG_FLAG_NONBLOCK) == 0)
-                batch[n++] = msg;
-            if (a->o.high_priority) { /* INTERRUPT_PRIORITY=high: interrupts first */
-                for (size_t i = 0; i < n; i++) {
-                    if (is_interrupt_frame(batch[i])) {
-                        handle(a, batch[i], t0);
-                        nng_msg_free(batch[i]);
-                        batch[i] = NULL;
-                    }
-                }
-            }
-            for (size_t i = 0; i < n; i++) {
-                if (batch[i]) {
-                    handle(a, batch[i], t0);
-                    nng_msg_free(batch[i]);
-                }
-            }
-        } else if (rv == NNG_ECLOSED) {
-            break;
-        } else if (rv != NNG_ETIMEDOUT && rv != NNG_ECANCELED) {
-            ihc_log(IHC_LOG_WARN, IHC__LOG, "receive failed err=\"%s\"", nng_strerror(rv));
-            ihc_sleep_ms(RX_TIMEOUT_MS);
-        }
-        timers(a);
-    }
-    return NULL;
+    if (waiting && a->opened_ns + UNREACHABLE_WARN_NS < next)
+        next = a->opened_ns + UNREACHABLE_WARN_NS;
+    return next;
 }
 
 /* ---- lifecycle ---- */
 
-static int open_sockets(ihc_agent *a)
+static int open_transport(ihc_agent *a)
 {
-    int rv;
     char topic[IHC_TOPIC_MAX + 1];
     size_t tl = ihc_wire_topic_agent(topic, sizeof(topic), a->id);
     if (tl == 0)
         return IHC_EINVAL;
-    if ((rv = nng_sub0_open(&a->sub)) != 0)
-        goto fail;
-    a->sub_open = true;
-    if ((rv = nng_push0_open(&a->push)) != 0)
-        goto fail;
-    a->push_open = true;
-    if ((rv = nng_socket_set_ms(a->sub, NNG_OPT_RECONNMINT, 50)) != 0 ||
-        (rv = nng_socket_set_ms(a->sub, NNG_OPT_RECONNMAXT, 1000)) != 0 ||
-        (rv = nng_socket_set_ms(a->push, NNG_OPT_RECONNMINT, 50)) != 0 ||
-        (rv = nng_socket_set_ms(a->push, NNG_OPT_RECONNMAXT, 1000)) != 0 ||
-        (rv = nng_socket_set_ms(a->sub, NNG_OPT_RECVTIMEO, RX_TIMEOUT_MS)) != 0 ||
-        (rv = nng_socket_set_size(a->sub, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG + IHC_TOPIC_MAX)) !=
-            0 ||
-        (rv = nng_socket_set_int(a->sub, NNG_OPT_RECVBUF, 1024)) != 0 ||
-        (rv = nng_socket_set_int(a->push, NNG_OPT_SENDBUF, 1024)) != 0 ||
-        /* every hardware_id: an agent listed in an interrupt must get it even without a
-         * session of that hw (filtering is local in nng anyway) */
-        (rv = nng_socket_set(a->sub, NNG_OPT_SUB_SUBSCRIBE, "hw:", 3)) != 0 ||
-        (rv = nng_socket_set(a->sub, NNG_OPT_SUB_SUBSCRIBE, topic, tl)) != 0)
-        goto fail;
-    if ((rv = nng_aio_alloc(&a->rx_aio, NULL, NULL)) != 0)
-        goto fail;
-    if ((rv = nng_pipe_notify(a->sub, NNG_PIPE_EV_ADD_POST, on_sub_pipe, a)) != 0 ||
-        (rv = nng_pipe_notify(a->sub, NNG_PIPE_EV_REM_POST, on_sub_pipe, a)) != 0 ||
-        (rv = nng_pipe_notify(a->push, NNG_PIPE_EV_ADD_POST, on_push_pipe, a)) != 0 ||
-        (rv = nng_pipe_notify(a->push, NNG_PIPE_EV_REM_POST, on_push_pipe, a)) != 0)
-        goto fail;
-    if ((rv = nng_dial(a->sub, a->pub_url, NULL, NNG_FLAG_NONBLOCK)) != 0) {
-        ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot dial pub_url=%s err=\"%s\"", a->pub_url,
-                nng_strerror(rv));
-        goto fail_url;
-    }
-    if ((rv = nng_dial(a->push, a->report_url, NULL, NNG_FLAG_NONBLOCK)) != 0) {
-        ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot dial report_url=%s err=\"%s\"", a->report_url,
-                nng_strerror(rv));
-        goto fail_url;
-    }
-    return IHC_OK;
-fail_url:
-    return rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP || rv == NNG_EINVAL ? IHC_EINVAL
-                                                                         : IHC_ETRANSPORT;
-fail:
-    ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot set up sockets err=\"%s\"", nng_strerror(rv));
-    return IHC_ETRANSPORT;
+    a->tp.ops = (ihc__transport_ops){
+        .on_frame = on_frame, .on_timers = on_timers, .on_link = on_link, .ctx = a};
+    a->tp.interrupts_first = a->o.high_priority; /* INTERRUPT_PRIORITY=high */
+    a->tp.high_priority = a->o.high_priority;
+    return ihc__transport_open(&a->tp, a->pub_url, a->report_url, topic, tl);
 }
 
 static void free_agent(ihc_agent *a)
 {
-    if (a->sub_open)
-        nng_close(a->sub);
-    if (a->push_open)
-        nng_close(a->push);
-    a->sub_open = a->push_open = false;
-    if (a->rx_aio) /* after the sockets: their pipe callbacks use it */
-        nng_aio_free(a->rx_aio);
-    a->rx_aio = NULL;
+    ihc__transport_fini(&a->tp, 0); /* nothing to wait for when close did it first */
     ihc__escalator_stop(a);
     ihc__modules_fini(&a->mods);
     ihc__gens_close(a, 0);
@@ -534,12 +340,6 @@ static void free_agent(ihc_agent *a)
         free(c);
     }
     pthread_mutex_destroy(&a->cb_lock);
-    while (a->pend_head) {
-        ihc__pending *p = a->pend_head;
-        a->pend_head = p->next;
-        free(p->buf);
-        free(p);
-    }
     ihc_wire_auth_free(a->auth);
     free(a->pub_url);
     free(a->report_url);
@@ -610,11 +410,9 @@ int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *opts)
     a->started_ms = ihc_now_ms();
     if (getrandom(&a->id_tag, sizeof(a->id_tag), 0) != sizeof(a->id_tag))
         a->id_tag = (uint32_t)(a->started_ms ^ ((uint64_t)getpid() << 16));
-    atomic_init(&a->sub_pipes, 0);
-    atomic_init(&a->push_pipes, 0);
     atomic_init(&a->synced, false);
     atomic_init(&a->need_hello, true);
-    atomic_init(&a->stopping, false);
+    atomic_init(&a->lost_ns, 0);
 
     rc = IHC_ENOMEM;
     if (ihc__sessions_init(a) != IHC_OK)
@@ -636,14 +434,17 @@ int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *opts)
             goto fail;
         }
     }
-    if ((rc = open_sockets(a)) != IHC_OK)
+    if ((rc = open_transport(a)) != IHC_OK)
         goto fail;
     rc = IHC_ENOMEM;
     if (ihc__escalator_start(a) != IHC_OK)
         goto fail;
-    if (pthread_create(&a->rx, NULL, rx_main, a) != 0)
+    /* the first hello and heartbeat go out HELLO_DELAY_NS after open, with what the caller
+     * set up meanwhile (modules, sessions) */
+    a->opened_ns = ihc_mono_ns();
+    a->next_hello_ns = a->next_hb_ns = a->next_tick_ns = a->opened_ns + HELLO_DELAY_NS;
+    if ((rc = ihc__transport_start(&a->tp)) != IHC_OK)
         goto fail;
-    a->rx_started = true;
     ihc_log(IHC_LOG_INFO, IHC__LOG, "agent started agent=%s pub=%s report=%s", a->id, a->pub_url,
             a->report_url);
     *out = a;
@@ -684,12 +485,7 @@ void ihc_agent_close(ihc_agent *a)
 {
     if (!a)
         return;
-    atomic_store(&a->stopping, true);
-    if (a->rx_aio) /* the receive thread sees stopping now */
-        nng_aio_cancel(a->rx_aio);
-    if (a->rx_started)
-        pthread_join(a->rx, NULL);
-    a->rx_started = false;
+    ihc__transport_stop_rx(&a->tp);
     ihc__gens_close(a, CLOSE_GEN_DEADLINE_MS);
     /* best effort: tell the coordinator the sessions are gone */
     size_t n = 0;
@@ -705,14 +501,18 @@ void ihc_agent_close(ihc_agent *a)
         n++;
     }
     pthread_mutex_unlock(&a->lock);
-    flush_pending(a);
+    char id[IHC_AGENT_ID_MAX + 1];
+    memcpy(id, a->id, sizeof(id));
+    uint64_t interrupts = atomic_load(&a->n_interrupts), bad = atomic_load(&a->n_bad);
+    /* the transport goes first: what is still queued goes out (bounded) or is counted */
+    ihc__transport_fini(&a->tp, CLOSE_SEND_DEADLINE_MS);
+    uint64_t drops = ihc__transport_drops(&a->tp);
+    free_agent(a);
     ihc_log(IHC_LOG_INFO, IHC__LOG,
             "agent closed agent=%s sessions_ended=%zu interrupts=%llu "
             "bad_messages=%llu dropped_sends=%llu",
-            a->id, n, (unsigned long long)atomic_load(&a->n_interrupts),
-            (unsigned long long)atomic_load(&a->n_bad),
-            (unsigned long long)atomic_load(&a->n_drops));
-    free_agent(a);
+            id, n, (unsigned long long)interrupts, (unsigned long long)bad,
+            (unsigned long long)drops);
 }
 
 const char *ihc_agent_id(const ihc_agent *a)
@@ -724,9 +524,10 @@ bool ihc_agent_connected(const ihc_agent *a)
 {
     if (!a)
         return false;
-    return atomic_load(&((ihc_agent *)a)->synced) &&
-           atomic_load(&((ihc_agent *)a)->sub_pipes) > 0 &&
-           atomic_load(&((ihc_agent *)a)->push_pipes) > 0;
+    ihc_agent *m = (ihc_agent *)a; /* atomics are read through non-const pointers */
+    int sub = 0, push = 0;
+    ihc__transport_links(&m->tp, &sub, &push);
+    return atomic_load(&m->synced) && sub > 0 && push > 0;
 }
 
 int ihc_agent_register_callback(ihc_agent *a, ihc_interrupt_fn fn, void *arg)

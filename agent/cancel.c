@@ -3,6 +3,8 @@
  * stopped, sessions cleaned up and escalation armed. Runs on the agent's receive thread. */
 #include "agent_int.h"
 
+#include "clock.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,7 +99,7 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
     size_t nm = 0;
     ihc__module *head = ihc__modules_snapshot(&a->mods, &nm);
     ihc__modules_run(&a->mods, head, nm, hw);
-    uint64_t t_done = ihc__now_ns();
+    uint64_t t_done = ihc_mono_ns();
     double time_ms = (double)(t_done - t0) / 1e6;
 
     size_t n_failed = 0;
@@ -136,7 +138,7 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
         size_t len = 0;
         int rc = ihc_wire_encode(&msg, a->auth, &buf, &len);
         if (rc == IHC_OK) {
-            ihc__send_report_buf(a, buf, len);
+            ihc__transport_send_report(&a->tp, buf, len);
         } else {
             ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot encode report id=%llu hw=%s err=\"%s\"",
                     (unsigned long long)id, hw, ihc_strerror(rc));
@@ -180,7 +182,7 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
 /* Lock held. Sets should_interrupt for hw (entry e, NULL for global). */
 static void set_flag(ihc_agent *a, ihc__hwent *e, bool global)
 {
-    uint64_t until = ihc__now_ns() + ihc__s_to_ns(a->o.session_cleanup_delay);
+    uint64_t until = ihc_mono_ns() + ihc_s_to_ns(a->o.session_cleanup_delay);
     if (global)
         a->gflag_until_ns = until;
     else if (e)
@@ -206,7 +208,7 @@ void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t
     if (h && h->epoch == m->epoch && strcmp(h->hw, m->hw) == 0) {
         /* act once per id; the coordinator re-sends to those it has no report from */
         if (listed && h->report) {
-            ihc__send_report_buf(a, h->report, h->report_len);
+            ihc__transport_send_report(&a->tp, h->report, h->report_len);
             ihc_log(IHC_LOG_DEBUG, IHC__LOG, "report re-sent id=%llu hw=%s attempt=%u",
                     (unsigned long long)m->id, m->hw, m->attempt);
         }
@@ -259,7 +261,7 @@ void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m)
         bool global = strcmp(ep->hw, "*") == 0;
         ihc__session **v = cx->victims;
         size_t n = 0;
-        uint64_t t0 = ihc__now_ns();
+        uint64_t t0 = ihc_mono_ns();
         pthread_mutex_lock(&a->lock);
         ihc__hwent *e = NULL;
         ihc__session *s;

@@ -24,6 +24,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "thread.h"
 #include "wire.h"
 
 #define COMP        "local"
@@ -808,11 +809,7 @@ int ihc_local_open(ihc_local **out, ihc_agent *a, const char *url, int max_activ
     l->max_active = max_active > 0 ? max_active : 100;
     l->check_ms = check_ms > 0 ? check_ms : 100;
     pthread_mutex_init(&l->mtx, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&l->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    ihc_cond_init_mono(&l->cond);
 
     if (strncmp(url, "ipc://", 6) == 0) {
         if (!(l->path = strdup(url + 6))) {

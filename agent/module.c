@@ -3,6 +3,9 @@
  * that hangs is reported timed out (its worker is abandoned and replaced). */
 #include "agent_int.h"
 
+#include "clock.h"
+#include "thread.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -44,7 +47,7 @@ static void worker_free(ihc__worker *w)
 static void *worker_main(void *arg)
 {
     ihc__worker *w = arg;
-    ihc__thread_priority(w->high);
+    ihc_thread_priority(w->high);
     pthread_mutex_lock(&w->mu);
     for (;;) {
         while (!w->job && !w->quit)
@@ -65,7 +68,7 @@ static void *worker_main(void *arg)
         if (w->abandoned)
             goto abandoned;
         w->rc = rc;
-        w->t_end_ns = ihc__now_ns();
+        w->t_end_ns = ihc_mono_ns();
         w->finished = true;
         ihc__modules *ms = w->ms;
         pthread_mutex_unlock(&w->mu);
@@ -141,7 +144,7 @@ int ihc__modules_init(ihc__modules *ms, bool high_priority)
         return IHC_ENOMEM;
     if (pthread_mutex_init(&ms->run_mu, NULL) != 0)
         goto fail_run;
-    if (ihc__cond_init_mono(&ms->run_cv) != 0)
+    if (ihc_cond_init_mono(&ms->run_cv) != 0)
         goto fail_cv;
     return IHC_OK;
 fail_cv:
@@ -445,7 +448,7 @@ int ihc_agent_register_module(ihc_agent *a, const ihc_module_def *d)
             m->name, m->n_run, m->timeout * 1000.0, m->enabled ? "true" : "false",
             o ? " config=override" : "");
     atomic_store(&a->need_hello, true); /* the coordinator learns the new module */
-    ihc__rx_wake(a);
+    ihc__transport_wake(&a->tp);
     return IHC_OK;
 out:
     pthread_mutex_unlock(&ms->mu);
@@ -478,7 +481,7 @@ double ihc__modules_timeout(ihc__modules *ms, const char *name, double dflt)
 
 void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char *hw)
 {
-    uint64_t t0 = ihc__now_ns();
+    uint64_t t0 = ihc_mono_ns();
     size_t pending = 0;
     pthread_mutex_lock(&ms->run_mu);
     uint64_t gen = ++ms->run_gen;
@@ -499,7 +502,7 @@ void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char 
             continue;
         }
         ihc__worker *w = m->w;
-        m->deadline_ns = t0 + ihc__s_to_ns(m->timeout);
+        m->deadline_ns = t0 + ihc_s_to_ns(m->timeout);
         /* counted before the job starts: a count reaching 0 while jobs are still being
          * handed out only wakes a runner that is not waiting yet */
         pthread_mutex_lock(&ms->run_mu);
@@ -521,7 +524,7 @@ void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char 
         return;
     pthread_mutex_lock(&ms->run_mu);
     while (pending) {
-        uint64_t now = ihc__now_ns();
+        uint64_t now = ihc_mono_ns();
         uint64_t next = UINT64_MAX;
         m = head;
         for (size_t i = 0; i < n; m = ++i < n ? m->next : NULL) {
@@ -559,7 +562,7 @@ void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char 
             pthread_mutex_unlock(&w->mu);
         }
         if (pending) {
-            struct timespec ts = ihc__abstime(next);
+            struct timespec ts = ihc_mono_abstime(next);
             pthread_cond_timedwait(&ms->run_cv, &ms->run_mu, &ts);
         }
     }

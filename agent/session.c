@@ -4,6 +4,7 @@
 #include "agent_int.h"
 
 #include "clock.h"
+#include "thread.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -62,7 +63,7 @@ int ihc__sessions_init(ihc_agent *a)
 {
     if (pthread_mutex_init(&a->lock, NULL) != 0)
         return IHC_ENOMEM;
-    if (ihc__cond_init_mono(&a->esc_cv) != 0) {
+    if (ihc_cond_init_mono(&a->esc_cv) != 0) {
         pthread_mutex_destroy(&a->lock);
         return IHC_ENOMEM;
     }
@@ -227,7 +228,7 @@ void ihc__send_session_end(ihc_agent *a, const ihc__session *s, const char *stat
     size_t len = 0;
     uint8_t *buf = encode_event(a, s, state, &len);
     if (buf)
-        ihc__send_encoded(a, buf, len, "session_end");
+        ihc__transport_send(&a->tp, buf, len, "session_end");
 }
 
 /* ---- public session API ---- */
@@ -265,7 +266,7 @@ int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token *
     s->on_cancel = o->on_cancel;
     s->arg = o->arg;
     s->created_ms = ihc_now_ms();
-    s->created_ns = ihc__now_ns();
+    s->created_ns = ihc_mono_ns();
 
     pthread_mutex_lock(&a->lock);
     if (a->n_sessions >= (size_t)a->o.max_active_sessions) {
@@ -318,7 +319,7 @@ int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token *
     uint8_t *buf = encode_event(a, s, NULL, &len);
     pthread_mutex_unlock(&a->lock);
     if (buf)
-        ihc__send_encoded(a, buf, len, "session_begin");
+        ihc__transport_send(&a->tp, buf, len, "session_begin");
     return IHC_OK;
 fail:
     if (s->tok)
@@ -344,7 +345,7 @@ int ihc_agent_session_end(ihc_agent *a, const char *session_id)
         ihc__session_unlink(a, s);
         pthread_mutex_unlock(&a->lock);
         if (buf)
-            ihc__send_encoded(a, buf, len, "session_end");
+            ihc__transport_send(&a->tp, buf, len, "session_end");
         return IHC_OK;
     }
     /* cleaned up by an interrupt but still watched: the owner ending it stops escalation */
@@ -374,7 +375,7 @@ bool ihc_agent_should_interrupt(ihc_agent *a, const char *hw)
 {
     if (!a || !hw || !ihc_hw_valid(hw, strlen(hw), true))
         return false;
-    uint64_t now = ihc__now_ns();
+    uint64_t now = ihc_mono_ns();
     pthread_mutex_lock(&a->lock);
     bool r = now < a->gflag_until_ns;
     if (!r && strcmp(hw, "*") != 0) {
@@ -407,7 +408,7 @@ void ihc__sessions_cleanup(ihc_agent *a, ihc__session **v, size_t n, const char 
         }
         pthread_mutex_unlock(&a->lock);
         if (buf)
-            ihc__send_encoded(a, buf, len, "session_end");
+            ihc__transport_send(&a->tp, buf, len, "session_end");
     }
 }
 
@@ -424,7 +425,7 @@ void ihc__sessions_escalate(ihc_agent *a, ihc__session **v, size_t n)
         if (!s->escalating && !s->ended && a->esc_started) {
             s->escalating = true;
             s->esc_stage = 0;
-            s->esc_at_ns = ihc__now_ns() + ihc__s_to_ns(t);
+            s->esc_at_ns = ihc_mono_ns() + ihc_s_to_ns(t);
             s->refs++;
             s->esc_next = a->esc;
             a->esc = s;
@@ -465,7 +466,7 @@ static void *escalator_main(void *arg)
     ihc_agent *a = arg;
     pthread_mutex_lock(&a->lock);
     while (!a->esc_stop) {
-        uint64_t now = ihc__now_ns();
+        uint64_t now = ihc_mono_ns();
         uint64_t next = UINT64_MAX;
         ihc__session **pp = &a->esc;
         while (*pp) {
@@ -490,7 +491,7 @@ static void *escalator_main(void *arg)
                             "session did not stop in time: SIGTERM session=%s pid=%d%s", s->id,
                             (int)s->pid, rv == 0 ? "" : " err=\"kill failed\"");
                     s->esc_stage = 1;
-                    s->esc_at_ns = now + ihc__s_to_ns(a->o.kill_grace);
+                    s->esc_at_ns = now + ihc_s_to_ns(a->o.kill_grace);
                 } else {
                     int rv = kill(s->pid, SIGKILL);
                     ihc_log(IHC_LOG_WARN, IHC__LOG,
@@ -517,7 +518,7 @@ static void *escalator_main(void *arg)
         uint64_t poll_at = now + 10 * 1000000ull;
         if (poll_at < next)
             next = poll_at;
-        struct timespec ts = ihc__abstime(next);
+        struct timespec ts = ihc_mono_abstime(next);
         pthread_cond_timedwait(&a->esc_cv, &a->lock, &ts);
     }
     pthread_mutex_unlock(&a->lock);
@@ -555,11 +556,11 @@ void ihc__sessions_tick(ihc_agent *a)
 {
     ihc__session **v = a->cx.victims;
     size_t n = 0;
-    uint64_t ttl = ihc__s_to_ns(a->o.session_timeout);
+    uint64_t ttl = ihc_s_to_ns(a->o.session_timeout);
     pthread_mutex_lock(&a->lock);
     /* read under the lock: a session begun while we waited for it must not look created in
      * the future (now - created_ns would wrap and expire it at once) */
-    uint64_t now = ihc__now_ns();
+    uint64_t now = ihc_mono_ns();
     for (ihc__session *s = a->sessions; s && n < a->cx.victims_cap; s = s->next)
         if (!s->cancelled && now - s->created_ns >= ttl && ihc__session_claim(s))
             v[n++] = s;
@@ -603,7 +604,7 @@ int ihc__gens_new(ihc_agent *a)
         free(gs);
         return IHC_ENOMEM;
     }
-    if (ihc__cond_init_mono(&gs->cv) != 0) {
+    if (ihc_cond_init_mono(&gs->cv) != 0) {
         pthread_mutex_destroy(&gs->mu);
         free(gs);
         return IHC_ENOMEM;
@@ -812,7 +813,7 @@ static size_t gens_count(ihc__genset *gs, const char *sid, const char *hw)
 static size_t gens_stop_wait(ihc_agent *a, const char *sid, const char *hw, int timeout_ms)
 {
     ihc__genset *gs = a->gs;
-    uint64_t end = timeout_ms >= 0 ? ihc__now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+    uint64_t end = timeout_ms >= 0 ? ihc_mono_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
     pthread_mutex_lock(&gs->mu);
     for (ihc_generator *g = gs->live; g; g = g->next)
         if (gen_match(g, sid, hw))
@@ -826,9 +827,9 @@ static size_t gens_stop_wait(ihc_agent *a, const char *sid, const char *hw, int 
             pthread_cond_wait(&gs->cv, &gs->mu);
             continue;
         }
-        if (ihc__now_ns() >= end)
+        if (ihc_mono_ns() >= end)
             break;
-        struct timespec ts = ihc__abstime(end);
+        struct timespec ts = ihc_mono_abstime(end);
         pthread_cond_timedwait(&gs->cv, &gs->mu, &ts);
     }
     pthread_mutex_unlock(&gs->mu);

@@ -16,6 +16,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "thread.h"
 #include "wire.h"
 
 #define COMP "simulate"
@@ -402,11 +403,7 @@ int ihc_simulate_open(ihc_simulate **out, ihc_agent *a, const char *const *hws, 
     for (size_t i = 0; i < n_hws; i++)
         snprintf(s->slots[i].hw, sizeof(s->slots[i].hw), "%s", hws[i]);
     pthread_mutex_init(&s->mtx, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    ihc_cond_init_mono(&s->cond);
 
     /* the first sessions begin before open returns, so the first hello can list them */
     for (size_t i = 0; i < n_hws; i++)

@@ -1,0 +1,96 @@
+/* The agent's connection to the coordinator (private): a SUB socket for broadcasts and a PUSH
+ * socket for reports and events, the receive thread, and the queue of messages waiting to be
+ * sent. It knows nothing of the agent: it calls back through the ops it is given. */
+#ifndef IHC_AGENT_TRANSPORT_H
+#define IHC_AGENT_TRANSPORT_H
+
+#include <nng/nng.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* What the transport calls; ctx is passed back to each. */
+typedef struct {
+    /* Receive thread: one framed message (topic, NUL, body) as received; t0_ns (monotonic) is
+     * when its batch arrived. The frame is only valid during the call. */
+    void (*on_frame)(void *ctx, const uint8_t *frame, size_t len, uint64_t t0_ns);
+    /* Receive thread, before every wait: runs what is due at now_ns and returns the monotonic
+     * time of the next thing due (the thread sleeps until then, or a message, or a wake). */
+    uint64_t (*on_timers)(void *ctx, uint64_t now_ns);
+    /* nng's thread: a connection (SUB when sub, else PUSH) came up or went down; the pipe
+     * counts (ihc__transport_links) already include it. Must not block. */
+    void (*on_link)(void *ctx, bool sub, bool up);
+    void *ctx;
+} ihc__transport_ops;
+
+/* A message waiting to be sent (the transport's own queue, in order). */
+typedef struct ihc__txq ihc__txq;
+
+typedef struct {
+    ihc__transport_ops ops;
+    bool interrupts_first; /* a batch's "hw:" frames before the others (INTERRUPT_PRIORITY) */
+    bool high_priority;    /* the receive thread's priority (ihc_thread_priority) */
+    nng_socket sub, push;
+    bool sub_open, push_open;
+    atomic_int sub_pipes, push_pipes;
+    nng_aio *rx_aio; /* the receive thread's; cancelled to wake it */
+    pthread_t rx;
+    bool rx_started;
+    atomic_bool woken, stopping;
+
+    /* sending: one aio in flight at a time; the rest waits in txq, which the transport
+     * owns, so that nothing sits in nng's queues when the socket closes */
+    nng_aio *tx_aio;
+    pthread_mutex_t tx_mu;
+    pthread_cond_t tx_cv; /* signalled when the queue runs empty */
+    bool tx_init, tx_busy, tx_stop;
+    ihc__txq *tx_head, *tx_tail;
+    size_t tx_n, tx_reports;
+    atomic_uint_fast64_t n_drops;
+} ihc__transport;
+
+#define IHC__TX_QUEUE_MAX 1024 /* messages queued; beyond it events are dropped */
+#define IHC__PENDING_MAX  1024 /* reports queued; beyond it the oldest report is dropped */
+
+/* Opens both sockets on t (zero-initialised, ops and flags set) with their options and pipe
+ * notifications, subscribes to "hw:" and to topic (tlen bytes, the agent's own "ag:…\0"),
+ * and dials pub_url and report_url without waiting (nng redials until the coordinator is
+ * there). Errors: IHC_EINVAL (a URL nng refuses; logged), IHC_ETRANSPORT, IHC_ENOMEM. On
+ * error call ihc__transport_fini. */
+int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *report_url,
+                        const char *topic, size_t tlen);
+
+/* Starts the receive thread. Errors: IHC_ENOMEM. */
+int ihc__transport_start(ihc__transport *t);
+
+/* Any thread: the receive thread runs on_timers now instead of when its wait ends. */
+void ihc__transport_wake(ihc__transport *t);
+
+/* Stops and joins the receive thread (no callbacks from it after this). */
+void ihc__transport_stop_rx(ihc__transport *t);
+
+/* Sends buf (an event: hello, heartbeat, session_begin/end) without blocking, queueing it
+ * behind what waits; dropped and counted when IHC__TX_QUEUE_MAX messages wait. what names it
+ * in the log. Takes ownership of buf (malloc'd). */
+void ihc__transport_send(ihc__transport *t, uint8_t *buf, size_t len, const char *what);
+
+/* Sends an encoded report without blocking: queued (a copy) when it cannot go now, kept until
+ * it can; beyond IHC__PENDING_MAX queued reports the oldest is dropped. buf stays the
+ * caller's. */
+void ihc__transport_send_report(ihc__transport *t, const uint8_t *buf, size_t len);
+
+/* Pipes up now (either pointer may be NULL). */
+void ihc__transport_links(ihc__transport *t, int *sub, int *push);
+
+/* Messages dropped so far (queue full, out of memory, left unsent at close). */
+uint64_t ihc__transport_drops(ihc__transport *t);
+
+/* At close, after the last send: waits up to timeout_ms for the queue to go out while the
+ * PUSH connection is up (not at all when it is down), then stops sending, takes back and
+ * frees what is left, and closes both sockets. Accepts a transport that was never opened or
+ * only partly. */
+void ihc__transport_fini(ihc__transport *t, int timeout_ms);
+
+#endif
