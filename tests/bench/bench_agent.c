@@ -4,7 +4,7 @@
  * which runs before the modules and the report, so its session_begin reaches the
  * coordinator ahead of the report (one PUSH pipe keeps order) and the requester's next
  * interrupt always finds it.
- * Usage: bench_agent --pub URL --report URL --id ID --hw HW[,HW…] */
+ * Usage: bench_agent [--pub URL] [--report URL] [--id ID] [--hw HW[,HW…]] (bench_agent --help). */
 #include <ihc/agent.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -54,6 +54,39 @@ static void on_session_cancel(const char *session_id, void *arg)
     begin_session((int)(intptr_t)arg);
 }
 
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: bench_agent [--pub URL] [--report URL] [--id ID] [--hw HW[,HW...]]\n"
+            "A libihc-agent service for the benchmark (tests/bench/bench_ihc.c starts it):\n"
+            "three modules with instant methods and one session per hardware_id, begun\n"
+            "again on every interrupt. Runs until SIGTERM or SIGINT.\n"
+            "  --pub URL       the coordinator's PUB socket (default: libihc-agent's)\n"
+            "  --report URL    the coordinator's PULL socket (default: libihc-agent's)\n"
+            "  --id ID         agent id (default: <hostname>:<pid>)\n"
+            "  --hw HW[,HW...] hardware_ids, at most %d (default: bench)\n"
+            "  -h, --help      this help\n",
+            MAX_HWS);
+}
+
+/* Takes the value of option name at argv[*i] ("--name VALUE" or "--name=VALUE"); NULL when
+ * argv[*i] is another option. Exits 2 when the value is missing. */
+static const char *opt_value(int argc, char **argv, int *i, const char *name)
+{
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n) != 0)
+        return NULL;
+    if (argv[*i][n] == '=')
+        return argv[*i] + n + 1;
+    if (argv[*i][n] != '\0')
+        return NULL;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "bench_agent: %s needs a value\nTry 'bench_agent --help'.\n", name);
+        exit(2);
+    }
+    return argv[++*i];
+}
+
 static volatile sig_atomic_t stop;
 static void on_signal(int sig)
 {
@@ -66,16 +99,30 @@ int main(int argc, char **argv)
     ihc_agent_opts o;
     ihc_agent_opts_init(&o);
     o.cleanup_on_interrupt = true;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--pub"))
-            o.pub_url = argv[i + 1];
-        else if (!strcmp(argv[i], "--report"))
-            o.report_url = argv[i + 1];
-        else if (!strcmp(argv[i], "--id"))
-            o.agent_id = argv[i + 1];
-        else if (!strcmp(argv[i], "--hw"))
-            for (char *t = strtok(argv[i + 1], ","); t && n_hws < MAX_HWS; t = strtok(NULL, ","))
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        } else if ((v = opt_value(argc, argv, &i, "--pub"))) {
+            o.pub_url = v;
+        } else if ((v = opt_value(argc, argv, &i, "--report"))) {
+            o.report_url = v;
+        } else if ((v = opt_value(argc, argv, &i, "--id"))) {
+            o.agent_id = v;
+        } else if ((v = opt_value(argc, argv, &i, "--hw"))) {
+            for (char *t = strtok((char *)v, ","); t; t = strtok(NULL, ",")) {
+                if (n_hws == MAX_HWS) {
+                    fprintf(stderr, "bench_agent: --hw: at most %d hardware_ids\n", MAX_HWS);
+                    return 2;
+                }
                 hws[n_hws++] = t;
+            }
+        } else {
+            fprintf(stderr, "bench_agent: %s '%s'\nTry 'bench_agent --help'.\n",
+                    argv[i][0] == '-' ? "unknown option" : "unexpected argument", argv[i]);
+            return 2;
+        }
     }
     if (n_hws == 0)
         hws[n_hws++] = "bench";
