@@ -90,6 +90,13 @@ struct ihc_local {
     pthread_t worker;
 };
 
+/* The usual cause of an endpoint in use is a second agent on the host: say how to run one. */
+#define IN_USE_HINT                                                                                \
+    "; a second ihc-agent on this host needs its own local endpoint: start it with "               \
+    "--local ipc:///PATH/TO/OTHER.sock (or IHC_LOCAL_URL=ipc:///PATH/TO/OTHER.sock), and point "   \
+    "the processes that should use it at the same URL (IHC_LOCAL_URL), or --local off when "       \
+    "nothing on the node registers sessions with it"
+
 /* ---- process liveness ---- */
 
 /* Reads /proc/<pid>/stat into buf and returns what follows the command name (" <state>
@@ -770,7 +777,8 @@ static int ipc_prepare(const char *path, char *err, size_t err_len)
     switch (ipc_probe(path)) {
     case 1:
         snprintf(err, err_len,
-                 "local endpoint ipc://%s: another process (an ihc-agent?) is listening there",
+                 "local endpoint ipc://%s: another process (an ihc-agent?) is listening "
+                 "there" IN_USE_HINT,
                  path);
         return IHC_EEXIST;
     case 0:
@@ -834,7 +842,7 @@ int ihc_local_open(ihc_local **out, ihc_agent *a, const char *url, int max_activ
     nng_socket_set_size(l->sock, NNG_OPT_RECVMAXSZ, RECV_MAX);
     if ((rv = nng_listen(l->sock, url, NULL, 0)) != 0) {
         snprintf(err, err_len, "local endpoint %s: cannot listen: %s%s", url, nng_strerror(rv),
-                 rv == NNG_EADDRINUSE ? " (another ihc-agent running?)" : "");
+                 rv == NNG_EADDRINUSE ? " (another ihc-agent running?)" IN_USE_HINT : "");
         rc = rv == NNG_EADDRINUSE ? IHC_EEXIST : IHC_ETRANSPORT;
         goto fail;
     }

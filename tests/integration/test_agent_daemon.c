@@ -1,8 +1,13 @@
 /* A real `ihc-agent --simulate dev-1,dev-2` process driven by a fake coordinator in the test:
  * hello, sync, an interrupt that stops exactly dev-1's work, a new dev-1 session in the new
- * epoch, refused configuration, and a clean SIGTERM. */
+ * epoch, refused configuration, and a clean SIGTERM. Also: IHC_KILL_GRACE=0 (SIGKILL right
+ * after SIGTERM), what the agent logs about its connection (never made, lost, regained), and
+ * a second agent on a busy local endpoint. */
 #include "harness.h"
 
+#include <errno.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +16,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -286,12 +292,310 @@ static void test_agent_daemon_local_socket(void **state)
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 1);
     assert_true(th_log_has(log2, "listening there", 0));
+    /* and how to run a second agent: its own endpoint */
+    assert_true(th_log_has(log2, "--local ipc://", 0));
+    assert_true(th_log_has(log2, "IHC_LOCAL_URL=", 0));
 
     /* the first one is unharmed */
     assert_int_equal(th_wait_exit(a1, 100), -1);
     st = th_stop(a1, SIGTERM, 5000);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* ---- IHC_KILL_GRACE=0 ---- */
+
+/* Wall-clock ms of the log line (from byte offset from) containing needle, from its leading
+ * "YYYY-MM-DDTHH:MM:SS.mmmZ" timestamp; -1 when absent. *at receives the line's offset. */
+static int64_t log_line_ms(const char *path, const char *needle, size_t *at)
+{
+    char *all = th_slurp(path);
+    char *hit = strstr(all, needle);
+    int64_t ms = -1;
+    if (hit) {
+        char *line = hit;
+        while (line > all && line[-1] != '\n')
+            line--;
+        struct tm tm = {0};
+        int msec = 0;
+        if (sscanf(line, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                   &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &msec) == 7) {
+            tm.tm_year -= 1900;
+            tm.tm_mon -= 1;
+            ms = (int64_t)timegm(&tm) * 1000 + msec;
+        }
+        if (at)
+            *at = (size_t)(line - all);
+    }
+    free(all);
+    return ms;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool is_exec_of_sleep(pid_t pid)
+{
+    char path[64], comm[64] = "";
+    snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    bool ok = fgets(comm, sizeof(comm), f) && strncmp(comm, "sleep", 5) == 0;
+    fclose(f);
+    return ok;
+}
+
+/* A process registered over the local endpoint ignores SIGTERM; with FORCE_CLEANUP on and
+ * IHC_KILL_GRACE=0 it gets SIGTERM after the module timeout and SIGKILL right after (it was
+ * 2 s, the default, when 0 was taken for "unset"). */
+static void test_agent_daemon_kill_grace_zero(void **state)
+{
+    (void)state;
+    th_fc fc = {0};
+    assert_int_equal(th_fc_listen(&fc), 0);
+    const char *log = path_in("grace.log");
+    char local[4200];
+    snprintf(local, sizeof(local), "ipc://%s", path_in("grace.sock"));
+    char *argv[] = {(char *)th_bin("ihc-agent"),
+                    "--pub",
+                    fc.pub_url,
+                    "--report",
+                    fc.report_url,
+                    "--id",
+                    "grace-agent",
+                    "--local",
+                    local,
+                    NULL};
+    char *env[] = {"IHC_KILL_GRACE=0", "IHC_MODULE_TIMEOUT=0.2", "FORCE_CLEANUP=true",
+                   "IHC_LOG_LEVEL=info", NULL};
+    pid_t agent = th_spawn(argv, log, env);
+    assert_true(agent > 0);
+    ihc_msg *h = th_fc_recv_type_drop(&fc, IHC_MSG_HELLO, 10000);
+    assert_non_null(h);
+    ihc_msg_free(h);
+    const char *hws[] = {"dev-g"};
+    TH_PASS(th_fc_send_sync(&fc, "grace-agent", hws, 1));
+
+    /* the stubborn process: SIGTERM ignored (kept across exec), SIGKILL is the only way */
+    char *stubborn[] = {"sh", "-c", "trap '' TERM; exec sleep 60", NULL};
+    pid_t p = th_spawn(stubborn, NULL, NULL);
+    assert_true(p > 0);
+    assert_true(TH_WAIT(is_exec_of_sleep(p), 5000));
+    nng_socket s;
+    assert_int_equal(nng_req0_open(&s), 0);
+    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 5000);
+    assert_true(TH_WAIT(nng_dial(s, local, NULL, 0) == 0, 5000));
+    ihc_msg *r = th_local_call(
+        s, &(ihc_local_request){.op = "begin", .pid = p, .hw = "dev-g", .session_id = "grace-1"});
+    assert_non_null(r);
+    assert_int_equal(r->u.local_response.status, IHC_OK);
+    ihc_msg_free(r);
+    nng_close(s);
+
+    ihc_msg *rep = th_fc_interrupt_until_report(&fc, 1, "dev-g", 1, 5000);
+    assert_non_null(rep);
+    assert_int_equal(rep->u.report.n_sessions, 1);
+    ihc_msg_free(rep);
+
+    /* its death, to the ms */
+    int st = 0;
+    int64_t dead_ms = -1;
+    uint64_t end = th_now_ms_() + 5000;
+    while (th_now_ms_() < end) {
+        pid_t w = waitpid(p, &st, WNOHANG);
+        if (w == p) {
+            dead_ms = wall_ms();
+            break;
+        }
+        th_sleep_ms_(1);
+    }
+    if (dead_ms < 0) {
+        th_stop(p, SIGKILL, 1000);
+        th_log_tail(log, 20);
+        fail_msg("the process that ignores SIGTERM was not killed within 5 s of the report");
+    }
+    assert_true(WIFSIGNALED(st));
+    assert_int_equal(WTERMSIG(st), SIGKILL);
+
+    /* SIGTERM first, then SIGKILL, and the process gone well under the old 2 s after the
+     * SIGTERM (1 s: room for a loaded machine) */
+    char want_term[128], want_kill[128];
+    snprintf(want_term, sizeof(want_term), "SIGTERM session=grace-1 pid=%d", (int)p);
+    snprintf(want_kill, sizeof(want_kill), "SIGKILL session=grace-1 pid=%d", (int)p);
+    assert_true(TH_WAIT(th_log_has(log, want_kill, 0), 2000));
+    size_t at_term = 0, at_kill = 0;
+    int64_t term_ms = log_line_ms(log, want_term, &at_term);
+    int64_t kill_ms = log_line_ms(log, want_kill, &at_kill);
+    assert_true(term_ms > 0 && kill_ms > 0);
+    assert_true(at_term < at_kill);
+    fprintf(stderr,
+            "kill grace 0: SIGKILL logged %lld ms after SIGTERM, process dead %lld ms after "
+            "SIGTERM\n",
+            (long long)(kill_ms - term_ms), (long long)(dead_ms - term_ms));
+    assert_true(kill_ms - term_ms < 1000);
+    assert_true(dead_ms - term_ms < 1000);
+
+    int ast = th_stop(agent, SIGTERM, 5000);
+    assert_true(WIFEXITED(ast));
+    assert_int_equal(WEXITSTATUS(ast), 0);
+    th_fc_close(&fc);
+}
+
+/* ---- what the agent says about its connection ---- */
+
+static int count_in_log(const char *path, const char *needle)
+{
+    char *all = th_slurp(path);
+    int n = 0;
+    for (const char *p = all; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    free(all);
+    return n;
+}
+
+/* Answers the agent's hellos with a sync until needle is in its log (a sync published before
+ * the agent's SUB connection is back is lost; the agent says hello again when it is). */
+static bool sync_until_logged(th_fc *fc, const char *id, const char *log, const char *needle)
+{
+    uint64_t end = th_now_ms_() + 10000;
+    while (th_now_ms_() < end) {
+        if (th_log_has(log, needle, 0))
+            return true;
+        ihc_msg *h = th_fc_recv_type_drop(fc, IHC_MSG_HELLO, 200);
+        if (h) {
+            ihc_msg_free(h);
+            TH_PASS(th_fc_send_sync(fc, id, NULL, 0));
+        }
+    }
+    return th_log_has(log, needle, 0);
+}
+
+/* Starts an agent dialing fc's URLs (without a local endpoint) with its log in log. */
+static pid_t start_plain_agent(th_fc *fc, const char *id, const char *log)
+{
+    char *argv[] = {(char *)th_bin("ihc-agent"),
+                    "--pub",
+                    fc->pub_url,
+                    "--report",
+                    fc->report_url,
+                    "--id",
+                    (char *)id,
+                    "--local",
+                    "off",
+                    NULL};
+    char *env[] = {"IHC_LOG_LEVEL=info", NULL};
+    unlink(log);
+    pid_t pid = th_spawn(argv, log, env);
+    assert_true(pid > 0);
+    return pid;
+}
+
+/* Nothing listens at the URLs (a typo, a coordinator that is down): after a few seconds one
+ * warning names both URLs and what to check; the agent keeps trying. */
+static void test_agent_daemon_unreachable(void **state)
+{
+    (void)state;
+    th_fc fc = {0};
+    th_fc_pick_ports(&fc);
+    const char *log = path_in("unreachable.log");
+    uint64_t t0 = th_now_ms_();
+    pid_t agent = start_plain_agent(&fc, "lonely-agent", log);
+    const char *warn = "no connection to the coordinator after";
+    if (!TH_WAIT(th_log_has(log, warn, 0), 10000)) {
+        th_log_tail(log, 20);
+        fail_msg("no warning about the unreachable coordinator within 10 s");
+    }
+    uint64_t took = th_now_ms_() - t0;
+    fprintf(stderr, "unreachable warning %llu ms after start\n", (unsigned long long)took);
+    assert_true(took >= 2500); /* not at once: a coordinator starting up is fine */
+    char want[256];
+    snprintf(want, sizeof(want), "pub=%s (not connected) report=%s (not connected)", fc.pub_url,
+             fc.report_url);
+    assert_true(th_log_has(log, want, 0));
+    assert_true(th_log_has(log, "IHC_PUB_URL", 0));
+    assert_true(th_log_has(log, "IHC_REPORT_URL", 0));
+    assert_true(th_log_has(log, "WARN", 0));
+    /* once: still running, still quiet a while later */
+    th_sleep_ms_(1500);
+    assert_int_equal(th_wait_exit(agent, 10), -1);
+    assert_int_equal(count_in_log(log, warn), 1);
+
+    /* the coordinator comes: connected, said at info */
+    assert_int_equal(th_fc_listen(&fc), 0);
+    assert_true(sync_until_logged(&fc, "lonely-agent", log, "connected to coordinator"));
+
+    int st = th_stop(agent, SIGTERM, 5000);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    th_fc_close(&fc);
+}
+
+/* Connected at the transport level but no sync ever comes (another secret, another service
+ * on the ports): the warning says so instead of blaming the URLs. */
+static void test_agent_daemon_no_sync(void **state)
+{
+    (void)state;
+    th_fc fc = {0};
+    assert_int_equal(th_fc_listen(&fc), 0);
+    const char *log = path_in("nosync.log");
+    pid_t agent = start_plain_agent(&fc, "unanswered-agent", log);
+    const char *warn = "coordinator not answering after";
+    if (!TH_WAIT(th_log_has(log, warn, 0), 10000)) {
+        th_log_tail(log, 20);
+        fail_msg("no warning about the coordinator not answering within 10 s");
+    }
+    assert_true(th_log_has(log, "IHC_SECRET", 0));
+    assert_true(th_log_has(log, fc.pub_url, 0));
+    assert_true(th_log_has(log, fc.report_url, 0));
+    assert_int_equal(count_in_log(log, warn), 1);
+    int st = th_stop(agent, SIGTERM, 5000);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    th_fc_close(&fc);
+}
+
+/* Every loss of the connection is a warning, every regain an info line, one each. */
+static void test_agent_daemon_connection_lost(void **state)
+{
+    (void)state;
+    th_fc fc = {0};
+    assert_int_equal(th_fc_listen(&fc), 0);
+    const char *log = path_in("lost.log");
+    uint64_t t0 = th_now_ms_();
+    pid_t agent = start_plain_agent(&fc, "flaky-agent", log);
+    for (int round = 0; round < 2; round++) {
+        const char *up = round == 0 ? "connected to coordinator pub="
+                                    : "connection to coordinator regained after";
+        if (!sync_until_logged(&fc, "flaky-agent", log, up)) {
+            th_log_tail(log, 20);
+            fail_msg("round %d: no '%s' in the log", round, up);
+        }
+        if (round == 1)
+            break;
+        th_fc_close(&fc); /* the coordinator goes away */
+        if (!TH_WAIT(th_log_has(log, "connection to coordinator lost", 0), 5000)) {
+            th_log_tail(log, 20);
+            fail_msg("no warning when the coordinator went away");
+        }
+        assert_int_equal(th_fc_listen(&fc), 0); /* and comes back on the same ports */
+    }
+    assert_true(th_log_has(log, "WARN  agent connection to coordinator lost", 0));
+    assert_true(th_log_has(log, "INFO  agent connection to coordinator regained", 0));
+    assert_int_equal(count_in_log(log, "connection to coordinator lost"), 1);
+    assert_int_equal(count_in_log(log, "connection to coordinator regained"), 1);
+    /* it was connected in time: no unreachable warning, even past its delay */
+    while (th_now_ms_() - t0 < 3500)
+        th_sleep_ms_(50);
+    assert_int_equal(count_in_log(log, "no connection to the coordinator"), 0);
+    int st = th_stop(agent, SIGTERM, 5000);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    th_fc_close(&fc);
 }
 
 static int setup(void **state)
@@ -315,6 +619,10 @@ int main(void)
         cmocka_unit_test(test_agent_daemon_bad_config),
         cmocka_unit_test(test_agent_daemon_interrupt),
         cmocka_unit_test(test_agent_daemon_local_socket),
+        cmocka_unit_test(test_agent_daemon_kill_grace_zero),
+        cmocka_unit_test(test_agent_daemon_unreachable),
+        cmocka_unit_test(test_agent_daemon_no_sync),
+        cmocka_unit_test(test_agent_daemon_connection_lost),
     };
     return cmocka_run_group_tests_name("agent_daemon", tests, setup, teardown);
 }
