@@ -222,7 +222,12 @@ int ihc_control_open(ihc_control **out, ihc_coord *c, const ihc_config *cfg)
         rc = ihc_err_from_nng(rv);
         goto fail;
     }
-    nng_socket_set_size(ctl->sock, NNG_OPT_RECVMAXSZ, MAX_REQUEST);
+    /* a larger frame closes the pipe instead of being buffered (nng's default is no limit) */
+    if ((rv = nng_socket_set_size(ctl->sock, NNG_OPT_RECVMAXSZ, MAX_REQUEST)) != 0) {
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot set socket options: %s", nng_strerror(rv));
+        rc = ihc_err_from_nng(rv);
+        goto fail;
+    }
     if ((rv = nng_listen(ctl->sock, cfg->control_url, NULL, 0)) != 0) {
         ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot listen control url=%s: %s", cfg->control_url,
                 nng_strerror(rv));

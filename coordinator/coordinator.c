@@ -35,6 +35,12 @@
 #define RESEND_MAX_NS     (500ull * 1000000ull)
 #define SWEEP_NS          (100ull * 1000000ull)
 #define MAX_MSGS_PER_TURN 1024
+/* Messages each agent's pipe may queue on PUB before nng drops the oldest (default 16): a
+ * burst of interrupts and syncs must not push an interrupt out. */
+#define PUB_SENDBUF 1024
+/* Agents' messages PULL keeps while the loop is busy: a fleet's reports to one interrupt
+ * arrive together. */
+#define PULL_RECVBUF 1024
 /* Redis writes queued while interrupts are in flight wait at most this long for the writer
  * thread: on a small machine it would otherwise take the CPU from the interrupt path. */
 #define PERSIST_DEFER_NS (2ull * 1000000ull)
@@ -1215,9 +1221,13 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
         rc = ihc_err_from_nng(rv);
         goto fail;
     }
-    nng_socket_set_int(c->pub, NNG_OPT_SENDBUF, 1024);
-    nng_socket_set_int(c->pull, NNG_OPT_RECVBUF, 1024);
-    nng_socket_set_size(c->pull, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG);
+    if ((rv = nng_socket_set_int(c->pub, NNG_OPT_SENDBUF, PUB_SENDBUF)) != 0 ||
+        (rv = nng_socket_set_int(c->pull, NNG_OPT_RECVBUF, PULL_RECVBUF)) != 0 ||
+        (rv = nng_socket_set_size(c->pull, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG)) != 0) {
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot set socket options: %s", nng_strerror(rv));
+        rc = ihc_err_from_nng(rv);
+        goto fail;
+    }
     if ((rc = listen_on(c->pub, cfg->pub_url, "pub")) != IHC_OK ||
         (rc = listen_on(c->pull, cfg->report_url, "report")) != IHC_OK)
         goto fail;
