@@ -278,10 +278,12 @@ static void *rx_main(void *arg)
 void ihc__transport_wake(ihc__transport *t)
 {
     atomic_store(&t->woken, true);
-    /* not while closing: the receive thread is gone or going, and the sockets' pipe
-     * callbacks (run by nng_close) must not touch the aio */
+    /* not while closing: the receive thread is gone or going; the lock keeps the aio alive
+     * for the length of the cancel (fini frees it under the lock) */
+    pthread_mutex_lock(&t->wake_mu);
     if (t->rx_aio && !atomic_load(&t->stopping))
         nng_aio_cancel(t->rx_aio);
+    pthread_mutex_unlock(&t->wake_mu);
 }
 
 int ihc__transport_start(ihc__transport *t)
@@ -294,9 +296,13 @@ int ihc__transport_start(ihc__transport *t)
 
 void ihc__transport_stop_rx(ihc__transport *t)
 {
+    if (!t->tx_init)
+        return; /* never opened */
+    pthread_mutex_lock(&t->wake_mu);
     atomic_store(&t->stopping, true);
     if (t->rx_aio) /* the receive thread sees stopping now */
         nng_aio_cancel(t->rx_aio);
+    pthread_mutex_unlock(&t->wake_mu);
     if (t->rx_started)
         pthread_join(t->rx, NULL);
     t->rx_started = false;
@@ -314,7 +320,12 @@ int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *repo
     atomic_init(&t->n_drops, 0);
     if (pthread_mutex_init(&t->tx_mu, NULL) != 0)
         return IHC_ENOMEM;
+    if (pthread_mutex_init(&t->wake_mu, NULL) != 0) {
+        pthread_mutex_destroy(&t->tx_mu);
+        return IHC_ENOMEM;
+    }
     if (ihc_cond_init_mono(&t->tx_cv) != 0) {
+        pthread_mutex_destroy(&t->wake_mu);
         pthread_mutex_destroy(&t->tx_mu);
         return IHC_ENOMEM;
     }
@@ -384,9 +395,18 @@ static void drain(ihc__transport *t, int timeout_ms)
 
 void ihc__transport_fini(ihc__transport *t, int timeout_ms)
 {
-    ihc__transport_stop_rx(t);
     if (!t->tx_init)
         return;
+    ihc__transport_stop_rx(t);
+    /* The receive aio goes before the SUB socket: nng 1.5.2's expiry thread may still hold
+     * the cancel function of its last (timed) receive, which locks the socket, after the
+     * receive completed; nng_aio_free waits for it, nng_close does not (seen as a panic on
+     * a freed mutex, "pthread_mutex_lock: Invalid argument"). */
+    pthread_mutex_lock(&t->wake_mu);
+    if (t->rx_aio)
+        nng_aio_free(t->rx_aio);
+    t->rx_aio = NULL;
+    pthread_mutex_unlock(&t->wake_mu);
     if (t->tx_aio) {
         drain(t, timeout_ms);
         pthread_mutex_lock(&t->tx_mu);
@@ -395,18 +415,14 @@ void ihc__transport_fini(ihc__transport *t, int timeout_ms)
         /* a message still waiting for a pipe comes back to tx_done, which frees it */
         nng_aio_cancel(t->tx_aio);
         nng_aio_wait(t->tx_aio);
+        nng_aio_free(t->tx_aio); /* before the PUSH socket, as above */
+        t->tx_aio = NULL;
     }
     if (t->sub_open)
         nng_close(t->sub);
     if (t->push_open)
         nng_close(t->push);
     t->sub_open = t->push_open = false;
-    if (t->rx_aio) /* after the sockets: their pipe callbacks use it */
-        nng_aio_free(t->rx_aio);
-    t->rx_aio = NULL;
-    if (t->tx_aio)
-        nng_aio_free(t->tx_aio);
-    t->tx_aio = NULL;
     while (t->tx_head) {
         ihc__txq *q = t->tx_head;
         t->tx_head = q->next;
@@ -417,5 +433,6 @@ void ihc__transport_fini(ihc__transport *t, int timeout_ms)
     t->tx_n = t->tx_reports = 0;
     pthread_cond_destroy(&t->tx_cv);
     pthread_mutex_destroy(&t->tx_mu);
+    pthread_mutex_destroy(&t->wake_mu);
     t->tx_init = false; /* a second call does nothing */
 }

@@ -35,7 +35,8 @@ typedef struct {
     nng_socket sub, push;
     bool sub_open, push_open;
     atomic_int sub_pipes, push_pipes;
-    nng_aio *rx_aio; /* the receive thread's; cancelled to wake it */
+    nng_aio *rx_aio;         /* the receive thread's; cancelled to wake it */
+    pthread_mutex_t wake_mu; /* a wake's cancel of rx_aio against its free at close */
     pthread_t rx;
     bool rx_started;
     atomic_bool woken, stopping;

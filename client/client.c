@@ -63,12 +63,21 @@ _Static_assert(IHC_CLIENT_ECLOSED == IHC_ECLOSED, "code");
 _Static_assert(IHC_CLIENT_EDISABLED == IHC_EDISABLED, "code");
 _Static_assert(IHC_CLIENT_EINTERNAL == IHC_EINTERNAL, "code");
 
-/* A socket's connection, kept by nng's pipe callbacks (one dialer: at most one pipe). */
+/* A call in progress on a socket: its aio, so that closing can cancel it. */
+typedef struct call {
+    nng_aio *aio;
+    struct call *next;
+} call;
+
+/* A socket's connection, kept by nng's pipe callbacks (one dialer: at most one pipe), and
+ * the calls in progress on it. */
 typedef struct {
-    pthread_mutex_t mu; /* guards connected, pipe_id (and a watch's busy, closing) */
-    pthread_cond_t cv;  /* on connect (and when a watch's last waiting call leaves) */
+    pthread_mutex_t mu; /* guards everything below */
+    pthread_cond_t cv;  /* on connect, and when the last call leaves a closing socket */
     bool connected;
     uint32_t pipe_id;
+    call *calls; /* in progress */
+    bool closing;
 } conn_state;
 
 struct ihc_client {
@@ -85,8 +94,6 @@ struct ihc_watch {
     char *url;
     ihc_wire_auth *auth;
     conn_state conn;
-    int busy;     /* calls inside ihc_watch_next (conn.mu) */
-    bool closing; /* ihc_watch_close has begun (conn.mu) */
     atomic_uint_least64_t dropped;
 };
 
@@ -180,6 +187,75 @@ static void conn_fini(conn_state *cs)
 {
     pthread_cond_destroy(&cs->cv);
     pthread_mutex_destroy(&cs->mu);
+}
+
+/* Registers a call and its aio; false once the socket is closing (the call must not start). */
+static bool call_enter(conn_state *cs, call *k, nng_aio *aio)
+{
+    pthread_mutex_lock(&cs->mu);
+    bool ok = !cs->closing;
+    if (ok) {
+        k->aio = aio;
+        k->next = cs->calls;
+        cs->calls = k;
+    }
+    pthread_mutex_unlock(&cs->mu);
+    return ok;
+}
+
+/* After the call's aio (and context) are freed. */
+static void call_leave(conn_state *cs, call *k)
+{
+    pthread_mutex_lock(&cs->mu);
+    call **pp = &cs->calls;
+    while (*pp != k)
+        pp = &(*pp)->next;
+    *pp = k->next;
+    if (cs->calls == NULL && cs->closing)
+        pthread_cond_broadcast(&cs->cv);
+    pthread_mutex_unlock(&cs->mu);
+}
+
+/* Before the socket closes: no call starts any more, those in progress are cancelled and have
+ * left. nng 1.5.2's expiry thread may run a timed aio's cancel function — which locks the
+ * socket — after the aio completed; nng_aio_free waits for that, nng_close does not, so no
+ * aio with a timeout may be alive when its socket closes. */
+static void calls_end(conn_state *cs)
+{
+    pthread_mutex_lock(&cs->mu);
+    cs->closing = true;
+    for (call *k = cs->calls; k != NULL; k = k->next)
+        nng_aio_cancel(k->aio);
+    while (cs->calls != NULL)
+        pthread_cond_wait(&cs->cv, &cs->mu);
+    pthread_mutex_unlock(&cs->mu);
+}
+
+typedef enum { START_CTX_SEND, START_CTX_RECV, START_RECV } start_op;
+
+/* Starts an operation of a registered call unless the socket is closing (then false). Under
+ * the lock, so that calls_end's cancel cannot fall between the check and the start and leave
+ * the operation waiting forever. The aios have no callback: nothing of ours runs inside. */
+static bool call_start(conn_state *cs, start_op op, nng_ctx ctx, nng_socket sock, nng_aio *aio)
+{
+    pthread_mutex_lock(&cs->mu);
+    bool ok = !cs->closing;
+    if (ok && op == START_CTX_SEND)
+        nng_ctx_send(ctx, aio);
+    else if (ok && op == START_CTX_RECV)
+        nng_ctx_recv(ctx, aio);
+    else if (ok)
+        nng_recv_aio(sock, aio);
+    pthread_mutex_unlock(&cs->mu);
+    return ok;
+}
+
+static bool conn_closing(conn_state *cs)
+{
+    pthread_mutex_lock(&cs->mu);
+    bool closing = cs->closing;
+    pthread_mutex_unlock(&cs->mu);
+    return closing;
 }
 
 static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
@@ -323,6 +399,7 @@ void ihc_client_close(ihc_client *c)
 {
     if (c == NULL)
         return;
+    calls_end(&c->conn); /* calls in progress fail with IHC_CLIENT_ECLOSED */
     nng_close(c->sock);
     ihc_wire_auth_free(c->auth);
     conn_fini(&c->conn);
@@ -406,14 +483,27 @@ static int roundtrip(ihc_client *c, const ihc_msg *req, int wait_ms, ihc_msg **r
     nng_ctx ctx;
     nng_aio *aio = NULL;
     nng_msg *msg = NULL;
-    int rv = nng_ctx_open(&ctx, c->sock);
+    call k;
+    int rv = nng_aio_alloc(&aio, NULL, NULL);
     if (rv != 0) {
         free(buf);
-        set_err(c, "cannot use the socket: %s", nng_strerror(rv));
+        set_err(c, "%s", nng_strerror(rv));
         return ihc_err_from_nng(rv);
     }
-    if ((rv = nng_aio_alloc(&aio, NULL, NULL)) != 0 || (rv = nng_msg_alloc(&msg, 0)) != 0 ||
-        (rv = nng_msg_append(msg, buf, len)) != 0) {
+    if (!call_enter(&c->conn, &k, aio)) {
+        free(buf);
+        nng_aio_free(aio);
+        set_err(c, "the client is closed");
+        return IHC_ECLOSED;
+    }
+    if ((rv = nng_ctx_open(&ctx, c->sock)) != 0) {
+        free(buf);
+        set_err(c, "cannot use the socket: %s", nng_strerror(rv));
+        nng_aio_free(aio);
+        call_leave(&c->conn, &k);
+        return ihc_err_from_nng(rv);
+    }
+    if ((rv = nng_msg_alloc(&msg, 0)) != 0 || (rv = nng_msg_append(msg, buf, len)) != 0) {
         free(buf);
         rc = ihc_err_from_nng(rv);
         set_err(c, "%s", nng_strerror(rv));
@@ -422,14 +512,16 @@ static int roundtrip(ihc_client *c, const ihc_msg *req, int wait_ms, ihc_msg **r
     free(buf);
     nng_aio_set_msg(aio, msg);
     nng_aio_set_timeout(aio, wait_ms);
-    nng_ctx_send(ctx, aio);
+    if (!call_start(&c->conn, START_CTX_SEND, ctx, c->sock, aio))
+        goto closed; /* msg is still ours */
     nng_aio_wait(aio);
     if ((rv = nng_aio_result(aio)) != 0)
         goto nng_fail; /* msg is still ours */
     msg = NULL;
     int64_t left = (int64_t)wait_ms - (int64_t)((ihc_mono_ns() - t0) / 1000000u);
     nng_aio_set_timeout(aio, left > 1 ? (nng_duration)left : 1);
-    nng_ctx_recv(ctx, aio);
+    if (!call_start(&c->conn, START_CTX_RECV, ctx, c->sock, aio))
+        goto closed;
     nng_aio_wait(aio);
     if ((rv = nng_aio_result(aio)) != 0)
         goto nng_fail;
@@ -465,14 +557,21 @@ nng_fail:
             rc = IHC_ENOTCONN;
             set_err(c, "connection to the coordinator at %s lost", c->url);
         }
+    } else if (rv == NNG_ECANCELED && conn_closing(&c->conn)) {
+        goto closed;
     } else {
         rc = ihc_err_from_nng(rv);
         set_err(c, "request to %s failed: %s", c->url, nng_strerror(rv));
     }
+    goto out;
+closed:
+    rc = IHC_ECLOSED;
+    set_err(c, "the client was closed during the request");
 out:
     nng_msg_free(msg);
-    nng_aio_free(aio);
+    nng_aio_free(aio); /* before the context and the socket: see calls_end */
     nng_ctx_close(ctx);
+    call_leave(&c->conn, &k);
     return rc;
 }
 
@@ -793,14 +892,8 @@ void ihc_watch_close(ihc_watch *w)
 {
     if (w == NULL)
         return;
-    pthread_mutex_lock(&w->conn.mu);
-    w->closing = true;
-    pthread_mutex_unlock(&w->conn.mu);
-    nng_close(w->sock); /* ends the waits in ihc_watch_next with NNG_ECLOSED */
-    pthread_mutex_lock(&w->conn.mu);
-    while (w->busy > 0)
-        pthread_cond_wait(&w->conn.cv, &w->conn.mu);
-    pthread_mutex_unlock(&w->conn.mu);
+    calls_end(&w->conn); /* the waits in ihc_watch_next end with IHC_CLIENT_ECLOSED */
+    nng_close(w->sock);
     ihc_wire_auth_free(w->auth);
     conn_fini(&w->conn);
     free(w->url);
@@ -873,25 +966,6 @@ out:
     return rc;
 }
 
-/* Registers a call in ihc_watch_next; false once the watch is closing. */
-static bool watch_enter(ihc_watch *w)
-{
-    pthread_mutex_lock(&w->conn.mu);
-    bool ok = !w->closing;
-    if (ok)
-        w->busy++;
-    pthread_mutex_unlock(&w->conn.mu);
-    return ok;
-}
-
-static void watch_leave(ihc_watch *w)
-{
-    pthread_mutex_lock(&w->conn.mu);
-    if (--w->busy == 0 && w->closing)
-        pthread_cond_broadcast(&w->conn.cv);
-    pthread_mutex_unlock(&w->conn.mu);
-}
-
 int ihc_watch_next(ihc_watch *w, int timeout_ms, ihc_result **out)
 {
     if (out != NULL)
@@ -899,15 +973,20 @@ int ihc_watch_next(ihc_watch *w, int timeout_ms, ihc_result **out)
     if (w == NULL || out == NULL)
         return IHC_EINVAL;
     clear_err(w);
-    if (!watch_enter(w)) {
-        set_err(w, "the watch is closed");
-        return IHC_ECLOSED;
-    }
     uint64_t end = ihc_mono_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
     nng_aio *aio = NULL;
     int rv = nng_aio_alloc(&aio, NULL, NULL);
-    int rc = rv == 0 ? IHC_EPROTO : ihc_err_from_nng(rv);
-    /* rc stays IHC_EPROTO while messages are dropped */
+    if (rv != 0) {
+        set_err(w, "out of memory");
+        return ihc_err_from_nng(rv);
+    }
+    call k;
+    if (!call_enter(&w->conn, &k, aio)) {
+        nng_aio_free(aio);
+        set_err(w, "the watch is closed");
+        return IHC_ECLOSED;
+    }
+    int rc = IHC_EPROTO; /* stays IHC_EPROTO while messages are dropped */
     while (rc == IHC_EPROTO) {
         nng_duration left = NNG_DURATION_INFINITE;
         if (timeout_ms >= 0) {
@@ -916,9 +995,11 @@ int ihc_watch_next(ihc_watch *w, int timeout_ms, ihc_result **out)
             left = now < end ? (nng_duration)((end - now + 999999u) / 1000000u) : 0;
         }
         nng_aio_set_timeout(aio, left);
-        nng_recv_aio(w->sock, aio);
-        nng_aio_wait(aio);
-        rv = nng_aio_result(aio);
+        rv = NNG_ECLOSED;
+        if (call_start(&w->conn, START_RECV, (nng_ctx)NNG_CTX_INITIALIZER, w->sock, aio)) {
+            nng_aio_wait(aio);
+            rv = nng_aio_result(aio);
+        }
         if (rv == 0) {
             rc = watch_take(w, nng_aio_get_msg(aio), out);
             nng_aio_set_msg(aio, NULL);
@@ -926,7 +1007,7 @@ int ihc_watch_next(ihc_watch *w, int timeout_ms, ihc_result **out)
             rc = IHC_ETIMEDOUT;
             if (tl_err[0] == '\0')
                 set_err(w, "no finished interrupt within %d ms", timeout_ms);
-        } else if (rv == NNG_ECLOSED) {
+        } else if (rv == NNG_ECLOSED || (rv == NNG_ECANCELED && conn_closing(&w->conn))) {
             rc = IHC_ECLOSED;
             set_err(w, "the watch is closed");
         } else {
@@ -936,7 +1017,7 @@ int ihc_watch_next(ihc_watch *w, int timeout_ms, ihc_result **out)
     }
     if (rc == IHC_ENOMEM)
         set_err(w, "out of memory");
-    nng_aio_free(aio);
-    watch_leave(w);
+    nng_aio_free(aio); /* before the socket closes: see calls_end */
+    call_leave(&w->conn, &k);
     return rc;
 }
