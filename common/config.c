@@ -146,8 +146,26 @@ static const setting settings[] = {
      OFF(interrupt_log_max), "approximate length cap of the ihc:interrupts stream"},
     {"IHC_HTTP_MAX_BODY", "http-max-body", T_INT, "65536", NULL, 256, 16777216, NULL, C,
      OFF(http_max_body), "largest HTTP request body accepted, in bytes"},
-    {"IHC_HTTP_MAX_CONNS", "http-max-conns", T_INT, "512", NULL, 1, 65536, NULL, C,
-     OFF(http_max_conns), "most simultaneous HTTP connections"},
+    {"IHC_HTTP_MAX_CONNS", "http-max-conns", T_INT, IHC_STR(IHC_DEFAULT_HTTP_MAX_CONNS), NULL, 1,
+     65536, NULL, C, OFF(http_max_conns),
+     "most simultaneous HTTP request connections (event streams are counted apart); more are "
+     "refused at once"},
+    {"IHC_HTTP_MAX_CONNS_PER_IP", "http-max-conns-per-ip", T_INT, "0", NULL, 0, 65536, NULL, C,
+     OFF(http_max_conns_per_ip),
+     "most HTTP connections one client address may hold, streams included; more are refused at "
+     "once (0: IHC_HTTP_MAX_CONNS/" IHC_STR(IHC_HTTP_PER_IP_DIVISOR) ", at least 1)"},
+    {"IHC_HTTP_REQUEST_DEADLINE", "http-request-deadline", T_SECONDS,
+     IHC_STR(IHC_DEFAULT_HTTP_REQUEST_DEADLINE_S), NULL, 0.1, 600, NULL, C,
+     OFF(http_request_deadline),
+     "time a client has to send a whole HTTP request (headers and body), however it trickles "
+     "it; the connection is closed past it"},
+    {"IHC_HTTP_MAX_STREAMS", "http-max-streams", T_INT, IHC_STR(IHC_DEFAULT_HTTP_MAX_STREAMS), NULL,
+     0, 10000, NULL, C, OFF(http_max_streams),
+     "most event streams (GET /v1/events) at once, apart from IHC_HTTP_MAX_CONNS; more get 503"},
+    {"IHC_EVENTS_HISTORY", "events-history", T_INT, IHC_STR(IHC_DEFAULT_EVENTS_HISTORY), NULL, 16,
+     1000000, NULL, C, OFF(events_history),
+     "events kept in memory for Last-Event-ID resume; a stream client further behind is "
+     "dropped"},
     {"IHC_MAX_INFLIGHT", "max-inflight", T_INT, "10000", NULL, 1, 1000000, NULL, C,
      OFF(max_inflight), "most interrupts in progress at once; more are refused"},
     {"IHC_LOG_FORMAT", "log-format", T_ENUM, "text", NULL, 0, 0, format_choices, C | A | L,
@@ -777,6 +795,13 @@ int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *
         return IHC_ECONFIG;
     }
 
+    if ((role & IHC_ROLE_COORDINATOR) && cfg->http_max_conns_per_ip > cfg->http_max_conns) {
+        set_err(err, err_len,
+                "IHC_HTTP_MAX_CONNS_PER_IP=%d must not exceed IHC_HTTP_MAX_CONNS=%d (one client "
+                "address could take every connection)",
+                cfg->http_max_conns_per_ip, cfg->http_max_conns);
+        return IHC_ECONFIG;
+    }
     if ((role & IHC_ROLE_COORDINATOR) && cfg->agent_ttl <= cfg->heartbeat_interval) {
         set_err(err, err_len,
                 "IHC_AGENT_TTL=%g must be greater than IHC_HEARTBEAT_INTERVAL=%g, or every "

@@ -62,6 +62,12 @@ typedef struct ihc_config {
     int max_inflight;          /* IHC_MAX_INFLIGHT --max-inflight */
     ihc_log_format log_format; /* IHC_LOG_FORMAT --log-format text|json */
     int log_level;             /* IHC_LOG_LEVEL --log-level debug|info|warn|error */
+
+    /* the coordinator's HTTP connections and event stream */
+    int http_max_conns_per_ip;    /* IHC_HTTP_MAX_CONNS_PER_IP, 0: http_max_conns / 8 */
+    double http_request_deadline; /* IHC_HTTP_REQUEST_DEADLINE, s: a whole request */
+    int http_max_streams;         /* IHC_HTTP_MAX_STREAMS: GET /v1/events at once */
+    int events_history;           /* IHC_EVENTS_HISTORY: events kept for resume */
     /* actions requested on the command line */
     bool want_help;         /* --help / -h */
     bool want_print_config; /* --print-config */

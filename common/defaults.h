@@ -33,6 +33,15 @@
 #define IHC_DEFAULT_HEARTBEAT_INTERVAL_S 1.0
 
 /* ---- limits ---- */
+/* The coordinator's HTTP API (issue: slow or idle clients must not take it down). */
+#define IHC_DEFAULT_HTTP_MAX_CONNS          512
+#define IHC_DEFAULT_HTTP_REQUEST_DEADLINE_S 5.0
+#define IHC_DEFAULT_HTTP_MAX_STREAMS        64
+/* With IHC_HTTP_MAX_CONNS_PER_IP=0 one client address may hold this fraction (1/N) of
+ * IHC_HTTP_MAX_CONNS. */
+#define IHC_HTTP_PER_IP_DIVISOR 8
+/* Events kept for Last-Event-ID resume of GET /v1/events. */
+#define IHC_DEFAULT_EVENTS_HISTORY 10000
 /* The longest timeout an interrupt may ask for (ms), in every entry point; libihc's public
  * IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS is checked against it at compile time. */
 #define IHC_INTERRUPT_TIMEOUT_MAX_MS 600000

@@ -49,6 +49,10 @@ static const char *const all_env[] = {
     "IHC_INTERRUPT_LOG_MAX",
     "IHC_HTTP_MAX_BODY",
     "IHC_HTTP_MAX_CONNS",
+    "IHC_HTTP_MAX_CONNS_PER_IP",
+    "IHC_HTTP_REQUEST_DEADLINE",
+    "IHC_HTTP_MAX_STREAMS",
+    "IHC_EVENTS_HISTORY",
     "IHC_MAX_INFLIGHT",
     "IHC_LOG_FORMAT",
     "IHC_LOG_LEVEL",
@@ -97,6 +101,10 @@ static const expect_setting expected[] = {
     {"IHC_INTERRUPT_LOG_MAX", "--log-max", COORD},
     {"IHC_HTTP_MAX_BODY", "--http-max-body", COORD},
     {"IHC_HTTP_MAX_CONNS", "--http-max-conns", COORD},
+    {"IHC_HTTP_MAX_CONNS_PER_IP", "--http-max-conns-per-ip", COORD},
+    {"IHC_HTTP_REQUEST_DEADLINE", "--http-request-deadline", COORD},
+    {"IHC_HTTP_MAX_STREAMS", "--http-max-streams", COORD},
+    {"IHC_EVENTS_HISTORY", "--events-history", COORD},
     {"IHC_MAX_INFLIGHT", "--max-inflight", COORD},
     {"IHC_LOG_FORMAT", "--log-format", COORD | AGENT | CLI},
     {"IHC_LOG_LEVEL", "--log-level", COORD | AGENT | CLI},
@@ -201,6 +209,10 @@ static void test_config_defaults_coordinator(void **state)
     assert_int_equal(cfg.interrupt_log_max, 100000);
     assert_int_equal(cfg.http_max_body, 65536);
     assert_int_equal(cfg.http_max_conns, 512);
+    assert_int_equal(cfg.http_max_conns_per_ip, 0); /* http_max_conns / 8 */
+    assert_true(cfg.http_request_deadline == 5.0);
+    assert_int_equal(cfg.http_max_streams, 64);
+    assert_int_equal(cfg.events_history, 10000);
     assert_int_equal(cfg.max_inflight, 10000);
     assert_int_equal(cfg.log_format, IHC_LOGFMT_TEXT);
     assert_int_equal(cfg.log_level, 1); /* info */
@@ -430,6 +442,12 @@ static void test_config_out_of_bounds(void **state)
     expect_error(COORD, NOARGS, "IHC_HTTP_MAX_CONNS=65537", "[1, 65536]");
     unsetenv("IHC_HTTP_MAX_CONNS");
     expect_error(AGENT, ARGS("--heartbeat=0.01"), "--heartbeat=0.01", "[0.05, 60]");
+    expect_error(COORD, ARGS("--http-request-deadline", "0.05"), "--http-request-deadline=0.05",
+                 "[0.1, 600]");
+    expect_error(COORD, ARGS("--events-history=8"), "--events-history=8", "[16, 1000000]");
+    /* cross-check: one address may not be allowed more than every connection */
+    expect_error(COORD, ARGS("--http-max-conns=10", "--http-max-conns-per-ip=11"),
+                 "IHC_HTTP_MAX_CONNS_PER_IP=11", "IHC_HTTP_MAX_CONNS=10");
     /* cross-check: an agent TTL at or below the heartbeat interval */
     expect_error(COORD, ARGS("--agent-ttl=1", "--heartbeat=1"), "IHC_AGENT_TTL",
                  "IHC_HEARTBEAT_INTERVAL");
