@@ -111,6 +111,11 @@ void ihc_api_count_rejected(ihc_coord *c)
     ihc__coord_count_rejected(c);
 }
 
+struct ihc_events *ihc_api_events(ihc_coord *c)
+{
+    return ihc__coord_events(c);
+}
+
 /* ---- queries ---- */
 
 static bool bad_hw_filter(const char *op, const char *hw, char *msg, size_t cap)

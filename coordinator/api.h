@@ -58,6 +58,9 @@ void ihc_api_query_async(ihc_coord *c, const char *op, const char *hw, ihc_api_d
  * caller frees. */
 int ihc_api_query(ihc_coord *c, const char *op, const char *hw, char **body);
 
+/* The coordinator's live events (events.h), for GET /v1/events. */
+struct ihc_events *ihc_api_events(ihc_coord *c);
+
 /* Counts a request refused before it reached the API (bad JSON, oversized body…), so that
  * stats' rejected_messages covers every entry point. */
 void ihc_api_count_rejected(ihc_coord *c);

@@ -24,6 +24,8 @@
 #include "clock.h"
 #include "docs.h"
 #include "err.h"
+#include "events.h"
+#include "hist.h"
 #include "inflight.h"
 #include "log.h"
 #include "persist.h"
@@ -92,6 +94,9 @@ struct ihc_coord {
     double sum_ms;
     double *window; /* IHC__STATS_WINDOW most recent total_time_ms */
     size_t win_n, win_pos;
+    ihc_hist latency;               /* total_time_ms of interrupts, for /metrics */
+    ihc_hist_family module_latency; /* modules' time_ms by name */
+    ihc_events *events;             /* live events (thread-safe) */
     uint64_t next_sweep_ns;
     uint64_t last_reject_log_ns;
     uint64_t persist_due_ns; /* deferred Redis writes are handed over by then (0: none) */
@@ -301,6 +306,7 @@ static void on_registry_event(void *arg, ihc_reg_event ev, const ihc_reg_session
     ihc_coord *c = arg;
     if (ev == IHC_REG_SESSION_ENDED) {
         ihc_persist_session_state(c->persist, s->hw, s->session_id, s->state, s->updated_ms);
+        ihc_events_emit_take(c->events, "session_end", ihc_doc_session_event(s, false));
         return;
     }
     ihc_store_session ss = {.session_id = s->session_id,
@@ -317,7 +323,23 @@ static void on_registry_event(void *arg, ihc_reg_event ev, const ihc_reg_session
     if (ev == IHC_REG_SESSION_ADDED) {
         c->sessions_created++;
         ihc_persist_stats_incr(c->persist, "sessions_created", 1);
+        ihc_events_emit_take(c->events, "session_begin", ihc_doc_session_event(s, true));
     }
+}
+
+static void on_agent_state(void *arg, const ihc_reg_agent *a, bool up)
+{
+    ihc_coord *c = arg;
+    ihc_events_emit_take(c->events, up ? "agent_up" : "agent_down",
+                         ihc_doc_agent_event(a, ihc_now_ms()));
+}
+
+/* Persist thread: Redis became reachable or unreachable. */
+static void on_redis_state(void *arg, bool up, size_t backlog)
+{
+    ihc_coord *c = arg;
+    ihc_events_emit_take(c->events, up ? "redis_up" : "redis_down",
+                         ihc_doc_redis_event(backlog, ihc_now_ms()));
 }
 
 /* ---- interrupt ids ---- */
@@ -400,6 +422,10 @@ static void stats_record(ihc_coord *c, const ihc_inflight *f)
     c->win_pos = (c->win_pos + 1) % IHC__STATS_WINDOW;
     if (c->win_n < IHC__STATS_WINDOW)
         c->win_n++;
+    ihc_hist_observe(&c->latency, f->total_time_ms / 1e3);
+    for (size_t i = 0; i < f->n_modules; i++)
+        ihc_hist_family_observe(&c->module_latency, f->modules[i].name,
+                                f->modules[i].time_ms / 1e3);
 }
 
 static void flags_set(ihc_coord *c, const ihc_inflight *f, int64_t now_ms, uint64_t now_ns)
@@ -440,6 +466,7 @@ static void finish(ihc_coord *c, ihc_inflight *f)
     else
         answer(f->done, f->arg, 500, "out of memory building the result");
     atomic_fetch_sub(&c->pending, 1);
+    ihc_events_emit(c->events, "result", event);
 
     flags_set(c, f, now_ms, now_ns);
     for (size_t i = 0; i < f->n_sessions; i++) {
@@ -565,6 +592,7 @@ static void start_interrupt(ihc_coord *c, ihc__cmd *k)
     /* the broadcast first: everything else here can wait for it */
     publish_interrupt(c, f, (const char *const *)f->expected, f->n_expected);
     ihc_persist_epoch_raise(c->persist, k->hw, epoch);
+    ihc_events_emit_take(c->events, "interrupt", ihc_doc_interrupt_event(f, now_ms));
     if (ihc_inflight_complete(f)) { /* nobody holds a session of hw: nothing to wait for */
         finish(c, f);
         return;
@@ -859,7 +887,9 @@ static void stats_view(const ihc_coord *c, ihc_stats_view *s)
                           .persist_backlog = ihc_persist_backlog(c->persist),
                           .persist_dropped = ihc_persist_dropped(c->persist),
                           .redis_up = ihc_persist_connected(c->persist),
-                          .uptime_s = (double)(ihc_mono_ns() - c->start_ns) / 1e9};
+                          .uptime_s = (double)(ihc_mono_ns() - c->start_ns) / 1e9,
+                          .latency = &c->latency,
+                          .module_latency = &c->module_latency};
 }
 
 static char *q_sessions(ihc_coord *c, const char *hw)
@@ -1184,6 +1214,9 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
     atomic_init(&c->rejected, 0);
     if (!(c->window = calloc(IHC__STATS_WINDOW, sizeof(double))))
         goto fail;
+    ihc_hist_family_init(&c->module_latency, 0);
+    if ((rc = ihc_events_new(&c->events, (size_t)cfg->events_history, 0)) != IHC_OK)
+        goto fail;
     if (cfg->secret && cfg->secret_len &&
         (rc = ihc_wire_auth_new(&c->auth, cfg->secret, cfg->secret_len, 0)) != IHC_OK)
         goto fail;
@@ -1192,6 +1225,7 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
         .max_sessions_per_agent =
             cfg->max_active_sessions > 0 ? (size_t)cfg->max_active_sessions * 10 : 0,
         .on_event = on_registry_event,
+        .on_agent = on_agent_state,
         .arg = c,
     };
     if (ro.max_sessions_per_agent && ro.max_sessions_per_agent < 1000)
@@ -1206,6 +1240,7 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
                                      .log_max = (uint32_t)cfg->interrupt_log_max,
                                      .client_name = "ihc-coordinator"},
                            .on_reconnect = on_redis_back,
+                           .on_state = on_redis_state,
                            .arg = c};
     if (po.store.agent_ttl_s == 0)
         po.store.agent_ttl_s = 1;
@@ -1299,6 +1334,8 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
     ihc_registry_free(c->reg);
     ihc_wire_auth_free(c->auth);
     free(c->window);
+    ihc_hist_family_fini(&c->module_latency);
+    ihc_events_free(c->events);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
@@ -1311,6 +1348,11 @@ const ihc_config *ihc__coord_config(const ihc_coord *c)
 void ihc__coord_count_rejected(ihc_coord *c)
 {
     atomic_fetch_add(&c->rejected, 1);
+}
+
+ihc_events *ihc__coord_events(ihc_coord *c)
+{
+    return c->events;
 }
 
 bool ihc__coord_redis_up(const ihc_coord *c)

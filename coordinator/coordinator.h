@@ -47,6 +47,9 @@ const ihc_config *ihc__coord_config(const ihc_coord *c);
 /* Counts a bad message or a refused request (stats' rejected_messages). */
 void ihc__coord_count_rejected(ihc_coord *c);
 
+/* The live events the loop emits (thread-safe; lives as long as c). */
+struct ihc_events *ihc__coord_events(ihc_coord *c);
+
 /* The Redis writer's view: true when its last command succeeded. */
 bool ihc__coord_redis_up(const ihc_coord *c);
 

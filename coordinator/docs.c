@@ -233,27 +233,79 @@ emitf(char **buf, size_t *len, const char *fmt, ...)
     *len += (size_t)n;
 }
 
+/* A label value in the text format: backslash, double quote and line feed escaped. */
+static void label_escape(char *out, size_t cap, const char *in)
+{
+    size_t n = 0;
+    for (; *in && n + 3 < cap; in++) {
+        if (*in == '\\' || *in == '"') {
+            out[n++] = '\\';
+            out[n++] = *in;
+        } else if (*in == '\n') {
+            out[n++] = '\\';
+            out[n++] = 'n';
+        } else {
+            out[n++] = *in;
+        }
+    }
+    out[n] = '\0';
+}
+
+/* One histogram's series; labels is "" or 'module="x",' (with the trailing comma). */
+static void emit_hist(char **b, size_t *len, const char *name, const char *labels,
+                      const ihc_hist *h)
+{
+    uint64_t cum = 0;
+    for (size_t i = 0; i < IHC_HIST_N; i++) {
+        cum += h->counts[i];
+        emitf(b, len, "%s_bucket{%sle=\"%g\"} %" PRIu64 "\n", name, labels, ihc_hist_bounds[i],
+              cum);
+    }
+    cum += h->counts[IHC_HIST_N];
+    emitf(b, len, "%s_bucket{%sle=\"+Inf\"} %" PRIu64 "\n", name, labels, cum);
+    size_t ll = strlen(labels);
+    if (ll > 0) { /* {module="x"} without the trailing comma */
+        emitf(b, len, "%s_sum{%.*s} %.9g\n", name, (int)(ll - 1), labels, h->sum);
+        emitf(b, len, "%s_count{%.*s} %" PRIu64 "\n", name, (int)(ll - 1), labels, h->count);
+    } else {
+        emitf(b, len, "%s_sum %.9g\n%s_count %" PRIu64 "\n", name, h->sum, name, h->count);
+    }
+}
+
 char *ihc_doc_metrics(const ihc_stats_view *c)
 {
-    static const double q[] = {0.5, 0.9, 0.99};
-    double v[3];
-    quantiles(c, q, v, 3);
+    static const ihc_hist empty;
     size_t len = 0;
     char *b = calloc(1, 1);
+    emitf(&b, &len,
+          "# HELP ihc_build_info The coordinator's version.\n# TYPE ihc_build_info gauge\n"
+          "ihc_build_info{version=\"%s\"} 1\n",
+          IHC_VERSION);
     emitf(&b, &len,
           "# HELP ihc_interrupts_total Interrupts finished, by result.\n"
           "# TYPE ihc_interrupts_total counter\n");
     emitf(&b, &len, "ihc_interrupts_total{result=\"success\"} %" PRIu64 "\n", c->succeeded);
     emitf(&b, &len, "ihc_interrupts_total{result=\"failure\"} %" PRIu64 "\n", c->failed);
     emitf(&b, &len,
-          "# HELP ihc_interrupt_duration_ms Time from request to result (quantiles "
-          "over the last %zu interrupts).\n"
-          "# TYPE ihc_interrupt_duration_ms summary\n",
-          c->win_n);
-    for (int i = 0; i < 3; i++)
-        emitf(&b, &len, "ihc_interrupt_duration_ms{quantile=\"%g\"} %.6f\n", q[i], v[i]);
-    emitf(&b, &len, "ihc_interrupt_duration_ms_sum %.6f\n", c->sum_ms);
-    emitf(&b, &len, "ihc_interrupt_duration_ms_count %" PRIu64 "\n", c->timed);
+          "# HELP ihc_interrupt_duration_seconds Time from an interrupt request to "
+          "its result, interrupts finished by this process.\n"
+          "# TYPE ihc_interrupt_duration_seconds histogram\n");
+    emit_hist(&b, &len, "ihc_interrupt_duration_seconds", "", c->latency ? c->latency : &empty);
+    emitf(&b, &len,
+          "# HELP ihc_module_duration_seconds Time a module took to stop, as its agent reported "
+          "it, by module name (at most %zu names; later ones as module=\"" IHC_HIST_OTHER "\").\n"
+          "# TYPE ihc_module_duration_seconds histogram\n",
+          c->module_latency ? c->module_latency->max : 0);
+    const ihc_hist_family *mf = c->module_latency;
+    for (size_t i = 0; mf && i < mf->n; i++) {
+        char esc[2 * IHC_ID_MAX + 1], labels[2 * IHC_ID_MAX + 16];
+        label_escape(esc, sizeof(esc), mf->s[i].label);
+        snprintf(labels, sizeof(labels), "module=\"%s\",", esc);
+        emit_hist(&b, &len, "ihc_module_duration_seconds", labels, &mf->s[i].h);
+    }
+    if (mf && mf->other_used)
+        emit_hist(&b, &len, "ihc_module_duration_seconds", "module=\"" IHC_HIST_OTHER "\",",
+                  &mf->other);
     emitf(&b, &len,
           "# HELP ihc_active_sessions Active sessions known to the coordinator.\n"
           "# TYPE ihc_active_sessions gauge\nihc_active_sessions %zu\n",
@@ -263,8 +315,8 @@ char *ihc_doc_metrics(const ihc_stats_view *c)
           "# TYPE ihc_agents gauge\nihc_agents %zu\n",
           c->agents);
     emitf(&b, &len,
-          "# HELP ihc_inflight Interrupts in flight.\n# TYPE ihc_inflight gauge\n"
-          "ihc_inflight %zu\n",
+          "# HELP ihc_inflight_interrupts Interrupts waiting for agents' reports.\n"
+          "# TYPE ihc_inflight_interrupts gauge\nihc_inflight_interrupts %zu\n",
           c->inflight);
     emitf(&b, &len,
           "# HELP ihc_rejected_messages_total Bad messages and refused requests.\n"
@@ -287,4 +339,81 @@ char *ihc_doc_metrics(const ihc_stats_view *c)
           "# TYPE ihc_uptime_seconds gauge\nihc_uptime_seconds %.3f\n",
           c->uptime_s);
     return b;
+}
+
+char *ihc_doc_metrics_http(const ihc_http_stats_view *h)
+{
+    size_t len = 0;
+    char *b = calloc(1, 1);
+    emitf(&b, &len,
+          "# HELP ihc_http_connections HTTP connections open, by kind.\n"
+          "# TYPE ihc_http_connections gauge\n"
+          "ihc_http_connections{kind=\"request\"} %zu\nihc_http_connections{kind=\"stream\"} %zu\n",
+          h->conns >= h->streams ? h->conns - h->streams : 0, h->streams);
+    emitf(&b, &len,
+          "# HELP ihc_http_refused_total HTTP connections or streams refused at a limit.\n"
+          "# TYPE ihc_http_refused_total counter\n"
+          "ihc_http_refused_total{limit=\"max_conns\"} %" PRIu64 "\n"
+          "ihc_http_refused_total{limit=\"max_conns_per_ip\"} %" PRIu64 "\n"
+          "ihc_http_refused_total{limit=\"max_streams\"} %" PRIu64 "\n",
+          h->refused_max_conns, h->refused_per_ip, h->refused_streams);
+    emitf(&b, &len,
+          "# HELP ihc_http_request_deadline_closed_total Connections closed because a whole "
+          "request did not arrive within IHC_HTTP_REQUEST_DEADLINE.\n"
+          "# TYPE ihc_http_request_deadline_closed_total counter\n"
+          "ihc_http_request_deadline_closed_total %" PRIu64 "\n",
+          h->deadline_closed);
+    emitf(&b, &len,
+          "# HELP ihc_events_total Live events emitted (GET /v1/events).\n"
+          "# TYPE ihc_events_total counter\nihc_events_total %" PRIu64 "\n",
+          h->events_emitted);
+    emitf(&b, &len,
+          "# HELP ihc_events_held Events held for Last-Event-ID resume.\n"
+          "# TYPE ihc_events_held gauge\nihc_events_held %zu\n",
+          h->events_held);
+    emitf(&b, &len,
+          "# HELP ihc_event_streams_overflowed_total Event stream clients dropped because they "
+          "fell further behind than IHC_EVENTS_HISTORY.\n"
+          "# TYPE ihc_event_streams_overflowed_total counter\n"
+          "ihc_event_streams_overflowed_total %" PRIu64 "\n",
+          h->streams_overflowed);
+    return b;
+}
+
+/* ---- live events ---- */
+
+char *ihc_doc_interrupt_event(const ihc_inflight *f, int64_t ts_ms)
+{
+    json_t *exp = json_array();
+    for (size_t i = 0; exp && i < f->n_expected; i++)
+        json_array_append_new(exp, json_string(f->expected[i]));
+    return dump(json_pack("{s:I, s:s, s:I, s:s, s:o, s:I}", "interrupt_id", (json_int_t)f->id,
+                          "hardware_id", f->hw, "epoch", (json_int_t)f->epoch, "reason",
+                          f->reason ? f->reason : "", "expected", exp ? exp : json_array(), "ts_ms",
+                          (json_int_t)ts_ms));
+}
+
+char *ihc_doc_session_event(const ihc_reg_session *s, bool begin)
+{
+    if (begin)
+        return dump(json_pack("{s:s, s:s, s:s, s:s?, s:I, s:I}", "session_id", s->session_id,
+                              "hardware_id", s->hw, "agent_id", s->agent_id, "module", s->module,
+                              "epoch", (json_int_t)s->epoch, "created_ms",
+                              (json_int_t)s->created_ms));
+    return dump(json_pack("{s:s, s:s, s:s, s:s, s:I}", "session_id", s->session_id, "hardware_id",
+                          s->hw, "agent_id", s->agent_id, "state", s->state ? s->state : "done",
+                          "ts_ms", (json_int_t)s->updated_ms));
+}
+
+char *ihc_doc_agent_event(const ihc_reg_agent *a, int64_t ts_ms)
+{
+    return dump(json_pack("{s:s, s:s, s:i, s:I, s:I}", "agent_id", a->agent_id, "node",
+                          a->node ? a->node : "", "pid", (int)a->pid, "sessions",
+                          (json_int_t)a->n_sessions, "ts_ms", (json_int_t)ts_ms));
+}
+
+char *ihc_doc_redis_event(size_t backlog, int64_t ts_ms)
+{
+    return dump(
+        json_pack("{s:I, s:I}", "backlog", (json_int_t)backlog, "ts_ms", (json_int_t)ts_ms));
 }

@@ -250,6 +250,8 @@ static void set_connected(ihc_persist *p, bool up)
     if (was != up)
         ihc_log(up ? IHC_LOG_INFO : IHC_LOG_WARN, COMPONENT, "redis %s url=%s backlog=%zu",
                 up ? "reachable" : "unreachable", p->url_shown, ihc_persist_backlog(p));
+    if (was != up && p->o.on_state)
+        p->o.on_state(p->o.arg, up, ihc_persist_backlog(p));
     if (!was && up && p->o.on_reconnect)
         p->o.on_reconnect(p->o.arg, p->st);
 }

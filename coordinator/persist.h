@@ -20,6 +20,9 @@ typedef struct {
      * (it may have restarted empty); st may be used for reads during the call. May be
      * NULL. */
     void (*on_reconnect)(void *arg, ihc_store *st);
+    /* Called on the writer thread when Redis becomes reachable (up) or unreachable, with
+     * the backlog then. May be NULL. */
+    void (*on_state)(void *arg, bool up, size_t backlog);
     void *arg;
 } ihc_persist_opts;
 

@@ -346,9 +346,12 @@ ihc_reg_agent *ihc_registry_touch(ihc_registry *r, const char *agent_id, uint64_
     ihc_reg_agent *a = hmap_get(&r->agents, agent_id);
     if (!a && !(a = agent_add(r, agent_id)))
         return NULL;
+    bool up = a->state != IHC_AGENT_CONNECTED;
     a->state = IHC_AGENT_CONNECTED;
     a->last_seen_ns = now_ns;
     a->last_seen_ms = now_ms;
+    if (up && r->o.on_agent)
+        r->o.on_agent(r->o.arg, a, true);
     return a;
 }
 
@@ -719,6 +722,8 @@ size_t ihc_registry_expire(ihc_registry *r, uint64_t now_ns)
         }
         a->state = IHC_AGENT_GONE;
         n_new++;
+        if (r->o.on_agent)
+            r->o.on_agent(r->o.arg, a, false);
         if (a->n_sessions == 0)
             continue;
         /* its sessions can no longer be stopped through us: they are expired */

@@ -60,10 +60,15 @@ typedef enum {
  * valid only during the call. */
 typedef void (*ihc_reg_event_fn)(void *arg, ihc_reg_event ev, const ihc_reg_session *s);
 
+/* Called synchronously when an agent becomes CONNECTED (up: first heard of, or heard from
+ * again after PENDING or GONE) or GONE (!up). a is valid only during the call. */
+typedef void (*ihc_reg_agent_fn)(void *arg, const ihc_reg_agent *a, bool up);
+
 typedef struct {
     uint64_t agent_ttl_ns;         /* silence after which an agent is gone */
     size_t max_sessions_per_agent; /* 0 = 100000; beyond it session_begin is refused */
     ihc_reg_event_fn on_event;     /* may be NULL */
+    ihc_reg_agent_fn on_agent;     /* may be NULL */
     void *arg;
 } ihc_registry_opts;
 
