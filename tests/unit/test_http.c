@@ -5,6 +5,7 @@
 #include "api.h"
 #include "config.h"
 #include "err.h"
+#include "events.h"
 #include "http.h"
 #include "log.h"
 
@@ -48,10 +49,17 @@ static struct {
     pthread_t thread;
 } fake = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
+static ihc_events *events;      /* what the fake coordinator emits */
 static atomic_int n_interrupts; /* ihc_api_interrupt calls */
 static atomic_int n_rejected;
 static atomic_int n_answered;
 static struct ihc_coord coord;
+
+ihc_events *ihc_api_events(ihc_coord *c)
+{
+    assert_ptr_equal(c, &coord);
+    return events;
+}
 
 void ihc_api_count_rejected(ihc_coord *c)
 {
@@ -180,18 +188,32 @@ typedef struct {
     ihc_config cfg;
 } srv;
 
-static srv *srv_start(const char *token, int max_body)
+/* A server with these limits (0: the defaults of srv_start). */
+typedef struct {
+    int max_conns, per_ip, max_streams;
+    double deadline;
+} limits;
+
+static srv *srv_start_limits(const char *token, int max_body, limits l)
 {
     srv *s = calloc(1, sizeof *s);
     assert_non_null(s);
     s->cfg.http_addr = "127.0.0.1:0";
     s->cfg.http_max_body = max_body;
-    s->cfg.http_max_conns = 200;
+    s->cfg.http_max_conns = l.max_conns ? l.max_conns : 200;
+    s->cfg.http_max_conns_per_ip = l.per_ip ? l.per_ip : s->cfg.http_max_conns;
+    s->cfg.http_max_streams = l.max_streams ? l.max_streams : 8;
+    s->cfg.http_request_deadline = l.deadline > 0 ? l.deadline : 5;
     s->cfg.http_token = (char *)token;
     TH_PASS(ihc_http_open(&s->h, &coord, &s->cfg));
     s->port = ihc_http_port(s->h);
     assert_true(s->port > 0);
     return s;
+}
+
+static srv *srv_start(const char *token, int max_body)
+{
+    return srv_start_limits(token, max_body, (limits){0});
 }
 
 static void srv_stop(srv *s)
@@ -266,9 +288,12 @@ static void read_resp(int fd, resp *r)
     memcpy(r->body, end + 4, r->body_len);
 }
 
+static int connect_from(int port, const char *source);
+static const char *http_source; /* the client address of http() when set (127.0.0.x) */
+
 static void http_raw(int port, const char *raw, size_t len, resp *r)
 {
-    int fd = connect_to(port);
+    int fd = http_source ? connect_from(port, http_source) : connect_to(port);
     send_all(fd, raw, len);
     read_resp(fd, r);
     close(fd);
@@ -322,9 +347,11 @@ static int setup(void **state)
     atomic_store(&n_interrupts, 0);
     atomic_store(&n_rejected, 0);
     atomic_store(&n_answered, 0);
+    http_source = NULL;
     fake.gate = 0;
     fake.release = false;
     fake.stop = false;
+    TH_PASS(ihc_events_new(&events, 16, 0));
     assert_int_equal(pthread_create(&fake.thread, NULL, fake_main, NULL), 0);
     return 0;
 }
@@ -337,6 +364,8 @@ static int teardown(void **state)
     pthread_cond_broadcast(&fake.cv);
     pthread_mutex_unlock(&fake.mu);
     pthread_join(fake.thread, NULL);
+    ihc_events_free(events);
+    events = NULL;
     return 0;
 }
 
@@ -635,6 +664,350 @@ static void test_http_close_with_pending(void **state)
     assert_true(TH_WAIT(atomic_load(&n_answered) == 1, 5000));
 }
 
+/* ---- the event stream, the dashboard, limits and the request deadline --------------------- */
+
+/* Connects from a given loopback address (127.0.0.x). */
+static int connect_from(int port, const char *source)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in src = {.sin_family = AF_INET};
+    assert_int_equal(inet_pton(AF_INET, source, &src.sin_addr), 1);
+    assert_int_equal(bind(fd, (struct sockaddr *)&src, sizeof src), 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+/* Reads from fd into buf (NUL-terminated) until needle appears or timeout_ms passes. */
+static bool read_until(int fd, char *buf, size_t cap, size_t *n, const char *needle, int timeout_ms)
+{
+    uint64_t end = th_now_ms_() + (uint64_t)timeout_ms;
+    for (;;) {
+        buf[*n] = '\0';
+        if (strstr(buf, needle) != NULL)
+            return true;
+        if (th_now_ms_() >= end || *n + 1 >= cap)
+            return false;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 50) <= 0)
+            continue;
+        ssize_t k = recv(fd, buf + *n, cap - 1 - *n, 0);
+        if (k <= 0)
+            return strstr(buf, needle) != NULL;
+        *n += (size_t)k;
+    }
+}
+
+/* Milliseconds until the server closes fd (reading and dropping what it sends), or -1 when
+ * it is still open after timeout_ms. */
+static int64_t ms_until_closed(int fd, int timeout_ms)
+{
+    uint64_t t0 = th_now_ms_();
+    char buf[4096];
+    while (th_now_ms_() - t0 < (uint64_t)timeout_ms) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 20) <= 0)
+            continue;
+        ssize_t k = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR))
+            return (int64_t)(th_now_ms_() - t0);
+    }
+    return -1;
+}
+
+/* An HTTP/1.0 event stream request (answered without chunking, so the text can be
+ * searched as is). extra: added header lines. */
+static int open_stream(int port, const char *query, const char *extra)
+{
+    int fd = connect_to(port);
+    char req[512];
+    snprintf(req, sizeof req, "GET /v1/events%s HTTP/1.0\r\nHost: x\r\n%s\r\n", query,
+             extra ? extra : "");
+    send_all(fd, req, strlen(req));
+    return fd;
+}
+
+static void test_http_events_stream(void **state)
+{
+    (void)state;
+    srv *s = srv_start(NULL, 4096);
+    ihc_events_emit(events, "result", "{\"interrupt_id\":1}");
+    ihc_events_emit(events, "session_end", "{\"session_id\":\"s-1\"}");
+    char id1[IHC_EVENTS_ID_MAX], id2[IHC_EVENTS_ID_MAX], id3[IHC_EVENTS_ID_MAX];
+    ihc_events_id(events, 1, id1);
+    ihc_events_id(events, 2, id2);
+    ihc_events_id(events, 3, id3);
+
+    /* everything held, then what comes while connected */
+    static char buf[65536];
+    size_t n = 0;
+    int fd = open_stream(s->port, "?last_event_id=0", NULL);
+    assert_true(read_until(fd, buf, sizeof buf, &n, "s-1\"}\n\n", 5000));
+    assert_non_null(strstr(buf, " 200 OK\r\n"));
+    assert_non_null(strcasestr(buf, "Content-Type: text/event-stream"));
+    assert_non_null(strstr(buf, "\r\n\r\nretry: 2000\n\n"));
+    char want[256];
+    snprintf(want, sizeof want, "id: %s\nevent: result\ndata: {\"interrupt_id\":1}\n\n", id1);
+    assert_non_null(strstr(buf, want));
+    assert_null(strstr(buf, "event: gap"));
+    th_sleep_ms_(150); /* the stream is idle (suspended) now: a new event must wake it */
+    ihc_events_emit(events, "interrupt", "{\"interrupt_id\":2}");
+    snprintf(want, sizeof want, "id: %s\nevent: interrupt\ndata: {\"interrupt_id\":2}\n\n", id3);
+    assert_true(read_until(fd, buf, sizeof buf, &n, want, 5000));
+
+    /* resume after event 2 with the header: event 3 only */
+    size_t m = 0;
+    static char buf2[65536];
+    char hdr[128];
+    snprintf(hdr, sizeof hdr, "Last-Event-ID: %s\r\n", id2);
+    int fd2 = open_stream(s->port, "", hdr);
+    assert_true(read_until(fd2, buf2, sizeof buf2, &m, want, 5000));
+    assert_null(strstr(buf2, id1));
+    snprintf(want, sizeof want, "id: %s\n", id2);
+    assert_null(strstr(buf2, want));
+    close(fd2);
+
+    /* the header wins over the query parameter (a browser's reconnect sends both) */
+    m = 0;
+    fd2 = open_stream(s->port, "?last_event_id=0", hdr);
+    assert_true(read_until(fd2, buf2, sizeof buf2, &m, id3, 5000));
+    assert_null(strstr(buf2, id1));
+    close(fd2);
+
+    /* events the client missed were dropped from the history: a gap event first */
+    for (int i = 0; i < 20; i++)
+        ihc_events_emit(events, "e", "{}");
+    m = 0;
+    snprintf(hdr, sizeof hdr, "Last-Event-ID: %s\r\n", id1);
+    fd2 = open_stream(s->port, "", hdr);
+    assert_true(read_until(fd2, buf2, sizeof buf2, &m, "\n\nid: ", 5000));
+    char *gap = strstr(buf2, "event: gap\ndata: {\"last_event_id\":\"");
+    assert_non_null(gap);
+    assert_true(gap < strstr(buf2, "\n\nid: "));
+    close(fd2);
+
+    /* not an id; a parameter given twice; an unknown parameter */
+    resp r;
+    http(s->port, "GET", "/v1/events", "Last-Event-ID: nonsense\r\n", NULL, &r);
+    expect_error(&r, 400, "Last-Event-ID 'nonsense' is not an event id");
+    http(s->port, "GET", "/v1/events?last_event_id=0&last_event_id=0", NULL, NULL, &r);
+    expect_error(&r, 400, "given more than once");
+    http(s->port, "GET", "/v1/events?since=0", NULL, NULL, &r);
+    expect_error(&r, 400, "accepted: token, last_event_id");
+    http(s->port, "POST", "/v1/events", JSON_CT, "{}", &r);
+    assert_int_equal(r.status, 405);
+
+    /* the server stops with a stream open: the stream ends, the stop does not wait long */
+    uint64_t t0 = th_now_ms_();
+    srv_stop(s);
+    assert_true(th_now_ms_() - t0 < 1500);
+    assert_true(ms_until_closed(fd, 2000) >= 0);
+    close(fd);
+}
+
+static void test_http_events_token(void **state)
+{
+    (void)state;
+    srv *s = srv_start("tok-123", 4096);
+    resp r;
+    http(s->port, "GET", "/v1/events", NULL, NULL, &r);
+    expect_error(&r, 401, "bearer token");
+    http(s->port, "GET", "/v1/events?token=tok-12", NULL, NULL, &r);
+    expect_error(&r, 401, "bearer token");
+    /* only the event stream takes the token from the URL */
+    http(s->port, "GET", "/v1/stats?token=tok-123", NULL, NULL, &r);
+    expect_error(&r, 401, "bearer token");
+    static char buf[8192];
+    size_t n = 0;
+    int fd = open_stream(s->port, "?token=tok-123", NULL);
+    assert_true(read_until(fd, buf, sizeof buf, &n, "retry: 2000", 5000));
+    close(fd);
+    n = 0;
+    fd = open_stream(s->port, "", "Authorization: Bearer tok-123\r\n");
+    assert_true(read_until(fd, buf, sizeof buf, &n, "retry: 2000", 5000));
+    close(fd);
+    /* the dashboard's files are public: the page asks for the token itself */
+    http(s->port, "GET", "/", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    srv_stop(s);
+}
+
+static void test_http_dashboard(void **state)
+{
+    (void)state;
+    srv *s = srv_start(NULL, 4096);
+    resp r;
+    http(s->port, "GET", "/", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_true(has_header(&r, "Content-Type: text/html; charset=utf-8"));
+    assert_true(has_header(&r, "Content-Security-Policy: default-src 'none'; script-src 'self'"));
+    assert_true(has_header(&r, "X-Content-Type-Options: nosniff"));
+    assert_non_null(strstr(r.body, "<script src=\"/dashboard/app.js\"></script>"));
+    http(s->port, "GET", "/dashboard/app.js", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_true(has_header(&r, "Content-Type: text/javascript"));
+    assert_non_null(strstr(r.body, "EventSource"));
+    http(s->port, "GET", "/dashboard/style.css", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_true(has_header(&r, "Content-Type: text/css"));
+    http(s->port, "HEAD", "/", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    http(s->port, "POST", "/", JSON_CT, "{}", &r);
+    assert_int_equal(r.status, 405);
+    http(s->port, "GET", "/dashboard/nope.js", NULL, NULL, &r);
+    assert_int_equal(r.status, 404);
+    http(s->port, "GET", "/?x=1", NULL, NULL, &r);
+    assert_int_equal(r.status, 400);
+    srv_stop(s);
+}
+
+/* A line of /metrics, e.g. "ihc_http_request_deadline_closed_total": its value or -1. */
+static double metric_of(int port, const char *name)
+{
+    resp r;
+    http(port, "GET", "/metrics", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    char key[160];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *p = strstr(r.body, key);
+    return p ? strtod(p + strlen(key), NULL) : -1;
+}
+
+static void test_http_request_deadline(void **state)
+{
+    (void)state;
+    srv *s = srv_start_limits(NULL, 4096, (limits){.deadline = 0.4});
+    const char *half = "POST /v1/interrupt HTTP/1.1\r\nHost: x\r\n";
+
+    /* trickling a byte every 100 ms does not extend the deadline */
+    int slow = connect_to(s->port);
+    send_all(slow, half, strlen(half));
+    uint64_t t0 = th_now_ms_();
+    int64_t closed = -1;
+    for (int i = 0; i < 30 && closed < 0; i++) {
+        send(slow, "X", 1, MSG_NOSIGNAL);
+        closed = ms_until_closed(slow, 100);
+    }
+    int64_t lived = (int64_t)(th_now_ms_() - t0);
+    assert_true(closed >= 0);
+    assert_true(lived >= 300 && lived <= 1200);
+    close(slow);
+
+    /* silence after connecting counts too */
+    int mute = connect_to(s->port);
+    closed = ms_until_closed(mute, 3000);
+    assert_true(closed >= 300 && closed <= 1200);
+    close(mute);
+
+    /* a kept-alive connection may stay idle past the deadline; its next request, once begun,
+     * has the deadline again */
+    int ka = connect_to(s->port);
+    const char *get = "GET /v1/stats HTTP/1.1\r\nHost: x\r\n\r\n";
+    static char buf[16384];
+    size_t n = 0;
+    send_all(ka, get, strlen(get));
+    assert_true(read_until(ka, buf, sizeof buf, &n, "\"op\":\"stats\"", 5000));
+    assert_int_equal(ms_until_closed(ka, 900), -1); /* idle for twice the deadline */
+    n = 0;
+    send_all(ka, get, strlen(get));
+    assert_true(read_until(ka, buf, sizeof buf, &n, "\"op\":\"stats\"", 5000));
+    send_all(ka, half, strlen(half));
+    t0 = th_now_ms_();
+    closed = -1;
+    for (int i = 0; i < 30 && closed < 0; i++) {
+        send(ka, "Y", 1, MSG_NOSIGNAL);
+        closed = ms_until_closed(ka, 100);
+    }
+    lived = (int64_t)(th_now_ms_() - t0);
+    assert_true(closed >= 0 && lived <= 1200);
+    close(ka);
+
+    /* the deadline is for receiving: an answer that takes longer is still given */
+    fake_set(0, false);
+    const char *req = "POST /v1/interrupt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" JSON_CT
+                      "Content-Length: 22\r\n\r\n{\"hardware_id\":\"hold\"}";
+    int fd = connect_to(s->port);
+    send_all(fd, req, strlen(req));
+    assert_true(TH_WAIT(queued_now() == 1, 5000));
+    th_sleep_ms_(800);
+    fake_set(0, true);
+    resp r;
+    read_resp(fd, &r);
+    close(fd);
+    assert_int_equal(r.status, 200);
+    assert_true(metric_of(s->port, "ihc_http_request_deadline_closed_total") >= 3);
+    srv_stop(s);
+}
+
+static void test_http_conn_limits(void **state)
+{
+    (void)state;
+    srv *s = srv_start_limits(NULL, 4096, (limits){.max_conns = 3, .per_ip = 2, .max_streams = 2});
+    http_source = "127.0.0.9"; /* this test's own requests */
+    const char *half = "GET /v1/stats HTTP/1.1\r\n";
+    /* one address holds two connections: its third is closed at once */
+    int a1 = connect_from(s->port, "127.0.0.1");
+    int a2 = connect_from(s->port, "127.0.0.1");
+    send_all(a1, half, strlen(half));
+    send_all(a2, half, strlen(half));
+    int a3 = connect_from(s->port, "127.0.0.1");
+    int64_t t = ms_until_closed(a3, 2000);
+    assert_true(t >= 0 && t < 500);
+    close(a3);
+    /* another address still gets in: the third and last request connection */
+    resp r;
+    int b1 = connect_from(s->port, "127.0.0.2");
+    const char *get = "GET /v1/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    send_all(b1, get, strlen(get));
+    read_resp(b1, &r);
+    close(b1);
+    assert_int_equal(r.status, 200);
+    int b2 = connect_from(s->port, "127.0.0.2");
+    send_all(b2, half, strlen(half));
+    /* IHC_HTTP_MAX_CONNS (3) request connections open: a fourth is closed at once, not left
+     * waiting in the listen queue */
+    assert_true(TH_WAIT(true, 50));
+    int c1 = connect_from(s->port, "127.0.0.3");
+    t = ms_until_closed(c1, 2000);
+    assert_true(t >= 0 && t < 500);
+    close(c1);
+    /* a stream begins as a request: free one request connection for them to come in by */
+    close(b2);
+    assert_true(
+        TH_WAIT((http(s->port, "GET", "/v1/flags", NULL, NULL, &r), r.status == 200), 2000));
+    static char buf[8192];
+    size_t n = 0;
+    int st1 = connect_from(s->port, "127.0.0.4");
+    send_all(st1, "GET /v1/events HTTP/1.0\r\n\r\n", 27);
+    assert_true(read_until(st1, buf, sizeof buf, &n, "retry:", 5000));
+    n = 0;
+    int st2 = connect_from(s->port, "127.0.0.5");
+    send_all(st2, "GET /v1/events HTTP/1.0\r\n\r\n", 27);
+    assert_true(read_until(st2, buf, sizeof buf, &n, "retry:", 5000));
+    /* two streams open, two request connections held: requests still get through */
+    http(s->port, "GET", "/v1/flags", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    /* a third stream: 503 with Retry-After */
+    http(s->port, "GET", "/v1/events", NULL, NULL, &r);
+    expect_error(&r, 503, "too many event streams (IHC_HTTP_MAX_STREAMS=2)");
+    assert_true(has_header(&r, "Retry-After: 1"));
+    assert_true(metric_of(s->port, "ihc_http_refused_total{limit=\"max_streams\"}") == 1);
+    assert_true(metric_of(s->port, "ihc_http_refused_total{limit=\"max_conns\"}") >= 1);
+    assert_true(metric_of(s->port, "ihc_http_refused_total{limit=\"max_conns_per_ip\"}") >= 1);
+    assert_true(metric_of(s->port, "ihc_http_connections{kind=\"stream\"}") == 2);
+    close(st1);
+    close(st2);
+    close(a1);
+    close(a2);
+    http_source = NULL;
+    srv_stop(s);
+}
+
 static void test_http_open_errors(void **state)
 {
     (void)state;
@@ -674,6 +1047,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_bearer_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_slow_client_does_not_block, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_close_with_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_events_stream, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_events_token, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_dashboard, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_request_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_conn_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_open_errors, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
