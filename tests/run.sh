@@ -31,7 +31,7 @@ log() { printf '\n=== %s ===\n' "$*"; }
 # --- dependencies -------------------------------------------------------------------
 deps=(build-essential cmake pkg-config libnng-dev libmsgpack-dev libhiredis-dev libcmocka-dev
       libjansson-dev libmicrohttpd-dev libmbedtls-dev redis-server redis-tools valgrind
-      iproute2 iptables curl)
+      iproute2 iptables curl python3 python3-prometheus-client)
 missing=()
 for p in "${deps[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -44,6 +44,17 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # Tests start their own redis-server processes on free ports; a system one is not needed.
+# The dashboard test (http.dashboard) drives Debian's headless chromium; it is installed
+# apart so that a machine without it still runs everything else (the test then says it was
+# skipped, and ctest lists it as "Not Run").
+if ! command -v chromium >/dev/null 2>&1; then
+    log "installing chromium (for the dashboard test)"
+    sudo_=""
+    [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+    { $sudo_ apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends chromium; } ||
+        echo "tests/run.sh: chromium could not be installed: the dashboard test will be skipped"
+fi
 
 passed=0 failed=0 phases_failed=0
 phase_log=$(mktemp /tmp/ihc-run-XXXXXX)
@@ -124,5 +135,9 @@ if ((compose)) && [ "$(id -u)" -eq 0 ] && [ -x deploy/compose-smoke.sh ]; then
 fi
 
 log "summary"
+if [ -d build/test-artifacts ]; then
+    echo "test artifacts (dashboard screenshot, measurements): $here/build/test-artifacts"
+    for f in build/test-artifacts/*.json; do [ -f "$f" ] && echo "  $(basename "$f"): $(tr -d '\n ' <"$f")"; done
+fi
 echo "$passed passed, $failed failed"
 ((failed == 0 && phases_failed == 0))
