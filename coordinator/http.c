@@ -134,17 +134,20 @@ typedef struct conn_ctx {
     int fd;
     conn_state state;
     uint64_t deadline_ns;
-    uint64_t idle_bytes; /* tcpi_bytes_received when the last answer was sent */
-    bool shut;           /* shut down by the watch thread; libmicrohttpd closes it next */
+    uint64_t idle_bytes;   /* tcpi_bytes_received when the last answer was sent */
+    bool shut;             /* shut down by the watch thread; libmicrohttpd closes it next */
+    struct stream *stream; /* the event stream it carries, NULL when none */
     struct conn_ctx *prev, *next;
 } conn_ctx;
 
 /* One event stream, from its response's creation to its destruction (libmicrohttpd frees
  * the response when the connection is done with it). conn stays valid until then. */
 typedef struct stream {
-    pthread_mutex_t mu; /* the fields below; taken after ihc_http.conn_mu */
+    pthread_mutex_t mu; /* the fields below but cc; taken after ihc_http.conn_mu */
     struct ihc_http *h;
     struct MHD_Connection *conn;
+    /* under conn_mu: libmicrohttpd reports the connection closed (freeing cc) before it
+     * frees the response (stream_done), so each side clears the other's pointer */
     conn_ctx *cc;
     ihc_events_cursor cur;
     char *out; /* control text to send before more events (retry, gap, overflow) */
@@ -779,6 +782,8 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     if (cc == NULL)
         return;
     pthread_mutex_lock(&h->conn_mu);
+    if (cc->stream != NULL)
+        cc->stream->cc = NULL;
     if (cc->prev != NULL)
         cc->prev->next = cc->next;
     else
@@ -919,6 +924,8 @@ static void stream_done(void *cls)
     stream *s = cls;
     ihc_http *h = s->h;
     pthread_mutex_lock(&h->conn_mu);
+    if (s->cc != NULL)
+        s->cc->stream = NULL;
     if (s->prev != NULL)
         s->prev->next = s->next;
     else
@@ -984,7 +991,6 @@ static enum MHD_Result start_stream(ihc_http *h, struct MHD_Connection *conn, ht
     }
     s->h = h;
     s->conn = conn;
-    s->cc = r->cc;
     s->last_write_ns = s->last_call_ns = ihc_mono_ns();
     char text[320];
     snprintf(text, sizeof text, "retry: %d\n\n", STREAM_RETRY_MS);
@@ -1014,6 +1020,8 @@ static enum MHD_Result start_stream(ihc_http *h, struct MHD_Connection *conn, ht
         h->streams->prev = s;
     h->streams = s;
     if (r->cc != NULL) {
+        s->cc = r->cc;
+        r->cc->stream = s;
         r->cc->state = CONN_STREAM;
         int sndbuf = STREAM_SNDBUF;
         setsockopt(r->cc->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);

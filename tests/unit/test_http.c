@@ -947,7 +947,8 @@ static void test_http_request_deadline(void **state)
 static void test_http_conn_limits(void **state)
 {
     (void)state;
-    srv *s = srv_start_limits(NULL, 4096, (limits){.max_conns = 3, .per_ip = 2, .max_streams = 2});
+    srv *s = srv_start_limits(
+        NULL, 4096, (limits){.max_conns = 3, .per_ip = 2, .max_streams = 2, .deadline = 1});
     http_source = "127.0.0.9"; /* this test's own requests */
     const char *half = "GET /v1/stats HTTP/1.1\r\n";
     /* one address holds two connections: its third is closed at once */
@@ -976,10 +977,13 @@ static void test_http_conn_limits(void **state)
     t = ms_until_closed(c1, 2000);
     assert_true(t >= 0 && t < 500);
     close(c1);
-    /* a stream begins as a request: free one request connection for them to come in by */
+    /* a stream begins as a request: free one request connection for them to come in by.
+     * libmicrohttpd 0.9.75 (epoll) takes a short read as "drained", so a close that arrives
+     * together with the half request may go unseen: then the request deadline (1 s here)
+     * ends the connection. */
     close(b2);
     assert_true(
-        TH_WAIT((http(s->port, "GET", "/v1/flags", NULL, NULL, &r), r.status == 200), 2000));
+        TH_WAIT((http(s->port, "GET", "/v1/flags", NULL, NULL, &r), r.status == 200), 4000));
     static char buf[8192];
     size_t n = 0;
     int st1 = connect_from(s->port, "127.0.0.4");
@@ -989,7 +993,7 @@ static void test_http_conn_limits(void **state)
     int st2 = connect_from(s->port, "127.0.0.5");
     send_all(st2, "GET /v1/events HTTP/1.0\r\n\r\n", 27);
     assert_true(read_until(st2, buf, sizeof buf, &n, "retry:", 5000));
-    /* two streams open, two request connections held: requests still get through */
+    /* two streams open: requests still get through */
     http(s->port, "GET", "/v1/flags", NULL, NULL, &r);
     assert_int_equal(r.status, 200);
     /* a third stream: 503 with Retry-After */
