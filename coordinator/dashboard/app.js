@@ -206,8 +206,9 @@ function agentRow(table, agent, status, mods) {
   tr.dataset.agent = agent;
   tr.className = status;
   const slowest = mods.reduce((m, x) => Math.max(m, x.time_ms || 0), 0);
-  tr.append(el('td', 'mono', agent), el('td', 'astatus', status),
-            el('td', 'num atime', mods.length ? fmtMs(slowest) : '–'));
+  const time = el('td', 'num atime', mods.length ? fmtMs(slowest) : '–');
+  time.title = 'until its slowest module stopped, as the agent reported';
+  tr.append(el('td', 'mono', agent), el('td', 'astatus', status), time);
   const mt = el('td');
   for (const m of mods) {
     const s = el('span', 'mod ' + m.status, m.name + ' ' + fmtMs(m.time_ms) +
