@@ -88,6 +88,15 @@ def main():
                 "stopped" in b.eval("document.getElementById('interrupt-msg').textContent"),
                 "the button's answer was not shown")
 
+        # a few more for the chart, then the points are drawn
+        for _ in range(10):
+            env.interrupt("*", reason="chart")
+        n = b.wait("(() => { const m = /^(\\d+) interrupts/.exec("
+                   "document.getElementById('chart-note').textContent); "
+                   "return m ? +m[1] : 0; })() >= 11", 10)
+        E.check(n, "the chart did not count the interrupts: %s" %
+                b.eval("document.getElementById('chart-note').textContent"))
+
         # an agent that does not answer: failed, the agent highlighted as missing
         def a2_holds_dev2():
             st, doc = env.get_json("/v1/sessions?hardware_id=dev-2")
@@ -108,17 +117,12 @@ def main():
                 {a["agent"]: a["status"] for a in item["agents"]} ==
                 {"a1": "answered", "a2": "missing"}, "failed interrupt shown as %s" % item)
 
-        # a few more for the chart, then the points are drawn
+        # the simulated agents begin new sessions a second after an interrupt; the page follows
         env.wait_agents(["a1", "a2"])
-        for _ in range(10):
-            env.interrupt("*", reason="chart")
-        n = b.wait("(() => { const m = /^(\\d+) interrupts/.exec("
-                   "document.getElementById('chart-note').textContent); "
-                   "return m ? +m[1] : 0; })() >= 12", 10)
-        E.check(n, "the chart did not count the interrupts: %s" %
-                b.eval("document.getElementById('chart-note').textContent"))
-        # the simulated agents begin new sessions a second after an interrupt
-        b.wait("document.querySelectorAll('#hws tbody tr').length >= 2", 5)
+        n = env.get_json("/v1/sessions")[1]["count"]
+        E.check(b.wait("document.getElementById('sessions-count').textContent == '%d active'" % n,
+                       10), "the sessions table did not follow: %s" %
+                b.eval("document.getElementById('sessions-count').textContent"))
         b.eval("window.scrollTo(0, 0)")
         time.sleep(0.5)  # the chart redraws within 200 ms of a result
         b.screenshot(os.path.join(art, "dashboard.png"))
