@@ -22,6 +22,7 @@
 #include <nng/protocol/pubsub0/pub.h>
 
 #include "clock.h"
+#include "defaults.h"
 #include "docs.h"
 #include "err.h"
 #include "events.h"
@@ -1215,7 +1216,9 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
     if (!(c->window = calloc(IHC__STATS_WINDOW, sizeof(double))))
         goto fail;
     ihc_hist_family_init(&c->module_latency, 0);
-    if ((rc = ihc_events_new(&c->events, (size_t)cfg->events_history, 0)) != IHC_OK)
+    size_t history =
+        cfg->events_history > 0 ? (size_t)cfg->events_history : (size_t)IHC_DEFAULT_EVENTS_HISTORY;
+    if ((rc = ihc_events_new(&c->events, history, 0)) != IHC_OK)
         goto fail;
     if (cfg->secret && cfg->secret_len &&
         (rc = ihc_wire_auth_new(&c->auth, cfg->secret, cfg->secret_len, 0)) != IHC_OK)
