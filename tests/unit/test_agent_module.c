@@ -329,16 +329,17 @@ static void test_agent_module_config_overrides(void **state)
 {
     (void)state;
     atomic_store(&disabled_calls, 0);
-    char *cfg = write_config("# module overrides\n"
-                             "[text_processing]\n"
-                             "interrupt_methods = third, first\n"
-                             "timeout = 0.3\n"
-                             "\n"
-                             "; disabled here although registered enabled\n"
-                             "[counter]\n"
-                             "enabled = false\n"
-                             "[not_registered]\n"
-                             "enabled = yes\n");
+    char *cfg =
+        write_config("# module overrides\n"
+                     "[text_processing]\n"
+                     "interrupt_methods = third, first\n"
+                     "timeout = 3.5\n" /* the methods must finish: room for a loaded machine */
+                     "\n"
+                     "; disabled here although registered enabled\n"
+                     "[counter]\n"
+                     "enabled = false\n"
+                     "[not_registered]\n"
+                     "enabled = yes\n");
     th_fc f = {0};
     assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, cfg);
@@ -365,7 +366,7 @@ static void test_agent_module_config_overrides(void **state)
     assert_non_null(h);
     const ihc_module_info *mi = &h->u.hello.modules[0];
     assert_string_equal(mi->name, "text_processing");
-    assert_int_equal(mi->timeout_ms, 300);
+    assert_int_equal(mi->timeout_ms, 3500);
     assert_true(mi->enabled);
     assert_int_equal(mi->n_methods, 2);
     assert_string_equal(mi->methods[0], "third");
