@@ -128,6 +128,21 @@ char *th_tmpdir(const char *tag)
     return strdup(tmpl);
 }
 
+int th_make_certs(const char *dir, const char *args)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof(cmd), "bash '%s/deploy/make-certs.sh' %s '%s' >'%s/make-certs.log' 2>&1",
+             IHC_SOURCE_DIR, args ? args : "", dir, dir);
+    char mk[4200];
+    snprintf(mk, sizeof(mk), "mkdir -p '%s'", dir);
+    if (system(mk) != 0 || system(cmd) != 0) {
+        snprintf(mk, sizeof(mk), "%s/make-certs.log", dir);
+        th_log_tail(mk, 20);
+        return -1;
+    }
+    return 0;
+}
+
 pid_t th_spawn(char *const argv[], const char *logfile, char *const env[])
 {
     pid_t parent = getpid();

@@ -41,6 +41,12 @@ char *th_tmpdir(const char *tag);
  * is set (or the older IHC_KEEP_TMP / IHC_TEST_KEEP): then it says where the logs are. */
 void th_tmpdir_remove(const char *dir);
 
+/* Makes test certificates with deploy/make-certs.sh into dir (created when missing): ca.pem,
+ * coordinator.pem/.key (names coordinator, localhost, 127.0.0.1, ::1), agent-1..3 and client;
+ * args (may be NULL) are more options for the script ("--expired --agents old"). Returns 0 or
+ * -1 (the script's output is printed). */
+int th_make_certs(const char *dir, const char *args);
+
 /* Starts argv[0] with argv, stdout/stderr appended to logfile (NULL: inherit), extra
  * environment entries env ("K=V", NULL-terminated, may be NULL). The child gets
  * PR_SET_PDEATHSIG SIGKILL, so it never outlives the test. Returns the pid, or -1. */
