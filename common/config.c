@@ -6,6 +6,7 @@
 #include "err.h"
 #include "log.h"
 #include "redis_url.h"
+#include "tls.h"
 #include "wire.h"
 
 #include <ctype.h>
@@ -28,6 +29,7 @@ typedef enum {
     T_AGENT_ID,    /* ihc_agent_id_valid; default "<hostname>:<pid>" */
     T_HW_LIST,     /* HW[,HW...] */
     T_PATH,        /* non-empty path */
+    T_HOST,        /* a host name: 1-255 characters, no spaces */
     T_BOOL,        /* true/false/1/0/yes/no/on/off */
     T_SECONDS,     /* double within [min, max] */
     T_INT,         /* int within [min, max] */
@@ -100,6 +102,19 @@ static const setting settings[] = {
      "bearer token required by the HTTP API; prefer IHC_HTTP_TOKEN_FILE"},
     {"IHC_HTTP_TOKEN_FILE", NULL, T_TOKEN_FILE, NULL, NULL, 0, 0, NULL, C, OFF(http_token),
      "file holding the HTTP bearer token (one trailing newline dropped)"},
+    /* TLS: files read and checked at start-up (tls.h) */
+    {"IHC_TLS_CERT", "tls-cert", T_PATH, NULL, NULL, 0, 0, NULL, C | A | L, OFF(tls_cert),
+     "PEM certificate of this side: the coordinator's for its tls+tcp:// listeners and HTTPS, an "
+     "agent's or client's for mutual TLS"},
+    {"IHC_TLS_KEY", "tls-key", T_PATH, NULL, NULL, 0, 0, NULL, C | A | L, OFF(tls_key),
+     "PEM private key of IHC_TLS_CERT (unencrypted: protect the file instead)"},
+    {"IHC_TLS_CA", "tls-ca", T_PATH, NULL, NULL, 0, 0, NULL, C | A | L, OFF(tls_ca),
+     "PEM CA certificates: agents and clients verify the coordinator against them (needed with "
+     "tls+tcp:// URLs); on the coordinator they turn on mutual TLS (client certificates from "
+     "this CA required)"},
+    {"IHC_TLS_SERVER_NAME", "tls-server-name", T_HOST, NULL, NULL, 0, 0, NULL, A | L,
+     OFF(tls_server_name),
+     "name the coordinator's certificate must carry; default: the host of each tls+tcp:// URL"},
     /* the original module's settings */
     {"GLOBAL_INTERRUPT_ENABLED", "global-interrupt-enabled", T_BOOL, "true", NULL, 0, 0, NULL,
      C | A, OFF(global_interrupt_enabled), "allow the global interrupt (hardware_id \"*\")"},
@@ -206,6 +221,8 @@ static const char *metavar(const setting *s)
         return "HW[,HW...]";
     case T_PATH:
         return "PATH";
+    case T_HOST:
+        return "NAME";
     case T_BOOL:
         return "BOOL";
     case T_SECONDS:
@@ -521,6 +538,12 @@ static bool parse_value(const setting *s, const char *v, ihc_config *cfg, char *
             return false;
         }
         return set_string((char **)field, v, why, wlen);
+    case T_HOST:
+        if (v[0] == '\0' || strlen(v) > 255 || has_ctl_or_space(v) || strchr(v, '/') != NULL) {
+            snprintf(why, wlen, "expected a host name (1-255 characters, no spaces)");
+            return false;
+        }
+        return set_string((char **)field, v, why, wlen);
     case T_BOOL:
         if (!bool_parse(v, (bool *)field)) {
             snprintf(why, wlen, "expected a boolean: true/false, yes/no, on/off or 1/0");
@@ -709,6 +732,50 @@ static int parse_args(ihc_config *cfg, unsigned role, int argc, char **argv, con
     return IHC_OK;
 }
 
+static const setting *find_env(const char *env)
+{
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        if (settings[i].env != NULL && strcmp(settings[i].env, env) == 0)
+            return &settings[i];
+    return NULL;
+}
+
+/* The TLS settings against the URLs this role uses (a listener on a tls+tcp:// URL needs the
+ * coordinator's certificate, a dialer the CA), then the files themselves, loaded into cfg->tls
+ * once for the whole program. */
+static int load_tls(ihc_config *cfg, unsigned role, const unsigned char *src, char *err,
+                    size_t err_len)
+{
+    char names[4][64];
+    static const char *const envs[4] = {"IHC_TLS_CERT", "IHC_TLS_KEY", "IHC_TLS_CA",
+                                        "IHC_TLS_SERVER_NAME"};
+    for (int i = 0; i < 4; i++) {
+        const setting *s = find_env(envs[i]);
+        label(names[i], sizeof names[i], s, src[s - settings]);
+    }
+    ihc_tls_names nm = {names[0], names[1], names[2], names[3]};
+    ihc_tls_files f = {.cert = cfg->tls_cert,
+                       .key = cfg->tls_key,
+                       .ca = cfg->tls_ca,
+                       .server_name =
+                           (role & (IHC_ROLE_AGENT | IHC_ROLE_CLI)) ? cfg->tls_server_name : NULL};
+    bool server = (role & IHC_ROLE_COORDINATOR) != 0;
+    const char *urls[3] = {NULL, NULL, NULL};
+    if (server || (role & IHC_ROLE_AGENT) || (role & IHC_ROLE_CLI))
+        urls[0] = cfg->pub_url;
+    if (server || (role & IHC_ROLE_AGENT))
+        urls[1] = cfg->report_url;
+    if (server || (role & IHC_ROLE_CLI))
+        urls[2] = cfg->control_url;
+    if (!ihc_tls_urls_ok(&f, &nm, server, urls, 3, err, err_len))
+        return IHC_ECONFIG;
+    bool any_url = ihc_tls_url(urls[0]) || ihc_tls_url(urls[1]) || ihc_tls_url(urls[2]);
+    if (!any_url && !f.cert && !f.ca && !f.server_name)
+        return IHC_OK;
+    return ihc_tls_load(&cfg->tls, &f, &nm, err, err_len, cfg->tls_warning,
+                        sizeof cfg->tls_warning);
+}
+
 int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *rest, int *n_rest,
                     char *err, size_t err_len)
 {
@@ -795,6 +862,9 @@ int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *
         return IHC_ECONFIG;
     }
 
+    if ((rc = load_tls(cfg, role, src, err, err_len)) != IHC_OK)
+        return rc;
+
     if ((role & IHC_ROLE_COORDINATOR) && cfg->http_max_conns_per_ip > cfg->http_max_conns) {
         set_err(err, err_len,
                 "IHC_HTTP_MAX_CONNS_PER_IP=%d must not exceed IHC_HTTP_MAX_CONNS=%d (one client "
@@ -827,6 +897,7 @@ void ihc_config_fini(ihc_config *cfg)
         case T_AGENT_ID:
         case T_HW_LIST:
         case T_PATH:
+        case T_HOST:
             free(*field);
             *field = NULL;
             break;
@@ -837,6 +908,8 @@ void ihc_config_fini(ihc_config *cfg)
     free_secret(&cfg->secret, cfg->secret_len);
     cfg->secret_len = 0;
     free_token(&cfg->http_token);
+    ihc_tls_free(cfg->tls);
+    cfg->tls = NULL;
 }
 
 /* ---- usage and dump ------------------------------------------------------------------- */

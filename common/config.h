@@ -37,6 +37,14 @@ typedef struct ihc_config {
     uint8_t *secret; /* IHC_SECRET, or IHC_SECRET_FILE / --secret-file */
     size_t secret_len;
     char *http_token; /* IHC_HTTP_TOKEN or IHC_HTTP_TOKEN_FILE */
+    /* TLS (tls+tcp:// URLs; HTTPS for the coordinator's API): the files as given, and what they
+     * hold, loaded and checked (tls.h) when any of them is set or a URL is tls+tcp:// */
+    char *tls_cert;        /* IHC_TLS_CERT --tls-cert */
+    char *tls_key;         /* IHC_TLS_KEY --tls-key */
+    char *tls_ca;          /* IHC_TLS_CA --tls-ca */
+    char *tls_server_name; /* IHC_TLS_SERVER_NAME --tls-server-name (agent, CLI) */
+    struct ihc_tls *tls;   /* NULL when TLS is not configured */
+    char tls_warning[512]; /* what the programs log at start-up (an expired certificate…) */
     /* the original module's settings */
     bool global_interrupt_enabled;   /* GLOBAL_INTERRUPT_ENABLED */
     double interrupt_check_interval; /* INTERRUPT_CHECK_INTERVAL, s */

@@ -111,6 +111,13 @@ bool ihc_tls_urls_ok(const ihc_tls_files *f, const ihc_tls_names *names, bool se
                 f->cert ? names->cert : names->key, f->cert ? names->key : names->cert);
         return false;
     }
+    if (server && f->ca != NULL && f->cert == NULL) {
+        set_msg(err, err_len,
+                "%s is set but %s is not: mutual TLS needs the coordinator's own certificate and "
+                "key too",
+                names->ca, names->cert);
+        return false;
+    }
     for (size_t i = 0; i < n; i++) {
         if (!ihc_tls_url(urls[i]))
             continue;

@@ -42,8 +42,9 @@ bool ihc_tls_url(const char *url);
 
 /* Checks that the settings suit the URLs this side uses: a listener (server) on a tls+tcp://
  * URL needs cert and key; a dialer on one needs ca (to verify the coordinator); cert and key
- * go together. n URLs, NULL entries skipped. On failure writes into err what is missing,
- * naming the URL and the settings (names NULL: the options' names). */
+ * go together; a server's ca (mutual TLS) needs its cert. n URLs, NULL entries skipped. On failure
+ * writes into err what is missing, naming the URL and the settings (names NULL: the options'
+ * names). */
 bool ihc_tls_urls_ok(const ihc_tls_files *f, const ihc_tls_names *names, bool server,
                      const char *const *urls, size_t n, char *err, size_t err_len);
 

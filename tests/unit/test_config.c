@@ -56,6 +56,10 @@ static const char *const all_env[] = {
     "IHC_MAX_INFLIGHT",
     "IHC_LOG_FORMAT",
     "IHC_LOG_LEVEL",
+    "IHC_TLS_CERT",
+    "IHC_TLS_KEY",
+    "IHC_TLS_CA",
+    "IHC_TLS_SERVER_NAME",
 };
 
 /* Per role: the settings (env var or flag) --help and --print-config must show, and some
@@ -108,6 +112,10 @@ static const expect_setting expected[] = {
     {"IHC_MAX_INFLIGHT", "--max-inflight", COORD},
     {"IHC_LOG_FORMAT", "--log-format", COORD | AGENT | CLI},
     {"IHC_LOG_LEVEL", "--log-level", COORD | AGENT | CLI},
+    {"IHC_TLS_CERT", "--tls-cert", COORD | AGENT | CLI},
+    {"IHC_TLS_KEY", "--tls-key", COORD | AGENT | CLI},
+    {"IHC_TLS_CA", "--tls-ca", COORD | AGENT | CLI},
+    {"IHC_TLS_SERVER_NAME", "--tls-server-name", AGENT | CLI},
 };
 
 #define N_EXPECTED (sizeof expected / sizeof *expected)
@@ -607,8 +615,7 @@ static void test_config_other_role_flag(void **state)
     (void)state;
     expect_error_msg(AGENT, ARGS("--http=0.0.0.0:1"), "unknown option '--http'");
     expect_error_msg(CLI, ARGS("--report", "tcp://h:1"), "unknown option '--report'");
-    expect_error_msg(COORD, ARGS("--simulate", "dev-1"),
-                     "unknown option '--simulate'");
+    expect_error_msg(COORD, ARGS("--simulate", "dev-1"), "unknown option '--simulate'");
     expect_error_msg(CLI, ARGS("--max-active-sessions=5"),
                      "unknown option '--max-active-sessions'");
 }
@@ -866,6 +873,89 @@ static int group_setup(void **state)
     return 0;
 }
 
+/* ---- TLS ------------------------------------------------------------------------------ */
+
+static void test_config_tls(void **state)
+{
+    (void)state;
+    char certs[400], cert[500], key[500], ca[500], akey[500], old[500], oldkey[500];
+    snprintf(certs, sizeof certs, "%s/certs", tmpdir_path);
+    assert_int_equal(th_make_certs(certs, NULL), 0);
+    assert_int_equal(
+        th_make_certs(certs, "--expired --agents old --clients '' --coordinator-names ''"), 0);
+    snprintf(cert, sizeof cert, "%s/coordinator.pem", certs);
+    snprintf(key, sizeof key, "%s/coordinator.key", certs);
+    snprintf(ca, sizeof ca, "%s/ca.pem", certs);
+    snprintf(akey, sizeof akey, "%s/agent-1.key", certs);
+    snprintf(old, sizeof old, "%s/old.pem", certs);
+    snprintf(oldkey, sizeof oldkey, "%s/old.key", certs);
+
+    /* a tls+tcp:// URL without the files it needs, named by where the URL came from */
+    setenv("IHC_PUB_URL", "tls+tcp://0.0.0.0:7450", 1);
+    expect_error(COORD, NOARGS, "tls+tcp://0.0.0.0:7450 is a tls+tcp:// URL",
+                 "IHC_TLS_CERT and IHC_TLS_KEY are not set");
+    expect_error(AGENT, NOARGS, "IHC_TLS_CA is not set", NULL);
+    expect_error(CLI, ARGS("--pub", "tls+tcp://h:1"), "tls+tcp://h:1 is a tls+tcp:// URL",
+                 "IHC_TLS_CA is not set");
+    unsetenv("IHC_PUB_URL");
+    expect_error(CLI, ARGS("--control", "tls+tcp://h:1"), "IHC_TLS_CA is not set", NULL);
+    expect_error(AGENT, ARGS("--report", "tls+tcp://h:1"), "IHC_TLS_CA is not set", NULL);
+    /* a plain URL does not need them; a coordinator's report URL does */
+    expect_error(COORD, ARGS("--report", "tls+tcp://0.0.0.0:1"), "IHC_TLS_CERT", NULL);
+
+    /* pairs and files */
+    expect_error(COORD, ARGS("--tls-cert", cert), "--tls-cert is set without IHC_TLS_KEY", NULL);
+    setenv("IHC_TLS_KEY", key, 1);
+    expect_error(AGENT, NOARGS, "IHC_TLS_KEY is set without IHC_TLS_CERT", NULL);
+    expect_error(AGENT, ARGS("--tls-cert", ca),
+                 "does not match the certificate in --tls-cert=", "CN=ihc test CA");
+    unsetenv("IHC_TLS_KEY");
+    expect_error(AGENT, ARGS("--tls-cert", cert, "--tls-key", akey),
+                 "--tls-key=", "does not match");
+    expect_error(COORD, ARGS("--tls-ca", ca), "--tls-ca is set but IHC_TLS_CERT is not", NULL);
+    setenv("IHC_TLS_CA", key, 1);
+    expect_error(AGENT, NOARGS, "IHC_TLS_CA=", "not a PEM certificate");
+    setenv("IHC_TLS_CA", "/nonexistent/ca.pem", 1);
+    expect_error(CLI, NOARGS, "IHC_TLS_CA=/nonexistent/ca.pem: cannot read the file",
+                 "No such file or directory");
+    unsetenv("IHC_TLS_CA");
+    expect_error(AGENT, ARGS("--tls-server-name", "a b"), "--tls-server-name=a b",
+                 "expected a host name");
+    expect_error(COORD, ARGS("--tls-server-name", "x"), "unknown option '--tls-server-name'", NULL);
+
+    /* loaded once, for the whole program */
+    ihc_config cfg;
+    char err[512];
+    setenv("IHC_TLS_CERT", cert, 1);
+    setenv("IHC_TLS_KEY", key, 1);
+    setenv("IHC_TLS_CA", ca, 1);
+    TH_PASS(load(&cfg, COORD, err, sizeof err, NULL, NULL, ARGS("--pub", "tls+tcp://0.0.0.0:1")));
+    assert_non_null(cfg.tls);
+    assert_string_equal(cfg.tls_warning, "");
+    assert_string_equal(cfg.tls_cert, cert);
+    ihc_config_fini(&cfg);
+    assert_null(cfg.tls);
+    assert_null(cfg.tls_cert);
+    unsetenv("IHC_TLS_CERT");
+    unsetenv("IHC_TLS_KEY");
+    TH_PASS(load(&cfg, AGENT, err, sizeof err, NULL, NULL,
+                 ARGS("--pub", "tls+tcp://h:1", "--tls-server-name", "coordinator")));
+    assert_non_null(cfg.tls);
+    assert_string_equal(cfg.tls_server_name, "coordinator");
+    ihc_config_fini(&cfg);
+    /* an expired certificate loads, with a warning for the program to log */
+    TH_PASS(load(&cfg, AGENT, err, sizeof err, NULL, NULL,
+                 ARGS("--tls-cert", old, "--tls-key", oldkey)));
+    assert_non_null(strstr(cfg.tls_warning, "--tls-cert="));
+    assert_non_null(strstr(cfg.tls_warning, "has expired"));
+    ihc_config_fini(&cfg);
+    unsetenv("IHC_TLS_CA");
+    /* nothing set: no TLS */
+    TH_PASS(load(&cfg, CLI, err, sizeof err, NULL, NULL, NOARGS));
+    assert_null(cfg.tls);
+    ihc_config_fini(&cfg);
+}
+
 static int group_teardown(void **state)
 {
     (void)state;
@@ -901,6 +991,7 @@ int main(void)
         cmocka_unit_test_setup(test_config_secret_errors, reset_env),
         cmocka_unit_test_setup(test_config_usage, reset_env),
         cmocka_unit_test_setup(test_config_dump, reset_env),
+        cmocka_unit_test_setup(test_config_tls, reset_env),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
