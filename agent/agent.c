@@ -323,11 +323,57 @@ static int open_transport(ihc_agent *a)
         .on_frame = on_frame, .on_timers = on_timers, .on_link = on_link, .ctx = a};
     a->tp.interrupts_first = a->o.high_priority; /* INTERRUPT_PRIORITY=high */
     a->tp.high_priority = a->o.high_priority;
+    a->tp.tls = a->tls;
     return ihc__transport_open(&a->tp, a->pub_url, a->report_url, topic, tl);
+}
+
+/* The doctor's view of the links: pub is the SUB socket's, report the PUSH socket's. */
+static bool link_up(void *arg, size_t i)
+{
+    ihc_agent *a = arg;
+    int sub = 0, push = 0;
+    ihc__transport_links(&a->tp, &sub, &push);
+    return i == 0 ? sub > 0 : push > 0;
+}
+
+static int start_tls_doctor(ihc_agent *a)
+{
+    if (!a->tls || (!ihc_tls_url(a->pub_url) && !ihc_tls_url(a->report_url)))
+        return IHC_OK;
+    ihc_tls_link links[2] = {
+        {.name = "pub", .url = a->pub_url, .sp_self = IHC_SP_SUB, .sp_peer = IHC_SP_PUB},
+        {.name = "report", .url = a->report_url, .sp_self = IHC_SP_PUSH, .sp_peer = IHC_SP_PULL},
+    };
+    return ihc_tls_doctor_start(&a->tls_doctor, a->tls, links, 2, link_up, a, IHC__LOG);
+}
+
+/* The TLS settings against the URLs, then the files (the daemon's settings check runs the
+ * same). On error logs why and returns IHC_ECONFIG (or IHC_ENOMEM). */
+static int load_tls(const ihc_agent_opts *o, ihc_tls **out)
+{
+    *out = NULL;
+    const char *urls[2] = {o->pub_url ? o->pub_url : IHC_DEFAULT_PUB_URL,
+                           o->report_url ? o->report_url : IHC_DEFAULT_REPORT_URL};
+    ihc_tls_files f = {
+        .cert = o->tls_cert, .key = o->tls_key, .ca = o->tls_ca, .server_name = o->tls_server_name};
+    char err[512], warn[512] = "";
+    if (!ihc_tls_urls_ok(&f, NULL, false, urls, 2, err, sizeof(err))) {
+        ihc_log(IHC_LOG_ERROR, IHC__LOG, "invalid agent option: %s", err);
+        return IHC_ECONFIG;
+    }
+    if (!ihc_tls_url(urls[0]) && !ihc_tls_url(urls[1]) && !f.cert && !f.ca && !f.server_name)
+        return IHC_OK;
+    int rc = ihc_tls_load(out, &f, NULL, err, sizeof(err), warn, sizeof(warn));
+    if (rc != IHC_OK)
+        ihc_log(IHC_LOG_ERROR, IHC__LOG, "invalid agent option: %s", err);
+    else if (warn[0])
+        ihc_log(IHC_LOG_WARN, IHC__LOG, "TLS: %s", warn);
+    return rc;
 }
 
 static void free_agent(ihc_agent *a)
 {
+    ihc_tls_doctor_stop(a->tls_doctor);
     ihc__transport_fini(&a->tp, 0); /* nothing to wait for when close did it first */
     ihc__escalator_stop(a);
     ihc__modules_fini(&a->mods);
@@ -341,6 +387,7 @@ static void free_agent(ihc_agent *a)
     }
     pthread_mutex_destroy(&a->cb_lock);
     ihc_wire_auth_free(a->auth);
+    ihc_tls_free(a->tls);
     free(a->pub_url);
     free(a->report_url);
     free(a->config_file);
@@ -375,10 +422,17 @@ int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *opts)
         return IHC_EINVAL;
     }
 
+    ihc_tls *tls = NULL;
+    int rc = load_tls(&o, &tls);
+    if (rc != IHC_OK)
+        return rc;
     ihc_agent *a = calloc(1, sizeof(*a));
-    if (!a)
+    if (!a) {
+        ihc_tls_free(tls);
         return IHC_ENOMEM;
-    int rc = IHC_ENOMEM;
+    }
+    a->tls = tls;
+    rc = IHC_ENOMEM;
     bool have_lock = false, have_mods = false, have_cb = false;
     if (o.agent_id) {
         snprintf(a->id, sizeof(a->id), "%s", o.agent_id);
@@ -405,7 +459,8 @@ int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *opts)
     o.pub_url = a->pub_url;
     o.report_url = a->report_url;
     o.config_file = a->config_file;
-    o.secret = NULL; /* kept only inside auth */
+    o.secret = NULL;                                              /* kept only inside auth */
+    o.tls_cert = o.tls_key = o.tls_ca = o.tls_server_name = NULL; /* read into tls */
     a->o = o;
     a->started_ms = ihc_now_ms();
     if (getrandom(&a->id_tag, sizeof(a->id_tag), 0) != sizeof(a->id_tag))
@@ -443,15 +498,16 @@ int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *opts)
      * set up meanwhile (modules, sessions) */
     a->opened_ns = ihc_mono_ns();
     a->next_hello_ns = a->next_hb_ns = a->next_tick_ns = a->opened_ns + HELLO_DELAY_NS;
-    if ((rc = ihc__transport_start(&a->tp)) != IHC_OK)
+    if ((rc = ihc__transport_start(&a->tp)) != IHC_OK || (rc = start_tls_doctor(a)) != IHC_OK)
         goto fail;
-    ihc_log(IHC_LOG_INFO, IHC__LOG, "agent started agent=%s pub=%s report=%s", a->id, a->pub_url,
-            a->report_url);
+    ihc_log(IHC_LOG_INFO, IHC__LOG, "agent started agent=%s pub=%s report=%s tls=%s", a->id,
+            a->pub_url, a->report_url, a->tls ? ihc_tls_describe(a->tls) : "off");
     *out = a;
     return IHC_OK;
 fail:
     if (!have_lock) {
         ihc_wire_auth_free(a->auth);
+        ihc_tls_free(a->tls);
         free(a->pub_url);
         free(a->report_url);
         free(a->config_file);
@@ -460,6 +516,7 @@ fail:
     }
     if (!have_mods) {
         ihc__sessions_fini(a);
+        ihc_tls_free(a->tls);
         free(a->pub_url);
         free(a->report_url);
         free(a->config_file);
@@ -470,6 +527,7 @@ fail:
     if (!have_cb) {
         ihc__modules_fini(&a->mods);
         ihc__sessions_fini(a);
+        ihc_tls_free(a->tls);
         free(a->pub_url);
         free(a->report_url);
         free(a->config_file);
@@ -504,6 +562,9 @@ void ihc_agent_close(ihc_agent *a)
     char id[IHC_AGENT_ID_MAX + 1];
     memcpy(id, a->id, sizeof(id));
     uint64_t interrupts = atomic_load(&a->n_interrupts), bad = atomic_load(&a->n_bad);
+    /* the doctor reads the transport's links: it stops first */
+    ihc_tls_doctor_stop(a->tls_doctor);
+    a->tls_doctor = NULL;
     /* the transport goes first: what is still queued goes out (bounded) or is counted */
     ihc__transport_fini(&a->tp, CLOSE_SEND_DEADLINE_MS);
     uint64_t drops = ihc__transport_drops(&a->tp);

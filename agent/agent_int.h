@@ -9,6 +9,7 @@
 #include "log.h"
 #include "module.h"
 #include "session.h"
+#include "tls.h"
 #include "token.h"
 #include "transport.h"
 #include "wire.h"
@@ -30,6 +31,8 @@ struct ihc_agent {
     char node[256];
     char *pub_url, *report_url, *config_file;
     ihc_wire_auth *auth;
+    ihc_tls *tls;               /* tls+tcp:// URLs; NULL: none */
+    ihc_tls_doctor *tls_doctor; /* says why a TLS connection fails; NULL without TLS */
     int64_t started_ms;
 
     /* the connection to the coordinator; the rest of this block is the receive thread's

@@ -186,6 +186,10 @@ static void opts_from_config(ihc_agent_opts *o, const ihc_config *cfg)
     o->force_cleanup = cfg->force_cleanup;
     o->high_priority = cfg->interrupt_priority == IHC_PRIORITY_HIGH;
     o->config_file = cfg->agent_config;
+    o->tls_ca = cfg->tls_ca;
+    o->tls_cert = cfg->tls_cert;
+    o->tls_key = cfg->tls_key;
+    o->tls_server_name = cfg->tls_server_name;
 }
 
 /* How long a signalled shutdown may take before the process exits anyway. nng 1.5.2's

@@ -13,6 +13,7 @@
 #include "err.h"
 #include "log.h"
 #include "thread.h"
+#include "tls.h"
 #include "wire.h"
 
 #include <nng/protocol/pipeline0/push.h>
@@ -360,12 +361,12 @@ int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *repo
         (rv = nng_pipe_notify(t->push, NNG_PIPE_EV_ADD_POST, on_push_pipe, t)) != 0 ||
         (rv = nng_pipe_notify(t->push, NNG_PIPE_EV_REM_POST, on_push_pipe, t)) != 0)
         goto fail;
-    if ((rv = nng_dial(t->sub, pub_url, NULL, NNG_FLAG_NONBLOCK)) != 0) {
+    if ((rv = ihc_tls_dial(t->sub, pub_url, t->tls, NULL, NNG_FLAG_NONBLOCK)) != 0) {
         ihc_log(IHC_LOG_ERROR, LOG_COMP, "cannot dial pub_url=%s err=\"%s\"", pub_url,
                 nng_strerror(rv));
         goto fail_url;
     }
-    if ((rv = nng_dial(t->push, report_url, NULL, NNG_FLAG_NONBLOCK)) != 0) {
+    if ((rv = ihc_tls_dial(t->push, report_url, t->tls, NULL, NNG_FLAG_NONBLOCK)) != 0) {
         ihc_log(IHC_LOG_ERROR, LOG_COMP, "cannot dial report_url=%s err=\"%s\"", report_url,
                 nng_strerror(rv));
         goto fail_url;

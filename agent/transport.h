@@ -32,6 +32,8 @@ typedef struct {
     ihc__transport_ops ops;
     bool interrupts_first; /* a batch's "hw:" frames before the others (INTERRUPT_PRIORITY) */
     bool high_priority;    /* the receive thread's priority (ihc_thread_priority) */
+    /* for tls+tcp:// URLs (common/tls.h); NULL: none */
+    const struct ihc_tls *tls;
     nng_socket sub, push;
     bool sub_open, push_open;
     atomic_int sub_pipes, push_pipes;
@@ -55,7 +57,7 @@ typedef struct {
 #define IHC__TX_QUEUE_MAX 1024 /* messages queued; beyond it events are dropped */
 #define IHC__PENDING_MAX  1024 /* reports queued; beyond it the oldest report is dropped */
 
-/* Opens both sockets on t (zero-initialised, ops and flags set) with their options and pipe
+/* Opens both sockets on t (zero-initialised; ops, flags and tls set) with their options and pipe
  * notifications, subscribes to "hw:" and to topic (tlen bytes, the agent's own "ag:…\0"),
  * and dials pub_url and report_url without waiting (nng redials until the coordinator is
  * there). Errors: IHC_EINVAL (a URL nng refuses; logged), IHC_ETRANSPORT, IHC_ENOMEM. On

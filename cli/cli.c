@@ -8,6 +8,7 @@
 #include "defaults.h"
 #include "err.h"
 #include "run.h"
+#include "tls.h"
 #include "version.h"
 #include "wire.h"
 
@@ -502,8 +503,13 @@ static void watch_line(const ihc_result *r, bool raw)
 
 static int cmd_watch(cli *o)
 {
-    ihc_watch_opts wo = {
-        .pub_url = o->cfg.pub_url, .secret = o->cfg.secret, .secret_len = o->cfg.secret_len};
+    ihc_watch_opts wo = {.pub_url = o->cfg.pub_url,
+                         .secret = o->cfg.secret,
+                         .secret_len = o->cfg.secret_len,
+                         .tls_ca = o->cfg.tls_ca,
+                         .tls_cert = o->cfg.tls_cert,
+                         .tls_key = o->cfg.tls_key,
+                         .tls_server_name = o->cfg.tls_server_name};
     ihc_watch *w = NULL;
     int rc = ihc_watch_open(&w, &wo);
     if (rc == IHC_CLIENT_ETRANSPORT || rc == IHC_CLIENT_EINVAL)
@@ -525,7 +531,13 @@ static int cmd_watch(cli *o)
     while (!g_stop) {
         bool now = ihc_watch_connected(w);
         if (!now && !warned && ihc_mono_ns() - t0 > (uint64_t)WATCH_QUIET_MS * 1000000u) {
-            fprintf(stderr, "ihc: watch: waiting for the coordinator at %s...\n", url);
+            char why[512] = "";
+            /* libihc's watch does not say why a TLS connection fails: ask */
+            if (ihc_tls_url(url) && ihc_tls_probe(o->cfg.tls, url, IHC_SP_SUB, IHC_SP_PUB,
+                                                  WATCH_POLL_MS, why, sizeof why) != IHC_ETRANSPORT)
+                why[0] = '\0';
+            fprintf(stderr, "ihc: watch: waiting for the coordinator at %s...%s%s\n", url,
+                    why[0] ? " TLS: " : "", why);
             warned = true;
         }
         if (now && !was && warned)
@@ -756,6 +768,10 @@ static int cli_main(int argc, char **argv)
         .control_url = o.cfg.control_url,
         .secret = o.cfg.secret,
         .secret_len = o.cfg.secret_len,
+        .tls_ca = o.cfg.tls_ca,
+        .tls_cert = o.cfg.tls_cert,
+        .tls_key = o.cfg.tls_key,
+        .tls_server_name = o.cfg.tls_server_name,
     };
     if (is_interrupt)
         co.timeout_ms = (int)(o.cfg.interrupt_timeout * 1000.0) + INTERRUPT_MARGIN_MS;

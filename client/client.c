@@ -6,6 +6,7 @@
 #include "clock.h"
 #include "defaults.h"
 #include "err.h"
+#include "tls.h"
 #include "wire.h"
 
 #include <jansson.h>
@@ -46,6 +47,8 @@ _Static_assert(IHC_CLIENT_INTERRUPT_TIMEOUT_MAX_MS == IHC_INTERRUPT_TIMEOUT_MAX_
 #define WATCH_RECVBUF 1024
 /* Both sockets: the wire's own cap (a frame over NNG_OPT_RECVMAXSZ closes the pipe). */
 #define SOCK_RECV_MAX IHC_WIRE_MAX_MSG
+/* A call that found no TLS connection asks why, for at most this long (ihc_tls_probe). */
+#define TLS_PROBE_MAX_MS 2000
 
 /* The public codes are the internal ones; keep them in step. */
 _Static_assert(IHC_CLIENT_EINVAL == IHC_EINVAL, "code");
@@ -84,6 +87,7 @@ struct ihc_client {
     nng_socket sock;
     char *url;
     ihc_wire_auth *auth;
+    ihc_tls *tls; /* tls+tcp:// */
     int timeout_ms;
     int connect_timeout_ms;
     conn_state conn;
@@ -93,6 +97,7 @@ struct ihc_watch {
     nng_socket sock;
     char *url;
     ihc_wire_auth *auth;
+    ihc_tls *tls;
     conn_state conn;
     atomic_uint_least64_t dropped;
 };
@@ -302,8 +307,29 @@ static int set_opts(nng_socket s, const sock_opt *opts, size_t n, const char *ur
     return IHC_OK;
 }
 
-/* Follows s's connection in cs and starts dialling url in the background. */
-static int dial(nng_socket s, const char *url, conn_state *cs)
+/* The TLS files for url, checked and loaded (*tls NULL when url is not tls+tcp:// and no file
+ * is given). */
+static int tls_for(const char *url, const char *ca, const char *cert, const char *key,
+                   const char *name, ihc_tls **tls)
+{
+    *tls = NULL;
+    ihc_tls_files f = {.cert = cert, .key = key, .ca = ca, .server_name = name};
+    char err[CLIENT_ERR_MAX];
+    if (!ihc_tls_urls_ok(&f, NULL, false, &url, 1, err, sizeof err)) {
+        set_err(NULL, "%s", err);
+        return IHC_EINVAL;
+    }
+    if (!ihc_tls_url(url) && !ca && !cert && !name)
+        return IHC_OK;
+    int rc = ihc_tls_load(tls, &f, NULL, err, sizeof err, NULL, 0);
+    if (rc != IHC_OK)
+        set_err(NULL, "%s", err);
+    return rc == IHC_ECONFIG ? IHC_EINVAL : rc;
+}
+
+/* Follows s's connection in cs and starts dialling url in the background (with TLS for
+ * tls+tcp://). */
+static int dial(nng_socket s, const char *url, const ihc_tls *tls, conn_state *cs)
 {
     int rv = nng_pipe_notify(s, NNG_PIPE_EV_ADD_POST, on_pipe, cs);
     if (rv == 0)
@@ -312,7 +338,7 @@ static int dial(nng_socket s, const char *url, conn_state *cs)
         set_err(NULL, "socket for %s: cannot follow its connection: %s", url, nng_strerror(rv));
         return rv == NNG_ENOMEM ? IHC_ENOMEM : IHC_ETRANSPORT;
     }
-    rv = nng_dial(s, url, NULL, NNG_FLAG_NONBLOCK);
+    rv = ihc_tls_dial(s, url, tls, NULL, NNG_FLAG_NONBLOCK);
     if (rv != 0) {
         set_err(NULL, "cannot dial '%s': %s", url, nng_strerror(rv));
         return (rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP || rv == NNG_EINVAL)
@@ -370,6 +396,8 @@ int ihc_client_open(ihc_client **out, const ihc_client_opts *o)
         d.connect_timeout_ms > 0 ? d.connect_timeout_ms : IHC_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS;
     conn_init(&c->conn);
     int rc = auth_for(d.secret, d.secret_len, &c->auth);
+    if (rc == IHC_OK)
+        rc = tls_for(c->url, d.tls_ca, d.tls_cert, d.tls_key, d.tls_server_name, &c->tls);
     if (rc != IHC_OK)
         goto fail;
     int rv = nng_req0_open(&c->sock);
@@ -380,7 +408,7 @@ int ihc_client_open(ihc_client **out, const ihc_client_opts *o)
     }
     rc = set_opts(c->sock, client_opts, sizeof client_opts / sizeof client_opts[0], c->url);
     if (rc == IHC_OK)
-        rc = dial(c->sock, c->url, &c->conn);
+        rc = dial(c->sock, c->url, c->tls, &c->conn);
     if (rc != IHC_OK) {
         nng_close(c->sock);
         goto fail;
@@ -389,6 +417,7 @@ int ihc_client_open(ihc_client **out, const ihc_client_opts *o)
     return IHC_OK;
 fail:
     ihc_wire_auth_free(c->auth);
+    ihc_tls_free(c->tls);
     conn_fini(&c->conn);
     free(c->url);
     free(c);
@@ -402,6 +431,7 @@ void ihc_client_close(ihc_client *c)
     calls_end(&c->conn); /* calls in progress fail with IHC_CLIENT_ECLOSED */
     nng_close(c->sock);
     ihc_wire_auth_free(c->auth);
+    ihc_tls_free(c->tls);
     conn_fini(&c->conn);
     free(c->url);
     free(c);
@@ -471,6 +501,14 @@ static int roundtrip(ihc_client *c, const ihc_msg *req, int wait_ms, ihc_msg **r
     if (!wait_connected(c, c->connect_timeout_ms)) {
         set_err(c, "coordinator unreachable at %s (no connection within %d ms)", c->url,
                 c->connect_timeout_ms);
+        if (ihc_tls_url(c->url)) { /* nng only knows "Cryptographic error": ask why */
+            char why[CLIENT_ERR_MAX - 128];
+            int ms =
+                c->connect_timeout_ms < TLS_PROBE_MAX_MS ? c->connect_timeout_ms : TLS_PROBE_MAX_MS;
+            if (ihc_tls_probe(c->tls, c->url, IHC_SP_REQ, IHC_SP_REP, ms, why, sizeof why) ==
+                IHC_ETRANSPORT)
+                set_err(c, "coordinator unreachable at %s: TLS: %s", c->url, why);
+        }
         return IHC_ENOTCONN;
     }
     uint8_t *buf = NULL;
@@ -855,6 +893,8 @@ int ihc_watch_open(ihc_watch **out, const ihc_watch_opts *o)
     conn_init(&w->conn);
     atomic_init(&w->dropped, 0);
     int rc = auth_for(d.secret, d.secret_len, &w->auth);
+    if (rc == IHC_OK)
+        rc = tls_for(w->url, d.tls_ca, d.tls_cert, d.tls_key, d.tls_server_name, &w->tls);
     if (rc != IHC_OK)
         goto fail;
     int rv = nng_sub0_open(&w->sock);
@@ -873,7 +913,7 @@ int ihc_watch_open(ihc_watch **out, const ihc_watch_opts *o)
         rc = set_opts(w->sock, watch_opts, sizeof watch_opts / sizeof watch_opts[0], w->url);
     }
     if (rc == IHC_OK)
-        rc = dial(w->sock, w->url, &w->conn);
+        rc = dial(w->sock, w->url, w->tls, &w->conn);
     if (rc != IHC_OK) {
         nng_close(w->sock);
         goto fail;
@@ -882,6 +922,7 @@ int ihc_watch_open(ihc_watch **out, const ihc_watch_opts *o)
     return IHC_OK;
 fail:
     ihc_wire_auth_free(w->auth);
+    ihc_tls_free(w->tls);
     conn_fini(&w->conn);
     free(w->url);
     free(w);
@@ -895,6 +936,7 @@ void ihc_watch_close(ihc_watch *w)
     calls_end(&w->conn); /* the waits in ihc_watch_next end with IHC_CLIENT_ECLOSED */
     nng_close(w->sock);
     ihc_wire_auth_free(w->auth);
+    ihc_tls_free(w->tls);
     conn_fini(&w->conn);
     free(w->url);
     free(w);

@@ -17,6 +17,7 @@
 #include "docs.h"
 #include "err.h"
 #include "log.h"
+#include "tls.h"
 #include "wire.h"
 
 #define COMPONENT   "control"
@@ -228,7 +229,7 @@ int ihc_control_open(ihc_control **out, ihc_coord *c, const ihc_config *cfg)
         rc = ihc_err_from_nng(rv);
         goto fail;
     }
-    if ((rv = nng_listen(ctl->sock, cfg->control_url, NULL, 0)) != 0) {
+    if ((rv = ihc_tls_listen(ctl->sock, cfg->control_url, cfg->tls, NULL)) != 0) {
         ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot listen control url=%s: %s", cfg->control_url,
                 nng_strerror(rv));
         rc = IHC_ETRANSPORT;

@@ -32,6 +32,7 @@
 #include "persist.h"
 #include "redis_url.h"
 #include "registry.h"
+#include "tls.h"
 #include "wire.h"
 
 #define COMPONENT         "coordinator"
@@ -1188,9 +1189,9 @@ static void load_state(ihc_coord *c)
 
 /* ---- lifecycle ---- */
 
-static int listen_on(nng_socket s, const char *url, const char *what)
+static int listen_on(nng_socket s, const char *url, const ihc_tls *tls, const char *what)
 {
-    int rv = nng_listen(s, url, NULL, 0);
+    int rv = ihc_tls_listen(s, url, tls, NULL); /* tls+tcp:// with the TLS settings */
     if (rv != 0) {
         ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot listen %s url=%s: %s", what, url,
                 nng_strerror(rv));
@@ -1266,8 +1267,8 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
         rc = ihc_err_from_nng(rv);
         goto fail;
     }
-    if ((rc = listen_on(c->pub, cfg->pub_url, "pub")) != IHC_OK ||
-        (rc = listen_on(c->pull, cfg->report_url, "report")) != IHC_OK)
+    if ((rc = listen_on(c->pub, cfg->pub_url, cfg->tls, "pub")) != IHC_OK ||
+        (rc = listen_on(c->pull, cfg->report_url, cfg->tls, "report")) != IHC_OK)
         goto fail;
     if ((rv = nng_socket_get_int(c->pull, NNG_OPT_RECVFD, &c->pull_fd)) != 0) {
         rc = ihc_err_from_nng(rv);

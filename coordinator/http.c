@@ -12,10 +12,12 @@
 #include "events.h"
 #include "log.h"
 #include "thread.h"
+#include "tls.h"
 
 #include <arpa/inet.h>
 #include <stddef.h>
 #include <errno.h>
+#include <gnutls/gnutls.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <linux/tcp.h>
@@ -182,6 +184,7 @@ struct ihc_http {
     size_t token_len;
     size_t max_body;
     int port;
+    bool mutual;            /* HTTPS with client certificates from IHC_TLS_CA required */
     pthread_mutex_t mu;     /* guards pending and closing */
     pthread_cond_t drained; /* signalled when a pending request completes or a stream ends */
     pending *pending;
@@ -340,6 +343,36 @@ static bool authorized(const ihc_http *h, struct MHD_Connection *conn, const rou
     return token_equal(v, n, h->token, h->token_len);
 }
 
+/* Mutual TLS: the client's certificate verified against IHC_TLS_CA (libmicrohttpd asks for one
+ * but leaves the verdict to us). On failure writes why into why. */
+static bool client_cert_ok(struct MHD_Connection *conn, char *why, size_t len)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    gnutls_session_t sess = ci != NULL ? (gnutls_session_t)ci->tls_session : NULL;
+    unsigned status = 0;
+    int rv =
+        sess != NULL ? gnutls_certificate_verify_peers2(sess, &status) : GNUTLS_E_INTERNAL_ERROR;
+    if (rv == GNUTLS_E_NO_CERTIFICATE_FOUND) {
+        snprintf(why, len, "no client certificate was sent");
+        return false;
+    }
+    if (rv != 0) {
+        snprintf(why, len, "%s", gnutls_strerror(rv));
+        return false;
+    }
+    if (status == 0)
+        return true;
+    gnutls_datum_t text = {NULL, 0};
+    if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &text, 0) == 0) {
+        snprintf(why, len, "%.*s", (int)text.size, (const char *)text.data);
+        gnutls_free(text.data);
+    } else {
+        snprintf(why, len, "verification status 0x%x", status);
+    }
+    return false;
+}
+
 /* Missing Content-Type is accepted as JSON (for minimal clients); any other media type
  * than application/json is refused. */
 static bool content_type_ok(struct MHD_Connection *conn)
@@ -397,6 +430,13 @@ static enum MHD_Result scan_arg(void *cls, enum MHD_ValueKind kind, const char *
 static bool admit(ihc_http *h, struct MHD_Connection *conn, http_req *r, const char *url,
                   const char *method, enum MHD_Result *ret)
 {
+    char why[256];
+    if (h->mutual && !client_cert_ok(conn, why, sizeof why)) {
+        *ret = refuse(h, conn, r, MHD_HTTP_FORBIDDEN, NULL,
+                      "a client certificate issued by the coordinator's IHC_TLS_CA is required: %s",
+                      why);
+        return false;
+    }
     const route *rt = NULL;
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         if (strcmp(url, routes[i].path) == 0) {
@@ -1443,13 +1483,28 @@ int ihc_http_open(ihc_http **out, ihc_coord *c, const ihc_config *cfg)
     unsigned hard = (unsigned)(h->max_conns + h->max_streams + 1);
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
                      (v6 ? MHD_USE_IPv6 : 0);
+    /* HTTPS with the coordinator's certificate (IHC_TLS_CERT); with IHC_TLS_CA, clients are
+     * asked for theirs (checked in admit) */
+    const char *cert = ihc_tls_cert_pem(cfg->tls), *trust = ihc_tls_ca_pem(cfg->tls);
+    struct MHD_OptionItem tls_opts[] = {
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)ihc_tls_key_pem(cfg->tls)},
+        {MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)cert},
+        {trust ? MHD_OPTION_HTTPS_MEM_TRUST : MHD_OPTION_END, 0, (void *)trust},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    if (cert != NULL) {
+        flags |= MHD_USE_TLS;
+        h->mutual = trust != NULL;
+    } else {
+        tls_opts[0].option = MHD_OPTION_END;
+    }
     h->daemon = MHD_start_daemon(
         flags, 0, on_accept, h, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd, MHD_OPTION_CONNECTION_LIMIT, hard,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)h->per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
         HTTP_IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
-        h, MHD_OPTION_END);
+        h, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     if (h->daemon == NULL) {
         ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot serve HTTP on %s: %s", cfg->http_addr,
                 h->mhd_error[0] ? h->mhd_error : "libmicrohttpd failed to start");
@@ -1466,9 +1521,12 @@ int ihc_http_open(ihc_http **out, ihc_coord *c, const ihc_config *cfg)
     h->port = info != NULL ? info->port : 0;
     ihc_log(IHC_LOG_INFO, COMPONENT,
             "listening addr=%s port=%d auth=%s max_conns=%zu max_conns_per_ip=%zu "
-            "max_streams=%zu request_deadline_s=%.3g idle_timeout_s=%u",
+            "max_streams=%zu request_deadline_s=%.3g idle_timeout_s=%u https=%s",
             cfg->http_addr, h->port, h->token != NULL ? "bearer" : "none", h->max_conns, h->per_ip,
-            h->max_streams, (double)h->deadline_ns / 1e9, HTTP_IDLE_TIMEOUT_S);
+            h->max_streams, (double)h->deadline_ns / 1e9, HTTP_IDLE_TIMEOUT_S,
+            cert == NULL ? "off"
+            : h->mutual  ? "client-certificates"
+                         : "on");
     *out = h;
     return IHC_OK;
 fail:

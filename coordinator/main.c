@@ -14,10 +14,13 @@
 #include "log.h"
 #include "redis_url.h"
 #include "reqchan.h"
+#include "tls.h"
 #include "version.h"
 
 #define COMPONENT "coordinator"
 #define FLUSH_MS  1000
+/* How often the TLS listeners' refused handshakes are counted (logged at most every 10 s). */
+#define TLS_REFUSALS_MS 1000
 
 int main(int argc, char **argv)
 {
@@ -46,6 +49,8 @@ int main(int argc, char **argv)
         return 0;
     }
     ihc_config_apply_logging(&cfg);
+    if (cfg.tls_warning[0])
+        ihc_log(IHC_LOG_WARN, COMPONENT, "TLS: %s", cfg.tls_warning);
 
     /* every thread inherits this mask; only main receives the signals, with sigwait */
     sigset_t sigs;
@@ -60,6 +65,7 @@ int main(int argc, char **argv)
     ihc_http *http = NULL;
     ihc_control *ctl = NULL;
     ihc_reqchan *rq = NULL;
+    ihc_tls_refusals *refusals = NULL;
     if ((rc = ihc_coord_open(&c, &cfg)) != IHC_OK) {
         ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot start: %s", ihc_strerror(rc));
         goto out;
@@ -78,14 +84,20 @@ int main(int argc, char **argv)
         ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot start the request channel: %s", ihc_strerror(rc));
         goto out;
     }
+    /* nng says nothing about the handshakes its TLS listeners refuse: count them */
+    if (cfg.tls && (rc = ihc_tls_refusals_start(&refusals, TLS_REFUSALS_MS, COMPONENT)) != IHC_OK)
+        goto out;
     char redis[1024];
     ihc_redis_url_redact(cfg.redis_url, redis, sizeof(redis));
     ihc_log(IHC_LOG_INFO, COMPONENT,
             "started version=%s pub=%s report=%s control=%s http=%s http_port=%d redis=%s "
-            "global_interrupt=%s signed=%s",
+            "global_interrupt=%s signed=%s tls=%s",
             IHC_VERSION, cfg.pub_url, cfg.report_url, cfg.control_url, cfg.http_addr,
             ihc_http_port(http), redis, cfg.global_interrupt_enabled ? "on" : "off",
-            cfg.secret ? "yes" : "no");
+            cfg.secret ? "yes" : "no",
+            !cfg.tls                  ? "off"
+            : ihc_tls_mutual(cfg.tls) ? "mutual"
+                                      : "server");
 
     int sig = 0;
     while (sigwait(&sigs, &sig) != 0)
@@ -95,6 +107,7 @@ int main(int argc, char **argv)
 out:
     /* answer what is in flight first, then close the doors, then flush Redis */
     ihc_coord_stop(c);
+    ihc_tls_refusals_stop(refusals);
     ihc_http_close(http);
     ihc_control_close(ctl);
     ihc_reqchan_close(rq);

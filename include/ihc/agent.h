@@ -55,6 +55,15 @@ typedef struct {
     bool force_cleanup;            /* FORCE_CLEANUP */
     bool high_priority;            /* INTERRUPT_PRIORITY=high: interrupt threads first */
     const char *config_file; /* module overrides (see ihc_agent_register_module); NULL: none */
+    /* TLS, for tls+tcp:// URLs (the coordinator listening with IHC_TLS_CERT). PEM files, read
+     * and checked by ihc_agent_open. */
+    const char *tls_ca;          /* CA that issued the coordinator's certificate: needed with a
+                                    tls+tcp:// URL (the coordinator is always verified) */
+    const char *tls_cert;        /* this agent's certificate, for a coordinator that requires
+                                    them (mutual TLS: its IHC_TLS_CA); NULL: none */
+    const char *tls_key;         /* its private key (unencrypted); with tls_cert */
+    const char *tls_server_name; /* name the coordinator's certificate must carry; NULL: the
+                                    host of each URL */
 } ihc_agent_opts;
 
 /* Fills o with the defaults above (all the original module's defaults: cleanup and force
@@ -68,8 +77,12 @@ IHC_API void ihc_agent_opts_init(ihc_agent_opts *o);
 IHC_API void ihc_agent_log_setup(int level, bool json, bool interrupts, int fd);
 
 /* Opens an agent and starts dialing. Options are copied. Returns IHC_EINVAL for bad options,
- * IHC_ECONFIG for an unreadable or invalid config_file, IHC_ETRANSPORT when nng cannot
- * create sockets. The coordinator need not be up. Caller owns *out: ihc_agent_close. */
+ * IHC_ECONFIG for an unreadable or invalid config_file or TLS file (a tls+tcp:// URL without
+ * tls_ca, a key that does not match its certificate…; the reason is logged), IHC_ETRANSPORT
+ * when nng cannot create sockets. The coordinator need not be up. While a TLS connection
+ * cannot be made, the agent logs why (the coordinator's certificate failed verification, with
+ * its subject; the coordinator refused this agent's certificate…) and keeps dialing. Caller
+ * owns *out: ihc_agent_close. */
 IHC_API int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *o);
 
 /* Stops all generators (with a short deadline), sends session_end for live sessions, and

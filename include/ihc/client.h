@@ -47,6 +47,14 @@ typedef struct ihc_client_opts {
                                0: IHC_CLIENT_DEFAULT_TIMEOUT_MS */
     int connect_timeout_ms; /* how long a call waits for a connection;
                                0: IHC_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS */
+    /* TLS, for a tls+tcp:// control_url (PEM files, read and checked by ihc_client_open) */
+    const char *tls_ca;          /* CA that issued the coordinator's certificate: needed with a
+                                    tls+tcp:// URL (the coordinator is always verified) */
+    const char *tls_cert;        /* this client's certificate, for a coordinator that requires
+                                    them (mutual TLS); NULL: none */
+    const char *tls_key;         /* its private key (unencrypted); with tls_cert */
+    const char *tls_server_name; /* name the coordinator's certificate must carry; NULL: the
+                                    URL's host */
 } ihc_client_opts;
 
 /* One agent's module outcome in an interrupt. */
@@ -88,10 +96,15 @@ typedef struct ihc_result {
 } ihc_result;
 
 /* Creates a client (options are copied; o may be NULL). Connecting happens in the background
- * and is retried; calls wait up to connect_timeout_ms for it. Errors: IHC_CLIENT_EINVAL,
- * IHC_CLIENT_ETRANSPORT (bad URL, or the socket refused an option), IHC_CLIENT_ENOMEM;
- * ihc_client_last_error(NULL) then says which. Caller owns *out: ihc_client_close.
- * A client may be used from many threads at once (each call uses its own nng context). */
+ * and is retried; calls wait up to connect_timeout_ms for it. Errors: IHC_CLIENT_EINVAL (also
+ * a TLS file that cannot be used, or a tls+tcp:// URL without tls_ca), IHC_CLIENT_ETRANSPORT
+ * (bad URL, or the socket refused an option), IHC_CLIENT_ENOMEM; ihc_client_last_error(NULL)
+ * then says which. Over TLS, a call that gets no connection (IHC_CLIENT_ENOTCONN) says in
+ * ihc_client_last_error why the handshake failed, when it did: the coordinator's certificate
+ * failed verification (with its subject and the reason), the coordinator refused this
+ * client's certificate or requires one, the coordinator does not speak TLS. Caller owns *out:
+ * ihc_client_close. A client may be used from many threads at once (each call uses its own nng
+ * context). */
 IHC_API int ihc_client_open(ihc_client **out, const ihc_client_opts *o);
 
 /* Closes the client; calls in progress fail. Accepts NULL. */
@@ -154,10 +167,16 @@ typedef struct ihc_watch_opts {
     const void *secret;  /* shared secret: only results signed with it are returned;
                             NULL: signatures are not checked */
     size_t secret_len;
+    /* TLS, for a tls+tcp:// pub_url: as in ihc_client_opts */
+    const char *tls_ca;
+    const char *tls_cert;
+    const char *tls_key;
+    const char *tls_server_name;
 } ihc_watch_opts;
 
 /* Creates a watch (options are copied; o may be NULL). Connecting happens in the background
- * and is retried for as long as the watch is open. Errors: IHC_CLIENT_EINVAL,
+ * and is retried for as long as the watch is open. Errors: IHC_CLIENT_EINVAL (also TLS files,
+ * as for ihc_client_open),
  * IHC_CLIENT_ETRANSPORT (bad URL, or the socket refused an option), IHC_CLIENT_ENOMEM;
  * ihc_client_last_error(NULL) then says which. Caller owns *out: ihc_watch_close. */
 IHC_API int ihc_watch_open(ihc_watch **out, const ihc_watch_opts *o);
