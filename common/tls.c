@@ -43,7 +43,7 @@
 #define DOCTOR_MAX_NS      60000000000ull
 #define DOCTOR_REPEAT_NS   60000000000ull
 #define DOCTOR_WHY_MAX     512
-#define REFUSALS_QUIET_NS  10000000000ull /* at most one line per listener this often */
+#define REFUSALS_QUIET     10 /* at most one line per listener every 10 intervals */
 #define REFUSALS_LISTENERS 16
 
 struct ihc_tls {
@@ -1132,7 +1132,9 @@ static void refusals_scan(ihc_tls_refusals *r, bool final)
         if (c == NULL)
             continue;
         c->seen = nng_stat_value(auth);
-        if (c->seen > c->reported && (final || now - c->logged_ns >= REFUSALS_QUIET_NS)) {
+        uint64_t quiet_ns = (uint64_t)r->interval_ms * REFUSALS_QUIET * 1000000ull;
+        if (c->seen > c->reported &&
+            (final || c->logged_ns == 0 || now - c->logged_ns >= quiet_ns)) {
             ihc_log(IHC_LOG_WARN, r->component,
                     "TLS handshakes refused url=%s count=%llu total=%llu: a client certificate "
                     "missing, expired or not issued by IHC_TLS_CA, a client that does not trust "
