@@ -4,7 +4,8 @@
  * which runs before the modules and the report, so its session_begin reaches the
  * coordinator ahead of the report (one PUSH pipe keeps order) and the requester's next
  * interrupt always finds it.
- * Usage: bench_agent [--pub URL] [--report URL] [--id ID] [--hw HW[,HW…]] (bench_agent --help). */
+ * Usage: bench_agent [--pub URL] [--report URL] [--id ID] [--hw HW[,HW…]] (bench_agent --help).
+ * TLS files (tls+tcp:// URLs) come from IHC_TLS_CA, IHC_TLS_CERT and IHC_TLS_KEY. */
 #include <ihc/agent.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -99,6 +100,10 @@ int main(int argc, char **argv)
     ihc_agent_opts o;
     ihc_agent_opts_init(&o);
     o.cleanup_on_interrupt = true;
+    /* TLS as the daemon takes it (bench_ihc --tls sets these) */
+    o.tls_ca = getenv("IHC_TLS_CA");
+    o.tls_cert = getenv("IHC_TLS_CERT");
+    o.tls_key = getenv("IHC_TLS_KEY");
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {

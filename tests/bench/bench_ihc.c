@@ -8,9 +8,12 @@
  *               device's work lives on one node; client c interrupts tp-*-c round robin,
  *               so each interrupt stops one agent's session and no two clients race on
  *               one hardware_id)
- *   sessions:   bench_ihc … --preload-sessions 100000   (latency with a big Redis state) */
+ *   sessions:   bench_ihc … --preload-sessions 100000   (latency with a big Redis state)
+ *   TLS:        bench_ihc … --tls CERTDIR   (every socket on tls+tcp:// with mutual TLS;
+ *               CERTDIR from deploy/make-certs.sh; reported as ihc_control_tls) */
 #include "bench_util.h"
 
+#include "tls.h"
 #include "wire.h"
 
 #include <arpa/inet.h>
@@ -26,6 +29,8 @@ static const char *bindir = "build/bin";
 static int redis_port = 6379;
 static int pub_port, rep_port, ctl_port, http_port;
 static char ctl_url[64];
+static const char *tls_dir; /* --tls: certificates of deploy/make-certs.sh */
+static ihc_tls *tls;        /* the control client's (client.pem) */
 
 static int free_port(void)
 {
@@ -62,7 +67,7 @@ static int ctl_open(ctl_client *c)
         return -1;
     nng_socket_set_ms(c->s, NNG_OPT_RECVTIMEO, 10000);
     nng_socket_set_ms(c->s, NNG_OPT_REQ_RESENDTIME, 0);
-    return nng_dial(c->s, ctl_url, NULL, NNG_FLAG_NONBLOCK) == 0 ? 0 : -1;
+    return ihc_tls_dial(c->s, ctl_url, tls, NULL, NNG_FLAG_NONBLOCK) == 0 ? 0 : -1;
 }
 
 /* Sends one control request; returns the response status, the expected and answered counts
@@ -198,6 +203,33 @@ static long rss_kb(pid_t pid)
     return kb;
 }
 
+/* --tls: the environment the coordinator (who == NULL) or an agent is started with, and the
+ * control client's files. */
+static void tls_env(const char *who)
+{
+    char p[600];
+    snprintf(p, sizeof(p), "%s/ca.pem", tls_dir);
+    setenv("IHC_TLS_CA", p, 1);
+    snprintf(p, sizeof(p), "%s/%s.pem", tls_dir, who ? who : "coordinator");
+    setenv("IHC_TLS_CERT", p, 1);
+    snprintf(p, sizeof(p), "%s/%s.key", tls_dir, who ? who : "coordinator");
+    setenv("IHC_TLS_KEY", p, 1);
+}
+
+static int tls_client(void)
+{
+    char ca[600], cert[600], key[600], err[512];
+    snprintf(ca, sizeof(ca), "%s/ca.pem", tls_dir);
+    snprintf(cert, sizeof(cert), "%s/client.pem", tls_dir);
+    snprintf(key, sizeof(key), "%s/client.key", tls_dir);
+    ihc_tls_files f = {.cert = cert, .key = key, .ca = ca};
+    if (ihc_tls_load(&tls, &f, NULL, err, sizeof(err), NULL, 0) != 0) {
+        fprintf(stderr, "bench_ihc: --tls: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int iters = 1000, tp_seconds = 0, clients = 4;
@@ -226,16 +258,21 @@ int main(int argc, char **argv)
             preload = atol(v);
         else if (!strcmp(k, "--logdir"))
             logdir = v;
+        else if (!strcmp(k, "--tls"))
+            tls_dir = v;
     }
+    const char *scheme = tls_dir ? "tls+tcp" : "tcp";
+    if (tls_dir && tls_client() != 0)
+        return 1;
     pub_port = free_port();
     rep_port = free_port();
     ctl_port = free_port();
     http_port = free_port();
     char pub_url[64], rep_url[64], http_addr[64], redis_url[64], coord_bin[512], agent_bin[512],
         log[512];
-    snprintf(pub_url, sizeof(pub_url), "tcp://127.0.0.1:%d", pub_port);
-    snprintf(rep_url, sizeof(rep_url), "tcp://127.0.0.1:%d", rep_port);
-    snprintf(ctl_url, sizeof(ctl_url), "tcp://127.0.0.1:%d", ctl_port);
+    snprintf(pub_url, sizeof(pub_url), "%s://127.0.0.1:%d", scheme, pub_port);
+    snprintf(rep_url, sizeof(rep_url), "%s://127.0.0.1:%d", scheme, rep_port);
+    snprintf(ctl_url, sizeof(ctl_url), "%s://127.0.0.1:%d", scheme, ctl_port);
     snprintf(http_addr, sizeof(http_addr), "127.0.0.1:%d", http_port);
     snprintf(redis_url, sizeof(redis_url), "redis://127.0.0.1:%d/0", redis_port);
     snprintf(coord_bin, sizeof(coord_bin), "%s/ihc-coordinator", bindir);
@@ -259,7 +296,11 @@ int main(int argc, char **argv)
     snprintf(log, sizeof(log), "%s/bench-coordinator.log", logdir);
     char *cargv[] = {coord_bin, "--pub",  pub_url,   "--report", rep_url,   "--control",
                      ctl_url,   "--http", http_addr, "--redis",  redis_url, NULL};
+    if (tls_dir)
+        tls_env(NULL);
     pid_t coord = spawn(cargv, log);
+    if (tls_dir)
+        tls_env("agent-1"); /* every agent presents the same enrolled certificate */
     pid_t *agents = calloc((size_t)n_agents, sizeof(pid_t));
     for (int i = 0; i < n_agents; i++) {
         char id[32];
@@ -344,7 +385,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_ihc: %d rounds did not reach all %d agents\n", incomplete,
                     n_agents);
         char name[64];
-        snprintf(name, sizeof(name), "ihc_%s%s", via, preload ? "_100k_sessions" : "");
+        snprintf(name, sizeof(name), "ihc_%s%s%s", via, preload ? "_100k_sessions" : "",
+                 tls_dir ? "_tls" : "");
         bench_report(stdout, name, n_agents, &s, samples);
         fprintf(stderr, "coordinator rss: %ld kB\n", rss_kb(coord));
         if (fd >= 0)
@@ -355,5 +397,6 @@ int main(int argc, char **argv)
     bench_reap(agents, n_agents);
     bench_reap(&coord, 1);
     free(agents);
+    ihc_tls_free(tls);
     return 0;
 }

@@ -24,6 +24,7 @@ hop = next((r for r in rows if r["name"] == "nng_reqrep"), None)
 lines.append("| path | N agents | p50 ms | p99 ms | max ms | p50 ÷ nng floor p50 | p50 ÷ (floor + request hop) | p50 ÷ ihc control p50 (>1: ihc faster) |")
 lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
 names = [("ihc_http", "ihc end to end, HTTP"), ("ihc_control", "ihc end to end, control socket"),
+         ("ihc_control_tls", "ihc end to end, control socket, every socket over TLS"),
          ("nng_floor", "bare nng PUB→SUB→PUSH→PULL (floor)"),
          ("redis_pubsub", "Redis PUBLISH → subscribers → list acks"),
          ("redis_poll", "Redis flag polled every 100 ms (original design)")]

@@ -43,6 +43,9 @@ for n in 1 8 32; do
     flush; run "$bin/bench_redis" --port "$port" --mode pubsub --agents $n --iterations $it --samples "$out/samples/redis_pubsub_$n.txt"
     flush; run "$bin/bench_redis" --port "$port" --mode poll --interval 100 --agents $n --iterations $poll_iters --samples "$out/samples/redis_poll_$n.txt"
 done
+# N = 8 over TLS (every socket tls+tcp://, mutual TLS), beside the plain-TCP row above.
+bash "$here/deploy/make-certs.sh" "$work/certs" >/dev/null
+flush; run "$bin/bench_ihc" --bin "$bin" --redis-port "$port" --agents 8 --iterations $iters --via control --tls "$work/certs" --logdir "$work" --samples "$out/samples/ihc_control_tls_8.txt"
 flush; run "$bin/bench_floor" --agents $scale --iterations 200
 flush; run "$bin/bench_ihc" --bin "$bin" --redis-port "$port" --agents $scale --iterations 200 --via control --logdir "$work"
 flush; run "$bin/bench_ihc" --bin "$bin" --redis-port "$port" --agents 8 --throughput 10 --clients 8 --logdir "$work"
