@@ -16,9 +16,9 @@
 #include "docs.h"
 #include "err.h"
 #include "log.h"
+#include "request.h"
 
-#define COMPONENT      "api"
-#define TIMEOUT_MAX_MS IHC_INTERRUPT_TIMEOUT_MAX_MS
+#define COMPONENT "api"
 
 static void refuse(ihc_api_done_fn done, void *arg, int status, const char *msg)
 {
@@ -41,47 +41,18 @@ static void printable(char *out, size_t cap, const char *in, size_t len)
     out[k] = '\0';
 }
 
-static bool utf8_valid(const char *s, size_t len)
-{
-    json_t *j = json_stringn(s, len);
-    bool ok = j != NULL;
-    json_decref(j);
-    return ok;
-}
-
 void ihc_api_interrupt(ihc_coord *c, const char *hw, const char *reason, int64_t timeout_ms,
                        ihc_api_done_fn done, void *arg)
 {
     uint64_t t0 = ihc_mono_ns();
     char msg[400];
-    if (!hw || !ihc_hw_valid(hw, strlen(hw), true)) {
-        char shown[80];
-        printable(shown, sizeof(shown), hw ? hw : "", hw ? strlen(hw) : 0);
-        snprintf(msg, sizeof(msg),
-                 "hardware_id: invalid hardware_id '%s' (1-128 bytes of [A-Za-z0-9._:@-])", shown);
+    if (ihc_request_check(hw, reason, timeout_ms, msg, sizeof(msg)) != IHC_OK)
         goto bad;
-    }
     const ihc_config *cfg = ihc__coord_config(c);
     if (strcmp(hw, "*") == 0 && !cfg->global_interrupt_enabled) {
         ihc_api_count_rejected(c);
         refuse(done, arg, 403, "global interrupt disabled (GLOBAL_INTERRUPT_ENABLED=false)");
         return;
-    }
-    size_t rlen = reason ? strlen(reason) : 0;
-    if (rlen > IHC_REASON_MAX) {
-        snprintf(msg, sizeof(msg), "reason: too long (%zu bytes, at most %u)", rlen,
-                 (unsigned)IHC_REASON_MAX);
-        goto bad;
-    }
-    if (reason && !utf8_valid(reason, rlen)) {
-        snprintf(msg, sizeof(msg), "reason: not valid UTF-8");
-        goto bad;
-    }
-    if (timeout_ms < 0 || timeout_ms > TIMEOUT_MAX_MS) {
-        snprintf(msg, sizeof(msg),
-                 "timeout_ms: %" PRId64 " out of range [0, %d] (0: INTERRUPT_TIMEOUT)", timeout_ms,
-                 TIMEOUT_MAX_MS);
-        goto bad;
     }
     int rc = ihc__coord_submit_interrupt(c, hw, reason, timeout_ms, t0, done, arg);
     switch (rc) {

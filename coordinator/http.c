@@ -11,6 +11,7 @@
 #include "err.h"
 #include "events.h"
 #include "log.h"
+#include "request.h"
 #include "thread.h"
 #include "tls.h"
 
@@ -569,59 +570,6 @@ static void on_interrupt_done(int status, char *json, void *arg)
     pending_unref(p);
 }
 
-/* Validates the interrupt body. On success fills hw/reason/timeout (pointing into o). */
-static bool parse_interrupt(json_t *o, const char **hw, const char **reason, int64_t *timeout,
-                            char *err, size_t err_len)
-{
-    if (!json_is_object(o)) {
-        snprintf(err, err_len, "request body must be a JSON object");
-        return false;
-    }
-    const char *key;
-    json_t *v;
-    json_object_foreach(o, key, v)
-    {
-        if (strcmp(key, "hardware_id") != 0 && strcmp(key, "reason") != 0 &&
-            strcmp(key, "timeout_ms") != 0) {
-            char name[HTTP_NAME_MAX + 1];
-            sanitize_name(name, sizeof name, key);
-            snprintf(err, err_len, "unknown field '%s' (accepted: hardware_id, reason, timeout_ms)",
-                     name);
-            return false;
-        }
-    }
-    json_t *jhw = json_object_get(o, "hardware_id");
-    if (jhw == NULL) {
-        snprintf(err, err_len, "hardware_id: required field missing");
-        return false;
-    }
-    if (!json_is_string(jhw)) {
-        snprintf(err, err_len, "hardware_id: must be a string");
-        return false;
-    }
-    *hw = json_string_value(jhw);
-    json_t *jr = json_object_get(o, "reason");
-    *reason = NULL;
-    if (jr != NULL && !json_is_null(jr)) {
-        if (!json_is_string(jr)) {
-            snprintf(err, err_len, "reason: must be a string");
-            return false;
-        }
-        *reason = json_string_value(jr);
-    }
-    json_t *jt = json_object_get(o, "timeout_ms");
-    *timeout = 0;
-    if (jt != NULL && !json_is_null(jt)) {
-        if (!json_is_integer(jt) || json_integer_value(jt) < 0) {
-            snprintf(err, err_len,
-                     "timeout_ms: must be a non-negative integer (milliseconds; 0 = default)");
-            return false;
-        }
-        *timeout = json_integer_value(jt);
-    }
-    return true;
-}
-
 static enum MHD_Result answer_pending(struct MHD_Connection *conn, http_req *r)
 {
     pending *p = r->p;
@@ -651,25 +599,14 @@ static void pending_list_remove(ihc_http *h, pending *p)
 
 static enum MHD_Result start_interrupt(ihc_http *h, struct MHD_Connection *conn, http_req *r)
 {
-    if (r->len == 0)
-        return refuse(h, conn, r, MHD_HTTP_BAD_REQUEST, NULL,
-                      "request body is empty; expected a JSON object with hardware_id");
-    json_error_t jerr;
-    json_t *o = json_loadb(r->body, r->len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-    if (o == NULL)
-        return refuse(h, conn, r, MHD_HTTP_BAD_REQUEST, NULL,
-                      "malformed JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
-    const char *hw, *reason;
-    int64_t timeout;
+    ihc_request q;
     char err[256];
-    if (!parse_interrupt(o, &hw, &reason, &timeout, err, sizeof err)) {
-        json_decref(o);
+    if (ihc_request_parse(&q, r->body, r->len, err, sizeof err) != IHC_OK)
         return refuse(h, conn, r, MHD_HTTP_BAD_REQUEST, NULL, "%s", err);
-    }
 
     pending *p = calloc(1, sizeof *p);
     if (p == NULL) {
-        json_decref(o);
+        ihc_request_fini(&q);
         return MHD_NO;
     }
     pthread_mutex_init(&p->mu, NULL);
@@ -687,13 +624,13 @@ static enum MHD_Result start_interrupt(ihc_http *h, struct MHD_Connection *conn,
     pthread_mutex_unlock(&h->mu);
     if (closing) {
         p->refs = 1;
-        json_decref(o);
+        ihc_request_fini(&q);
         return respond(conn, r, MHD_HTTP_SERVICE_UNAVAILABLE, CT_JSON, error_doc("shutting down"),
                        NULL);
     }
 
-    ihc_api_interrupt(h->coord, hw, reason, timeout, on_interrupt_done, p);
-    json_decref(o);
+    ihc_api_interrupt(h->coord, q.hw, q.reason, q.timeout_ms, on_interrupt_done, p);
+    ihc_request_fini(&q);
 
     pthread_mutex_lock(&p->mu);
     bool done = p->done;

@@ -17,6 +17,7 @@
 #include "err.h"
 #include "log.h"
 #include "redis_url.h"
+#include "request.h"
 
 #define COMPONENT      "reqchan"
 #define BACKOFF_MIN_MS 100
@@ -54,31 +55,17 @@ static void rejected(ihc_reqchan *rq, const char *why)
     ihc_log(IHC_LOG_WARN, COMPONENT, "malformed request on %s: %s", IHC_REQUESTS_CHANNEL, why);
 }
 
+/* The body is the HTTP API's (request.h). */
 static void handle_payload(ihc_reqchan *rq, const char *payload, size_t len)
 {
-    json_error_t jerr;
-    json_t *o = json_loadb(payload, len, 0, &jerr);
-    if (!json_is_object(o)) {
-        char why[200];
-        snprintf(why, sizeof(why), "%s", o ? "expected a JSON object" : jerr.text);
-        json_decref(o);
+    ihc_request q;
+    char why[256];
+    if (ihc_request_parse(&q, payload, len, why, sizeof(why)) != IHC_OK) {
         rejected(rq, why);
         return;
     }
-    json_t *hw = json_object_get(o, "hardware_id");
-    json_t *reason = json_object_get(o, "reason");
-    json_t *timeout = json_object_get(o, "timeout_ms");
-    if (!json_is_string(hw))
-        rejected(rq, "hardware_id: expected a string");
-    else if (reason && !json_is_null(reason) && !json_is_string(reason))
-        rejected(rq, "reason: expected a string");
-    else if (timeout && !json_is_null(timeout) && !json_is_integer(timeout))
-        rejected(rq, "timeout_ms: expected an integer");
-    else
-        ihc_api_interrupt(
-            rq->c, json_string_value(hw), json_is_string(reason) ? json_string_value(reason) : NULL,
-            json_is_integer(timeout) ? (int64_t)json_integer_value(timeout) : 0, on_done, NULL);
-    json_decref(o);
+    ihc_api_interrupt(rq->c, q.hw, q.reason, q.timeout_ms, on_done, NULL);
+    ihc_request_fini(&q);
 }
 
 /* Connects, authenticates and subscribes; NULL with why filled on failure. No SELECT:
