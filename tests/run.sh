@@ -96,8 +96,8 @@ valgrind_one() { # valgrind_one NAME CMD…: 0 when clean
 valgrind_unit() { # every unit test of the normal build under valgrind: no errors, no leaks
     local p=0 f=0 name cmd
     for name in $(cd build && ctest -L unit -N | sed -nE 's/.*Test +#[0-9]+: ihc\.([a-z_]+)$/\1/p'); do
-        if [ "$name" = wire_corpus ]; then
-            cmd=(build/bin/fuzz_wire_replay tests/fuzz/corpus/wire)
+        if [[ $name == *_corpus ]]; then # a fuzz target's seed corpus
+            cmd=(build/bin/fuzz_${name%_corpus}_replay tests/fuzz/corpus/${name%_corpus})
         else
             cmd=(build/bin/test_$name)
         fi

@@ -1,6 +1,6 @@
 /* Replays a fuzz corpus through LLVMFuzzerTestOneInput without libFuzzer, so every normal
  * and sanitizer build re-checks the corpus (gcc has no -fsanitize=fuzzer).
- * Usage: fuzz_wire_replay DIR… */
+ * Usage: fuzz_<target>_replay DIR… */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -45,7 +45,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         DIR *d = opendir(argv[i]);
         if (!d) {
-            fprintf(stderr, "fuzz_wire_replay: cannot open %s\n", argv[i]);
+            fprintf(stderr, "%s: cannot open %s\n", argv[0], argv[i]);
             return 1;
         }
         struct dirent *e;
