@@ -94,7 +94,8 @@ static redisContext *connect_and_subscribe(ihc_reqchan *rq, char *why, size_t wl
         argv[argc++] = rq->url.password;
         r = redisCommandArgv(ctx, argc, argv, NULL);
         if (!r || r->type == REDIS_REPLY_ERROR) {
-            snprintf(why, wlen, "AUTH: %s", r ? r->str : ctx->errstr);
+            snprintf(why, wlen, "AUTH: %s%s", r ? r->str : ctx->errstr,
+                     r ? " (check the user and password in the URL)" : "");
             goto fail;
         }
         freeReplyObject(r);

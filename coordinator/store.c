@@ -570,7 +570,9 @@ static int st_connect(ihc_store *st)
                 char msg[sizeof(st->err)];
                 memcpy(msg, st->err, sizeof(msg));
                 st->err[0] = '\0';
-                set_err(st, "redis %s: %s: %s", st->where, what[i], msg);
+                set_err(st, "redis %s: %s: %s%s", st->where, what[i], msg,
+                        strcmp(what[i], "AUTH") == 0 ? " (check the user and password in the URL)"
+                                                     : "");
                 setup_rc = IHC_ENOTCONN;
             }
         } else if (rc == IHC_OK && rep->type == REDIS_REPLY_STRING && rep->len == 40) {

@@ -327,7 +327,10 @@ int th_redis_start(th_redis *r)
                         "--appendonly", "no",     "--dir", r->dir,   "--daemonize", "no",     NULL,
                         NULL,           NULL,     NULL,    NULL,     NULL,          NULL,     NULL};
         int argc = 13;
-        if (r->password) {
+        if (r->aclfile) {
+            argv[argc++] = "--aclfile";
+            argv[argc++] = (char *)r->aclfile;
+        } else if (r->password) {
             argv[argc++] = "--requirepass";
             argv[argc++] = (char *)r->password;
         }

@@ -101,6 +101,8 @@ typedef struct {
     const char *password; /* optional, set before th_redis_start: --requirepass; the harness
                            * itself (readiness, th_redis_cmd) then authenticates */
     bool unix_socket;     /* optional, set before th_redis_start: also listen on sock */
+    const char *aclfile;  /* optional, set before th_redis_start: --aclfile instead of
+                           * --requirepass; password is then the default user's */
     char sock[108];       /* "<dir>/redis.sock" with unix_socket, else "" (a socket address
                            * holds 107 bytes of path) */
 } th_redis;
