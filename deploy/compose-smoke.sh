@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Smoke test of deploy/docker-compose.yml as a user would run it: build the image, start Redis,
-# the coordinator and three agents, interrupt dev-2 over the published HTTP port, check the
-# answer, the agents' logs and the state in Redis, then take everything down.
+# Smoke test of deploy/docker-compose.yml as a user would run it: build the image, start Redis
+# (with passwords and the least-privilege user ihc), the coordinator and three agents,
+# interrupt dev-2 over the published HTTP port, check the answer, the agents' logs and the
+# state in Redis; then the TLS variant (deploy/docker-compose.tls.yml: mutual TLS, HTTPS) with
+# certificates from deploy/make-certs.sh; then take everything down.
 #
 #   sudo bash deploy/compose-smoke.sh
 #
@@ -11,7 +13,9 @@
 # missing: debian:bookworm-slim with debootstrap, redis:7 as a stand-in built from Debian's
 # redis-server. IHC_SMOKE_PULL=1 tries `docker pull` first instead.
 # Environment: IHC_COMPOSE ("docker compose" or "docker-compose"; default: whichever works,
-# v2 first), IHC_SMOKE_DEADLINE (seconds to wait for health, default 180),
+# v2 first), IHC_SMOKE_DEADLINE (seconds to wait for health, default 180), IHC_SMOKE_PROJECT
+# (the compose project, default ihc-smoke), REDIS_PASSWORD / IHC_REDIS_PASSWORD (default:
+# random), IHC_SMOKE_TLS=0 (skip the TLS variant),
 # IHC_SMOKE_KEEP=1 (leave the stack up for a look; `down -v` it yourself).
 # Ends with "N passed, N failed"; exits non-zero when anything failed.
 
@@ -20,7 +24,8 @@ set -o pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 COMPOSE_FILE="$HERE/docker-compose.yml"
-PROJECT=ihc-smoke
+TLS_FILE="$HERE/docker-compose.tls.yml"
+PROJECT=${IHC_SMOKE_PROJECT:-ihc-smoke}
 DEADLINE=${IHC_SMOKE_DEADLINE:-180}
 WORK=$(mktemp -d /tmp/ihc-smoke.XXXXXX)
 STARTED_DOCKERD=""
@@ -48,7 +53,7 @@ die() {
   exit 1
 }
 
-compose() { $COMPOSE -p "$PROJECT" -f "$COMPOSE_FILE" "$@"; }
+compose() { $COMPOSE -p "$PROJECT" -f "$COMPOSE_FILE" ${COMPOSE_TLS:+-f "$TLS_FILE"} "$@"; }
 
 cleanup() {
   local rc=$?
@@ -110,6 +115,7 @@ command -v docker >/dev/null || need+=(docker.io)
 command -v curl >/dev/null || need+=(curl)
 command -v jq >/dev/null || need+=(jq)
 command -v ss >/dev/null || need+=(iproute2)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   # shellcheck disable=SC2046 # one word per package
   apt_install $(printf '%s\n' "${need[@]}" | sort -u) || die "install of ${need[*]}"
@@ -240,6 +246,9 @@ new_ports() {
 }
 new_ports || die "no free host ports"
 export IHC_IMAGE=${IHC_IMAGE:-ihc:smoke}
+# Redis' passwords, as a user sets them (hex: safe in IHC_REDIS_URL as they are)
+export REDIS_PASSWORD=${REDIS_PASSWORD:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
+export IHC_REDIS_PASSWORD=${IHC_REDIS_PASSWORD:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
 # Keep flags set long enough to read them (a setting of the compose file, as a user sets it).
 export SESSION_CLEANUP_DELAY=${SESSION_CLEANUP_DELAY:-60}
 log "host ports: pub $IHC_PUB_PORT report $IHC_REPORT_PORT control $IHC_CONTROL_PORT http $IHC_HTTP_PORT; image $IHC_IMAGE"
@@ -356,8 +365,9 @@ else
   fail "dev-3 sessions still run"
 fi
 
-# Redis state through the compose service (persistence is off the request path: poll).
-rcli() { compose exec -T redis redis-cli "$@"; }
+# Redis state through the compose service (persistence is off the request path: poll), as its
+# default user (the administrator: user ihc may not run XREVRANGE).
+rcli() { compose exec -T redis sh -c 'REDISCLI_AUTH="$REDIS_PASSWORD" exec redis-cli "$@"' rcli "$@"; }
 logged() {
   rcli XREVRANGE ihc:interrupts + - COUNT 20 >"$WORK/xrange" 2>&1 || return 1
   grep -qx 'dev-2' "$WORK/xrange"
@@ -439,4 +449,71 @@ if compose stop -t 20 agent-3 >/dev/null 2>&1 && [ $((SECONDS - t)) -lt 10 ]; th
   fi
 else
   fail "agent-3 stops on SIGTERM within 10 s" "took $((SECONDS - t)) s"
+fi
+
+# The coordinator ran as user ihc all along: Redis denied it nothing.
+if [ -z "$(rcli ACL LOG | tr -d '\r')" ] && ! rcli --user ihc --pass wrong --no-auth-warning PING 2>&1 | grep -q PONG; then
+  pass "redis: user ihc was denied nothing (ACL LOG empty); a wrong password is refused"
+else
+  fail "redis: user ihc was denied nothing (ACL LOG empty)" "$(rcli ACL LOG | head -20)"
+fi
+
+# ---- the TLS variant ------------------------------------------------------------------------
+
+if [ "${IHC_SMOKE_TLS:-1}" != 0 ]; then
+  t=$SECONDS
+  export IHC_TLS_DIR=$WORK/certs
+  certs_ok=""
+  bash "$HERE/make-certs.sh" --owner 7450 "$IHC_TLS_DIR" >"$WORK/certs.log" 2>&1 && certs_ok=1
+  COMPOSE_TLS=1
+  if [ -n "$certs_ok" ] && compose up -d >"$WORK/up-tls.log" 2>&1 &&
+    wait_for "$DEADLINE" "all services healthy over TLS" all_healthy; then
+    pass "TLS variant up: coordinator and 3 agents healthy with certificates [$((SECONDS - t)) s]"
+  else
+    tail -20 "$WORK/certs.log" "$WORK/up-tls.log" 2>/dev/null | sed 's/^/    /'
+    for s in redis coordinator agent-1 agent-2 agent-3; do log "  $s: $(health "$s")"; done
+    fail "TLS variant up and healthy"
+  fi
+  API="https://localhost:$IHC_HTTP_PORT"
+  TLS_CURL=(--cacert "$IHC_TLS_DIR/ca.pem" --cert "$IHC_TLS_DIR/client.pem" --key "$IHC_TLS_DIR/client.key")
+  http_get() { curl -fsS --max-time 5 "${TLS_CURL[@]}" "$API$1"; }
+  if wait_for 30 "3 agents connected over TLS" all_connected &&
+    wait_for 30 "dev-2 sessions" dev2_sessions; then
+    pass "agents connected over tls+tcp:// with their certificates (GET /v1/agents over HTTPS)"
+  else
+    fail "agents connected over tls+tcp://" "$(cat "$WORK/agents" 2>/dev/null)" \
+      "$(compose logs --no-color --tail 5 agent-1 2>&1)"
+  fi
+  res=$(curl -sS --max-time 15 "${TLS_CURL[@]}" -H 'Content-Type: application/json' \
+    -d '{"hardware_id":"dev-2","reason":"compose smoke test over TLS"}' "$API/v1/interrupt")
+  if [ "$(jq -r .success <<<"$res" 2>/dev/null)" = true ] &&
+    [ "$(jq -c '.agents.answered | sort' <<<"$res")" = '["agent-1","agent-2"]' ]; then
+    pass "HTTPS POST /v1/interrupt dev-2: success, answered by agent-1 and agent-2 ($(jq -r .total_time_ms <<<"$res") ms)"
+  else
+    fail "HTTPS POST /v1/interrupt dev-2 over TLS" "$res"
+  fi
+  code=$(curl -sS --max-time 5 -o "$WORK/nocert" -w '%{http_code}' --cacert "$IHC_TLS_DIR/ca.pem" "$API/v1/agents" 2>/dev/null)
+  if [ "$code" = 403 ] && ! curl -sS --max-time 5 -o /dev/null "http://127.0.0.1:$IHC_HTTP_PORT/healthz" 2>/dev/null; then
+    pass "HTTPS without a client certificate: 403; plain http:// gets no answer"
+  else
+    fail "HTTPS without a client certificate refused" "HTTP $code: $(cat "$WORK/nocert" 2>/dev/null)"
+  fi
+  if compose exec -T coordinator ihc interrupt dev-3 --json >"$WORK/cli-tls" 2>&1 &&
+    [ "$(jq -r .success "$WORK/cli-tls" 2>/dev/null)" = true ]; then
+    pass "ihc interrupt dev-3 over tls+tcp:// (CLI in the image, the coordinator's certificate)"
+  else
+    fail "ihc interrupt dev-3 over tls+tcp://" "$(cat "$WORK/cli-tls")"
+  fi
+  # a plain tcp:// client is refused, and the coordinator says it refused a handshake
+  st=0
+  compose exec -T coordinator env -u IHC_TLS_CA -u IHC_TLS_CERT -u IHC_TLS_KEY -u IHC_PUB_URL \
+    -u IHC_CONTROL_URL ihc --control tcp://127.0.0.1:7452 stats >"$WORK/plain" 2>&1 || st=$?
+  if [ "$st" = 3 ] && grep -q 'coordinator unreachable' "$WORK/plain" &&
+    wait_for 20 "refusal logged" sh -c "$COMPOSE -p '$PROJECT' logs --no-color coordinator 2>&1 | grep -q 'TLS handshakes refused url=tls+tcp://0.0.0.0:7452'"; then
+    pass "a plain tcp:// client is refused and the coordinator logs the refused handshake"
+  else
+    fail "a plain tcp:// client is refused" "exit $st: $(cat "$WORK/plain")" \
+      "$(compose logs --no-color --tail 10 coordinator 2>&1)"
+  fi
+  log "TLS variant: $((SECONDS - t)) s"
 fi

@@ -16,7 +16,8 @@
 #   --expired                 make the agent and client certificates already expired (issued
 #                             for 2020-01-01 to 2020-01-02), to see what an agent logs
 #   --ca-name NAME            common name of a new CA (default "ihc test CA")
-#   --owner UID[:GID]         chown the keys (the image's user is 7450: IHC_UID)
+#   --owner UID[:GID]         chown the coordinator's and agents' keys (the image's user is 7450:
+#                             IHC_UID); client keys stay with whoever ran the script
 #   -h, --help
 #
 # An existing DIR/ca.pem + DIR/ca.key is reused, so certificates can be added later; existing
@@ -109,6 +110,10 @@ IFS=, read -ra list <<<"$clients"
 for c in "${list[@]}"; do [ -z "$c" ] || issue "$c" "$c" "DNS:$c" clientAuth; done
 chmod 644 ca.pem
 if [ -n "$owner" ]; then
-  chown "$owner" ./*.key
+  keys=()
+  [ -z "$coord_names" ] || keys+=(coordinator.key)
+  IFS=, read -ra list <<<"$agents"
+  for a in "${list[@]}"; do [ -z "$a" ] || keys+=("$a.key"); done
+  ((${#keys[@]} == 0)) || chown "$owner" "${keys[@]}"
 fi
 echo "done: IHC_TLS_CA=$dir/ca.pem; coordinator: IHC_TLS_CERT=$dir/coordinator.pem IHC_TLS_KEY=$dir/coordinator.key"
