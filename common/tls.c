@@ -176,6 +176,9 @@ static char *read_pem(const char *label, const char *path, size_t *len_out, char
     }
     close(fd);
     buf[n] = '\0';
+    char *fit = realloc(buf, n + 1); /* the file, not the largest file */
+    if (fit != NULL)
+        buf = fit;
     if (memchr(buf, '\0', n) != NULL || strstr(buf, "-----BEGIN ") == NULL) {
         set_msg(err, err_len, "%s=%s: not a PEM file (no \"-----BEGIN\" line)", label, path);
         explicit_bzero(buf, n);

@@ -41,6 +41,12 @@ static int replay_file(const char *path)
 int main(int argc, char **argv)
 {
     size_t files = 0;
+    /* absolute paths: a target may change its directory when it starts (fuzz_config does) */
+    for (int i = 1; i < argc; i++) {
+        char *abs = realpath(argv[i], NULL);
+        if (abs != NULL)
+            argv[i] = abs; /* kept for the life of the process */
+    }
     LLVMFuzzerInitialize(&argc, &argv);
     for (int i = 1; i < argc; i++) {
         DIR *d = opendir(argv[i]);
