@@ -505,11 +505,14 @@ if [ "${IHC_SMOKE_TLS:-1}" != 0 ]; then
     fail "ihc interrupt dev-3 over tls+tcp://" "$(cat "$WORK/cli-tls")"
   fi
   # a plain tcp:// client is refused, and the coordinator says it refused a handshake
+  control_refusal_logged() {
+    compose logs --no-color coordinator 2>&1 | grep -q 'TLS handshakes refused url=tls+tcp://0.0.0.0:7452'
+  }
   st=0
   compose exec -T coordinator env -u IHC_TLS_CA -u IHC_TLS_CERT -u IHC_TLS_KEY -u IHC_PUB_URL \
     -u IHC_CONTROL_URL ihc --control tcp://127.0.0.1:7452 stats >"$WORK/plain" 2>&1 || st=$?
   if [ "$st" = 3 ] && grep -q 'coordinator unreachable' "$WORK/plain" &&
-    wait_for 20 "refusal logged" sh -c "$COMPOSE -p '$PROJECT' logs --no-color coordinator 2>&1 | grep -q 'TLS handshakes refused url=tls+tcp://0.0.0.0:7452'"; then
+    wait_for 20 "refusal logged" control_refusal_logged; then
     pass "a plain tcp:// client is refused and the coordinator logs the refused handshake"
   else
     fail "a plain tcp:// client is refused" "exit $st: $(cat "$WORK/plain")" \
