@@ -125,9 +125,10 @@ typedef struct ihc_tls_refusals ihc_tls_refusals;
 
 /* Starts a thread that, every interval_ms, reads nng's statistics of this process's tls+tcp://
  * listeners and logs at WARN under component how many handshakes each refused since the last
- * line (the first refusal at once, then at most one line per listener every 10 intervals) (nng counts them as "auth" errors: a client certificate missing, expired or from
- * another CA, a client that does not trust this certificate, a plain tcp:// client). nng 1.5.2
- * does not tell which peer or why. Errors: IHC_ENOMEM. Caller owns *out. */
+ * line (the first refusal at once, then at most one line per listener every 10 intervals) (nng
+ * counts them as "auth" errors: a client certificate missing, expired or from another CA, a client
+ * that does not trust this certificate, a plain tcp:// client). nng 1.5.2 does not tell which peer
+ * or why. Errors: IHC_ENOMEM. Caller owns *out. */
 int ihc_tls_refusals_start(ihc_tls_refusals **out, int interval_ms, const char *component);
 
 /* Stops and frees it. Accepts NULL. */
