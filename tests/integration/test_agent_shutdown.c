@@ -75,6 +75,11 @@ static void one_run(coord_mode mode, int run)
      * message is allocated inside nng_send). */
     char *env[] = {"IHC_HEARTBEAT_INTERVAL=0.05", "MAX_ACTIVE_SESSIONS=1000",
                    "LSAN_OPTIONS=print_suppressions=0", NULL};
+    /* ...except, when the coordinator goes away mid-send, for nng 1.5.2's own leak of the
+     * message it was handing to the closing connection (nng#1713; see the file) */
+    if (mode == COORD_GONE)
+        env[2] = "LSAN_OPTIONS=print_suppressions=0:suppressions=" IHC_SOURCE_DIR
+                 "/tests/lsan-nng1713.supp";
     pid_t agent = th_spawn(argv, log, env);
     assert_true(agent > 0);
 
