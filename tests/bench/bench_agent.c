@@ -4,7 +4,10 @@
  * which runs before the modules and the report, so its session_begin reaches the
  * coordinator ahead of the report (one PUSH pipe keeps order) and the requester's next
  * interrupt always finds it.
- * Usage: bench_agent [--pub URL] [--report URL] [--id ID] [--hw HW[,HW…]] (bench_agent --help).
+ * With --steady R it instead holds one session of each of HW-0 … HW-(R-1) from the start and
+ * begins nothing afterwards (bench_ihc --steady interrupts one of them per round).
+ * Usage: bench_agent [--pub URL] [--report URL] [--id ID] [--hw HW[,HW…]] [--steady R]
+ * (bench_agent --help).
  * TLS files (tls+tcp:// URLs) come from IHC_TLS_CA, IHC_TLS_CERT and IHC_TLS_KEY. */
 #include <ihc/agent.h>
 #include <pthread.h>
@@ -19,7 +22,7 @@
 static ihc_agent *agent;
 static char *hws[MAX_HWS];
 static ihc_token *current[MAX_HWS];
-static int n_hws;
+static int n_hws, steady;
 static pthread_mutex_t current_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int instant(const char *h, void *arg)
@@ -52,7 +55,25 @@ static void begin_session(int i)
 static void on_session_cancel(const char *session_id, void *arg)
 {
     (void)session_id;
-    begin_session((int)(intptr_t)arg);
+    if (!steady)
+        begin_session((int)(intptr_t)arg);
+}
+
+/* --steady: one session of each round's hardware_id, up front. */
+static void begin_steady(void)
+{
+    for (int k = 0; k < steady; k++) {
+        char hw[160];
+        snprintf(hw, sizeof(hw), "%s-%d", hws[0], k);
+        ihc_session_opts so = {.hw = hw, .module = "text_processing"};
+        ihc_token *tok = NULL;
+        int rc = ihc_agent_session_begin(agent, &so, &tok, NULL, 0);
+        if (rc != 0) {
+            fprintf(stderr, "bench_agent: session_begin %s: error %d\n", hw, rc);
+            return;
+        }
+        ihc_token_release(tok);
+    }
 }
 
 static void usage(FILE *f)
@@ -66,6 +87,7 @@ static void usage(FILE *f)
             "  --report URL    the coordinator's PULL socket (default: libihc-agent's)\n"
             "  --id ID         agent id (default: <hostname>:<pid>)\n"
             "  --hw HW[,HW...] hardware_ids, at most %d (default: bench)\n"
+            "  --steady R      hold a session of each of HW-0 ... HW-(R-1) instead\n"
             "  -h, --help      this help\n",
             MAX_HWS);
 }
@@ -115,6 +137,13 @@ int main(int argc, char **argv)
             o.report_url = v;
         } else if ((v = opt_value(argc, argv, &i, "--id"))) {
             o.agent_id = v;
+        } else if ((v = opt_value(argc, argv, &i, "--steady"))) {
+            steady = atoi(v);
+            if (steady < 1) {
+                fprintf(stderr, "bench_agent: --steady: expected a number of rounds >= 1\n");
+                return 2;
+            }
+            o.max_active_sessions = steady + 10;
         } else if ((v = opt_value(argc, argv, &i, "--hw"))) {
             for (char *t = strtok((char *)v, ","); t; t = strtok(NULL, ",")) {
                 if (n_hws == MAX_HWS) {
@@ -144,8 +173,11 @@ int main(int argc, char **argv)
             .name = names[i], .methods = methods, .n_methods = 2, .timeout = 0.5, .enabled = true};
         ihc_agent_register_module(agent, &m);
     }
-    for (int i = 0; i < n_hws; i++)
-        begin_session(i);
+    if (steady)
+        begin_steady();
+    else
+        for (int i = 0; i < n_hws; i++)
+            begin_session(i);
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
     while (!stop)

@@ -18,9 +18,37 @@
 #include <nng/protocol/pubsub0/sub.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
+#include <sys/resource.h>
 
 static char pub_url[64], pull_url[64];
 static const char topic[] = "hw:bench"; /* with its NUL, as ihc frames it */
+
+/* CPU time (user + system) of this process so far, in microseconds. */
+static double self_cpu_us(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+/* CPU time of another process so far, in microseconds (0 when unreadable). */
+static double pid_cpu_us(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
 
 static void die(const char *what, int rv)
 {
@@ -259,6 +287,9 @@ int main(int argc, char **argv)
     nng_socket_set_ms(pull, NNG_OPT_RECVTIMEO, 1000);
     bench_samples s = {0};
     int lost = 0;
+    double c0 = self_cpu_us(), a0 = 0;
+    for (int i = 0; i < agents; i++)
+        a0 += pid_cpu_us(pids[i]);
     for (int k = 0; k < iters; k++) {
         seq++;
         uint64_t t0 = bench_ns();
@@ -269,9 +300,18 @@ int main(int argc, char **argv)
             lost++;
         bench_progress("nng floor", (size_t)k + 1, (size_t)iters);
     }
+    double c1 = self_cpu_us(), a1 = 0;
+    for (int i = 0; i < agents; i++)
+        a1 += pid_cpu_us(pids[i]);
     if (lost)
         fprintf(stderr, "bench_floor: %d rounds incomplete (pub/sub drops)\n", lost);
-    bench_report(stdout, "nng_floor", agents, &s, samples);
+    /* the publisher's CPU per round and per subscriber: the coordinator's counterpart */
+    char extra[256];
+    snprintf(extra, sizeof(extra),
+             ",\"lost\":%d,\"coord_cpu_us\":%.1f,\"coord_cpu_us_per_agent\":%.2f,"
+             "\"agent_cpu_us\":%.1f",
+             lost, (c1 - c0) / iters, (c1 - c0) / iters / agents, (a1 - a0) / iters / agents);
+    bench_report_ex(stdout, "nng_floor", agents, &s, samples, extra);
     free(s.v);
 out:
     bench_reap(pids, agents);

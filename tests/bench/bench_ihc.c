@@ -10,7 +10,15 @@
  *               one hardware_id)
  *   sessions:   bench_ihc … --preload-sessions 100000   (latency with a big Redis state)
  *   TLS:        bench_ihc … --tls CERTDIR   (every socket on tls+tcp:// with mutual TLS;
- *               CERTDIR from deploy/make-certs.sh; reported as ihc_control_tls) */
+ *               CERTDIR from deploy/make-certs.sh; reported as ihc_control_tls)
+ *   steady:     bench_ihc … --steady   (every agent holds a session of each round's hardware_id,
+ *               "bench-<k>", from the start: nothing is begun during the run; the churn
+ *               default begins a new session of "bench" in every agent after each interrupt)
+ *   simulated:  bench_ihc … --sim   (the N agents are bench_sim's lightweight ones, in one
+ *               process: the coordinator's cost per agent at N up to 128)
+ * Every latency run also prints the CPU time per interrupt of the coordinator and of the agents
+ * (from /proc/PID/stat over the measured rounds). --coord / --agent choose other binaries
+ * (e.g. an older build, for before/after numbers). */
 #include "bench_util.h"
 
 #include "tls.h"
@@ -26,6 +34,7 @@
 #include <sys/socket.h>
 
 static const char *bindir = "build/bin";
+static const char *coord_path, *agent_path;
 static int redis_port = 6379;
 static int pub_port, rep_port, ctl_port, http_port;
 static char ctl_url[64];
@@ -104,6 +113,35 @@ static int ctl_call(ctl_client *c, const char *op, const char *hw, int *expected
             for (const char *p = a ? a + 12 : ""; *p && *p != ']'; p++)
                 *answered += *p == ',' || (p[-1] == '[' && *p == '"');
         }
+    }
+    ihc_msg_free(m);
+    nng_free(rb, rl);
+    return status;
+}
+
+/* A query ("sessions", "agents", …); *json is the document (caller frees). Returns the
+ * status, or -1. */
+static int ctl_query(ctl_client *c, const char *op, const char *hw, char **json)
+{
+    *json = NULL;
+    ihc_msg req = {.type = IHC_MSG_CONTROL_REQUEST};
+    req.u.control_request.op = (char *)op;
+    req.u.control_request.hw = (char *)hw;
+    uint8_t *buf;
+    size_t len;
+    if (ihc_wire_encode(&req, NULL, &buf, &len) != 0)
+        return -1;
+    int rv = nng_send(c->s, buf, len, 0);
+    free(buf);
+    void *rb;
+    size_t rl;
+    if (rv != 0 || nng_recv(c->s, &rb, &rl, NNG_FLAG_ALLOC) != 0)
+        return -1;
+    ihc_msg *m = NULL;
+    int status = -1;
+    if (ihc_wire_decode(rb, rl, NULL, &m, NULL, 0) == 0 && m->type == IHC_MSG_CONTROL_RESPONSE) {
+        status = m->u.control_response.status;
+        *json = strdup(m->u.control_response.json);
     }
     ihc_msg_free(m);
     nng_free(rb, rl);
@@ -230,14 +268,71 @@ static int tls_client(void)
     return 0;
 }
 
+/* CPU time (user + system) of pid so far, in microseconds; threads that ended included. */
+static double cpu_us(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double cpu_sum_us(const pid_t *pids, int n)
+{
+    double t = 0;
+    for (int i = 0; i < n; i++)
+        t += cpu_us(pids[i]);
+    return t;
+}
+
+/* Counts the session ids of a "sessions" document (cheap string search). */
+static int count_sessions(const char *json)
+{
+    int n = 0;
+    for (const char *p = json; (p = strstr(p, "\"session_id\"")); p++)
+        n++;
+    return n;
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: bench_ihc --bin DIR --redis-port P [--agents N] [--iterations K]\n"
+            "                 [--via control|http] [--samples F] [--steady] [--sim]\n"
+            "                 [--preload-sessions S] [--throughput SECONDS --clients C]\n"
+            "                 [--logdir DIR] [--coord BIN] [--agent BIN] [--tls CERTDIR]\n");
+    exit(2);
+}
+
 int main(int argc, char **argv)
 {
     int iters = 1000, tp_seconds = 0, clients = 4;
+    bool sim = false, steady = false;
     long preload = 0;
     const char *via = "control", *samples = NULL, *logdir = "/tmp";
     n_agents = 8;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *k = argv[i], *v = argv[i + 1];
+    for (int i = 1; i < argc; i++) {
+        const char *k = argv[i];
+        if (!strcmp(k, "--sim")) {
+            sim = true;
+            continue;
+        }
+        if (!strcmp(k, "--steady")) {
+            steady = true;
+            continue;
+        }
+        if (i + 1 >= argc)
+            usage();
+        const char *v = argv[++i];
         if (!strcmp(k, "--bin"))
             bindir = v;
         else if (!strcmp(k, "--redis-port"))
@@ -258,9 +353,18 @@ int main(int argc, char **argv)
             preload = atol(v);
         else if (!strcmp(k, "--logdir"))
             logdir = v;
+        else if (!strcmp(k, "--coord"))
+            coord_path = v;
+        else if (!strcmp(k, "--agent"))
+            agent_path = v;
         else if (!strcmp(k, "--tls"))
             tls_dir = v;
+        else
+            usage();
     }
+    /* bench_sim's agents speak plain tcp:// only */
+    if (n_agents < 1 || iters < 1 || (steady && tp_seconds) || (sim && (tp_seconds || tls_dir)))
+        usage();
     const char *scheme = tls_dir ? "tls+tcp" : "tcp";
     if (tls_dir && tls_client() != 0)
         return 1;
@@ -269,14 +373,21 @@ int main(int argc, char **argv)
     ctl_port = free_port();
     http_port = free_port();
     char pub_url[64], rep_url[64], http_addr[64], redis_url[64], coord_bin[512], agent_bin[512],
-        log[512];
+        log[512], steady_arg[16];
     snprintf(pub_url, sizeof(pub_url), "%s://127.0.0.1:%d", scheme, pub_port);
     snprintf(rep_url, sizeof(rep_url), "%s://127.0.0.1:%d", scheme, rep_port);
     snprintf(ctl_url, sizeof(ctl_url), "%s://127.0.0.1:%d", scheme, ctl_port);
     snprintf(http_addr, sizeof(http_addr), "127.0.0.1:%d", http_port);
     snprintf(redis_url, sizeof(redis_url), "redis://127.0.0.1:%d/0", redis_port);
-    snprintf(coord_bin, sizeof(coord_bin), "%s/ihc-coordinator", bindir);
-    snprintf(agent_bin, sizeof(agent_bin), "%s/bench_agent", bindir);
+    snprintf(steady_arg, sizeof(steady_arg), "%d", iters);
+    if (coord_path)
+        snprintf(coord_bin, sizeof(coord_bin), "%s", coord_path);
+    else
+        snprintf(coord_bin, sizeof(coord_bin), "%s/ihc-coordinator", bindir);
+    if (agent_path)
+        snprintf(agent_bin, sizeof(agent_bin), "%s", agent_path);
+    else
+        snprintf(agent_bin, sizeof(agent_bin), "%s/%s", bindir, sim ? "bench_sim" : "bench_agent");
 
     if (preload > 0) {
         /* 100k sessions of other hardware_ids, as a busy fleet would leave in Redis. */
@@ -293,6 +404,8 @@ int main(int argc, char **argv)
     setenv("LOG_INTERRUPTS", "false", 1);
     setenv("IHC_LOG_LEVEL", "warn", 1);
     setenv("IHC_MAX_INFLIGHT", "100000", 1);
+    if (steady) /* every agent holds one session per round */
+        setenv("MAX_ACTIVE_SESSIONS", steady_arg, 1);
     snprintf(log, sizeof(log), "%s/bench-coordinator.log", logdir);
     char *cargv[] = {coord_bin, "--pub",  pub_url,   "--report", rep_url,   "--control",
                      ctl_url,   "--http", http_addr, "--redis",  redis_url, NULL};
@@ -301,8 +414,19 @@ int main(int argc, char **argv)
     pid_t coord = spawn(cargv, log);
     if (tls_dir)
         tls_env("agent-1"); /* every agent presents the same enrolled certificate */
-    pid_t *agents = calloc((size_t)n_agents, sizeof(pid_t));
-    for (int i = 0; i < n_agents; i++) {
+    int n_procs = sim ? 1 : n_agents;
+    pid_t *agents = calloc((size_t)n_procs, sizeof(pid_t));
+    if (sim) {
+        char nbuf[16];
+        snprintf(nbuf, sizeof(nbuf), "%d", n_agents);
+        snprintf(log, sizeof(log), "%s/bench-sim.log", logdir);
+        char *sargv[] = {agent_bin,  "--pub", pub_url,    "--report", rep_url,
+                         "--agents", nbuf,    "--steady", steady_arg, NULL};
+        if (!steady)
+            sargv[7] = NULL;
+        agents[0] = spawn(sargv, log);
+    }
+    for (int i = 0; !sim && i < n_agents; i++) {
         char id[32];
         snprintf(id, sizeof(id), "bench-%d", i);
         snprintf(log, sizeof(log), "%s/bench-agent-%d.log", logdir, i);
@@ -313,8 +437,9 @@ int main(int argc, char **argv)
                 off += (size_t)snprintf(hwlist + off, sizeof(hwlist) - off, "%stp-%d-%d",
                                         k ? "," : "", i, k);
         }
-        char *aargv[] = {agent_bin, "--pub", pub_url, "--report", rep_url,
-                         "--id",    id,      "--hw",  hwlist,     NULL};
+        char *aargv[] = {agent_bin,  "--pub", pub_url, "--report", rep_url,
+                         "--id",     id,      "--hw",  hwlist,     steady ? "--steady" : NULL,
+                         steady_arg, NULL};
         agents[i] = spawn(aargv, log);
     }
     ctl_client c;
@@ -322,21 +447,30 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_ihc: cannot open control client\n");
         return 1;
     }
-    /* Wait until an interrupt reaches every agent (throughput: each agent's last hw). */
+    /* Wait until every agent is known: an interrupt reaches all of them (throughput: each
+     * agent's last hw; steady: the last round's hw holds N sessions, none spent). */
     uint64_t until = bench_ns() + 60ull * 1000000000u;
     for (int ready = 0; ready < (tp_seconds > 0 ? n_agents : 1);) {
         int e = 0, a = 0, want = tp_seconds > 0 ? 1 : n_agents;
         char hw[32] = "bench";
         if (tp_seconds > 0)
             snprintf(hw, sizeof(hw), "tp-%d-%d", ready, clients - 1);
-        if (ctl_call(&c, "interrupt", hw, &e, &a) == 200 && e == want && a == want) {
+        if (steady) {
+            snprintf(hw, sizeof(hw), "bench-%d", iters - 1);
+            char *doc = NULL;
+            if (ctl_query(&c, "sessions", hw, &doc) == 200 && count_sessions(doc) == n_agents)
+                ready++;
+            e = doc ? count_sessions(doc) : 0;
+            free(doc);
+        } else if (ctl_call(&c, "interrupt", hw, &e, &a) == 200 && e == want && a == want) {
             ready++;
-            continue;
         }
+        if (ready)
+            continue;
         if (bench_ns() > until) {
             fprintf(stderr, "bench_ihc: agents did not all register (expected %d, last %d)\n",
                     n_agents, e);
-            bench_reap(agents, n_agents);
+            bench_reap(agents, n_procs);
             bench_reap(&coord, 1);
             return 1;
         }
@@ -369,11 +503,15 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_ihc: cannot connect HTTP\n");
             return 1;
         }
+        double c0 = cpu_us(coord), a0 = cpu_sum_us(agents, n_procs);
+        uint64_t w0 = bench_ns();
         for (int k = 0; k < iters; k++) {
             int e = 0, a = 0;
+            char hw[32] = "bench";
+            if (steady)
+                snprintf(hw, sizeof(hw), "bench-%d", k);
             uint64_t t0 = bench_ns();
-            int st = http ? http_interrupt(fd, "bench", &e, &a)
-                          : ctl_call(&c, "interrupt", "bench", &e, &a);
+            int st = http ? http_interrupt(fd, hw, &e, &a) : ctl_call(&c, "interrupt", hw, &e, &a);
             double us = (double)(bench_ns() - t0) / 1e3;
             if (st == 200 && e == n_agents && a == n_agents)
                 bench_add(&s, us);
@@ -381,20 +519,30 @@ int main(int argc, char **argv)
                 incomplete++;
             bench_progress(http ? "ihc http" : "ihc control", (size_t)k + 1, (size_t)iters);
         }
+        double wall = (double)(bench_ns() - w0) / 1e3;
+        double c1 = cpu_us(coord), a1 = cpu_sum_us(agents, n_procs);
         if (incomplete)
             fprintf(stderr, "bench_ihc: %d rounds did not reach all %d agents\n", incomplete,
                     n_agents);
         char name[64];
         snprintf(name, sizeof(name), "ihc_%s%s%s", via, preload ? "_100k_sessions" : "",
                  tls_dir ? "_tls" : "");
-        bench_report(stdout, name, n_agents, &s, samples);
-        fprintf(stderr, "coordinator rss: %ld kB\n", rss_kb(coord));
+        char extra[512];
+        snprintf(extra, sizeof(extra),
+                 ",\"variant\":\"%s\",\"sim\":%s,\"incomplete\":%d,"
+                 "\"wall_us_per_interrupt\":%.1f,\"coord_cpu_us\":%.1f,"
+                 "\"coord_cpu_us_per_agent\":%.2f,\"agent_cpu_us\":%.1f,"
+                 "\"coordinator_rss_kb\":%ld",
+                 steady ? "steady" : "churn", sim ? "true" : "false", incomplete, wall / iters,
+                 (c1 - c0) / iters, (c1 - c0) / iters / n_agents, (a1 - a0) / iters / n_agents,
+                 rss_kb(coord));
+        bench_report_ex(stdout, name, n_agents, &s, samples, extra);
         if (fd >= 0)
             close(fd);
         free(s.v);
     }
     nng_close(c.s);
-    bench_reap(agents, n_agents);
+    bench_reap(agents, n_procs);
     bench_reap(&coord, 1);
     free(agents);
     ihc_tls_free(tls);

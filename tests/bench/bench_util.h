@@ -56,10 +56,11 @@ static inline double bench_pct(bench_samples *s, double p)
     return s->v[i];
 }
 
-/* Writes {"name":…,"n":…,"p50_us":…,"p99_us":…,"max_us":…,"mean_us":…} to f and the raw
- * samples, one per line, to samples_path (for the plot) when not NULL. */
-static inline void bench_report(FILE *f, const char *name, int agents, bench_samples *s,
-                                const char *samples_path)
+/* Writes {"name":…,"n":…,"p50_us":…,"p99_us":…,"max_us":…,"mean_us":…<extra>} to f (extra:
+ * more members, each starting with a comma, or "") and the raw samples, one per line, to
+ * samples_path (for the plot) when not NULL. */
+static inline void bench_report_ex(FILE *f, const char *name, int agents, bench_samples *s,
+                                   const char *samples_path, const char *extra)
 {
     double sum = 0;
     for (size_t i = 0; i < s->n; i++)
@@ -67,8 +68,8 @@ static inline void bench_report(FILE *f, const char *name, int agents, bench_sam
     double p50 = bench_pct(s, 50), p99 = bench_pct(s, 99), mx = s->n ? s->v[s->n - 1] : 0;
     fprintf(f,
             "{\"name\":\"%s\",\"agents\":%d,\"n\":%zu,\"p50_us\":%.1f,\"p99_us\":%.1f,"
-            "\"max_us\":%.1f,\"mean_us\":%.1f}\n",
-            name, agents, s->n, p50, p99, mx, s->n ? sum / (double)s->n : 0);
+            "\"max_us\":%.1f,\"mean_us\":%.1f%s}\n",
+            name, agents, s->n, p50, p99, mx, s->n ? sum / (double)s->n : 0, extra);
     if (samples_path) {
         FILE *o = fopen(samples_path, "w");
         if (o) {
@@ -77,6 +78,12 @@ static inline void bench_report(FILE *f, const char *name, int agents, bench_sam
             fclose(o);
         }
     }
+}
+
+static inline void bench_report(FILE *f, const char *name, int agents, bench_samples *s,
+                                const char *samples_path)
+{
+    bench_report_ex(f, name, agents, s, samples_path, "");
 }
 
 /* Forks a child running fn(arg); the child dies with the parent. */
