@@ -241,7 +241,7 @@ static void on_frame(void *ctx, const uint8_t *frame, size_t len, uint64_t t0)
     }
     switch (m->type) {
     case IHC_MSG_INTERRUPT:
-        ihc__cancel_on_interrupt(a, &m->u.interrupt, t0);
+        ihc__cancel_on_interrupt(a, &m->u.interrupt, t0, tlen >= 3 && memcmp(topic, "ag:", 3) == 0);
         break;
     case IHC_MSG_SYNC:
         if (m->u.sync.agent && strcmp(m->u.sync.agent, a->id) == 0 && m->u.sync.hello) {

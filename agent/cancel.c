@@ -122,6 +122,7 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
                                              .error = m->err[0] ? m->err : NULL};
     }
 
+    bool reported = false; /* the report names the sessions: no session_end for them */
     if (id != 0) {
         for (size_t i = 0; i < n; i++)
             cx->sids[i] = v[i]->id;
@@ -139,6 +140,7 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
         int rc = ihc_wire_encode(&msg, a->auth, &buf, &len);
         if (rc == IHC_OK) {
             ihc__transport_send_report(&a->tp, buf, len);
+            reported = true;
         } else {
             ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot encode report id=%llu hw=%s err=\"%s\"",
                     (unsigned long long)id, hw, ihc_strerror(rc));
@@ -159,7 +161,7 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
      * watched (never "not found") and is never signalled */
     ihc__sessions_escalate(a, v, n);
     if (a->o.cleanup_on_interrupt)
-        ihc__sessions_cleanup(a, v, n, "interrupted");
+        ihc__sessions_cleanup(a, v, n, "interrupted", !reported);
     ihc__modules_respawn(&a->mods, head, nm);
 
     char timing[48] = "";
@@ -189,21 +191,23 @@ static void set_flag(ihc_agent *a, ihc__hwent *e, bool global)
         e->flag_until_ns = until;
 }
 
-static bool is_listed(const ihc_agent *a, const ihc_interrupt_msg *m)
+static bool is_listed(const ihc_agent *a, const ihc_interrupt_msg *m, bool direct)
 {
+    if (direct) /* sent on this agent's own topic: a re-send meant for it */
+        return true;
     for (size_t i = 0; i < m->n_agents; i++)
         if (m->agents[i] && strcmp(m->agents[i], a->id) == 0)
             return true;
     return false;
 }
 
-void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0)
+void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0, bool direct)
 {
     ihc__cancel *cx = &a->cx;
     if (!m->hw || !ihc_hw_valid(m->hw, strlen(m->hw), true))
         return;
     bool global = strcmp(m->hw, "*") == 0;
-    bool listed = is_listed(a, m);
+    bool listed = is_listed(a, m, direct);
     ihc__handled *h = dedupe_find(cx, m->id);
     if (h && h->epoch == m->epoch && strcmp(h->hw, m->hw) == 0) {
         /* act once per id; the coordinator re-sends to those it has no report from */

@@ -34,8 +34,11 @@ typedef struct {
 int ihc__cancel_init(ihc_agent *a);
 void ihc__cancel_fini(ihc_agent *a);
 
-/* Handles one decoded interrupt; t0_ns is when it was received (monotonic). */
-void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0_ns);
+/* Handles one decoded interrupt; t0_ns is when it was received (monotonic); direct when it
+ * came on the agent's own topic (a re-send addressed to it: answered even without a session
+ * of its hardware_id). */
+void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0_ns,
+                              bool direct);
 
 /* Handles a sync: raises the known epochs and cancels what missed interrupts should have. */
 void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m);

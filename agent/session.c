@@ -396,14 +396,16 @@ void ihc__sessions_notify(ihc_agent *a, ihc__session **v, size_t n)
     ihc__gens_stop_cancelled(a);
 }
 
-void ihc__sessions_cleanup(ihc_agent *a, ihc__session **v, size_t n, const char *state)
+void ihc__sessions_cleanup(ihc_agent *a, ihc__session **v, size_t n, const char *state,
+                           bool send_end)
 {
     for (size_t i = 0; i < n; i++) {
         uint8_t *buf = NULL;
         size_t len = 0;
         pthread_mutex_lock(&a->lock);
         if (v[i]->live) {
-            buf = encode_event(a, v[i], state, &len);
+            if (send_end)
+                buf = encode_event(a, v[i], state, &len);
             ihc__session_unlink(a, v[i]);
         }
         pthread_mutex_unlock(&a->lock);
@@ -587,7 +589,7 @@ void ihc__sessions_tick(ihc_agent *a)
                 v[i]->id, v[i]->hw, a->o.session_timeout);
     if (n) {
         ihc__sessions_notify(a, v, n);
-        ihc__sessions_cleanup(a, v, n, "expired");
+        ihc__sessions_cleanup(a, v, n, "expired", true);
         ihc__sessions_release(a, v, n);
     }
     gens_reap(a->gs);

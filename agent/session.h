@@ -74,8 +74,10 @@ bool ihc__session_claim(ihc__session *s);
 /* Ends the claimed sessions' work after a cancel (lock NOT held): calls on_cancel, then the
  * generators' stop functions. */
 void ihc__sessions_notify(ihc_agent *a, ihc__session **v, size_t n);
-/* Lock NOT held. Removes still-live claimed sessions and sends session_end(state). */
-void ihc__sessions_cleanup(ihc_agent *a, ihc__session **v, size_t n, const char *state);
+/* Lock NOT held. Removes still-live claimed sessions and, when send_end, sends
+ * session_end(state) for each (an interrupt's report already names its sessions). */
+void ihc__sessions_cleanup(ihc_agent *a, ihc__session **v, size_t n, const char *state,
+                           bool send_end);
 /* Lock NOT held. Queues escalation (SIGTERM, SIGKILL) for the claimed sessions with a pid. */
 void ihc__sessions_escalate(ihc_agent *a, ihc__session **v, size_t n);
 /* Lock NOT held. Drops the caller's references. */
