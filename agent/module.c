@@ -1,6 +1,9 @@
-/* Modules of an agent: registration with config-file overrides, and one persistent worker
- * thread per module that runs its interrupt methods, so modules run in parallel and a method
- * that hangs is reported timed out (its worker is abandoned and replaced). */
+/* Modules of an agent: registration with config-file overrides, and the workers that run
+ * their interrupt methods. One worker runs a run's modules one after another (one thread
+ * woken per interrupt, not one per module); the receive thread, waiting for the run, adds a
+ * worker when one has been in a module for a slice, so a slow module does not hold the next
+ * one back, and abandons a worker whose module passed its deadline (it is replaced, and frees
+ * itself when the method returns), so a method that hangs is reported timed out on time. */
 #include "agent_int.h"
 
 #include "clock.h"
@@ -14,19 +17,18 @@
 #include <string.h>
 
 struct ihc__worker {
-    pthread_mutex_t mu;
+    pthread_mutex_t mu; /* job, quit, abandoned, the method running: its own, so that an
+                           abandoned worker never touches the modules again */
     pthread_cond_t cv;
     pthread_t thread;
-    ihc__modules *ms; /* touched only while not abandoned */
-    ihc__method *methods;
-    size_t n;
-    void *arg;
-    char hw[IHC_HW_MAX + 1];
-    bool job, finished, abandoned, quit, high;
-    size_t cur;   /* method running (or about to) */
-    int rc;       /* first non-zero method result */
-    uint64_t gen; /* the run the job belongs to (ihc__modules.run_gen) */
-    uint64_t t_end_ns;
+    ihc__modules *ms;
+    bool job, quit, abandoned, high;
+    const ihc__module *cur; /* under mu: the module running (its methods may be read) */
+    size_t cur_method;
+    /* under ms->run_mu */
+    uint64_t busy_since; /* start of the module it runs, 0 when between modules or idle */
+    bool coming;         /* given the run, has not taken a module yet */
+    struct ihc__worker *next_all, *next_idle;
 };
 
 static atomic_int workers_abandoned;
@@ -40,14 +42,47 @@ static void worker_free(ihc__worker *w)
 {
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
-    free(w->methods);
     free(w);
 }
 
+/* run_mu held: w joins the idle list. */
+static void worker_idle(ihc__modules *ms, ihc__worker *w)
+{
+    if (w->coming)
+        ms->run_coming--;
+    w->coming = false;
+    w->busy_since = 0;
+    w->next_idle = ms->idle;
+    ms->idle = w;
+}
+
+/* Runs m's methods; returns the first non-zero result, or -1 when w was abandoned meanwhile
+ * (then w->mu is NOT held; otherwise it is). Called with w->mu held. */
+static int run_methods(ihc__worker *w, const ihc__module *m, const char *hw, size_t *failed_at)
+{
+    int rc = 0;
+    w->cur = m;
+    for (size_t i = 0; i < m->n_run && rc == 0; i++) {
+        w->cur_method = i;
+        *failed_at = i;
+        pthread_mutex_unlock(&w->mu);
+        rc = m->run[i].fn(hw, m->arg);
+        pthread_mutex_lock(&w->mu);
+        if (w->abandoned) {
+            pthread_mutex_unlock(&w->mu);
+            return -1;
+        }
+    }
+    return rc;
+}
+
+/* Takes modules of the current run, in order, until none is left. */
 static void *worker_main(void *arg)
 {
     ihc__worker *w = arg;
+    ihc__modules *ms = w->ms;
     ihc_thread_priority(w->high);
+    char hw[IHC_HW_MAX + 1];
     pthread_mutex_lock(&w->mu);
     for (;;) {
         while (!w->job && !w->quit)
@@ -55,28 +90,50 @@ static void *worker_main(void *arg)
         if (!w->job)
             break;
         w->job = false;
-        uint64_t gen = w->gen;
-        int rc = 0;
-        for (size_t i = 0; i < w->n && rc == 0; i++) {
-            if (w->abandoned)
-                goto abandoned;
-            w->cur = i;
-            pthread_mutex_unlock(&w->mu);
-            rc = w->methods[i].fn(w->hw, w->arg);
-            pthread_mutex_lock(&w->mu);
-        }
-        if (w->abandoned)
-            goto abandoned;
-        w->rc = rc;
-        w->t_end_ns = ihc_mono_ns();
-        w->finished = true;
-        ihc__modules *ms = w->ms;
         pthread_mutex_unlock(&w->mu);
-        /* the runner checks finished under w->mu while holding run_mu: no lost wakeup. A
-         * finish of an earlier run (the runner saw the flag and moved on) counts for nothing */
         pthread_mutex_lock(&ms->run_mu);
-        if (ms->run_gen == gen && ms->unfinished > 0 && --ms->unfinished == 0)
-            pthread_cond_broadcast(&ms->run_cv);
+        for (;;) {
+            while (ms->run_next < ms->run_n && ms->run_mods[ms->run_next]->done)
+                ms->run_next++; /* timed out before it could start */
+            if (ms->run_next >= ms->run_n) {
+                worker_idle(ms, w);
+                break;
+            }
+            ihc__module *m = ms->run_mods[ms->run_next++];
+            uint64_t gen = ms->run_gen;
+            if (w->coming)
+                ms->run_coming--;
+            w->coming = false;
+            m->runner = w;
+            w->busy_since = ihc_mono_ns();
+            memcpy(hw, ms->run_hw, strlen(ms->run_hw) + 1);
+            pthread_mutex_unlock(&ms->run_mu);
+
+            size_t at = 0;
+            pthread_mutex_lock(&w->mu);
+            int rc = run_methods(w, m, hw, &at);
+            if (rc == -1)
+                goto abandoned;
+            /* out of the methods: the watchdog no longer abandons it, and the run waits for
+             * this result, so the modules outlive the gap between the two locks */
+            w->cur = NULL;
+            pthread_mutex_unlock(&w->mu);
+            pthread_mutex_lock(&ms->run_mu);
+            if (ms->run_gen == gen && !m->done) {
+                m->time_ms = (double)(ihc_mono_ns() - ms->run_t0) / 1e6;
+                if (rc == 0) {
+                    m->st = IHC_MOD_OK;
+                } else {
+                    m->st = IHC_MOD_FAILED;
+                    snprintf(m->err, sizeof(m->err), "%s failed: %s (%s)", m->run[at].name,
+                             ihc_strerror(rc), ihc_err_name(rc));
+                }
+                m->done = true;
+                if (++ms->run_done == ms->run_n)
+                    pthread_cond_signal(&ms->run_cv);
+            }
+            w->busy_since = 0;
+        }
         pthread_mutex_unlock(&ms->run_mu);
         pthread_mutex_lock(&w->mu);
     }
@@ -84,25 +141,17 @@ static void *worker_main(void *arg)
     return NULL;
 abandoned:
     /* nobody waits for this worker any more: it owns itself */
-    pthread_mutex_unlock(&w->mu);
     worker_free(w);
     atomic_fetch_sub(&workers_abandoned, 1);
     return NULL;
 }
 
-static ihc__worker *worker_new(ihc__modules *ms, const ihc__module *m)
+/* run_mu held. A new worker, listed (not idle), or NULL. */
+static ihc__worker *worker_new(ihc__modules *ms)
 {
     ihc__worker *w = calloc(1, sizeof(*w));
     if (!w)
         return NULL;
-    w->methods = calloc(m->n_run ? m->n_run : 1, sizeof(*w->methods));
-    if (!w->methods) {
-        free(w);
-        return NULL;
-    }
-    memcpy(w->methods, m->run, m->n_run * sizeof(*w->methods));
-    w->n = m->n_run;
-    w->arg = m->arg;
     w->ms = ms;
     w->high = ms->high_priority;
     if (pthread_mutex_init(&w->mu, NULL) != 0)
@@ -111,19 +160,51 @@ static ihc__worker *worker_new(ihc__modules *ms, const ihc__module *m)
         goto fail_cv;
     int err = pthread_create(&w->thread, NULL, worker_main, w);
     if (err != 0) {
-        ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot start module worker module=%s err=\"%s\"", m->name,
-                strerror(err));
+        ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot start module worker err=\"%s\"", strerror(err));
         goto fail_thread;
     }
+    w->next_all = ms->workers;
+    ms->workers = w;
     return w;
 fail_thread:
     pthread_cond_destroy(&w->cv);
 fail_cv:
     pthread_mutex_destroy(&w->mu);
 fail_mu:
-    free(w->methods);
     free(w);
     return NULL;
+}
+
+/* run_mu held: an idle worker (started when none is), given the current run. */
+static bool worker_assign(ihc__modules *ms)
+{
+    ihc__worker *w = ms->idle;
+    if (w)
+        ms->idle = w->next_idle;
+    else if (!(w = worker_new(ms)))
+        return false;
+    w->busy_since = 0;
+    w->coming = true;
+    ms->run_coming++;
+    pthread_mutex_lock(&w->mu);
+    w->job = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return true;
+}
+
+/* run_mu held; w->mu held. w is left to its method: it frees itself when it returns. */
+static void worker_abandon(ihc__modules *ms, ihc__worker *w)
+{
+    w->abandoned = true;
+    for (ihc__worker **pp = &ms->workers; *pp; pp = &(*pp)->next_all)
+        if (*pp == w) {
+            *pp = w->next_all;
+            break;
+        }
+    /* detached while its mutex is held: the worker cannot have freed itself */
+    pthread_detach(w->thread);
+    atomic_fetch_add(&workers_abandoned, 1);
 }
 
 static void worker_stop(ihc__worker *w)
@@ -156,11 +237,17 @@ fail_run:
 
 void ihc__modules_fini(ihc__modules *ms)
 {
+    /* no run is in progress: every listed worker is idle and can be joined */
+    while (ms->workers) {
+        ihc__worker *w = ms->workers;
+        ms->workers = w->next_all;
+        worker_stop(w);
+    }
+    ms->idle = NULL;
+    free(ms->run_mods);
     while (ms->head) {
         ihc__module *m = ms->head;
         ms->head = m->next;
-        if (m->w)
-            worker_stop(m->w);
         free(m->run);
         free(m);
     }
@@ -431,7 +518,14 @@ int ihc_agent_register_module(ihc_agent *a, const ihc_module_def *d)
         m->enabled = o->enabled;
     if (o && o->has_timeout)
         m->timeout = o->timeout;
-    if (!(m->w = worker_new(ms, m))) {
+    /* one worker ready before the first interrupt: a run starts without creating a thread */
+    pthread_mutex_lock(&ms->run_mu);
+    bool ready = ms->workers != NULL;
+    ihc__worker *w = ready ? NULL : worker_new(ms);
+    if (w)
+        worker_idle(ms, w);
+    pthread_mutex_unlock(&ms->run_mu);
+    if (!ready && !w) {
         rc = IHC_ENOMEM;
         goto out;
     }
@@ -479,106 +573,134 @@ double ihc__modules_timeout(ihc__modules *ms, const char *name, double dflt)
 
 /* ---- running ---- */
 
+/* run_mu held: the watchdog's look at the run at now. Times out the modules past their
+ * deadline (abandoning the worker of one still in its methods), puts one more worker on the
+ * run when modules wait and every busy worker has been in its module for a slice, and
+ * returns when it must look again (UINT64_MAX: only when woken). */
+static uint64_t watch(ihc__modules *ms, uint64_t now)
+{
+    uint64_t next = UINT64_MAX;
+    size_t busy = 0, stuck = 0;
+    for (size_t i = 0; i < ms->run_n; i++) {
+        ihc__module *m = ms->run_mods[i];
+        if (m->done)
+            continue;
+        ihc__worker *w = m->runner;
+        if (now < m->deadline_ns) {
+            if (m->deadline_ns < next)
+                next = m->deadline_ns;
+            if (w) {
+                busy++;
+                stuck += now >= w->busy_since + IHC__MODULE_SLICE_NS;
+            }
+            continue;
+        }
+        const char *where = "before it started";
+        char in[IHC_ID_MAX + 8];
+        if (w) {
+            pthread_mutex_lock(&w->mu);
+            if (w->cur != m) { /* out of its methods: it records its result now */
+                pthread_mutex_unlock(&w->mu);
+                continue;
+            }
+            snprintf(in, sizeof(in), "in %s", m->n_run ? m->run[w->cur_method].name : "-");
+            where = in;
+            worker_abandon(ms, w);
+            pthread_mutex_unlock(&w->mu);
+        }
+        m->st = IHC_MOD_TIMED_OUT;
+        m->time_ms = (double)(now - ms->run_t0) / 1e6;
+        snprintf(m->err, sizeof(m->err), "timed out after %.0f ms %s", m->timeout * 1000.0, where);
+        m->done = true;
+        ms->run_done++;
+    }
+    if (ms->run_next < ms->run_n && ms->run_done < ms->run_n) {
+        /* modules wait: one more worker when every busy one is stuck in a module (or a
+         * timeout took the last one away) and none is on its way; look again in a slice */
+        if (ms->run_coming == 0 && stuck == busy && !worker_assign(ms) && busy == 0)
+            ms->run_n = ms->run_next; /* nobody can run the rest: reported failed */
+        if (now + IHC__MODULE_SLICE_NS < next)
+            next = now + IHC__MODULE_SLICE_NS;
+    }
+    return next;
+}
+
 void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char *hw)
 {
     uint64_t t0 = ihc_mono_ns();
-    size_t pending = 0;
     pthread_mutex_lock(&ms->run_mu);
-    uint64_t gen = ++ms->run_gen;
-    ms->unfinished = 0;
-    pthread_mutex_unlock(&ms->run_mu);
+    if (n > ms->run_cap) {
+        ihc__module **v = realloc(ms->run_mods, n * sizeof(*v));
+        if (v) {
+            ms->run_mods = v;
+            ms->run_cap = n;
+        }
+    }
+    ms->run_gen++;
+    ms->run_t0 = t0;
+    ms->run_hw = hw;
+    ms->run_n = ms->run_next = ms->run_done = 0;
     ihc__module *m = head;
     for (size_t i = 0; i < n; m = ++i < n ? m->next : NULL) {
-        m->pending = false;
+        m->done = false;
+        m->runner = NULL;
         m->err[0] = '\0';
         m->time_ms = 0;
         if (!m->enabled) {
             m->st = IHC_MOD_DISABLED;
+            m->done = true;
             continue;
         }
-        if (!m->w && !(m->w = worker_new(ms, m))) {
+        if (ms->run_n == ms->run_cap) {
             m->st = IHC_MOD_FAILED;
-            snprintf(m->err, sizeof(m->err), "no worker thread for the module");
+            snprintf(m->err, sizeof(m->err), "out of memory");
+            m->done = true;
             continue;
         }
-        ihc__worker *w = m->w;
         m->deadline_ns = t0 + ihc_s_to_ns(m->timeout);
-        /* counted before the job starts: a count reaching 0 while jobs are still being
-         * handed out only wakes a runner that is not waiting yet */
-        pthread_mutex_lock(&ms->run_mu);
-        ms->unfinished++;
-        pthread_mutex_unlock(&ms->run_mu);
-        pthread_mutex_lock(&w->mu);
-        memcpy(w->hw, hw, strlen(hw) + 1);
-        w->finished = false;
-        w->rc = 0;
-        w->cur = 0;
-        w->gen = gen;
-        w->job = true;
-        pthread_cond_signal(&w->cv);
-        pthread_mutex_unlock(&w->mu);
-        m->pending = true;
-        pending++;
+        ms->run_mods[ms->run_n++] = m;
     }
-    if (!pending)
-        return;
-    pthread_mutex_lock(&ms->run_mu);
-    while (pending) {
-        uint64_t now = ihc_mono_ns();
-        uint64_t next = UINT64_MAX;
-        m = head;
-        for (size_t i = 0; i < n; m = ++i < n ? m->next : NULL) {
-            if (!m->pending)
-                continue;
-            ihc__worker *w = m->w;
-            pthread_mutex_lock(&w->mu);
-            if (w->finished) {
-                m->time_ms = (double)(w->t_end_ns - t0) / 1e6;
-                if (w->rc == 0) {
-                    m->st = IHC_MOD_OK;
-                } else {
-                    m->st = IHC_MOD_FAILED;
-                    snprintf(m->err, sizeof(m->err), "%s failed: %s (%s)", w->methods[w->cur].name,
-                             ihc_strerror(w->rc), ihc_err_name(w->rc));
-                }
-                m->pending = false;
-                pending--;
-            } else if (now >= m->deadline_ns) {
-                w->abandoned = true;
-                ms->unfinished--; /* it will never finish: the others' count must reach 0 */
-                m->st = IHC_MOD_TIMED_OUT;
-                m->time_ms = (double)(now - t0) / 1e6;
-                snprintf(m->err, sizeof(m->err), "timed out after %.0f ms in %s",
-                         m->timeout * 1000.0, w->n ? w->methods[w->cur].name : "-");
-                m->pending = false;
-                pending--;
-                /* detached while its mutex is held: the worker cannot have freed itself */
-                pthread_detach(w->thread);
-                atomic_fetch_add(&workers_abandoned, 1);
-                m->w = NULL;
-            } else if (m->deadline_ns < next) {
-                next = m->deadline_ns;
+    size_t listed = ms->run_n;
+    if (ms->run_n > 0) {
+        if (!worker_assign(ms))
+            ms->run_n = 0;
+        while (ms->run_done < ms->run_n) {
+            uint64_t due = watch(ms, ihc_mono_ns());
+            if (ms->run_done == ms->run_n)
+                break;
+            if (due == UINT64_MAX) {
+                pthread_cond_wait(&ms->run_cv, &ms->run_mu);
+            } else {
+                struct timespec ts = ihc_mono_abstime(due);
+                pthread_cond_timedwait(&ms->run_cv, &ms->run_mu, &ts);
             }
-            pthread_mutex_unlock(&w->mu);
-        }
-        if (pending) {
-            struct timespec ts = ihc_mono_abstime(next);
-            pthread_cond_timedwait(&ms->run_cv, &ms->run_mu, &ts);
         }
     }
+    /* modules that never started (no worker could be had) */
+    for (size_t i = 0; i < listed; i++)
+        if (!ms->run_mods[i]->done) {
+            ms->run_mods[i]->st = IHC_MOD_FAILED;
+            snprintf(ms->run_mods[i]->err, sizeof(ms->run_mods[i]->err),
+                     "no worker thread for the module");
+            ms->run_mods[i]->done = true;
+        }
+    ms->run_n = ms->run_next = 0; /* late workers find nothing left */
+    ms->run_hw = NULL;
     pthread_mutex_unlock(&ms->run_mu);
 }
 
 void ihc__modules_respawn(ihc__modules *ms, ihc__module *head, size_t n)
 {
     ihc__module *m = head;
-    for (size_t i = 0; i < n; m = ++i < n ? m->next : NULL) {
-        if (m->enabled && !m->w) {
+    for (size_t i = 0; i < n; m = ++i < n ? m->next : NULL)
+        if (m->st == IHC_MOD_TIMED_OUT)
             ihc_log(IHC_LOG_WARN, IHC__LOG,
-                    "module timed out: worker abandoned module=%s "
-                    "err=\"%s\"",
-                    m->name, m->err);
-            m->w = worker_new(ms, m);
-        }
+                    "module timed out: worker abandoned module=%s err=\"%s\"", m->name, m->err);
+    pthread_mutex_lock(&ms->run_mu);
+    if (!ms->idle && n > 0) {
+        ihc__worker *w = worker_new(ms);
+        if (w)
+            worker_idle(ms, w);
     }
+    pthread_mutex_unlock(&ms->run_mu);
 }
