@@ -1297,6 +1297,22 @@ int ihc_wire_encode_framed(const ihc_msg *m, const ihc_wire_auth *auth, uint8_t 
     return encode(m, auth, topic, tl, buf, len);
 }
 
+int ihc_wire_encode_to(const ihc_msg *m, const ihc_wire_auth *auth, const char *agent,
+                       uint8_t **buf, size_t *len)
+{
+    char topic[IHC_TOPIC_MAX + 1];
+    if (buf != NULL)
+        *buf = NULL;
+    if (len != NULL)
+        *len = 0;
+    if (m == NULL || (m->type != IHC_MSG_INTERRUPT && m->type != IHC_MSG_SYNC) || agent == NULL)
+        return IHC_EINVAL;
+    size_t tl = ihc_wire_topic_agent(topic, sizeof topic, agent);
+    if (tl == 0)
+        return IHC_EINVAL;
+    return encode(m, auth, topic, tl, buf, len);
+}
+
 /* ------------------------------------------------------------------------------------------
  * Framing
  * ---------------------------------------------------------------------------------------- */

@@ -45,9 +45,11 @@ typedef enum {
         IHC__MSG_COUNT
 } ihc_msg_type;
 
-/* "interrupt" on PUB, topic "hw:<hw>\0" (global "hw:*\0"). Agents act once per id.
- * agents: the agents the coordinator still waits for (empty = no list); a listed agent
- * reports even when it holds no session of hw. attempt: 0 first send, >0 re-sends. */
+/* "interrupt" on PUB, topic "hw:<hw>\0" (global "hw:*\0"): the first send, with no agents
+ * listed, answered by the agents holding a session of hw. Re-sends go to each agent that has
+ * not answered on its own topic "ag:<agent>\0", listing it. Agents act once per id. agents:
+ * agents that must answer even when they hold no session of hw (empty = none). attempt: 0
+ * first send, >0 re-sends. */
 typedef struct {
     uint64_t id;
     char *hw;
@@ -229,6 +231,12 @@ int ihc_wire_encode(const ihc_msg *m, const ihc_wire_auth *auth, uint8_t **buf, 
 /* Like ihc_wire_encode, but prefixes the topic: "hw:<hw>\0" for interrupts, "ag:<agent>\0"
  * for sync, "ev:\0" for results. Other types: IHC_EINVAL. */
 int ihc_wire_encode_framed(const ihc_msg *m, const ihc_wire_auth *auth, uint8_t **buf, size_t *len);
+
+/* Like ihc_wire_encode_framed, but on one agent's own topic "ag:<agent>\0": an interrupt
+ * re-sent to the agent that has not answered (only it receives it), or a sync. Other types:
+ * IHC_EINVAL. */
+int ihc_wire_encode_to(const ihc_msg *m, const ihc_wire_auth *auth, const char *agent,
+                       uint8_t **buf, size_t *len);
 
 /* Decodes one message of exactly len bytes. auth may be NULL (no signature check; a "sig"
  * present is then ignored). Caller owns *out (ihc_msg_free). Errors: IHC_ETOOBIG,

@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +103,10 @@ struct ihc_coord {
     uint64_t next_sweep_ns;
     uint64_t last_reject_log_ns;
     uint64_t persist_due_ns; /* deferred Redis writes are handed over by then (0: none) */
+    /* statistics counters not yet queued for Redis: one increment per counter per loop turn */
+    struct {
+        int64_t total, succeeded, failed, sessions_created;
+    } stats_due;
 };
 
 typedef enum { CMD_INTERRUPT, CMD_QUERY } cmd_kind;
@@ -221,6 +226,16 @@ int ihc__coord_submit_query(ihc_coord *c, const char *op, const char *hw, ihc_ap
 
 /* ---- publishing ---- */
 
+/* Sends an encoded frame on PUB (takes buf). */
+static void publish_frame(ihc_coord *c, uint8_t *buf, size_t len, ihc_msg_type type)
+{
+    int nrv = nng_send(c->pub, buf, len, 0);
+    if (nrv != 0)
+        ihc_log(IHC_LOG_WARN, COMPONENT, "publish %s failed: %s", ihc_msg_type_name(type),
+                nng_strerror(nrv));
+    free(buf);
+}
+
 static void publish(ihc_coord *c, const ihc_msg *m)
 {
     uint8_t *buf = NULL;
@@ -231,26 +246,46 @@ static void publish(ihc_coord *c, const ihc_msg *m)
                 ihc_strerror(rc));
         return;
     }
-    int nrv = nng_send(c->pub, buf, len, 0);
-    if (nrv != 0)
-        ihc_log(IHC_LOG_WARN, COMPONENT, "publish %s failed: %s", ihc_msg_type_name(m->type),
-                nng_strerror(nrv));
-    free(buf);
+    publish_frame(c, buf, len, m->type);
 }
 
-static void publish_interrupt(ihc_coord *c, const ihc_inflight *f, const char *const *agents,
-                              size_t n_agents)
+static void interrupt_msg(ihc_msg *m, const ihc_inflight *f)
 {
-    ihc_msg m = {.type = IHC_MSG_INTERRUPT};
-    m.u.interrupt.id = f->id;
-    m.u.interrupt.hw = f->hw;
-    m.u.interrupt.epoch = f->epoch;
-    m.u.interrupt.reason = f->reason;
-    m.u.interrupt.deadline_ms = f->deadline_ms;
-    m.u.interrupt.agents = (char **)agents;
-    m.u.interrupt.n_agents = n_agents;
-    m.u.interrupt.attempt = f->attempt;
+    *m = (ihc_msg){.type = IHC_MSG_INTERRUPT};
+    m->u.interrupt.id = f->id;
+    m->u.interrupt.hw = f->hw;
+    m->u.interrupt.epoch = f->epoch;
+    m->u.interrupt.reason = f->reason;
+    m->u.interrupt.deadline_ms = f->deadline_ms;
+    m->u.interrupt.attempt = f->attempt;
+}
+
+/* The first send: on the hw's topic, naming nobody (the agents holding a session of hw
+ * answer), so its size does not grow with the fleet. */
+static void publish_interrupt(ihc_coord *c, const ihc_inflight *f)
+{
+    ihc_msg m;
+    interrupt_msg(&m, f);
     publish(c, &m);
+}
+
+/* A re-send to one agent that has not answered, on its own topic: the others never see it. */
+static void publish_interrupt_to(ihc_coord *c, const ihc_inflight *f, const char *agent)
+{
+    ihc_msg m;
+    interrupt_msg(&m, f);
+    char *agents[1] = {(char *)agent};
+    m.u.interrupt.agents = agents;
+    m.u.interrupt.n_agents = 1;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = ihc_wire_encode_to(&m, c->auth, agent, &buf, &len);
+    if (rc != IHC_OK) {
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot encode interrupt id=%" PRIu64 " to agent=%s: %s",
+                f->id, agent, ihc_strerror(rc));
+        return;
+    }
+    publish_frame(c, buf, len, m.type);
 }
 
 /* ---- Redis-facing helpers (queued to the persist thread) ---- */
@@ -265,8 +300,6 @@ typedef struct {
 static void scan_agent_session(void *arg, const ihc_reg_session *s)
 {
     agent_scan *sc = arg;
-    if (strcmp(s->agent_id, sc->agent_id) != 0)
-        return;
     if (sc->ids)
         json_array_append_new(sc->ids, json_string(s->session_id));
     for (size_t i = 0; i < sc->n_hws; i++)
@@ -286,7 +319,7 @@ static void scan_agent_session(void *arg, const ihc_reg_session *s)
 static void persist_agent(ihc_coord *c, const ihc_reg_agent *a)
 {
     agent_scan sc = {.agent_id = a->agent_id, .ids = json_array()};
-    ihc_registry_foreach_session(c->reg, NULL, scan_agent_session, &sc);
+    ihc_registry_foreach_agent_session(c->reg, a->agent_id, scan_agent_session, &sc);
     char *sessions = sc.ids ? json_dumps(sc.ids, JSON_COMPACT) : NULL;
     char *modules = ihc_doc_modules_text(a->modules, a->n_modules);
     ihc_store_agent sa = {.agent_id = a->agent_id,
@@ -311,6 +344,10 @@ static void on_registry_event(void *arg, ihc_reg_event ev, const ihc_reg_session
         ihc_events_emit_take(c->events, "session_end", ihc_doc_session_event(s, false));
         return;
     }
+    if (ev == IHC_REG_EPOCH_RAISED) { /* an agent knew a newer epoch (e.g. after an outage) */
+        ihc_persist_epoch_raise(c->persist, s->hw, ihc_registry_epoch(c->reg, s->hw, NULL));
+        return;
+    }
     ihc_store_session ss = {.session_id = s->session_id,
                             .hw = s->hw,
                             .agent_id = s->agent_id,
@@ -320,11 +357,9 @@ static void on_registry_event(void *arg, ihc_reg_event ev, const ihc_reg_session
                             .updated_ms = s->updated_ms,
                             .data = s->data};
     ihc_persist_session_put(c->persist, &ss);
-    if (s->epoch > 0) /* agents may know a newer epoch than Redis (e.g. after an outage) */
-        ihc_persist_epoch_raise(c->persist, s->hw, ihc_registry_epoch(c->reg, s->hw, NULL));
     if (ev == IHC_REG_SESSION_ADDED) {
         c->sessions_created++;
-        ihc_persist_stats_incr(c->persist, "sessions_created", 1);
+        c->stats_due.sessions_created++;
         ihc_events_emit_take(c->events, "session_begin", ihc_doc_session_event(s, true));
     }
 }
@@ -425,9 +460,33 @@ static void stats_record(ihc_coord *c, const ihc_inflight *f)
     if (c->win_n < IHC__STATS_WINDOW)
         c->win_n++;
     ihc_hist_observe(&c->latency, f->total_time_ms / 1e3);
-    for (size_t i = 0; i < f->n_modules; i++)
-        ihc_hist_family_observe(&c->module_latency, f->modules[i].name,
-                                f->modules[i].time_ms / 1e3);
+    for (size_t k = 0; k < f->n_expected + f->n_extra; k++) {
+        const ihc_report_msg *r = ihc_inflight_report_at(f, k);
+        for (size_t i = 0; r && i < r->n_modules; i++)
+            ihc_hist_family_observe(&c->module_latency, r->modules[i].name,
+                                    r->modules[i].time_ms / 1e3);
+    }
+}
+
+/* The statistics counters this turn moved, one increment each for Redis. */
+static void stats_flush(ihc_coord *c)
+{
+    static const struct {
+        const char *field;
+        size_t off;
+    } counters[] = {
+        {"total_interrupts", offsetof(ihc_coord, stats_due.total)},
+        {"successful_interrupts", offsetof(ihc_coord, stats_due.succeeded)},
+        {"failed_interrupts", offsetof(ihc_coord, stats_due.failed)},
+        {"sessions_created", offsetof(ihc_coord, stats_due.sessions_created)},
+    };
+    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
+        int64_t *v = (int64_t *)((char *)c + counters[i].off);
+        if (*v) {
+            ihc_persist_stats_incr(c->persist, counters[i].field, *v);
+            *v = 0;
+        }
+    }
 }
 
 static void flags_set(ihc_coord *c, const ihc_inflight *f, int64_t now_ms, uint64_t now_ns)
@@ -453,59 +512,68 @@ static void flags_reset(ihc_coord *c)
     ihc_persist_flags_reset(c->persist);
 }
 
-/* Ends f: result, answer, then flags, sessions, Redis, stats, event, log line. Frees f.
- * The caller is answered first: the rest is bookkeeping on this thread, done before the loop
- * takes its next command, so no later request can see the state from before f ended. */
+/* The interrupt log entry, its arrays taken from the result document in place. */
+static void log_result(ihc_coord *c, const ihc_inflight *f, ihc_ifl_result *r, int64_t now_ms)
+{
+    /* each array is followed by one more character of the document: a NUL there for the
+     * copy the writer queue makes, then put back */
+    char *ends[3] = {r->json + r->modules.off + r->modules.len,
+                     r->json + r->sessions.off + r->sessions.len,
+                     r->json + r->missing.off + r->missing.len};
+    char saved[3];
+    for (int i = 0; i < 3; i++) {
+        saved[i] = *ends[i];
+        *ends[i] = '\0';
+    }
+    ihc_store_log_entry e = {.id = f->id,
+                             .hw = f->hw,
+                             .success = f->success,
+                             .total_time_ms = f->total_time_ms,
+                             .modules = r->json + r->modules.off,
+                             .sessions = r->json + r->sessions.off,
+                             .agents_missing = r->json + r->missing.off,
+                             .reason = f->reason,
+                             .ts_ms = now_ms};
+    ihc_persist_log_append(c->persist, &e);
+    for (int i = 0; i < 3; i++)
+        *ends[i] = saved[i];
+}
+
+/* Ends f: result (built once), answer, then the event, flags, Redis, stats, log line. Frees
+ * f. The sessions its reports named were ended as each report came. The caller is answered
+ * first: the rest is bookkeeping on this thread, done before the loop takes its next command,
+ * so no later request can see the state from before f ended. */
 static void finish(ihc_coord *c, ihc_inflight *f)
 {
     uint64_t now_ns = ihc_mono_ns();
     int64_t now_ms = ihc_now_ms();
     ihc_inflight_finish(f, now_ns, ihc_persist_connected(c->persist));
-    char *json = ihc_inflight_result_json(f);
-    char *event = json ? strdup(json) : NULL; /* the answer takes json */
-    if (json)
-        f->done(200, json, f->arg);
-    else
+    ihc_ifl_result r;
+    uint8_t *event = NULL;
+    size_t event_len = 0;
+    if (ihc_inflight_result(f, &r) == IHC_OK) {
+        ihc_msg m = {.type = IHC_MSG_RESULT};
+        m.u.result.json = r.json;
+        if (ihc_wire_encode_framed(&m, c->auth, &event, &event_len) != IHC_OK)
+            event = NULL;
+        log_result(c, f, &r, now_ms);
+        ihc_events_emit(c->events, "result", r.json); /* a copy for the live events */
+        f->done(200, r.json, f->arg);                 /* takes the document */
+    } else {
         answer(f->done, f->arg, 500, "out of memory building the result");
+    }
     atomic_fetch_sub(&c->pending, 1);
-    ihc_events_emit(c->events, "result", event);
+    if (event)
+        publish_frame(c, event, event_len, IHC_MSG_RESULT);
 
     flags_set(c, f, now_ms, now_ns);
-    for (size_t i = 0; i < f->n_sessions; i++) {
-        const ihc_ifl_session *s = &f->sessions[i];
-        int rc = ihc_registry_session_end(c->reg, s->agent, s->session_id, "interrupted", now_ms);
-        if (rc == IHC_ENOENT && strcmp(f->hw, "*") != 0 &&
-            ihc_id_valid(s->session_id, strlen(s->session_id)))
-            ihc_persist_session_state(c->persist, f->hw, s->session_id, "interrupted", now_ms);
-    }
-
-    char *mods = NULL, *sess = NULL, *missing = NULL;
-    if (ihc_inflight_log_fields(f, &mods, &sess, &missing) == IHC_OK) {
-        ihc_store_log_entry e = {.id = f->id,
-                                 .hw = f->hw,
-                                 .success = f->success,
-                                 .total_time_ms = f->total_time_ms,
-                                 .modules = mods,
-                                 .sessions = sess,
-                                 .agents_missing = missing,
-                                 .reason = f->reason,
-                                 .ts_ms = now_ms};
-        ihc_persist_log_append(c->persist, &e);
-    }
-    free(mods);
-    free(sess);
-    free(missing);
-    ihc_persist_stats_incr(c->persist, "total_interrupts", 1);
-    ihc_persist_stats_incr(c->persist, f->success ? "successful_interrupts" : "failed_interrupts",
-                           1);
+    c->stats_due.total++;
+    if (f->success)
+        c->stats_due.succeeded++;
+    else
+        c->stats_due.failed++;
     stats_record(c, f);
 
-    if (event) {
-        ihc_msg m = {.type = IHC_MSG_RESULT};
-        m.u.result.json = event;
-        publish(c, &m);
-        free(event);
-    }
     size_t n_ans = f->n_answered + f->n_extra;
     if (ihc_log_timing())
         ihc_log_interrupt(COMPONENT,
@@ -592,7 +660,7 @@ static void start_interrupt(ihc_coord *c, ihc__cmd *k)
     f->done = k->done;
     f->arg = k->arg;
     /* the broadcast first: everything else here can wait for it */
-    publish_interrupt(c, f, (const char *const *)f->expected, f->n_expected);
+    publish_interrupt(c, f);
     ihc_persist_epoch_raise(c->persist, k->hw, epoch);
     ihc_events_emit_take(c->events, "interrupt", ihc_doc_interrupt_event(f, now_ms));
     if (ihc_inflight_complete(f)) { /* nobody holds a session of hw: nothing to wait for */
@@ -614,7 +682,8 @@ static void resend(ihc_coord *c, ihc_inflight *f, uint64_t now_ns)
     if (ihc_inflight_missing(f, &missing, &n) != IHC_OK)
         return;
     ihc_inflight_resent(f, now_ns);
-    publish_interrupt(c, f, missing, n);
+    for (size_t i = 0; i < n; i++)
+        publish_interrupt_to(c, f, missing[i]);
     ihc_log(IHC_LOG_DEBUG, COMPONENT, "interrupt re-sent id=%" PRIu64 " attempt=%u missing=%zu",
             f->id, f->attempt, n);
     free(missing);
@@ -635,9 +704,25 @@ static void count_rejected(ihc_coord *c, const char *what, int rc, const char *d
     }
 }
 
-static void on_report(ihc_coord *c, const ihc_msg *m)
+/* The sessions a report names are over: the report is the agent's only message about them
+ * (no session_end follows). O(sessions named). */
+static void end_reported_sessions(ihc_coord *c, const ihc_report_msg *r)
 {
-    const ihc_report_msg *r = &m->u.report;
+    if (r->n_sessions == 0)
+        return;
+    int64_t now_ms = ihc_now_ms();
+    bool global = strcmp(r->hw, "*") == 0;
+    for (size_t k = 0; k < r->n_sessions; k++) {
+        int rc = ihc_registry_session_end(c->reg, r->agent, r->sessions[k], "interrupted", now_ms);
+        /* not known here (e.g. begun while Redis held it only): Redis is idempotent */
+        if (rc == IHC_ENOENT && !global)
+            ihc_persist_session_state(c->persist, r->hw, r->sessions[k], "interrupted", now_ms);
+    }
+}
+
+static void on_report(ihc_coord *c, ihc_msg **mp)
+{
+    const ihc_report_msg *r = &(*mp)->u.report;
     if (r->id == 0 || r->id >= c->next_id) {
         /* never handed out: forged or garbled; acting on it would end live sessions below */
         count_rejected(c, "report", IHC_ENOENT, "report for an interrupt id never issued");
@@ -649,16 +734,17 @@ static void on_report(ihc_coord *c, const ihc_msg *m)
         /* the interrupt is over, but what the agent cleaned is no longer active */
         ihc_log(IHC_LOG_DEBUG, COMPONENT, "late report id=%" PRIu64 " agent=%s sessions=%zu", r->id,
                 r->agent, r->n_sessions);
-        for (size_t k = 0; k < r->n_sessions; k++)
-            ihc_registry_session_end(c->reg, r->agent, r->sessions[k], "interrupted", ihc_now_ms());
+        end_reported_sessions(c, r);
         return;
     }
     ihc_inflight *f = c->fl[i];
-    int rc = ihc_inflight_report(f, r);
-    if (rc == IHC_EEXIST)
+    if (ihc_inflight_report_of(f, r->agent)) {
         ihc_log(IHC_LOG_DEBUG, COMPONENT, "repeated report id=%" PRIu64 " agent=%s", r->id,
                 r->agent);
-    if (rc == IHC_OK && ihc_inflight_complete(f)) {
+        return;
+    }
+    end_reported_sessions(c, r);
+    if (ihc_inflight_report_take(f, mp) == IHC_OK && ihc_inflight_complete(f)) {
         table_remove(c, (size_t)i);
         finish(c, f);
     }
@@ -667,7 +753,7 @@ static void on_report(ihc_coord *c, const ihc_msg *m)
 static void send_sync(ihc_coord *c, const char *agent_id)
 {
     agent_scan sc = {.agent_id = agent_id};
-    ihc_registry_foreach_session(c->reg, NULL, scan_agent_session, &sc);
+    ihc_registry_foreach_agent_session(c->reg, agent_id, scan_agent_session, &sc);
     ihc_epoch_info *ep = calloc(sc.n_hws + 1, sizeof(*ep));
     if (!ep) {
         free(sc.hws);
@@ -688,8 +774,9 @@ static void send_sync(ihc_coord *c, const char *agent_id)
     free(sc.hws);
 }
 
-static void on_hello(ihc_coord *c, const ihc_msg *m)
+static void on_hello(ihc_coord *c, ihc_msg **mp)
 {
+    const ihc_msg *m = *mp;
     const ihc_hello_msg *h = &m->u.hello;
     int rc = ihc_registry_hello(c->reg, h, ihc_mono_ns(), ihc_now_ms());
     if (rc != IHC_OK)
@@ -715,8 +802,9 @@ static void ask_hello(ihc_coord *c, const char *agent_id, const char *why)
             why);
 }
 
-static void on_heartbeat(ihc_coord *c, const ihc_msg *m)
+static void on_heartbeat(ihc_coord *c, ihc_msg **mp)
 {
+    const ihc_msg *m = *mp;
     const ihc_heartbeat_msg *hb = &m->u.heartbeat;
     const ihc_reg_agent *before = ihc_registry_agent(c->reg, hb->agent);
     bool was_connected = before && before->state == IHC_AGENT_CONNECTED;
@@ -737,8 +825,9 @@ static void on_heartbeat(ihc_coord *c, const ihc_msg *m)
     }
 }
 
-static void on_session_begin(ihc_coord *c, const ihc_msg *m)
+static void on_session_begin(ihc_coord *c, ihc_msg **mp)
 {
+    const ihc_msg *m = *mp;
     const ihc_session_begin_msg *b = &m->u.session_begin;
     int rc = ihc_registry_session_begin(c->reg, b->agent, &b->session, ihc_mono_ns(), ihc_now_ms());
     if (rc != IHC_OK)
@@ -746,8 +835,9 @@ static void on_session_begin(ihc_coord *c, const ihc_msg *m)
                 b->session.session_id ? b->session.session_id : "", ihc_strerror(rc));
 }
 
-static void on_session_end(ihc_coord *c, const ihc_msg *m)
+static void on_session_end(ihc_coord *c, ihc_msg **mp)
 {
+    const ihc_msg *m = *mp;
     const ihc_session_end_msg *e = &m->u.session_end;
     int64_t now_ms = ihc_now_ms();
     ihc_registry_touch(c->reg, e->agent, ihc_mono_ns(), now_ms);
@@ -757,7 +847,8 @@ static void on_session_end(ihc_coord *c, const ihc_msg *m)
                                   now_ms);
 }
 
-typedef void (*msg_handler)(ihc_coord *c, const ihc_msg *m);
+/* A handler may keep the message (it then sets *m to NULL). */
+typedef void (*msg_handler)(ihc_coord *c, ihc_msg **m);
 static const msg_handler handlers[IHC__MSG_COUNT] = {
     [IHC_MSG_REPORT] = on_report,           [IHC_MSG_HELLO] = on_hello,
     [IHC_MSG_HEARTBEAT] = on_heartbeat,     [IHC_MSG_SESSION_BEGIN] = on_session_begin,
@@ -779,7 +870,7 @@ static void on_message(ihc_coord *c, nng_msg *nm)
         ihc_msg_free(m);
         return;
     }
-    handlers[m->type](c, m);
+    handlers[m->type](c, &m);
     ihc_msg_free(m);
 }
 
@@ -1060,6 +1151,7 @@ static void *loop_main(void *arg)
         resync(c);
         uint64_t now_ns = ihc_mono_ns();
         run_timers(c, now_ns);
+        stats_flush(c);
         if (c->n_fl == 0 || (c->persist_due_ns && now_ns >= c->persist_due_ns)) {
             ihc_persist_kick(c->persist);
             c->persist_due_ns = 0;
@@ -1067,12 +1159,13 @@ static void *loop_main(void *arg)
             c->persist_due_ns = now_ns + PERSIST_DEFER_NS;
         }
     }
-    ihc_persist_kick(c->persist);
     /* shutting down: answer what is in flight with what it has, then what is queued */
     while (c->n_fl > 0) {
         ihc_inflight *f = c->fl[--c->n_fl];
         finish(c, f);
     }
+    stats_flush(c);
+    ihc_persist_kick(c->persist);
     for (ihc__cmd *k = take_queue(c); k;) {
         ihc__cmd *next = k->next;
         if (k->kind == CMD_INTERRUPT) {

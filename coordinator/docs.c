@@ -386,7 +386,7 @@ char *ihc_doc_interrupt_event(const ihc_inflight *f, int64_t ts_ms)
 {
     json_t *exp = json_array();
     for (size_t i = 0; exp && i < f->n_expected; i++)
-        json_array_append_new(exp, json_string(f->expected[i]));
+        json_array_append_new(exp, json_string(f->expected[i].agent));
     return dump(json_pack("{s:I, s:s, s:I, s:s, s:o, s:I}", "interrupt_id", (json_int_t)f->id,
                           "hardware_id", f->hw, "epoch", (json_int_t)f->epoch, "reason",
                           f->reason ? f->reason : "", "expected", exp ? exp : json_array(), "ts_ms",

@@ -1,18 +1,23 @@
-/* Aggregation of one interrupt: which agents answered, what their modules did, when to
- * re-send, and the result document. No I/O here; the coordinator loop drives it. */
+/* Aggregation of one interrupt: which agents answered (their decoded reports are kept as they
+ * came, nothing copied), when to re-send, and the result document, written in one pass. No
+ * I/O here; the coordinator loop drives it. */
 #include "inflight.h"
 
-#include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/types.h>
 
 #include "err.h"
 
 static char *xstrdup(const char *s)
 {
     return strdup(s ? s : "");
+}
+
+static int by_agent(const void *a, const void *b)
+{
+    return strcmp((*(ihc_ifl_agent *const *)a)->agent, (*(ihc_ifl_agent *const *)b)->agent);
 }
 
 int ihc_inflight_new(ihc_inflight **out, const ihc_inflight_params *p)
@@ -33,15 +38,17 @@ int ihc_inflight_new(ihc_inflight **out, const ihc_inflight_params *p)
     if (!f->hw || !f->reason)
         goto nomem;
     if (p->n_expected) {
-        f->expected = calloc(p->n_expected, sizeof(char *));
-        f->answered = calloc(p->n_expected, sizeof(bool));
-        if (!f->expected || !f->answered)
+        f->expected = calloc(p->n_expected, sizeof(*f->expected));
+        f->by_id = calloc(p->n_expected, sizeof(*f->by_id));
+        if (!f->expected || !f->by_id)
             goto nomem;
         for (size_t i = 0; i < p->n_expected; i++) {
-            if (!(f->expected[i] = xstrdup(p->expected[i])))
+            if (!(f->expected[i].agent = xstrdup(p->expected[i])))
                 goto nomem;
+            f->by_id[i] = &f->expected[i];
             f->n_expected = i + 1;
         }
+        qsort(f->by_id, f->n_expected, sizeof(*f->by_id), by_agent);
     }
     *out = f;
     return IHC_OK;
@@ -54,28 +61,80 @@ void ihc_inflight_free(ihc_inflight *f)
 {
     if (!f)
         return;
-    for (size_t i = 0; i < f->n_expected; i++)
-        free(f->expected[i]);
+    for (size_t i = 0; i < f->n_expected; i++) {
+        free(f->expected[i].agent);
+        ihc_msg_free(f->expected[i].report);
+    }
     free(f->expected);
-    free(f->answered);
+    free(f->by_id);
     for (size_t i = 0; i < f->n_extra; i++)
-        free(f->extra[i]);
+        ihc_msg_free(f->extra[i]);
     free(f->extra);
-    for (size_t i = 0; i < f->n_modules; i++) {
-        free(f->modules[i].agent);
-        free(f->modules[i].name);
-        free(f->modules[i].error);
-    }
-    free(f->modules);
-    for (size_t i = 0; i < f->n_sessions; i++) {
-        free(f->sessions[i].agent);
-        free(f->sessions[i].session_id);
-    }
-    free(f->sessions);
     free(f->hw);
     free(f->reason);
     free(f->error);
     free(f);
+}
+
+/* The expected slot of agent, or NULL. */
+static ihc_ifl_agent *slot_of(const ihc_inflight *f, const char *agent)
+{
+    size_t lo = 0, hi = f->n_expected;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(f->by_id[mid]->agent, agent);
+        if (c == 0)
+            return f->by_id[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+const ihc_report_msg *ihc_inflight_report_of(const ihc_inflight *f, const char *agent)
+{
+    ihc_ifl_agent *s = slot_of(f, agent);
+    if (s)
+        return s->report ? &s->report->u.report : NULL;
+    for (size_t i = 0; i < f->n_extra; i++)
+        if (strcmp(f->extra[i]->u.report.agent, agent) == 0)
+            return &f->extra[i]->u.report;
+    return NULL;
+}
+
+int ihc_inflight_report_take(ihc_inflight *f, ihc_msg **m)
+{
+    if (f->finished)
+        return IHC_ECLOSED;
+    if (!*m || (*m)->type != IHC_MSG_REPORT || !(*m)->u.report.agent)
+        return IHC_EINVAL;
+    const ihc_report_msg *r = &(*m)->u.report;
+    ihc_ifl_agent *s = slot_of(f, r->agent);
+    if (s) {
+        if (s->report)
+            return IHC_EEXIST;
+        s->report = *m;
+        f->n_answered++;
+    } else {
+        for (size_t i = 0; i < f->n_extra; i++)
+            if (strcmp(f->extra[i]->u.report.agent, r->agent) == 0)
+                return IHC_EEXIST;
+        if (f->n_extra == f->cap_extra) {
+            size_t cap = f->cap_extra ? f->cap_extra * 2 : 4;
+            ihc_msg **ne = realloc(f->extra, cap * sizeof(*ne));
+            if (!ne)
+                return IHC_ENOMEM;
+            f->extra = ne;
+            f->cap_extra = cap;
+        }
+        f->extra[f->n_extra++] = *m;
+    }
+    f->n_modules += r->n_modules;
+    f->n_sessions += r->n_sessions;
+    *m = NULL;
+    return IHC_OK;
 }
 
 int ihc_inflight_report(ihc_inflight *f, const ihc_report_msg *r)
@@ -84,80 +143,21 @@ int ihc_inflight_report(ihc_inflight *f, const ihc_report_msg *r)
         return IHC_ECLOSED;
     if (!r->agent)
         return IHC_EINVAL;
-    ssize_t slot = -1;
-    for (size_t i = 0; i < f->n_expected; i++)
-        if (strcmp(f->expected[i], r->agent) == 0) {
-            if (f->answered[i])
-                return IHC_EEXIST;
-            slot = (ssize_t)i;
-            break;
-        }
-    if (slot < 0)
-        for (size_t i = 0; i < f->n_extra; i++)
-            if (strcmp(f->extra[i], r->agent) == 0)
-                return IHC_EEXIST;
-
-    /* grow everything first so that a failure leaves f unchanged */
-    ihc_ifl_module *mods = realloc(f->modules, (f->n_modules + r->n_modules + 1) * sizeof(*mods));
-    if (!mods)
-        return IHC_ENOMEM;
-    f->modules = mods;
-    ihc_ifl_session *ss = realloc(f->sessions, (f->n_sessions + r->n_sessions + 1) * sizeof(*ss));
-    if (!ss)
-        return IHC_ENOMEM;
-    f->sessions = ss;
-    char *extra_id = NULL;
-    if (slot < 0) {
-        char **ne = realloc(f->extra, (f->n_extra + 1) * sizeof(*ne));
-        if (!ne)
-            return IHC_ENOMEM;
-        f->extra = ne;
-        if (!(extra_id = strdup(r->agent)))
-            return IHC_ENOMEM;
-    }
-
-    size_t nm = f->n_modules, ns = f->n_sessions;
-    for (size_t i = 0; i < r->n_modules; i++) {
-        const ihc_module_result *m = &r->modules[i];
-        ihc_ifl_module *d = &f->modules[nm];
-        d->agent = strdup(r->agent);
-        d->name = xstrdup(m->name);
-        d->error = m->error ? strdup(m->error) : NULL;
-        d->status = m->status;
-        d->time_ms = m->time_ms;
-        nm++;
-        if (!d->agent || !d->name || (m->error && !d->error))
-            goto nomem;
-    }
-    for (size_t i = 0; i < r->n_sessions; i++) {
-        ihc_ifl_session *d = &f->sessions[ns];
-        d->agent = strdup(r->agent);
-        d->session_id = xstrdup(r->sessions[i]);
-        ns++;
-        if (!d->agent || !d->session_id)
-            goto nomem;
-    }
-    f->n_modules = nm;
-    f->n_sessions = ns;
-    if (slot >= 0) {
-        f->answered[slot] = true;
-        f->n_answered++;
-    } else {
-        f->extra[f->n_extra++] = extra_id;
-    }
-    return IHC_OK;
-nomem:
-    for (size_t i = f->n_modules; i < nm; i++) {
-        free(f->modules[i].agent);
-        free(f->modules[i].name);
-        free(f->modules[i].error);
-    }
-    for (size_t i = f->n_sessions; i < ns; i++) {
-        free(f->sessions[i].agent);
-        free(f->sessions[i].session_id);
-    }
-    free(extra_id);
-    return IHC_ENOMEM;
+    /* a copy that owns everything, the same as a report decoded off the wire */
+    ihc_msg in = {.type = IHC_MSG_REPORT, .ts_ms = 1};
+    in.u.report = *r;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    ihc_msg *m = NULL;
+    int rc = ihc_wire_encode(&in, NULL, &buf, &len);
+    if (rc == IHC_OK)
+        rc = ihc_wire_decode(buf, len, NULL, &m, NULL, 0);
+    free(buf);
+    if (rc != IHC_OK)
+        return rc == IHC_ENOMEM ? IHC_ENOMEM : IHC_EINVAL;
+    rc = ihc_inflight_report_take(f, &m);
+    ihc_msg_free(m);
+    return rc;
 }
 
 bool ihc_inflight_complete(const ihc_inflight *f)
@@ -177,8 +177,8 @@ int ihc_inflight_missing(const ihc_inflight *f, const char ***out, size_t *n)
         return IHC_ENOMEM;
     size_t j = 0;
     for (size_t i = 0; i < f->n_expected; i++)
-        if (!f->answered[i])
-            v[j++] = f->expected[i];
+        if (!f->expected[i].report)
+            v[j++] = f->expected[i].agent;
     *out = v;
     *n = j;
     return IHC_OK;
@@ -226,6 +226,13 @@ const char *ihc_inflight_status_name(ihc_mod_status s)
     return "failed";
 }
 
+const ihc_report_msg *ihc_inflight_report_at(const ihc_inflight *f, size_t i)
+{
+    if (i < f->n_expected)
+        return f->expected[i].report ? &f->expected[i].report->u.report : NULL;
+    return &f->extra[i - f->n_expected]->u.report;
+}
+
 /* Appends "; " + text to buf (bounded by IHC_REASON_MAX). */
 static void err_append(char *buf, size_t cap, const char *text)
 {
@@ -247,25 +254,29 @@ int ihc_inflight_finish(ihc_inflight *f, uint64_t now_ns, bool persisted)
         char part[IHC_REASON_MAX + 1] = "agents missing: ";
         bool first = true;
         for (size_t i = 0; i < f->n_expected; i++) {
-            if (f->answered[i])
+            if (f->expected[i].report)
                 continue;
             size_t len = strlen(part);
-            snprintf(part + len, sizeof(part) - len, "%s%s", first ? "" : ", ", f->expected[i]);
+            snprintf(part + len, sizeof(part) - len, "%s%s", first ? "" : ", ",
+                     f->expected[i].agent);
             first = false;
         }
         err_append(buf, sizeof(buf), part);
     }
-    for (size_t i = 0; i < f->n_modules; i++) {
-        const ihc_ifl_module *m = &f->modules[i];
-        if (m->status == IHC_MOD_OK || m->status == IHC_MOD_DISABLED)
-            continue;
-        char part[512];
-        if (m->status == IHC_MOD_TIMED_OUT)
-            snprintf(part, sizeof(part), "module %s timed out on %s", m->name, m->agent);
-        else
-            snprintf(part, sizeof(part), "module %s failed on %s%s%.200s", m->name, m->agent,
-                     m->error ? ": " : "", m->error ? m->error : "");
-        err_append(buf, sizeof(buf), part);
+    for (size_t k = 0; k < f->n_expected + f->n_extra; k++) {
+        const ihc_report_msg *r = ihc_inflight_report_at(f, k);
+        for (size_t i = 0; r && i < r->n_modules; i++) {
+            const ihc_module_result *m = &r->modules[i];
+            if (m->status == IHC_MOD_OK || m->status == IHC_MOD_DISABLED)
+                continue;
+            char part[512];
+            if (m->status == IHC_MOD_TIMED_OUT)
+                snprintf(part, sizeof(part), "module %s timed out on %s", m->name, r->agent);
+            else
+                snprintf(part, sizeof(part), "module %s failed on %s%s%.200s", m->name, r->agent,
+                         m->error ? ": " : "", m->error ? m->error : "");
+            err_append(buf, sizeof(buf), part);
+        }
     }
     f->success = buf[0] == '\0';
     if (!f->success && !(f->error = strdup(buf)))
@@ -273,92 +284,294 @@ int ihc_inflight_finish(ihc_inflight *f, uint64_t now_ns, bool persisted)
     return IHC_OK;
 }
 
-/* Adds s to arr unless present. */
-static void json_add_unique(json_t *arr, const char *s)
+/* ---- the result document: one growing buffer, written in order ---- */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} sbuf;
+
+static void sb_need(sbuf *b, size_t more)
 {
-    size_t i;
-    json_t *v;
-    json_array_foreach(arr, i, v) if (strcmp(json_string_value(v), s) == 0) return;
-    json_array_append_new(arr, json_string(s));
+    if (b->oom || b->len + more + 1 <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->oom = true;
+        return;
+    }
+    b->p = p;
+    b->cap = cap;
 }
 
-static json_t *modules_ok(const ihc_inflight *f)
+static void sb_put(sbuf *b, const char *s, size_t n)
 {
-    json_t *a = json_array();
-    for (size_t i = 0; a && i < f->n_modules; i++)
-        if (f->modules[i].status == IHC_MOD_OK)
-            json_add_unique(a, f->modules[i].name);
-    return a;
+    sb_need(b, n);
+    if (b->oom)
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
 }
 
-static json_t *sessions_cleaned(const ihc_inflight *f)
+#define SB_LIT(b, lit) sb_put(b, lit, sizeof(lit) - 1)
+
+static void sb_fmt(sbuf *b, const char *fmt, ...)
 {
-    json_t *a = json_array();
-    for (size_t i = 0; a && i < f->n_sessions; i++)
-        json_add_unique(a, f->sessions[i].session_id);
-    return a;
+    char tmp[64];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        sb_put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
-static json_t *agents_missing(const ihc_inflight *f)
+/* A JSON string (quoted and escaped). */
+static void sb_str(sbuf *b, const char *s)
 {
-    json_t *a = json_array();
-    for (size_t i = 0; a && i < f->n_expected; i++)
-        if (!f->answered[i])
-            json_array_append_new(a, json_string(f->expected[i]));
-    return a;
+    sb_need(b, strlen(s) + 2);
+    SB_LIT(b, "\"");
+    const char *run = s;
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch >= 0x20 && ch != '"' && ch != '\\')
+            continue;
+        sb_put(b, run, (size_t)(s - run));
+        if (ch == '"')
+            SB_LIT(b, "\\\"");
+        else if (ch == '\\')
+            SB_LIT(b, "\\\\");
+        else if (ch == '\n')
+            SB_LIT(b, "\\n");
+        else if (ch == '\t')
+            SB_LIT(b, "\\t");
+        else if (ch == '\r')
+            SB_LIT(b, "\\r");
+        else
+            sb_fmt(b, "\\u%04x", ch);
+        run = s + 1;
+    }
+    sb_put(b, run, (size_t)(s - run));
+    SB_LIT(b, "\"");
+}
+
+/* A number as jansson writes a real with JSON_REAL_PRECISION(9): "%.9g", with ".0" added
+ * when that looks like an integer. */
+static void sb_real(sbuf *b, double v)
+{
+    char tmp[40];
+    int n = snprintf(tmp, sizeof(tmp), "%.9g", v);
+    if (n <= 0 || (size_t)n >= sizeof(tmp) - 2) {
+        SB_LIT(b, "0.0");
+        return;
+    }
+    if (!strpbrk(tmp, ".eEn")) { /* n: inf, nan never come (reports are checked finite) */
+        tmp[n++] = '.';
+        tmp[n++] = '0';
+    }
+    sb_put(b, tmp, (size_t)n);
+}
+
+/* A set of strings seen so far (open addressing over pointers), for unions without repeats
+ * in one pass. */
+typedef struct {
+    const char **v;
+    size_t cap;
+} strset;
+
+static uint64_t str_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* True when s was new (and is now in the set). */
+static bool strset_add(strset *set, const char *s)
+{
+    if (set->cap == 0)
+        return true;
+    size_t i = (size_t)str_hash(s) & (set->cap - 1);
+    while (set->v[i]) {
+        if (strcmp(set->v[i], s) == 0)
+            return false;
+        i = (i + 1) & (set->cap - 1);
+    }
+    set->v[i] = s;
+    return true;
+}
+
+static bool strset_init(strset *set, size_t n)
+{
+    set->cap = 0;
+    set->v = NULL;
+    if (n == 0)
+        return true;
+    size_t cap = 8;
+    while (cap < n * 2)
+        cap *= 2;
+    set->v = calloc(cap, sizeof(*set->v));
+    if (!set->v)
+        return false;
+    set->cap = cap;
+    return true;
+}
+
+int ihc_inflight_result(const ihc_inflight *f, ihc_ifl_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    size_t n_rep = f->n_expected + f->n_extra;
+    strset names, sids;
+    if (!strset_init(&names, f->n_modules))
+        return IHC_ENOMEM;
+    if (!strset_init(&sids, f->n_sessions)) {
+        free(names.v);
+        return IHC_ENOMEM;
+    }
+    sbuf b = {0};
+    sb_need(&b, 512 + f->n_modules * 96 + f->n_sessions * 48 + f->n_expected * 80);
+    SB_LIT(&b, "{\"success\":");
+    if (f->success)
+        SB_LIT(&b, "true");
+    else
+        SB_LIT(&b, "false");
+    sb_fmt(&b, ",\"interrupt_id\":%llu,\"hardware_id\":", (unsigned long long)f->id);
+    sb_str(&b, f->hw);
+    sb_fmt(&b, ",\"epoch\":%llu,\"interrupted_modules\":", (unsigned long long)f->epoch);
+    out->modules.off = b.len;
+    SB_LIT(&b, "[");
+    bool first = true;
+    for (size_t k = 0; k < n_rep; k++) {
+        const ihc_report_msg *r = ihc_inflight_report_at(f, k);
+        for (size_t i = 0; r && i < r->n_modules; i++)
+            if (r->modules[i].status == IHC_MOD_OK && strset_add(&names, r->modules[i].name)) {
+                if (!first)
+                    SB_LIT(&b, ",");
+                sb_str(&b, r->modules[i].name);
+                first = false;
+            }
+    }
+    SB_LIT(&b, "]");
+    out->modules.len = b.len - out->modules.off;
+    SB_LIT(&b, ",\"cleaned_sessions\":");
+    out->sessions.off = b.len;
+    SB_LIT(&b, "[");
+    first = true;
+    for (size_t k = 0; k < n_rep; k++) {
+        const ihc_report_msg *r = ihc_inflight_report_at(f, k);
+        for (size_t i = 0; r && i < r->n_sessions; i++)
+            if (strset_add(&sids, r->sessions[i])) {
+                if (!first)
+                    SB_LIT(&b, ",");
+                sb_str(&b, r->sessions[i]);
+                first = false;
+            }
+    }
+    SB_LIT(&b, "]");
+    out->sessions.len = b.len - out->sessions.off;
+    SB_LIT(&b, ",\"modules\":[");
+    first = true;
+    for (size_t k = 0; k < n_rep; k++) {
+        const ihc_report_msg *r = ihc_inflight_report_at(f, k);
+        for (size_t i = 0; r && i < r->n_modules; i++) {
+            const ihc_module_result *m = &r->modules[i];
+            if (!first)
+                SB_LIT(&b, ",");
+            SB_LIT(&b, "{\"agent\":");
+            first = false;
+            sb_str(&b, r->agent);
+            SB_LIT(&b, ",\"name\":");
+            sb_str(&b, m->name);
+            SB_LIT(&b, ",\"status\":");
+            sb_str(&b, ihc_inflight_status_name(m->status));
+            SB_LIT(&b, ",\"time_ms\":");
+            sb_real(&b, m->time_ms);
+            SB_LIT(&b, ",\"error\":");
+            if (m->error)
+                sb_str(&b, m->error);
+            else
+                SB_LIT(&b, "null");
+            SB_LIT(&b, "}");
+        }
+    }
+    SB_LIT(&b, "],\"agents\":{\"expected\":[");
+    for (size_t i = 0; i < f->n_expected; i++) {
+        if (i)
+            SB_LIT(&b, ",");
+        sb_str(&b, f->expected[i].agent);
+    }
+    SB_LIT(&b, "],\"answered\":[");
+    first = true;
+    for (size_t i = 0; i < n_rep; i++) {
+        const ihc_report_msg *r = ihc_inflight_report_at(f, i);
+        if (!r)
+            continue;
+        if (!first)
+            SB_LIT(&b, ",");
+        sb_str(&b, r->agent);
+        first = false;
+    }
+    SB_LIT(&b, "],\"missing\":");
+    out->missing.off = b.len;
+    SB_LIT(&b, "[");
+    first = true;
+    for (size_t i = 0; i < f->n_expected; i++) {
+        if (f->expected[i].report)
+            continue;
+        if (!first)
+            SB_LIT(&b, ",");
+        sb_str(&b, f->expected[i].agent);
+        first = false;
+    }
+    SB_LIT(&b, "]");
+    out->missing.len = b.len - out->missing.off;
+    SB_LIT(&b, "},\"reason\":");
+    sb_str(&b, f->reason);
+    SB_LIT(&b, ",\"total_time_ms\":");
+    sb_real(&b, f->total_time_ms);
+    SB_LIT(&b, ",\"persisted\":");
+    if (f->persisted)
+        SB_LIT(&b, "true");
+    else
+        SB_LIT(&b, "false");
+    if (f->error) {
+        SB_LIT(&b, ",\"error\":");
+        sb_str(&b, f->error);
+    }
+    SB_LIT(&b, "}");
+    free(names.v);
+    free(sids.v);
+    if (b.oom || !b.p) {
+        free(b.p);
+        return IHC_ENOMEM;
+    }
+    out->json = b.p;
+    out->len = b.len;
+    return IHC_OK;
 }
 
 char *ihc_inflight_result_json(const ihc_inflight *f)
 {
-    json_t *o = json_object();
-    if (!o)
-        return NULL;
-    json_object_set_new(o, "success", json_boolean(f->success));
-    json_object_set_new(o, "interrupt_id", json_integer((json_int_t)f->id));
-    json_object_set_new(o, "hardware_id", json_string(f->hw));
-    json_object_set_new(o, "epoch", json_integer((json_int_t)f->epoch));
-    json_object_set_new(o, "interrupted_modules", modules_ok(f));
-    json_object_set_new(o, "cleaned_sessions", sessions_cleaned(f));
-    json_t *mods = json_array();
-    for (size_t i = 0; mods && i < f->n_modules; i++) {
-        const ihc_ifl_module *m = &f->modules[i];
-        json_array_append_new(
-            mods, json_pack("{s:s, s:s, s:s, s:f, s:o}", "agent", m->agent, "name", m->name,
-                            "status", ihc_inflight_status_name(m->status), "time_ms", m->time_ms,
-                            "error", m->error ? json_string(m->error) : json_null()));
-    }
-    json_object_set_new(o, "modules", mods);
-    json_t *exp = json_array(), *ans = json_array();
-    for (size_t i = 0; exp && ans && i < f->n_expected; i++) {
-        json_array_append_new(exp, json_string(f->expected[i]));
-        if (f->answered[i])
-            json_array_append_new(ans, json_string(f->expected[i]));
-    }
-    for (size_t i = 0; ans && i < f->n_extra; i++)
-        json_array_append_new(ans, json_string(f->extra[i]));
-    json_object_set_new(o, "agents",
-                        json_pack("{s:o, s:o, s:o}", "expected", exp ? exp : json_array(),
-                                  "answered", ans ? ans : json_array(), "missing",
-                                  agents_missing(f)));
-    json_object_set_new(o, "reason", json_string(f->reason));
-    json_object_set_new(o, "total_time_ms", json_real(f->total_time_ms));
-    json_object_set_new(o, "persisted", json_boolean(f->persisted));
-    if (f->error)
-        json_object_set_new(o, "error", json_string(f->error));
-    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
-    json_decref(o);
-    return s;
+    ihc_ifl_result r;
+    return ihc_inflight_result(f, &r) == IHC_OK ? r.json : NULL;
 }
 
 int ihc_inflight_log_fields(const ihc_inflight *f, char **modules, char **sessions, char **missing)
 {
-    json_t *m = modules_ok(f), *s = sessions_cleaned(f), *x = agents_missing(f);
-    *modules = m ? json_dumps(m, JSON_COMPACT) : NULL;
-    *sessions = s ? json_dumps(s, JSON_COMPACT) : NULL;
-    *missing = x ? json_dumps(x, JSON_COMPACT) : NULL;
-    json_decref(m);
-    json_decref(s);
-    json_decref(x);
+    ihc_ifl_result r;
+    *modules = *sessions = *missing = NULL;
+    if (ihc_inflight_result(f, &r) != IHC_OK)
+        return IHC_ENOMEM;
+    *modules = strndup(r.json + r.modules.off, r.modules.len);
+    *sessions = strndup(r.json + r.sessions.off, r.sessions.len);
+    *missing = strndup(r.json + r.missing.off, r.missing.len);
+    free(r.json);
     if (!*modules || !*sessions || !*missing) {
         free(*modules);
         free(*sessions);

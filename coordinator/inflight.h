@@ -11,20 +11,11 @@
 #include "api.h"
 #include "wire.h"
 
-/* One module outcome as an agent reported it. */
+/* An expected agent and its report (NULL while it is missing). */
 typedef struct {
     char *agent;
-    char *name;
-    ihc_mod_status status;
-    double time_ms;
-    char *error; /* NULL when none */
-} ihc_ifl_module;
-
-/* One session an agent reported as cancelled/cleaned. */
-typedef struct {
-    char *agent;
-    char *session_id;
-} ihc_ifl_session;
+    ihc_msg *report; /* a decoded IHC_MSG_REPORT, owned */
+} ihc_ifl_agent;
 
 typedef struct {
     uint64_t id;
@@ -48,16 +39,13 @@ typedef struct ihc_inflight {
     char *reason;
     uint64_t t0_ns, deadline_ns;
     int64_t deadline_ms;
-    char **expected; /* sorted as given */
-    bool *answered;  /* answered[i]: expected[i] reported */
+    ihc_ifl_agent *expected; /* in the order given */
+    ihc_ifl_agent **by_id;   /* expected, sorted by agent id (lookups) */
     size_t n_expected, n_answered;
-    char **extra; /* agents that reported without being expected */
-    size_t n_extra;
-    ihc_ifl_module *modules;
-    size_t n_modules;
-    ihc_ifl_session *sessions;
-    size_t n_sessions;
-    uint32_t attempt; /* sends so far minus one */
+    ihc_msg **extra; /* reports of agents that were not expected, in arrival order */
+    size_t n_extra, cap_extra;
+    size_t n_modules, n_sessions; /* over every report */
+    uint32_t attempt;             /* sends so far minus one */
     uint64_t next_resend_ns, backoff_ns, backoff_max_ns;
     /* result, valid after ihc_inflight_finish */
     bool finished, success, persisted;
@@ -68,14 +56,35 @@ typedef struct ihc_inflight {
     void *arg;
 } ihc_inflight;
 
+/* The result document, built in one pass, with where its arrays for the interrupt log are. */
+typedef struct {
+    char *json; /* caller frees */
+    size_t len;
+    struct {
+        size_t off, len;
+    } modules, sessions, missing; /* "interrupted_modules", "cleaned_sessions", "missing" */
+} ihc_ifl_result;
+
 /* Caller owns *out (ihc_inflight_free). Errors: IHC_ENOMEM. */
 int ihc_inflight_new(ihc_inflight **out, const ihc_inflight_params *p);
 void ihc_inflight_free(ihc_inflight *f);
 
-/* Adds one agent's report (an agent not expected is added to the answered). Errors:
- * IHC_EEXIST when that agent already reported (the repeat is ignored), IHC_ECLOSED after
- * finish, IHC_ENOMEM. */
+/* Adds one agent's report, taking the decoded message *m (an IHC_MSG_REPORT) without
+ * copying anything: on IHC_OK *m is NULL and f owns it. An agent not expected is added to
+ * the answered. O(log n) in the expected agents. Errors: IHC_EEXIST when that agent already
+ * reported (the repeat is ignored), IHC_ECLOSED after finish, IHC_EINVAL, IHC_ENOMEM; on
+ * error *m stays the caller's. */
+int ihc_inflight_report_take(ihc_inflight *f, ihc_msg **m);
+
+/* The same for a report the caller keeps (copied). */
 int ihc_inflight_report(ihc_inflight *f, const ihc_report_msg *r);
+
+/* The i-th report (i < n_expected + n_extra) in result order: the expected agents' as
+ * given, NULL for one that has not answered, then the others'. */
+const ihc_report_msg *ihc_inflight_report_at(const ihc_inflight *f, size_t i);
+
+/* The report of agent, NULL when it has not answered. */
+const ihc_report_msg *ihc_inflight_report_of(const ihc_inflight *f, const char *agent);
 
 /* True when every expected agent answered. */
 bool ihc_inflight_complete(const ihc_inflight *f);
@@ -100,11 +109,17 @@ uint64_t ihc_inflight_next_ns(const ihc_inflight *f);
 /* Fixes the result: success, error text, total time from t0 to now_ns, persisted. */
 int ihc_inflight_finish(ihc_inflight *f, uint64_t now_ns, bool persisted);
 
-/* The result document of api.h (after finish). Caller frees; NULL on ENOMEM. */
+/* The result document of api.h (after finish), built once: names of modules that ran ok and
+ * cleaned session ids without repeats, every module outcome, the agents. Errors:
+ * IHC_ENOMEM. */
+int ihc_inflight_result(const ihc_inflight *f, ihc_ifl_result *out);
+
+/* The result document alone. Caller frees; NULL on ENOMEM. */
 char *ihc_inflight_result_json(const ihc_inflight *f);
 
 /* JSON arrays for the interrupt log (after finish): names of modules that ran ok, cleaned
- * session ids, missing agents. Caller frees the three strings. Errors: IHC_ENOMEM. */
+ * session ids, missing agents (the arrays of the result document). Caller frees the three
+ * strings. Errors: IHC_ENOMEM. */
 int ihc_inflight_log_fields(const ihc_inflight *f, char **modules, char **sessions, char **missing);
 
 /* Name of a module status in results: "ok", "timed_out", "failed", "disabled". */

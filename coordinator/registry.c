@@ -410,6 +410,12 @@ static void session_remove(ihc_registry *r, ihc_reg_session *s, const char *stat
         a->n_sessions--;
         a->session_changes++;
     }
+    if (s->a_prev)
+        s->a_prev->a_next = s->a_next;
+    else if (a && a->sessions == s)
+        a->sessions = s->a_next;
+    if (s->a_next)
+        s->a_next->a_prev = s->a_prev;
     s->state = state_static(state);
     s->updated_ms = now_ms;
     emit(r, IHC_REG_SESSION_ENDED, s);
@@ -475,6 +481,7 @@ static int session_upsert(ihc_registry *r, ihc_reg_agent *a, const ihc_session_i
     }
     if (!old && count_limit && a->n_sessions >= r->o.max_sessions_per_agent)
         return IHC_ELIMIT;
+    bool raises = si->epoch > ihc_registry_epoch(r, si->hw, NULL);
     if (ihc_registry_epoch_raise(r, si->hw, si->epoch, 0) != IHC_OK ||
         ihc_registry_epoch_raise(r, "*", si->gepoch, 0) != IHC_OK)
         return IHC_ENOMEM;
@@ -502,6 +509,8 @@ static int session_upsert(ihc_registry *r, ihc_reg_agent *a, const ihc_session_i
     s->pid = si->pid;
     if (old) {
         emit(r, IHC_REG_SESSION_UPDATED, s);
+        if (raises)
+            emit(r, IHC_REG_EPOCH_RAISED, s);
         return IHC_OK;
     }
     s->session_id = strdup(si->session_id);
@@ -518,7 +527,14 @@ static int session_upsert(ihc_registry *r, ihc_reg_agent *a, const ihc_session_i
     }
     a->n_sessions++;
     a->session_changes++;
+    s->a_prev = NULL;
+    s->a_next = a->sessions;
+    if (a->sessions)
+        a->sessions->a_prev = s;
+    a->sessions = s;
     emit(r, IHC_REG_SESSION_ADDED, s);
+    if (raises)
+        emit(r, IHC_REG_EPOCH_RAISED, s);
     return IHC_OK;
 nomem:
     session_free(s);
@@ -554,10 +570,8 @@ int ihc_registry_hello(ihc_registry *r, const ihc_hello_msg *h, uint64_t now_ns,
         goto out;
     size_t n_gone = 0, cap_gone = 0;
     ihc_reg_session **gone = NULL;
-    HMAP_FOREACH(&r->sessions, e)
-    {
-        ihc_reg_session *s = e->val;
-        if (strcmp(s->agent_id, a->agent_id) != 0 || hmap_find(&keep, s->session_id))
+    for (ihc_reg_session *s = a->sessions; s; s = s->a_next) {
+        if (hmap_find(&keep, s->session_id))
             continue;
         if (n_gone == cap_gone) {
             cap_gone = cap_gone ? cap_gone * 2 : 16;
@@ -650,6 +664,14 @@ void ihc_registry_foreach_session(const ihc_registry *r, const char *hw,
     }
 }
 
+void ihc_registry_foreach_agent_session(const ihc_registry *r, const char *agent_id,
+                                        void (*fn)(void *arg, const ihc_reg_session *s), void *arg)
+{
+    const ihc_reg_agent *a = hmap_get(&r->agents, agent_id);
+    for (const ihc_reg_session *s = a ? a->sessions : NULL; s; s = s->a_next)
+        fn(arg, s);
+}
+
 void ihc_registry_foreach_hw_agent(const ihc_registry *r,
                                    void (*fn)(void *arg, const char *hw, const char *agent_id),
                                    void *arg)
@@ -731,12 +753,8 @@ size_t ihc_registry_expire(ihc_registry *r, uint64_t now_ns)
         if (!ss)
             continue;
         size_t k = 0;
-        HMAP_FOREACH(&r->sessions, e)
-        {
-            ihc_reg_session *s = e->val;
-            if (k < a->n_sessions && strcmp(s->agent_id, a->agent_id) == 0)
-                ss[k++] = s;
-        }
+        for (ihc_reg_session *s = a->sessions; s && k < a->n_sessions; s = s->a_next)
+            ss[k++] = s;
         for (size_t j = 0; j < k; j++)
             session_remove(r, ss[j], "expired", a->last_seen_ms);
         free(ss);

@@ -30,13 +30,14 @@ typedef struct {
     ihc_agent_state state;
     ihc_module_info *modules;
     size_t n_modules;
-    size_t n_sessions;         /* active sessions */
-    uint64_t session_changes;  /* bumped on every session added or ended */
-    uint64_t sessions_written; /* session_changes when the agent hash was last written */
+    size_t n_sessions;                /* active sessions */
+    uint64_t session_changes;         /* bumped on every session added or ended */
+    uint64_t sessions_written;        /* session_changes when the agent hash was last written */
+    struct ihc_reg_session *sessions; /* its active sessions (ihc_registry_foreach_agent_session) */
 } ihc_reg_agent;
 
 /* An active session; every pointer is owned by the registry. */
-typedef struct {
+typedef struct ihc_reg_session {
     char *session_id;
     char *hw;
     char *agent_id;
@@ -48,12 +49,14 @@ typedef struct {
     int64_t created_ms;
     int64_t updated_ms;
     int32_t pid;
+    struct ihc_reg_session *a_prev, *a_next; /* the agent's sessions */
 } ihc_reg_session;
 
 typedef enum {
     IHC_REG_SESSION_ADDED,   /* a session the registry did not know */
     IHC_REG_SESSION_UPDATED, /* a known session re-announced (hello) */
-    IHC_REG_SESSION_ENDED    /* left the active set; s->state says how */
+    IHC_REG_SESSION_ENDED,   /* left the active set; s->state says how */
+    IHC_REG_EPOCH_RAISED     /* s carried a newer epoch of s->hw than the registry knew */
 } ihc_reg_event;
 
 /* Called synchronously on every session change (the coordinator persists from here). s is
@@ -135,6 +138,10 @@ size_t ihc_registry_session_count(const ihc_registry *r);
 /* Visits active sessions, of hw only when hw is not NULL. */
 void ihc_registry_foreach_session(const ihc_registry *r, const char *hw,
                                   void (*fn)(void *arg, const ihc_reg_session *s), void *arg);
+
+/* Visits the active sessions of one agent: O(its sessions). */
+void ihc_registry_foreach_agent_session(const ihc_registry *r, const char *agent_id,
+                                        void (*fn)(void *arg, const ihc_reg_session *s), void *arg);
 
 /* Visits every (hw, agent) pair where agent holds an active session of hw. */
 void ihc_registry_foreach_hw_agent(const ihc_registry *r,

@@ -34,6 +34,8 @@ static void on_event(void *arg, ihc_reg_event ev, const ihc_reg_session *s)
         snprintf(e->last_end_state, sizeof(e->last_end_state), "%s", s->state);
         snprintf(e->last_end_sid, sizeof(e->last_end_sid), "%s", s->session_id);
         break;
+    case IHC_REG_EPOCH_RAISED:
+        break;
     }
 }
 
