@@ -36,8 +36,12 @@
 #include "tls.h"
 #include "wire.h"
 
-#define COMPONENT         "coordinator"
-#define RESEND_MAX_NS     (500ull * 1000000ull)
+#define COMPONENT     "coordinator"
+#define RESEND_MAX_NS (500ull * 1000000ull)
+/* Re-sends to this many missing agents or fewer go to each one's own topic; more share one
+ * broadcast naming them. nng's PUB writes every message to every connection (subscribers
+ * filter), so K addressed messages cost K sends per agent connected against one. */
+#define RESEND_DIRECT_MAX 2
 #define SWEEP_NS          (100ull * 1000000ull)
 #define MAX_MSGS_PER_TURN 1024
 /* Messages each agent's pipe may queue on PUB before nng drops the oldest (default 16): a
@@ -103,6 +107,7 @@ struct ihc_coord {
     uint64_t next_sweep_ns;
     uint64_t last_reject_log_ns;
     uint64_t persist_due_ns; /* deferred Redis writes are handed over by then (0: none) */
+    uint64_t srtt_ns;        /* smoothed time of complete interrupts (first re-send) */
     /* statistics counters not yet queued for Redis: one increment per counter per loop turn */
     struct {
         int64_t total, succeeded, failed, sessions_created;
@@ -448,6 +453,10 @@ static uint64_t next_interrupt_id(ihc_coord *c)
 
 static void stats_record(ihc_coord *c, const ihc_inflight *f)
 {
+    if (ihc_inflight_complete(f)) { /* an interrupt that lacked an answer says nothing of it */
+        uint64_t t = (uint64_t)(f->total_time_ms * 1e6);
+        c->srtt_ns = c->srtt_ns ? c->srtt_ns - c->srtt_ns / 8 + t / 8 : t;
+    }
     c->total++;
     if (f->success)
         c->succeeded++;
@@ -611,6 +620,18 @@ static ssize_t table_find(const ihc_coord *c, uint64_t id)
     return (lo < c->n_fl && c->fl[lo]->id == id) ? (ssize_t)lo : -1;
 }
 
+/* When the first re-send is due: IHC_RESEND_INTERVAL, or twice the recent time an interrupt
+ * takes when that is longer. A re-send is for a broadcast that was lost; one sent while the
+ * answers are merely slow only adds work to every agent and slows them further. */
+static uint64_t resend_after(const ihc_coord *c)
+{
+    uint64_t base = ns_of_s(c->cfg->resend_interval);
+    uint64_t adaptive = 2 * c->srtt_ns;
+    if (adaptive > RESEND_MAX_NS)
+        adaptive = RESEND_MAX_NS;
+    return adaptive > base ? adaptive : base;
+}
+
 static void start_interrupt(ihc_coord *c, ihc__cmd *k)
 {
     uint64_t now_ns = ihc_mono_ns();
@@ -646,7 +667,7 @@ static void start_interrupt(ihc_coord *c, ihc__cmd *k)
         .n_expected = n_expected,
         .t0_ns = k->t0_ns,
         .timeout_ns = (uint64_t)timeout_ms * 1000000ull,
-        .resend_ns = ns_of_s(c->cfg->resend_interval),
+        .resend_ns = resend_after(c),
         .resend_max_ns = RESEND_MAX_NS,
         .deadline_ms = now_ms + timeout_ms - (int64_t)elapsed_ms,
     };
@@ -682,8 +703,16 @@ static void resend(ihc_coord *c, ihc_inflight *f, uint64_t now_ns)
     if (ihc_inflight_missing(f, &missing, &n) != IHC_OK)
         return;
     ihc_inflight_resent(f, now_ns);
-    for (size_t i = 0; i < n; i++)
-        publish_interrupt_to(c, f, missing[i]);
+    if (n <= RESEND_DIRECT_MAX) {
+        for (size_t i = 0; i < n; i++)
+            publish_interrupt_to(c, f, missing[i]);
+    } else {
+        ihc_msg m;
+        interrupt_msg(&m, f);
+        m.u.interrupt.agents = (char **)missing;
+        m.u.interrupt.n_agents = n;
+        publish(c, &m);
+    }
     ihc_log(IHC_LOG_DEBUG, COMPONENT, "interrupt re-sent id=%" PRIu64 " attempt=%u missing=%zu",
             f->id, f->attempt, n);
     free(missing);
