@@ -5,7 +5,7 @@
  *   1. cancels the tokens of exactly the sessions that began before the interrupt (epochs),
  *   2. runs each enabled module's interrupt methods in order under the module's timeout, on
  *      the agent's own threads, so a hanging method is reported timed_out and never holds
- *      the report back past its timeout,
+ *      the report back past its timeout (the promise is stated at ihc_module_def),
  *   3. runs the registered callbacks, stops the sessions' generators, cleans the sessions up
  *      (CLEANUP_ON_INTERRUPT), escalates to SIGTERM/SIGKILL for sessions with a pid
  *      (FORCE_CLEANUP),
@@ -115,7 +115,17 @@ typedef struct {
     void *arg; /* passed to every method */
 } ihc_module_def;
 
-/* Registers a module (copied). The config file may override, per module name: enabled,
+/* Timing promise. When an interrupt arrives, the enabled modules run in registration order on
+ * one of the agent's worker threads (started ahead of need). A module whose methods are still
+ * running 1 ms after it started has the modules after it moved to another worker, so no
+ * module waits behind a slow one for longer than that. Each module is given until the
+ * interrupt's arrival + its timeout: a module still running then is reported timed_out (its
+ * thread is left to finish on its own), one that could not start by then is reported
+ * timed_out too. The report is sent as soon as every module finished or timed out: never
+ * later than the largest timeout of the enabled modules after the interrupt arrived (plus
+ * the time to encode it), whatever a method does.
+ *
+ * Registers a module (copied). The config file may override, per module name: enabled,
  * timeout and interrupt_methods (a subset/reordering of the registered method names):
  *     [text_processing]
  *     enabled = true

@@ -1,29 +1,65 @@
 #!/usr/bin/env python3
 """A flame graph from `perf script` output, as one SVG, with nothing to download.
 
-    perf script -i perf.data | python3 flamegraph.py --title T --out graph.svg [--folded F]
+    perf script -F +pid --show-task-events -i perf.data | python3 flamegraph.py --title T --out graph.svg [--folded F]
+                                                     [--summary]
 
 Each sample's stack (outermost frame first) is folded under its process name, so a run
 recorded across several processes (coordinator, agents) shows each as a tower of its own.
 Widths are sample counts; frames nng or libc left without a symbol are named by their
 library ("[libnng.so.1.5.2]"). --folded also writes the folded stacks (one line per stack:
-frames separated by ';', then the count), the format other flame graph tools read."""
+frames separated by ';', then the count), the format other flame graph tools read; kernel
+frames end in "_[k]". --summary prints one JSON line: the share of samples per process and
+where the sampled instruction was (kernel, nng, libc, ihc's own code, other)."""
 import argparse, collections, html, re, sys, zlib
 
-def parse(lines):
-    """Yields (comm, [frames outermost first]) per sample of `perf script` text."""
-    comm, frames = None, []
+def where(lib):
+    """The class of the code a frame is in, from its library's path."""
+    if "kernel" in lib or lib.startswith("[k"):
+        return "kernel"
+    if "libnng" in lib:
+        return "nng"
+    if "libc.so" in lib or "ld-linux" in lib:
+        return "libc"
+    if "ihc" in lib or "bench_" in lib:
+        return "ihc"
+    return "other"
+
+def parse(lines, leaf=None):
+    """Yields (root, [frames outermost first]) per sample of `perf script -F +pid
+    --show-task-events` text: root is the process (its main thread's name) and the thread's
+    name ("nng:task", ...) is the first frame when it differs. Counts the class of each
+    sample's innermost frame into leaf (a Counter) when given."""
+    procs = {}
+    head, frames, first_lib = None, [], None
+
+    def done():
+        if head is None:
+            return None
+        comm, pid = head
+        proc = procs.get(pid, comm)
+        thread = re.sub(r"[:\d]+$", "", comm) or comm
+        if leaf is not None and first_lib is not None:
+            leaf[where(first_lib)] += 1
+        return proc, ([thread] if thread != proc else []) + list(reversed(frames))
+
     for line in lines:
         line = line.rstrip("\n")
+        m = re.search(r"PERF_RECORD_COMM(?: exec)?: (.*):(\d+)/(\d+)$", line)
+        if m:
+            if m.group(2) == m.group(3):
+                procs[m.group(2)] = m.group(1)
+            continue
         if not line.strip():
-            if comm is not None:
-                yield comm, list(reversed(frames))
-            comm, frames = None, []
+            r = done()
+            if r:
+                yield r
+            head, frames, first_lib = None, [], None
             continue
         if not line[0].isspace():  # header: "comm  pid/tid  time: period event:"
-            comm = line.split()[0] if line.split() else "?"
-            comm = re.sub(r"[:\d]+$", "", comm) or comm  # nng:task, nng:poll:epoll, ...
-            frames = []
+            m = re.match(r"(.*?)\s+(\d+)/(\d+)\s", line)
+            head = (m.group(1), m.group(2)) if m else (line.split()[0], "?")
+            frames, first_lib = [], None
             continue
         parts = line.strip().split(None, 1)
         if len(parts) < 2:
@@ -31,14 +67,19 @@ def parse(lines):
         sym = parts[1]
         m = re.match(r"(.*?) \((.*)\)$", sym)
         name, lib = (m.group(1), m.group(2)) if m else (sym, "")
+        if first_lib is None:
+            first_lib = lib
         name = re.sub(r"\+0x[0-9a-f]+$", "", name)
         if name in ("[unknown]", "") or name.startswith("0x"):
             name = "[" + lib.rsplit("/", 1)[-1] + "]" if lib else "[unknown]"
+        elif where(lib) == "kernel":
+            name += "_[k]"
         if frames and frames[-1] == name and name.startswith("["):
             continue  # runs of unnamed frames of one library as one
         frames.append(name)
-    if comm is not None:
-        yield comm, list(reversed(frames))
+    r = done()
+    if r:
+        yield r
 
 def fold(samples):
     counts = collections.Counter()
@@ -105,8 +146,19 @@ def main():
     ap.add_argument("--title", default="flame graph")
     ap.add_argument("--out", required=True)
     ap.add_argument("--folded")
+    ap.add_argument("--summary", action="store_true")
     a = ap.parse_args()
-    counts = fold(parse(sys.stdin))
+    leaf = collections.Counter()
+    counts = fold(parse(sys.stdin, leaf))
+    if a.summary:
+        import json
+        total = sum(counts.values()) or 1
+        procs = collections.Counter()
+        for stack, n in counts.items():
+            procs[stack.split(";", 1)[0]] += n
+        print(json.dumps({"name": "profile_n8", "samples": total,
+                          "process_pct": {k: round(100 * v / total, 1) for k, v in procs.most_common()},
+                          "code_pct": {k: round(100 * v / total, 1) for k, v in leaf.most_common()}}))
     if a.folded:
         with open(a.folded, "w") as f:
             for stack, n in sorted(counts.items(), key=lambda kv: -kv[1]):

@@ -225,6 +225,8 @@ typedef struct {
     atomic_int reports; /* interrupts handled (repeated reports not counted) */
     atomic_int max_attempt;
     atomic_int syncs;
+    atomic_int got;        /* interrupt messages received, whatever their topic */
+    atomic_int got_direct; /* of which on this agent's own topic "ag:<id>" */
     pthread_mutex_t mu;
     char sid[FA_MAX_SESSIONS][32], hw[FA_MAX_SESSIONS][32];
     int n;
@@ -327,9 +329,12 @@ static void *fa_main(void *arg)
         if (ihc_wire_split(nng_msg_body(nm), nng_msg_len(nm), &topic, &tlen, &body, &blen) ==
                 IHC_OK &&
             ihc_wire_decode(body, blen, NULL, &m, NULL, 0) == IHC_OK) {
-            if (m->type == IHC_MSG_INTERRUPT)
+            if (m->type == IHC_MSG_INTERRUPT) {
+                atomic_fetch_add(&a->got, 1);
+                if (tlen >= 3 && memcmp(topic, "ag:", 3) == 0)
+                    atomic_fetch_add(&a->got_direct, 1);
                 fa_on_interrupt(a, &m->u.interrupt);
-            else if (m->type == IHC_MSG_SYNC && strcmp(m->u.sync.agent, a->id) == 0)
+            } else if (m->type == IHC_MSG_SYNC && strcmp(m->u.sync.agent, a->id) == 0)
                 atomic_fetch_add(&a->syncs, 1);
         }
         ihc_msg_free(m);
@@ -683,6 +688,36 @@ static void test_coordinator_resend(void **state)
     json_decref(j);
     assert_int_equal(atomic_load(&f->a[0].max_attempt), 1);
     assert_int_equal(atomic_load(&f->a[0].reports), 1);
+}
+
+/* A re-send reaches only the agent that has not answered: on its own topic, so the agent
+ * that answered never receives it; and the session the report named ends in Redis although
+ * no session_end was sent (the fake agents send none). */
+static void test_coordinator_resend_only_missing(void **state)
+{
+    fixture *f = *state;
+    coord_start(&f->c);
+    fa_start(&f->a[0], "n1:1", &f->c);
+    fa_start(&f->a[1], "n2:2", &f->c);
+    fa_begin(&f->a[0], "s-1", "dev-1");
+    fa_begin(&f->a[1], "s-2", "dev-1");
+    assert_true(TH_WAIT(session_count(&f->c, "dev-1") == 2, 5000));
+    atomic_store(&f->a[1].ignore, 1); /* n2:2 "loses" the first broadcast */
+    json_t *j = interrupt(&f->c, "dev-1", 3000, 200);
+    assert_true(json_is_true(json_object_get(j, "success")));
+    assert_string_equal(arr_join(json_object_get(json_object_get(j, "agents"), "answered")),
+                        "n1:1,n2:2");
+    json_decref(j);
+    /* n1:1 got the broadcast and nothing else; n2:2 got it and then one re-send, on ag:n2:2 */
+    assert_int_equal(atomic_load(&f->a[0].got), 1);
+    assert_int_equal(atomic_load(&f->a[0].got_direct), 0);
+    assert_int_equal(atomic_load(&f->a[1].got), 2);
+    assert_int_equal(atomic_load(&f->a[1].got_direct), 1);
+    assert_int_equal(atomic_load(&f->a[1].max_attempt), 1);
+    assert_true(TH_WAIT(redis_is("", "SMEMBERS %s", "ihc:hw:{dev-1}:sessions"), 5000));
+    assert_true(redis_has("interrupted", "HGETALL %s", "ihc:session:{dev-1}:s-1"));
+    assert_true(redis_has("interrupted", "HGETALL %s", "ihc:session:{dev-1}:s-2"));
+    assert_int_equal(session_count(&f->c, "dev-1"), 0);
 }
 
 static void test_coordinator_redis_outage(void **state)
@@ -1140,6 +1175,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_coordinator_bad_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_missing_agent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_resend, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_coordinator_resend_only_missing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_redis_outage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_global_disabled, setup, teardown),

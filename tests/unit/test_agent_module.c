@@ -260,6 +260,67 @@ static void test_agent_module_finish_after_timeout(void **state)
     th_fc_close(&f);
 }
 
+static atomic_int fast_calls;
+static int m_fast(const char *hw, void *arg)
+{
+    (void)hw;
+    (void)arg;
+    atomic_fetch_add(&fast_calls, 1);
+    return 0;
+}
+
+/* A hung module among fast ones, in the middle of the order: the fast ones after it still run
+ * at once (the run moves on to another worker after a slice), are reported ok well before the
+ * hung one's timeout, the hung one is reported timed_out at its timeout, and the report is
+ * not later than the largest module timeout (the promise of ihc/agent.h). */
+static void test_agent_module_hung_among_fast(void **state)
+{
+    (void)state;
+    sem_init(&hang_sem, 0, 0);
+    atomic_store(&hang_calls, 0);
+    atomic_store(&hang_returned, 0);
+    atomic_store(&fast_calls, 0);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
+    ihc_agent *a = open_agent(&f, NULL);
+    static const ihc_method fast[] = {{"stop", m_fast}};
+    static const ihc_method hang[] = {{"wait_forever", m_hang}};
+    const char *names[] = {"fast_a", "hung", "fast_b", "fast_c"};
+    for (int i = 0; i < 4; i++) {
+        ihc_module_def d = {.name = names[i],
+                            .methods = i == 1 ? hang : fast,
+                            .n_methods = 1,
+                            .timeout = i == 1 ? 0.3 : 1.0,
+                            .enabled = true};
+        TH_PASS(ihc_agent_register_module(a, &d));
+    }
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
+    TH_PASS(th_fc_send_interrupt(&f, 12, "dev-1", 1, ihc_agent_id(a), 0));
+    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
+    assert_non_null(r);
+    assert_int_equal(r->u.report.n_modules, 4);
+    const ihc_module_result *mh = find_mod(r, "hung");
+    assert_int_equal(mh->status, IHC_MOD_TIMED_OUT);
+    assert_true(mh->time_ms >= 299);
+    for (int i = 0; i < 4; i++) {
+        if (i == 1)
+            continue;
+        const ihc_module_result *m = find_mod(r, names[i]);
+        assert_int_equal(m->status, IHC_MOD_OK);
+        assert_true(m->time_ms < 300); /* not held back by the hung one */
+    }
+    /* the agent's own handling time, from receipt to report: within the largest timeout */
+    assert_true(r->u.report.time_ms >= 299 && r->u.report.time_ms < 1000);
+    ihc_msg_free(r);
+    assert_int_equal(atomic_load(&fast_calls), 3);
+    assert_int_equal(atomic_load(&hang_returned), 0);
+    ihc_agent_close(a);
+    sem_post(&hang_sem);
+    assert_true(TH_WAIT(ihc__workers_abandoned() == 0, 5000));
+    sem_destroy(&hang_sem);
+    th_fc_close(&f);
+}
+
 static atomic_int disabled_calls;
 static int m_count(const char *hw, void *arg)
 {
@@ -461,6 +522,7 @@ int main(void)
         cmocka_unit_test(test_agent_module_methods_in_order),
         cmocka_unit_test(test_agent_module_hang_times_out),
         cmocka_unit_test(test_agent_module_finish_after_timeout),
+        cmocka_unit_test(test_agent_module_hung_among_fast),
         cmocka_unit_test(test_agent_module_failed_and_disabled),
         cmocka_unit_test(test_agent_module_config_overrides),
         cmocka_unit_test(test_agent_module_config_errors),
