@@ -88,6 +88,12 @@ static void send_hello(ihc_agent *a)
     }
     h->modules = mi;
     h->n_modules = nm;
+    char addrs[IHC__SUB_ADDRS_MAX][IHC_SOCKADDR_STR_MAX];
+    char *addr_v[IHC__SUB_ADDRS_MAX];
+    h->n_sub_addrs = ihc__transport_sub_addrs(&a->tp, addrs, IHC__SUB_ADDRS_MAX);
+    for (size_t i = 0; i < h->n_sub_addrs; i++)
+        addr_v[i] = addrs[i];
+    h->sub_addrs = addr_v;
 
     uint8_t *buf = NULL;
     size_t len = 0;

@@ -47,9 +47,40 @@ static void on_pipe(ihc__transport *t, bool sub, nng_pipe_ev ev)
         t->ops.on_link(t->ops.ctx, sub, up);
 }
 
+/* Keeps the SUB connections' local endpoints, before the owner hears of the link (its hello
+ * names them). */
+static void note_sub_addr(ihc__transport *t, nng_pipe p, bool up)
+{
+    uint32_t id = (uint32_t)nng_pipe_id(p);
+    char addr[IHC_SOCKADDR_STR_MAX];
+    size_t n = up ? ihc_pipe_addr_str(p, true, addr, sizeof(addr)) : 0;
+    pthread_mutex_lock(&t->addr_mu);
+    for (size_t i = 0; i < t->n_sub_addr; i++)
+        if (t->sub_addr[i].pipe == id) {
+            t->sub_addr[i] = t->sub_addr[--t->n_sub_addr];
+            break;
+        }
+    if (n > 0 && t->n_sub_addr < IHC__SUB_ADDRS_MAX) {
+        t->sub_addr[t->n_sub_addr].pipe = id;
+        memcpy(t->sub_addr[t->n_sub_addr].addr, addr, n + 1);
+        t->n_sub_addr++;
+    }
+    pthread_mutex_unlock(&t->addr_mu);
+}
+
+size_t ihc__transport_sub_addrs(ihc__transport *t, char (*out)[IHC_SOCKADDR_STR_MAX], size_t max)
+{
+    pthread_mutex_lock(&t->addr_mu);
+    size_t n = t->n_sub_addr < max ? t->n_sub_addr : max;
+    for (size_t i = 0; i < n; i++)
+        memcpy(out[i], t->sub_addr[i].addr, sizeof(out[i]));
+    pthread_mutex_unlock(&t->addr_mu);
+    return n;
+}
+
 static void on_sub_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
-    (void)p;
+    note_sub_addr(arg, p, ev == NNG_PIPE_EV_ADD_POST);
     on_pipe(arg, true, ev);
 }
 
@@ -325,7 +356,13 @@ int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *repo
         pthread_mutex_destroy(&t->tx_mu);
         return IHC_ENOMEM;
     }
+    if (pthread_mutex_init(&t->addr_mu, NULL) != 0) {
+        pthread_mutex_destroy(&t->wake_mu);
+        pthread_mutex_destroy(&t->tx_mu);
+        return IHC_ENOMEM;
+    }
     if (ihc_cond_init_mono(&t->tx_cv) != 0) {
+        pthread_mutex_destroy(&t->addr_mu);
         pthread_mutex_destroy(&t->wake_mu);
         pthread_mutex_destroy(&t->tx_mu);
         return IHC_ENOMEM;
@@ -435,5 +472,6 @@ void ihc__transport_fini(ihc__transport *t, int timeout_ms)
     pthread_cond_destroy(&t->tx_cv);
     pthread_mutex_destroy(&t->tx_mu);
     pthread_mutex_destroy(&t->wake_mu);
+    pthread_mutex_destroy(&t->addr_mu);
     t->tx_init = false; /* a second call does nothing */
 }

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sockaddr.h"
+
 /* What the transport calls; ctx is passed back to each. */
 typedef struct {
     /* Receive thread: one framed message (topic, NUL, body) as received; t0_ns (monotonic) is
@@ -24,6 +26,8 @@ typedef struct {
     void (*on_link)(void *ctx, bool sub, bool up);
     void *ctx;
 } ihc__transport_ops;
+
+#define IHC__SUB_ADDRS_MAX 16 /* SUB connections whose endpoint the hello names */
 
 /* A message waiting to be sent (the transport's own queue, in order). */
 typedef struct ihc__txq ihc__txq;
@@ -52,6 +56,14 @@ typedef struct {
     ihc__txq *tx_head, *tx_tail;
     size_t tx_n, tx_reports;
     atomic_uint_fast64_t n_drops;
+
+    /* the local endpoints of the SUB connections (one per coordinator), for the hello */
+    pthread_mutex_t addr_mu;
+    struct {
+        uint32_t pipe;
+        char addr[IHC_SOCKADDR_STR_MAX];
+    } sub_addr[IHC__SUB_ADDRS_MAX];
+    size_t n_sub_addr;
 } ihc__transport;
 
 #define IHC__TX_QUEUE_MAX 1024 /* messages queued; beyond it events are dropped */
@@ -86,6 +98,10 @@ void ihc__transport_send_report(ihc__transport *t, const uint8_t *buf, size_t le
 
 /* Pipes up now (either pointer may be NULL). */
 void ihc__transport_links(ihc__transport *t, int *sub, int *push);
+
+/* Copies the local endpoints of the SUB connections up now (at most max) into out; returns
+ * how many. */
+size_t ihc__transport_sub_addrs(ihc__transport *t, char (*out)[IHC_SOCKADDR_STR_MAX], size_t max);
 
 /* Messages dropped so far (queue full, out of memory, left unsent at close). */
 uint64_t ihc__transport_drops(ihc__transport *t);

@@ -242,6 +242,7 @@ static const wire_field hello_fields[] = {
     FLD("started_ms", K_I64, F_REQ, ihc_hello_msg, started_ms),
     OBJ("modules", module_info_schema, 0, ihc_hello_msg, modules, n_modules),
     OBJ("sessions", session_info_schema, 0, ihc_hello_msg, sessions, n_sessions),
+    LST("sub_addrs", K_AGENT, 0, ihc_hello_msg, sub_addrs, n_sub_addrs),
 };
 static const wire_field heartbeat_fields[] = {
     FLD("agent", K_AGENT, F_REQ, ihc_heartbeat_msg, agent),

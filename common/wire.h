@@ -130,6 +130,11 @@ typedef struct {
     size_t n_modules;
     ihc_session_info *sessions;
     size_t n_sessions;
+    /* local endpoints ("ip:port", sockaddr.h) of the agent's SUB connections: the coordinator
+     * learns which of its PUB connections are agents' (it publishes results only when some
+     * other connection may want them) */
+    char **sub_addrs;
+    size_t n_sub_addrs;
 } ihc_hello_msg;
 
 /* "heartbeat" on PUSH, periodically: liveness plus the hws of active sessions. */

@@ -33,6 +33,7 @@
 #include "persist.h"
 #include "redis_url.h"
 #include "registry.h"
+#include "sockaddr.h"
 #include "tls.h"
 #include "wire.h"
 
@@ -108,6 +109,21 @@ struct ihc_coord {
     uint64_t last_reject_log_ns;
     uint64_t persist_due_ns; /* deferred Redis writes are handed over by then (0: none) */
     uint64_t srtt_ns;        /* smoothed time of complete interrupts (first re-send) */
+    /* PUB connections, for whether anyone but the agents may want the results (each result
+     * is written to every connection, agents' included, and grows with the fleet): the
+     * connections (nng's threads add and remove them, under pipes_mu), and the loop's last
+     * answer with what it was computed from */
+    pthread_mutex_t pipes_mu;
+    struct pub_pipe {
+        uint32_t id;
+        char addr[IHC_SOCKADDR_STR_MAX]; /* "" when it names no single connection */
+    } * pipes;
+    size_t n_pipes, cap_pipes;
+    bool pipes_lost;
+    atomic_uint_fast64_t pipes_gen;
+    uint64_t claims_gen; /* bumped when an agent's claimed endpoints may have changed */
+    uint64_t seen_pipes_gen, seen_claims_gen;
+    bool results_known, results_wanted;
     /* statistics counters not yet queued for Redis: one increment per counter per loop turn */
     struct {
         int64_t total, succeeded, failed, sessions_created;
@@ -291,6 +307,108 @@ static void publish_interrupt_to(ihc_coord *c, const ihc_inflight *f, const char
         return;
     }
     publish_frame(c, buf, len, m.type);
+}
+
+/* ---- who listens to results ---- */
+
+/* nng's thread: a PUB connection is about to start (ADD_PRE: before PUB can write to it) or
+ * is gone. */
+static void on_pub_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    ihc_coord *c = arg;
+    uint32_t id = (uint32_t)nng_pipe_id(p);
+    struct pub_pipe e = {.id = id};
+    if (ev == NNG_PIPE_EV_ADD_PRE)
+        ihc_pipe_addr_str(p, false, e.addr, sizeof(e.addr));
+    pthread_mutex_lock(&c->pipes_mu);
+    for (size_t i = 0; i < c->n_pipes; i++)
+        if (c->pipes[i].id == id) {
+            c->pipes[i] = c->pipes[--c->n_pipes];
+            break;
+        }
+    if (ev == NNG_PIPE_EV_ADD_PRE) {
+        if (c->n_pipes == c->cap_pipes) {
+            size_t cap = c->cap_pipes ? c->cap_pipes * 2 : 64;
+            struct pub_pipe *np = realloc(c->pipes, cap * sizeof(*np));
+            if (np) {
+                c->pipes = np;
+                c->cap_pipes = cap;
+            }
+        }
+        if (c->n_pipes < c->cap_pipes)
+            c->pipes[c->n_pipes++] = e;
+        else
+            c->pipes_lost = true; /* one not kept: results are published from now on */
+    }
+    atomic_fetch_add(&c->pipes_gen, 1);
+    pthread_mutex_unlock(&c->pipes_mu);
+}
+
+typedef struct {
+    const char **v;
+    size_t n, cap;
+    bool oom;
+} claims;
+
+static void collect_claims(void *arg, const ihc_reg_agent *a)
+{
+    claims *cl = arg;
+    if (a->state == IHC_AGENT_GONE)
+        return;
+    for (size_t i = 0; i < a->n_sub_addrs && !cl->oom; i++) {
+        if (cl->n == cl->cap) {
+            size_t cap = cl->cap ? cl->cap * 2 : 64;
+            const char **nv = realloc(cl->v, cap * sizeof(*nv));
+            if (!nv) {
+                cl->oom = true;
+                return;
+            }
+            cl->v = nv;
+            cl->cap = cap;
+        }
+        cl->v[cl->n++] = a->sub_addrs[i];
+    }
+}
+
+static int cmp_strp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Whether a result is worth publishing: when some PUB connection is not one an agent named as
+ * its own in its hello (a watcher, a dashboard, an agent of an older version, an ipc link).
+ * Recomputed only when connections or agents' claims changed. Loop thread. */
+static bool results_wanted(ihc_coord *c)
+{
+    uint64_t pg = atomic_load(&c->pipes_gen);
+    if (c->results_known && pg == c->seen_pipes_gen && c->claims_gen == c->seen_claims_gen)
+        return c->results_wanted;
+    claims cl = {0};
+    ihc_registry_foreach_agent(c->reg, collect_claims, &cl);
+    if (cl.oom) {
+        free(cl.v);
+        return true;
+    }
+    if (cl.n)
+        qsort(cl.v, cl.n, sizeof(*cl.v), cmp_strp);
+    pthread_mutex_lock(&c->pipes_mu);
+    bool want = c->pipes_lost;
+    for (size_t i = 0; i < c->n_pipes && !want; i++) {
+        const char *key = c->pipes[i].addr;
+        want = !key[0] || !cl.n || !bsearch(&key, cl.v, cl.n, sizeof(*cl.v), cmp_strp);
+    }
+    pthread_mutex_unlock(&c->pipes_mu);
+    free(cl.v);
+    c->results_known = true;
+    c->seen_pipes_gen = pg;
+    c->seen_claims_gen = c->claims_gen;
+    if (want != c->results_wanted)
+        ihc_log(IHC_LOG_DEBUG, COMPONENT, "results %s",
+                want ? "published"
+                     : "not published: "
+                       "only agents listen");
+    c->results_wanted = want;
+    return want;
 }
 
 /* ---- Redis-facing helpers (queued to the persist thread) ---- */
@@ -563,7 +681,7 @@ static void finish(ihc_coord *c, ihc_inflight *f)
     if (ihc_inflight_result(f, &r) == IHC_OK) {
         ihc_msg m = {.type = IHC_MSG_RESULT};
         m.u.result.json = r.json;
-        if (ihc_wire_encode_framed(&m, c->auth, &event, &event_len) != IHC_OK)
+        if (results_wanted(c) && ihc_wire_encode_framed(&m, c->auth, &event, &event_len) != IHC_OK)
             event = NULL;
         log_result(c, f, &r, now_ms);
         ihc_events_emit(c->events, "result", r.json); /* a copy for the live events */
@@ -811,6 +929,7 @@ static void on_hello(ihc_coord *c, ihc_msg **mp)
     if (rc != IHC_OK)
         ihc_log(IHC_LOG_ERROR, COMPONENT, "hello not fully applied agent=%s: %s", h->agent,
                 ihc_strerror(rc));
+    c->claims_gen++;
     const ihc_reg_agent *a = ihc_registry_agent(c->reg, h->agent);
     if (a)
         persist_agent(c, a);
@@ -841,8 +960,10 @@ static void on_heartbeat(ihc_coord *c, ihc_msg **mp)
     ihc_reg_agent *a = ihc_registry_touch(c->reg, hb->agent, ihc_mono_ns(), ihc_now_ms());
     if (!a)
         return;
-    if (lost)
+    if (lost) {
         ask_hello(c, a->agent_id, lost);
+        c->claims_gen++; /* a gone agent's claims count again */
+    }
     /* a refresh is enough while connected and its sessions are as last written (the hash's
      * session list is rewritten at most once per heartbeat); after a silence the hash may
      * have expired */
@@ -1121,6 +1242,7 @@ static void run_timers(ihc_coord *c, uint64_t now_ns)
     }
     if (now_ns >= c->next_sweep_ns) {
         size_t gone = ihc_registry_expire(c->reg, now_ns);
+        c->claims_gen += gone;
         if (gone)
             ihc_log(IHC_LOG_INFO, COMPONENT, "agents gone (silent for IHC_AGENT_TTL) count=%zu",
                     gone);
@@ -1333,6 +1455,8 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
     c->wake_fd = -1;
     c->start_ns = ihc_mono_ns();
     pthread_mutex_init(&c->mu, NULL);
+    pthread_mutex_init(&c->pipes_mu, NULL);
+    atomic_init(&c->pipes_gen, 0);
     atomic_init(&c->loop_stop, false);
     atomic_init(&c->pending, 0);
     atomic_init(&c->rejected, 0);
@@ -1386,6 +1510,11 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
         (rv = nng_socket_set_int(c->pull, NNG_OPT_RECVBUF, PULL_RECVBUF)) != 0 ||
         (rv = nng_socket_set_size(c->pull, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG)) != 0) {
         ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot set socket options: %s", nng_strerror(rv));
+        rc = ihc_err_from_nng(rv);
+        goto fail;
+    }
+    if ((rv = nng_pipe_notify(c->pub, NNG_PIPE_EV_ADD_PRE, on_pub_pipe, c)) != 0 ||
+        (rv = nng_pipe_notify(c->pub, NNG_PIPE_EV_REM_POST, on_pub_pipe, c)) != 0) {
         rc = ihc_err_from_nng(rv);
         goto fail;
     }
@@ -1462,6 +1591,8 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
     free(c->window);
     ihc_hist_family_fini(&c->module_latency);
     ihc_events_free(c->events);
+    free(c->pipes); /* after nng_close(pub): no more pipe notifications */
+    pthread_mutex_destroy(&c->pipes_mu);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }

@@ -210,12 +210,20 @@ fail:
     return IHC_ENOMEM;
 }
 
+static void strv_free(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
 static void agent_free(ihc_reg_agent *a)
 {
     if (!a)
         return;
     free(a->agent_id);
     free(a->node);
+    strv_free(a->sub_addrs, a->n_sub_addrs);
     modules_free(a->modules, a->n_modules);
     free(a);
 }
@@ -548,10 +556,18 @@ int ihc_registry_hello(ihc_registry *r, const ihc_hello_msg *h, uint64_t now_ns,
         return IHC_ENOMEM;
     char *node = strdup(h->node ? h->node : "");
     ihc_module_info *mods = NULL;
-    if (!node || modules_copy(&mods, h->modules, h->n_modules) != IHC_OK) {
+    char **addrs = h->n_sub_addrs ? calloc(h->n_sub_addrs, sizeof(*addrs)) : NULL;
+    bool ok = node && (addrs || !h->n_sub_addrs);
+    for (size_t i = 0; ok && i < h->n_sub_addrs; i++)
+        ok = (addrs[i] = strdup(h->sub_addrs[i] ? h->sub_addrs[i] : "")) != NULL;
+    if (!ok || modules_copy(&mods, h->modules, h->n_modules) != IHC_OK) {
         free(node);
+        strv_free(addrs, h->n_sub_addrs);
         return IHC_ENOMEM;
     }
+    strv_free(a->sub_addrs, a->n_sub_addrs);
+    a->sub_addrs = addrs;
+    a->n_sub_addrs = h->n_sub_addrs;
     free(a->node);
     a->node = node;
     modules_free(a->modules, a->n_modules);

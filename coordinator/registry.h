@@ -34,6 +34,8 @@ typedef struct {
     uint64_t session_changes;         /* bumped on every session added or ended */
     uint64_t sessions_written;        /* session_changes when the agent hash was last written */
     struct ihc_reg_session *sessions; /* its active sessions (ihc_registry_foreach_agent_session) */
+    char **sub_addrs; /* its SUB connections' local endpoints, from its last hello */
+    size_t n_sub_addrs;
 } ihc_reg_agent;
 
 /* An active session; every pointer is owned by the registry. */

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "sockaddr.h"
 #include "wire.h"
 
 /* ------------------------------------------------------------ coordinator ---- */
@@ -227,6 +228,9 @@ typedef struct {
     atomic_int syncs;
     atomic_int got;        /* interrupt messages received, whatever their topic */
     atomic_int got_direct; /* of which on this agent's own topic "ag:<id>" */
+    atomic_int results;    /* results received (it subscribes to "ev:" to see them) */
+    bool claim;            /* its hello names its SUB connection's endpoint, as agents do */
+    char sub_addr[IHC_SOCKADDR_STR_MAX];
     pthread_mutex_t mu;
     char sid[FA_MAX_SESSIONS][32], hw[FA_MAX_SESSIONS][32];
     int n;
@@ -334,7 +338,9 @@ static void *fa_main(void *arg)
                 if (tlen >= 3 && memcmp(topic, "ag:", 3) == 0)
                     atomic_fetch_add(&a->got_direct, 1);
                 fa_on_interrupt(a, &m->u.interrupt);
-            } else if (m->type == IHC_MSG_SYNC && strcmp(m->u.sync.agent, a->id) == 0)
+            } else if (m->type == IHC_MSG_RESULT)
+                atomic_fetch_add(&a->results, 1);
+            else if (m->type == IHC_MSG_SYNC && strcmp(m->u.sync.agent, a->id) == 0)
                 atomic_fetch_add(&a->syncs, 1);
         }
         ihc_msg_free(m);
@@ -369,6 +375,11 @@ static void fa_hello(fake_agent *a)
     m.u.hello.n_modules = 2;
     m.u.hello.sessions = ss;
     m.u.hello.n_sessions = (size_t)a->n;
+    char *addr = a->sub_addr;
+    if (a->claim && a->sub_addr[0]) {
+        m.u.hello.sub_addrs = &addr;
+        m.u.hello.n_sub_addrs = 1;
+    }
     fa_send(a, &m);
     pthread_mutex_unlock(&a->mu);
 }
@@ -384,9 +395,26 @@ static void fa_connect(fake_agent *a)
     assert_true(atomic_load(&a->syncs) > before);
 }
 
+static void fa_on_sub_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    fake_agent *a = arg;
+    pthread_mutex_lock(&a->mu);
+    if (ev == NNG_PIPE_EV_ADD_POST)
+        ihc_pipe_addr_str(p, true, a->sub_addr, sizeof(a->sub_addr));
+    pthread_mutex_unlock(&a->mu);
+}
+
+static void fa_start_claiming(fake_agent *a, const char *id, coord *c, bool claim);
+
 static void fa_start(fake_agent *a, const char *id, coord *c)
 {
+    fa_start_claiming(a, id, c, false);
+}
+
+static void fa_start_claiming(fake_agent *a, const char *id, coord *c, bool claim)
+{
     memset(a, 0, sizeof(*a));
+    a->claim = claim;
     snprintf(a->id, sizeof(a->id), "%s", id);
     pthread_mutex_init(&a->mu, NULL);
     assert_int_equal(nng_sub0_open(&a->sub), 0);
@@ -396,6 +424,8 @@ static void fa_start(fake_agent *a, const char *id, coord *c)
     assert_true(tl > 0);
     nng_socket_set(a->sub, NNG_OPT_SUB_SUBSCRIBE, "hw:", 3);
     nng_socket_set(a->sub, NNG_OPT_SUB_SUBSCRIBE, topic, tl);
+    nng_socket_set(a->sub, NNG_OPT_SUB_SUBSCRIBE, IHC_TOPIC_EVENTS, sizeof IHC_TOPIC_EVENTS);
+    nng_pipe_notify(a->sub, NNG_PIPE_EV_ADD_POST, fa_on_sub_pipe, a);
     nng_socket_set_ms(a->sub, NNG_OPT_RECVTIMEO, 50);
     nng_socket_set_ms(a->sub, NNG_OPT_RECONNMINT, 20);
     nng_socket_set_ms(a->sub, NNG_OPT_RECONNMAXT, 100);
@@ -718,6 +748,56 @@ static void test_coordinator_resend_only_missing(void **state)
     assert_true(redis_has("interrupted", "HGETALL %s", "ihc:session:{dev-1}:s-1"));
     assert_true(redis_has("interrupted", "HGETALL %s", "ihc:session:{dev-1}:s-2"));
     assert_int_equal(session_count(&f->c, "dev-1"), 0);
+}
+
+/* Interrupts until one's result reaches (want) or does not reach the agent within 300 ms;
+ * true when that happened within 5 s. The agent begins its session again each time. */
+static bool results_reach(fixture *f, fake_agent *a, bool want)
+{
+    uint64_t end = th_now_ms_() + 5000;
+    while (th_now_ms_() < end) {
+        int before = atomic_load(&a->results);
+        json_t *j = interrupt(&f->c, "dev-1", 2000, 200);
+        bool ok = json_is_true(json_object_get(j, "success"));
+        json_decref(j);
+        assert_true(ok);
+        bool came = TH_WAIT(atomic_load(&a->results) > before, 300);
+        if (came == want)
+            return true;
+        assert_true(TH_WAIT(session_count(&f->c, "dev-1") == 1, 3000));
+    }
+    return false;
+}
+
+/* Results (written to every PUB connection, and growing with the fleet) are published only
+ * while a connection that is not an agent's listens: an agent names its own connection in
+ * its hello; a watcher that connects gets results, and after it leaves they stop again. */
+static void test_coordinator_results_only_for_listeners(void **state)
+{
+    fixture *f = *state;
+    coord_start(&f->c);
+    fake_agent *a = &f->a[0];
+    fa_start_claiming(a, "n1:1", &f->c, true);
+    assert_true(TH_WAIT(a->sub_addr[0] != '\0', 3000));
+    fa_connect(a); /* a hello that surely names it */
+    atomic_store(&a->keep, true);
+    fa_begin(a, "s-1", "dev-1");
+    assert_true(TH_WAIT(session_count(&f->c, "dev-1") == 1, 5000));
+    assert_true(results_reach(f, a, false)); /* only the agent listens */
+    assert_int_equal(atomic_load(&a->results), 0);
+
+    nng_socket w;
+    assert_int_equal(nng_sub0_open(&w), 0);
+    nng_socket_set(w, NNG_OPT_SUB_SUBSCRIBE, IHC_TOPIC_EVENTS, sizeof IHC_TOPIC_EVENTS);
+    nng_socket_set_ms(w, NNG_OPT_RECONNMINT, 20);
+    assert_int_equal(nng_dial(w, f->c.pub, NULL, NNG_FLAG_NONBLOCK), 0);
+    assert_true(results_reach(f, a, true)); /* a watcher: results for everyone again */
+    nng_msg *got = NULL;
+    nng_socket_set_ms(w, NNG_OPT_RECVTIMEO, 1000);
+    assert_int_equal(nng_recvmsg(w, &got, 0), 0);
+    nng_msg_free(got);
+    nng_close(w);
+    assert_true(results_reach(f, a, false)); /* gone: no more */
 }
 
 static void test_coordinator_redis_outage(void **state)
@@ -1176,6 +1256,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_coordinator_missing_agent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_resend, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_resend_only_missing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_coordinator_results_only_for_listeners, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_redis_outage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_global_disabled, setup, teardown),

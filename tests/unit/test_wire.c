@@ -40,6 +40,7 @@ static ihc_session_info fx_sinfo[] = {
 };
 static char *fx_hws[] = {"dev-1", "dev-2", "a.b:c@d_e-f"};
 static char *fx_modnames[] = {"text_processing", "audio_generation"};
+static char *fx_subaddrs[] = {"127.0.0.1:50312", "[2001:db8::1]:7450"};
 static ihc_epoch_info fx_epochs[] = {{"*", 3, TS0 - 10}, {"dev-1", 17, 0}, {"dev-2", 0, TS0}};
 
 static void make_full(ihc_msg_type t, ihc_msg *m)
@@ -63,8 +64,8 @@ static void make_full(ihc_msg_type t, ihc_msg *m)
         m->u.session_end = (ihc_session_end_msg){"n1:42", "s-1", "dev-1", "interrupted"};
         break;
     case IHC_MSG_HELLO:
-        m->u.hello =
-            (ihc_hello_msg){"n1:42", "node-a", 42, TS0 - 60000, fx_modules, 3, fx_sinfo, 2};
+        m->u.hello = (ihc_hello_msg){"n1:42", "node-a", 42, TS0 - 60000, fx_modules,
+                                     3,       fx_sinfo, 2,  fx_subaddrs, 2};
         break;
     case IHC_MSG_HEARTBEAT:
         m->u.heartbeat = (ihc_heartbeat_msg){"n1:42", 5, fx_hws, 3, fx_modnames, 2};
@@ -266,6 +267,7 @@ static void assert_msg_equal(const ihc_msg *d, const ihc_msg *e)
         assert_int_equal(a->n_sessions, b->n_sessions);
         for (size_t i = 0; i < a->n_sessions; i++)
             assert_session(&a->sessions[i], &b->sessions[i]);
+        assert_strs(a->sub_addrs, a->n_sub_addrs, b->sub_addrs, b->n_sub_addrs);
         break;
     }
     case IHC_MSG_HEARTBEAT: {
