@@ -12,6 +12,7 @@
 #include "bench_util.h"
 
 #include "clock.h"
+#include "sockaddr.h"
 #include "wire.h"
 
 #include <nng/nng.h>
@@ -40,6 +41,7 @@ typedef struct {
     bool *cancelled;  /* steady: per round hw */
     handled ring[RING];
     size_t pos;
+    char sub_addr[IHC_SOCKADDR_STR_MAX]; /* named in the hello, as libihc-agent does */
 } sim_agent;
 
 static sim_agent *agents;
@@ -111,8 +113,11 @@ static void send_hello(sim_agent *a)
         }
         k++;
     }
+    char *addr = a->sub_addr;
     ihc_msg m = {.type = IHC_MSG_HELLO};
-    m.u.hello = (ihc_hello_msg){.agent = a->id,
+    m.u.hello = (ihc_hello_msg){.sub_addrs = a->sub_addr[0] ? &addr : NULL,
+                                .n_sub_addrs = a->sub_addr[0] ? 1 : 0,
+                                .agent = a->id,
                                 .node = "bench-sim",
                                 .pid = (int32_t)getpid(),
                                 .started_ms = ihc_now_ms(),
@@ -261,6 +266,18 @@ static void on_recv(void *arg)
     nng_recv_aio(a->sub, a->rx);
 }
 
+static void on_sub_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    sim_agent *a = arg;
+    pthread_mutex_lock(&a->mu);
+    if (ev == NNG_PIPE_EV_ADD_POST)
+        ihc_pipe_addr_str(p, true, a->sub_addr, sizeof(a->sub_addr));
+    else
+        a->sub_addr[0] = '\0';
+    a->synced = false; /* a hello with the new endpoint */
+    pthread_mutex_unlock(&a->mu);
+}
+
 static void die(const char *what, int rv)
 {
     fprintf(stderr, "bench_sim: %s: %s\n", what, nng_strerror(rv));
@@ -316,6 +333,8 @@ int main(int argc, char **argv)
             (rv = nng_socket_set_ms(a->sub, NNG_OPT_RECONNMINT, 50)) ||
             (rv = nng_socket_set_ms(a->push, NNG_OPT_RECONNMINT, 50)) ||
             (rv = nng_aio_alloc(&a->rx, on_recv, a)) ||
+            (rv = nng_pipe_notify(a->sub, NNG_PIPE_EV_ADD_POST, on_sub_pipe, a)) ||
+            (rv = nng_pipe_notify(a->sub, NNG_PIPE_EV_REM_POST, on_sub_pipe, a)) ||
             (rv = nng_dial(a->sub, pub, NULL, NNG_FLAG_NONBLOCK)) ||
             (rv = nng_dial(a->push, rep, NULL, NNG_FLAG_NONBLOCK)))
             die("socket", rv);
