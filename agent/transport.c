@@ -1,6 +1,11 @@
 /* The agent's transport: the SUB and PUSH sockets, their pipe notifications, the receive
  * thread (batches of messages, then the owner's timers) and the send queue.
  *
+ * Receiving: the thread sleeps in poll() on SUB's receive fd and an eventfd (wake-ups), with
+ * the next timer as poll's timeout, and takes what arrived without blocking. A timed nng
+ * receive instead wakes nng's expiry thread for every message (a sixth of an agent's CPU per
+ * interrupt, measured), and waking it needs the aio cancelled.
+ *
  * Sending: PUSH runs unbuffered (NNG_OPT_SENDBUF 0) and one nng_aio carries one message at a
  * time; the others wait in the transport's own queue. nng 1.5.2 leaks a message that push0
  * hands to a pipe whose send aio was closed (fixed upstream after 1.5.2: "SP pipe_send leaks
@@ -16,10 +21,14 @@
 #include "tls.h"
 #include "wire.h"
 
+#include <errno.h>
 #include <nng/protocol/pipeline0/push.h>
 #include <nng/protocol/pubsub0/sub.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #define LOG_COMP         "agent"
 #define RX_RETRY_MS      20   /* pause after a failed receive */
@@ -256,12 +265,12 @@ static void deliver(ihc__transport *t, nng_msg *m, uint64_t t0)
     nng_msg_free(m);
 }
 
-static nng_duration wait_ms(uint64_t now, uint64_t due)
+static int wait_ms(uint64_t now, uint64_t due)
 {
     if (due <= now)
         return 1;
     uint64_t ms = (due - now + 999999ull) / 1000000ull;
-    return ms > RX_IDLE_MAX_MS ? RX_IDLE_MAX_MS : (nng_duration)ms;
+    return ms > RX_IDLE_MAX_MS ? RX_IDLE_MAX_MS : (int)ms;
 }
 
 static void *rx_main(void *arg)
@@ -269,52 +278,61 @@ static void *rx_main(void *arg)
     ihc__transport *t = arg;
     ihc_thread_priority(t->high_priority);
     nng_msg *batch[RX_BATCH];
+    bool more = false; /* the last batch was full: look again before waiting */
     while (!atomic_load(&t->stopping)) {
         uint64_t now = ihc_mono_ns();
         uint64_t due = t->ops.on_timers(t->ops.ctx, now);
-        nng_aio_set_timeout(t->rx_aio, wait_ms(now, due));
-        nng_recv_aio(t->sub, t->rx_aio);
-        /* a wake-up that came before the receive started must not wait for the timeout */
-        if (atomic_exchange(&t->woken, false) || atomic_load(&t->stopping))
-            nng_aio_cancel(t->rx_aio);
-        nng_aio_wait(t->rx_aio);
-        int rv = nng_aio_result(t->rx_aio);
-        if (rv == 0) {
-            uint64_t t0 = ihc_mono_ns();
-            size_t n = 0;
-            nng_msg *msg = nng_aio_get_msg(t->rx_aio);
+        if (!more) {
+            struct pollfd pfd[2] = {{.fd = t->recv_fd, .events = POLLIN},
+                                    {.fd = t->wake_fd, .events = POLLIN}};
+            int rv = poll(pfd, 2, wait_ms(now, due));
+            if (rv < 0 && errno != EINTR) {
+                ihc_log(IHC_LOG_WARN, LOG_COMP, "poll failed err=\"%s\"", strerror(errno));
+                ihc_sleep_ms(RX_RETRY_MS);
+                continue;
+            }
+            if (rv > 0 && (pfd[1].revents & POLLIN)) {
+                uint64_t v;
+                ssize_t n = read(t->wake_fd, &v, sizeof(v));
+                (void)n; /* a wake-up: the timers run at the top of the loop */
+            }
+            if (rv <= 0 || !(pfd[0].revents & POLLIN))
+                continue;
+        }
+        uint64_t t0 = ihc_mono_ns();
+        size_t n = 0;
+        nng_msg *msg;
+        int rv = 0;
+        while (n < RX_BATCH && (rv = nng_recvmsg(t->sub, &msg, NNG_FLAG_NONBLOCK)) == 0)
             batch[n++] = msg;
-            while (n < RX_BATCH && nng_recvmsg(t->sub, &msg, NNG_FLAG_NONBLOCK) == 0)
-                batch[n++] = msg;
-            if (t->interrupts_first) {
-                for (size_t i = 0; i < n; i++) {
-                    if (is_interrupt_frame(batch[i])) {
-                        deliver(t, batch[i], t0);
-                        batch[i] = NULL;
-                    }
+        more = n == RX_BATCH;
+        if (rv == NNG_ECLOSED)
+            break;
+        if (t->interrupts_first) {
+            for (size_t i = 0; i < n; i++) {
+                if (is_interrupt_frame(batch[i])) {
+                    deliver(t, batch[i], t0);
+                    batch[i] = NULL;
                 }
             }
-            for (size_t i = 0; i < n; i++)
-                if (batch[i])
-                    deliver(t, batch[i], t0);
-        } else if (rv == NNG_ECLOSED) {
-            break;
-        } else if (rv != NNG_ETIMEDOUT && rv != NNG_ECANCELED) {
-            ihc_log(IHC_LOG_WARN, LOG_COMP, "receive failed err=\"%s\"", nng_strerror(rv));
-            ihc_sleep_ms(RX_RETRY_MS);
         }
+        for (size_t i = 0; i < n; i++)
+            if (batch[i])
+                deliver(t, batch[i], t0);
     }
     return NULL;
 }
 
 void ihc__transport_wake(ihc__transport *t)
 {
-    atomic_store(&t->woken, true);
-    /* not while closing: the receive thread is gone or going; the lock keeps the aio alive
-     * for the length of the cancel (fini frees it under the lock) */
+    /* not while closing: the receive thread is gone or going; the lock keeps the fd open for
+     * the length of the write (fini closes it under the lock) */
     pthread_mutex_lock(&t->wake_mu);
-    if (t->rx_aio && !atomic_load(&t->stopping))
-        nng_aio_cancel(t->rx_aio);
+    if (t->wake_fd >= 0 && !atomic_load(&t->stopping)) {
+        uint64_t one = 1;
+        ssize_t n = write(t->wake_fd, &one, sizeof(one));
+        (void)n; /* EAGAIN: the counter is already non-zero, the thread will wake */
+    }
     pthread_mutex_unlock(&t->wake_mu);
 }
 
@@ -332,8 +350,11 @@ void ihc__transport_stop_rx(ihc__transport *t)
         return; /* never opened */
     pthread_mutex_lock(&t->wake_mu);
     atomic_store(&t->stopping, true);
-    if (t->rx_aio) /* the receive thread sees stopping now */
-        nng_aio_cancel(t->rx_aio);
+    if (t->wake_fd >= 0) { /* the receive thread sees stopping now */
+        uint64_t one = 1;
+        ssize_t n = write(t->wake_fd, &one, sizeof(one));
+        (void)n;
+    }
     pthread_mutex_unlock(&t->wake_mu);
     if (t->rx_started)
         pthread_join(t->rx, NULL);
@@ -347,8 +368,8 @@ int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *repo
 {
     atomic_init(&t->sub_pipes, 0);
     atomic_init(&t->push_pipes, 0);
-    atomic_init(&t->woken, false);
     atomic_init(&t->stopping, false);
+    t->recv_fd = t->wake_fd = -1;
     atomic_init(&t->n_drops, 0);
     if (pthread_mutex_init(&t->tx_mu, NULL) != 0)
         return IHC_ENOMEM;
@@ -389,9 +410,13 @@ int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *repo
         (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, "hw:", 3)) != 0 ||
         (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, topic, tlen)) != 0)
         goto fail;
-    if ((rv = nng_aio_alloc(&t->rx_aio, NULL, NULL)) != 0 ||
-        (rv = nng_aio_alloc(&t->tx_aio, tx_done, t)) != 0)
+    if ((rv = nng_aio_alloc(&t->tx_aio, tx_done, t)) != 0 ||
+        (rv = nng_socket_get_int(t->sub, NNG_OPT_RECVFD, &t->recv_fd)) != 0)
         goto fail;
+    if ((t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+        ihc_log(IHC_LOG_ERROR, LOG_COMP, "cannot create an eventfd err=\"%s\"", strerror(errno));
+        return IHC_ENOMEM;
+    }
     nng_aio_set_timeout(t->tx_aio, NNG_DURATION_INFINITE);
     if ((rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_ADD_POST, on_sub_pipe, t)) != 0 ||
         (rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_REM_POST, on_sub_pipe, t)) != 0 ||
@@ -436,14 +461,12 @@ void ihc__transport_fini(ihc__transport *t, int timeout_ms)
     if (!t->tx_init)
         return;
     ihc__transport_stop_rx(t);
-    /* The receive aio goes before the SUB socket: nng 1.5.2's expiry thread may still hold
-     * the cancel function of its last (timed) receive, which locks the socket, after the
-     * receive completed; nng_aio_free waits for it, nng_close does not (seen as a panic on
-     * a freed mutex, "pthread_mutex_lock: Invalid argument"). */
+    /* The receive side holds no aio (non-blocking receives, with no timeout for nng's expiry
+     * thread to keep): nothing to free before the SUB socket closes. */
     pthread_mutex_lock(&t->wake_mu);
-    if (t->rx_aio)
-        nng_aio_free(t->rx_aio);
-    t->rx_aio = NULL;
+    if (t->wake_fd >= 0)
+        close(t->wake_fd);
+    t->wake_fd = -1;
     pthread_mutex_unlock(&t->wake_mu);
     if (t->tx_aio) {
         drain(t, timeout_ms);

@@ -41,11 +41,14 @@ typedef struct {
     nng_socket sub, push;
     bool sub_open, push_open;
     atomic_int sub_pipes, push_pipes;
-    nng_aio *rx_aio;         /* the receive thread's; cancelled to wake it */
-    pthread_mutex_t wake_mu; /* a wake's cancel of rx_aio against its free at close */
+    /* the receive thread waits in poll() on SUB's NNG_OPT_RECVFD and wake_fd (an eventfd),
+     * then takes messages without blocking: no timed nng aio (each would wake nng's expiry
+     * thread), no aio to cancel */
+    int recv_fd, wake_fd;
+    pthread_mutex_t wake_mu; /* a wake's write against wake_fd's close */
     pthread_t rx;
     bool rx_started;
-    atomic_bool woken, stopping;
+    atomic_bool stopping;
 
     /* sending: one aio in flight at a time; the rest waits in txq, which the transport
      * owns, so that nothing sits in nng's queues when the socket closes */
