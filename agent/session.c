@@ -118,6 +118,8 @@ ihc__hwent *ihc__hw_get(ihc_agent *a, const char *hw, bool create)
     if (!e)
         return NULL;
     copy_str(e->hw, sizeof(e->hw), hw);
+    /* its broadcasts from now on, before any session of it is announced */
+    ihc__transport_subscribe(&a->tp, hw, true);
     e->next = a->hws[b];
     a->hws[b] = e;
     a->n_hws++;
@@ -575,6 +577,7 @@ void ihc__sessions_tick(ihc_agent *a)
                 ihc__hwent *e = *pp;
                 if (e->n_sessions == 0 && now >= e->flag_until_ns) {
                     *pp = e->next;
+                    ihc__transport_subscribe(&a->tp, e->hw, false);
                     free(e);
                     a->n_hws--;
                 } else {

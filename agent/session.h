@@ -61,7 +61,8 @@ int ihc__sessions_init(ihc_agent *a);
 /* Frees every session, hw entry and escalation (threads must be stopped). */
 void ihc__sessions_fini(ihc_agent *a);
 
-/* Lock held. The entry of hw, created when create is set (NULL on ENOMEM or absent). */
+/* Lock held. The entry of hw, created when create is set (NULL on ENOMEM or absent); a new
+ * entry subscribes the agent to hw's broadcasts for as long as it is kept. */
 ihc__hwent *ihc__hw_get(ihc_agent *a, const char *hw, bool create);
 /* Lock held. Removes s from the live tables (drops their reference). */
 void ihc__session_unlink(ihc_agent *a, ihc__session *s);

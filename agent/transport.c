@@ -77,6 +77,18 @@ static void note_sub_addr(ihc__transport *t, nng_pipe p, bool up)
     pthread_mutex_unlock(&t->addr_mu);
 }
 
+void ihc__transport_subscribe(ihc__transport *t, const char *hw, bool on)
+{
+    char topic[IHC_TOPIC_MAX + 1];
+    size_t tl = ihc_wire_topic_hw(topic, sizeof(topic), hw);
+    if (!t->sub_open || tl == 0 || strcmp(hw, "*") == 0)
+        return;
+    int rv =
+        nng_socket_set(t->sub, on ? NNG_OPT_SUB_SUBSCRIBE : NNG_OPT_SUB_UNSUBSCRIBE, topic, tl);
+    if (rv != 0 && on)
+        ihc_log(IHC_LOG_WARN, LOG_COMP, "cannot subscribe hw=%s err=\"%s\"", hw, nng_strerror(rv));
+}
+
 size_t ihc__transport_sub_addrs(ihc__transport *t, char (*out)[IHC_SOCKADDR_STR_MAX], size_t max)
 {
     pthread_mutex_lock(&t->addr_mu);
@@ -405,9 +417,10 @@ int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *repo
         (rv = nng_socket_set_int(t->sub, NNG_OPT_RECVBUF, RECV_QUEUE)) != 0 ||
         /* unbuffered: what waits, waits in txq (see the top of this file) */
         (rv = nng_socket_set_int(t->push, NNG_OPT_SENDBUF, 0)) != 0 ||
-        /* every hardware_id: an agent listed in an interrupt must get it even without a
-         * session of that hw (filtering is local in nng anyway) */
-        (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, "hw:", 3)) != 0 ||
+        /* global interrupts; each hardware_id the agent holds sessions of is added as it
+         * comes (ihc__transport_subscribe), and re-sends addressed to the agent come on its
+         * own topic, so nng drops everyone else's interrupts before the receive thread */
+        (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, "hw:*", 5)) != 0 ||
         (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, topic, tlen)) != 0)
         goto fail;
     if ((rv = nng_aio_alloc(&t->tx_aio, tx_done, t)) != 0 ||

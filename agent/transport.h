@@ -73,7 +73,8 @@ typedef struct {
 #define IHC__PENDING_MAX  1024 /* reports queued; beyond it the oldest report is dropped */
 
 /* Opens both sockets on t (zero-initialised; ops, flags and tls set) with their options and pipe
- * notifications, subscribes to "hw:" and to topic (tlen bytes, the agent's own "ag:…\0"),
+ * notifications, subscribes to "hw:*\0" (global interrupts) and to topic (tlen bytes, the
+ * agent's own "ag:…\0"; hardware_ids come with ihc__transport_subscribe),
  * and dials pub_url and report_url without waiting (nng redials until the coordinator is
  * there). Errors: IHC_EINVAL (a URL nng refuses; logged), IHC_ETRANSPORT, IHC_ENOMEM. On
  * error call ihc__transport_fini. */
@@ -101,6 +102,11 @@ void ihc__transport_send_report(ihc__transport *t, const uint8_t *buf, size_t le
 
 /* Pipes up now (either pointer may be NULL). */
 void ihc__transport_links(ihc__transport *t, int *sub, int *push);
+
+/* Starts (on) or stops receiving the broadcasts of hardware_id hw (topic "hw:<hw>\0"): an
+ * agent subscribes to the hardware_ids it holds sessions of, so nng drops every other
+ * interrupt before it wakes the receive thread. Any thread; does nothing before open. */
+void ihc__transport_subscribe(ihc__transport *t, const char *hw, bool on);
 
 /* Copies the local endpoints of the SUB connections up now (at most max) into out; returns
  * how many. */

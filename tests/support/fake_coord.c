@@ -96,6 +96,8 @@ int th_fc_send_sync(th_fc *fc, const char *agent, const char *const *hws, size_t
     return rc;
 }
 
+/* An interrupt naming an agent goes on that agent's own topic, as the coordinator's
+ * re-sends do (agents subscribe only to the hardware_ids they hold sessions of). */
 int th_fc_send_interrupt(th_fc *fc, uint64_t id, const char *hw, uint64_t epoch, const char *agent,
                          uint32_t attempt)
 {
@@ -109,7 +111,16 @@ int th_fc_send_interrupt(th_fc *fc, uint64_t id, const char *hw, uint64_t epoch,
                                         .agents = agent ? agents : NULL,
                                         .n_agents = agent ? 1 : 0,
                                         .attempt = attempt};
-    return th_fc_publish(fc, &m);
+    if (!agent)
+        return th_fc_publish(fc, &m);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = ihc_wire_encode_to(&m, NULL, agent, &buf, &len);
+    if (rc != IHC_OK)
+        return rc;
+    int rv = nng_send(fc->pub, buf, len, 0);
+    free(buf);
+    return rv == 0 ? IHC_OK : ihc_err_from_nng(rv);
 }
 
 /* One message from the PULL socket within timeout_ms. IHC_OK and *out; otherwise nothing
