@@ -21,7 +21,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
 quick=0; [ "${1:-}" = "--quick" ] && quick=1
-iters=2000; iters32=1000; steady=1000; steady32=500; poll_iters=100; scale=128; scale_iters=200
+iters=2000; iters32=1000; steady=1000; steady32=300; poll_iters=100; scale=128; scale_iters=200
 ((quick)) && { iters=300; iters32=200; steady=200; steady32=100; poll_iters=20; scale_iters=50; }
 
 for p in gnuplot-nox redis-server redis-tools python3 linux-perf; do
