@@ -137,7 +137,7 @@ for i, r in enumerate(rows):
                      and x["agents"] == r["agents"] and not x.get("sim")), None)
         if base:
             d = r["p50_us"] / base["p50_us"] - 1
-            t.append(f"| 100k sessions: p50 within 10 % of empty | {100*d:+.0f} % | {status(abs(d) <= 0.10)} |")
+            t.append(f"| 100k sessions: p50 within 10 % of empty | {100*d:+.0f} % | {status(d <= 0.10)} |")
 lines += t
 open(os.path.join(out, "table.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
