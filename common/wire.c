@@ -216,6 +216,7 @@ static const wire_field interrupt_fields[] = {
     FLD("deadline_ms", K_I64, F_REQ, ihc_interrupt_msg, deadline_ms),
     LST("agents", K_AGENT, 0, ihc_interrupt_msg, agents, n_agents),
     FLD("attempt", K_U32, 0, ihc_interrupt_msg, attempt),
+    FLD("term", K_U64, 0, ihc_interrupt_msg, term),
 };
 static const wire_field report_fields[] = {
     FLD("id", K_U64, F_REQ, ihc_report_msg, id),
@@ -224,6 +225,7 @@ static const wire_field report_fields[] = {
     OBJ("modules", module_result_schema, 0, ihc_report_msg, modules, n_modules),
     LST("sessions", K_ID, 0, ihc_report_msg, sessions, n_sessions),
     FLD("time_ms", K_DOUBLE, 0, ihc_report_msg, time_ms),
+    FLD("term", K_U64, 0, ihc_report_msg, term),
 };
 static const wire_field session_begin_fields[] = {
     FLD("agent", K_AGENT, F_REQ, ihc_session_begin_msg, agent),
@@ -254,6 +256,7 @@ static const wire_field sync_fields[] = {
     FLD("agent", K_AGENT, F_REQ, ihc_sync_msg, agent),
     OBJ("epochs", epoch_info_schema, 0, ihc_sync_msg, epochs, n_epochs),
     FLD("hello", K_BOOL, 0, ihc_sync_msg, hello),
+    FLD("term", K_U64, 0, ihc_sync_msg, term),
 };
 static const wire_field result_fields[] = {
     TXT("json", F_REQ, IHC_JSON_MAX, ihc_result_msg, json),

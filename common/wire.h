@@ -59,6 +59,7 @@ typedef struct {
     char **agents;
     size_t n_agents;
     uint32_t attempt;
+    uint64_t term; /* the sending leader's term (0: a coordinator without standbys) */
 } ihc_interrupt_msg;
 
 typedef enum {
@@ -86,6 +87,7 @@ typedef struct {
     char **sessions; /* session ids cancelled/cleaned */
     size_t n_sessions;
     double time_ms; /* agent's total handling time */
+    uint64_t term;  /* the term of the interrupt it answers (0: none) */
 } ihc_report_msg;
 
 /* A session as agents describe it (session_begin, hello). */
@@ -161,6 +163,7 @@ typedef struct {
     ihc_epoch_info *epochs; /* includes "*" for the global epoch */
     size_t n_epochs;
     bool hello;
+    uint64_t term; /* the sending leader's term (0: a coordinator without standbys) */
 } ihc_sync_msg;
 
 /* "result" on PUB, topic "ev:\0": a finished interrupt, for `ihc watch`. */

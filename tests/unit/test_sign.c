@@ -24,7 +24,7 @@ static void make_interrupt(ihc_msg *m)
     memset(m, 0, sizeof *m);
     m->type = IHC_MSG_INTERRUPT;
     m->u.interrupt =
-        (ihc_interrupt_msg){17, "dev-1", 4, "user stop", ihc_now_ms() + 5000, fx_agents, 3, 2};
+        (ihc_interrupt_msg){17, "dev-1", 4, "user stop", ihc_now_ms() + 5000, fx_agents, 3, 2, 9};
 }
 
 static void make_heartbeat(ihc_msg *m)

@@ -51,10 +51,10 @@ static void make_full(ihc_msg_type t, ihc_msg *m)
     switch (t) {
     case IHC_MSG_INTERRUPT:
         m->u.interrupt =
-            (ihc_interrupt_msg){17, "dev-1", 4, "user stop", TS0 + 5000, fx_agents, 3, 2};
+            (ihc_interrupt_msg){17, "dev-1", 4, "user stop", TS0 + 5000, fx_agents, 3, 2, 9};
         break;
     case IHC_MSG_REPORT:
-        m->u.report = (ihc_report_msg){17, "n1:42", "dev-1", fx_results, 4, fx_sessions, 2, 7.75};
+        m->u.report = (ihc_report_msg){17, "n1:42", "dev-1", fx_results, 4, fx_sessions, 2, 7.75, 9};
         break;
     case IHC_MSG_SESSION_BEGIN:
         m->u.session_begin.agent = "n1:42";
@@ -71,7 +71,7 @@ static void make_full(ihc_msg_type t, ihc_msg *m)
         m->u.heartbeat = (ihc_heartbeat_msg){"n1:42", 5, fx_hws, 3, fx_modnames, 2};
         break;
     case IHC_MSG_SYNC:
-        m->u.sync = (ihc_sync_msg){"n1:42", fx_epochs, 3, true};
+        m->u.sync = (ihc_sync_msg){"n1:42", fx_epochs, 3, true, 9};
         break;
     case IHC_MSG_RESULT:
         m->u.result.json = "{\"success\":true,\"interrupt_id\":17}";
@@ -220,6 +220,7 @@ static void assert_msg_equal(const ihc_msg *d, const ihc_msg *e)
         assert_int_equal(a->deadline_ms, b->deadline_ms);
         assert_strs(a->agents, a->n_agents, b->agents, b->n_agents);
         assert_int_equal(a->attempt, b->attempt);
+        assert_int_equal(a->term, b->term);
         break;
     }
     case IHC_MSG_REPORT: {
@@ -227,6 +228,7 @@ static void assert_msg_equal(const ihc_msg *d, const ihc_msg *e)
         assert_int_equal(a->id, b->id);
         assert_string_equal(a->agent, b->agent);
         assert_string_equal(a->hw, b->hw);
+        assert_int_equal(a->term, b->term);
         assert_int_equal(a->n_modules, b->n_modules);
         for (size_t i = 0; i < a->n_modules; i++) {
             assert_string_equal(a->modules[i].name, b->modules[i].name);
@@ -282,6 +284,7 @@ static void assert_msg_equal(const ihc_msg *d, const ihc_msg *e)
         const ihc_sync_msg *a = &d->u.sync, *b = &e->u.sync;
         assert_string_equal(a->agent, b->agent);
         assert_int_equal(a->hello, b->hello);
+        assert_int_equal(a->term, b->term);
         assert_int_equal(a->n_epochs, b->n_epochs);
         for (size_t i = 0; i < a->n_epochs; i++) {
             assert_string_equal(a->epochs[i].hw, b->epochs[i].hw);
