@@ -271,7 +271,7 @@ static int control_raw(const void *buf, size_t len, int timeout_ms, char **json)
         ihc_msg_free(m);
         nng_free(rbuf, rlen);
     }
-    nng_close(s);
+    th_close(nng_socket_id(s));
     return status;
 }
 
@@ -687,7 +687,7 @@ static void test_hostile_pull(void **state)
         assert_int_equal(th_http(w.http, "GET", "/healthz", NULL, NULL, NULL), 200);
         assert_true(th_now_ms_() - t0 < 3000);
     }
-    nng_close(s);
+    th_close(nng_socket_id(s));
 
     /* 7. oversized frames (raw SP over TCP: closing an nng socket whose pipe the peer
      * dropped mid-send can hang in nng 1.5.2): each connection is closed by the coordinator */
@@ -812,7 +812,7 @@ static void test_hostile_control(void **state)
         nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 2000);
         assert_int_equal(nng_send(s, m.b, m.n, 0), 0);
         th_sleep_ms_(10); /* let it leave before the socket goes */
-        nng_close(s);
+        th_close(nng_socket_id(s));
         if (i % 5 == 0) /* the agent is expected again for the next ones */
             ghost_session(ps, GHOST, GHOST_HW, "ghost-s1");
     }
@@ -826,7 +826,7 @@ static void test_hostile_control(void **state)
     /* the vanished clients' interrupts finish (failed: the ghost never answers) */
     assert_true(TH_WAIT(count_lines(w.log_coord, "hw=" GHOST_HW " success=false") >= 20, 10000));
     assert_true(TH_WAIT(stat_int("inflight") == 0, 5000));
-    nng_close(ps);
+    th_close(nng_socket_id(ps));
     mp_free(&m);
     check_healthy();
 }
@@ -1126,7 +1126,7 @@ static void test_hostile_http(void **state)
     assert_true(
         TH_WAIT(count_lines(w.log_coord, "hw=" GHOST_HW " success=false") >= done0 + 6, 5000));
     assert_true(TH_WAIT(stat_int("inflight") == 0, 5000));
-    nng_close(ps);
+    th_close(nng_socket_id(ps));
     check_healthy();
 }
 
@@ -1529,11 +1529,11 @@ static void test_hostile_agent(void **state)
         nng_ctx_close(wt[i].ctx);
     }
     free(wt);
-    nng_close(ws);
+    th_close(nng_socket_id(ws));
     if (other != 0 || limited < N_WAITS - MAX_PARK || interrupted < MAX_PARK - N_RECEIVERS_MAX)
         fail_msg("waits: %d interrupted, %d refused, %d otherwise, of %d", interrupted, limited,
                  other, N_WAITS);
-    nng_close(ls);
+    th_close(nng_socket_id(ls));
     th_stop(child, SIGKILL, 2000);
 
     /* nothing was cancelled by the forged sync or the bad interrupts; the agent survived */
@@ -1549,8 +1549,8 @@ static void test_hostile_agent(void **state)
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     assert_true(log_clean(w.log_b));
-    nng_close(pub);
-    nng_close(pull);
+    th_close(nng_socket_id(pub));
+    th_close(nng_socket_id(pull));
     check_healthy();
 }
 

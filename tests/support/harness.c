@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include "err.h"
+#include "sockclose.h"
 #include "wire.h"
 
 #include <nng/nng.h>
@@ -563,6 +564,12 @@ out:
     free(buf);
     if (rbuf)
         nng_free(rbuf, rlen);
-    nng_close(s);
+    th_close(nng_socket_id(s));
     return status;
+}
+
+void th_close(int sock_id)
+{
+    nng_socket s = {.id = (uint32_t)sock_id};
+    (void)ihc_sock_close(s, 5000, "test", "test");
 }

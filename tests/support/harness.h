@@ -133,6 +133,10 @@ int th_http(int port, const char *method, const char *path, const char *headers,
  * there was none). */
 int th_http_read_answer(int fd, char **body);
 
+/* Closes an nng socket (its id), waiting at most 5 s: nng 1.5.2's nng_close can hang
+ * (sockclose.h); a test then goes on, with a warning, instead of hanging until its timeout. */
+void th_close(int sock_id);
+
 /* A control request to the coordinator's REP socket at url (op "interrupt", "sessions"…);
  * returns the response status (or -1 when unreachable within timeout_ms) and the JSON body
  * in *json (malloc'd). hw and reason may be NULL. */
