@@ -501,6 +501,10 @@ static enum MHD_Result route_begin(ihc_local *l, struct MHD_Connection *conn, lr
     unsigned long long start = 0;
     if (b.pid > 0 && !pid_allowed(conn, r, cc, b.pid, &start, &ret))
         goto out;
+    if (b.pid == 0 && !cc) { /* nothing could hold it (out of memory at accept) */
+        ret = refuse(conn, r, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory: try again");
+        goto out;
+    }
     pthread_mutex_lock(&l->mtx);
     bool full = b.pid == 0 && cc && cc->n_held >= SESSION_HOLD_MAX;
     bool stopping = l->stopping;
@@ -583,7 +587,11 @@ static enum MHD_Result route_end(ihc_local *l, struct MHD_Connection *conn, lreq
         return refuse(conn, r, MHD_HTTP_NOT_FOUND, "unknown session '%s'", sid);
     }
     session_unlink_locked(l, s, e.state);
+    /* a connection that holds nothing any more is an idle one again */
+    bool idle_again = cc && cc->n_held == 0 && !cc->stream;
     pthread_mutex_unlock(&l->mtx);
+    if (idle_again)
+        MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, l->idle_s);
     /* the results go into the interrupt's report (which may be waiting for them) before the
      * session ends */
     int rc = ihc__session_report(l->a, s->sid, e.modules, e.n_modules);
