@@ -689,7 +689,8 @@ static void test_agent_cancel_owner_reports(void **state)
     assert_true(has_session(r, "held-2"));
     assert_null(find_module(r, "py_stream"));
     ihc_msg_free(r);
-    /* results after the report are ignored */
+    /* cleaned up after the report like any interrupted session */
+    assert_true(TH_WAIT(ihc_agent_session_count(a) == 0, 3000));
     TH_FAIL(ihc__session_report(a, "held-2", NULL, 0), IHC_ENOENT);
     ihc_token_release(t);
     ihc_agent_close(a);
