@@ -622,9 +622,9 @@ static void *report_later(void *arg)
 {
     const char *sid = arg;
     ihc_sleep_ms(100);
-    ihc_module_result m[] = {{.name = "py_stream", .status = IHC_MOD_OK, .time_ms = 7.5},
-                             {.name = "py_tts", .status = IHC_MOD_FAILED, .time_ms = 1,
-                              .error = "busy"}};
+    ihc_module_result m[] = {
+        {.name = "py_stream", .status = IHC_MOD_OK, .time_ms = 7.5},
+        {.name = "py_tts", .status = IHC_MOD_FAILED, .time_ms = 1, .error = "busy"}};
     int rc = ihc__session_report(held_agent, sid, m, 2);
     if (rc == IHC_OK)
         rc = ihc_agent_session_end(held_agent, sid);
