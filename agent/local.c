@@ -553,8 +553,10 @@ static enum MHD_Result route_begin(ihc_local *l, struct MHD_Connection *conn, lr
         s->holders = 1;
     }
     /* an interrupt may have cancelled it before it was in the table */
-    if (ihc_token_cancelled(s->tok))
+    if (s->state == LS_ACTIVE && ihc_token_cancelled(s->tok)) {
         s->state = LS_INTERRUPTED;
+        snprintf(s->reason, sizeof s->reason, "interrupted while it was being registered");
+    }
     json_t *doc =
         json_pack("{s:s,s:I,s:s,s:s}", "session_id", s->sid, "epoch", (json_int_t)s->epoch,
                   "hardware_id", s->hw, "state", s->state == LS_ACTIVE ? "active" : "interrupted");
