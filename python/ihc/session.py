@@ -1,0 +1,240 @@
+"""A session of work on the local agent, for threads: ``with ihc.session("dev-1") as s:``.
+The session is held by its event stream, read by a background thread; when the agent says
+stop, ``s.stopped`` is set, the ``on_stop`` callbacks run and their outcome is reported to
+the agent as the module's result. If the process dies, the kernel closes the stream and the
+agent ends the session at once."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+from . import local
+from .errors import Error, Interrupted
+
+#: how long opening a session waits for the agent (seconds)
+OPEN_TIMEOUT = 10.0
+
+
+class ModuleOutcome:
+    """What one module's stop callbacks did, as the agent's DELETE body wants it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.time_ms = 0.0
+        self.errors: list[str] = []
+
+    def doc(self, deadline_ms: float | None) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "status": "ok", "time_ms": round(self.time_ms, 3)}
+        if self.errors:
+            d["status"] = "error"
+            d["error"] = "; ".join(self.errors)[:1000]
+        elif deadline_ms and self.time_ms > deadline_ms:
+            d["status"] = "timeout"
+            d["error"] = f"stop callbacks took {self.time_ms:.1f} ms, deadline {deadline_ms} ms"
+        return d
+
+
+def outcomes_docs(outcomes: dict[str, ModuleOutcome], deadline_ms: Any) -> list[dict[str, Any]]:
+    dl = deadline_ms if isinstance(deadline_ms, (int, float)) and deadline_ms > 0 else None
+    return [o.doc(dl) for o in outcomes.values()]
+
+
+class Session:
+    """One session of ``hardware_id`` on the local agent (see :func:`ihc.session`).
+
+    Attributes: ``session_id``, ``epoch``, ``hardware_id``, ``module``; ``stopped``
+    (a :class:`threading.Event`, set when the agent says stop or the agent's stream ends);
+    ``stop`` (the stop event's data: ``interrupt_id``, ``reason``, ``deadline_ms``; None
+    before, and an empty dict when the stream ended without one).
+    """
+
+    def __init__(self, hardware_id: str, module: str | None = None, data: Any = None, *,
+                 url: str | None = None, timeout: float = OPEN_TIMEOUT) -> None:
+        local.session_body(hardware_id, module, data, None)  # bad arguments fail here
+        self.hardware_id = hardware_id
+        self.module = module
+        self.data = data
+        self.session_id: str = ""
+        self.epoch: int = 0
+        self.stopped = threading.Event()
+        self.stop: dict[str, Any] | None = None
+        self.report: dict[str, Any] | None = None  # what was sent in DELETE
+        self._api = local.LocalAPI(url, timeout)
+        self._timeout = timeout
+        self._callbacks: list[tuple[Callable[[], Any], str]] = []
+        self._outcomes: dict[str, ModuleOutcome] = {}
+        self._lock = threading.Lock()
+        self._callbacks_done = threading.Event()
+        self._held = threading.Event()
+        self._closing = False
+        self._reported = False
+        self._stream: local.UnixHTTPConnection | None = None
+        self._thread: threading.Thread | None = None
+        self._stream_error: BaseException | None = None
+        self._stop_t = 0.0
+
+    def __repr__(self) -> str:
+        return (f"ihc.Session({self.session_id or '(not open)'}, hardware_id="
+                f"{self.hardware_id!r}, stopped={self.stopped.is_set()})")
+
+    # ---- open and close ----
+
+    def open(self) -> "Session":
+        """Registers the session and holds its event stream (what ``with`` does)."""
+        if self._thread is not None:
+            raise Error("the session is already open")
+        reg = self._api.connection()
+        try:
+            # The registering connection holds the session until the stream does.
+            doc = self._api.register(self.hardware_id, self.module, self.data, conn=reg)
+            self.session_id, self.epoch = doc["session_id"], int(doc.get("epoch", 0))
+            self._stream, resp = local.open_events(self._api, self.session_id)
+            self._thread = threading.Thread(target=self._read, args=(resp,), daemon=True,
+                                            name=f"ihc-session-{self.session_id}")
+            self._thread.start()
+            if not self._held.wait(self._timeout):
+                self._shutdown_stream()
+                raise Error(f"session {self.session_id}: no event from the agent in "
+                            f"{self._timeout:g} s", None, self._api.url)
+            if self._stream_error is not None and not self.stopped.is_set():
+                raise Error(f"session {self.session_id}: the event stream failed: "
+                            f"{self._stream_error}", None, self._api.url)
+        finally:
+            reg.close()
+        return self
+
+    def close(self, state: str | None = None) -> None:
+        """Ends the session: reports it to the agent (unless the stop callbacks already
+        did) with ``state`` (default ``done``, or ``interrupted`` once stopped), then lets
+        go of the stream. Waits for running stop callbacks up to the stop's deadline."""
+        if self._thread is None or self._closing:
+            return
+        if self.stopped.is_set():
+            dl = (self.stop or {}).get("deadline_ms")
+            wait = dl / 1000.0 if isinstance(dl, (int, float)) and dl > 0 else self._timeout
+            self._callbacks_done.wait(wait)
+        with self._lock:
+            self._closing = True
+            if self.stopped.is_set() and not self._callbacks and self.module:
+                # No callbacks: the module's time to stop is the stop → the end of the work.
+                o = self._outcomes.setdefault(self.module, ModuleOutcome(self.module))
+                o.time_ms = (time.monotonic() - self._stop_t) * 1000.0
+        try:
+            self._report(state or ("interrupted" if self.stopped.is_set() else "done"))
+        finally:
+            self._shutdown_stream()
+            self._thread.join(self._timeout)
+
+    def __enter__(self) -> "Session":
+        return self.open()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        ours = isinstance(exc, Interrupted) and exc.session_id == self.session_id
+        state = None
+        if exc is not None and not ours:
+            state = "interrupted" if self.stopped.is_set() else "failed"
+        self.close(state)
+        return ours
+
+    # ---- the work's side ----
+
+    def check(self) -> None:
+        """Raises :class:`ihc.Interrupted` once the session was told to stop (the session's
+        ``with`` block swallows it)."""
+        if self.stopped.is_set():
+            raise Interrupted(self.session_id, self.stop)
+
+    def on_stop(self, fn: Callable[[], Any], module: str | None = None) -> None:
+        """Runs ``fn()`` on the session's thread when the stop arrives (callbacks in the
+        order given). Their outcome — ``ok``, ``error`` with the exception, ``timeout`` when
+        they took longer than the stop's deadline — and time are reported to the agent as
+        the result of ``module`` (default: the session's module, else the callback's name),
+        and appear in the interrupt's ``modules``. Registered after the stop, ``fn`` runs at
+        once here and is not reported."""
+        name = module or self.module or getattr(fn, "__qualname__", None) or "on_stop"
+        with self._lock:
+            late = self.stopped.is_set()
+            if not late:
+                self._callbacks.append((fn, name))
+        if late:
+            fn()
+
+    # ---- the background thread ----
+
+    def _read(self, resp: Any) -> None:
+        stop: dict[str, Any] | None = None
+        try:
+            for ev, data in local.read_events(resp):
+                if ev == "session":
+                    self._held.set()
+                elif ev == "stop":
+                    stop = data if isinstance(data, dict) else {"reason": str(data)}
+                    self._held.set()
+                    break
+        except (OSError, ValueError) as e:
+            self._stream_error = e
+        self._held.set()
+        with self._lock:
+            if self._closing:
+                return
+            self._stop_t = time.monotonic()
+            self.stop = stop if stop is not None else {}
+            self.stopped.set()
+            callbacks = list(self._callbacks)
+        self._run_callbacks(callbacks)
+        if callbacks:
+            # The process ran its own interrupt methods: say how they went right away.
+            try:
+                self._report("interrupted")
+            except Error:
+                pass  # the agent went away; nothing to report to
+
+    def _run_callbacks(self, callbacks: list[tuple[Callable[[], Any], str]]) -> None:
+        for fn, name in callbacks:
+            o = self._outcomes.setdefault(name, ModuleOutcome(name))
+            t0 = time.monotonic()
+            try:
+                fn()
+            except Exception as e:  # reported to the agent, not lost
+                o.errors.append(f"{type(e).__name__}: {e}")
+            o.time_ms += (time.monotonic() - t0) * 1000.0
+        self._callbacks_done.set()
+
+    def _report(self, state: str) -> None:
+        with self._lock:
+            if self._reported:
+                return
+            self._reported = True
+        mods = outcomes_docs(self._outcomes, (self.stop or {}).get("deadline_ms"))
+        self.report = local.end_body(state, mods) or {}
+        self._api.end(self.session_id, state, mods)
+
+    def _shutdown_stream(self) -> None:
+        c = self._stream
+        if c is not None and c.sock is not None:
+            try:
+                c.sock.shutdown(socket.SHUT_RDWR)  # wakes the reading thread
+            except OSError:
+                pass
+        if c is not None:
+            c.close()
+
+
+def session(hardware_id: str, module: str | None = None, data: Any = None, *,
+            url: str | None = None, timeout: float = OPEN_TIMEOUT) -> Session:
+    """A session of work on ``hardware_id`` with the local agent, for ``with``::
+
+        with ihc.session("dev-1", module="text_processing") as s:
+            s.on_stop(lambda: model.cancel())
+            for token in generate():
+                s.check()          # raises ihc.Interrupted once stopped; `with` swallows it
+                emit(token)
+
+    ``module`` names the work (it appears in the interrupt's result), ``data`` is stored
+    with the session. ``url`` is the agent's local API (default: IHC_LOCAL_URL, else
+    ``unix:///tmp/ihc-agent.sock``). The session is registered without a pid: it lives as
+    long as this process holds its event stream. Errors raise :class:`ihc.Error`."""
+    return Session(hardware_id, module, data, url=url, timeout=timeout)
