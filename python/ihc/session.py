@@ -68,6 +68,7 @@ class Session:
         self._outcomes: dict[str, ModuleOutcome] = {}
         self._lock = threading.Lock()
         self._callbacks_done = threading.Event()
+        self._report_done = threading.Event()
         self._held = threading.Event()
         self._closing = False
         self._reported = False
@@ -205,12 +206,18 @@ class Session:
 
     def _report(self, state: str) -> None:
         with self._lock:
-            if self._reported:
-                return
+            first = not self._reported
             self._reported = True
-        mods = outcomes_docs(self._outcomes, (self.stop or {}).get("deadline_ms"))
-        self.report = local.end_body(state, mods) or {}
-        self._api.end(self.session_id, state, mods)
+        if not first:
+            # the stream must outlive the report in flight on the other thread
+            self._report_done.wait(self._timeout)
+            return
+        try:
+            mods = outcomes_docs(self._outcomes, (self.stop or {}).get("deadline_ms"))
+            self.report = local.end_body(state, mods) or {}
+            self._api.end(self.session_id, state, mods)
+        finally:
+            self._report_done.set()
 
     def _shutdown_stream(self) -> None:
         c = self._stream
