@@ -92,22 +92,31 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
 {
     ihc__cancel *cx = &a->cx;
     /* owners hear first: they may be waiting on something other than the token */
+    cx->current_id = id;
     for (size_t i = 0; i < n; i++)
         if (v[i]->on_cancel)
             v[i]->on_cancel(v[i]->id, v[i]->arg);
+    cx->current_id = 0;
 
     size_t nm = 0;
     ihc__module *head = ihc__modules_snapshot(&a->mods, &nm);
     ihc__modules_run(&a->mods, head, nm, hw);
+
+    /* owners that run their own interrupt methods report them before the report goes out,
+     * within the module timeout (counted from the interrupt's arrival) */
+    size_t n_ext = 0;
+    if (id != 0)
+        n_ext = ihc__sessions_await_reports(
+            a, v, n, t0 + ihc_s_to_ns(a->o.default_module_timeout));
     uint64_t t_done = ihc_mono_ns();
     double time_ms = (double)(t_done - t0) / 1e6;
 
     size_t n_failed = 0;
-    if (nm > cx->res_cap) {
-        ihc_module_result *r = realloc(cx->res, nm * sizeof(*r));
+    if (nm + n_ext > cx->res_cap) {
+        ihc_module_result *r = realloc(cx->res, (nm + n_ext) * sizeof(*r));
         if (r) {
             cx->res = r;
-            cx->res_cap = nm;
+            cx->res_cap = nm + n_ext;
         }
     }
     size_t nr = nm <= cx->res_cap ? nm : cx->res_cap;
@@ -120,6 +129,15 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
                                              .status = m->st,
                                              .time_ms = m->time_ms,
                                              .error = m->err[0] ? m->err : NULL};
+    }
+
+    for (size_t i = 0; i < n && n_ext; i++) {
+        for (size_t k = 0; k < v[i]->n_ext && nr < cx->res_cap; k++) {
+            const ihc_module_result *e = &v[i]->ext[k];
+            if (e->status == IHC_MOD_TIMED_OUT || e->status == IHC_MOD_FAILED)
+                n_failed++;
+            cx->res[nr++] = *e;
+        }
     }
 
     bool reported = false; /* the report names the sessions: no session_end for them */
@@ -179,6 +197,11 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
                           "modules_failed=%zu%s",
                           hw, (unsigned long long)epoch, n, nm, n_failed, timing);
     ihc__sessions_release(a, v, n);
+}
+
+uint64_t ihc__cancel_current_id(ihc_agent *a)
+{
+    return a->cx.current_id;
 }
 
 /* Lock held. Sets should_interrupt for hw (entry e, NULL for global). */

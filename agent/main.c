@@ -298,8 +298,13 @@ int main(int argc, char **argv)
 
     const char *local_url = cfg.local_url ? cfg.local_url : IHC_DEFAULT_LOCAL_URL;
     if (!local_disabled(cfg.local_url)) {
-        rc = ihc_local_open(&local, a, local_url, cfg.max_active_sessions,
-                            (int)(cfg.interrupt_check_interval * 1000), err, sizeof(err));
+        ihc_local_opts lo = {.url = local_url,
+                             .max_active = cfg.max_active_sessions,
+                             .check_ms = (int)(cfg.interrupt_check_interval * 1000),
+                             .max_conns = cfg.local_max_conns,
+                             .idle_timeout_s = (int)cfg.local_idle_timeout,
+                             .deadline_ms = (int)(cfg.module_timeout * 1000)};
+        rc = ihc_local_open(&local, a, &lo, err, sizeof(err));
         if (rc != IHC_OK) {
             fprintf(stderr, PROG ": %s\n", err);
             ihc_log(IHC_LOG_ERROR, COMP, "cannot open the local endpoint url=%s error=\"%s\"",

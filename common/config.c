@@ -23,7 +23,7 @@
 
 typedef enum {
     T_URL,         /* nng URL: tcp://, tls+tcp://, ipc://, inproc:// */
-    T_URL_OFF,     /* the same, or "", "off", "none": the endpoint is disabled */
+    T_LOCAL_URL,   /* unix:///PATH (ipc:///PATH taken as unix://), or "", "off", "none" */
     T_REDIS_URL,   /* redis:// or unix:// (redis_url.h) */
     T_ADDR,        /* host:port */
     T_AGENT_ID,    /* ihc_agent_id_valid; default "<hostname>:<pid>" */
@@ -81,9 +81,17 @@ static const setting settings[] = {
      "HTTP API listen address"},
     {"IHC_REDIS_URL", "redis", T_REDIS_URL, IHC_DEFAULT_REDIS_URL, NULL, 0, 0, NULL, C,
      OFF(redis_url), "Redis holding sessions, flags, epochs, the interrupt log and stats"},
-    {"IHC_LOCAL_URL", "local", T_URL_OFF, IHC_DEFAULT_LOCAL_URL, NULL, 0, 0, NULL, A | L,
+    {"IHC_LOCAL_URL", "local", T_LOCAL_URL, IHC_DEFAULT_LOCAL_URL, NULL, 0, 0, NULL, A | L,
      OFF(local_url),
-     "the agent's local endpoint for processes on this node (`ihc run` dials it); off disables"},
+     "the agent's local API (HTTP on a Unix socket, mode 0660) for processes on this node; "
+     "`ihc run` uses it; the old ipc:///PATH means unix:///PATH; off disables"},
+    {"IHC_LOCAL_MAX_CONNS", "local-max-conns", T_INT, IHC_STR(IHC_DEFAULT_LOCAL_MAX_CONNS), NULL,
+     1, 1000000, NULL, A, OFF(local_max_conns),
+     "most connections to the local API at once (event streams included); more get 503"},
+    {"IHC_LOCAL_IDLE_TIMEOUT", "local-idle-timeout", T_SECONDS,
+     IHC_STR(IHC_DEFAULT_LOCAL_IDLE_TIMEOUT_S), NULL, 1, 86400, NULL, A, OFF(local_idle_timeout),
+     "a local API connection idle this long is closed, unless it holds a session or streams "
+     "events"},
     {"IHC_AGENT_ID", "id", T_AGENT_ID, NULL, NULL, 0, 0, NULL, A, OFF(agent_id),
      "this agent's id: 1-255 printable ASCII characters without spaces"},
     {NULL, "simulate", T_HW_LIST, NULL, NULL, 0, 0, NULL, A, OFF(simulate),
@@ -210,7 +218,7 @@ static const char *metavar(const setting *s)
 {
     switch (s->type) {
     case T_URL:
-    case T_URL_OFF:
+    case T_LOCAL_URL:
     case T_REDIS_URL:
         return "URL";
     case T_ADDR:
@@ -313,6 +321,21 @@ static bool url_ok(const char *v)
         return !schemes[i].hostport || hostport_ok(v + n, true);
     }
     return false;
+}
+
+const char *ihc_config_local_path(const char *url, bool *legacy)
+{
+    if (!url)
+        return NULL;
+    bool old = strncmp(url, "ipc://", 6) == 0;
+    if (!old && strncmp(url, "unix://", 7) != 0)
+        return NULL;
+    const char *path = url + (old ? 6 : 7);
+    if (path[0] != '/' || path[1] == '\0')
+        return NULL;
+    if (legacy)
+        *legacy = old;
+    return path;
 }
 
 static bool bool_parse(const char *v, bool *out)
@@ -476,14 +499,24 @@ static bool parse_value(const setting *s, const char *v, ihc_config *cfg, char *
     char *field = (char *)cfg + s->off;
     switch (s->type) {
     case T_URL:
-    case T_URL_OFF:
-        if (s->type == T_URL_OFF && (!v[0] || !strcmp(v, "off") || !strcmp(v, "none")))
+    case T_LOCAL_URL:
+        if (s->type == T_LOCAL_URL) {
+            if (!v[0] || !strcmp(v, "off") || !strcmp(v, "none"))
+                return set_string((char **)field, v, why, wlen);
+            const char *path = ihc_config_local_path(v, NULL);
+            if (!path || has_ctl_or_space(v) || strlen(path) >= IHC_LOCAL_PATH_MAX) {
+                snprintf(why, wlen,
+                         "expected unix:///ABSOLUTE/PATH (at most %d bytes of path; the old "
+                         "ipc:///PATH is read as unix:///PATH), or off",
+                         IHC_LOCAL_PATH_MAX - 1);
+                return false;
+            }
             return set_string((char **)field, v, why, wlen);
+        }
         if (!url_ok(v)) {
             snprintf(why, wlen,
                      "expected an nng URL: tcp://HOST:PORT, tls+tcp://HOST:PORT, ipc://PATH or "
-                     "inproc://NAME (port in [0, 65535])%s",
-                     s->type == T_URL_OFF ? ", or off" : "");
+                     "inproc://NAME (port in [0, 65535])");
             return false;
         }
         return set_string((char **)field, v, why, wlen);
@@ -891,7 +924,7 @@ void ihc_config_fini(ihc_config *cfg)
         char **field = (char **)((char *)cfg + s->off);
         switch (s->type) {
         case T_URL:
-        case T_URL_OFF:
+        case T_LOCAL_URL:
         case T_REDIS_URL:
         case T_ADDR:
         case T_AGENT_ID:
