@@ -6,6 +6,7 @@ agent ends the session at once."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
@@ -97,6 +98,8 @@ class Session:
                                             name=f"ihc-session-{self.session_id}")
             self._thread.start()
             if not self._held.wait(self._timeout):
+                with self._lock:
+                    self._closing = True
                 self._shutdown_stream()
                 raise Error(f"session {self.session_id}: no event from the agent in "
                             f"{self._timeout:g} s", None, self._api.url)
@@ -127,7 +130,6 @@ class Session:
             self._report(state or ("interrupted" if self.stopped.is_set() else "done"))
         finally:
             self._shutdown_stream()
-            self._thread.join(self._timeout)
 
     def __enter__(self) -> "Session":
         return self.open()
@@ -175,7 +177,7 @@ class Session:
                     stop = data if isinstance(data, dict) else {"reason": str(data)}
                     self._held.set()
                     break
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, http.client.HTTPException) as e:
             self._stream_error = e
         self._held.set()
         with self._lock:
@@ -220,14 +222,19 @@ class Session:
             self._report_done.set()
 
     def _shutdown_stream(self) -> None:
+        """Lets go of the stream: shutdown wakes the reading thread, which is joined before
+        the connection is closed under it."""
         c = self._stream
-        if c is not None and c.sock is not None:
+        if c is None:
+            return
+        if c.sock is not None:
             try:
-                c.sock.shutdown(socket.SHUT_RDWR)  # wakes the reading thread
+                c.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if c is not None:
-            c.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(self._timeout)
+        c.close()
 
 
 def session(hardware_id: str, module: str | None = None, data: Any = None, *,
