@@ -289,6 +289,11 @@ class Session:
                     raise
                 finally:
                     g.waiting = False
+                if g.cancelled:
+                    # the generator swallowed our cancel and produced an item: end anyway
+                    if g.task is not None:
+                        g.task.uncancel()
+                    return
                 yield item
         finally:
             self._guards.discard(g)

@@ -4,7 +4,10 @@ N real ihc-agent processes → on each, a Python process holding an ihc.aio sess
 guarded async generator yields every 1 ms → that generator's task cancelled. Measures, per
 round, from just before the request is sent to the last of the N generators ending (the
 processes share CLOCK_MONOTONIC), and the HTTP answer's own time. Each round every holder
-begins a new session of the same hardware_id (churn, like bench_ihc's default).
+begins a new session of the same hardware_id (churn, like bench_ihc's default). Also
+reported: the request → the last stop event read by Python (stop_event_*), the slowest
+holder's stop event → its generator ended (python_*: the package's own part), and the HTTP
+answer (http_*: after every holder reported its module's result).
 
     bench_python.py --bin DIR --redis-port P --agents N --iterations K [--samples F]
 
@@ -50,7 +53,7 @@ async def holder(url: str, period: float) -> None:
             async for _ in s.guard(tokens()):
                 n += 1
             t_end = time.monotonic()
-        print("stopped %.9f %d" % (t_end, n), flush=True)
+        print("stopped %.9f %d %.9f" % (t_end, n, s.stop_time), flush=True)
         line = await stdin.readline()
         if line.strip() != b"next":
             return
@@ -99,7 +102,7 @@ def main() -> int:
                 [sys.executable, __file__, "--holder", "unix://" + sock, "--period-ms",
                  str(a.period_ms)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 preexec_fn=ihc_env._die_with_parent))
-        lat, http = [], []
+        lat, http, event, py = [], [], [], []
         tokens = 0
         for k in range(a.warmup + a.iterations):
             for h in holders:
@@ -113,16 +116,19 @@ def main() -> int:
             t1 = time.monotonic()
             if not r.success or len(r.cleaned_sessions) != a.agents:
                 ihc_env.fail("round %d: %r" % (k, r.raw))
-            ends = []
+            ends, stops = [], []
             for h in holders:
                 w = h.stdout.readline().split()
                 if not w or w[0] != "stopped":
                     ihc_env.fail("a holder said %r" % w)
                 ends.append(float(w[1]))
                 tokens += int(w[2])
+                stops.append(float(w[3]))
             if k >= a.warmup:
                 lat.append((max(ends) - t0) * 1e6)
                 http.append((t1 - t0) * 1e6)
+                event.append((max(stops) - t0) * 1e6)
+                py.append(max(e - s for e, s in zip(ends, stops)) * 1e6)
             last = k == a.warmup + a.iterations - 1
             for h in holders:
                 h.stdin.write("stop\n" if last else "next\n")
@@ -142,6 +148,8 @@ def main() -> int:
             "p50_us": round(pct(lat, 0.5), 1), "p99_us": round(pct(lat, 0.99), 1),
             "max_us": round(max(lat), 1), "mean_us": round(sum(lat) / len(lat), 1),
             "http_p50_us": round(pct(http, 0.5), 1), "http_p99_us": round(pct(http, 0.99), 1),
+            "stop_event_p50_us": round(pct(event, 0.5), 1),
+            "python_p50_us": round(pct(py, 0.5), 1), "python_p99_us": round(pct(py, 0.99), 1),
             "period_ms": a.period_ms}), flush=True)
     finally:
         for h in holders:
