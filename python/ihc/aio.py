@@ -109,7 +109,9 @@ class Session:
     Attributes: ``session_id``, ``epoch``, ``hardware_id``, ``module``; ``stop`` (the stop
     event's data — ``interrupt_id``, ``reason``, ``deadline_ms`` — None before, an empty
     dict when the agent's stream ended without one); ``stop_time`` (``time.monotonic()``
-    when the stop arrived); ``report`` (what was sent to the agent at the end).
+    when the stop arrived); ``report`` (what was sent to the agent at the end) and
+    ``report_error`` (the :class:`ihc.Error` when the agent was gone; ``close`` does not raise
+    then).
     """
 
     def __init__(self, hardware_id: str, module: str | None = None, data: Any = None, *,
@@ -123,6 +125,7 @@ class Session:
         self.stop: dict[str, Any] | None = None
         self.stop_time = 0.0
         self.report: dict[str, Any] | None = None
+        self.report_error: Error | None = None
         self._path = local.socket_path(url)
         self._url = "unix://" + self._path
         self._timeout = timeout
@@ -206,7 +209,13 @@ class Session:
                 except (asyncio.TimeoutError, Exception):
                     pass
             self._closing = True
-            await self._report(state or ("interrupted" if self.is_stopped else "done"))
+            try:
+                await self._report(state or ("interrupted" if self.is_stopped else "done"))
+            except Error as e:
+                if e.status is not None:
+                    raise
+                # The agent is gone, and the session with it: nothing left to end.
+                self.report_error = e
         finally:
             self._closing = True
             self._reader.cancel()
@@ -389,8 +398,8 @@ class Session:
         if not self._closing:
             try:
                 await self._report("interrupted")
-            except Error:
-                pass  # the agent went away; nothing to report to
+            except Error as e:
+                self.report_error = e  # the agent went away; nothing to report to
 
     async def _report(self, state: str) -> None:
         if self._reported:

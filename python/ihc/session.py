@@ -49,7 +49,9 @@ class Session:
     Attributes: ``session_id``, ``epoch``, ``hardware_id``, ``module``; ``stopped``
     (a :class:`threading.Event`, set when the agent says stop or the agent's stream ends);
     ``stop`` (the stop event's data: ``interrupt_id``, ``reason``, ``deadline_ms``; None
-    before, and an empty dict when the stream ended without one).
+    before, and an empty dict when the stream ended without one); ``report`` (what the end
+    sent the agent) and ``report_error`` (the :class:`ihc.Error` when it could not be sent
+    because the agent was gone; ``close`` does not raise then).
     """
 
     def __init__(self, hardware_id: str, module: str | None = None, data: Any = None, *,
@@ -63,6 +65,7 @@ class Session:
         self.stopped = threading.Event()
         self.stop: dict[str, Any] | None = None
         self.report: dict[str, Any] | None = None  # what was sent in DELETE
+        self.report_error: Error | None = None  # why the end could not be reported
         self._api = local.LocalAPI(url, timeout)
         self._timeout = timeout
         self._callbacks: list[tuple[Callable[[], Any], str]] = []
@@ -128,6 +131,11 @@ class Session:
                 o.time_ms = (time.monotonic() - self._stop_t) * 1000.0
         try:
             self._report(state or ("interrupted" if self.stopped.is_set() else "done"))
+        except Error as e:
+            if e.status is not None:
+                raise
+            # The agent is gone, and the session with it: nothing left to end.
+            self.report_error = e
         finally:
             self._shutdown_stream()
 
@@ -192,8 +200,8 @@ class Session:
             # The process ran its own interrupt methods: say how they went right away.
             try:
                 self._report("interrupted")
-            except Error:
-                pass  # the agent went away; nothing to report to
+            except Error as e:
+                self.report_error = e  # the agent went away; nothing to report to
 
     def _run_callbacks(self, callbacks: list[tuple[Callable[[], Any], str]]) -> None:
         for fn, name in callbacks:

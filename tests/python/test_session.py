@@ -133,3 +133,27 @@ def test_local_url_errors(tmp_path, monkeypatch):
             ihc.session("dev-1", url=bad)
     monkeypatch.setenv("IHC_LOCAL_URL", "unix:///run/ihc/agent.sock")
     assert ihc.LocalAPI().path == "/run/ihc/agent.sock"
+
+
+def test_agent_gone_counts_as_stop(cluster):
+    """When the agent's stream ends without a stop (the agent was killed), both kinds of
+    session count as stopped: their work can no longer be interrupted."""
+    import asyncio
+    url = cluster.start_agent("py-a2")
+    proc = cluster.agents.pop("py-a2")[0]
+
+    async def main():
+        async with ihc.aio.session("py-gone-1", url=url) as a:
+            with ihc.session("py-gone-2", url=url) as s:
+                proc.p.send_signal(signal.SIGKILL)
+                proc.p.wait(5)
+                assert s.stopped.wait(5)
+                assert s.stop == {}
+            assert s.report_error is not None and s.report_error.status is None
+            stop = await asyncio.wait_for(a.stopped(), 5)
+            assert stop == {}
+        return a
+    a = asyncio.run(main())
+    assert a.is_stopped and a.report_error is not None
+    cluster.env.procs.remove(proc)
+    proc.stop()
