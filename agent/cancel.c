@@ -204,6 +204,13 @@ uint64_t ihc__cancel_current_id(ihc_agent *a)
     return a->cx.current_id;
 }
 
+const char *ihc__cancel_current_reason(ihc_agent *a)
+{
+    return a->cx.current_reason ? a->cx.current_reason
+           : a->cx.current_id   ? ""
+                                : "missed interrupt";
+}
+
 /* Lock held. Sets should_interrupt for hw (entry e, NULL for global). */
 static void set_flag(ihc_agent *a, ihc__hwent *e, bool global)
 {
@@ -275,7 +282,9 @@ void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t
         return;
     }
     atomic_fetch_add(&a->n_interrupts, 1);
+    cx->current_reason = m->reason ? m->reason : "";
     cancel_run(a, m->hw, m->id, m->epoch, v, n, t0);
+    cx->current_reason = NULL;
 }
 
 void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m)

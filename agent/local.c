@@ -85,6 +85,7 @@ struct lsession {
     ihc_token *tok;
     ls_state state;
     uint64_t interrupt_id; /* of the stop, when known */
+    char reason[IHC_REASON_MAX + 1]; /* of the stop */
     int holders;           /* connections and streams holding a pid-less session */
     lstream *streams;
 };
@@ -302,9 +303,9 @@ static void stream_push(lstream *st, const char *text)
     }
 }
 
-static void stop_event(const ihc_local *l, const lsession *s, const char *reason, char *buf,
-                       size_t cap)
+static void stop_event(const ihc_local *l, const lsession *s, char *buf, size_t cap)
 {
+    const char *reason = s->reason;
     json_t *d = json_pack("{s:I,s:s,s:s,s:i}", "interrupt_id", (json_int_t)s->interrupt_id,
                           "hardware_id", s->hw, "reason", reason, "deadline_ms", l->deadline_ms);
     char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
@@ -314,10 +315,10 @@ static void stop_event(const ihc_local *l, const lsession *s, const char *reason
 }
 
 /* Tells every stream of s to stop. */
-static void session_tell_locked(ihc_local *l, lsession *s, const char *reason)
+static void session_tell_locked(ihc_local *l, lsession *s)
 {
-    char ev[1024];
-    stop_event(l, s, reason, ev, sizeof ev);
+    char ev[IHC_REASON_MAX * 6 + 512];
+    stop_event(l, s, ev, sizeof ev);
     for (lstream *st = s->streams; st; st = st->s_next)
         stream_push(st, ev);
 }
@@ -391,11 +392,12 @@ static void on_session_cancel(const char *session_id, void *arg)
     }
     s->state = LS_INTERRUPTED;
     s->interrupt_id = ihc__cancel_current_id(l->a); /* we are inside on_cancel */
+    snprintf(s->reason, sizeof s->reason, "%s", ihc__cancel_current_reason(l->a));
     bool hold = s->pid == 0 && s->streams != NULL;
     size_t n = 0;
     for (lstream *st = s->streams; st; st = st->s_next)
         n++;
-    session_tell_locked(l, s, "interrupt");
+    session_tell_locked(l, s);
     char sid[IHC_ID_MAX + 1], hw[IHC_HW_MAX + 1];
     snprintf(sid, sizeof sid, "%s", s->sid);
     snprintf(hw, sizeof hw, "%s", s->hw);
@@ -418,7 +420,8 @@ int ihc_local_notify(ihc_local *l, const char *hw)
         if (s->state == LS_ACTIVE && ihc_token_cancelled(s->tok) &&
             (strcmp(hw, "*") == 0 || strcmp(hw, s->hw) == 0)) {
             s->state = LS_INTERRUPTED;
-            session_tell_locked(l, s, "module");
+            snprintf(s->reason, sizeof s->reason, "stopped by a module");
+            session_tell_locked(l, s);
             ihc_log(IHC_LOG_INFO, COMP, "session told to stop session=%s hw=%s pid=%d by=module",
                     s->sid, s->hw, (int)s->pid);
         }
@@ -737,8 +740,9 @@ static enum MHD_Result route_events(ihc_local *l, struct MHD_Connection *conn, l
     free(text);
     stream_push(st, ev);
     if (s->state == LS_INTERRUPTED) {
-        stop_event(l, s, "interrupt", ev, sizeof ev);
-        stream_push(st, ev);
+        char sev[IHC_REASON_MAX * 6 + 512];
+        stop_event(l, s, sev, sizeof sev);
+        stream_push(st, sev);
     }
     struct MHD_Response *resp = MHD_create_response_from_callback(
         MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, st, stream_done);
