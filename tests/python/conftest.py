@@ -62,7 +62,14 @@ class Cluster:
         knows hold one)."""
         c = ihc.Client(self.url)
         if not wait_until(lambda: len(c.sessions(hw)) >= n, timeout, 0.01):
-            pytest.fail("the coordinator did not learn %d sessions of %s" % (n, hw))
+            self.dump_logs()
+            pytest.fail("the coordinator did not learn %d sessions of %s in %g s (it has %s; "
+                        "agents: %s)" % (n, hw, timeout, c.sessions(hw), c.agents()))
+
+    def dump_logs(self):
+        ihc_env.tail(self.env.coord_log, 40)
+        for p, _ in self.agents.values():
+            ihc_env.tail(p.log, 20)
 
     def close(self):
         """Stops the agents (SIGTERM: each must exit 0 without a sanitizer report), then

@@ -24,6 +24,8 @@ def test_asyncio_stream_example_stopped_by_cli(cluster):
                               "--reason", "enough"],
                              env=dict(os.environ, IHC_CONTROL_URL=cluster.env.control),
                              capture_output=True, text=True, timeout=30)
+        if cli.returncode != 0:
+            cluster.dump_logs()
         assert cli.returncode == 0, cli.stdout + cli.stderr
         out, err = ex.communicate(timeout=15)
     finally:
