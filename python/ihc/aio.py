@@ -16,7 +16,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, TypeV
 
 from . import local
 from .errors import Error, Interrupted
-from .session import OPEN_TIMEOUT, ModuleOutcome, outcomes_docs
+from .session import OPEN_TIMEOUT, ModuleOutcome, module_name, outcomes_docs
 
 T = TypeVar("T")
 
@@ -256,8 +256,7 @@ class Session:
         """Calls ``fn()`` (awaited if it returns an awaitable) when the stop arrives, after the
         guarded work was cancelled; its outcome is reported as ``module``'s result (default:
         the session's module). See :meth:`ihc.Session.on_stop`."""
-        self._callbacks.append((fn, module or self.module or
-                                getattr(fn, "__qualname__", None) or "on_stop"))
+        self._callbacks.append((fn, module_name(fn, module, self.module)))
 
     async def run(self, coro: Awaitable[T]) -> T:
         """Runs ``coro`` as a task and returns its result; when the stop arrives the task is

@@ -7,6 +7,7 @@ agent ends the session at once."""
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import threading
 import time
@@ -36,6 +37,22 @@ class ModuleOutcome:
             d["status"] = "timeout"
             d["error"] = f"stop callbacks took {self.time_ms:.1f} ms, deadline {deadline_ms} ms"
         return d
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+
+
+def module_name(fn: Callable[..., Any], module: str | None, session_module: str | None) -> str:
+    """The module an on_stop callback reports as: ``module``, else the session's module, else
+    the function's name when the agent accepts it as one, else ``on_stop``."""
+    if module is not None:
+        if not isinstance(module, str) or not _MODULE_NAME.fullmatch(module):
+            raise Error(f"module {module!r}: expected 1-128 characters of [A-Za-z0-9._:@-]")
+        return module
+    if session_module:
+        return session_module
+    name = getattr(fn, "__name__", "")
+    return name if isinstance(name, str) and _MODULE_NAME.fullmatch(name) else "on_stop"
 
 
 def outcomes_docs(outcomes: dict[str, ModuleOutcome], deadline_ms: Any) -> list[dict[str, Any]]:
@@ -162,10 +179,11 @@ class Session:
         """Runs ``fn()`` on the session's thread when the stop arrives (callbacks in the
         order given). Their outcome — ``ok``, ``error`` with the exception, ``timeout`` when
         they took longer than the stop's deadline — and time are reported to the agent as
-        the result of ``module`` (default: the session's module, else the callback's name),
+        the result of ``module`` (default: the session's module, else the function's name, else
+        ``on_stop``),
         and appear in the interrupt's ``modules``. Registered after the stop, ``fn`` runs at
         once here and is not reported."""
-        name = module or self.module or getattr(fn, "__qualname__", None) or "on_stop"
+        name = module_name(fn, module, self.module)
         with self._lock:
             late = self.stopped.is_set()
             if not late:

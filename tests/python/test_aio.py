@@ -112,3 +112,25 @@ def test_aio_bad_hardware_id(cluster):
     with pytest.raises(ihc.Error) as e:
         asyncio.run(main())
     assert e.value.status == 400 and "hardware_id" in e.value.message
+
+
+def test_async_on_stop_reported(cluster):
+    c = ihc.Client(cluster.url)
+    done = []
+
+    async def flush_audio():
+        await asyncio.sleep(0.02)
+        done.append(True)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with ihc.aio.session("py-aio-4", url=cluster.local_url) as s:
+            s.on_stop(flush_audio)
+            await loop.run_in_executor(None, cluster.wait_coordinator_sessions, "py-aio-4", 1)
+            r = await loop.run_in_executor(None, c.interrupt, "py-aio-4")
+            await s.stopped()
+        return s, r
+    s, r = asyncio.run(main())
+    assert done == [True]
+    m = [m for m in r.modules if m["name"] == "flush_audio"]
+    assert m and m[0]["status"] == "ok" and m[0]["time_ms"] >= 20, r.modules

@@ -157,3 +157,25 @@ def test_agent_gone_counts_as_stop(cluster):
     assert a.is_stopped and a.report_error is not None
     cluster.env.procs.remove(proc)
     proc.stop()
+
+
+def test_on_stop_names_without_a_module(cluster):
+    c = ihc.Client(cluster.url)
+    calls = []
+
+    def cancel_model():
+        calls.append("cancel_model")
+    with ihc.session("py-sync-4", url=cluster.local_url) as s:
+        s.on_stop(cancel_model)
+        s.on_stop(lambda: calls.append("lambda"))
+        s.on_stop(lambda: calls.append("named"), module="py.tts:v2")
+        with pytest.raises(ihc.Error, match="module"):
+            s.on_stop(print, module="bad name")
+        cluster.wait_coordinator_sessions("py-sync-4", 1)
+        r = c.interrupt("py-sync-4", timeout_ms=3000)
+        assert s.stopped.wait(5)
+    assert calls == ["cancel_model", "lambda", "named"]
+    names = {m["name"]: m["status"] for m in r.modules}
+    assert names.get("cancel_model") == "ok" and names.get("on_stop") == "ok", r.modules
+    assert names.get("py.tts:v2") == "ok", r.modules
+    assert s.report_error is None
