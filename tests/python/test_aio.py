@@ -134,3 +134,28 @@ def test_async_on_stop_reported(cluster):
     assert done == [True]
     m = [m for m in r.modules if m["name"] == "flush_audio"]
     assert m and m[0]["status"] == "ok" and m[0]["time_ms"] >= 20, r.modules
+
+
+def test_guard_ends_after_the_item_in_hand(cluster):
+    """A stop while the consumer is busy with an item (not waiting on the generator) lets it
+    finish that item; the iteration ends before the next one, without CancelledError."""
+    c = ihc.Client(cluster.url)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with ihc.aio.session("py-aio-5", module="py_busy", url=cluster.local_url) as s:
+            await loop.run_in_executor(None, cluster.wait_coordinator_sessions, "py-aio-5", 1)
+            handled = []
+            req = None
+            async for tok in s.guard(tokens()):
+                if req is None:
+                    req = loop.run_in_executor(None, c.interrupt, "py-aio-5")
+                    await s.stopped()  # busy with this item when the stop arrives
+                    await asyncio.sleep(0.02)
+                handled.append(tok)
+            r = await req
+        return s, r, handled
+    s, r, handled = asyncio.run(main())
+    assert handled == ["tok1"]
+    m = [m for m in r.modules if m["name"] == "py_busy"]
+    assert m and m[0]["status"] == "ok" and m[0]["time_ms"] >= 20, r.modules
