@@ -22,22 +22,24 @@ MODULE_STATUSES = ("ok", "timeout", "error", "skipped")
 
 def socket_path(url: str | None = None) -> str:
     """The socket path of a local API URL: ``url``, else IHC_LOCAL_URL, else
-    ``unix:///tmp/ihc-agent.sock``. ``unix:///run/ihc/agent.sock`` → ``/run/ihc/agent.sock``.
-    Raises :class:`ihc.Error` for ``off`` and anything that is not ``unix://`` + an absolute
-    path."""
+    ``unix:///tmp/ihc-agent.sock``. ``unix:///run/ihc/agent.sock`` → ``/run/ihc/agent.sock``;
+    the old ``ipc:///PATH`` means ``unix:///PATH``, as for the agent. Raises
+    :class:`ihc.Error` when the local API is disabled (``off``, ``none`` or empty, as the
+    agent reads them) and for anything that is not ``unix://`` + an absolute path."""
     src = "url"
     if url is None:
-        url = os.environ.get("IHC_LOCAL_URL") or DEFAULT_LOCAL_URL
+        url = os.environ.get("IHC_LOCAL_URL")
         src = "IHC_LOCAL_URL"
-    if url == "off":
-        raise Error(f"{src} is 'off': the agent's local API is disabled")
-    if url.startswith("ipc://"):
-        raise Error(f"{src} {url!r}: the agent's local API is HTTP on a Unix socket now; "
-                    f"use unix://{url[6:]}")
-    u = urllib.parse.urlsplit(url)
-    if u.scheme != "unix" or u.netloc or not u.path.startswith("/") or u.query or u.fragment:
-        raise Error(f"{src} {url!r}: expected unix:///absolute/path/to/agent.sock")
-    return urllib.parse.unquote(u.path)
+        if url is None:
+            url = DEFAULT_LOCAL_URL
+    if url.strip().lower() in ("", "off", "none"):
+        raise Error(f"{src} is {url!r}: the agent's local API is disabled")
+    for scheme in ("unix://", "ipc://"):
+        if url.startswith(scheme):
+            path = url[len(scheme):]
+            if path.startswith("/") and len(path) > 1:
+                return path
+    raise Error(f"{src} {url!r}: expected unix:///absolute/path/to/agent.sock")
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

@@ -128,11 +128,17 @@ def test_local_url_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("IHC_LOCAL_URL", "off")
     with pytest.raises(ihc.Error, match="disabled"):
         ihc.session("dev-1")
-    for bad in ("ipc:///tmp/x.sock", "unix://relative", "http://x", "unix:///x?y"):
-        with pytest.raises(ihc.Error):
+    monkeypatch.setenv("IHC_LOCAL_URL", "")
+    with pytest.raises(ihc.Error, match="disabled"):
+        ihc.LocalAPI()
+    for bad in ("unix://relative", "http://x", "unix:///", "/tmp/x.sock"):
+        with pytest.raises(ihc.Error, match="expected unix:///"):
             ihc.session("dev-1", url=bad)
     monkeypatch.setenv("IHC_LOCAL_URL", "unix:///run/ihc/agent.sock")
     assert ihc.LocalAPI().path == "/run/ihc/agent.sock"
+    assert ihc.LocalAPI("ipc:///tmp/old.sock").path == "/tmp/old.sock"
+    monkeypatch.delenv("IHC_LOCAL_URL")
+    assert ihc.LocalAPI().path == "/tmp/ihc-agent.sock"
 
 
 def test_agent_gone_counts_as_stop(cluster):
