@@ -15,6 +15,7 @@ import urllib.parse
 from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, TypeVar
 
 from . import local
+from ._http import decode, error_of
 from .errors import Error, Interrupted
 from .session import OPEN_TIMEOUT, ModuleOutcome, module_name, outcomes_docs
 
@@ -79,9 +80,7 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, m
     status, headers = await _read_head(reader)
     payload = b"".join([p async for p in _body_pieces(reader, headers)])
     if not 200 <= status < 300:
-        from ._http import error_of
         raise error_of(status, payload, "", url + path)
-    from ._http import decode
     return decode(payload, status, url + path)
 
 
@@ -159,13 +158,18 @@ class Session:
             raise Error("the session is already open")
         try:
             await asyncio.wait_for(self._open(), self._timeout)
-        except asyncio.TimeoutError:
+        except BaseException as e:
+            # not open: let go of what was set up (the agent then ends the session)
+            if self._reader is not None:
+                self._reader.cancel()
+                self._reader = None
             _close_writer(self._stream_w)
-            raise Error(f"the agent did not answer in {self._timeout:g} s", None,
-                        self._url) from None
-        except (OSError, ValueError, asyncio.IncompleteReadError) as e:
-            _close_writer(self._stream_w)
-            raise Error(f"{e.__class__.__name__}: {e}", None, self._url) from e
+            if isinstance(e, asyncio.TimeoutError):
+                raise Error(f"the agent did not answer in {self._timeout:g} s", None,
+                            self._url) from None
+            if isinstance(e, (OSError, ValueError, asyncio.IncompleteReadError)):
+                raise Error(f"{e.__class__.__name__}: {e}", None, self._url) from e
+            raise
         return self
 
     async def _open(self) -> None:
@@ -185,7 +189,6 @@ class Session:
             status, headers = await _read_head(r)
             if status != 200:
                 payload = b"".join([p async for p in _body_pieces(r, headers)])
-                from ._http import error_of
                 raise error_of(status, payload, "", self._url + path)
             lines = self._lines(r, headers)
             held = asyncio.get_running_loop().create_future()
@@ -206,7 +209,7 @@ class Session:
                 # the reader reports once the work has ended; give it the deadline
                 try:
                     await asyncio.wait_for(asyncio.shield(self._reader), self._deadline_s())
-                except (asyncio.TimeoutError, Exception):
+                except Exception:  # timed out, or the reader failed: report from here
                     pass
             self._closing = True
             try:
