@@ -24,4 +24,8 @@ def test_pip_install_into_venv_offline(tmp_path):
                               "unix:///run/ihc/agent.sock"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0.1.0", "http://127.0.0.1:7480", "/run/ihc/agent.sock"]
+    site = out.stdout and subprocess.run(
+        [str(v / "bin" / "python"), "-c", "import ihc, os; print(os.path.dirname(ihc.__file__))"],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=30).stdout.strip()
+    assert os.path.exists(os.path.join(site, "py.typed")), "no py.typed in " + site
     assert not os.path.exists(os.path.join(ROOT, "python", "build")), "pip left build/"
