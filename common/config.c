@@ -809,6 +809,33 @@ static int load_tls(ihc_config *cfg, unsigned role, const unsigned char *src, ch
                         sizeof cfg->tls_warning);
 }
 
+/* The coordinator's nng listeners refuse ipc://: with nng 1.5.2 one plain connect + close on
+ * an ipc listener (a health check, a port scanner, a client killed at the wrong moment) stops
+ * it accepting for good (nng#1518, fixed in nng 1.6.0); tcp:// was not wedged in the same
+ * test (tests/integration/test_local_api.c). */
+static int coord_listen_check(const ihc_config *cfg, char *err, size_t err_len)
+{
+    const struct {
+        const char *env;
+        const char *url;
+    } urls[] = {{"IHC_PUB_URL", cfg->pub_url},
+                {"IHC_REPORT_URL", cfg->report_url},
+                {"IHC_CONTROL_URL", cfg->control_url}};
+    for (size_t i = 0; i < sizeof urls / sizeof *urls; i++) {
+        if (!urls[i].url || strncmp(urls[i].url, "ipc://", 6) != 0)
+            continue;
+        char v[80];
+        show(v, sizeof v, urls[i].url);
+        set_err(err, err_len,
+                "%s=%s: the coordinator does not listen on ipc://: with nng 1.5.2 a single "
+                "connect + close on an ipc listener stops it accepting (nng#1518, fixed in nng "
+                "1.6.0); listen on tcp://127.0.0.1:PORT (or tls+tcp://) instead",
+                urls[i].env, v);
+        return IHC_ECONFIG;
+    }
+    return IHC_OK;
+}
+
 int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *rest, int *n_rest,
                     char *err, size_t err_len)
 {
@@ -905,6 +932,8 @@ int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *
                 cfg->http_max_conns_per_ip, cfg->http_max_conns);
         return IHC_ECONFIG;
     }
+    if ((role & IHC_ROLE_COORDINATOR) && (rc = coord_listen_check(cfg, err, err_len)) != IHC_OK)
+        return rc;
     if ((role & IHC_ROLE_COORDINATOR) && cfg->agent_ttl <= cfg->heartbeat_interval) {
         set_err(err, err_len,
                 "IHC_AGENT_TTL=%g must be greater than IHC_HEARTBEAT_INTERVAL=%g, or every "

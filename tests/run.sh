@@ -30,7 +30,8 @@ log() { printf '\n=== %s ===\n' "$*"; }
 
 # --- dependencies -------------------------------------------------------------------
 deps=(build-essential cmake pkg-config libnng-dev libmsgpack-dev libhiredis-dev libcmocka-dev
-      libjansson-dev libmicrohttpd-dev libmbedtls-dev redis-server redis-tools valgrind
+      libjansson-dev libmicrohttpd-dev libmbedtls-dev libcurl4-openssl-dev redis-server
+      redis-tools valgrind
       iproute2 iptables curl openssl python3 python3-prometheus-client python3-pytest python3-venv)
 missing=()
 for p in "${deps[@]}"; do

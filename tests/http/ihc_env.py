@@ -198,7 +198,7 @@ class Env:
         sock = os.path.join(self.dir, "%s.sock" % agent_id)
         a = Proc("agent " + agent_id,
                  [bin_path("ihc-agent"), "--id", agent_id, "--pub", self.pub, "--report",
-                  self.report, "--local", "ipc://" + sock, "--simulate", hws, "--heartbeat",
+                  self.report, "--local", "unix://" + sock, "--simulate", hws, "--heartbeat",
                   "0.5", "--log-level", "warn"],
                  os.path.join(self.dir, "agent-%s.log" % agent_id))
         self.procs.append(a)

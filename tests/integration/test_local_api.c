@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -34,6 +35,8 @@ static struct {
     char sock[512], small_sock[512];
     char agent_log[512];
 } w;
+
+static pid_t start_agent(const char *id, const char *sock, const char *max_conns);
 
 /* ---- helpers ---- */
 
@@ -474,6 +477,73 @@ static void test_local_max_conns(void **state)
     assert_true(TH_WAIT(th_unix_http(w.small_sock, "GET", "/healthz", NULL, NULL) == 200, 5000));
 }
 
+/* ---- the coordinator's nng listeners ---- */
+
+static int tcp_port_of(const char *url)
+{
+    const char *c = strrchr(url, ':');
+    return c ? atoi(c + 1) : -1;
+}
+
+static void raw_connect_close(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    close(fd);
+}
+
+static bool agent_listed(const char *id)
+{
+    char *r = NULL;
+    th_http(w.http, "GET", "/v1/agents", NULL, NULL, &r);
+    char want[128];
+    snprintf(want, sizeof want, "\"agent_id\":\"%s\"", id);
+    bool in = r && strstr(r, want);
+    free(r);
+    return in;
+}
+
+/* Raw connect + close on PUB, PULL and the control REP (tcp://): each keeps accepting — a
+ * new agent registers and a control request is answered. ipc:// listeners are refused at
+ * start-up: there the same connect + close wedged them (nng#1518). */
+static void test_local_coordinator_listeners(void **state)
+{
+    (void)state;
+    const char *urls[] = {w.pub_url, w.rep_url, w.ctl_url};
+    for (int k = 0; k < 10; k++)
+        for (size_t i = 0; i < 3; i++)
+            raw_connect_close(tcp_port_of(urls[i]));
+    char *json = NULL;
+    int st = th_control(w.ctl_url, "stats", NULL, NULL, 5000, &json);
+    free(json);
+    assert_int_equal(st, 200);
+    char sock[600];
+    snprintf(sock, sizeof sock, "%s/late.sock", w.dir);
+    pid_t late = start_agent("late-agent", sock, "16");
+    assert_true(late > 0);
+    bool listed_ok = TH_WAIT(agent_listed("late-agent"), 10000);
+    th_stop(late, SIGTERM, 5000);
+    assert_true(listed_ok);
+
+    char log[600], ipc[600], http[64];
+    snprintf(log, sizeof log, "%s/coordinator-ipc.log", w.dir);
+    snprintf(ipc, sizeof ipc, "ipc://%s/control.sock", w.dir);
+    snprintf(http, sizeof http, "127.0.0.1:%d", th_free_port());
+    char *argv[] = {(char *)th_bin("ihc-coordinator"), "--control", ipc, "--http", http,
+                    "--redis", w.redis.url, NULL};
+    pid_t c = th_spawn(argv, log, NULL);
+    assert_true(c > 0);
+    st = th_wait_exit(c, 10000);
+    if (st == -1)
+        th_stop(c, SIGKILL, 1000);
+    assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    assert_true(th_log_has(log, "does not listen on ipc://", 0));
+    assert_true(th_log_has(log, "nng#1518", 0));
+}
+
 /* Last: the agents stop cleanly (exit 0; under sanitizers also without leaks or errors) and
  * remove their sockets. */
 static void test_local_agents_stop(void **state)
@@ -579,6 +649,7 @@ int main(void)
         cmocka_unit_test(test_local_held_sessions_end),
         cmocka_unit_test(test_local_stray_clients),
         cmocka_unit_test(test_local_max_conns),
+        cmocka_unit_test(test_local_coordinator_listeners),
         cmocka_unit_test(test_local_agents_stop),
     };
     return cmocka_run_group_tests_name("local_api", tests, setup, teardown);

@@ -285,7 +285,7 @@ static void test_config_defaults_cli(void **state)
 static void test_config_env_overrides(void **state)
 {
     (void)state;
-    setenv("IHC_PUB_URL", "ipc:///tmp/x-pub.sock", 1);
+    setenv("IHC_PUB_URL", "tcp://10.0.0.5:7450", 1);
     setenv("INTERRUPT_TIMEOUT", "2.5", 1);
     setenv("MAX_ACTIVE_SESSIONS", "7", 1);
     setenv("LOG_TIMING", "Off", 1);
@@ -300,7 +300,7 @@ static void test_config_env_overrides(void **state)
     ihc_config cfg;
     char err[256];
     TH_PASS(load(&cfg, COORD, err, sizeof err, NULL, NULL, NOARGS));
-    assert_string_equal(cfg.pub_url, "ipc:///tmp/x-pub.sock");
+    assert_string_equal(cfg.pub_url, "tcp://10.0.0.5:7450");
     assert_true(cfg.interrupt_timeout == 2.5);
     assert_int_equal(cfg.max_active_sessions, 7);
     assert_false(cfg.log_timing);
@@ -521,6 +521,18 @@ static void test_config_bad_url(void **state)
         ihc_config_fini(&cfg);
     }
     assert_null(ihc_config_local_path("off", NULL));
+    /* the coordinator does not listen on ipc:// (nng#1518); agents may still be told to */
+    expect_error(COORD, ARGS("--control=ipc:///tmp/c.sock"), "IHC_CONTROL_URL=ipc:///tmp/c.sock",
+                 "nng#1518");
+    setenv("IHC_REPORT_URL", "ipc:///tmp/r.sock", 1);
+    expect_error(COORD, NOARGS, "IHC_REPORT_URL=ipc:///tmp/r.sock", "tcp://127.0.0.1:PORT");
+    {
+        ihc_config cfg;
+        char err[256];
+        TH_PASS(load(&cfg, AGENT, err, sizeof err, NULL, NULL, NOARGS));
+        ihc_config_fini(&cfg);
+    }
+    unsetenv("IHC_REPORT_URL");
     setenv("IHC_LOCAL_MAX_CONNS", "0", 1);
     expect_error(AGENT, NOARGS, "IHC_LOCAL_MAX_CONNS=0", NULL);
     unsetenv("IHC_LOCAL_MAX_CONNS");
