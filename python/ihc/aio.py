@@ -106,8 +106,8 @@ class Session:
     """One asyncio session of ``hardware_id`` on the local agent (see :func:`session`).
 
     Attributes: ``session_id``, ``epoch``, ``hardware_id``, ``module``; ``stop`` (the stop
-    event's data — ``interrupt_id``, ``reason``, ``deadline_ms`` — None before, an empty
-    dict when the agent's stream ended without one); ``stop_time`` (``time.monotonic()``
+    event's data — ``interrupt_id``, ``reason``, ``deadline_ms`` — None before; as for
+    :class:`ihc.Session` when the session ended without one); ``stop_time`` (``time.monotonic()``
     when the stop arrived); ``report`` (what was sent to the agent at the end) and
     ``report_error`` (the :class:`ihc.Error` when the agent was gone; ``close`` does not raise
     then).
@@ -137,6 +137,7 @@ class Session:
         self._reader: asyncio.Task | None = None
         self._stream_w: asyncio.StreamWriter | None = None
         self._reported = False
+        self._ended = False  # the agent ended the session: nothing to DELETE
         self._closing = False
 
     def __repr__(self) -> str:
@@ -342,6 +343,10 @@ class Session:
                 if ev[0] == "stop":
                     stop = ev[1] if isinstance(ev[1], dict) else {"reason": str(ev[1])}
                     break
+                if ev[0] == "end":  # ended without a stop (expired): the stream ends too
+                    stop = ev[1] if isinstance(ev[1], dict) else {}
+                    self._ended = True
+                    break
         except (OSError, ValueError, asyncio.IncompleteReadError) as e:
             if not held.done():
                 held.set_exception(e)
@@ -407,6 +412,8 @@ class Session:
         if self._reported:
             return
         self._reported = True
+        if self._ended:
+            return
         mods = outcomes_docs(self._outcomes, (self.stop or {}).get("deadline_ms"))
         body = local.end_body(state, mods)
         self.report = body or {}

@@ -66,7 +66,9 @@ class Session:
     Attributes: ``session_id``, ``epoch``, ``hardware_id``, ``module``; ``stopped``
     (a :class:`threading.Event`, set when the agent says stop or the agent's stream ends);
     ``stop`` (the stop event's data: ``interrupt_id``, ``reason``, ``deadline_ms``; None
-    before, and an empty dict when the stream ended without one); ``report`` (what the end
+    before; when the agent ended the session without a stop, its ``end`` event's data,
+    ``{"session_id", "state"}`` — e.g. ``expired`` after SESSION_TIMEOUT —, and an empty dict
+    when the stream ended without either); ``report`` (what the end
     sent the agent) and ``report_error`` (the :class:`ihc.Error` when it could not be sent
     because the agent was gone; ``close`` does not raise then).
     """
@@ -93,6 +95,7 @@ class Session:
         self._held = threading.Event()
         self._closing = False
         self._reported = False
+        self._ended = False  # the agent ended the session: nothing to DELETE
         self._stream: local.UnixHTTPConnection | None = None
         self._thread: threading.Thread | None = None
         self._stream_error: BaseException | None = None
@@ -203,6 +206,10 @@ class Session:
                     stop = data if isinstance(data, dict) else {"reason": str(data)}
                     self._held.set()
                     break
+                elif ev == "end":  # ended without a stop (expired): the stream ends too
+                    stop = data if isinstance(data, dict) else {}
+                    self._ended = True
+                    break
         except (OSError, ValueError, http.client.HTTPException) as e:
             self._stream_error = e
         self._held.set()
@@ -239,6 +246,9 @@ class Session:
         if not first:
             # the stream must outlive the report in flight on the other thread
             self._report_done.wait(self._timeout)
+            return
+        if self._ended:
+            self._report_done.set()
             return
         try:
             mods = outcomes_docs(self._outcomes, (self.stop or {}).get("deadline_ms"))

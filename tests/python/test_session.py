@@ -185,3 +185,46 @@ def test_on_stop_names_without_a_module(cluster):
     assert names.get("cancel_model") == "ok" and names.get("on_stop") == "ok", r.modules
     assert names.get("py.tts:v2") == "ok", r.modules
     assert s.report_error is None
+
+
+def test_expired_session_counts_as_stop(cluster):
+    """A session the agent ends itself (SESSION_TIMEOUT): both kinds count as stopped — by
+    the agent's stop event, or its `end` event ({"session_id", "state": "expired"}) — and
+    close without raising."""
+    import asyncio
+    url = cluster.start_agent("py-a3", ["--session-timeout", "1"])
+
+    async def main():
+        async with ihc.aio.session("py-exp-1", url=url) as a:
+            with ihc.session("py-exp-2", url=url) as s:
+                assert s.stopped.wait(10), "not expired after 10 s"
+            stop = await asyncio.wait_for(a.stopped(), 10)
+        return a, s, stop
+    a, s, stop = asyncio.run(main())
+    for sess, st in ((s, s.stop), (a, stop)):
+        assert ("reason" in st and "interrupt_id" in st) or \
+            st == {"session_id": sess.session_id, "state": "expired"}, st
+        assert sess.report_error is None or sess.report_error.status is None, sess.report_error
+    api = ihc.LocalAPI(url)
+    assert not [x for x in api.sessions() if x["state"] == "active"]
+
+
+def test_session_ended_by_another_client(cluster):
+    """Another client DELETEs the session: its `end` event stops both kinds of session, with
+    the end's data, and they close without a DELETE of their own."""
+    import asyncio
+    api = ihc.LocalAPI(cluster.local_url)
+
+    async def main():
+        async with ihc.aio.session("py-end-1", url=cluster.local_url) as a:
+            with ihc.session("py-end-2", url=cluster.local_url) as s:
+                api.end(s.session_id, "done")
+                assert s.stopped.wait(5)
+            api.end(a.session_id, "failed")
+            stop = await asyncio.wait_for(a.stopped(), 5)
+        return a, s, stop
+    a, s, stop = asyncio.run(main())
+    assert s.stop == {"session_id": s.session_id, "state": "done"}, s.stop
+    assert stop == {"session_id": a.session_id, "state": "failed"}, stop
+    assert s.report is None and a.report is None
+    assert s.report_error is None and a.report_error is None
