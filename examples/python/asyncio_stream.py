@@ -4,7 +4,7 @@
 Run it beside an ihc-agent, then interrupt its hardware_id from anywhere:
 
     PYTHONPATH=python python3 examples/python/asyncio_stream.py --hw dev-1 &
-    build/bin/ihc interrupt dev-1
+    build/bin/ihc interrupt dev-1 --reason 'user stop'
 
 It streams a token every few milliseconds inside an ihc.aio session; at the stop the
 generator is cancelled where it waits, and the script prints how many tokens it emitted and
@@ -57,9 +57,11 @@ async def main() -> int:
         print(f"the stream ended by itself after {n} tokens")
         return 0
     stop = s.stop
+    why = f"interrupt {stop['interrupt_id']}" if "interrupt_id" in stop else "session ended"
+    if stop.get("reason"):
+        why += f": {stop['reason']}"
     print(f"stopped after {n} tokens, {(ended - s.stop_time) * 1000:.3f} ms after the stop "
-          f"event arrived (interrupt {stop.get('interrupt_id')}: {stop.get('reason')})",
-          flush=True)
+          f"event arrived ({why})", flush=True)
     return 0
 
 

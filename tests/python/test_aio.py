@@ -44,7 +44,7 @@ def test_generator_every_ms_stopped_by_http_interrupt(cluster):
 
     s, r, n, ended = asyncio.run(main())
     assert n >= 20
-    assert s.stop["interrupt_id"] == r.interrupt_id
+    assert s.stop["interrupt_id"] == r.interrupt_id and s.stop["reason"] == "user stop"
     assert s.session_id in r.cleaned_sessions, r
     assert 0 <= ended - s.stop_time < 0.5
     mods = [m for m in r.modules if m["name"] == "llm_stream"]

@@ -33,7 +33,7 @@ def test_stop_sets_stopped_and_reports_on_stop(cluster):
             s.check()
         s.check()  # the with block swallows the session's own Interrupted
     assert ran.is_set()
-    assert s.stop["interrupt_id"] == r.interrupt_id and isinstance(s.stop["reason"], str)
+    assert s.stop["interrupt_id"] == r.interrupt_id and s.stop["reason"] == "sync test"
     assert s.session_id in r.cleaned_sessions, r
     mods = module_result(r, "py_text")
     assert mods and mods[0]["status"] == "ok", r.modules
