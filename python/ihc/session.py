@@ -120,15 +120,15 @@ class Session:
             self._thread = threading.Thread(target=self._read, args=(resp,), daemon=True,
                                             name=f"ihc-session-{self.session_id}")
             self._thread.start()
-            if not self._held.wait(self._timeout):
+            held = self._held.wait(self._timeout)
+            failed = self._stream_error is not None and not self.stopped.is_set()
+            if not held or failed:
                 with self._lock:
                     self._closing = True
                 self._shutdown_stream()
-                raise Error(f"session {self.session_id}: no event from the agent in "
-                            f"{self._timeout:g} s", None, self._api.url)
-            if self._stream_error is not None and not self.stopped.is_set():
-                raise Error(f"session {self.session_id}: the event stream failed: "
-                            f"{self._stream_error}", None, self._api.url)
+                why = (f"the event stream failed: {self._stream_error}" if failed else
+                       f"no event from the agent in {self._timeout:g} s")
+                raise Error(f"session {self.session_id}: {why}", None, self._api.url)
         finally:
             reg.close()
         return self
@@ -182,10 +182,9 @@ class Session:
         """Runs ``fn()`` on the session's thread when the stop arrives (callbacks in the
         order given). Their outcome — ``ok``, ``error`` with the exception, ``timeout`` when
         they took longer than the stop's deadline — and time are reported to the agent as
-        the result of ``module`` (default: the session's module, else the function's name, else
-        ``on_stop``),
-        and appear in the interrupt's ``modules``. Registered after the stop, ``fn`` runs at
-        once here and is not reported."""
+        the result of ``module`` (default: the session's module, else the function's name,
+        else ``on_stop``), and appear in the interrupt's ``modules``. Registered after the
+        stop, ``fn`` runs at once here and is not reported."""
         name = module_name(fn, module, self.module)
         with self._lock:
             late = self.stopped.is_set()
@@ -198,13 +197,14 @@ class Session:
 
     def _read(self, resp: Any) -> None:
         stop: dict[str, Any] | None = None
+        got_any = False
         try:
             for ev, data in local.read_events(resp):
+                got_any = True
                 if ev == "session":
                     self._held.set()
                 elif ev == "stop":
                     stop = data if isinstance(data, dict) else {"reason": str(data)}
-                    self._held.set()
                     break
                 elif ev == "end":  # ended without a stop (expired): the stream ends too
                     stop = data if isinstance(data, dict) else {}
@@ -212,6 +212,12 @@ class Session:
                     break
         except (OSError, ValueError, http.client.HTTPException) as e:
             self._stream_error = e
+        if not got_any:
+            # the stream never held the session: open() fails
+            self._stream_error = self._stream_error or ConnectionError(
+                "the agent ended the event stream at once")
+            self._held.set()
+            return
         self._held.set()
         with self._lock:
             if self._closing:
