@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -31,6 +30,7 @@
 #include "config.h"
 #include "defaults.h"
 #include "err.h"
+#include "fdlimit.h"
 #include "local_body.h"
 #include "log.h"
 #include "thread.h"
@@ -48,7 +48,6 @@
 #define STREAM_BLOCK     4096
 #define DRAIN_MS         1000 /* shutdown: streams given this long to end */
 #define LOG_EVERY_NS     1000000000ull
-#define FD_RESERVE       128
 #define SESSION_HOLD_MAX 16 /* sessions one connection may hold (POSTs without pid) */
 #define CT_JSON          "application/json"
 #define CT_SSE           "text/event-stream; charset=utf-8"
@@ -502,6 +501,10 @@ static enum MHD_Result route_begin(ihc_local *l, struct MHD_Connection *conn, lr
     unsigned long long start = 0;
     if (b.pid > 0 && !pid_allowed(conn, r, cc, b.pid, &start, &ret))
         goto out;
+    if (b.pid == 0 && !cc) { /* nothing could hold it (out of memory at accept) */
+        ret = refuse(conn, r, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory: try again");
+        goto out;
+    }
     pthread_mutex_lock(&l->mtx);
     bool full = b.pid == 0 && cc && cc->n_held >= SESSION_HOLD_MAX;
     bool stopping = l->stopping;
@@ -584,7 +587,11 @@ static enum MHD_Result route_end(ihc_local *l, struct MHD_Connection *conn, lreq
         return refuse(conn, r, MHD_HTTP_NOT_FOUND, "unknown session '%s'", sid);
     }
     session_unlink_locked(l, s, e.state);
+    /* a connection that holds nothing any more is an idle one again */
+    bool idle_again = cc && cc->n_held == 0 && !cc->stream;
     pthread_mutex_unlock(&l->mtx);
+    if (idle_again)
+        MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, l->idle_s);
     /* the results go into the interrupt's report (which may be waiting for them) before the
      * session ends */
     int rc = ihc__session_report(l->a, s->sid, e.modules, e.n_modules);
@@ -1181,22 +1188,6 @@ static int sock_listen(const char *path, char *err, size_t err_len, int *rc)
     return fd;
 }
 
-/* Every connection is a file descriptor: raises the soft limit towards the hard one. */
-static void fd_limit(size_t conns)
-{
-    struct rlimit rl;
-    rlim_t need = (rlim_t)(conns + FD_RESERVE);
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= need)
-        return;
-    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < need)
-        ihc_log(IHC_LOG_WARN, COMP,
-                "open files limit %llu is below the %llu local API connections may need: "
-                "raise it (ulimit -n, LimitNOFILE=) or lower IHC_LOCAL_MAX_CONNS",
-                (unsigned long long)rl.rlim_cur, (unsigned long long)need);
-}
-
 static int start_daemon(ihc_local *l, int lfd, char *err, size_t err_len)
 {
     unsigned hard = (unsigned)(l->max_conns + OVER_SLACK + 1);
@@ -1256,7 +1247,7 @@ int ihc_local_open(ihc_local **out, ihc_agent *a, const ihc_local_opts *o, char 
     if (lfd < 0)
         goto fail;
     l->listened = true;
-    fd_limit(l->max_conns + OVER_SLACK);
+    ihc_fd_limit_raise(l->max_conns + OVER_SLACK, COMP, "IHC_LOCAL_MAX_CONNS");
     if ((rc = start_daemon(l, lfd, err, err_len)) != IHC_OK) {
         close(lfd);
         goto fail;

@@ -209,7 +209,7 @@ static void *shutdown_watchdog(void *arg)
     return NULL;
 }
 
-/* IHC_LOCAL_URL="" (or off/none) runs the agent without a local endpoint. */
+/* IHC_LOCAL_URL="" (or off/none) runs the agent without its local API. */
 static bool local_disabled(const char *url)
 {
     return url && (!url[0] || strcmp(url, "off") == 0 || strcmp(url, "none") == 0);
@@ -307,7 +307,7 @@ int main(int argc, char **argv)
         rc = ihc_local_open(&local, a, &lo, err, sizeof(err));
         if (rc != IHC_OK) {
             fprintf(stderr, PROG ": %s\n", err);
-            ihc_log(IHC_LOG_ERROR, COMP, "cannot open the local endpoint url=%s error=\"%s\"",
+            ihc_log(IHC_LOG_ERROR, COMP, "cannot open the local API url=%s error=\"%s\"",
                     local_url, err);
             goto out;
         }

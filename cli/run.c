@@ -58,7 +58,7 @@ static void usage(FILE *out)
             "  --hw HW        hardware_id the command works for (1-128 bytes of [A-Za-z0-9._:@-])\n"
             "  --session ID   session id (default: chosen by the agent)\n"
             "  --module NAME  module the session belongs to\n"
-            "  --local URL    the agent's local endpoint (env IHC_LOCAL_URL, default %s)\n"
+            "  --local URL    the agent's local API socket (env IHC_LOCAL_URL, default %s)\n"
             "\n"
             "Exit status: CMD's status, 128+N when CMD died of signal N, 1 when the agent refused\n"
             "the session, 2 usage error, 3 agent unreachable.\n",
