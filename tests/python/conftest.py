@@ -4,6 +4,9 @@ and the package from python/ (PYTHONPATH). Binaries from IHC_BIN_DIR (ctest sets
 build/bin."""
 
 import os
+import shutil
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -66,6 +69,22 @@ class Cluster:
             pytest.fail("the coordinator did not learn %d sessions of %s in %g s (it has %s; "
                         "agents: %s)" % (n, hw, timeout, c.sessions(hw), c.agents()))
 
+    def stop_coordinator(self):
+        """SIGTERM; it must exit 0 without a sanitizer report (ihc_env checks). One that is
+        still running after 8 s has its threads' stacks printed (gdb) before it is killed."""
+        p = self.env.coord.p
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(8)
+        except subprocess.TimeoutExpired:
+            print("coordinator still running 8 s after SIGTERM; its threads:")
+            if shutil.which("gdb"):
+                bt = subprocess.run(["gdb", "-p", str(p.pid), "-batch", "-ex",
+                                     "thread apply all bt"], capture_output=True, text=True,
+                                    timeout=120)
+                print(bt.stdout[-30000:])
+        self.env.stop_coordinator()
+
     def dump_logs(self):
         ihc_env.tail(self.env.coord_log, 40)
         for p, _ in self.agents.values():
@@ -94,7 +113,7 @@ def coordinator():
     """A coordinator (and its redis-server), no agent."""
     c = Cluster("pyc")
     yield c
-    c.env.stop_coordinator()
+    c.stop_coordinator()
     c.close()
 
 
@@ -104,7 +123,7 @@ def cluster():
     c = Cluster("py")
     c.local_url = c.start_agent("py-a1")
     yield c
-    c.env.stop_coordinator()
+    c.stop_coordinator()
     c.close()
 
 
