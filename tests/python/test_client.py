@@ -83,6 +83,5 @@ def test_bearer_token(monkeypatch):
         monkeypatch.setenv("IHC_HTTP_TOKEN", "s3cret-token")
         r = ihc.Client(c.url).interrupt("py-tok-1")
         assert r.hardware_id == "py-tok-1"
-        c.stop_coordinator()
     finally:
         c.close()
