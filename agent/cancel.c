@@ -106,8 +106,7 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
      * within the module timeout (counted from the interrupt's arrival) */
     size_t n_ext = 0;
     if (id != 0)
-        n_ext = ihc__sessions_await_reports(
-            a, v, n, t0 + ihc_s_to_ns(a->o.default_module_timeout));
+        n_ext = ihc__sessions_await_reports(a, v, n, t0 + ihc_s_to_ns(a->o.default_module_timeout));
     uint64_t t_done = ihc_mono_ns();
     double time_ms = (double)(t_done - t0) / 1e6;
 
@@ -206,9 +205,7 @@ uint64_t ihc__cancel_current_id(ihc_agent *a)
 
 const char *ihc__cancel_current_reason(ihc_agent *a)
 {
-    return a->cx.current_reason ? a->cx.current_reason
-           : a->cx.current_id   ? ""
-                                : "missed interrupt";
+    return a->cx.current_reason ? a->cx.current_reason : a->cx.current_id ? "" : "missed interrupt";
 }
 
 /* Lock held. Sets should_interrupt for hw (entry e, NULL for global). */

@@ -74,8 +74,8 @@ struct lsession {
     lsession *next;
     char sid[IHC_ID_MAX + 1];
     char hw[IHC_HW_MAX + 1];
-    char module[IHC_ID_MAX + 1]; /* "" when none */
-    pid_t pid;                   /* 0: held by connections */
+    char module[IHC_ID_MAX + 1];   /* "" when none */
+    pid_t pid;                     /* 0: held by connections */
     unsigned long long start_time; /* /proc start time, to notice pid reuse; 0 unknown */
     uid_t uid;                     /* of the process that registered it */
     bool has_uid;
@@ -83,9 +83,9 @@ struct lsession {
     int64_t created_ms;
     ihc_token *tok;
     ls_state state;
-    uint64_t interrupt_id; /* of the stop, when known */
+    uint64_t interrupt_id;           /* of the stop, when known */
     char reason[IHC_REASON_MAX + 1]; /* of the stop */
-    int holders;           /* connections and streams holding a pid-less session */
+    int holders;                     /* connections and streams holding a pid-less session */
     lstream *streams;
 };
 
@@ -138,9 +138,9 @@ typedef struct {
 
 /* The usual cause of an endpoint in use is a second agent on the host: say how to run one. */
 #define IN_USE_HINT                                                                                \
-    "; a second ihc-agent on this host needs its own local API socket: start it with "            \
-    "--local unix:///PATH/TO/OTHER.sock (or IHC_LOCAL_URL=unix:///PATH/TO/OTHER.sock), and "      \
-    "point the processes that should use it at the same URL (IHC_LOCAL_URL), or --local off "     \
+    "; a second ihc-agent on this host needs its own local API socket: start it with "             \
+    "--local unix:///PATH/TO/OTHER.sock (or IHC_LOCAL_URL=unix:///PATH/TO/OTHER.sock), and "       \
+    "point the processes that should use it at the same URL (IHC_LOCAL_URL), or --local off "      \
     "when nothing on the node registers sessions with it"
 
 /* ---- process liveness ---- */
@@ -454,8 +454,8 @@ static bool pid_allowed(struct MHD_Connection *conn, lreq *r, const lconn *cc, p
 {
     char st;
     if (!proc_stat(pid, &st, start) || st == 'Z' || st == 'X') {
-        *ret = refuse(conn, r, MHD_HTTP_BAD_REQUEST, "field 'pid': no running process %d",
-                      (int)pid);
+        *ret =
+            refuse(conn, r, MHD_HTTP_BAD_REQUEST, "field 'pid': no running process %d", (int)pid);
         return false;
     }
     /* a session may only name the caller itself or its children */
@@ -553,18 +553,19 @@ static enum MHD_Result route_begin(ihc_local *l, struct MHD_Connection *conn, lr
         s->holders = 1;
     }
     /* an interrupt may have cancelled it before it was in the table */
-    if (ihc_token_cancelled(s->tok))
+    if (s->state == LS_ACTIVE && ihc_token_cancelled(s->tok)) {
         s->state = LS_INTERRUPTED;
-    json_t *doc = json_pack("{s:s,s:I,s:s,s:s}", "session_id", s->sid, "epoch",
-                            (json_int_t)s->epoch, "hardware_id", s->hw, "state",
-                            s->state == LS_ACTIVE ? "active" : "interrupted");
+        snprintf(s->reason, sizeof s->reason, "interrupted while it was being registered");
+    }
+    json_t *doc =
+        json_pack("{s:s,s:I,s:s,s:s}", "session_id", s->sid, "epoch", (json_int_t)s->epoch,
+                  "hardware_id", s->hw, "state", s->state == LS_ACTIVE ? "active" : "interrupted");
     pthread_mutex_unlock(&l->mtx);
     /* a connection holding a session is not an idle one */
     if (b.pid == 0)
         MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
     ihc_log(IHC_LOG_INFO, COMP, "session begun session=%s hw=%s pid=%d module=%s held_by=%s",
-            s->sid, b.hw, (int)b.pid, b.module ? b.module : "-",
-            b.pid ? "pid" : "connection");
+            s->sid, b.hw, (int)b.pid, b.module ? b.module : "-", b.pid ? "pid" : "connection");
     ret = respond_json(conn, r, MHD_HTTP_CREATED, doc, false);
 out:
     ihc_local_begin_fini(&b);
@@ -738,9 +739,9 @@ static enum MHD_Result route_events(ihc_local *l, struct MHD_Connection *conn, l
         return refuse(conn, r, MHD_HTTP_NOT_FOUND, "unknown session '%s'", sid);
     }
     char ev[1024];
-    json_t *d = json_pack("{s:s,s:s,s:I,s:s}", "session_id", s->sid, "hardware_id", s->hw,
-                          "epoch", (json_int_t)s->epoch, "state",
-                          s->state == LS_ACTIVE ? "active" : "interrupted");
+    json_t *d =
+        json_pack("{s:s,s:s,s:I,s:s}", "session_id", s->sid, "hardware_id", s->hw, "epoch",
+                  (json_int_t)s->epoch, "state", s->state == LS_ACTIVE ? "active" : "interrupted");
     char *text = d ? json_dumps(d, JSON_COMPACT) : NULL;
     json_decref(d);
     snprintf(ev, sizeof ev, "event: session\ndata: %s\n\n", text ? text : "{}");
@@ -751,8 +752,8 @@ static enum MHD_Result route_events(ihc_local *l, struct MHD_Connection *conn, l
         stop_event(l, s, sev, sizeof sev);
         stream_push(st, sev);
     }
-    struct MHD_Response *resp = MHD_create_response_from_callback(
-        MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, st, stream_done);
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK,
+                                                                  stream_read, st, stream_done);
     if (!resp) {
         pthread_mutex_unlock(&l->mtx);
         free(st->out);
@@ -817,8 +818,8 @@ static enum MHD_Result not_allowed(struct MHD_Connection *conn, lreq *r, const c
                   shown_m, shown_u, allow);
 }
 
-static enum MHD_Result dispatch(ihc_local *l, struct MHD_Connection *conn, lreq *r,
-                                const char *url, const char *method)
+static enum MHD_Result dispatch(ihc_local *l, struct MHD_Connection *conn, lreq *r, const char *url,
+                                const char *method)
 {
     bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
     bool post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
@@ -1235,8 +1236,8 @@ int ihc_local_open(ihc_local **out, ihc_agent *a, const ihc_local_opts *o, char 
     l->max_active = o->max_active > 0 ? o->max_active : 100;
     l->check_ms = o->check_ms > 0 ? o->check_ms : 100;
     l->max_conns = o->max_conns > 0 ? (size_t)o->max_conns : IHC_DEFAULT_LOCAL_MAX_CONNS;
-    l->idle_s = o->idle_timeout_s > 0 ? (unsigned)o->idle_timeout_s
-                                      : IHC_DEFAULT_LOCAL_IDLE_TIMEOUT_S;
+    l->idle_s =
+        o->idle_timeout_s > 0 ? (unsigned)o->idle_timeout_s : IHC_DEFAULT_LOCAL_IDLE_TIMEOUT_S;
     l->deadline_ms = o->deadline_ms > 0 ? o->deadline_ms : 1000;
     pthread_mutex_init(&l->mtx, NULL);
     ihc_cond_init_mono(&l->cond);

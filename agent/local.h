@@ -10,12 +10,12 @@
 typedef struct ihc_local ihc_local;
 
 typedef struct {
-    const char *url;     /* unix:///PATH (ipc:///PATH is taken as unix:///PATH, with a warning) */
-    int max_active;      /* MAX_ACTIVE_SESSIONS, named in the 429 a refused POST gets */
-    int check_ms;        /* INTERRUPT_CHECK_INTERVAL: pid sessions' processes checked this often */
-    int max_conns;       /* IHC_LOCAL_MAX_CONNS: past it a 503 (then refusal at accept) */
-    int idle_timeout_s;  /* IHC_LOCAL_IDLE_TIMEOUT: idle connections that hold nothing close */
-    int deadline_ms;     /* the module timeout, sent with every stop (deadline_ms) */
+    const char *url;    /* unix:///PATH (ipc:///PATH is taken as unix:///PATH, with a warning) */
+    int max_active;     /* MAX_ACTIVE_SESSIONS, named in the 429 a refused POST gets */
+    int check_ms;       /* INTERRUPT_CHECK_INTERVAL: pid sessions' processes checked this often */
+    int max_conns;      /* IHC_LOCAL_MAX_CONNS: past it a 503 (then refusal at accept) */
+    int idle_timeout_s; /* IHC_LOCAL_IDLE_TIMEOUT: idle connections that hold nothing close */
+    int deadline_ms;    /* the module timeout, sent with every stop (deadline_ms) */
 } ihc_local_opts;
 
 /* Listens on o->url and serves the local API for agent a. A stale socket file (nothing

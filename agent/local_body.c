@@ -57,8 +57,7 @@ static int take_string(json_t *v, const char *name, size_t max, bool (*ok)(const
     const char *s = json_string_value(v);
     size_t n = json_string_length(v);
     if (n > max || strlen(s) != n || (ok && !ok(s, n)))
-        return fail(err, err_len, IHC_EINVAL, "field '%s': invalid value, expected %s", name,
-                    what);
+        return fail(err, err_len, IHC_EINVAL, "field '%s': invalid value, expected %s", name, what);
     if (!(*out = strdup(s)))
         return fail(err, err_len, IHC_ENOMEM, "out of memory");
     return IHC_OK;
@@ -95,8 +94,8 @@ static int begin_field(ihc_local_begin *b, const char *key, json_t *v, char *err
     }
     if (strcmp(key, "data") == 0) {
         if (json_is_string(v))
-            return take_string(v, key, IHC_DATA_MAX, NULL, "a string or an object", &b->data,
-                               err, err_len);
+            return take_string(v, key, IHC_DATA_MAX, NULL, "a string or an object", &b->data, err,
+                               err_len);
         if (!json_is_object(v))
             return fail(err, err_len, IHC_EINVAL, "field 'data' must be an object or a string");
         b->data = json_dumps(v, JSON_COMPACT);
@@ -113,8 +112,7 @@ static int begin_field(ihc_local_begin *b, const char *key, json_t *v, char *err
         if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
             *p = '?';
     return fail(err, err_len, IHC_EINVAL,
-                "unknown field '%s' (accepted: hardware_id, pid, module, data, session_id)",
-                shown);
+                "unknown field '%s' (accepted: hardware_id, pid, module, data, session_id)", shown);
 }
 
 int ihc_local_begin_parse(ihc_local_begin *out, const char *body, size_t len, char *err,
@@ -229,8 +227,7 @@ static int end_modules(ihc_local_end *e, json_t *v, char *err, size_t err_len)
     return IHC_OK;
 }
 
-int ihc_local_end_parse(ihc_local_end *out, const char *body, size_t len, char *err,
-                        size_t err_len)
+int ihc_local_end_parse(ihc_local_end *out, const char *body, size_t len, char *err, size_t err_len)
 {
     memset(out, 0, sizeof(*out));
     out->state = "done";

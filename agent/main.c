@@ -307,8 +307,8 @@ int main(int argc, char **argv)
         rc = ihc_local_open(&local, a, &lo, err, sizeof(err));
         if (rc != IHC_OK) {
             fprintf(stderr, PROG ": %s\n", err);
-            ihc_log(IHC_LOG_ERROR, COMP, "cannot open the local API url=%s error=\"%s\"",
-                    local_url, err);
+            ihc_log(IHC_LOG_ERROR, COMP, "cannot open the local API url=%s error=\"%s\"", local_url,
+                    err);
             goto out;
         }
         atomic_store(&g_daemon.local, local);
@@ -326,8 +326,7 @@ int main(int argc, char **argv)
 
     ihc_log(IHC_LOG_INFO, COMP,
             "daemon started id=%s pub=%s report=%s local=%s modules=%s simulate=%s version=%s",
-            ihc_agent_id(a), cfg.pub_url,
-            cfg.report_url, local_url, modules,
+            ihc_agent_id(a), cfg.pub_url, cfg.report_url, local_url, modules,
             cfg.simulate ? cfg.simulate : "off", IHC_VERSION);
 
     int sig;

@@ -33,11 +33,11 @@ typedef struct ihc__session {
     /* its owner runs its own interrupt methods and reports them (ihc__session_report): the
      * interrupt's report waits for them up to the module timeout */
     bool report_held;
-    bool report_in;           /* the owner reported (or ended the session) */
-    bool report_taken;        /* the report was sent: later results are ignored */
-    ihc_module_result *ext;   /* the owner's module results, owned; n_ext of them */
+    bool report_in;         /* the owner reported (or ended the session) */
+    bool report_taken;      /* the report was sent: later results are ignored */
+    ihc_module_result *ext; /* the owner's module results, owned; n_ext of them */
     size_t n_ext;
-    int esc_stage;   /* 0 waiting, 1 SIGTERM sent */
+    int esc_stage; /* 0 waiting, 1 SIGTERM sent */
     uint64_t esc_at_ns;
     ihc__hwent *hwe;
     struct ihc__session *prev, *next;       /* all live sessions */
@@ -102,8 +102,7 @@ int ihc__session_hold_report(ihc_agent *a, const char *session_id);
 int ihc__session_report(ihc_agent *a, const char *session_id, const ihc_module_result *mods,
                         size_t n);
 /* The session's hw epoch and creation time (agent wall clock, ms). Errors: IHC_ENOENT. */
-int ihc__session_info(ihc_agent *a, const char *session_id, uint64_t *epoch,
-                      int64_t *created_ms);
+int ihc__session_info(ihc_agent *a, const char *session_id, uint64_t *epoch, int64_t *created_ms);
 /* Lock NOT held. Waits until every held session of v reported or until_ns (monotonic)
  * passes; returns how many results the reported sessions carry. */
 size_t ihc__sessions_await_reports(ihc_agent *a, ihc__session **v, size_t n, uint64_t until_ns);

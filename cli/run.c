@@ -316,7 +316,9 @@ static void *wait_main(void *arg)
     } else if (result == WAIT_PENDING) {
         result = WAIT_ERROR;
         snprintf(w->err, sizeof w->err, "the event stream ended: %s",
-                 !c ? "out of memory" : done != CURLE_OK ? curl_easy_strerror(done) : "closed");
+                 !c                 ? "out of memory"
+                 : done != CURLE_OK ? curl_easy_strerror(done)
+                                    : "closed");
     }
     if (c) {
         curl_multi_remove_handle(w->multi, c);
@@ -599,7 +601,10 @@ int ihc_run_main(int argc, char **argv)
     char path[IHC_ID_MAX + 16];
     snprintf(path, sizeof path, "/v1/sessions/%s", sid);
     json_decref(req);
-    req = json_pack("{s:s}", "state", interrupted ? "interrupted" : status == 0 ? "done" : "failed");
+    req = json_pack("{s:s}", "state",
+                    interrupted   ? "interrupted"
+                    : status == 0 ? "done"
+                                  : "failed");
     rc = req ? local_call(sock, "DELETE", path, req, &http, &resp, err, sizeof(err)) : IHC_ENOMEM;
     if (rc != IHC_OK)
         fprintf(stderr, PFX "warning: could not end session %s: %s\n", sid,

@@ -85,8 +85,8 @@ static const setting settings[] = {
      OFF(local_url),
      "the agent's local API (HTTP on a Unix socket, mode 0660) for processes on this node; "
      "`ihc run` uses it; the old ipc:///PATH means unix:///PATH; off disables"},
-    {"IHC_LOCAL_MAX_CONNS", "local-max-conns", T_INT, IHC_STR(IHC_DEFAULT_LOCAL_MAX_CONNS), NULL,
-     1, 1000000, NULL, A, OFF(local_max_conns),
+    {"IHC_LOCAL_MAX_CONNS", "local-max-conns", T_INT, IHC_STR(IHC_DEFAULT_LOCAL_MAX_CONNS), NULL, 1,
+     1000000, NULL, A, OFF(local_max_conns),
      "most connections to the local API at once (event streams included); more get 503"},
     {"IHC_LOCAL_IDLE_TIMEOUT", "local-idle-timeout", T_SECONDS,
      IHC_STR(IHC_DEFAULT_LOCAL_IDLE_TIMEOUT_S), NULL, 1, 86400, NULL, A, OFF(local_idle_timeout),

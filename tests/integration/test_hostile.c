@@ -1179,8 +1179,8 @@ static void expect_local(const char *method, const char *path, const char *body,
 {
     char *resp = NULL;
     int st = th_unix_http(w.local_b + 7, method, path, body, &resp);
-    if (st != want || (want >= 400 && (!resp || !strstr(resp, "\"error\"") ||
-                                       (word && !strstr(resp, word)))))
+    if (st != want ||
+        (want >= 400 && (!resp || !strstr(resp, "\"error\"") || (word && !strstr(resp, word)))))
         fail_msg("local API %s %s %s: %d '%s' (want %d naming '%s')", method, path,
                  body ? body : "", st, resp ? resp : "", want, word ? word : "");
     free(resp);
@@ -1329,9 +1329,9 @@ static void test_hostile_agent(void **state)
      * on an interrupt */
     {
         char *resp = NULL;
-        int st = th_unix_http(w.local_b + 7, "POST", "/v1/sessions",
-                              "{\"hardware_id\":\"dev-7\",\"pid\":1,\"session_id\":\"s-init\"}",
-                              &resp);
+        int st =
+            th_unix_http(w.local_b + 7, "POST", "/v1/sessions",
+                         "{\"hardware_id\":\"dev-7\",\"pid\":1,\"session_id\":\"s-init\"}", &resp);
         bool named = resp && strstr(resp, "pid");
         free(resp);
         if (st == 201) {
@@ -1347,8 +1347,10 @@ static void test_hostile_agent(void **state)
     snprintf(pbody, sizeof pbody, "{\"hardware_id\":\"dev-7\",\"pid\":%d}", (int)getppid());
     expect_local("POST", "/v1/sessions", pbody, 400, "pid");
     expect_local("DELETE", "/v1/sessions/no-such-session", NULL, 404, "no-such-session");
-    expect_local("DELETE", "/v1/sessions/x", "{\"modules\":[{\"name\":\"m\",\"status\":\"ok\","
-                 "\"time_ms\":-1}]}", 400, "time_ms");
+    expect_local("DELETE", "/v1/sessions/x",
+                 "{\"modules\":[{\"name\":\"m\",\"status\":\"ok\","
+                 "\"time_ms\":-1}]}",
+                 400, "time_ms");
 
     /* a real session of a child of ours, and many event streams on it */
     char *sleeper[] = {"sleep", "60", NULL};

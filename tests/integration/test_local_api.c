@@ -297,18 +297,18 @@ static void test_local_stop_and_module_results(void **state)
     /* the process ran its own methods: reported in DELETE, on its holding connection */
     char path[300];
     snprintf(path, sizeof path, "/v1/sessions/%s", sid);
-    assert_int_equal(th_http_send(hold, "DELETE", path,
-                                  "{\"state\":\"interrupted\",\"modules\":[{\"name\":\"py_stream\","
-                                  "\"status\":\"ok\",\"time_ms\":12.5},{\"name\":\"py_tts\","
-                                  "\"status\":\"error\",\"time_ms\":3,\"error\":\"device busy\"}]}"),
-                     0);
+    assert_int_equal(
+        th_http_send(hold, "DELETE", path,
+                     "{\"state\":\"interrupted\",\"modules\":[{\"name\":\"py_stream\","
+                     "\"status\":\"ok\",\"time_ms\":12.5},{\"name\":\"py_tts\","
+                     "\"status\":\"error\",\"time_ms\":3,\"error\":\"device busy\"}]}"),
+        0);
     char *resp = NULL;
     assert_int_equal(th_http_read_one(hold, &resp), 200);
     free(resp);
     pthread_join(t, NULL);
     fprintf(stderr, "stop event %llu ms after the HTTP interrupt was sent; result after %llu ms\n",
-            (unsigned long long)(t_stop - ic.t_sent),
-            (unsigned long long)(ic.t_done - ic.t_sent));
+            (unsigned long long)(t_stop - ic.t_sent), (unsigned long long)(ic.t_done - ic.t_sent));
     if (ic.status != 200)
         fail_msg("interrupt: %d %s", ic.status, ic.body ? ic.body : "");
     /* the result carries the reported modules and the session */
@@ -532,8 +532,14 @@ static void test_local_coordinator_listeners(void **state)
     snprintf(log, sizeof log, "%s/coordinator-ipc.log", w.dir);
     snprintf(ipc, sizeof ipc, "ipc://%s/control.sock", w.dir);
     snprintf(http, sizeof http, "127.0.0.1:%d", th_free_port());
-    char *argv[] = {(char *)th_bin("ihc-coordinator"), "--control", ipc, "--http", http,
-                    "--redis", w.redis.url, NULL};
+    char *argv[] = {(char *)th_bin("ihc-coordinator"),
+                    "--control",
+                    ipc,
+                    "--http",
+                    http,
+                    "--redis",
+                    w.redis.url,
+                    NULL};
     pid_t c = th_spawn(argv, log, NULL);
     assert_true(c > 0);
     st = th_wait_exit(c, 10000);
@@ -603,12 +609,22 @@ static int setup(void **state)
     char log[600], http[64];
     snprintf(log, sizeof log, "%s/coordinator.log", w.dir);
     snprintf(http, sizeof http, "127.0.0.1:%d", w.http);
-    char *argv[] = {(char *)th_bin("ihc-coordinator"), "--pub", w.pub_url, "--report",
-                    w.rep_url, "--control", w.ctl_url, "--http", http, "--redis", w.redis.url,
+    char *argv[] = {(char *)th_bin("ihc-coordinator"),
+                    "--pub",
+                    w.pub_url,
+                    "--report",
+                    w.rep_url,
+                    "--control",
+                    w.ctl_url,
+                    "--http",
+                    http,
+                    "--redis",
+                    w.redis.url,
                     NULL};
     char *env[] = {"INTERRUPT_TIMEOUT=5.0", "IHC_AGENT_TTL=3", NULL};
     w.coord = th_spawn(argv, log, env);
-    if (w.coord <= 0 || !TH_WAIT(th_http(w.http, "GET", "/healthz", NULL, NULL, NULL) == 200, 10000))
+    if (w.coord <= 0 ||
+        !TH_WAIT(th_http(w.http, "GET", "/healthz", NULL, NULL, NULL) == 200, 10000))
         return -1;
     snprintf(w.sock, sizeof w.sock, "%s/agent.sock", w.dir);
     snprintf(w.small_sock, sizeof w.small_sock, "%s/small.sock", w.dir);

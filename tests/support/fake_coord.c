@@ -265,4 +265,3 @@ ihc_msg *th_fc_interrupt_until_report(th_fc *fc, uint64_t id, const char *hw, ui
     }
     return NULL;
 }
-

@@ -77,5 +77,4 @@ void th_fc_connect(th_fc *fc, const struct ihc_agent *a, const char *agent_id,
 ihc_msg *th_fc_interrupt_until_report(th_fc *fc, uint64_t id, const char *hw, uint64_t epoch,
                                       int timeout_ms);
 
-
 #endif

@@ -496,12 +496,12 @@ static bool send_request(int fd, const char *method, const char *path, const cha
     size_t blen = body ? strlen(body) : 0;
     size_t cap = strlen(method) + strlen(path) + (headers ? strlen(headers) : 0) + blen + 256;
     char *req = malloc(cap);
-    int n = snprintf(req, cap,
-                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s%s"
-                     "Content-Length: %zu\r\n\r\n",
-                     method, path, close_after ? "Connection: close\r\n" : "",
-                     headers ? headers : "", body ? "Content-Type: application/json\r\n" : "",
-                     blen);
+    int n =
+        snprintf(req, cap,
+                 "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s%s"
+                 "Content-Length: %zu\r\n\r\n",
+                 method, path, close_after ? "Connection: close\r\n" : "", headers ? headers : "",
+                 body ? "Content-Type: application/json\r\n" : "", blen);
     if (body)
         memcpy(req + n, body, blen);
     size_t total = (size_t)n + blen, off = 0;

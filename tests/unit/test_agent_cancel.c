@@ -622,9 +622,9 @@ static void *report_later(void *arg)
 {
     const char *sid = arg;
     ihc_sleep_ms(100);
-    ihc_module_result m[] = {{.name = "py_stream", .status = IHC_MOD_OK, .time_ms = 7.5},
-                             {.name = "py_tts", .status = IHC_MOD_FAILED, .time_ms = 1,
-                              .error = "busy"}};
+    ihc_module_result m[] = {
+        {.name = "py_stream", .status = IHC_MOD_OK, .time_ms = 7.5},
+        {.name = "py_tts", .status = IHC_MOD_FAILED, .time_ms = 1, .error = "busy"}};
     int rc = ihc__session_report(held_agent, sid, m, 2);
     if (rc == IHC_OK)
         rc = ihc_agent_session_end(held_agent, sid);
@@ -689,7 +689,8 @@ static void test_agent_cancel_owner_reports(void **state)
     assert_true(has_session(r, "held-2"));
     assert_null(find_module(r, "py_stream"));
     ihc_msg_free(r);
-    /* results after the report are ignored */
+    /* cleaned up after the report like any interrupted session */
+    assert_true(TH_WAIT(ihc_agent_session_count(a) == 0, 3000));
     TH_FAIL(ihc__session_report(a, "held-2", NULL, 0), IHC_ENOENT);
     ihc_token_release(t);
     ihc_agent_close(a);

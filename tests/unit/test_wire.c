@@ -54,7 +54,8 @@ static void make_full(ihc_msg_type t, ihc_msg *m)
             (ihc_interrupt_msg){17, "dev-1", 4, "user stop", TS0 + 5000, fx_agents, 3, 2, 9};
         break;
     case IHC_MSG_REPORT:
-        m->u.report = (ihc_report_msg){17, "n1:42", "dev-1", fx_results, 4, fx_sessions, 2, 7.75, 9};
+        m->u.report =
+            (ihc_report_msg){17, "n1:42", "dev-1", fx_results, 4, fx_sessions, 2, 7.75, 9};
         break;
     case IHC_MSG_SESSION_BEGIN:
         m->u.session_begin.agent = "n1:42";
@@ -1109,7 +1110,8 @@ static void test_wire_decode_values(void **state)
     TH_FAIL(edit_decode(IHC_MSG_HELLO, "pid", OP_SET, mo_uint(1ull << 31), d, sizeof d), IHC_ETYPE);
     TH_FAIL(edit_decode(IHC_MSG_CONTROL_RESPONSE, "status", OP_SET, mo_int(INT64_MIN), d, sizeof d),
             IHC_ETYPE);
-    TH_PASS(edit_decode(IHC_MSG_CONTROL_RESPONSE, "status", OP_SET, mo_int(INT32_MIN), d, sizeof d));
+    TH_PASS(
+        edit_decode(IHC_MSG_CONTROL_RESPONSE, "status", OP_SET, mo_int(INT32_MIN), d, sizeof d));
     TH_FAIL(edit_decode(IHC_MSG_INTERRUPT, "ts_ms", OP_SET, mo_str("1", 1), d, sizeof d),
             IHC_ETYPE);
     TH_PASS(edit_decode(IHC_MSG_INTERRUPT, "ts_ms", OP_DROP, mo_nil(), d, sizeof d));
