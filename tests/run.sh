@@ -32,7 +32,7 @@ log() { printf '\n=== %s ===\n' "$*"; }
 deps=(build-essential cmake pkg-config libnng-dev libmsgpack-dev libhiredis-dev libcmocka-dev
       libjansson-dev libmicrohttpd-dev libmbedtls-dev libcurl4-openssl-dev redis-server
       redis-tools valgrind
-      iproute2 iptables curl openssl python3 python3-prometheus-client gdb)
+      iproute2 iptables curl openssl python3 python3-prometheus-client python3-pytest python3-venv gdb)
 missing=()
 for p in "${deps[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

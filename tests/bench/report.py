@@ -36,6 +36,7 @@ paths = [("ihc", "control", "churn", "ihc, control socket"),
          ("ihc", "control", "steady", "ihc, control socket, steady"),
          ("ihc", "http", "churn", "ihc, HTTP"),
          ("ihc", "control_tls", "churn", "ihc, control socket, every socket over TLS"),
+         ("python_aio", None, None, "Python asyncio generator stopped (HTTP → ihc.aio guard)"),
          ("floor", None, None, "bare nng PUB→SUB→PUSH→PULL (floor)"),
          ("redis_pubsub", None, None, "Redis PUBLISH → subscribers → list acks"),
          ("redis_poll", None, None, "Redis flag polled every 100 ms (original design)")]
@@ -60,6 +61,15 @@ for n in sorted({r["agents"] for r in rows if "p50_us" in r and r["agents"] > 0}
                     if c is not None else " | | ")
         lines.append(f"| {label} | {n} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {vs_floor} | "
                      f"{vs_hop} | {p99_hop} | {cpu_cols} |")
+pys = [r for r in rows if r["name"] == "python_aio"]
+if pys:
+    lines.append("\nPython asyncio generator stopped: an HTTP interrupt → the coordinator → N "
+                 "ihc-agent processes → on each, a Python process (python/ihc) whose "
+                 f"`ihc.aio` session guards an async generator yielding every "
+                 f"{pys[0].get('period_ms', 1):g} ms; measured from the request to the last "
+                 "generator's task cancelled (processes share CLOCK_MONOTONIC). The HTTP answer "
+                 "itself comes later, after each process reported its module's result: p50 "
+                 + ", ".join(f"{ms(r['http_p50_us'])} ms (N = {r['agents']})" for r in pys) + ".")
 if hop:
     lines.append(f"\nRequest hop alone (bare nng REQ → REP echo between two processes): p50 "
                  f"{ms(hop['p50_us'])} ms, p99 {ms(hop['p99_us'])} ms. Every answered interrupt "
@@ -145,7 +155,8 @@ print("\n".join(lines))
 # Plot: CDF of latencies for N = 8 per path (log x axis).
 samples = os.path.join(out, "samples")
 series = []
-for key, label in [("ihc_http", "ihc HTTP"), ("ihc_control", "ihc control"), ("floor", "nng floor"),
+for key, label in [("ihc_http", "ihc HTTP"), ("python_aio", "Python asyncio (HTTP)"),
+                   ("ihc_control", "ihc control"), ("floor", "nng floor"),
                    ("redis_pubsub", "Redis pub/sub"), ("redis_poll", "Redis polling")]:
     f = os.path.join(samples, f"{key}_8.txt")
     if os.path.exists(f):

@@ -11,6 +11,8 @@
 #   - the coordinator's CPU per interrupt per answering agent for N = 8, 32, 128 with
 #     bench_sim's lightweight agents (one process, so 2 cores are not drowned by 128 agents);
 #   - Redis pub/sub and the original design (a Redis flag polled every 100 ms);
+#   - Python asyncio generators (python/ihc, one holder process per agent) stopped by an HTTP
+#     interrupt, N = 1 and 8 (bench_python.py);
 #   - throughput with 8 agents and 8 requesters, and the floor's with 8 in flight;
 #   - 100k sessions in Redis against the empty run just before it;
 #   - the token check, the wire codec, an idle agent;
@@ -22,7 +24,8 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
 quick=0; [ "${1:-}" = "--quick" ] && quick=1
 iters=2000; iters32=1000; steady=1000; steady32=300; poll_iters=100; scale=128; scale_iters=200
-((quick)) && { iters=300; iters32=200; steady=200; steady32=100; poll_iters=20; scale_iters=50; }
+py_iters=500
+((quick)) && { iters=300; iters32=200; steady=200; steady32=100; poll_iters=20; scale_iters=50; py_iters=100; }
 
 for p in gnuplot-nox redis-server redis-tools python3 linux-perf; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
@@ -57,6 +60,11 @@ for n in 1 8 32; do
     ihc --agents $n --iterations $st --via control --steady
     flush; run "$bin/bench_redis" --port "$port" --mode pubsub --agents $n --iterations $it --samples "$out/samples/redis_pubsub_$n.txt"
     flush; run "$bin/bench_redis" --port "$port" --mode poll --interval 100 --agents $n --iterations $poll_iters --samples "$out/samples/redis_poll_$n.txt"
+done
+# Python asyncio generators stopped over HTTP: request → every holder's generator cancelled.
+for n in 1 8; do
+    flush; run python3 "$here/tests/bench/bench_python.py" --bin "$bin" --redis-port "$port" \
+        --agents $n --iterations $py_iters --samples "$out/samples/python_aio_$n.txt"
 done
 # N = 8 over TLS (every socket tls+tcp://, mutual TLS), beside the plain-TCP rows above.
 bash "$here/deploy/make-certs.sh" "$work/certs" >/dev/null
