@@ -645,7 +645,9 @@ static void test_agent_cancel_owner_reports(void **state)
     (void)state;
     th_fc f = {0};
     assert_int_equal(th_fc_listen(&f), 0);
-    agent_cfg c = {.module_timeout = 0.6};
+    /* long enough that the owner's report (100 ms after being told) comes first even on a
+     * loaded machine; the second half waits for all of it */
+    agent_cfg c = {.module_timeout = 2.5};
     ihc_agent *a = open_agent(&f, &c);
     held_agent = a;
     atomic_store(&held_told, 0);
@@ -674,7 +676,7 @@ static void test_agent_cancel_owner_reports(void **state)
     assert_non_null(m);
     assert_int_equal(m->status, IHC_MOD_FAILED);
     assert_string_equal(m->error, "busy");
-    assert_true(took < 600); /* it did not wait for the whole module timeout */
+    assert_true(took < 2500); /* it did not wait for the whole module timeout */
     ihc_msg_free(r);
     ihc_token_release(t);
 
@@ -685,7 +687,7 @@ static void test_agent_cancel_owner_reports(void **state)
     TH_PASS(th_fc_send_interrupt(&f, 51, "dev-h", 2, NULL, 0));
     r = expect_report(&f, 51);
     took = th_now_ms_() - t0;
-    assert_true(took >= 500 && took < 3000);
+    assert_true(took >= 2400 && took < 8000);
     assert_true(has_session(r, "held-2"));
     assert_null(find_module(r, "py_stream"));
     ihc_msg_free(r);
