@@ -25,7 +25,7 @@
 typedef enum {
     T_URL,         /* nng URL: tcp://, tls+tcp://, ipc://, inproc:// */
     T_URL_OFF,     /* the same, or "", "off", "none": the endpoint is disabled */
-    T_REDIS_URL,   /* redis:// or unix:// (redis_url.h) */
+    T_REDIS_URL,   /* redis://, unix:// or redis-sentinel:// (redis_url.h) */
     T_ADDR,        /* host:port */
     T_AGENT_ID,    /* ihc_agent_id_valid; default "<hostname>:<pid>" */
     T_HW_LIST,     /* HW[,HW...] */
