@@ -174,7 +174,10 @@ static void cancel_run(ihc_agent *a, const char *hw, origin o, uint64_t epoch, i
      * watched (never "not found") and is never signalled */
     ihc__sessions_escalate(a, v, n);
     if (a->o.cleanup_on_interrupt)
-        ihc__sessions_cleanup(a, v, n, "interrupted", !reported);
+        ihc__sessions_cleanup(a, v, n, "interrupted",
+                              !reported ? IHC__REPORTED_NONE
+                              : o.link >= 0 ? o.link
+                                            : IHC__REPORTED_ALL);
     ihc__modules_respawn(&a->mods, head, nm);
 
     char timing[48] = "";

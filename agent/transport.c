@@ -312,15 +312,23 @@ static nng_msg *new_msg(ihc__transport *t, const uint8_t *buf, size_t len, const
     return m;
 }
 
-void ihc__transport_send(ihc__transport *t, uint8_t *buf, size_t len, const char *what)
+void ihc__transport_send_except(ihc__transport *t, uint8_t *buf, size_t len, const char *what,
+                                int except)
 {
     /* every coordinator hears every event: standbys keep a warm registry */
     for (size_t i = 0; i < t->n_links; i++) {
+        if ((int)i == except)
+            continue;
         nng_msg *m = new_msg(t, buf, len, what);
         if (m)
             enqueue(&t->links[i], m, false, what);
     }
     free(buf);
+}
+
+void ihc__transport_send(ihc__transport *t, uint8_t *buf, size_t len, const char *what)
+{
+    ihc__transport_send_except(t, buf, len, what, -1);
 }
 
 void ihc__transport_send_report(ihc__transport *t, const uint8_t *buf, size_t len, int link)

@@ -119,6 +119,10 @@ void ihc__transport_stop_rx(ihc__transport *t);
  * (malloc'd). */
 void ihc__transport_send(ihc__transport *t, uint8_t *buf, size_t len, const char *what);
 
+/* As ihc__transport_send, to every coordinator but except (-1: none excepted). */
+void ihc__transport_send_except(ihc__transport *t, uint8_t *buf, size_t len, const char *what,
+                                int except);
+
 /* Sends an encoded report to coordinator link (the one the interrupt came from) without
  * blocking (every coordinator when link is -1, unknown): queued (a copy) when it cannot go
  * now, kept until it can; beyond IHC__PENDING_MAX queued reports the oldest is dropped. buf

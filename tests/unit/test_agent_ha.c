@@ -183,6 +183,12 @@ static void test_agent_ha_dedupe_and_report_route(void **state)
     begin(w.a, "s-1", "dev-1");
     publish_until_report(&w.f[0], 3, 7, "dev-1", 1, false);
     assert_int_equal(atomic_load(&method_calls), 2);
+    /* the other coordinator did not get the report: it hears of the session's end */
+    ihc_msg *e = th_fc_recv_type(&w.f[1], IHC_MSG_SESSION_END, 5000);
+    assert_non_null(e);
+    assert_string_equal(e->u.session_end.session_id, "s-1");
+    assert_string_equal(e->u.session_end.state, "interrupted");
+    ihc_msg_free(e);
     assert_true(TH_WAIT(ihc_agent_session_count(w.a) == 0, 3000));
     /* the same interrupt from the other coordinator: not acted on again, no report */
     TH_PASS(publish(&w.f[1], 3, 7, "dev-1", 1, false));
