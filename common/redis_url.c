@@ -234,6 +234,9 @@ static int parse_hostport(const char *host, const char *end, int def_port, char 
 static int parse_tcp(const url_parts *p, ihc_redis_url *u, char *why, size_t wl)
 {
     const char *host = p->at ? p->at + 1 : p->rest, *end = p->auth_end;
+    int rc = parse_hostport(host, end, IHC_DEFAULT_REDIS_PORT, &u->host, &u->port, why, wl);
+    if (rc != IHC_OK)
+        return rc;
     if (*end == '/') {
         const char *dbs = end + 1;
         size_t dlen = strlen(dbs);
@@ -247,7 +250,7 @@ static int parse_tcp(const url_parts *p, ihc_redis_url *u, char *why, size_t wl)
                     "as in redis://HOST:PORT/DB",
                     *end);
     }
-    return parse_hostport(host, end, IHC_DEFAULT_REDIS_PORT, &u->host, &u->port, why, wl);
+    return IHC_OK;
 }
 
 /* redis-sentinel://[user info@]HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB] */

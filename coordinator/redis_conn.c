@@ -157,7 +157,7 @@ static int connect_master(const ihc_redis_url *u, const char *host, int port, st
 static int via_sentinels(const ihc_redis_url *u, struct timeval tv, redisContext **out, char *why,
                          size_t wlen)
 {
-    char first[512] = "";
+    char all[640] = ""; /* what each sentinel said */
     int rc = IHC_ENOTCONN;
     for (size_t i = 0; i < u->n_sentinels; i++) {
         const ihc_redis_sentinel *sn = &u->sentinels[i];
@@ -183,11 +183,13 @@ static int via_sentinels(const ihc_redis_url *u, struct timeval tv, redisContext
         }
         ihc_log(IHC_LOG_DEBUG, LOG_COMP, "sentinel passed over sentinel=%s:%d master=%s err=\"%s\"",
                 sn->host, sn->port, u->master, err);
-        if (!first[0])
-            snprintf(first, sizeof(first), "sentinel %s:%d: %.400s", sn->host, sn->port, err);
+        size_t k = strlen(all);
+        if (k + 1 < sizeof(all))
+            snprintf(all + k, sizeof(all) - k, "%s%s:%d: %s", k ? "; " : "", sn->host, sn->port,
+                     err);
     }
-    snprintf(why, wlen, "no sentinel of %zu gave a reachable master '%s'; first: %s",
-             u->n_sentinels, u->master, first);
+    snprintf(why, wlen, "no sentinel of %zu gave a reachable master '%s' (%s)", u->n_sentinels,
+             u->master, all);
     return rc == IHC_ETIMEDOUT ? IHC_ETIMEDOUT : IHC_ENOTCONN;
 }
 
