@@ -78,6 +78,7 @@ static void begin(ihc_agent *a, const char *sid, const char *hw)
     ihc_token *t = NULL;
     ihc_session_opts so = {.session_id = sid, .hw = hw, .module = "text_processing"};
     TH_PASS(ihc_agent_session_begin(a, &so, &t, NULL, 0));
+    ihc_token_release(t); /* the session lives on in the agent */
 }
 
 /* An interrupt as a leader of term sends it; listed: naming this agent (a re-send). */
