@@ -71,17 +71,22 @@ static const setting settings[] = {
     /* endpoints */
     {"IHC_PUB_URL", "pub", T_URL, IHC_DEFAULT_PUB_URL, IHC_DEFAULT_PUB_LISTEN, 0, 0, NULL,
      C | A | L, OFF(pub_url),
-     "broadcast endpoint: the coordinator listens (PUB), agents and `ihc watch` dial (SUB)"},
+     "broadcast endpoint: the coordinator listens (PUB), agents and `ihc watch` dial (SUB); "
+     "agents and `ihc watch` take a comma-separated list, one URL per coordinator"},
     {"IHC_REPORT_URL", "report", T_URL, IHC_DEFAULT_REPORT_URL, IHC_DEFAULT_REPORT_LISTEN, 0, 0,
      NULL, C | A, OFF(report_url),
-     "report endpoint: the coordinator listens (PULL), agents dial (PUSH)"},
+     "report endpoint: the coordinator listens (PULL), agents dial (PUSH); agents take a "
+     "comma-separated list in the order of IHC_PUB_URL's"},
     {"IHC_CONTROL_URL", "control", T_URL, IHC_DEFAULT_CONTROL_URL, IHC_DEFAULT_CONTROL_LISTEN, 0, 0,
      NULL, C | L, OFF(control_url),
-     "control endpoint: the coordinator listens (REP), the CLI and libihc dial (REQ)"},
+     "control endpoint: the coordinator listens (REP), the CLI and libihc dial (REQ); the CLI "
+     "takes a comma-separated list and asks the next when one is down or a standby"},
     {"IHC_HTTP_ADDR", "http", T_ADDR, IHC_DEFAULT_HTTP_ADDR, NULL, 0, 0, NULL, C, OFF(http_addr),
      "HTTP API listen address"},
     {"IHC_REDIS_URL", "redis", T_REDIS_URL, IHC_DEFAULT_REDIS_URL, NULL, 0, 0, NULL, C,
-     OFF(redis_url), "Redis holding sessions, flags, epochs, the interrupt log and stats"},
+     OFF(redis_url),
+     "Redis holding sessions, flags, epochs, the interrupt log and stats: redis://, unix:// or "
+     "redis-sentinel://[PASSWORD@]HOST:PORT,HOST:PORT/MASTER/DB"},
     {"IHC_LOCAL_URL", "local", T_URL_OFF, IHC_DEFAULT_LOCAL_URL, NULL, 0, 0, NULL, A | L,
      OFF(local_url),
      "the agent's local endpoint for processes on this node (`ihc run` dials it); off disables"},
@@ -772,9 +777,9 @@ static int check_url_lists(const ihc_config *cfg, unsigned role, char *err, size
     static const struct {
         const char *env;
         size_t off;
-    } eps[] = {{"IHC_PUB_URL", OFF(pub_url)},
-               {"IHC_REPORT_URL", OFF(report_url)},
-               {"IHC_CONTROL_URL", OFF(control_url)}};
+    } eps[] = {{"IHC_PUB_URL (--pub)", OFF(pub_url)},
+               {"IHC_REPORT_URL (--report)", OFF(report_url)},
+               {"IHC_CONTROL_URL (--control)", OFF(control_url)}};
     if (role & IHC_ROLE_COORDINATOR) {
         for (size_t i = 0; i < sizeof eps / sizeof eps[0]; i++) {
             const char *v = *(char *const *)((const char *)cfg + eps[i].off);
