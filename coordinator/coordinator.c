@@ -21,6 +21,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/pipeline0/pull.h>
 #include <nng/protocol/pubsub0/pub.h>
+#include <nng/protocol/pubsub0/sub.h>
 
 #include "clock.h"
 #include "defaults.h"
@@ -110,6 +111,13 @@ struct ihc_coord {
 
     /* owned by the loop thread */
     uint64_t lead_term; /* the term this loop leads in (0: standby) */
+    /* a standby's SUB on the leader's PUB: the epochs and ids the leader hands out, so that
+     * a take-over never goes back even when the leader died before Redis had them */
+    nng_socket watch;
+    bool watch_open;
+    int watch_fd;
+    char watch_url[512];
+    atomic_bool lead_provisional; /* lead_term is a provisional one (leader.h) */
     ihc_registry *reg;
     ihc_inflight **fl;
     size_t n_fl, cap_fl;
@@ -167,6 +175,7 @@ struct ihc__cmd {
 
 static int query_index(const char *op);
 static void leadership(ihc_coord *c);
+static void watch_drain(ihc_coord *c);
 
 static void cmd_free(ihc__cmd *k)
 {
@@ -1390,9 +1399,10 @@ static void *loop_main(void *arg)
 {
     ihc_coord *c = arg;
     while (!atomic_load(&c->loop_stop)) {
-        struct pollfd pfd[2] = {{.fd = c->wake_fd, .events = POLLIN},
-                                {.fd = c->pull_fd, .events = POLLIN}};
-        int rv = poll(pfd, 2, poll_timeout_ms(c, ihc_mono_ns()));
+        struct pollfd pfd[3] = {{.fd = c->wake_fd, .events = POLLIN},
+                                {.fd = c->pull_fd, .events = POLLIN},
+                                {.fd = c->watch_open ? c->watch_fd : -1, .events = POLLIN}};
+        int rv = poll(pfd, 3, poll_timeout_ms(c, ihc_mono_ns()));
         if (rv < 0 && errno != EINTR) {
             ihc_log(IHC_LOG_ERROR, COMPONENT, "poll failed: %s", strerror(errno));
             ihc_sleep_ms(10);
@@ -1403,6 +1413,7 @@ static void *loop_main(void *arg)
             (void)n;
         }
         ihc_persist_defer(c->persist);
+        watch_drain(c); /* before taking over: the old leader's last interrupts count */
         leadership(c);
         /* agents' messages first: a session begun before a request must be expected by it */
         for (int i = 0; i < MAX_MSGS_PER_TURN; i++) {
@@ -1616,7 +1627,9 @@ static uint64_t write_term(void *arg)
 {
     ihc_coord *c = arg;
     uint64_t t = atomic_load(&c->write_term);
-    return t && ihc_leader_term(c->leader) == t ? t : 0;
+    if (!t || ihc_leader_term(c->leader) != t)
+        return 0;
+    return atomic_load(&c->lead_provisional) ? IHC_PERSIST_HOLD : t;
 }
 
 static void on_fenced(void *arg, uint64_t term)
@@ -1652,6 +1665,7 @@ static void sync_agent(void *arg, const ihc_reg_agent *a)
 static void take_lead(ihc_coord *c, uint64_t term, uint64_t ids_hi, const snapshot *sn)
 {
     snap_apply(c, sn);
+    ihc_leader_ids_next(c->leader, c->next_id);
     if (ids_hi >= IHC_LEADER_ID_BLOCK && ids_hi - IHC_LEADER_ID_BLOCK + 1 > c->next_id)
         c->next_id = ids_hi - IHC_LEADER_ID_BLOCK + 1;
     if (ids_hi > c->reserved_hi) {
@@ -1692,11 +1706,83 @@ static void lose_lead(ihc_coord *c)
             inflight, dropped);
 }
 
+static void watch_close(ihc_coord *c)
+{
+    if (!c->watch_open)
+        return;
+    nng_close(c->watch);
+    c->watch_open = false;
+    c->watch_fd = -1;
+    c->watch_url[0] = '\0';
+}
+
+/* Loop thread: a standby watches the PUB of the leader it knows of (redialled when another
+ * leads); a leader watches nothing. */
+static void watch_follow(ihc_coord *c)
+{
+    if (c->lead_term) {
+        watch_close(c);
+        return;
+    }
+    ihc_leader_view v;
+    ihc_leader_view_get(c->leader, &v);
+    if (!v.leader_pub[0] || v.leader) {
+        watch_close(c);
+        return;
+    }
+    if (c->watch_open && strcmp(c->watch_url, v.leader_pub) == 0)
+        return;
+    watch_close(c);
+    int rv = nng_sub0_open(&c->watch);
+    if (rv != 0)
+        return;
+    c->watch_open = true;
+    snprintf(c->watch_url, sizeof(c->watch_url), "%s", v.leader_pub);
+    if ((rv = nng_socket_set(c->watch, NNG_OPT_SUB_SUBSCRIBE, "hw:", 3)) != 0 ||
+        (rv = nng_socket_set_size(c->watch, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG)) != 0 ||
+        (rv = nng_socket_set_int(c->watch, NNG_OPT_RECVBUF, PULL_RECVBUF)) != 0 ||
+        (rv = ihc_tls_dial(c->watch, v.leader_pub, c->cfg->tls, NULL, NNG_FLAG_NONBLOCK)) != 0 ||
+        (rv = nng_socket_get_int(c->watch, NNG_OPT_RECVFD, &c->watch_fd)) != 0) {
+        ihc_log(IHC_LOG_WARN, COMPONENT, "cannot watch the leader's broadcasts url=%s: %s",
+                v.leader_pub, nng_strerror(rv));
+        watch_close(c);
+        return;
+    }
+    ihc_log(IHC_LOG_INFO, COMPONENT, "standby watching the leader's broadcasts leader=%s url=%s",
+            v.leader_id, v.leader_pub);
+}
+
+/* Loop thread: the leader's interrupts seen by a standby raise its epochs and ids. */
+static void watch_drain(ihc_coord *c)
+{
+    for (int i = 0; c->watch_open && i < MAX_MSGS_PER_TURN; i++) {
+        nng_msg *nm = NULL;
+        if (nng_recvmsg(c->watch, &nm, NNG_FLAG_NONBLOCK) != 0)
+            break;
+        const char *topic;
+        size_t tlen, blen;
+        const uint8_t *body;
+        ihc_msg *m = NULL;
+        if (ihc_wire_split(nng_msg_body(nm), nng_msg_len(nm), &topic, &tlen, &body, &blen) ==
+                IHC_OK &&
+            ihc_wire_decode(body, blen, c->auth, &m, NULL, 0) == IHC_OK &&
+            m->type == IHC_MSG_INTERRUPT) {
+            const ihc_interrupt_msg *in = &m->u.interrupt;
+            ihc_registry_epoch_raise(c->reg, in->hw, in->epoch, ihc_now_ms());
+            if (in->id >= c->next_id)
+                c->next_id = in->id + 1;
+        }
+        ihc_msg_free(m);
+        nng_msg_free(nm);
+    }
+}
+
+/* Loop thread: follows the lease. A provisional term (leader.h: Redis unreachable at start)
+ * is led at once with what was loaded; its promotion to a leased term keeps what it queued
+ * for Redis (nobody else led meanwhile: the lease was free). */
 static void leadership(ihc_coord *c)
 {
     uint64_t term = ihc_leader_term(c->leader);
-    if (c->lead_term && term != c->lead_term)
-        lose_lead(c);
     pthread_mutex_lock(&c->mu);
     bool due = c->elect_due && term && term >= c->elect_term;
     uint64_t et = c->elect_term, hi = c->elect_ids_hi;
@@ -1706,11 +1792,26 @@ static void leadership(ihc_coord *c)
         memset(&c->elect_snap, 0, sizeof(c->elect_snap));
     }
     pthread_mutex_unlock(&c->mu);
-    if (!due)
-        return;
-    if (et == term && !c->lead_term)
+    bool promote = due && et == term && c->lead_term && atomic_load(&c->lead_provisional);
+    if (c->lead_term && term != c->lead_term && !promote)
+        lose_lead(c);
+    if (due && et == term && (!c->lead_term || promote)) {
+        atomic_store(&c->lead_provisional, false);
         take_lead(c, et, hi, &sn);
-    snap_free(&sn);
+    } else if (!due && term && !c->lead_term) {
+        ihc_leader_view v;
+        ihc_leader_view_get(c->leader, &v);
+        if (v.provisional && v.term == term) {
+            atomic_store(&c->lead_provisional, true);
+            c->lead_term = term;
+            atomic_store(&c->write_term, term);
+            ihc_log(IHC_LOG_WARN, COMPONENT, "leading provisionally term=%" PRIu64 " next_id=%" PRIu64,
+                    term, c->next_id);
+        }
+    }
+    if (due)
+        snap_free(&sn);
+    watch_follow(c);
 }
 
 /* ---- lifecycle ---- */
@@ -1782,6 +1883,7 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
     c->cfg = cfg;
     ihc_redis_url_redact(cfg->redis_url, c->redis_shown, sizeof(c->redis_shown));
     c->wake_fd = -1;
+    c->watch_fd = -1;
     c->start_ns = ihc_mono_ns();
     pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->pipes_mu, NULL);
@@ -1919,6 +2021,7 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
      * fenced by the lease, given up after it */
     ihc_persist_close(c->persist, flush_ms);
     ihc_leader_close(c->leader);
+    watch_close(c);
     ihc_store_epochs_free(c->resync_epochs, c->resync_n);
     snap_free(&c->elect_snap);
     nng_close(c->pub);

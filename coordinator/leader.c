@@ -71,9 +71,10 @@ static void step_down(ihc_leader *l, uint64_t term, const char *why, const char 
     if (was) {
         l->view.leader = false;
         l->view.solo = false;
+        l->view.provisional = false;
         if (holder) {
             snprintf(l->view.leader_id, sizeof(l->view.leader_id), "%s", holder);
-            l->view.leader_control[0] = l->view.leader_http[0] = '\0';
+            l->view.leader_control[0] = l->view.leader_http[0] = l->view.leader_pub[0] = '\0';
         } else {
             l->view.leader_id[0] = '\0';
         }
@@ -94,6 +95,9 @@ static void step_down(ihc_leader *l, uint64_t term, const char *why, const char 
 static void on_acquired(ihc_leader *l, const ihc_store_lease *s, uint64_t sent_ns)
 {
     l->seen_term = max_u64(l->seen_term, s->term);
+    pthread_mutex_lock(&l->mu);
+    l->view.provisional = false;
+    pthread_mutex_unlock(&l->mu);
     atomic_store(&l->ids_hi, s->ids_hi);
     if (l->o.on_elected)
         l->o.on_elected(l->o.arg, l->st, s->term, s->ids_hi);
@@ -115,19 +119,54 @@ static void on_acquired(ihc_leader *l, const ihc_store_lease *s, uint64_t sent_n
     changed(l);
 }
 
-/* A standby's poll: take the lease when it is free, else learn who holds it. */
-static void try_acquire(ihc_leader *l)
+/* Redis unreachable at start: lead alone, provisionally, as a coordinator always could. */
+static void lead_provisionally(ihc_leader *l)
+{
+    uint64_t term = l->seen_term + 1;
+    pthread_mutex_lock(&l->mu);
+    l->view.leader = l->view.solo = l->view.provisional = true;
+    l->view.term = term;
+    snprintf(l->view.leader_id, sizeof(l->view.leader_id), "%s", l->id);
+    snprintf(l->view.leader_control, sizeof(l->view.leader_control), "%s", l->control);
+    snprintf(l->view.leader_http, sizeof(l->view.leader_http), "%s", l->http);
+    atomic_store(&l->solo, true);
+    atomic_store(&l->term, term);
+    pthread_mutex_unlock(&l->mu);
+    ihc_log(IHC_LOG_WARN, COMPONENT,
+            "redis unreachable at start: leading alone without a lease id=%s term=%" PRIu64
+            " until redis answers",
+            l->id, term);
+    changed(l);
+}
+
+/* A standby's poll (and a provisional leader's): take the lease when it is free, else learn
+ * who holds it. */
+static void try_acquire(ihc_leader *l, bool first)
 {
     ihc_store_lease_req q = lease_req(l);
     ihc_store_lease s;
     uint64_t sent = ihc_mono_ns();
     int rc = ihc_store_lease_acquire(l->st, &q, &s);
-    if (rc != IHC_OK)
+    if (rc == IHC_ENOTCONN || rc == IHC_ETIMEDOUT) {
+        if (first)
+            lead_provisionally(l);
         return; /* Redis away: nothing to learn; the view keeps the last leader seen */
+    }
+    if (rc != IHC_OK)
+        return;
+    uint64_t provisional = 0;
+    pthread_mutex_lock(&l->mu);
+    if (l->view.provisional) {
+        provisional = l->view.term;
+        l->view.provisional = false;
+    }
+    pthread_mutex_unlock(&l->mu);
     if (s.held) {
         on_acquired(l, &s, sent);
         return;
     }
+    if (provisional)
+        step_down(l, provisional, "redis answers and another coordinator leads", s.holder, s.term);
     l->seen_term = max_u64(l->seen_term, s.term);
     pthread_mutex_lock(&l->mu);
     bool moved = strcmp(l->view.leader_id, s.holder) != 0 || l->view.term != s.term;
@@ -135,6 +174,7 @@ static void try_acquire(ihc_leader *l)
     snprintf(l->view.leader_id, sizeof(l->view.leader_id), "%s", s.holder);
     snprintf(l->view.leader_control, sizeof(l->view.leader_control), "%s", s.holder_control);
     snprintf(l->view.leader_http, sizeof(l->view.leader_http), "%s", s.holder_http);
+    snprintf(l->view.leader_pub, sizeof(l->view.leader_pub), "%s", s.holder_pub);
     pthread_mutex_unlock(&l->mu);
     if (moved)
         ihc_log(IHC_LOG_INFO, COMPONENT, "standby id=%s leader=%s term=%" PRIu64, l->id,
@@ -199,11 +239,14 @@ static void *leader_main(void *arg)
         poll_ns = 20000000ull;
     for (;;) {
         uint64_t term = atomic_load(&l->term);
-        if (term)
+        pthread_mutex_lock(&l->mu);
+        bool provisional = l->view.provisional, first = !l->tried;
+        pthread_mutex_unlock(&l->mu);
+        if (term && !provisional)
             renew(l, term);
         else
-            try_acquire(l);
-        uint64_t wait = atomic_load(&l->term) ? renew_ns : poll_ns;
+            try_acquire(l, first);
+        uint64_t wait = atomic_load(&l->term) && !provisional ? renew_ns : poll_ns;
         pthread_mutex_lock(&l->mu);
         if (!l->tried) {
             l->tried = true;

@@ -5,7 +5,8 @@
  * cannot renew may publish until its lease would have ended by its own monotonic clock
  * (counted from when the last successful renew was sent), then steps down; a leader that
  * knew of no standby at its last renew keeps serving alone while Redis is away (nobody can
- * take over), as a single coordinator always did. */
+ * take over), as a single coordinator always did; so does one that finds Redis unreachable
+ * when it starts (a provisional term, without a lease, until Redis answers). */
 #ifndef IHC_COORD_LEADER_H
 #define IHC_COORD_LEADER_H
 
@@ -41,10 +42,14 @@ typedef struct {
 typedef struct {
     bool leader;                   /* this coordinator holds the lease */
     bool solo;                     /* leader, and no standby polled within 3 TTLs */
+    bool provisional;              /* leading alone without a lease: Redis was unreachable
+                                    * when this coordinator started (as ihc always served);
+                                    * it takes the lease, or steps down, once Redis answers */
     uint64_t term;                 /* leader: its term; standby: the last term seen */
     char leader_id[256];           /* "" when unknown or nobody */
     char leader_control[512];      /* the leader's advertised control URL ("" when unknown) */
     char leader_http[512];         /* the leader's advertised HTTP base URL */
+    char leader_pub[512];          /* the leader's advertised PUB URL (standbys watch it) */
 } ihc_leader_view;
 
 /* Starts the leadership thread (it tries to take the lease at once). Errors: IHC_EINVAL (bad

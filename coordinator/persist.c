@@ -302,8 +302,10 @@ static void *persist_main(void *arg)
             continue;
         }
         uint64_t term = p->o.term ? p->o.term(p->o.arg) : 0;
-        int rc = p->o.term && !term ? IHC_ENOTLEADER : write_batch(p->st, batch, term);
-        if (rc == IHC_ENOTLEADER && term) {
+        int rc = p->o.term && !term              ? IHC_ENOTLEADER
+                 : term == IHC_PERSIST_HOLD ? IHC_ENOENT
+                                            : write_batch(p->st, batch, term);
+        if (rc == IHC_ENOTLEADER && term && term != IHC_PERSIST_HOLD) {
             ihc_log(IHC_LOG_WARN, COMPONENT,
                     "writes refused by the fence term=%" PRIu64 " ops=%zu: %s", term, k,
                     ihc_store_errstr(p->st));

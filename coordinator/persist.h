@@ -12,6 +12,8 @@
 
 typedef struct ihc_persist ihc_persist;
 
+#define IHC_PERSIST_HOLD UINT64_MAX
+
 typedef struct {
     ihc_store_opts store; /* copied (url too) */
     size_t max_queue;     /* 0 = 1000000 operations */
@@ -25,7 +27,8 @@ typedef struct {
     void (*on_state)(void *arg, bool up, size_t backlog);
     /* Fencing (may be NULL: writes unfenced). term(arg) gives the term to fence each batch
      * with (ihc_store_pipeline_begin_fenced); 0 means this coordinator does not lead: the
-     * batch is dropped unwritten. on_fenced(arg, term) is called when Redis refused a batch
+     * batch is dropped unwritten; IHC_PERSIST_HOLD that it leads without a lease yet: the
+     * batch waits (as while Redis is away). on_fenced(arg, term) is called when Redis refused a batch
      * because ihc:term moved; the batch is dropped. */
     uint64_t (*term)(void *arg);
     void (*on_fenced)(void *arg, uint64_t term);

@@ -192,7 +192,7 @@ static const char script_batch[] =
  * records the caller as a standby until 3 TTLs from now. KEYS: ihc:leader, ihc:term,
  * ihc:leader:info, ihc:standbys, ihc:seq. ARGV: id, ttl_ms, min_term, id_block, min_next_id,
  * control, http, pub, report. Answers {1, term, id, standbys, ids_hi} or
- * {0, term, holder, 0, 0, holder's control, holder's http}. */
+ * {0, term, holder, 0, 0, holder's control, holder's http, holder's pub}. */
 static const char script_acquire[] =
     LUA_NOW_MS
     "local holder = redis.call('GET', KEYS[1])\n"
@@ -216,9 +216,9 @@ static const char script_acquire[] =
     "  return {1, term, ARGV[1], redis.call('ZCARD', KEYS[4]), hi}\n"
     "end\n"
     "redis.call('ZADD', KEYS[4], now + 3 * tonumber(ARGV[2]), ARGV[1])\n"
-    "local info = redis.call('HMGET', KEYS[3], 'control', 'http')\n"
+    "local info = redis.call('HMGET', KEYS[3], 'control', 'http', 'pub')\n"
     "return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), holder, 0, 0, info[1] or '',\n"
-    "        info[2] or ''}\n";
+    "        info[2] or '', info[3] or ''}\n";
 
 /* Extends the lease of the holder of term ARGV[3]; when the lease is gone and no later term
  * was taken (Redis lost its data, or the lease lapsed with nobody taking it), takes it back
@@ -2209,6 +2209,7 @@ static int lease_answer(ihc_store *st, redisReply *rep, ihc_store_lease *out)
     out->ids_hi = el_u64(rep, 4);
     el_str(rep, 5, out->holder_control, sizeof(out->holder_control));
     el_str(rep, 6, out->holder_http, sizeof(out->holder_http));
+    el_str(rep, 7, out->holder_pub, sizeof(out->holder_pub));
     return IHC_OK;
 }
 

@@ -214,7 +214,7 @@ typedef struct {
     char holder[256];   /* the holder's id ("" when nobody holds it) */
     uint64_t standbys;  /* held: standbys that polled within 3 TTLs */
     uint64_t ids_hi;    /* acquire, held: the reserved block ends here (ids_hi - id_block, ids_hi] */
-    char holder_control[512], holder_http[512]; /* not held: the holder's addresses */
+    char holder_control[512], holder_http[512], holder_pub[512]; /* not held: its addresses */
 } ihc_store_lease;
 
 /* Takes ihc:leader when free (SET NX PX) with a new term (INCR ihc:term, kept above
