@@ -671,18 +671,16 @@ out:
     return rc;
 }
 
-/* A standby's answer (DESIGN "Growing past one coordinator"): status 503 with the JSON body
- * {"error": "not the leader coordinator", "code": "IHC_ENOTLEADER", ...}; either field
- * suffices. Nothing was run: the next coordinator may be asked. */
+/* A standby's answer: status 503 with the JSON body {"code": "IHC_ENOTLEADER", "error": "...",
+ * "leader": ..., ...} (the coordinator's ihc_doc_not_leader). Nothing was run: the next
+ * coordinator may be asked. A 503 without that code (busy, shutting down) is not this. */
 static bool is_not_leader(const ihc_msg *m)
 {
     if (m->u.control_response.status != 503 || m->u.control_response.json == NULL)
         return false;
     json_t *doc = json_loads(m->u.control_response.json, 0, NULL);
     const char *code = json_string_value(json_object_get(doc, "code"));
-    const char *err = json_string_value(json_object_get(doc, "error"));
-    bool yes = (code != NULL && strcmp(code, ihc_err_name(IHC_ENOTLEADER)) == 0) ||
-               (err != NULL && strcmp(err, ihc_strerror(IHC_ENOTLEADER)) == 0);
+    bool yes = code != NULL && strcmp(code, ihc_err_name(IHC_ENOTLEADER)) == 0;
     json_decref(doc);
     return yes;
 }

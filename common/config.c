@@ -159,6 +159,13 @@ static const setting settings[] = {
      NULL, 0.05, 60, NULL, C | A, OFF(heartbeat_interval), "how often agents send heartbeats"},
     {"IHC_AGENT_TTL", "agent-ttl", T_SECONDS, "5.0", NULL, 0.1, 3600, NULL, C, OFF(agent_ttl),
      "an agent silent for this long is considered gone (must exceed the heartbeat interval)"},
+    {"IHC_COORDINATOR_ID", "coordinator-id", T_AGENT_ID, NULL, NULL, 0, 0, NULL, C,
+     OFF(coordinator_id),
+     "this coordinator's id among those sharing one Redis (the lease holder's name): 1-255 "
+     "printable ASCII characters without spaces"},
+    {"IHC_LEASE_TTL", "lease-ttl", T_SECONDS, "2.0", NULL, 0.5, 60, NULL, C, OFF(lease_ttl),
+     "the leader's Redis lease (ihc:leader), renewed every third of it; a standby takes over "
+     "within about this long after the leader dies"},
     {"IHC_RESEND_INTERVAL", "resend-interval", T_SECONDS, "0.02", NULL, 0.001, 60, NULL, C,
      OFF(resend_interval), "first re-send of an unanswered interrupt (then backing off)"},
     {"IHC_REDIS_TIMEOUT_MS", "redis-timeout", T_INT, "500", NULL, 1, 60000, NULL, C,

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "redis_conn.h"
 #include "redis_url.h"
+#include "coordinator.h"
 #include "request.h"
 
 #define COMPONENT      "reqchan"
@@ -59,6 +60,8 @@ static void rejected(ihc_reqchan *rq, const char *why)
 /* The body is the HTTP API's (request.h). */
 static void handle_payload(ihc_reqchan *rq, const char *payload, size_t len)
 {
+    if (!ihc__coord_leading(rq->c))
+        return; /* every coordinator hears the channel; the leader alone acts on it */
     ihc_request q;
     char why[256];
     if (ihc_request_parse(&q, payload, len, why, sizeof(why)) != IHC_OK) {
