@@ -1,10 +1,12 @@
-/* High availability on loopback, agent and client side: two coordinator processes and two
- * ihc-agent processes that dial both (comma-separated --pub/--report lists) — every agent's
- * hello reaches both coordinators, an interrupt through either reaches each agent once and
- * its report goes back to the coordinator that sent it; `ihc` with two control URLs of which
- * the first is dead still succeeds. And Redis through Sentinel: a real master, replica and
- * sentinel; the coordinator on a redis-sentinel:// URL; the master SIGKILLed, the sentinel
- * promotes the replica, and interrupts are persisted again. */
+/* High availability on loopback, agent and client side: two coordinator processes on one
+ * Redis (a leader and a standby, IHC_LEASE_TTL=1) and two ihc-agent processes that dial both
+ * (comma-separated --pub/--report lists) — every agent's hello reaches both coordinators, an
+ * interrupt reaches each agent once and its report goes back to the coordinator that sent
+ * it; `ihc` with a control URL list (a dead one, the standby, the leader) succeeds; after the
+ * leader is SIGKILLed the same command succeeds through the new leader, whose term the agents
+ * follow. And Redis through Sentinel: a real master, replica and sentinel; the coordinator on
+ * a redis-sentinel:// URL; the master SIGKILLed, the sentinel promotes the replica, and
+ * interrupts are persisted again. */
 #include "harness.h"
 
 #include "err.h"
@@ -47,34 +49,43 @@ static void coord_ports(coord *c, const char *dir, const char *name)
     snprintf(c->log, sizeof c->log, "%s/%s.log", dir, name);
 }
 
-/* Starts a coordinator on c's ports; state_dir may be NULL. Waits for /healthz. */
-static void coord_start(coord *c, const char *redis_url, const char *state_dir)
+/* Starts a coordinator on c's ports named id (IHC_COORDINATOR_ID). Waits for /healthz. */
+static void coord_start(coord *c, const char *redis_url, const char *id)
 {
-    char *argv[16] = {(char *)th_bin("ihc-coordinator"),
-                      "--pub",
-                      c->pub_url,
-                      "--report",
-                      c->rep_url,
-                      "--control",
-                      c->ctl_url,
-                      "--http",
-                      c->http_addr,
-                      "--redis",
-                      (char *)redis_url};
-    int n = 11;
-    if (state_dir) {
-        argv[n++] = "--state-dir";
-        argv[n++] = (char *)state_dir;
-    }
-    argv[n] = NULL;
-    char *env[] = {"INTERRUPT_TIMEOUT=3.0", "IHC_AGENT_TTL=3", "SESSION_CLEANUP_DELAY=0.3",
-                   "IHC_HEARTBEAT_INTERVAL=0.2", "IHC_REDIS_TIMEOUT_MS=300", NULL};
+    char *argv[] = {(char *)th_bin("ihc-coordinator"),
+                    "--pub",
+                    c->pub_url,
+                    "--report",
+                    c->rep_url,
+                    "--control",
+                    c->ctl_url,
+                    "--http",
+                    c->http_addr,
+                    "--redis",
+                    (char *)redis_url,
+                    NULL};
+    char idenv[96];
+    snprintf(idenv, sizeof idenv, "IHC_COORDINATOR_ID=%s", id);
+    char *env[] = {"INTERRUPT_TIMEOUT=3.0",       "IHC_AGENT_TTL=3",
+                   "SESSION_CLEANUP_DELAY=0.3",   "IHC_HEARTBEAT_INTERVAL=0.2",
+                   "IHC_REDIS_TIMEOUT_MS=300",    "IHC_LEASE_TTL=1",
+                   idenv,                         NULL};
     c->pid = th_spawn(argv, c->log, env);
     assert_true(c->pid > 0);
     if (!TH_WAIT(th_http(c->http, "GET", "/healthz", NULL, NULL, NULL) == 200, 10000)) {
         th_log_tail(c->log, 30);
         fail_msg("coordinator did not answer GET /healthz (log %s)", c->log);
     }
+}
+
+/* True when c says it leads. */
+static bool leads(const coord *c)
+{
+    char *body = NULL;
+    bool ok = th_http(c->http, "GET", "/healthz", NULL, NULL, &body) == 200 && body &&
+              strstr(body, "\"role\":\"leader\"") != NULL;
+    free(body);
+    return ok;
 }
 
 static pid_t agent_start(const char *id, const char *hws, const char *pubs, const char *reports,
@@ -182,27 +193,38 @@ static int handled_count(const char *log, uint64_t id, const char *hw)
     return n;
 }
 
+/* `ihc --control LIST --json interrupt hw`: exit status, output in *out (caller frees). */
+static int cli_interrupt(const char *list, const char *hw, char **out)
+{
+    char cmd[9000], path[4400];
+    snprintf(path, sizeof path, "%s/cli.out", w.dir);
+    snprintf(cmd, sizeof cmd, "'%s' --control '%s' --json interrupt %s >'%s' 2>&1",
+             th_bin("ihc"), list, hw, path);
+    int st = system(cmd);
+    *out = th_slurp(path);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static uint64_t result_id(const char *json)
+{
+    json_t *j = json_loads(json, 0, NULL);
+    uint64_t id = (uint64_t)json_integer_value(json_object_get(j, "interrupt_id"));
+    bool both = answered_by(j, "ha-agent-1") && answered_by(j, "ha-agent-2");
+    bool ok = json_is_true(json_object_get(j, "success"));
+    json_decref(j);
+    return ok && both ? id : 0;
+}
+
 static void test_ha_two_coordinators(void **state)
 {
     (void)state;
     assert_int_equal(th_redis_start(&w.redis), 0);
-    /* two coordinators, each with its own database: no leadership here (that is the
-     * coordinator's side), only what agents and clients do with two of them; the second's
-     * interrupt ids start elsewhere so that the two never hand out the same one */
-    char url0[256], url1[256], sdir[4300], seq[4400];
-    snprintf(url0, sizeof url0, "redis://127.0.0.1:%d/0", w.redis.port);
-    snprintf(url1, sizeof url1, "redis://127.0.0.1:%d/1", w.redis.port);
-    snprintf(sdir, sizeof sdir, "%s/state-b", w.dir);
-    assert_int_equal(mkdir(sdir, 0700), 0);
-    snprintf(seq, sizeof seq, "%s/seq", sdir);
-    FILE *fp = fopen(seq, "w");
-    assert_non_null(fp);
-    fprintf(fp, "1000000\n");
-    fclose(fp);
     coord_ports(&w.c[0], w.dir, "coord-a");
     coord_ports(&w.c[1], w.dir, "coord-b");
-    coord_start(&w.c[0], url0, NULL);
-    coord_start(&w.c[1], url1, sdir);
+    coord_start(&w.c[0], w.redis.url, "coord-a");
+    assert_true(TH_WAIT(leads(&w.c[0]), 10000));
+    coord_start(&w.c[1], w.redis.url, "coord-b");
+    assert_false(leads(&w.c[1]));
 
     char pubs[160], reports[160];
     snprintf(pubs, sizeof pubs, "%s,%s", w.c[0].pub_url, w.c[1].pub_url);
@@ -223,38 +245,59 @@ static void test_ha_two_coordinators(void **state)
     for (int c = 0; c < 2; c++)
         assert_true(TH_WAIT(active_sessions(&w.c[c], "dev-1") == 2, 15000));
 
-    /* an interrupt through either: both agents answer the one that sent it, each acting once */
-    for (int c = 0; c < 2; c++) {
-        assert_true(TH_WAIT(active_sessions(&w.c[c], "dev-1") == 2, 15000));
-        json_t *r = interrupt_on(&w.c[c], "dev-1");
-        char *txt = json_dumps(r, 0);
-        if (!json_is_true(json_object_get(r, "success")) || !answered_by(r, ids[0]) ||
-            !answered_by(r, ids[1]))
-            fail_msg("interrupt through coordinator %d: %s", c, txt);
-        free(txt);
-        uint64_t id = (uint64_t)json_integer_value(json_object_get(r, "interrupt_id"));
-        assert_true(c == 0 ? id < 1000000 : id > 1000000);
-        json_decref(r);
-        for (int i = 0; i < 2; i++)
-            assert_int_equal(handled_count(w.agent_log[i], id, "dev-1"), 1);
-    }
+    /* through the leader: both agents answer it, each acting once */
+    json_t *r = interrupt_on(&w.c[0], "dev-1");
+    char *txt = json_dumps(r, 0);
+    uint64_t id = result_id(txt);
+    if (id == 0)
+        fail_msg("interrupt through the leader: %s", txt);
+    free(txt);
+    json_decref(r);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(handled_count(w.agent_log[i], id, "dev-1"), 1);
+    /* the standby heard of the sessions' end from the agents (the report went to the leader) */
+    assert_true(TH_WAIT(active_sessions(&w.c[1], "dev-1") == 2, 15000));
 
-    /* the CLI with two control URLs, the first dead: the second answers */
-    char ctl[160];
-    snprintf(ctl, sizeof ctl, "tcp://127.0.0.1:%d,%s", th_free_port(), w.c[0].ctl_url);
-    assert_true(TH_WAIT(active_sessions(&w.c[0], "dev-2") == 1, 15000));
-    char cmd[9000];
-    snprintf(cmd, sizeof cmd, "'%s' --control '%s' --json interrupt dev-2 >'%s/cli.out' 2>&1",
-             th_bin("ihc"), ctl, w.dir);
+    /* the CLI with a dead URL, the standby and the leader, in that order */
+    char list[256];
+    snprintf(list, sizeof list, "tcp://127.0.0.1:%d,%s,%s", th_free_port(), w.c[1].ctl_url,
+             w.c[0].ctl_url);
+    assert_true(TH_WAIT(active_sessions(&w.c[0], "dev-1") == 2, 15000));
+    char *out = NULL;
     uint64_t t0 = th_now_ms_();
-    int st = system(cmd);
-    char out_path[4400];
-    snprintf(out_path, sizeof out_path, "%s/cli.out", w.dir);
-    char *out = th_slurp(out_path);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || !strstr(out, "\"success\":true"))
-        fail_msg("ihc --control '%s' interrupt dev-2: status %d\n%s", ctl, st, out);
+    int st = cli_interrupt(list, "dev-1", &out);
+    if (st != 0 || (id = result_id(out)) == 0)
+        fail_msg("ihc --control '%s' interrupt dev-1: exit %d\n%s", list, st, out);
     free(out);
     assert_true(th_now_ms_() - t0 < 8000);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(handled_count(w.agent_log[i], id, "dev-1"), 1);
+
+    /* the leader dies: the same command succeeds through the new leader; the agents follow
+     * its term and answer it */
+    th_stop(w.c[0].pid, SIGKILL, 2000);
+    w.c[0].pid = 0;
+    t0 = th_now_ms_();
+    id = 0;
+    while (id == 0 && th_now_ms_() - t0 < 20000) {
+        st = cli_interrupt(list, "dev-1", &out);
+        if (st == 0)
+            id = result_id(out);
+        free(out);
+        if (id == 0)
+            th_sleep_ms_(100);
+    }
+    if (id == 0) {
+        th_log_tail(w.c[1].log, 30);
+        fail_msg("no interrupt answered by both agents through the new leader");
+    }
+    fprintf(stderr, "take-over: an interrupt answered by both agents %.2f s after the SIGKILL\n",
+            (double)(th_now_ms_() - t0) / 1000.0);
+    assert_true(leads(&w.c[1]));
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(handled_count(w.agent_log[i], id, "dev-1"), 1);
+        assert_true(th_log_has(w.agent_log[i], "leader term now 2", 0));
+    }
 }
 
 /* ---- Redis through Sentinel ---- */
@@ -384,7 +427,7 @@ static void test_ha_sentinel_failover(void **state)
              th_free_port(), sentinel.port); /* the first sentinel is down: passed over */
     coord *c = &w.c[0];
     coord_ports(c, w.dir, "coord-sentinel");
-    coord_start(c, url, NULL);
+    coord_start(c, url, "coord-sentinel");
     snprintf(w.agent_log[0], sizeof w.agent_log[0], "%s/agent-s.log", w.dir);
     w.agents[0] = agent_start("sentinel-agent", "dev-1", c->pub_url, c->rep_url, w.agent_log[0]);
     assert_true(TH_WAIT(active_sessions(c, "dev-1") == 1, 15000));
@@ -420,12 +463,15 @@ static void test_ha_sentinel_failover(void **state)
         th_log_tail(c->log, 30);
         fail_msg("no interrupt persisted after the failover");
     }
-    assert_true(TH_WAIT(reply_has(replica.port, "2", "XLEN %s", "ihc:interrupts"), 10000) ||
-                reply_has(replica.port, "3", "XLEN %s", "ihc:interrupts"));
-    snprintf(needle, sizeof needle, "addr=127.0.0.1:%d", replica.port);
-    assert_true(th_log_has(c->log, needle, 0));
     fprintf(stderr, "sentinel failover: interrupts persisted again %.1f s after the SIGKILL\n",
             (double)(th_now_ms_() - t0) / 1000.0);
+    /* written on the promoted replica, which the coordinator found through the sentinel */
+    char *len = rcmd(replica.port, "XLEN %s", "ihc:interrupts");
+    assert_non_null(len);
+    assert_true(atoi(len) >= 1);
+    free(len);
+    snprintf(needle, sizeof needle, "addr=127.0.0.1:%d", replica.port);
+    assert_true(th_log_has(c->log, needle, 0));
     th_stop(w.agents[0], SIGTERM, 5000);
     w.agents[0] = 0;
     th_stop(c->pid, SIGTERM, 5000);
