@@ -192,6 +192,10 @@ static void connected(ihc_agent *a, bool first, size_t n_epochs)
 static void on_link(void *ctx, bool sub, bool up)
 {
     ihc_agent *a = ctx;
+    int subs = 0;
+    ihc__transport_links(&a->tp, &subs, NULL);
+    if (sub && !up && subs == 0)
+        atomic_store(&a->term_forget, true);
     if (!up && atomic_exchange(&a->synced, false)) {
         atomic_store(&a->lost_ns, ihc_mono_ns());
         ihc_log(IHC_LOG_WARN, IHC__LOG,
@@ -229,9 +233,19 @@ static void warn_unreachable(ihc_agent *a)
 
 /* Receive thread: false when term is older than the newest seen, a deposed leader's message
  * (a paused old leader must not make this agent act). Term 0 comes from a coordinator
- * without standbys, which fences nothing: always taken. */
+ * without standbys, which fences nothing: always taken. The newest term is forgotten when
+ * every PUB connection was lost (see on_link). */
 static bool term_current(ihc_agent *a, uint64_t term, const char *what, int link)
 {
+    if (atomic_exchange(&a->term_forget, false) && a->max_term) {
+        /* no coordinator was connected: none is the leader this agent follows, and a lone
+         * coordinator that starts without Redis leads with the term it had */
+        ihc_log(IHC_LOG_INFO, IHC__LOG,
+                "every coordinator connection was lost: the next leader's term is taken as it "
+                "comes (was %llu)",
+                (unsigned long long)a->max_term);
+        a->max_term = 0;
+    }
     if (term == 0 || term == a->max_term)
         return true;
     if (term < a->max_term) {

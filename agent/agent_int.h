@@ -47,6 +47,7 @@ struct ihc_agent {
     bool told_unreachable;
     _Atomic uint64_t lost_ns; /* when the connection was lost (0: it was not) */
     uint64_t max_term;        /* the newest leader term seen: older ones are a deposed leader's */
+    atomic_bool term_forget;  /* every PUB connection went down: max_term starts over */
 
     /* sessions, epochs, flags, escalation: guarded by lock */
     pthread_mutex_t lock;
