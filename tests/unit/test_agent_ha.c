@@ -224,11 +224,44 @@ static void test_agent_ha_dedupe_and_report_route(void **state)
     close_world(&w);
 }
 
+static int sub_pipes(ihc_agent *a)
+{
+    int sub = 0;
+    ihc__transport_links(&a->tp, &sub, NULL);
+    return sub;
+}
+
+/* The newest term is kept while any coordinator is connected, and forgotten when every PUB
+ * connection was lost (a lone coordinator restarted without Redis leads with its old term). */
+static void test_agent_ha_term_forgotten_when_all_lost(void **state)
+{
+    (void)state;
+    world w;
+    open_world(&w);
+    publish_until_report(&w.f[0], 5, 1, "probe", 1, true);
+    /* one coordinator goes away: the other's older term is still a deposed leader's */
+    th_fc_close(&w.f[0]);
+    assert_true(TH_WAIT(sub_pipes(w.a) == 1, 5000));
+    begin(w.a, "s-1", "dev-1");
+    TH_PASS(publish(&w.f[1], 4, 2, "dev-1", 1, false));
+    TH_PASS(publish(&w.f[1], 5, 3, "dev-1", 1, false));
+    expect_report(&w.f[1], 3, 5); /* 2 was ignored */
+    /* both go away and come back: the term the first one speaks with is taken */
+    th_fc_close(&w.f[1]);
+    assert_true(TH_WAIT(sub_pipes(w.a) == 0, 5000));
+    assert_int_equal(th_fc_listen(&w.f[0]), 0);
+    assert_int_equal(th_fc_listen(&w.f[1]), 0);
+    assert_true(TH_WAIT(sub_pipes(w.a) == 2, 10000));
+    publish_until_report(&w.f[0], 1, 4, "probe", 1, true);
+    close_world(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_agent_ha_events_to_every_coordinator),
         cmocka_unit_test(test_agent_ha_dedupe_and_report_route),
+        cmocka_unit_test(test_agent_ha_term_forgotten_when_all_lost),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     nng_fini();
