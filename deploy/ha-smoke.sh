@@ -167,10 +167,15 @@ if [ "$(role "$STANDBY")" = leader ]; then
 else
   fail "$STANDBY now leads" "$(http_get "$STANDBY" /healthz)"
 fi
-if compose logs --no-color agent-1 2>/dev/null | grep -q 'leader term now'; then
-  pass "agent-1 follows the new leader's term ($(compose logs --no-color agent-1 | grep 'leader term now' | tail -1 | sed 's/.*leader term now/term/'))"
+# (the logs into a file first: grep -q ending early would fail the pipe under pipefail)
+follows_term() {
+  compose logs --no-color agent-1 >"$WORK/agent-1.log" 2>&1
+  grep 'leader term now' "$WORK/agent-1.log" | tail -1 | grep -q 'leader term now 2 '
+}
+if wait_for 10 "agent-1 to log term 2" follows_term; then
+  pass "agent-1 follows the new leader's term ($(grep 'leader term now' "$WORK/agent-1.log" | tail -1 | sed 's/.*leader term now/term/'))"
 else
-  fail "agent-1 follows the new leader's term"
+  fail "agent-1 follows the new leader's term" "$(grep -E 'term|deposed' "$WORK/agent-1.log" | tail -5)"
 fi
 
 # -- the Redis primary dies --
