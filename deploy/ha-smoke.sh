@@ -168,11 +168,12 @@ else
   fail "$STANDBY now leads" "$(http_get "$STANDBY" /healthz)"
 fi
 # (the logs into a file first: grep -q ending early would fail the pipe under pipefail)
+new_term=$(http_get "$STANDBY" /healthz | jq -r '.term // empty')
 follows_term() {
   compose logs --no-color agent-1 >"$WORK/agent-1.log" 2>&1
-  grep 'leader term now' "$WORK/agent-1.log" | tail -1 | grep -q 'leader term now 2 '
+  grep 'leader term now' "$WORK/agent-1.log" | tail -1 | grep -q "leader term now $new_term "
 }
-if wait_for 10 "agent-1 to log term 2" follows_term; then
+if wait_for 10 "agent-1 to log term $new_term" follows_term; then
   pass "agent-1 follows the new leader's term ($(grep 'leader term now' "$WORK/agent-1.log" | tail -1 | sed 's/.*leader term now/term/'))"
 else
   fail "agent-1 follows the new leader's term" "$(grep -E 'term|deposed' "$WORK/agent-1.log" | tail -5)"
