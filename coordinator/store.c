@@ -46,6 +46,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "redis_conn.h"
 #include "redis_url.h"
 
 #include <errno.h>
@@ -712,19 +713,19 @@ static int connect_fail(ihc_store *st, int rc)
 static int st_connect(ihc_store *st)
 {
     struct timeval tv = ms_tv(st->timeout_ms);
-    errno = 0;
-    redisContext *c = st->url.path ? redisConnectUnixWithTimeout(st->url.path, tv)
-                                   : redisConnectWithTimeout(st->url.host, st->url.port, tv);
-    if (!c) {
+    redisContext *c = NULL;
+    char why[512];
+    /* direct or through the sentinels, resolved again on every reconnect */
+    int crc = ihc_redis_connect(&st->url, tv, &c, why, sizeof(why));
+    if (crc == IHC_ENOMEM) {
         set_err(st, "redis %s: out of memory", st->where);
         return IHC_ENOMEM;
     }
-    st->c = c;
-    if (c->err) {
-        int rc = is_timeout(c, errno) ? IHC_ETIMEDOUT : IHC_ENOTCONN;
-        set_err(st, "redis connect %s: %s", st->where, c->errstr);
-        return connect_fail(st, rc);
+    if (crc != IHC_OK) {
+        set_err(st, "redis connect %s: %s", st->where, why);
+        return connect_fail(st, crc);
     }
+    st->c = c;
     if (redisSetTimeout(c, tv) != REDIS_OK ||
         (!st->url.path && redisEnableKeepAlive(c) != REDIS_OK)) {
         set_err(st, "redis %s: socket options: %s", st->where, c->errstr);
