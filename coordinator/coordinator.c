@@ -969,6 +969,8 @@ static void end_reported_sessions(ihc_coord *c, const ihc_report_msg *r)
     }
 }
 
+static void ask_hello(ihc_coord *c, const char *agent_id, const char *why);
+
 static void on_report(ihc_coord *c, ihc_msg **mp)
 {
     const ihc_report_msg *r = &(*mp)->u.report;
@@ -977,7 +979,11 @@ static void on_report(ihc_coord *c, ihc_msg **mp)
         count_rejected(c, "report", IHC_ENOENT, "report for an interrupt id never issued");
         return;
     }
+    const ihc_reg_agent *before = ihc_registry_agent(c->reg, r->agent);
+    bool pending = before && before->state == IHC_AGENT_PENDING;
     ihc_registry_touch(c->reg, r->agent, ihc_mono_ns(), ihc_now_ms());
+    if (pending) /* known from Redis only: its hello lists the sessions Redis never saw */
+        ask_hello(c, r->agent, "pending");
     ssize_t i = table_find(c, r->id);
     if (i < 0) {
         /* the interrupt is over, but what the agent cleaned is no longer active */
@@ -1064,7 +1070,10 @@ static void on_heartbeat(ihc_coord *c, ihc_msg **mp)
     const ihc_heartbeat_msg *hb = &m->u.heartbeat;
     const ihc_reg_agent *before = ihc_registry_agent(c->reg, hb->agent);
     bool was_connected = before && before->state == IHC_AGENT_CONNECTED;
-    const char *lost = !before ? "unknown" : before->state == IHC_AGENT_GONE ? "gone" : NULL;
+    const char *lost = !before                              ? "unknown"
+                       : before->state == IHC_AGENT_GONE    ? "gone"
+                       : before->state == IHC_AGENT_PENDING ? "pending"
+                                                            : NULL;
     ihc_reg_agent *a = ihc_registry_touch(c->reg, hb->agent, ihc_mono_ns(), ihc_now_ms());
     if (!a)
         return;
