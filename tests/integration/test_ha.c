@@ -300,6 +300,16 @@ static void agent_stop(void)
 
 /* ------------------------------------------------------------------ cases ---- */
 
+/* Coordinator i has written everything it queued for Redis. */
+static bool written(int i)
+{
+    int st;
+    json_t *j = http_json(i, "GET", "/v1/stats", NULL, &st);
+    bool ok = st == 200 && json_integer_value(json_object_get(j, "persist_backlog")) == 0;
+    json_decref(j);
+    return ok;
+}
+
 static json_int_t last_id, last_epoch;
 
 /* A successful interrupt of dev-1 on coordinator i; ids and epochs only grow. */
@@ -359,6 +369,40 @@ static void test_ha_roles(void **state)
     char *v = redis("GET ihc:leader");
     assert_string_equal(v, "coord-0");
     free(v);
+
+    /* ihc:requests reaches both coordinators; the leader alone acts on it */
+    assert_true(TH_WAIT(written(0), 5000));
+    v = redis("XLEN ihc:interrupts");
+    long before = v ? strtol(v, NULL, 10) : -1;
+    free(v);
+    pthread_mutex_lock(&w.mu);
+    size_t seen = w.n_seen;
+    pthread_mutex_unlock(&w.mu);
+    /* both subscribed, then one message */
+    assert_true(TH_WAIT((v = redis("PUBSUB NUMSUB ihc:requests")) && strstr(v, "\n2")
+                            ? (free(v), true)
+                            : (free(v), false),
+                        5000));
+    v = redis("PUBLISH ihc:requests %s", "{\"hardware_id\":\"dev-2\"}");
+    assert_string_equal(v, "2");
+    free(v);
+    assert_true(TH_WAIT((v = redis("XLEN ihc:interrupts")) && strtol(v, NULL, 10) == before + 1
+                            ? (free(v), true)
+                            : (free(v), false),
+                        5000));
+    assert_true(TH_WAIT(written(0), 5000));
+    th_sleep_ms_(300);
+    v = redis("XREVRANGE ihc:interrupts + - COUNT 1");
+    assert_non_null(strstr(v, "dev-2"));
+    free(v);
+    v = redis("XLEN ihc:interrupts");
+    long after = v ? strtol(v, NULL, 10) : -1;
+    free(v);
+    assert_int_equal(after, before + 1); /* once, by the leader */
+    pthread_mutex_lock(&w.mu);
+    assert_int_equal(w.n_seen, seen); /* dev-2: the agent holds none, nobody expected */
+    pthread_mutex_unlock(&w.mu);
+    assert_false(th_log_has(w.c[1].log, "hw=dev-2", 0)); /* the standby did nothing */
 }
 
 static void test_ha_failover(void **state)
@@ -472,16 +516,6 @@ static void test_ha_paused_leader(void **state)
 
 /* Redis stalled (SIGSTOP) while a batch is on its way: the writer times out and sends it
  * again; Redis runs both: nothing is duplicated. Then no id ever repeats in the log. */
-/* Coordinator i has written everything it queued for Redis. */
-static bool written(int i)
-{
-    int st;
-    json_t *j = http_json(i, "GET", "/v1/stats", NULL, &st);
-    bool ok = st == 200 && json_integer_value(json_object_get(j, "persist_backlog")) == 0;
-    json_decref(j);
-    return ok;
-}
-
 static void test_ha_repeated_batch(void **state)
 {
     (void)state;
