@@ -106,7 +106,7 @@ struct ihc_coord {
     uint64_t elect_term, elect_ids_hi;
     snapshot elect_snap;
 
-    ihc_leader *leader;             /* thread-safe */
+    ihc_leader *leader;              /* thread-safe */
     atomic_uint_fast64_t write_term; /* the term Redis writes are fenced with (0: none) */
 
     /* owned by the loop thread */
@@ -1814,8 +1814,8 @@ static void leadership(ihc_coord *c)
             atomic_store(&c->lead_provisional, true);
             c->lead_term = term;
             atomic_store(&c->write_term, term);
-            ihc_log(IHC_LOG_WARN, COMPONENT, "leading provisionally term=%" PRIu64 " next_id=%" PRIu64,
-                    term, c->next_id);
+            ihc_log(IHC_LOG_WARN, COMPONENT,
+                    "leading provisionally term=%" PRIu64 " next_id=%" PRIu64, term, c->next_id);
         }
     }
     if (due)

@@ -26,10 +26,10 @@ struct ihc_leader {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stopping, kick;
-    bool tried;             /* the first attempt at the lease is done (under mu) */
+    bool tried; /* the first attempt at the lease is done (under mu) */
     pthread_cond_t tried_cv;
-    ihc_leader_view view;  /* under mu */
-    uint64_t seen_term;    /* highest term seen (leader thread) */
+    ihc_leader_view view;              /* under mu */
+    uint64_t seen_term;                /* highest term seen (leader thread) */
     atomic_uint_fast64_t term;         /* view.term while leading, else 0 */
     atomic_uint_fast64_t lease_end_ns; /* by this process' monotonic clock */
     atomic_bool solo;

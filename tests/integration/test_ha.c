@@ -97,8 +97,8 @@ static void coord_start(int i)
 static json_t *http_json(int i, const char *method, const char *path, const char *body, int *st)
 {
     char *resp = NULL;
-    *st = th_http(w.c[i].http, method, path,
-                  body ? "Content-Type: application/json\r\n" : NULL, body, &resp);
+    *st = th_http(w.c[i].http, method, path, body ? "Content-Type: application/json\r\n" : NULL,
+                  body, &resp);
     json_t *j = resp ? json_loads(resp, 0, NULL) : NULL;
     free(resp);
     return j;
@@ -438,8 +438,9 @@ static void test_ha_failover(void **state)
         json_decref(j);
     }
     uint64_t took = th_now_ms_() - t0;
-    fprintf(stderr, "failover: first success %llu ms after SIGKILL of the leader "
-                    "(IHC_LEASE_TTL=1; %d requests refused with 503 meanwhile)\n",
+    fprintf(stderr,
+            "failover: first success %llu ms after SIGKILL of the leader "
+            "(IHC_LEASE_TTL=1; %d requests refused with 503 meanwhile)\n",
             (unsigned long long)took, refused);
     assert_true(ok);
     assert_true(took <= 2000);
@@ -505,8 +506,8 @@ static void test_ha_paused_leader(void **state)
     x = redis("XLEN ihc:interrupts");
     long after = x ? strtol(x, NULL, 10) : -1;
     free(x);
-    fprintf(stderr, "interrupt log: %ld before the pause, %ld with coord-0's, %ld after\n",
-            before, with_new, after);
+    fprintf(stderr, "interrupt log: %ld before the pause, %ld with coord-0's, %ld after\n", before,
+            with_new, after);
     assert_int_equal(after, with_new);
     assert_true(redis_is("3", "GET %s", "ihc:term"));
     assert_true(redis_is("coord-0", "GET %s", "ihc:leader"));
