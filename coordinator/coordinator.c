@@ -300,10 +300,17 @@ static void publish(ihc_coord *c, const ihc_msg *m)
     publish_frame(c, buf, len, m->type);
 }
 
+/* The term messages carry: none (0) while leading provisionally, without a lease (agents
+ * take term 0 from anyone; the provisional number may be below terms they have seen). */
+static uint64_t wire_term(const ihc_coord *c)
+{
+    return atomic_load(&c->lead_provisional) ? 0 : c->lead_term;
+}
+
 static void interrupt_msg(const ihc_coord *c, ihc_msg *m, const ihc_inflight *f)
 {
     *m = (ihc_msg){.type = IHC_MSG_INTERRUPT};
-    m->u.interrupt.term = c->lead_term;
+    m->u.interrupt.term = wire_term(c);
     m->u.interrupt.id = f->id;
     m->u.interrupt.hw = f->hw;
     m->u.interrupt.epoch = f->epoch;
@@ -1025,7 +1032,7 @@ static void send_sync(ihc_coord *c, const char *agent_id)
     ep[sc.n_hws].hw = "*";
     ep[sc.n_hws].epoch = ihc_registry_epoch(c->reg, "*", &ep[sc.n_hws].set_ms);
     ihc_msg m = {.type = IHC_MSG_SYNC};
-    m.u.sync.term = c->lead_term;
+    m.u.sync.term = wire_term(c);
     m.u.sync.agent = (char *)agent_id;
     m.u.sync.epochs = ep;
     m.u.sync.n_epochs = sc.n_hws + 1;
@@ -1056,7 +1063,7 @@ static void on_hello(ihc_coord *c, ihc_msg **mp)
 static void ask_hello(ihc_coord *c, const char *agent_id, const char *why)
 {
     ihc_msg m = {.type = IHC_MSG_SYNC};
-    m.u.sync.term = c->lead_term;
+    m.u.sync.term = wire_term(c);
     m.u.sync.agent = (char *)agent_id;
     m.u.sync.hello = true;
     publish(c, &m);
