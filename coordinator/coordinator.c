@@ -36,6 +36,7 @@
 #include "redis_url.h"
 #include "registry.h"
 #include "sockaddr.h"
+#include "sockclose.h"
 #include "tls.h"
 #include "wire.h"
 
@@ -1726,7 +1727,8 @@ static void watch_close(ihc_coord *c)
 {
     if (!c->watch_open)
         return;
-    nng_close(c->watch);
+    /* bounded: no callback of this socket refers to c, so one still closing can be left */
+    ihc_sock_close(c->watch, IHC_SOCK_CLOSE_MS, COMPONENT, "watch");
     c->watch_open = false;
     c->watch_fd = -1;
     c->watch_url[0] = '\0';
@@ -2040,8 +2042,14 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
     watch_close(c);
     ihc_store_epochs_free(c->resync_epochs, c->resync_n);
     snap_free(&c->elect_snap);
-    nng_close(c->pub);
-    nng_close(c->pull);
+    int pub_rc = ihc_sock_close(c->pub, IHC_SOCK_CLOSE_MS, COMPONENT, "publish");
+    int pull_rc = ihc_sock_close(c->pull, IHC_SOCK_CLOSE_MS, COMPONENT, "report");
+    if (pub_rc != IHC_OK || pull_rc != IHC_OK) {
+        /* A socket still closing may call on_pub_pipe: keep c (reachable, so that leak
+         * checkers see no leak) and let the process exit. */
+        ihc_sock_keep(c);
+        return;
+    }
     if (c->wake_fd >= 0)
         close(c->wake_fd);
     ihc_registry_free(c->reg);
