@@ -62,6 +62,7 @@ struct ihc_agent {
     uint32_t id_tag; /* random per agent run: keeps generated session ids apart */
     ihc__session *esc;
     pthread_cond_t esc_cv;
+    pthread_cond_t report_cv; /* an owner reported its module results (report_in) */
     pthread_t esc_thread;
     bool esc_started, esc_stop;
 

@@ -102,23 +102,32 @@ static void cancel_run(ihc_agent *a, const char *hw, origin o, uint64_t epoch, i
                        size_t n, uint64_t t0)
 {
     ihc__cancel *cx = &a->cx;
+    uint64_t id = o.id;
     /* owners hear first: they may be waiting on something other than the token */
+    cx->current_id = id;
     for (size_t i = 0; i < n; i++)
         if (v[i]->on_cancel)
             v[i]->on_cancel(v[i]->id, v[i]->arg);
+    cx->current_id = 0;
 
     size_t nm = 0;
     ihc__module *head = ihc__modules_snapshot(&a->mods, &nm);
     ihc__modules_run(&a->mods, head, nm, hw);
+
+    /* owners that run their own interrupt methods report them before the report goes out,
+     * within the module timeout (counted from the interrupt's arrival) */
+    size_t n_ext = 0;
+    if (id != 0)
+        n_ext = ihc__sessions_await_reports(a, v, n, t0 + ihc_s_to_ns(a->o.default_module_timeout));
     uint64_t t_done = ihc_mono_ns();
     double time_ms = (double)(t_done - t0) / 1e6;
 
     size_t n_failed = 0;
-    if (nm > cx->res_cap) {
-        ihc_module_result *r = realloc(cx->res, nm * sizeof(*r));
+    if (nm + n_ext > cx->res_cap) {
+        ihc_module_result *r = realloc(cx->res, (nm + n_ext) * sizeof(*r));
         if (r) {
             cx->res = r;
-            cx->res_cap = nm;
+            cx->res_cap = nm + n_ext;
         }
     }
     size_t nr = nm <= cx->res_cap ? nm : cx->res_cap;
@@ -133,8 +142,16 @@ static void cancel_run(ihc_agent *a, const char *hw, origin o, uint64_t epoch, i
                                              .error = m->err[0] ? m->err : NULL};
     }
 
+    for (size_t i = 0; i < n && n_ext; i++) {
+        for (size_t k = 0; k < v[i]->n_ext && nr < cx->res_cap; k++) {
+            const ihc_module_result *e = &v[i]->ext[k];
+            if (e->status == IHC_MOD_TIMED_OUT || e->status == IHC_MOD_FAILED)
+                n_failed++;
+            cx->res[nr++] = *e;
+        }
+    }
+
     bool reported = false; /* the report names the sessions: no session_end for them */
-    uint64_t id = o.id;
     if (id != 0) {
         for (size_t i = 0; i < n; i++)
             cx->sids[i] = v[i]->id;
@@ -195,6 +212,16 @@ static void cancel_run(ihc_agent *a, const char *hw, origin o, uint64_t epoch, i
                           "modules_failed=%zu%s",
                           hw, (unsigned long long)epoch, n, nm, n_failed, timing);
     ihc__sessions_release(a, v, n);
+}
+
+uint64_t ihc__cancel_current_id(ihc_agent *a)
+{
+    return a->cx.current_id;
+}
+
+const char *ihc__cancel_current_reason(ihc_agent *a)
+{
+    return a->cx.current_reason ? a->cx.current_reason : a->cx.current_id ? "" : "missed interrupt";
 }
 
 /* Lock held. Sets should_interrupt for hw (entry e, NULL for global). */
@@ -270,7 +297,9 @@ void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t
         return;
     }
     atomic_fetch_add(&a->n_interrupts, 1);
+    cx->current_reason = m->reason ? m->reason : "";
     cancel_run(a, m->hw, (origin){.id = m->id, .term = m->term, .link = link}, m->epoch, v, n, t0);
+    cx->current_reason = NULL;
 }
 
 void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m)

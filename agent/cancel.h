@@ -30,6 +30,8 @@ typedef struct {
     ihc_module_result *res;
     size_t res_cap;
     char **sids;
+    uint64_t current_id; /* the interrupt being handled while on_cancel runs (0: a catch-up) */
+    const char *current_reason; /* its reason, while on_cancel runs; NULL otherwise */
 } ihc__cancel;
 
 int ihc__cancel_init(ihc_agent *a);
@@ -40,6 +42,12 @@ void ihc__cancel_fini(ihc_agent *a);
  * of its hardware_id); link is the coordinator it came from (the report goes back there). */
 void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0_ns,
                               bool direct, int link);
+
+/* The id of the interrupt whose on_cancel callbacks are running (0: a catch-up after a sync,
+ * or called elsewhere). Only meaningful inside an on_cancel callback. */
+uint64_t ihc__cancel_current_id(ihc_agent *a);
+/* Its reason ("" when none was given; "missed interrupt" for a catch-up). */
+const char *ihc__cancel_current_reason(ihc_agent *a);
 
 /* Handles a sync: raises the known epochs and cancels what missed interrupts should have. */
 void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m);

@@ -209,7 +209,7 @@ static void *shutdown_watchdog(void *arg)
     return NULL;
 }
 
-/* IHC_LOCAL_URL="" (or off/none) runs the agent without a local endpoint. */
+/* IHC_LOCAL_URL="" (or off/none) runs the agent without its local API. */
 static bool local_disabled(const char *url)
 {
     return url && (!url[0] || strcmp(url, "off") == 0 || strcmp(url, "none") == 0);
@@ -298,12 +298,17 @@ int main(int argc, char **argv)
 
     const char *local_url = cfg.local_url ? cfg.local_url : IHC_DEFAULT_LOCAL_URL;
     if (!local_disabled(cfg.local_url)) {
-        rc = ihc_local_open(&local, a, local_url, cfg.max_active_sessions,
-                            (int)(cfg.interrupt_check_interval * 1000), err, sizeof(err));
+        ihc_local_opts lo = {.url = local_url,
+                             .max_active = cfg.max_active_sessions,
+                             .check_ms = (int)(cfg.interrupt_check_interval * 1000),
+                             .max_conns = cfg.local_max_conns,
+                             .idle_timeout_s = (int)cfg.local_idle_timeout,
+                             .deadline_ms = (int)(cfg.module_timeout * 1000)};
+        rc = ihc_local_open(&local, a, &lo, err, sizeof(err));
         if (rc != IHC_OK) {
             fprintf(stderr, PROG ": %s\n", err);
-            ihc_log(IHC_LOG_ERROR, COMP, "cannot open the local endpoint url=%s error=\"%s\"",
-                    local_url, err);
+            ihc_log(IHC_LOG_ERROR, COMP, "cannot open the local API url=%s error=\"%s\"", local_url,
+                    err);
             goto out;
         }
         atomic_store(&g_daemon.local, local);
@@ -321,8 +326,7 @@ int main(int argc, char **argv)
 
     ihc_log(IHC_LOG_INFO, COMP,
             "daemon started id=%s pub=%s report=%s local=%s modules=%s simulate=%s version=%s",
-            ihc_agent_id(a), cfg.pub_url,
-            cfg.report_url, local_url, modules,
+            ihc_agent_id(a), cfg.pub_url, cfg.report_url, local_url, modules,
             cfg.simulate ? cfg.simulate : "off", IHC_VERSION);
 
     int sig;

@@ -67,11 +67,28 @@ int ihc__sessions_init(ihc_agent *a)
         pthread_mutex_destroy(&a->lock);
         return IHC_ENOMEM;
     }
+    if (ihc_cond_init_mono(&a->report_cv) != 0) {
+        pthread_cond_destroy(&a->esc_cv);
+        pthread_mutex_destroy(&a->lock);
+        return IHC_ENOMEM;
+    }
     return IHC_OK;
+}
+
+static void ext_free(ihc__session *s)
+{
+    for (size_t i = 0; i < s->n_ext; i++) {
+        free(s->ext[i].name);
+        free(s->ext[i].error);
+    }
+    free(s->ext);
+    s->ext = NULL;
+    s->n_ext = 0;
 }
 
 static void session_free(ihc__session *s)
 {
+    ext_free(s);
     ihc_token_release(s->tok);
     free(s->module);
     free(s->data);
@@ -102,6 +119,7 @@ void ihc__sessions_fini(ihc_agent *a)
         }
     }
     a->n_hws = 0;
+    pthread_cond_destroy(&a->report_cv);
     pthread_cond_destroy(&a->esc_cv);
     pthread_mutex_destroy(&a->lock);
 }
@@ -340,6 +358,8 @@ int ihc_agent_session_end(ihc_agent *a, const char *session_id)
     ihc__session *s = find_live(a, session_id);
     if (s) {
         s->ended = true;
+        s->report_in = true; /* nothing more comes from an owner that ended it */
+        pthread_cond_broadcast(&a->report_cv);
         size_t len = 0;
         uint8_t *buf = encode_event(a, s, s->cancelled ? "interrupted" : "done", &len);
         if (s->escalating)
@@ -877,4 +897,98 @@ void ihc__gens_close(ihc_agent *a, int timeout_ms)
     a->gs = NULL;
     if (last)
         gs_free(gs);
+}
+
+/* ---- owners that run their own interrupt methods ---- */
+
+int ihc__session_hold_report(ihc_agent *a, const char *session_id)
+{
+    if (!a || !session_id)
+        return IHC_EINVAL;
+    pthread_mutex_lock(&a->lock);
+    ihc__session *s = find_live(a, session_id);
+    if (s && !s->ended)
+        s->report_held = true;
+    pthread_mutex_unlock(&a->lock);
+    return s ? IHC_OK : IHC_ENOENT;
+}
+
+int ihc__session_report(ihc_agent *a, const char *session_id, const ihc_module_result *mods,
+                        size_t n)
+{
+    if (!a || !session_id || (n && !mods))
+        return IHC_EINVAL;
+    ihc_module_result *copy = n ? calloc(n, sizeof(*copy)) : NULL;
+    if (n && !copy)
+        return IHC_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        copy[i].status = mods[i].status;
+        copy[i].time_ms = mods[i].time_ms;
+        copy[i].name = strdup(mods[i].name ? mods[i].name : "");
+        copy[i].error = mods[i].error ? strdup(mods[i].error) : NULL;
+        if (!copy[i].name || (mods[i].error && !copy[i].error)) {
+            for (size_t k = 0; k <= i; k++) {
+                free(copy[k].name);
+                free(copy[k].error);
+            }
+            free(copy);
+            return IHC_ENOMEM;
+        }
+    }
+    pthread_mutex_lock(&a->lock);
+    ihc__session *s = find_live(a, session_id);
+    if (s && !s->report_taken) {
+        ext_free(s);
+        s->ext = copy;
+        s->n_ext = n;
+        copy = NULL;
+        s->report_in = true;
+        pthread_cond_broadcast(&a->report_cv);
+    }
+    pthread_mutex_unlock(&a->lock);
+    if (copy) {
+        for (size_t k = 0; k < n; k++) {
+            free(copy[k].name);
+            free(copy[k].error);
+        }
+        free(copy);
+    }
+    return s ? IHC_OK : IHC_ENOENT;
+}
+
+int ihc__session_info(ihc_agent *a, const char *session_id, uint64_t *epoch, int64_t *created_ms)
+{
+    if (!a || !session_id)
+        return IHC_EINVAL;
+    pthread_mutex_lock(&a->lock);
+    ihc__session *s = find_live(a, session_id);
+    if (s) {
+        *epoch = s->epoch;
+        *created_ms = s->created_ms;
+    }
+    pthread_mutex_unlock(&a->lock);
+    return s ? IHC_OK : IHC_ENOENT;
+}
+
+size_t ihc__sessions_await_reports(ihc_agent *a, ihc__session **v, size_t n, uint64_t until_ns)
+{
+    size_t results = 0;
+    pthread_mutex_lock(&a->lock);
+    for (;;) {
+        bool waiting = false;
+        results = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (v[i]->report_held && !v[i]->report_in)
+                waiting = true;
+            results += v[i]->n_ext;
+        }
+        if (!waiting || ihc_mono_ns() >= until_ns)
+            break;
+        struct timespec ts = ihc_mono_abstime(until_ns);
+        pthread_cond_timedwait(&a->report_cv, &a->lock, &ts);
+    }
+    for (size_t i = 0; i < n; i++)
+        v[i]->report_taken = true; /* ext stays as it is until the session is freed */
+    pthread_mutex_unlock(&a->lock);
+    return results;
 }

@@ -30,7 +30,14 @@ typedef struct ihc__session {
     bool cancelled;  /* claimed by an interrupt, a catch-up or expiry */
     bool ended;      /* its owner called ihc_agent_session_end */
     bool escalating; /* in the escalation list */
-    int esc_stage;   /* 0 waiting, 1 SIGTERM sent */
+    /* its owner runs its own interrupt methods and reports them (ihc__session_report): the
+     * interrupt's report waits for them up to the module timeout */
+    bool report_held;
+    bool report_in;         /* the owner reported (or ended the session) */
+    bool report_taken;      /* the report was sent: later results are ignored */
+    ihc_module_result *ext; /* the owner's module results, owned; n_ext of them */
+    size_t n_ext;
+    int esc_stage; /* 0 waiting, 1 SIGTERM sent */
     uint64_t esc_at_ns;
     ihc__hwent *hwe;
     struct ihc__session *prev, *next;       /* all live sessions */
@@ -87,6 +94,22 @@ void ihc__sessions_cleanup(ihc_agent *a, ihc__session **v, size_t n, const char 
 void ihc__sessions_escalate(ihc_agent *a, ihc__session **v, size_t n);
 /* Lock NOT held. Drops the caller's references. */
 void ihc__sessions_release(ihc_agent *a, ihc__session **v, size_t n);
+
+/* ---- owners that run their own interrupt methods (ihc-agent's local API) ---- */
+/* Called from the session's on_cancel: the interrupt's report is to wait (up to
+ * wait_ms) for the owner's ihc__session_report, so that its module results are in it.
+ * Errors: IHC_ENOENT (no such live session), IHC_EINVAL. */
+int ihc__session_hold_report(ihc_agent *a, const char *session_id);
+/* The owner's module results for the interrupt that stopped session_id (copied); with n 0
+ * it only says that nothing more is coming. Ending the session says so too. Errors:
+ * IHC_ENOENT, IHC_ENOMEM, IHC_EINVAL. */
+int ihc__session_report(ihc_agent *a, const char *session_id, const ihc_module_result *mods,
+                        size_t n);
+/* The session's hw epoch and creation time (agent wall clock, ms). Errors: IHC_ENOENT. */
+int ihc__session_info(ihc_agent *a, const char *session_id, uint64_t *epoch, int64_t *created_ms);
+/* Lock NOT held. Waits until every held session of v reported or until_ns (monotonic)
+ * passes; returns how many results the reported sessions carry. */
+size_t ihc__sessions_await_reports(ihc_agent *a, ihc__session **v, size_t n, uint64_t until_ns);
 
 /* Periodic work on the receive thread: expires sessions past SESSION_TIMEOUT, prunes idle
  * hw entries, joins finished generator threads. */

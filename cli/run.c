@@ -1,12 +1,13 @@
-/* `ihc run`: starts a command in its own process group, registers it with the local agent
- * as a session with its pid, and stops it (SIGTERM to the group) when the agent says the
- * session was interrupted; the agent escalates to SIGKILL after its grace period. */
+/* `ihc run`: starts a command in its own process group, registers it with the local agent's
+ * HTTP API (libcurl on the Unix socket) as a session with its pid, follows the session's
+ * event stream and stops the command (SIGTERM to the group) on `event: stop`; the agent
+ * escalates to SIGKILL after its grace period. DELETE reports how the command ended. */
 #include "run.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <nng/nng.h>
-#include <nng/protocol/reqrep0/req.h>
+#include <curl/curl.h>
+#include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -22,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "defaults.h"
 #include "err.h"
 #include "wire.h"
@@ -56,7 +58,7 @@ static void usage(FILE *out)
             "  --hw HW        hardware_id the command works for (1-128 bytes of [A-Za-z0-9._:@-])\n"
             "  --session ID   session id (default: chosen by the agent)\n"
             "  --module NAME  module the session belongs to\n"
-            "  --local URL    the agent's local endpoint (env IHC_LOCAL_URL, default %s)\n"
+            "  --local URL    the agent's local API socket (env IHC_LOCAL_URL, default %s)\n"
             "\n"
             "Exit status: CMD's status, 128+N when CMD died of signal N, 1 when the agent refused\n"
             "the session, 2 usage error, 3 agent unreachable.\n",
@@ -140,109 +142,191 @@ static int parse_args(int argc, char **argv, run_args *ra)
     return 0;
 }
 
-/* ---- talking to the agent ---- */
+/* ---- talking to the agent (HTTP on its Unix socket, libcurl) ---- */
 
-static int local_open(const char *url, nng_duration recv_timeout, nng_socket *s, char *err,
-                      size_t err_len)
+typedef struct {
+    char *buf;
+    size_t len;
+} membuf;
+
+static size_t mem_write(char *ptr, size_t size, size_t n, void *arg)
 {
-    int rv = nng_req0_open(s);
-    if (rv != 0) {
-        snprintf(err, err_len, "%s", nng_strerror(rv));
-        return IHC_ETRANSPORT;
-    }
-    nng_socket_set_ms(*s, NNG_OPT_RECVTIMEO, recv_timeout);
-    nng_socket_set_ms(*s, NNG_OPT_SENDTIMEO, CALL_TIMEOUT_MS);
-    nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, RECV_MAX);
-    if ((rv = nng_dial(*s, url, NULL, 0)) != 0) {
-        snprintf(err, err_len, "%s", nng_strerror(rv));
-        nng_close(*s);
-        return IHC_ETRANSPORT;
-    }
-    return IHC_OK;
+    membuf *m = arg;
+    size_t k = size * n;
+    if (m->len + k > RECV_MAX)
+        return 0; /* an agent does not answer this much: abort */
+    char *nb = realloc(m->buf, m->len + k + 1);
+    if (!nb)
+        return 0;
+    memcpy(nb + m->len, ptr, k);
+    m->buf = nb;
+    m->len += k;
+    m->buf[m->len] = '\0';
+    return k;
 }
 
-/* One request/response. On IHC_ETRANSPORT *nng_rv holds nng's error; on IHC_OK the caller
- * owns *out (a local_response). */
-static int local_call(nng_socket s, const ihc_local_request *q, ihc_msg **out, int *nng_rv,
-                      char *err, size_t err_len)
+static CURL *easy_for(const char *sock, const char *path)
 {
-    ihc_msg m = {.type = IHC_MSG_LOCAL_REQUEST};
-    m.u.local_request = *q;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    char *rbuf = NULL;
-    size_t rlen = 0;
+    CURL *c = curl_easy_init();
+    if (!c)
+        return NULL;
+    char url[IHC_ID_MAX + 64];
+    snprintf(url, sizeof url, "http://localhost%s", path);
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, sock);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)CALL_TIMEOUT_MS);
+    return c;
+}
+
+/* One request: method on path with an optional JSON body. On IHC_OK, *status is the HTTP
+ * status and *out (caller owns; may be NULL when the body is not JSON) the answer. On
+ * IHC_ETRANSPORT the agent could not be reached or did not answer: err says why. */
+static int local_call(const char *sock, const char *method, const char *path, json_t *body,
+                      long *status, json_t **out, char *err, size_t err_len)
+{
     *out = NULL;
-    *nng_rv = 0;
-    int rc = ihc_wire_encode(&m, NULL, &buf, &len);
-    if (rc != IHC_OK) {
-        snprintf(err, err_len, "cannot encode the request: %s", ihc_strerror(rc));
-        return rc;
+    *status = 0;
+    CURL *c = easy_for(sock, path);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    if (!c || (body && !text)) {
+        curl_easy_cleanup(c);
+        free(text);
+        snprintf(err, err_len, "out of memory");
+        return IHC_ENOMEM;
     }
-    int rv = nng_send(s, buf, len, 0);
-    free(buf);
-    if (rv == 0)
-        rv = nng_recv(s, &rbuf, &rlen, NNG_FLAG_ALLOC);
-    if (rv != 0) {
-        *nng_rv = rv;
-        snprintf(err, err_len, "%s", nng_strerror(rv));
-        return IHC_ETRANSPORT;
+    membuf m = {0};
+    struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)CALL_TIMEOUT_MS);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, mem_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &m);
+    if (text) {
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, text);
     }
-    char detail[256] = "";
-    rc = ihc_wire_decode((const uint8_t *)rbuf, rlen, NULL, out, detail, sizeof(detail));
-    nng_free(rbuf, rlen);
-    if (rc != IHC_OK) {
-        snprintf(err, err_len, "bad response: %s", detail[0] ? detail : ihc_strerror(rc));
-        return rc;
+    CURLcode cc = curl_easy_perform(c);
+    int rc = IHC_OK;
+    if (cc != CURLE_OK) {
+        snprintf(err, err_len, "%s", curl_easy_strerror(cc));
+        rc = IHC_ETRANSPORT;
+    } else {
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+        *out = m.buf ? json_loadb(m.buf, m.len, 0, NULL) : NULL;
+        const char *e = json_string_value(json_object_get(*out, "error"));
+        snprintf(err, err_len, "%s", e ? e : "no error message");
     }
-    if ((*out)->type != IHC_MSG_LOCAL_RESPONSE) {
-        snprintf(err, err_len, "bad response: unexpected '%s' message",
-                 ihc_msg_type_name((*out)->type));
-        ihc_msg_free(*out);
-        *out = NULL;
-        return IHC_EPROTO;
-    }
-    return IHC_OK;
+    curl_slist_free_all(hdr);
+    curl_easy_cleanup(c);
+    free(text);
+    free(m.buf);
+    return rc;
 }
 
-/* ---- waiting for the stop in a thread ---- */
+/* ---- waiting for the stop in a thread (the session's event stream) ---- */
 
 typedef enum { WAIT_PENDING, WAIT_INTERRUPTED, WAIT_DONE, WAIT_ERROR, WAIT_CLOSED } wait_result;
 
 typedef struct {
-    nng_socket s;
+    const char *sock;
     const char *sid;
     int notify_fd;
+    CURLM *multi;
+    atomic_bool stop;  /* ihc run is finishing: end the stream */
     atomic_int result; /* a wait_result, set before notify_fd is written */
+    char line[512];    /* the line being read */
+    size_t line_len;
+    char event[32]; /* the current event's name */
     char err[512];
 } waiter;
+
+/* One line of the stream: "event: NAME", "data: …", a comment, or the blank line that ends
+ * an event. Returns false when the wait is decided. */
+static bool sse_line(waiter *w, const char *line)
+{
+    if (strncmp(line, "event:", 6) == 0) {
+        const char *v = line + 6;
+        while (*v == ' ')
+            v++;
+        snprintf(w->event, sizeof w->event, "%s", v);
+        return true;
+    }
+    if (line[0] != '\0')
+        return true; /* data, comments, keepalives */
+    if (strcmp(w->event, "stop") == 0) {
+        atomic_store(&w->result, WAIT_INTERRUPTED);
+        return false;
+    }
+    if (strcmp(w->event, "end") == 0) {
+        atomic_store(&w->result, WAIT_DONE);
+        return false;
+    }
+    w->event[0] = '\0';
+    return true;
+}
+
+static size_t sse_write(char *ptr, size_t size, size_t n, void *arg)
+{
+    waiter *w = arg;
+    size_t k = size * n;
+    for (size_t i = 0; i < k; i++) {
+        char ch = ptr[i];
+        if (ch == '\r')
+            continue;
+        if (ch != '\n') {
+            if (w->line_len + 1 < sizeof w->line)
+                w->line[w->line_len++] = ch;
+            continue;
+        }
+        w->line[w->line_len] = '\0';
+        w->line_len = 0;
+        if (!sse_line(w, w->line))
+            return 0; /* decided: abort the transfer */
+    }
+    return k;
+}
 
 static void *wait_main(void *arg)
 {
     waiter *w = arg;
-    ihc_local_request q = {.op = "wait", .session_id = (char *)w->sid};
-    ihc_msg *resp = NULL;
-    int nng_rv = 0;
-    int rc = local_call(w->s, &q, &resp, &nng_rv, w->err, sizeof(w->err));
-    wait_result result;
-    if (rc == IHC_ETRANSPORT && nng_rv == NNG_ECLOSED)
-        result = WAIT_CLOSED; /* ihc run is finishing */
-    else if (rc != IHC_OK)
+    char path[IHC_ID_MAX + 32];
+    snprintf(path, sizeof path, "/v1/sessions/%s/events", w->sid);
+    CURL *c = easy_for(w->sock, path);
+    if (c) {
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sse_write);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, w);
+        curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
+        curl_multi_add_handle(w->multi, c);
+    }
+    int running = c != NULL;
+    CURLcode done = CURLE_OK;
+    while (running && !atomic_load(&w->stop)) {
+        curl_multi_perform(w->multi, &running);
+        int left;
+        CURLMsg *msg;
+        while ((msg = curl_multi_info_read(w->multi, &left)))
+            if (msg->msg == CURLMSG_DONE)
+                done = msg->data.result;
+        if (running)
+            curl_multi_poll(w->multi, NULL, 0, 1000, NULL);
+    }
+    int result = atomic_load(&w->result);
+    if (atomic_load(&w->stop) && result == WAIT_PENDING) {
+        result = WAIT_CLOSED;
+    } else if (result == WAIT_PENDING) {
         result = WAIT_ERROR;
-    else if (resp->u.local_response.status != IHC_OK) {
-        result = WAIT_ERROR;
-        snprintf(w->err, sizeof(w->err), "%s",
-                 resp->u.local_response.error ? resp->u.local_response.error
-                                              : ihc_strerror(resp->u.local_response.status));
-    } else if (resp->u.local_response.state &&
-               strcmp(resp->u.local_response.state, "interrupted") == 0)
-        result = WAIT_INTERRUPTED;
-    else
-        result = WAIT_DONE;
-    ihc_msg_free(resp);
-    atomic_store(&w->result, (int)result);
-    char c = 1;
-    while (write(w->notify_fd, &c, 1) < 0 && errno == EINTR)
+        snprintf(w->err, sizeof w->err, "the event stream ended: %s",
+                 !c                 ? "out of memory"
+                 : done != CURLE_OK ? curl_easy_strerror(done)
+                                    : "closed");
+    }
+    if (c) {
+        curl_multi_remove_handle(w->multi, c);
+        curl_easy_cleanup(c);
+    }
+    atomic_store(&w->result, result);
+    char ch = 1;
+    while (write(w->notify_fd, &ch, 1) < 0 && errno == EINTR)
         ;
     return NULL;
 }
@@ -319,21 +403,32 @@ int ihc_run_main(int argc, char **argv)
         ra.url = getenv("IHC_LOCAL_URL");
     if (!ra.url || !ra.url[0])
         ra.url = IHC_DEFAULT_LOCAL_URL;
+    bool legacy = false;
+    const char *sock = ihc_config_local_path(ra.url, &legacy);
+    if (!sock || strlen(sock) >= IHC_LOCAL_PATH_MAX) {
+        fprintf(stderr,
+                PFX "local API URL '%s' (--local or IHC_LOCAL_URL): expected "
+                    "unix:///ABSOLUTE/PATH\nTry 'ihc run --help'.\n",
+                ra.url);
+        return EXIT_USAGE;
+    }
+    if (legacy)
+        fprintf(stderr, PFX "warning: %s: the old ipc:// form, read as unix://%s\n", ra.url, sock);
 
     int status = 1;
     char err[512] = "";
-    nng_socket cs = NNG_SOCKET_INITIALIZER, ws = NNG_SOCKET_INITIALIZER;
-    bool cs_open = false, ws_open = false, thread_started = false;
+    bool thread_started = false, curl_up = false;
     int gate[2] = {-1, -1}, errp[2] = {-1, -1}, notify[2] = {-1, -1}, sfd = -1;
     pid_t child = -1, pgid = -1;
-    ihc_msg *resp = NULL;
-    int nng_rv;
-    waiter w = {.notify_fd = -1};
+    json_t *resp = NULL, *req = NULL;
+    long http = 0;
+    waiter w = {.notify_fd = -1, .sock = sock};
     atomic_init(&w.result, WAIT_PENDING);
+    atomic_init(&w.stop, false);
     pthread_t wt;
     char sid[IHC_ID_MAX + 1] = "";
 
-    /* signals are read from a signalfd; block them before any thread (nng's) exists */
+    /* signals are read from a signalfd; block them before any thread exists */
     sigset_t sigs, oldmask;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
@@ -347,19 +442,21 @@ int ihc_run_main(int argc, char **argv)
         fprintf(stderr, PFX "%s\n", strerror(errno));
         goto out;
     }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(w.multi = curl_multi_init())) {
+        fprintf(stderr, PFX "cannot initialise libcurl\n");
+        goto out;
+    }
+    curl_up = true;
 
     /* reach the agent before starting anything */
-    if (local_open(ra.url, CALL_TIMEOUT_MS, &cs, err, sizeof(err)) != IHC_OK)
+    if (local_call(sock, "GET", "/healthz", NULL, &http, &resp, err, sizeof(err)) != IHC_OK)
         goto unreachable;
-    cs_open = true;
-    ihc_local_request ping = {.op = "ping"};
-    if (local_call(cs, &ping, &resp, &nng_rv, err, sizeof(err)) != IHC_OK)
+    if (http != 200) {
+        snprintf(err, sizeof err, "GET /healthz answered %ld", http);
         goto unreachable;
-    ihc_msg_free(resp);
+    }
+    json_decref(resp);
     resp = NULL;
-    if (local_open(ra.url, NNG_DURATION_INFINITE, &ws, err, sizeof(err)) != IHC_OK)
-        goto unreachable;
-    ws_open = true;
 
     child = fork();
     if (child < 0) {
@@ -379,26 +476,23 @@ int ihc_run_main(int argc, char **argv)
 
     char data[DATA_MAX];
     cmd_json(data, sizeof(data), ra.cmd);
-    ihc_local_request begin = {.op = "begin",
-                               .pid = (int32_t)child,
-                               .hw = (char *)ra.hw,
-                               .session_id = (char *)ra.session,
-                               .module = (char *)ra.module,
-                               .data = data};
-    int rc = local_call(cs, &begin, &resp, &nng_rv, err, sizeof(err));
-    if (rc != IHC_OK || resp->u.local_response.status != IHC_OK ||
-        !resp->u.local_response.session_id) {
+    req = json_pack("{s:s,s:i,s:o}", "hardware_id", ra.hw, "pid", (int)child, "data",
+                    json_loads(data, 0, NULL));
+    if (req && ra.session)
+        json_object_set_new(req, "session_id", json_string(ra.session));
+    if (req && ra.module)
+        json_object_set_new(req, "module", json_string(ra.module));
+    int rc = req ? local_call(sock, "POST", "/v1/sessions", req, &http, &resp, err, sizeof(err))
+                 : IHC_ENOMEM;
+    const char *got_sid = json_string_value(json_object_get(resp, "session_id"));
+    if (rc != IHC_OK || http != 201 || !got_sid) {
         if (rc == IHC_ETRANSPORT) {
             fprintf(stderr, PFX "lost the ihc agent at %s: %s\n", ra.url, err);
             status = EXIT_UNREACHABLE;
         } else if (rc != IHC_OK) {
-            fprintf(stderr, PFX "the agent at %s answered badly: %s\n", ra.url, err);
+            fprintf(stderr, PFX "cannot register the session: %s\n", ihc_strerror(rc));
         } else {
-            const ihc_local_response *r = &resp->u.local_response;
-            fprintf(stderr, PFX "the agent refused the session: %s\n",
-                    r->error              ? r->error
-                    : r->status != IHC_OK ? ihc_strerror(r->status)
-                                          : "no session id");
+            fprintf(stderr, PFX "the agent refused the session: %s (HTTP %ld)\n", err, http);
             status = EXIT_REFUSED;
         }
         kill(child, SIGKILL); /* it has not exec'd yet: it waits on the gate */
@@ -407,10 +501,10 @@ int ihc_run_main(int argc, char **argv)
         child = -1;
         goto out;
     }
-    snprintf(sid, sizeof(sid), "%s", resp->u.local_response.session_id);
-    bool interrupted =
-        resp->u.local_response.state && strcmp(resp->u.local_response.state, "interrupted") == 0;
-    ihc_msg_free(resp);
+    snprintf(sid, sizeof(sid), "%s", got_sid);
+    const char *state = json_string_value(json_object_get(resp, "state"));
+    bool interrupted = state && strcmp(state, "interrupted") == 0;
+    json_decref(resp);
     resp = NULL;
 
     /* registered: let the command run */
@@ -426,7 +520,6 @@ int ihc_run_main(int argc, char **argv)
     if (n == (ssize_t)sizeof(exec_errno))
         fprintf(stderr, PFX "cannot run %s: %s\n", ra.cmd[0], strerror(exec_errno));
 
-    w.s = ws;
     w.sid = sid;
     w.notify_fd = notify[1];
     if (!interrupted) {
@@ -503,23 +596,21 @@ int ihc_run_main(int argc, char **argv)
                     status);
     }
 
-    /* the session ends with the command ("done"); after an interrupt the agent may already
-     * have cleaned it up */
-    ihc_local_request end = {.op = "end", .session_id = sid};
-    rc = local_call(cs, &end, &resp, &nng_rv, err, sizeof(err));
+    /* the session ends with the command, with its state; after an interrupt the agent may
+     * already have cleaned it up (404) */
+    char path[IHC_ID_MAX + 16];
+    snprintf(path, sizeof path, "/v1/sessions/%s", sid);
+    json_decref(req);
+    req = json_pack("{s:s}", "state",
+                    interrupted   ? "interrupted"
+                    : status == 0 ? "done"
+                                  : "failed");
+    rc = req ? local_call(sock, "DELETE", path, req, &http, &resp, err, sizeof(err)) : IHC_ENOMEM;
     if (rc != IHC_OK)
-        fprintf(stderr, PFX "warning: could not end session %s: %s\n", sid, err);
-    else if (resp->u.local_response.status != IHC_OK && resp->u.local_response.status != IHC_ENOENT)
         fprintf(stderr, PFX "warning: could not end session %s: %s\n", sid,
-                resp->u.local_response.error ? resp->u.local_response.error
-                                             : ihc_strerror(resp->u.local_response.status));
-    /* the agent answers the pending wait when the session ends: let it, rather than close
-     * the socket under a request in flight */
-    if (waiting) {
-        struct pollfd pf = {.fd = notify[0], .events = POLLIN};
-        if (poll(&pf, 1, rc == IHC_OK ? CALL_TIMEOUT_MS : 0) == 1)
-            waiting = false;
-    }
+                rc == IHC_ETRANSPORT ? err : ihc_strerror(rc));
+    else if (http != 200 && http != 404)
+        fprintf(stderr, PFX "warning: could not end session %s: %s (HTTP %ld)\n", sid, err, http);
     goto out;
 
 unreachable:
@@ -536,13 +627,17 @@ out:
         while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
             ;
     }
-    ihc_msg_free(resp);
-    if (ws_open)
-        nng_close(ws); /* ends the thread's wait with NNG_ECLOSED */
-    if (thread_started)
+    json_decref(resp);
+    json_decref(req);
+    if (thread_started) {
+        atomic_store(&w.stop, true);
+        curl_multi_wakeup(w.multi);
         pthread_join(wt, NULL);
-    if (cs_open)
-        nng_close(cs);
+    }
+    if (w.multi)
+        curl_multi_cleanup(w.multi);
+    if (curl_up)
+        curl_global_cleanup();
     int fds[] = {gate[0], gate[1], errp[0], errp[1], notify[0], notify[1], sfd};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (fds[i] >= 0)

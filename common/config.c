@@ -24,7 +24,7 @@
 
 typedef enum {
     T_URL,         /* nng URL: tcp://, tls+tcp://, ipc://, inproc:// */
-    T_URL_OFF,     /* the same, or "", "off", "none": the endpoint is disabled */
+    T_LOCAL_URL,   /* unix:///PATH (ipc:///PATH taken as unix://), or "", "off", "none" */
     T_REDIS_URL,   /* redis://, unix:// or redis-sentinel:// (redis_url.h) */
     T_ADDR,        /* host:port */
     T_AGENT_ID,    /* ihc_agent_id_valid; default "<hostname>:<pid>" */
@@ -87,9 +87,17 @@ static const setting settings[] = {
      OFF(redis_url),
      "Redis holding sessions, flags, epochs, the interrupt log and stats: redis://, unix:// or "
      "redis-sentinel://[PASSWORD@]HOST:PORT,HOST:PORT/MASTER/DB"},
-    {"IHC_LOCAL_URL", "local", T_URL_OFF, IHC_DEFAULT_LOCAL_URL, NULL, 0, 0, NULL, A | L,
+    {"IHC_LOCAL_URL", "local", T_LOCAL_URL, IHC_DEFAULT_LOCAL_URL, NULL, 0, 0, NULL, A | L,
      OFF(local_url),
-     "the agent's local endpoint for processes on this node (`ihc run` dials it); off disables"},
+     "the agent's local API (HTTP on a Unix socket, mode 0660) for processes on this node; "
+     "`ihc run` uses it; the old ipc:///PATH means unix:///PATH; off disables"},
+    {"IHC_LOCAL_MAX_CONNS", "local-max-conns", T_INT, IHC_STR(IHC_DEFAULT_LOCAL_MAX_CONNS), NULL, 1,
+     1000000, NULL, A, OFF(local_max_conns),
+     "most connections to the local API at once (event streams included); more get 503"},
+    {"IHC_LOCAL_IDLE_TIMEOUT", "local-idle-timeout", T_SECONDS,
+     IHC_STR(IHC_DEFAULT_LOCAL_IDLE_TIMEOUT_S), NULL, 1, 86400, NULL, A, OFF(local_idle_timeout),
+     "a local API connection idle this long is closed, unless it holds a session or streams "
+     "events"},
     {"IHC_AGENT_ID", "id", T_AGENT_ID, NULL, NULL, 0, 0, NULL, A, OFF(agent_id),
      "this agent's id: 1-255 printable ASCII characters without spaces"},
     {NULL, "simulate", T_HW_LIST, NULL, NULL, 0, 0, NULL, A, OFF(simulate),
@@ -223,7 +231,7 @@ static const char *metavar(const setting *s)
 {
     switch (s->type) {
     case T_URL:
-    case T_URL_OFF:
+    case T_LOCAL_URL:
     case T_REDIS_URL:
         return "URL";
     case T_ADDR:
@@ -347,6 +355,21 @@ static bool url_list_ok(const char *v, char *why, size_t wlen)
     if (rc == IHC_ENOMEM)
         snprintf(why, wlen, "out of memory");
     return rc == IHC_OK;
+}
+
+const char *ihc_config_local_path(const char *url, bool *legacy)
+{
+    if (!url)
+        return NULL;
+    bool old = strncmp(url, "ipc://", 6) == 0;
+    if (!old && strncmp(url, "unix://", 7) != 0)
+        return NULL;
+    const char *path = url + (old ? 6 : 7);
+    if (path[0] != '/' || path[1] == '\0')
+        return NULL;
+    if (legacy)
+        *legacy = old;
+    return path;
 }
 
 static bool bool_parse(const char *v, bool *out)
@@ -510,16 +533,26 @@ static bool parse_value(const setting *s, const char *v, ihc_config *cfg, char *
     char *field = (char *)cfg + s->off;
     switch (s->type) {
     case T_URL:
-    case T_URL_OFF:
-        if (s->type == T_URL_OFF && (!v[0] || !strcmp(v, "off") || !strcmp(v, "none")))
+    case T_LOCAL_URL:
+        if (s->type == T_LOCAL_URL) {
+            if (!v[0] || !strcmp(v, "off") || !strcmp(v, "none"))
+                return set_string((char **)field, v, why, wlen);
+            const char *path = ihc_config_local_path(v, NULL);
+            if (!path || has_ctl_or_space(v) || strlen(path) >= IHC_LOCAL_PATH_MAX) {
+                snprintf(why, wlen,
+                         "expected unix:///ABSOLUTE/PATH (at most %d bytes of path; the old "
+                         "ipc:///PATH is read as unix:///PATH), or off",
+                         IHC_LOCAL_PATH_MAX - 1);
+                return false;
+            }
             return set_string((char **)field, v, why, wlen);
+        }
         if (s->type == T_URL && strchr(v, ',')) /* several coordinators: each item checked */
             return url_list_ok(v, why, wlen) && set_string((char **)field, v, why, wlen);
         if (!url_ok(v)) {
             snprintf(why, wlen,
                      "expected an nng URL: tcp://HOST:PORT, tls+tcp://HOST:PORT, ipc://PATH or "
-                     "inproc://NAME (port in [0, 65535])%s",
-                     s->type == T_URL_OFF ? ", or off" : "");
+                     "inproc://NAME (port in [0, 65535])");
             return false;
         }
         return set_string((char **)field, v, why, wlen);
@@ -861,6 +894,33 @@ static int load_tls(ihc_config *cfg, unsigned role, const unsigned char *src, ch
                         sizeof cfg->tls_warning);
 }
 
+/* The coordinator's nng listeners refuse ipc://: with nng 1.5.2 one plain connect + close on
+ * an ipc listener (a health check, a port scanner, a client killed at the wrong moment) stops
+ * it accepting for good (nng#1518, fixed in nng 1.6.0); tcp:// was not wedged in the same
+ * test (tests/integration/test_local_api.c). */
+static int coord_listen_check(const ihc_config *cfg, char *err, size_t err_len)
+{
+    const struct {
+        const char *env;
+        const char *url;
+    } urls[] = {{"IHC_PUB_URL", cfg->pub_url},
+                {"IHC_REPORT_URL", cfg->report_url},
+                {"IHC_CONTROL_URL", cfg->control_url}};
+    for (size_t i = 0; i < sizeof urls / sizeof *urls; i++) {
+        if (!urls[i].url || strncmp(urls[i].url, "ipc://", 6) != 0)
+            continue;
+        char v[80];
+        show(v, sizeof v, urls[i].url);
+        set_err(err, err_len,
+                "%s=%s: the coordinator does not listen on ipc://: with nng 1.5.2 a single "
+                "connect + close on an ipc listener stops it accepting (nng#1518, fixed in nng "
+                "1.6.0); listen on tcp://127.0.0.1:PORT (or tls+tcp://) instead",
+                urls[i].env, v);
+        return IHC_ECONFIG;
+    }
+    return IHC_OK;
+}
+
 int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *rest, int *n_rest,
                     char *err, size_t err_len)
 {
@@ -959,6 +1019,8 @@ int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *
                 cfg->http_max_conns_per_ip, cfg->http_max_conns);
         return IHC_ECONFIG;
     }
+    if ((role & IHC_ROLE_COORDINATOR) && (rc = coord_listen_check(cfg, err, err_len)) != IHC_OK)
+        return rc;
     if ((role & IHC_ROLE_COORDINATOR) && cfg->agent_ttl <= cfg->heartbeat_interval) {
         set_err(err, err_len,
                 "IHC_AGENT_TTL=%g must be greater than IHC_HEARTBEAT_INTERVAL=%g, or every "
@@ -978,7 +1040,7 @@ void ihc_config_fini(ihc_config *cfg)
         char **field = (char **)((char *)cfg + s->off);
         switch (s->type) {
         case T_URL:
-        case T_URL_OFF:
+        case T_LOCAL_URL:
         case T_REDIS_URL:
         case T_ADDR:
         case T_AGENT_ID:

@@ -23,16 +23,18 @@ typedef enum { IHC_LOGFMT_TEXT = 0, IHC_LOGFMT_JSON } ihc_log_format;
  * durations are seconds as in the original module's settings. */
 typedef struct ihc_config {
     /* endpoints */
-    char *pub_url;      /* IHC_PUB_URL --pub (coordinator listens, agent dials) */
-    char *report_url;   /* IHC_REPORT_URL --report */
-    char *control_url;  /* IHC_CONTROL_URL --control (coordinator listens, CLI dials) */
-    char *http_addr;    /* IHC_HTTP_ADDR --http, "host:port" */
-    char *redis_url;    /* IHC_REDIS_URL --redis */
-    char *local_url;    /* IHC_LOCAL_URL --local (agent local endpoint) */
-    char *agent_id;     /* IHC_AGENT_ID --id, default "<hostname>:<pid>" */
-    char *simulate;     /* --simulate HW[,HW...] (agent), NULL when off */
-    char *agent_config; /* IHC_AGENT_CONFIG --config: module overrides file, NULL = none */
-    char *state_dir;    /* IHC_STATE_DIR --state-dir: coordinator's local state, NULL = none */
+    char *pub_url;             /* IHC_PUB_URL --pub (coordinator listens, agent dials) */
+    char *report_url;          /* IHC_REPORT_URL --report */
+    char *control_url;         /* IHC_CONTROL_URL --control (coordinator listens, CLI dials) */
+    char *http_addr;           /* IHC_HTTP_ADDR --http, "host:port" */
+    char *redis_url;           /* IHC_REDIS_URL --redis */
+    char *local_url;           /* IHC_LOCAL_URL --local (agent local API) */
+    int local_max_conns;       /* IHC_LOCAL_MAX_CONNS --local-max-conns */
+    double local_idle_timeout; /* IHC_LOCAL_IDLE_TIMEOUT --local-idle-timeout, s */
+    char *agent_id;            /* IHC_AGENT_ID --id, default "<hostname>:<pid>" */
+    char *simulate;            /* --simulate HW[,HW...] (agent), NULL when off */
+    char *agent_config;        /* IHC_AGENT_CONFIG --config: module overrides file, NULL = none */
+    char *state_dir; /* IHC_STATE_DIR --state-dir: coordinator's local state, NULL = none */
     /* secrets: contents, not paths; NULL when unset */
     uint8_t *secret; /* IHC_SECRET, or IHC_SECRET_FILE / --secret-file */
     size_t secret_len;
@@ -103,6 +105,12 @@ void ihc_config_apply_logging(const ihc_config *cfg);
 
 /* Releases the strings and secrets held by cfg (secrets are zeroed first). */
 void ihc_config_fini(ihc_config *cfg);
+
+/* The socket path of a local API URL (IHC_LOCAL_URL): "unix:///p" and the old "ipc:///p" give
+ * "/p", pointing into url; *legacy (may be NULL) says it was ipc://. NULL for anything else
+ * (a relative path, another scheme, "off"). */
+const char *ihc_config_local_path(const char *url, bool *legacy);
+#define IHC_LOCAL_PATH_MAX 108 /* sizeof(sockaddr_un.sun_path) */
 
 /* Prints usage for role: every setting with its flag, env var, default, bounds and help. */
 void ihc_config_usage(FILE *out, unsigned role, const char *prog);

@@ -18,7 +18,7 @@
 #define IHC_DEFAULT_HTTP_ADDR      "0.0.0.0:7480"
 #define IHC_DEFAULT_REDIS_URL      "redis://127.0.0.1:6379/0"
 #define IHC_DEFAULT_REDIS_PORT     6379
-#define IHC_DEFAULT_LOCAL_URL      "ipc:///tmp/ihc-agent.sock"
+#define IHC_DEFAULT_LOCAL_URL      "unix:///tmp/ihc-agent.sock" /* the agent's local API */
 
 /* ---- the original module's settings ---- */
 #define IHC_DEFAULT_INTERRUPT_TIMEOUT_S     5.0
@@ -40,6 +40,9 @@
 /* With IHC_HTTP_MAX_CONNS_PER_IP=0 one client address may hold this fraction (1/N) of
  * IHC_HTTP_MAX_CONNS. */
 #define IHC_HTTP_PER_IP_DIVISOR 8
+/* The agent's local API (HTTP on a Unix socket). */
+#define IHC_DEFAULT_LOCAL_MAX_CONNS      4096
+#define IHC_DEFAULT_LOCAL_IDLE_TIMEOUT_S 30
 /* Events kept for Last-Event-ID resume of GET /v1/events. */
 #define IHC_DEFAULT_EVENTS_HISTORY 10000
 /* The longest timeout an interrupt may ask for (ms), in every entry point; libihc's public

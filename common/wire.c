@@ -271,21 +271,6 @@ static const wire_field control_response_fields[] = {
     FLD("status", K_I32, F_REQ, ihc_control_response, status),
     TXT("json", F_REQ, IHC_JSON_MAX, ihc_control_response, json),
 };
-static const wire_field local_request_fields[] = {
-    FLD("op", K_ID, F_REQ, ihc_local_request, op),
-    FLD("pid", K_I32, 0, ihc_local_request, pid),
-    FLD("hw", K_HW, 0, ihc_local_request, hw),
-    FLD("session_id", K_ID, 0, ihc_local_request, session_id),
-    FLD("module", K_ID, 0, ihc_local_request, module),
-    TXT("data", 0, IHC_DATA_MAX, ihc_local_request, data),
-};
-static const wire_field local_response_fields[] = {
-    FLD("status", K_I32, F_REQ, ihc_local_response, status),
-    FLD("session_id", K_ID, 0, ihc_local_response, session_id),
-    FLD("state", K_ID, 0, ihc_local_response, state),
-    TXT("error", 0, IHC_REASON_MAX, ihc_local_response, error),
-};
-
 static const wire_schema msg_schemas[IHC__MSG_COUNT] = {
     [IHC_MSG_INTERRUPT] = SCHEMA(interrupt_fields, ihc_interrupt_msg, NULL),
     [IHC_MSG_REPORT] = SCHEMA(report_fields, ihc_report_msg, NULL),
@@ -297,8 +282,6 @@ static const wire_schema msg_schemas[IHC__MSG_COUNT] = {
     [IHC_MSG_RESULT] = SCHEMA(result_fields, ihc_result_msg, NULL),
     [IHC_MSG_CONTROL_REQUEST] = SCHEMA(control_request_fields, ihc_control_request, NULL),
     [IHC_MSG_CONTROL_RESPONSE] = SCHEMA(control_response_fields, ihc_control_response, NULL),
-    [IHC_MSG_LOCAL_REQUEST] = SCHEMA(local_request_fields, ihc_local_request, NULL),
-    [IHC_MSG_LOCAL_RESPONSE] = SCHEMA(local_response_fields, ihc_local_response, NULL),
 };
 
 /* The decoder tracks seen fields in a 32-bit mask. */

@@ -33,9 +33,7 @@
     XX(SYNC, "sync")                                                                               \
     XX(RESULT, "result")                                                                           \
     XX(CONTROL_REQUEST, "control_request")                                                         \
-    XX(CONTROL_RESPONSE, "control_response")                                                       \
-    XX(LOCAL_REQUEST, "local_request")                                                             \
-    XX(LOCAL_RESPONSE, "local_response")
+    XX(CONTROL_RESPONSE, "control_response")
 
 typedef enum {
     IHC_MSG_NONE = 0,
@@ -186,26 +184,6 @@ typedef struct {
     char *json;
 } ihc_control_response;
 
-/* Agent local endpoint (REQ/REP over ipc). ops: "begin" (pid, hw, [session_id], [module],
- * [data]), "wait" (session_id; answered when the session is told to stop or ends), "end"
- * (session_id), "ping". */
-typedef struct {
-    char *op;
-    int32_t pid;
-    char *hw;
-    char *session_id;
-    char *module;
-    char *data;
-} ihc_local_request;
-
-/* status: 0 ok, else an ihc error code; state: "active", "interrupted", "done"… */
-typedef struct {
-    int32_t status;
-    char *session_id;
-    char *state;
-    char *error;
-} ihc_local_response;
-
 /* One decoded or to-be-encoded message. Decoded messages own every pointer inside and are
  * freed with ihc_msg_free; for encoding, the caller owns what it points to. */
 typedef struct ihc_msg {
@@ -223,8 +201,6 @@ typedef struct ihc_msg {
         ihc_result_msg result;
         ihc_control_request control_request;
         ihc_control_response control_response;
-        ihc_local_request local_request;
-        ihc_local_response local_response;
     } u;
 } ihc_msg;
 

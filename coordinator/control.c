@@ -17,6 +17,7 @@
 #include "docs.h"
 #include "err.h"
 #include "log.h"
+#include "sockclose.h"
 #include "tls.h"
 #include "wire.h"
 
@@ -258,7 +259,10 @@ void ihc_control_close(ihc_control *ctl)
     size_t n = atomic_load(&ctl->n_workers);
     for (size_t i = 0; i < n; i++)
         nng_aio_stop(ctl->w[i]->aio);
-    nng_close(ctl->sock);
+    if (ihc_sock_close(ctl->sock, IHC_SOCK_CLOSE_MS, COMPONENT, "control") != IHC_OK) {
+        ihc_sock_keep(ctl);
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         nng_aio_free(ctl->w[i]->aio);
         free(ctl->w[i]);

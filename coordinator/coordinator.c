@@ -36,6 +36,7 @@
 #include "redis_url.h"
 #include "registry.h"
 #include "sockaddr.h"
+#include "sockclose.h"
 #include "tls.h"
 #include "wire.h"
 
@@ -106,7 +107,7 @@ struct ihc_coord {
     uint64_t elect_term, elect_ids_hi;
     snapshot elect_snap;
 
-    ihc_leader *leader;             /* thread-safe */
+    ihc_leader *leader;              /* thread-safe */
     atomic_uint_fast64_t write_term; /* the term Redis writes are fenced with (0: none) */
 
     /* owned by the loop thread */
@@ -300,10 +301,17 @@ static void publish(ihc_coord *c, const ihc_msg *m)
     publish_frame(c, buf, len, m->type);
 }
 
+/* The term messages carry: none (0) while leading provisionally, without a lease (agents
+ * take term 0 from anyone; the provisional number may be below terms they have seen). */
+static uint64_t wire_term(const ihc_coord *c)
+{
+    return atomic_load(&c->lead_provisional) ? 0 : c->lead_term;
+}
+
 static void interrupt_msg(const ihc_coord *c, ihc_msg *m, const ihc_inflight *f)
 {
     *m = (ihc_msg){.type = IHC_MSG_INTERRUPT};
-    m->u.interrupt.term = c->lead_term;
+    m->u.interrupt.term = wire_term(c);
     m->u.interrupt.id = f->id;
     m->u.interrupt.hw = f->hw;
     m->u.interrupt.epoch = f->epoch;
@@ -969,6 +977,8 @@ static void end_reported_sessions(ihc_coord *c, const ihc_report_msg *r)
     }
 }
 
+static void ask_hello(ihc_coord *c, const char *agent_id, const char *why);
+
 static void on_report(ihc_coord *c, ihc_msg **mp)
 {
     const ihc_report_msg *r = &(*mp)->u.report;
@@ -977,7 +987,11 @@ static void on_report(ihc_coord *c, ihc_msg **mp)
         count_rejected(c, "report", IHC_ENOENT, "report for an interrupt id never issued");
         return;
     }
+    const ihc_reg_agent *before = ihc_registry_agent(c->reg, r->agent);
+    bool pending = before && before->state == IHC_AGENT_PENDING;
     ihc_registry_touch(c->reg, r->agent, ihc_mono_ns(), ihc_now_ms());
+    if (pending) /* known from Redis only: its hello lists the sessions Redis never saw */
+        ask_hello(c, r->agent, "pending");
     ssize_t i = table_find(c, r->id);
     if (i < 0) {
         /* the interrupt is over, but what the agent cleaned is no longer active */
@@ -1019,7 +1033,7 @@ static void send_sync(ihc_coord *c, const char *agent_id)
     ep[sc.n_hws].hw = "*";
     ep[sc.n_hws].epoch = ihc_registry_epoch(c->reg, "*", &ep[sc.n_hws].set_ms);
     ihc_msg m = {.type = IHC_MSG_SYNC};
-    m.u.sync.term = c->lead_term;
+    m.u.sync.term = wire_term(c);
     m.u.sync.agent = (char *)agent_id;
     m.u.sync.epochs = ep;
     m.u.sync.n_epochs = sc.n_hws + 1;
@@ -1050,7 +1064,7 @@ static void on_hello(ihc_coord *c, ihc_msg **mp)
 static void ask_hello(ihc_coord *c, const char *agent_id, const char *why)
 {
     ihc_msg m = {.type = IHC_MSG_SYNC};
-    m.u.sync.term = c->lead_term;
+    m.u.sync.term = wire_term(c);
     m.u.sync.agent = (char *)agent_id;
     m.u.sync.hello = true;
     publish(c, &m);
@@ -1064,7 +1078,10 @@ static void on_heartbeat(ihc_coord *c, ihc_msg **mp)
     const ihc_heartbeat_msg *hb = &m->u.heartbeat;
     const ihc_reg_agent *before = ihc_registry_agent(c->reg, hb->agent);
     bool was_connected = before && before->state == IHC_AGENT_CONNECTED;
-    const char *lost = !before ? "unknown" : before->state == IHC_AGENT_GONE ? "gone" : NULL;
+    const char *lost = !before                              ? "unknown"
+                       : before->state == IHC_AGENT_GONE    ? "gone"
+                       : before->state == IHC_AGENT_PENDING ? "pending"
+                                                            : NULL;
     ihc_reg_agent *a = ihc_registry_touch(c->reg, hb->agent, ihc_mono_ns(), ihc_now_ms());
     if (!a)
         return;
@@ -1710,7 +1727,8 @@ static void watch_close(ihc_coord *c)
 {
     if (!c->watch_open)
         return;
-    nng_close(c->watch);
+    /* bounded: no callback of this socket refers to c, so one still closing can be left */
+    ihc_sock_close(c->watch, IHC_SOCK_CLOSE_MS, COMPONENT, "watch");
     c->watch_open = false;
     c->watch_fd = -1;
     c->watch_url[0] = '\0';
@@ -1805,8 +1823,8 @@ static void leadership(ihc_coord *c)
             atomic_store(&c->lead_provisional, true);
             c->lead_term = term;
             atomic_store(&c->write_term, term);
-            ihc_log(IHC_LOG_WARN, COMPONENT, "leading provisionally term=%" PRIu64 " next_id=%" PRIu64,
-                    term, c->next_id);
+            ihc_log(IHC_LOG_WARN, COMPONENT,
+                    "leading provisionally term=%" PRIu64 " next_id=%" PRIu64, term, c->next_id);
         }
     }
     if (due)
@@ -2024,8 +2042,14 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
     watch_close(c);
     ihc_store_epochs_free(c->resync_epochs, c->resync_n);
     snap_free(&c->elect_snap);
-    nng_close(c->pub);
-    nng_close(c->pull);
+    int pub_rc = ihc_sock_close(c->pub, IHC_SOCK_CLOSE_MS, COMPONENT, "publish");
+    int pull_rc = ihc_sock_close(c->pull, IHC_SOCK_CLOSE_MS, COMPONENT, "report");
+    if (pub_rc != IHC_OK || pull_rc != IHC_OK) {
+        /* A socket still closing may call on_pub_pipe: keep c (reachable, so that leak
+         * checkers see no leak) and let the process exit. */
+        ihc_sock_keep(c);
+        return;
+    }
     if (c->wake_fd >= 0)
         close(c->wake_fd);
     ihc_registry_free(c->reg);

@@ -44,8 +44,8 @@ char *ihc_doc_not_leader(const char *self, const ihc_leader_view *v)
 {
     char msg[512];
     if (v->leader_id[0] && strcmp(v->leader_id, self ? self : "") != 0)
-        snprintf(msg, sizeof(msg), "not the leader: this coordinator is a standby; the leader is %s",
-                 v->leader_id);
+        snprintf(msg, sizeof(msg),
+                 "not the leader: this coordinator is a standby; the leader is %s", v->leader_id);
     else
         snprintf(msg, sizeof(msg), "not the leader: no coordinator leads now (election under way)");
     bool other = v->leader_id[0] && strcmp(v->leader_id, self ? self : "") != 0;
@@ -53,8 +53,7 @@ char *ihc_doc_not_leader(const char *self, const ihc_leader_view *v)
                           "IHC_ENOTLEADER", "role", "standby", "id", self ? self : "", "leader",
                           other ? json_string(v->leader_id) : json_null(), "leader_control",
                           str_or_null(other ? v->leader_control : NULL), "leader_http",
-                          str_or_null(other ? v->leader_http : NULL), "term",
-                          (json_int_t)v->term));
+                          str_or_null(other ? v->leader_http : NULL), "term", (json_int_t)v->term));
 }
 
 json_t *ihc_doc_modules_json(const ihc_module_info *m, size_t n)

@@ -10,6 +10,7 @@
 #include "docs.h"
 #include "err.h"
 #include "events.h"
+#include "fdlimit.h"
 #include "log.h"
 #include "request.h"
 #include "thread.h"
@@ -33,7 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -70,8 +70,6 @@
 #define STREAM_RETRY_MS 2000
 /* Seconds a client refused at a limit is told to wait (Retry-After). */
 #define HTTP_RETRY_AFTER "1"
-/* File descriptors the process needs beside HTTP connections (sockets, Redis, logs). */
-#define HTTP_FD_RESERVE 128
 
 #define CT_JSON    "application/json"
 #define CT_METRICS "text/plain; version=0.0.4; charset=utf-8"
@@ -1267,28 +1265,6 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     ihc_log(IHC_LOG_DEBUG, COMPONENT, "libmicrohttpd: %s", msg);
 }
 
-/* Every connection is a file descriptor: raises the soft limit towards the hard one when
- * the configured connections would not fit, and says so when they still do not. */
-static void fd_limit(size_t conns)
-{
-    struct rlimit rl;
-    rlim_t need = (rlim_t)(conns + HTTP_FD_RESERVE);
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= need)
-        return;
-    rlim_t was = rl.rlim_cur;
-    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-        rl.rlim_cur = was;
-    if (rl.rlim_cur < need)
-        ihc_log(IHC_LOG_WARN, COMPONENT,
-                "open files limit %llu is below the %llu HTTP connections and streams may need: "
-                "raise it (ulimit -n, LimitNOFILE=) or lower IHC_HTTP_MAX_CONNS",
-                (unsigned long long)rl.rlim_cur, (unsigned long long)need);
-    else
-        ihc_log(IHC_LOG_DEBUG, COMPONENT, "open files limit raised from %llu to %llu",
-                (unsigned long long)was, (unsigned long long)rl.rlim_cur);
-}
-
 /* "host:port", "[v6]:port" or ":port" (all interfaces). */
 static int parse_addr(const char *addr, struct sockaddr_storage *ss, bool *v6)
 {
@@ -1414,7 +1390,7 @@ int ihc_http_open(ihc_http **out, ihc_coord *c, const ihc_config *cfg)
     ihc_cond_init_mono(&h->drained);
     ihc_cond_init_mono(&h->watch_cv);
     atomic_init(&h->stop, false);
-    fd_limit(h->max_conns + h->max_streams);
+    ihc_fd_limit_raise(h->max_conns + h->max_streams, COMPONENT, "IHC_HTTP_MAX_CONNS");
     /* The daemon's own limit stays above ours (on_accept): at its limit libmicrohttpd stops
      * accepting and new clients would hang in the listen queue instead of being refused. */
     unsigned hard = (unsigned)(h->max_conns + h->max_streams + 1);

@@ -26,16 +26,16 @@ struct ihc_leader {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stopping, kick;
-    bool tried;             /* the first attempt at the lease is done (under mu) */
+    bool tried; /* the first attempt at the lease is done (under mu) */
     pthread_cond_t tried_cv;
-    ihc_leader_view view;  /* under mu */
-    uint64_t seen_term;    /* highest term seen (leader thread) */
+    ihc_leader_view view;              /* under mu */
+    uint64_t seen_term;                /* highest term seen (leader thread) */
     atomic_uint_fast64_t term;         /* view.term while leading, else 0 */
     atomic_uint_fast64_t lease_end_ns; /* by this process' monotonic clock */
     atomic_bool solo;
     atomic_uint_fast64_t ids_hi, next_id;
     atomic_uint_fast64_t kicked_hi; /* ids_hi when the loop last asked for more ids */
-    bool lost_logged, solo_logged;
+    bool lost_logged, solo_logged, refused_logged;
 };
 
 static uint64_t max_u64(uint64_t a, uint64_t b)
@@ -152,8 +152,15 @@ static void try_acquire(ihc_leader *l, bool first)
             lead_provisionally(l);
         return; /* Redis away: nothing to learn; the view keeps the last leader seen */
     }
-    if (rc != IHC_OK)
+    if (rc != IHC_OK) {
+        /* Redis refused the script (an ACL without the lease's commands?): say why, once */
+        if (!l->refused_logged)
+            ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot take the lease id=%s: %s (%s)", l->id,
+                    ihc_store_errstr(l->st), ihc_err_name(rc));
+        l->refused_logged = true;
         return;
+    }
+    l->refused_logged = false;
     uint64_t provisional = 0;
     pthread_mutex_lock(&l->mu);
     if (l->view.provisional) {

@@ -40,16 +40,16 @@ typedef struct {
 
 /* What this coordinator knows of the leadership (ihc_leader_view_get). */
 typedef struct {
-    bool leader;                   /* this coordinator holds the lease */
-    bool solo;                     /* leader, and no standby polled within 3 TTLs */
-    bool provisional;              /* leading alone without a lease: Redis was unreachable
-                                    * when this coordinator started (as ihc always served);
-                                    * it takes the lease, or steps down, once Redis answers */
-    uint64_t term;                 /* leader: its term; standby: the last term seen */
-    char leader_id[256];           /* "" when unknown or nobody */
-    char leader_control[512];      /* the leader's advertised control URL ("" when unknown) */
-    char leader_http[512];         /* the leader's advertised HTTP base URL */
-    char leader_pub[512];          /* the leader's advertised PUB URL (standbys watch it) */
+    bool leader;              /* this coordinator holds the lease */
+    bool solo;                /* leader, and no standby polled within 3 TTLs */
+    bool provisional;         /* leading alone without a lease: Redis was unreachable
+                               * when this coordinator started (as ihc always served);
+                               * it takes the lease, or steps down, once Redis answers */
+    uint64_t term;            /* leader: its term; standby: the last term seen */
+    char leader_id[256];      /* "" when unknown or nobody */
+    char leader_control[512]; /* the leader's advertised control URL ("" when unknown) */
+    char leader_http[512];    /* the leader's advertised HTTP base URL */
+    char leader_pub[512];     /* the leader's advertised PUB URL (standbys watch it) */
 } ihc_leader_view;
 
 /* Starts the leadership thread (it tries to take the lease at once). Errors: IHC_EINVAL (bad

@@ -302,7 +302,7 @@ static void *persist_main(void *arg)
             continue;
         }
         uint64_t term = p->o.term ? p->o.term(p->o.arg) : 0;
-        int rc = p->o.term && !term              ? IHC_ENOTLEADER
+        int rc = p->o.term && !term         ? IHC_ENOTLEADER
                  : term == IHC_PERSIST_HOLD ? IHC_ENOENT
                                             : write_batch(p->st, batch, term);
         if (rc == IHC_ENOTLEADER && term && term != IHC_PERSIST_HOLD) {

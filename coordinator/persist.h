@@ -28,8 +28,8 @@ typedef struct {
     /* Fencing (may be NULL: writes unfenced). term(arg) gives the term to fence each batch
      * with (ihc_store_pipeline_begin_fenced); 0 means this coordinator does not lead: the
      * batch is dropped unwritten; IHC_PERSIST_HOLD that it leads without a lease yet: the
-     * batch waits (as while Redis is away). on_fenced(arg, term) is called when Redis refused a batch
-     * because ihc:term moved; the batch is dropped. */
+     * batch waits (as while Redis is away). on_fenced(arg, term) is called when Redis refused a
+     * batch because ihc:term moved; the batch is dropped. */
     uint64_t (*term)(void *arg);
     void (*on_fenced)(void *arg, uint64_t term);
     void *arg;

@@ -199,8 +199,7 @@ static const char script_batch[] =
  * ihc:leader:info, ihc:standbys, ihc:seq. ARGV: id, ttl_ms, min_term, id_block, min_next_id,
  * control, http, pub, report. Answers {1, term, id, standbys, ids_hi} or
  * {0, term, holder, 0, 0, holder's control, holder's http, holder's pub}. */
-static const char script_acquire[] =
-    LUA_NOW_MS
+static const char script_acquire[] = LUA_NOW_MS
     "local holder = redis.call('GET', KEYS[1])\n"
     "if holder == false or holder == ARGV[1] then\n"
     "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
@@ -231,8 +230,7 @@ static const char script_acquire[] =
  * with the same term. KEYS: ihc:leader, ihc:term, ihc:standbys, ihc:leader:info. ARGV: id,
  * ttl_ms, term, control, http, pub, report. Answers {1, term, id, standbys} or
  * {0, term, holder}. */
-static const char script_renew[] =
-    LUA_NOW_MS
+static const char script_renew[] = LUA_NOW_MS
     "local holder = redis.call('GET', KEYS[1])\n"
     "local cur = redis.call('GET', KEYS[2])\n"
     "local mine = holder == ARGV[1] and cur == ARGV[3]\n"
@@ -269,8 +267,8 @@ static const char script_reserve[] =
     "return hi\n";
 
 static const char *const script_body[SCRIPT_COUNT] = {
-    script_raise,   script_state,   script_touch,  script_log,    script_newsess,
-    script_batch,   script_acquire, script_renew,  script_resign, script_reserve};
+    script_raise, script_state,   script_touch, script_log,    script_newsess,
+    script_batch, script_acquire, script_renew, script_resign, script_reserve};
 
 /* In a fenced batch, the embedded scripts by name (NULL: not embedded). */
 static const char *const script_op[SCRIPT_COUNT] = {"@r", "@s", "@t", "@l", "@n"};

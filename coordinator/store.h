@@ -200,20 +200,20 @@ int ihc_store_stats_set(ihc_store *st, const ihc_store_stats *v);
 
 /* ---- leadership (coordinator/leader.c) ---- */
 typedef struct {
-    const char *id;   /* this coordinator's IHC_COORDINATOR_ID */
-    uint64_t ttl_ms;  /* the lease */
-    uint64_t min_term; /* acquire: the new term is above this (the highest term seen) */
-    uint64_t id_block; /* acquire: interrupt ids reserved with the lease */
+    const char *id;       /* this coordinator's IHC_COORDINATOR_ID */
+    uint64_t ttl_ms;      /* the lease */
+    uint64_t min_term;    /* acquire: the new term is above this (the highest term seen) */
+    uint64_t id_block;    /* acquire: interrupt ids reserved with the lease */
     uint64_t min_next_id; /* acquire: the block starts at or above this id */
     const char *control, *http, *pub, *report; /* advertised addresses, may be NULL */
 } ihc_store_lease_req;
 
 typedef struct {
-    bool held;          /* the caller holds the lease */
-    uint64_t term;      /* held: the caller's term; else the current one (0: none yet) */
-    char holder[256];   /* the holder's id ("" when nobody holds it) */
-    uint64_t standbys;  /* held: standbys that polled within 3 TTLs */
-    uint64_t ids_hi;    /* acquire, held: the reserved block ends here (ids_hi - id_block, ids_hi] */
+    bool held;         /* the caller holds the lease */
+    uint64_t term;     /* held: the caller's term; else the current one (0: none yet) */
+    char holder[256];  /* the holder's id ("" when nobody holds it) */
+    uint64_t standbys; /* held: standbys that polled within 3 TTLs */
+    uint64_t ids_hi;   /* acquire, held: the reserved block ends here (ids_hi - id_block, ids_hi] */
     char holder_control[512], holder_http[512], holder_pub[512]; /* not held: its addresses */
 } ihc_store_lease;
 

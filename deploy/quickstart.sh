@@ -19,7 +19,8 @@ show() { printf '%s$ %s%s\n' "$d" "$*" "$n"; eval "$@"; }
 
 # --- install and build ---------------------------------------------------------------
 deps=(build-essential cmake pkg-config libnng-dev libmsgpack-dev libhiredis-dev libcmocka-dev
-      libjansson-dev libmicrohttpd-dev libmbedtls-dev redis-server redis-tools curl)
+      libjansson-dev libmicrohttpd-dev libmbedtls-dev libcurl4-openssl-dev redis-server
+      redis-tools curl)
 missing=()
 for p in "${deps[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -50,7 +51,7 @@ cleanup() {
         printf '%s\n' "${pids[@]}" >"$run/pids"
         say "left running; to use it from this shell:"
         echo "export IHC_CONTROL_URL=$IHC_CONTROL_URL IHC_PUB_URL=$IHC_PUB_URL"
-        echo "export IHC_LOCAL_URL=ipc://$run/a.sock   # node-a's local endpoint, for ihc run"
+        echo "export IHC_LOCAL_URL=unix://$run/a.sock   # node-a's local API, for ihc run"
         echo "export PATH=$bin:\$PATH                  # ihc, ihc-agent, ihc-coordinator"
         echo "HTTP API: http://127.0.0.1:$http   Redis: redis-cli -p $redis_port"
         echo "stop with: kill \$(cat $run/pids)"
@@ -75,9 +76,9 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --d
 wait_for 10 redis-cli -p "$redis_port" ping
 "$bin/ihc-coordinator" >"$run/coordinator.log" 2>&1 & pids+=($!)
 wait_for 10 curl -sf "http://127.0.0.1:$http/healthz"
-IHC_AGENT_ID=node-a "$bin/ihc-agent" --simulate dev-1,dev-2 --local "ipc://$run/a.sock" >"$run/node-a.log" 2>&1 & pids+=($!)
-IHC_AGENT_ID=node-b "$bin/ihc-agent" --simulate dev-2,dev-3 --local "ipc://$run/b.sock" >"$run/node-b.log" 2>&1 & pids+=($!)
-IHC_AGENT_ID=node-c "$bin/ihc-agent" --simulate dev-3,dev-4 --local "ipc://$run/c.sock" >"$run/node-c.log" 2>&1 & pids+=($!)
+IHC_AGENT_ID=node-a "$bin/ihc-agent" --simulate dev-1,dev-2 --local "unix://$run/a.sock" >"$run/node-a.log" 2>&1 & pids+=($!)
+IHC_AGENT_ID=node-b "$bin/ihc-agent" --simulate dev-2,dev-3 --local "unix://$run/b.sock" >"$run/node-b.log" 2>&1 & pids+=($!)
+IHC_AGENT_ID=node-c "$bin/ihc-agent" --simulate dev-3,dev-4 --local "unix://$run/c.sock" >"$run/node-c.log" 2>&1 & pids+=($!)
 count() { curl -sf "http://127.0.0.1:$http$1" | grep -o "$2" | wc -l; }
 # Ready when the three agents said hello (their modules are known) and 6 sessions run.
 wait_for 15 bash -c "[ \$(curl -sf http://127.0.0.1:$http/v1/agents | grep -o '\"session_management\"' | wc -l) -ge 3 ] &&

@@ -30,8 +30,9 @@ log() { printf '\n=== %s ===\n' "$*"; }
 
 # --- dependencies -------------------------------------------------------------------
 deps=(build-essential cmake pkg-config libnng-dev libmsgpack-dev libhiredis-dev libcmocka-dev
-      libjansson-dev libmicrohttpd-dev libmbedtls-dev redis-server redis-tools valgrind
-      iproute2 iptables curl openssl python3 python3-prometheus-client)
+      libjansson-dev libmicrohttpd-dev libmbedtls-dev libcurl4-openssl-dev redis-server
+      redis-tools valgrind
+      iproute2 iptables curl openssl python3 python3-prometheus-client gdb)
 missing=()
 for p in "${deps[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

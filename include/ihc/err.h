@@ -36,7 +36,7 @@ extern "C" {
     XX(EDISABLED, "disabled by configuration")                                                     \
     XX(EIO, "I/O error")                                                                           \
     XX(EINTERNAL, "internal error")                                                                \
-    XX(ENOTLEADER, "not the leader coordinator (a standby): try the leader")
+    XX(ENOTLEADER, "not the leader coordinator")
 
 typedef enum {
 #define IHC__ERR_ENUM(name, text) IHC_##name,

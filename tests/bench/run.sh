@@ -76,7 +76,7 @@ ihc --agents 8 --iterations $iters --via control --preload-sessions 100000
 run "$bin/bench_token"
 run "$bin/bench_wire"
 idle() { # agent idle CPU and memory: an ihc-agent with no work and no coordinator
-    IHC_LOCAL_URL="ipc://$work/idle.sock" "$bin/ihc-agent" --pub tcp://127.0.0.1:1 --report tcp://127.0.0.1:1 >"$work/idle.log" 2>&1 &
+    IHC_LOCAL_URL="unix://$work/idle.sock" "$bin/ihc-agent" --pub tcp://127.0.0.1:1 --report tcp://127.0.0.1:1 >"$work/idle.log" 2>&1 &
     local pid=$! hz; hz=$(getconf CLK_TCK)
     sleep 2
     local t0; t0=$(awk '{print $14+$15}' /proc/$pid/stat)

@@ -143,7 +143,7 @@ start_agent() {
   local i=$1
   ns_spawn "$i" "$LOGS/agent-$i.log" env IHC_AGENT_ID="node-$i" \
     IHC_PUB_URL="tcp://$COORD_ADDR:7450" IHC_REPORT_URL="tcp://$COORD_ADDR:7451" \
-    IHC_LOCAL_URL="ipc://$LOGS/agent-$i.sock" IHC_HEARTBEAT_INTERVAL=$HEARTBEAT \
+    IHC_LOCAL_URL="unix://$LOGS/agent-$i.sock" IHC_HEARTBEAT_INTERVAL=$HEARTBEAT \
     IHC_LOG_LEVEL=debug "$BIN/ihc-agent" --simulate "dev-$i,shared"
   AGENT_PID[$i]=$NS_LAST_PID
 }

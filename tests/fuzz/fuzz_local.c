@@ -1,22 +1,27 @@
-/* libFuzzer target for the agent's local endpoint as main has it (agent/local.c: nng REP on
- * ipc://, MessagePack local_request as `ihc run` sends it): hostile bytes sent to a real
- * endpoint of a real agent in this process, over a real ipc socket; every request must be
- * answered with a local_response (an error naming the problem, or the op's result). A "wait"
- * is not sent: it is answered only when an interrupt comes. */
+/* libFuzzer target for the agent's local API bodies (agent/local_body.c): hostile bytes as the
+ * body of POST /v1/sessions and of DELETE /v1/sessions/{id}. Every refusal must carry a
+ * message; whatever parses must hold values within the wire's limits (valid hardware_id and
+ * ids, known states and statuses, data and error sizes), and parse to the same again when
+ * written back as JSON. */
 #include "err.h"
-#include "local.h"
-#include "log.h"
+#include "local_body.h"
 #include "wire.h"
 
-#include <nng/nng.h>
-#include <nng/protocol/reqrep0/req.h>
+#include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    return 0;
+}
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
@@ -26,81 +31,78 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
         }                                                                                          \
     } while (0)
 
-#define MAX_INPUT (IHC_DATA_MAX + 8u * 1024u) /* below the endpoint's RECVMAXSZ */
-
-static ihc_agent *agent;
-static ihc_local *local;
-static nng_socket req;
-static char dir[] = "/tmp/ihc-fuzz-local-XXXXXX";
-
-static void cleanup(void)
+static bool msg_ok(const char *m, size_t cap)
 {
-    nng_close(req);
-    ihc_local_shutdown(local);
-    ihc_agent_close(agent);
-    ihc_local_close(local);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "fuzz_local: could not remove %s\n", dir);
+    return memchr(m, '\0', cap) != NULL && m[0] != '\0';
 }
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
+static void check_begin(const ihc_local_begin *b)
 {
-    (void)argc;
-    (void)argv;
-    ihc_log_opts lo = {.level = IHC_LOG_ERROR, .fd = 2};
-    ihc_log_setup(&lo);
-    if (!mkdtemp(dir))
-        abort();
-    char url[128], err[512];
-    snprintf(url, sizeof url, "ipc://%s/local.sock", dir);
-    ihc_agent_opts o;
-    ihc_agent_opts_init(&o);
-    o.agent_id = "fuzz-local";
-    o.pub_url = "inproc://ihc-fuzz-local-pub"; /* no coordinator: nothing listens there */
-    o.report_url = "inproc://ihc-fuzz-local-report";
-    o.max_active_sessions = 16;
-    if (ihc_agent_open(&agent, &o) != IHC_OK ||
-        ihc_local_open(&local, agent, url, 16, 100, err, sizeof err) != IHC_OK) {
-        fprintf(stderr, "fuzz_local: cannot start the endpoint: %s\n", err);
-        abort();
+    CHECK(b->hw && ihc_hw_valid(b->hw, strlen(b->hw), false));
+    CHECK(b->pid >= 0);
+    CHECK(!b->module || ihc_id_valid(b->module, strlen(b->module)));
+    CHECK(!b->session_id || ihc_id_valid(b->session_id, strlen(b->session_id)));
+    CHECK(!b->data || strlen(b->data) <= IHC_DATA_MAX);
+    /* written back, the same fields come out */
+    json_t *o = json_pack("{s:s}", "hardware_id", b->hw);
+    CHECK(o != NULL);
+    if (b->pid)
+        json_object_set_new(o, "pid", json_integer(b->pid));
+    if (b->module)
+        json_object_set_new(o, "module", json_string(b->module));
+    if (b->session_id)
+        json_object_set_new(o, "session_id", json_string(b->session_id));
+    char *body = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    CHECK(body != NULL);
+    ihc_local_begin again;
+    char err[256];
+    CHECK(ihc_local_begin_parse(&again, body, strlen(body), err, sizeof err) == IHC_OK);
+    CHECK(strcmp(again.hw, b->hw) == 0 && again.pid == b->pid);
+    CHECK((again.module == NULL) == (b->module == NULL));
+    CHECK(!b->module || strcmp(again.module, b->module) == 0);
+    ihc_local_begin_fini(&again);
+    free(body);
+}
+
+static void check_end(const ihc_local_end *e)
+{
+    CHECK(strcmp(e->state, "done") == 0 || strcmp(e->state, "interrupted") == 0 ||
+          strcmp(e->state, "failed") == 0);
+    CHECK(e->n_modules <= IHC_LOCAL_BODY_MODULES_MAX);
+    for (size_t i = 0; i < e->n_modules; i++) {
+        const ihc_module_result *m = &e->modules[i];
+        CHECK(m->name && ihc_id_valid(m->name, strlen(m->name)));
+        CHECK(m->status >= IHC_MOD_OK && m->status <= IHC_MOD_DISABLED);
+        CHECK(m->time_ms >= 0);
+        CHECK(!m->error || strlen(m->error) <= IHC_REASON_MAX);
     }
-    if (nng_req0_open(&req) != 0 || nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 10000) != 0 ||
-        nng_socket_set_ms(req, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE) != 0 ||
-        nng_dial(req, url, NULL, 0) != 0)
-        abort();
-    atexit(cleanup);
-    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size > MAX_INPUT)
-        return 0;
-    ihc_msg *m = NULL;
-    if (ihc_wire_decode(data, size, NULL, &m, NULL, 0) == IHC_OK &&
-        m->type == IHC_MSG_LOCAL_REQUEST && m->u.local_request.op &&
-        strcmp(m->u.local_request.op, "wait") == 0) {
-        ihc_msg_free(m);
-        return 0;
+    char err[256];
+    memset(err, 'x', sizeof err);
+    ihc_local_begin b;
+    int rc = ihc_local_begin_parse(&b, (const char *)data, size, err, sizeof err);
+    if (rc == IHC_OK) {
+        check_begin(&b);
+        ihc_local_begin_fini(&b);
+    } else {
+        CHECK(rc == IHC_EINVAL || rc == IHC_EMISSING);
+        CHECK(msg_ok(err, sizeof err));
+        CHECK(b.hw == NULL && b.module == NULL && b.data == NULL);
     }
-    ihc_msg_free(m);
-    CHECK(nng_send(req, (void *)data, size, 0) == 0);
-    void *buf = NULL;
-    size_t len = 0;
-    int rv = nng_recv(req, &buf, &len, NNG_FLAG_ALLOC);
-    if (rv != 0)
-        fprintf(stderr, "fuzz_local: no answer: %s\n", nng_strerror(rv));
-    CHECK(rv == 0);
-    m = NULL;
-    char detail[160];
-    int rc = ihc_wire_decode(buf, len, NULL, &m, detail, sizeof detail);
-    CHECK(rc == IHC_OK && m->type == IHC_MSG_LOCAL_RESPONSE);
-    const ihc_local_response *r = &m->u.local_response;
-    CHECK(r->status >= 0 && r->status < IHC__ERR_COUNT);
-    CHECK(r->status == IHC_OK || (r->error != NULL && r->error[0] != '\0'));
-    ihc_msg_free(m);
-    nng_free(buf, len);
+    memset(err, 'x', sizeof err);
+    ihc_local_end e;
+    rc = ihc_local_end_parse(&e, (const char *)data, size, err, sizeof err);
+    if (rc == IHC_OK) {
+        check_end(&e);
+        ihc_local_end_fini(&e);
+    } else {
+        CHECK(rc == IHC_EINVAL || rc == IHC_EMISSING);
+        CHECK(msg_ok(err, sizeof err));
+        CHECK(e.modules == NULL && e.n_modules == 0);
+    }
     return 0;
 }

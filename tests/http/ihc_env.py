@@ -151,10 +151,22 @@ class Proc:
             try:
                 self.p.wait(timeout)
             except subprocess.TimeoutExpired:
+                dump_stacks(self.p.pid, "%s did not exit %d s after signal %d" % (self.name, timeout, sig))
                 self.p.kill()
                 self.p.wait()
         self.out.close()
         return self.p.returncode
+
+
+def dump_stacks(pid, why):
+    """Prints every thread's stack of a hung process (with gdb, when installed), so that a
+    process that does not stop says where it is stuck before it is killed."""
+    log(why + ": its threads' stacks follow" if shutil.which("gdb") else why)
+    if shutil.which("gdb"):
+        r = subprocess.run(["gdb", "-batch", "-p", str(pid), "-ex", "thread apply all bt"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+        sys.stdout.write(r.stdout)
+        sys.stdout.flush()
 
 
 class Env:
@@ -198,7 +210,7 @@ class Env:
         sock = os.path.join(self.dir, "%s.sock" % agent_id)
         a = Proc("agent " + agent_id,
                  [bin_path("ihc-agent"), "--id", agent_id, "--pub", self.pub, "--report",
-                  self.report, "--local", "ipc://" + sock, "--simulate", hws, "--heartbeat",
+                  self.report, "--local", "unix://" + sock, "--simulate", hws, "--heartbeat",
                   "0.5", "--log-level", "warn"],
                  os.path.join(self.dir, "agent-%s.log" % agent_id))
         self.procs.append(a)
@@ -258,8 +270,8 @@ class Env:
         st, data, _ = self.request("POST", "/v1/interrupt", body, source=source, timeout=15)
         return st, json.loads(data)
 
-    def metrics(self):
-        st, body, _ = self.request("GET", "/metrics")
+    def metrics(self, source=None):
+        st, body, _ = self.request("GET", "/metrics", source=source)
         check(st == 200, "/metrics answered %d" % st)
         return body.decode()
 

@@ -226,8 +226,10 @@ wait_exit "$pid" 10
 
 # With the installed coordinator (no Redis: interrupts are delivered all the same): the agent
 # example's session is interrupted by the client example, and both say so and exit 0.
-export IHC_PUB_URL=ipc://$tmp/pub.sock IHC_REPORT_URL=ipc://$tmp/report.sock
-export IHC_CONTROL_URL=ipc://$tmp/control.sock
+# (tcp://: the coordinator refuses ipc:// listeners, see README "Endpoints")
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+export IHC_PUB_URL=tcp://127.0.0.1:$(free_port) IHC_REPORT_URL=tcp://127.0.0.1:$(free_port)
+export IHC_CONTROL_URL=tcp://127.0.0.1:$(free_port)
 "$prefix/$bindir_rel/ihc-coordinator" --http 127.0.0.1:0 --redis redis://127.0.0.1:1/0 \
     >"$tmp/coord.log" 2>&1 &
 coord=$! && pids+=("$coord")

@@ -6,8 +6,6 @@
 #include "harness.h"
 
 #include <errno.h>
-#include <nng/nng.h>
-#include <nng/protocol/reqrep0/req.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,7 +54,7 @@ static void test_agent_daemon_bad_config(void **state)
     (void)state;
     const char *log = path_in("bad.log");
     char local[4200];
-    snprintf(local, sizeof(local), "--local=ipc://%s", path_in("bad.sock"));
+    snprintf(local, sizeof(local), "--local=unix://%s", path_in("bad.sock"));
 
     char *env_bad[] = {"INTERRUPT_TIMEOUT=abc", NULL};
     char *a1[] = {local, NULL};
@@ -132,7 +130,7 @@ static void test_agent_daemon_interrupt(void **state)
     assert_int_equal(th_fc_listen(&fc), 0);
     const char *log = path_in("agent.log");
     char local[4200];
-    snprintf(local, sizeof(local), "ipc://%s", path_in("agent.sock"));
+    snprintf(local, sizeof(local), "unix://%s", path_in("agent.sock"));
     char *argv[] = {(char *)th_bin("ihc-agent"),
                     "--pub",
                     fc.pub_url,
@@ -247,7 +245,7 @@ static void test_agent_daemon_interrupt(void **state)
     assert_true(th_now_ms_() - t0 < 5000);
     assert_true(th_log_has(log, "daemon stopped", 0));
     struct stat sst;
-    assert_int_not_equal(stat(local + 6, &sst), 0); /* the socket file went with it */
+    assert_int_not_equal(stat(local + 7, &sst), 0); /* the socket file went with it */
     th_fc_close(&fc);
 }
 
@@ -258,7 +256,7 @@ static void test_agent_daemon_local_socket(void **state)
     th_fc_pick_ports(&fc); /* nothing listens: the agents keep dialing, which is fine */
     const char *sock = path_in("busy.sock");
     char local[4200];
-    snprintf(local, sizeof(local), "ipc://%s", sock);
+    snprintf(local, sizeof(local), "unix://%s", sock);
 
     /* a stale socket file (its owner died) is removed at start */
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -293,7 +291,7 @@ static void test_agent_daemon_local_socket(void **state)
     assert_int_equal(WEXITSTATUS(st), 1);
     assert_true(th_log_has(log2, "listening there", 0));
     /* and how to run a second agent: its own endpoint */
-    assert_true(th_log_has(log2, "--local ipc://", 0));
+    assert_true(th_log_has(log2, "--local unix://", 0));
     assert_true(th_log_has(log2, "IHC_LOCAL_URL=", 0));
 
     /* the first one is unharmed */
@@ -360,7 +358,7 @@ static void test_agent_daemon_kill_grace_zero(void **state)
     assert_int_equal(th_fc_listen(&fc), 0);
     const char *log = path_in("grace.log");
     char local[4200];
-    snprintf(local, sizeof(local), "ipc://%s", path_in("grace.sock"));
+    snprintf(local, sizeof(local), "unix://%s", path_in("grace.sock"));
     char *argv[] = {(char *)th_bin("ihc-agent"),
                     "--pub",
                     fc.pub_url,
@@ -386,16 +384,16 @@ static void test_agent_daemon_kill_grace_zero(void **state)
     pid_t p = th_spawn(stubborn, NULL, NULL);
     assert_true(p > 0);
     assert_true(TH_WAIT(is_exec_of_sleep(p), 5000));
-    nng_socket s;
-    assert_int_equal(nng_req0_open(&s), 0);
-    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 5000);
-    assert_true(TH_WAIT(nng_dial(s, local, NULL, 0) == 0, 5000));
-    ihc_msg *r = th_local_call(
-        s, &(ihc_local_request){.op = "begin", .pid = p, .hw = "dev-g", .session_id = "grace-1"});
-    assert_non_null(r);
-    assert_int_equal(r->u.local_response.status, IHC_OK);
-    ihc_msg_free(r);
-    nng_close(s);
+    /* registered over the local API (this test is the process's parent) */
+    char body[128];
+    snprintf(body, sizeof body, "{\"hardware_id\":\"dev-g\",\"pid\":%d,\"session_id\":\"grace-1\"}",
+             (int)p);
+    char *resp = NULL;
+    assert_true(TH_WAIT(th_unix_http(local + 7, "GET", "/healthz", NULL, NULL) == 200, 5000));
+    int hst = th_unix_http(local + 7, "POST", "/v1/sessions", body, &resp);
+    if (hst != 201)
+        fail_msg("POST /v1/sessions: %d %s", hst, resp ? resp : "");
+    free(resp);
 
     ihc_msg *rep = th_fc_interrupt_until_report(&fc, 1, "dev-g", 1, 5000);
     assert_non_null(rep);

@@ -45,7 +45,7 @@ static void test_agent_late_coordinator(void **state)
     th_fc_pick_ports(&fc);
     char log[4200], local[4200];
     snprintf(log, sizeof(log), "%s/agent.log", tmpdir);
-    snprintf(local, sizeof(local), "ipc://%s/agent.sock", tmpdir);
+    snprintf(local, sizeof(local), "unix://%s/agent.sock", tmpdir);
     char *argv[] = {(char *)th_bin("ihc-agent"),
                     "--pub",
                     fc.pub_url,

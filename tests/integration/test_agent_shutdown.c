@@ -6,8 +6,6 @@
  * while it was away is going out). */
 #include "harness.h"
 
-#include <nng/nng.h>
-#include <nng/protocol/reqrep0/req.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,18 +35,6 @@ static bool has_sanitizer_report(const char *log)
 }
 
 /* Dials the agent's local endpoint once it listens. */
-static bool local_dial(const char *url, nng_socket *s)
-{
-    if (nng_req0_open(s) != 0)
-        return false;
-    nng_socket_set_ms(*s, NNG_OPT_RECVTIMEO, 5000);
-    nng_socket_set_ms(*s, NNG_OPT_SENDTIMEO, 5000);
-    if (TH_WAIT(nng_dial(*s, url, NULL, 0) == 0, 10000))
-        return true;
-    nng_close(*s);
-    return false;
-}
-
 static void one_run(coord_mode mode, int run)
 {
     th_fc fc = {0};
@@ -58,7 +44,7 @@ static void one_run(coord_mode mode, int run)
         assert_int_equal(th_fc_listen(&fc), 0);
     char log[4200], local[4200], id[64];
     snprintf(log, sizeof(log), "%s/%s-%d.log", tmpdir, mode_names[mode], run);
-    snprintf(local, sizeof(local), "ipc://%s/%s-%d.sock", tmpdir, mode_names[mode], run);
+    snprintf(local, sizeof(local), "unix://%s/%s-%d.sock", tmpdir, mode_names[mode], run);
     snprintf(id, sizeof(id), "shutdown-%s-%d", mode_names[mode], run);
     char *argv[] = {(char *)th_bin("ihc-agent"),
                     "--pub",
@@ -92,22 +78,22 @@ static void one_run(coord_mode mode, int run)
         ihc_msg_free(h);
         TH_PASS(th_fc_send_sync(&fc, id, NULL, 0));
     }
-    nng_socket s;
-    if (!local_dial(local, &s)) {
+    if (!TH_WAIT(th_unix_http(local + 7, "GET", "/healthz", NULL, NULL) == 200, 10000)) {
         th_log_tail(log, 20);
-        fail_msg("run %s-%d: the local endpoint %s never listened", mode_names[mode], run, local);
+        fail_msg("run %s-%d: the local API %s never listened", mode_names[mode], run, local);
     }
     for (int k = 0; k < SESSIONS; k++) {
-        char hw[32], sid[64];
-        snprintf(hw, sizeof(hw), "dev-%d", k);
-        snprintf(sid, sizeof(sid), "s-%d-%d", run, k);
-        ihc_msg *r = th_local_call(
-            s, &(ihc_local_request){.op = "begin", .pid = getpid(), .hw = hw, .session_id = sid});
-        assert_non_null(r);
-        assert_int_equal(r->u.local_response.status, IHC_OK);
-        ihc_msg_free(r);
+        char body[160];
+        snprintf(body, sizeof(body),
+                 "{\"hardware_id\":\"dev-%d\",\"pid\":%d,\"session_id\":\"s-%d-%d\"}", k,
+                 (int)getpid(), run, k);
+        char *resp = NULL;
+        int hst = th_unix_http(local + 7, "POST", "/v1/sessions", body, &resp);
+        if (hst != 201)
+            fail_msg("run %s-%d: POST /v1/sessions: %d %s", mode_names[mode], run, hst,
+                     resp ? resp : "");
+        free(resp);
     }
-    nng_close(s);
     if (mode == COORD_GONE)
         th_fc_close(&fc); /* the agent's connections drop; what it sends now queues */
     if (mode == COORD_BACK) {

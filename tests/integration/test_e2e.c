@@ -59,7 +59,7 @@ static void start_agent(int i)
 {
     char log[512], local[512];
     snprintf(log, sizeof(log), "%s/%s.log", w.dir, agent_ids[i]);
-    snprintf(local, sizeof(local), "ipc://%s/%s.sock", w.dir, agent_ids[i]);
+    snprintf(local, sizeof(local), "unix://%s/%s.sock", w.dir, agent_ids[i]);
     char *argv[] = {(char *)th_bin("ihc-agent"),
                     "--pub",
                     w.pub_url,

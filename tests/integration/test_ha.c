@@ -97,8 +97,8 @@ static void coord_start(int i)
 static json_t *http_json(int i, const char *method, const char *path, const char *body, int *st)
 {
     char *resp = NULL;
-    *st = th_http(w.c[i].http, method, path,
-                  body ? "Content-Type: application/json\r\n" : NULL, body, &resp);
+    *st = th_http(w.c[i].http, method, path, body ? "Content-Type: application/json\r\n" : NULL,
+                  body, &resp);
     json_t *j = resp ? json_loads(resp, 0, NULL) : NULL;
     free(resp);
     return j;
@@ -300,6 +300,16 @@ static void agent_stop(void)
 
 /* ------------------------------------------------------------------ cases ---- */
 
+/* Coordinator i has written everything it queued for Redis. */
+static bool written(int i)
+{
+    int st;
+    json_t *j = http_json(i, "GET", "/v1/stats", NULL, &st);
+    bool ok = st == 200 && json_integer_value(json_object_get(j, "persist_backlog")) == 0;
+    json_decref(j);
+    return ok;
+}
+
 static json_int_t last_id, last_epoch;
 
 /* A successful interrupt of dev-1 on coordinator i; ids and epochs only grow. */
@@ -359,6 +369,40 @@ static void test_ha_roles(void **state)
     char *v = redis("GET ihc:leader");
     assert_string_equal(v, "coord-0");
     free(v);
+
+    /* ihc:requests reaches both coordinators; the leader alone acts on it */
+    assert_true(TH_WAIT(written(0), 5000));
+    v = redis("XLEN ihc:interrupts");
+    long before = v ? strtol(v, NULL, 10) : -1;
+    free(v);
+    pthread_mutex_lock(&w.mu);
+    size_t seen = w.n_seen;
+    pthread_mutex_unlock(&w.mu);
+    /* both subscribed, then one message */
+    assert_true(TH_WAIT((v = redis("PUBSUB NUMSUB ihc:requests")) && strstr(v, "\n2")
+                            ? (free(v), true)
+                            : (free(v), false),
+                        5000));
+    v = redis("PUBLISH ihc:requests %s", "{\"hardware_id\":\"dev-2\"}");
+    assert_string_equal(v, "2");
+    free(v);
+    assert_true(TH_WAIT((v = redis("XLEN ihc:interrupts")) && strtol(v, NULL, 10) == before + 1
+                            ? (free(v), true)
+                            : (free(v), false),
+                        5000));
+    assert_true(TH_WAIT(written(0), 5000));
+    th_sleep_ms_(300);
+    v = redis("XREVRANGE ihc:interrupts + - COUNT 1");
+    assert_non_null(strstr(v, "dev-2"));
+    free(v);
+    v = redis("XLEN ihc:interrupts");
+    long after = v ? strtol(v, NULL, 10) : -1;
+    free(v);
+    assert_int_equal(after, before + 1); /* once, by the leader */
+    pthread_mutex_lock(&w.mu);
+    assert_int_equal(w.n_seen, seen); /* dev-2: the agent holds none, nobody expected */
+    pthread_mutex_unlock(&w.mu);
+    assert_false(th_log_has(w.c[1].log, "hw=dev-2", 0)); /* the standby did nothing */
 }
 
 static void test_ha_failover(void **state)
@@ -394,8 +438,9 @@ static void test_ha_failover(void **state)
         json_decref(j);
     }
     uint64_t took = th_now_ms_() - t0;
-    fprintf(stderr, "failover: first success %llu ms after SIGKILL of the leader "
-                    "(IHC_LEASE_TTL=1; %d requests refused with 503 meanwhile)\n",
+    fprintf(stderr,
+            "failover: first success %llu ms after SIGKILL of the leader "
+            "(IHC_LEASE_TTL=1; %d requests refused with 503 meanwhile)\n",
             (unsigned long long)took, refused);
     assert_true(ok);
     assert_true(took <= 2000);
@@ -461,8 +506,8 @@ static void test_ha_paused_leader(void **state)
     x = redis("XLEN ihc:interrupts");
     long after = x ? strtol(x, NULL, 10) : -1;
     free(x);
-    fprintf(stderr, "interrupt log: %ld before the pause, %ld with coord-0's, %ld after\n",
-            before, with_new, after);
+    fprintf(stderr, "interrupt log: %ld before the pause, %ld with coord-0's, %ld after\n", before,
+            with_new, after);
     assert_int_equal(after, with_new);
     assert_true(redis_is("3", "GET %s", "ihc:term"));
     assert_true(redis_is("coord-0", "GET %s", "ihc:leader"));
@@ -475,6 +520,9 @@ static void test_ha_paused_leader(void **state)
 static void test_ha_repeated_batch(void **state)
 {
     (void)state;
+    assert_true(TH_WAIT(written(0), 5000)); /* the earlier cases' entries are in */
+    size_t log_from = th_file_size(w.c[0].log);
+    free(redis("CONFIG RESETSTAT"));
     char *x = redis("XLEN ihc:interrupts");
     long before = x ? strtol(x, NULL, 10) : -1;
     free(x);
@@ -491,6 +539,14 @@ static void test_ha_repeated_batch(void **state)
     x = redis("XLEN ihc:interrupts");
     long after = x ? strtol(x, NULL, 10) : -1;
     free(x);
+    x = redis("INFO commandstats");
+    const char *sb = x ? strstr(x, "cmdstat_setbit:calls=") : NULL;
+    const char *xa = x ? strstr(x, "cmdstat_xadd:calls=") : NULL;
+    fprintf(stderr, "repeated batch: log entries marked %ld times, added %ld times\n",
+            sb ? strtol(sb + 21, NULL, 10) : 0, xa ? strtol(xa + 19, NULL, 10) : 0);
+    free(x);
+    /* the writer did give up on a batch and send it again */
+    assert_true(th_log_has(w.c[0].log, "persist redis unreachable", log_from));
     assert_int_equal(after, before + 2);
     x = redis("HGET ihc:stats total_interrupts");
     long total = x ? strtol(x, NULL, 10) : -1;

@@ -271,7 +271,7 @@ static int control_raw(const void *buf, size_t len, int timeout_ms, char **json)
         ihc_msg_free(m);
         nng_free(rbuf, rlen);
     }
-    nng_close(s);
+    th_close(nng_socket_id(s));
     return status;
 }
 
@@ -687,7 +687,7 @@ static void test_hostile_pull(void **state)
         assert_int_equal(th_http(w.http, "GET", "/healthz", NULL, NULL, NULL), 200);
         assert_true(th_now_ms_() - t0 < 3000);
     }
-    nng_close(s);
+    th_close(nng_socket_id(s));
 
     /* 7. oversized frames (raw SP over TCP: closing an nng socket whose pipe the peer
      * dropped mid-send can hang in nng 1.5.2): each connection is closed by the coordinator */
@@ -812,7 +812,7 @@ static void test_hostile_control(void **state)
         nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 2000);
         assert_int_equal(nng_send(s, m.b, m.n, 0), 0);
         th_sleep_ms_(10); /* let it leave before the socket goes */
-        nng_close(s);
+        th_close(nng_socket_id(s));
         if (i % 5 == 0) /* the agent is expected again for the next ones */
             ghost_session(ps, GHOST, GHOST_HW, "ghost-s1");
     }
@@ -826,7 +826,7 @@ static void test_hostile_control(void **state)
     /* the vanished clients' interrupts finish (failed: the ghost never answers) */
     assert_true(TH_WAIT(count_lines(w.log_coord, "hw=" GHOST_HW " success=false") >= 20, 10000));
     assert_true(TH_WAIT(stat_int("inflight") == 0, 5000));
-    nng_close(ps);
+    th_close(nng_socket_id(ps));
     mp_free(&m);
     check_healthy();
 }
@@ -1126,7 +1126,7 @@ static void test_hostile_http(void **state)
     assert_true(
         TH_WAIT(count_lines(w.log_coord, "hw=" GHOST_HW " success=false") >= done0 + 6, 5000));
     assert_true(TH_WAIT(stat_int("inflight") == 0, 5000));
-    nng_close(ps);
+    th_close(nng_socket_id(ps));
     check_healthy();
 }
 
@@ -1172,98 +1172,21 @@ static void pub_framed(nng_socket pub, const char *topic, const uint8_t *body, s
     free(buf);
 }
 
-/* One local-endpoint call on the second agent; returns the decoded response or NULL. */
-static ihc_msg *local_raw(nng_socket s, const void *buf, size_t len)
+/* One request to the second agent's local API; its status, and the answer must be an error
+ * naming word (when want >= 400). */
+static void expect_local(const char *method, const char *path, const char *body, int want,
+                         const char *word)
 {
-    if (nng_send(s, (void *)buf, len, 0) != 0)
-        return NULL;
-    void *rbuf = NULL;
-    size_t rlen = 0;
-    if (nng_recv(s, &rbuf, &rlen, NNG_FLAG_ALLOC) != 0)
-        return NULL;
-    ihc_msg *m = NULL;
-    if (ihc_wire_decode(rbuf, rlen, NULL, &m, NULL, 0) != IHC_OK ||
-        m->type != IHC_MSG_LOCAL_RESPONSE) {
-        ihc_msg_free(m);
-        m = NULL;
-    }
-    nng_free(rbuf, rlen);
-    return m;
+    char *resp = NULL;
+    int st = th_unix_http(w.local_b + 7, method, path, body, &resp);
+    if (st != want ||
+        (want >= 400 && (!resp || !strstr(resp, "\"error\"") || (word && !strstr(resp, word)))))
+        fail_msg("local API %s %s %s: %d '%s' (want %d naming '%s')", method, path,
+                 body ? body : "", st, resp ? resp : "", want, word ? word : "");
+    free(resp);
 }
 
-static void expect_local_error(nng_socket s, const void *buf, size_t len, const char *word)
-{
-    ihc_msg *r = local_raw(s, buf, len);
-    if (!r || r->u.local_response.status == IHC_OK || !r->u.local_response.error ||
-        (word && !strstr(r->u.local_response.error, word)))
-        fail_msg("local endpoint: status %d error '%s' (want an error naming '%s')",
-                 r ? r->u.local_response.status : -1,
-                 r && r->u.local_response.error ? r->u.local_response.error : "", word);
-    ihc_msg_free(r);
-}
-
-static void local_req(mp *m, const char *op, int64_t pid, const char *hw, const char *sid)
-{
-    m->n = 0;
-    mp_head(m, "local_request", 1 + (pid != 0) + (hw != NULL) + (sid != NULL));
-    mp_str(m, "op");
-    mp_str(m, op);
-    if (pid != 0) {
-        mp_str(m, "pid");
-        mp_int(m, pid);
-    }
-    if (hw) {
-        mp_str(m, "hw");
-        mp_str(m, hw);
-    }
-    if (sid) {
-        mp_str(m, "session_id");
-        mp_str(m, sid);
-    }
-}
-
-#define N_WAITS         1100 /* more than the endpoint parks */
-#define MAX_PARK        1024 /* agent/local.c MAX_CTX */
-#define N_RECEIVERS_MAX 8    /* slack for the endpoint's receiving contexts */
-
-/* One "wait" on its own connection: send, then receive; the callback classifies. */
-typedef struct {
-    nng_ctx ctx;
-    nng_aio *aio;
-    int phase; /* 0 sending, 1 receiving, 2 done */
-    int result;
-    int status;
-    char state[32];
-} waiter;
-
-static atomic_int waits_done;
-
-static void on_wait(void *arg)
-{
-    waiter *wt = arg;
-    int rv = nng_aio_result(wt->aio);
-    if (wt->phase == 0 && rv == 0) {
-        wt->phase = 1;
-        nng_ctx_recv(wt->ctx, wt->aio);
-        return;
-    }
-    wt->result = rv;
-    wt->status = -1;
-    if (rv == 0) {
-        nng_msg *msg = nng_aio_get_msg(wt->aio);
-        ihc_msg *x = NULL;
-        if (ihc_wire_decode(nng_msg_body(msg), nng_msg_len(msg), NULL, &x, NULL, 0) == IHC_OK &&
-            x->type == IHC_MSG_LOCAL_RESPONSE) {
-            wt->status = x->u.local_response.status;
-            snprintf(wt->state, sizeof(wt->state), "%s",
-                     x->u.local_response.state ? x->u.local_response.state : "");
-        }
-        ihc_msg_free(x);
-        nng_msg_free(msg);
-    }
-    wt->phase = 2;
-    atomic_fetch_add(&waits_done, 1);
-}
+#define N_STREAMS 1100 /* event streams on one session: more than the old endpoint parked */
 
 static void test_hostile_agent(void **state)
 {
@@ -1380,98 +1303,73 @@ static void test_hostile_agent(void **state)
     (void)TH_WAIT(atomic_load(&pub_pipes_added) > pipes, 3000);
     assert_true(alive(w.agent_b));
 
-    /* the local endpoint */
-    nng_socket ls;
-    assert_int_equal(nng_req0_open(&ls), 0);
-    nng_socket_set_ms(ls, NNG_OPT_RECVTIMEO, 5000);
-    nng_socket_set_ms(ls, NNG_OPT_SENDTIMEO, 5000);
-    assert_int_equal(nng_dial(ls, w.local_b, NULL, 0), 0);
-    static const uint8_t junk[] = {0xc1, 0x00, 0xff};
-    expect_local_error(ls, junk, sizeof(junk), NULL);
-    expect_local_error(ls, dd + 9, 5, NULL);
-    expect_local_error(ls, "", 0, NULL);
+    /* the local API: garbage, then bodies that must be refused naming the field */
     {
-        ihc_msg hb = {.type = IHC_MSG_HEARTBEAT};
-        hb.u.heartbeat.agent = "x";
-        uint8_t *buf;
-        size_t len;
-        encode(&hb, &buf, &len);
-        expect_local_error(ls, buf, len, "local_request");
-        free(buf);
+        int fd = th_unix_connect(w.local_b + 7);
+        assert_true(fd >= 0);
+        static const uint8_t junk[] = {0xc1, 0x00, 0xff, '\r', '\n', '\r', '\n'};
+        assert_true(send(fd, junk, sizeof junk, MSG_NOSIGNAL) > 0);
+        int st = th_http_read_answer(fd, NULL);
+        assert_true(st == -1 || (st >= 400 && st < 500));
     }
-    local_req(&m, "self_destruct", 0, NULL, NULL);
-    expect_local_error(ls, m.b, m.n, "self_destruct");
-    local_req(&m, "begin", getpid(), "dev 7!", NULL);
-    expect_local_error(ls, m.b, m.n, "hw");
-    local_req(&m, "begin", getpid(), "dev-7", "../../s");
-    expect_local_error(ls, m.b, m.n, "session_id");
-    local_req(&m, "begin", -1, "dev-7", NULL);
-    expect_local_error(ls, m.b, m.n, "pid");
-    local_req(&m, "begin", 1LL << 40, "dev-7", NULL);
-    expect_local_error(ls, m.b, m.n, "pid");
-    local_req(&m, "begin", 999999999, "dev-7", NULL);
-    expect_local_error(ls, m.b, m.n, "pid");
+    expect_local("POST", "/v1/sessions", "", 400, "empty body");
+    expect_local("POST", "/v1/sessions", "\xc1\x00\xff", 400, "bad JSON");
+    expect_local("POST", "/v1/sessions", "{\"hardware_id\":\"dev 7!\"}", 400, "hardware_id");
+    expect_local("POST", "/v1/sessions", "{\"hardware_id\":\"dev-7\",\"session_id\":\"../../s\"}",
+                 400, "session_id");
+    expect_local("POST", "/v1/sessions", "{\"hardware_id\":\"dev-7\",\"pid\":-1}", 400, "pid");
+    expect_local("POST", "/v1/sessions", "{\"hardware_id\":\"dev-7\",\"pid\":1099511627776}", 400,
+                 "pid");
+    expect_local("POST", "/v1/sessions", "{\"hardware_id\":\"dev-7\",\"pid\":999999999}", 400,
+                 "pid");
+    expect_local("POST", "/v1/sessions", "{\"hardware_id\":\"dev-7\",\"pid\":\"12\"}", 400, "pid");
+    expect_local("POST", "/v1/sessions", "{\"hardware_id\":\"dev-7\",\"data\":[1]}", 400, "data");
+    expect_local("GET", "/v1/sessions/..%2F..%2Fetc/events", NULL, 404, NULL);
     /* pid 1 and our own parent are not the caller's processes: the agent would signal them
      * on an interrupt */
-    local_req(&m, "begin", 1, "dev-7", "s-init");
     {
-        ihc_msg *r1 = local_raw(ls, m.b, m.n);
-        bool accepted = r1 && r1->u.local_response.status == IHC_OK;
-        bool named = r1 && r1->u.local_response.error && strstr(r1->u.local_response.error, "pid");
-        ihc_msg_free(r1);
-        if (accepted) {
+        char *resp = NULL;
+        int st =
+            th_unix_http(w.local_b + 7, "POST", "/v1/sessions",
+                         "{\"hardware_id\":\"dev-7\",\"pid\":1,\"session_id\":\"s-init\"}", &resp);
+        bool named = resp && strstr(resp, "pid");
+        free(resp);
+        if (st == 201) {
             /* never let an interrupt reach a session of pid 1 */
             th_stop(w.agent_b, SIGKILL, 5000);
             w.agent_b = 0;
             fail_msg("the agent accepted a session for pid 1");
         }
+        assert_int_equal(st, 400);
         assert_true(named);
     }
-    local_req(&m, "begin", getppid(), "dev-7", "s-parent");
-    expect_local_error(ls, m.b, m.n, "pid");
-    local_req(&m, "wait", 0, NULL, "no-such-session");
-    expect_local_error(ls, m.b, m.n, "no-such-session");
-    local_req(&m, "end", 0, NULL, NULL);
-    expect_local_error(ls, m.b, m.n, "session_id");
+    char pbody[160];
+    snprintf(pbody, sizeof pbody, "{\"hardware_id\":\"dev-7\",\"pid\":%d}", (int)getppid());
+    expect_local("POST", "/v1/sessions", pbody, 400, "pid");
+    expect_local("DELETE", "/v1/sessions/no-such-session", NULL, 404, "no-such-session");
+    expect_local("DELETE", "/v1/sessions/x",
+                 "{\"modules\":[{\"name\":\"m\",\"status\":\"ok\","
+                 "\"time_ms\":-1}]}",
+                 400, "time_ms");
 
-    /* a real session of a child of ours, and more waits on it than the endpoint parks */
+    /* a real session of a child of ours, and many event streams on it */
     char *sleeper[] = {"sleep", "60", NULL};
     pid_t child = th_spawn(sleeper, NULL, NULL);
     assert_true(child > 0);
-    local_req(&m, "begin", child, "dev-7", "s-waited");
-    ihc_msg *r = local_raw(ls, m.b, m.n);
-    assert_non_null(r);
-    if (r->u.local_response.status != IHC_OK)
-        fail_msg("begin for our child: %s", r->u.local_response.error);
-    ihc_msg_free(r);
-    /* one connection per wait: a REQ pipe carries one request at a time */
-    local_req(&m, "wait", 0, NULL, "s-waited");
-    nng_socket ws;
-    assert_int_equal(nng_req0_open(&ws), 0);
-    for (int i = 0; i < N_WAITS; i++)
-        assert_int_equal(nng_dial(ws, w.local_b, NULL, 0), 0);
-    waiter *wt = calloc(N_WAITS, sizeof(*wt));
-    atomic_store(&waits_done, 0);
-    for (int i = 0; i < N_WAITS; i++) {
-        assert_int_equal(nng_ctx_open(&wt[i].ctx, ws), 0);
-        assert_int_equal(nng_aio_alloc(&wt[i].aio, on_wait, &wt[i]), 0);
-        nng_aio_set_timeout(wt[i].aio, 30000);
-        nng_msg *msg;
-        assert_int_equal(nng_msg_alloc(&msg, 0), 0);
-        assert_int_equal(nng_msg_append(msg, m.b, m.n), 0);
-        nng_aio_set_msg(wt[i].aio, msg);
-        nng_ctx_send(wt[i].ctx, wt[i].aio);
+    snprintf(pbody, sizeof pbody,
+             "{\"hardware_id\":\"dev-7\",\"pid\":%d,\"session_id\":\"s-waited\"}", (int)child);
+    expect_local("POST", "/v1/sessions", pbody, 201, NULL);
+    int *streams = calloc(N_STREAMS, sizeof *streams);
+    for (int i = 0; i < N_STREAMS; i++) {
+        streams[i] = th_unix_connect(w.local_b + 7);
+        assert_true(streams[i] >= 0);
+        assert_int_equal(th_http_send(streams[i], "GET", "/v1/sessions/s-waited/events", NULL), 0);
     }
-    /* those over the limit are refused at once; the others are parked */
-    if (!TH_WAIT(atomic_load(&waits_done) >= N_WAITS - MAX_PARK, 15000))
-        fail_msg("waits answered before the interrupt: %d (want %d refused)",
-                 atomic_load(&waits_done), N_WAITS - MAX_PARK);
-    /* the agent still answers pings meanwhile */
-    local_req(&m, "ping", 0, NULL, NULL);
-    r = local_raw(ls, m.b, m.n);
-    assert_non_null(r);
-    assert_int_equal(r->u.local_response.status, IHC_OK);
-    ihc_msg_free(r);
+    for (int i = 0; i < N_STREAMS; i++)
+        if (!th_fd_read_until(streams[i], "event: session", 10000, NULL))
+            fail_msg("event stream %d of %d: no session event", i, N_STREAMS);
+    /* the agent still answers meanwhile */
+    expect_local("GET", "/healthz", NULL, 200, NULL);
 
     /* a valid interrupt still produces a correct report (re-published until it arrives:
      * the SUB pipe may still be redialling) */
@@ -1515,25 +1413,13 @@ static void test_hostile_agent(void **state)
     assert_true(report->u.report.n_sessions >= 2); /* and the simulated one */
     ihc_msg_free(report);
 
-    /* every wait was answered: parked ones "interrupted", the rest refused (limit) */
-    assert_true(TH_WAIT(atomic_load(&waits_done) == N_WAITS, 15000));
-    int interrupted = 0, limited = 0, other = 0;
-    for (int i = 0; i < N_WAITS; i++) {
-        if (wt[i].result == 0 && wt[i].status == IHC_OK && strcmp(wt[i].state, "interrupted") == 0)
-            interrupted++;
-        else if (wt[i].result == 0 && wt[i].status == IHC_ELIMIT)
-            limited++;
-        else
-            other++;
-        nng_aio_free(wt[i].aio);
-        nng_ctx_close(wt[i].ctx);
+    /* every stream was told to stop */
+    for (int i = 0; i < N_STREAMS; i++) {
+        if (!th_fd_read_until(streams[i], "event: stop", 10000, NULL))
+            fail_msg("event stream %d of %d: no stop event", i, N_STREAMS);
+        close(streams[i]);
     }
-    free(wt);
-    nng_close(ws);
-    if (other != 0 || limited < N_WAITS - MAX_PARK || interrupted < MAX_PARK - N_RECEIVERS_MAX)
-        fail_msg("waits: %d interrupted, %d refused, %d otherwise, of %d", interrupted, limited,
-                 other, N_WAITS);
-    nng_close(ls);
+    free(streams);
     th_stop(child, SIGKILL, 2000);
 
     /* nothing was cancelled by the forged sync or the bad interrupts; the agent survived */
@@ -1549,8 +1435,8 @@ static void test_hostile_agent(void **state)
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     assert_true(log_clean(w.log_b));
-    nng_close(pub);
-    nng_close(pull);
+    th_close(nng_socket_id(pub));
+    th_close(nng_socket_id(pull));
     check_healthy();
 }
 
@@ -1672,8 +1558,8 @@ static int setup(void **state)
     snprintf(w.log_coord, sizeof(w.log_coord), "%s/coordinator.log", w.dir);
     snprintf(w.log_a, sizeof(w.log_a), "%s/%s.log", w.dir, AGENT_A);
     snprintf(w.log_b, sizeof(w.log_b), "%s/%s.log", w.dir, AGENT_B);
-    snprintf(w.local_a, sizeof(w.local_a), "ipc://%s/a.sock", w.dir);
-    snprintf(w.local_b, sizeof(w.local_b), "ipc://%s/b.sock", w.dir);
+    snprintf(w.local_a, sizeof(w.local_a), "unix://%s/a.sock", w.dir);
+    snprintf(w.local_b, sizeof(w.local_b), "unix://%s/b.sock", w.dir);
     return 0;
 }
 

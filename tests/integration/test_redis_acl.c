@@ -54,7 +54,7 @@ static int setup(void **state)
     snprintf(w.http_addr, sizeof w.http_addr, "127.0.0.1:%d", w.http);
     snprintf(w.agent_log, sizeof w.agent_log, "%s/agent.log", w.dir);
     char local[4300];
-    snprintf(local, sizeof local, "ipc://%s/agent.sock", w.dir);
+    snprintf(local, sizeof local, "unix://%s/agent.sock", w.dir);
     char *argv[] = {(char *)th_bin("ihc-agent"),
                     "--pub",
                     w.pub_url,

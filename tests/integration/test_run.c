@@ -1,12 +1,10 @@
-/* `ihc run` and the agent's local endpoint, through a real ihc-agent (short module timeout
+/* `ihc run` and the agent's local API, through a real ihc-agent (short module timeout
  * and kill grace) and a fake coordinator that delivers the interrupts: exit codes passed
  * through, polite and stubborn commands stopped, unreachable agent, the local protocol, and
  * sessions of processes that died. */
 #include "harness.h"
 
 #include <errno.h>
-#include <nng/nng.h>
-#include <nng/protocol/reqrep0/req.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +30,7 @@ static struct {
     pid_t pgids[16];
     size_t n_pgids;
     char runner[4200];
+    const char *sock; /* the socket path of local */
 } w;
 
 static char *path_in(const char *name)
@@ -160,7 +159,7 @@ static void test_run_usage_and_unreachable(void **state)
 
     /* nobody listens there: exit 3 and the command never ran */
     char nobody[4300];
-    snprintf(nobody, sizeof(nobody), "ipc://%s", path_in("nobody.sock"));
+    snprintf(nobody, sizeof(nobody), "unix://%s", path_in("nobody.sock"));
     const char *marker = path_in("ran-anyway");
     char cmd[4400];
     snprintf(cmd, sizeof(cmd), "touch '%s'", marker);
@@ -254,88 +253,50 @@ static void test_run_forwards_signals(void **state)
     assert_true(TH_WAIT(th_log_has(w.agent_log, want, 0), 3000));
 }
 
-/* ---- the local protocol itself ---- */
+/* ---- the local API itself (raw HTTP on the socket) ---- */
 
-static ihc_msg *call(nng_socket s, const ihc_local_request *q)
+static char *api(const char *method, const char *path, const char *body, int want)
 {
-    ihc_msg m = {.type = IHC_MSG_LOCAL_REQUEST};
-    m.u.local_request = *q;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    TH_PASS(ihc_wire_encode(&m, NULL, &buf, &len));
-    assert_int_equal(nng_send(s, buf, len, 0), 0);
-    free(buf);
-    char *rbuf = NULL;
-    size_t rlen = 0;
-    assert_int_equal(nng_recv(s, &rbuf, &rlen, NNG_FLAG_ALLOC), 0);
-    ihc_msg *out = NULL;
-    TH_PASS(ihc_wire_decode((uint8_t *)rbuf, rlen, NULL, &out, NULL, 0));
-    nng_free(rbuf, rlen);
-    assert_int_equal(out->type, IHC_MSG_LOCAL_RESPONSE);
-    return out;
+    char *resp = NULL;
+    int st = th_unix_http(w.sock, method, path, body, &resp);
+    if (st != want)
+        fail_msg("%s %s: status %d, want %d: %s", method, path, st, want, resp ? resp : "");
+    return resp;
 }
 
-static void expect_error(nng_socket s, const ihc_local_request *q, int status, const char *word)
+static void expect_error(const char *method, const char *path, const char *body, int want,
+                         const char *word)
 {
-    ihc_msg *r = call(s, q);
-    if (r->u.local_response.status != status)
-        fail_msg("op %s: status %s, want %s (%s)", q->op ? q->op : "-",
-                 ihc_err_name(r->u.local_response.status), ihc_err_name(status),
-                 r->u.local_response.error ? r->u.local_response.error : "");
-    assert_non_null(r->u.local_response.error);
-    if (!strstr(r->u.local_response.error, word))
-        fail_msg("error '%s' does not name '%s'", r->u.local_response.error, word);
-    ihc_msg_free(r);
+    char *resp = api(method, path, body, want);
+    if (!resp || !strstr(resp, "\"error\"") || !strstr(resp, word))
+        fail_msg("%s %s: answer '%s' does not name '%s'", method, path, resp ? resp : "", word);
+    free(resp);
 }
 
 static void test_run_local_protocol(void **state)
 {
     (void)state;
-    nng_socket s;
-    assert_int_equal(nng_req0_open(&s), 0);
-    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 5000);
-    assert_int_equal(nng_dial(s, w.local, NULL, 0), 0);
-
-    ihc_msg *r = call(s, &(ihc_local_request){.op = "ping"});
-    assert_int_equal(r->u.local_response.status, IHC_OK);
-    ihc_msg_free(r);
-
-    expect_error(s, &(ihc_local_request){.op = "bogus"}, IHC_EINVAL, "bogus");
-    expect_error(s, &(ihc_local_request){.op = "begin", .hw = "dev-8"}, IHC_EINVAL, "pid");
-    expect_error(s, &(ihc_local_request){.op = "begin", .pid = getpid()}, IHC_EMISSING, "hw");
-    expect_error(s, &(ihc_local_request){.op = "begin", .pid = 999999999, .hw = "dev-8"},
-                 IHC_EINVAL, "no such process");
-    expect_error(s, &(ihc_local_request){.op = "wait", .session_id = "nope"}, IHC_ENOENT, "nope");
-    expect_error(s, &(ihc_local_request){.op = "end", .session_id = "nope"}, IHC_ENOENT, "nope");
-    expect_error(s, &(ihc_local_request){.op = "wait"}, IHC_EMISSING, "session_id");
-
-    /* not a local_request at all */
-    const uint8_t junk[] = {0xc1, 0x00, 0x01};
-    assert_int_equal(nng_send(s, (void *)junk, sizeof(junk), 0), 0);
-    char *rbuf = NULL;
-    size_t rlen = 0;
-    assert_int_equal(nng_recv(s, &rbuf, &rlen, NNG_FLAG_ALLOC), 0);
-    ihc_msg *jr = NULL;
-    TH_PASS(ihc_wire_decode((uint8_t *)rbuf, rlen, NULL, &jr, NULL, 0));
-    nng_free(rbuf, rlen);
-    assert_int_not_equal(jr->u.local_response.status, IHC_OK);
-    ihc_msg_free(jr);
+    free(api("GET", "/healthz", NULL, 200));
+    expect_error("POST", "/v1/sessions", "{\"pid\":1}", 400, "hardware_id");
+    expect_error("POST", "/v1/sessions", "{\"hardware_id\":\"dev-8\",\"pid\":999999999}", 400,
+                 "no running process");
+    expect_error("DELETE", "/v1/sessions/nope", NULL, 404, "nope");
+    expect_error("GET", "/v1/sessions/nope/events", NULL, 404, "nope");
+    expect_error("POST", "/v1/sessions", "\xc1\x00\x01", 400, "bad JSON");
 
     /* a session of a process that dies is ended by the agent (pid check) */
     char *sleeper[] = {"sleep", "30", NULL};
     pid_t p = th_spawn(sleeper, NULL, NULL);
     assert_true(p > 0);
-    r = call(
-        s,
-        &(ihc_local_request){
-            .op = "begin", .pid = p, .hw = "dev-8", .session_id = "s-dies", .data = "{\"k\":1}"});
-    assert_int_equal(r->u.local_response.status, IHC_OK);
-    assert_string_equal(r->u.local_response.session_id, "s-dies");
-    assert_string_equal(r->u.local_response.state, "active");
-    ihc_msg_free(r);
-    expect_error(
-        s, &(ihc_local_request){.op = "begin", .pid = p, .hw = "dev-8", .session_id = "s-dies"},
-        IHC_EEXIST, "s-dies");
+    char body[256];
+    snprintf(body, sizeof body,
+             "{\"hardware_id\":\"dev-8\",\"pid\":%d,\"session_id\":\"s-dies\",\"data\":{\"k\":1}}",
+             (int)p);
+    char *resp = api("POST", "/v1/sessions", body, 201);
+    assert_non_null(strstr(resp, "\"session_id\":\"s-dies\""));
+    assert_non_null(strstr(resp, "\"state\":\"active\""));
+    free(resp);
+    expect_error("POST", "/v1/sessions", body, 409, "s-dies");
     th_stop(p, SIGKILL, 2000);
     ihc_msg *e = NULL;
     uint64_t end = th_now_ms_() + 5000;
@@ -349,30 +310,36 @@ static void test_run_local_protocol(void **state)
     }
     assert_non_null(e);
     ihc_msg_free(e);
-    expect_error(s, &(ihc_local_request){.op = "end", .session_id = "s-dies"}, IHC_ENOENT,
-                 "s-dies");
+    expect_error("DELETE", "/v1/sessions/s-dies", NULL, 404, "s-dies");
 
-    /* interrupted before anyone waits: the wait is answered at once; "end" then says done */
+    /* interrupted before anyone listens: the stream tells it at once; DELETE then ends it */
     p = th_spawn(sleeper, NULL, NULL);
     assert_true(p > 0);
-    r = call(s,
-             &(ihc_local_request){.op = "begin", .pid = p, .hw = "dev-8", .session_id = "s-int"});
-    assert_int_equal(r->u.local_response.status, IHC_OK);
-    ihc_msg_free(r);
-    r = interrupt("dev-8");
+    snprintf(body, sizeof body, "{\"hardware_id\":\"dev-8\",\"pid\":%d,\"session_id\":\"s-int\"}",
+             (int)p);
+    free(api("POST", "/v1/sessions", body, 201));
+    ihc_msg *r = interrupt("dev-8");
     assert_int_equal(r->u.report.n_sessions, 1);
     assert_string_equal(r->u.report.sessions[0], "s-int");
+    uint64_t id = r->u.report.id;
     ihc_msg_free(r);
-    r = call(s, &(ihc_local_request){.op = "wait", .session_id = "s-int"});
-    assert_int_equal(r->u.local_response.status, IHC_OK);
-    assert_string_equal(r->u.local_response.state, "interrupted");
-    ihc_msg_free(r);
-    r = call(s, &(ihc_local_request){.op = "end", .session_id = "s-int"});
-    assert_int_equal(r->u.local_response.status, IHC_OK);
-    assert_string_equal(r->u.local_response.state, "done");
-    ihc_msg_free(r);
+    int fd = th_unix_connect(w.sock);
+    assert_true(fd >= 0);
+    assert_int_equal(th_http_send(fd, "GET", "/v1/sessions/s-int/events", NULL), 0);
+    char *seen = NULL;
+    assert_true(th_fd_read_until(fd, "\"deadline_ms\":300}", 5000, &seen));
+    char want[128];
+    snprintf(want, sizeof want, "event: stop\ndata: {\"interrupt_id\":%llu,",
+             (unsigned long long)id);
+    if (!strstr(seen, want))
+        fail_msg("no '%s' in: %s", want, seen);
+    free(seen);
+    resp = api("DELETE", "/v1/sessions/s-int", "{\"state\":\"interrupted\"}", 200);
+    assert_non_null(strstr(resp, "\"state\":\"interrupted\""));
+    free(resp);
+    assert_true(th_fd_read_until(fd, "event: end", 3000, NULL));
+    close(fd);
     th_stop(p, SIGKILL, 2000);
-    nng_close(s);
 }
 
 /* Last: the agent stops cleanly (exit 0; under sanitizers also without leaks or errors). */
@@ -384,7 +351,7 @@ static void test_run_agent_stops(void **state)
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     struct stat sst;
-    assert_int_not_equal(stat(w.local + 6, &sst), 0);
+    assert_int_not_equal(stat(w.sock, &sst), 0);
 }
 
 /* ---- fixture: one agent and fake coordinator for the whole file ---- */
@@ -402,7 +369,8 @@ static int setup(void **state)
     }
     if (th_fc_listen(&w.fc) != 0)
         return -1;
-    snprintf(w.local, sizeof(w.local), "ipc://%s/agent.sock", w.dir);
+    snprintf(w.local, sizeof(w.local), "unix://%s/agent.sock", w.dir);
+    w.sock = w.local + 7;
     snprintf(w.agent_log, sizeof(w.agent_log), "%s/agent.log", w.dir);
     char *argv[] = {(char *)th_bin("ihc-agent"),
                     "--pub",
@@ -428,7 +396,7 @@ static int setup(void **state)
     if (th_fc_send_sync(&w.fc, "run-agent", hws, 2) != IHC_OK)
         return -1;
     struct stat st;
-    return TH_WAIT(stat(w.local + 6, &st) == 0, 5000) ? 0 : -1;
+    return TH_WAIT(stat(w.sock, &st) == 0, 5000) ? 0 : -1;
 }
 
 static int teardown(void **state)

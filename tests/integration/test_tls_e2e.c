@@ -162,7 +162,7 @@ static pid_t start_agent(const char *id, const char *hws, const char *certdir, c
 {
     snprintf(logpath, loglen, "%s/%s.log", w.dir, id);
     char local[4400];
-    snprintf(local, sizeof local, "ipc://%s/%s.sock", w.dir, id);
+    snprintf(local, sizeof local, "unix://%s/%s.sock", w.dir, id);
     char *argv[] = {(char *)th_bin("ihc-agent"),
                     "--pub",
                     w.pub_url,

@@ -265,35 +265,3 @@ ihc_msg *th_fc_interrupt_until_report(th_fc *fc, uint64_t id, const char *hw, ui
     }
     return NULL;
 }
-
-ihc_msg *th_local_call(nng_socket s, const ihc_local_request *q)
-{
-    ihc_msg m = {.type = IHC_MSG_LOCAL_REQUEST};
-    m.u.local_request = *q;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    int rc = ihc_wire_encode(&m, NULL, &buf, &len);
-    if (rc != IHC_OK) {
-        fprintf(stderr, "th_local_call: encode: %s\n", ihc_strerror(rc));
-        return NULL;
-    }
-    int rv = nng_send(s, buf, len, 0);
-    free(buf);
-    char *rbuf = NULL;
-    size_t rlen = 0;
-    if (rv == 0)
-        rv = nng_recv(s, &rbuf, &rlen, NNG_FLAG_ALLOC);
-    if (rv != 0) {
-        fprintf(stderr, "th_local_call: op %s: %s\n", q->op ? q->op : "-", nng_strerror(rv));
-        return NULL;
-    }
-    ihc_msg *out = NULL;
-    rc = ihc_wire_decode((uint8_t *)rbuf, rlen, NULL, &out, NULL, 0);
-    nng_free(rbuf, rlen);
-    if (rc != IHC_OK || out->type != IHC_MSG_LOCAL_RESPONSE) {
-        fprintf(stderr, "th_local_call: op %s: not a local_response\n", q->op ? q->op : "-");
-        ihc_msg_free(out);
-        return NULL;
-    }
-    return out;
-}

@@ -77,9 +77,4 @@ void th_fc_connect(th_fc *fc, const struct ihc_agent *a, const char *agent_id,
 ihc_msg *th_fc_interrupt_until_report(th_fc *fc, uint64_t id, const char *hw, uint64_t epoch,
                                       int timeout_ms);
 
-/* One request to an ihc-agent's local endpoint over s (a REQ socket dialed to it, with a
- * receive timeout set): the decoded local_response, or NULL when sending, receiving or
- * decoding failed (printed on stderr). Caller frees with ihc_msg_free. */
-ihc_msg *th_local_call(nng_socket s, const ihc_local_request *q);
-
 #endif

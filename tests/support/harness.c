@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include "err.h"
+#include "sockclose.h"
 #include "wire.h"
 
 #include <nng/nng.h>
@@ -12,14 +13,17 @@
 #include <fcntl.h>
 #include <hiredis.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -485,6 +489,33 @@ int th_http_read_answer(int fd, char **body)
     return status;
 }
 
+/* Sends one request on fd; close_after adds Connection: close. Returns false when the peer
+ * took it not all. */
+static bool send_request(int fd, const char *method, const char *path, const char *headers,
+                         const char *body, bool close_after)
+{
+    size_t blen = body ? strlen(body) : 0;
+    size_t cap = strlen(method) + strlen(path) + (headers ? strlen(headers) : 0) + blen + 256;
+    char *req = malloc(cap);
+    int n =
+        snprintf(req, cap,
+                 "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s%s"
+                 "Content-Length: %zu\r\n\r\n",
+                 method, path, close_after ? "Connection: close\r\n" : "", headers ? headers : "",
+                 body ? "Content-Type: application/json\r\n" : "", blen);
+    if (body)
+        memcpy(req + n, body, blen);
+    size_t total = (size_t)n + blen, off = 0;
+    while (off < total) {
+        ssize_t w = send(fd, req + off, total - off, MSG_NOSIGNAL);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    free(req);
+    return off == total;
+}
+
 int th_http(int port, const char *method, const char *path, const char *headers, const char *body,
             char **resp)
 {
@@ -502,25 +533,116 @@ int th_http(int port, const char *method, const char *path, const char *headers,
         close(fd);
         return -1;
     }
-    size_t blen = body ? strlen(body) : 0;
-    size_t cap = strlen(method) + strlen(path) + (headers ? strlen(headers) : 0) + blen + 256;
-    char *req = malloc(cap);
-    int n = snprintf(req, cap,
-                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s%s"
-                     "Content-Length: %zu\r\n\r\n",
-                     method, path, headers ? headers : "",
-                     body ? "Content-Type: application/json\r\n" : "", blen);
-    if (body)
-        memcpy(req + n, body, blen);
-    size_t total = (size_t)n + blen, off = 0;
-    while (off < total) {
-        ssize_t w = send(fd, req + off, total - off, MSG_NOSIGNAL);
-        if (w <= 0)
-            break;
-        off += (size_t)w;
-    }
-    free(req);
+    send_request(fd, method, path, headers, body, true);
     return th_http_read_answer(fd, resp);
+}
+
+int th_unix_connect(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path)
+        return -1;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int th_unix_http(const char *sock, const char *method, const char *path, const char *body,
+                 char **resp)
+{
+    if (resp)
+        *resp = NULL;
+    int fd = th_unix_connect(sock);
+    if (fd < 0)
+        return -1;
+    send_request(fd, method, path, NULL, body, true);
+    return th_http_read_answer(fd, resp);
+}
+
+int th_http_send(int fd, const char *method, const char *path, const char *body)
+{
+    return send_request(fd, method, path, NULL, body, false) ? 0 : -1;
+}
+
+int th_http_read_one(int fd, char **body)
+{
+    if (body)
+        *body = NULL;
+    char buf[65536];
+    size_t len = 0;
+    char *end = NULL;
+    while (!end && len + 1 < sizeof buf) {
+        ssize_t r = read(fd, buf + len, 1); /* byte by byte: never past this answer */
+        if (r <= 0)
+            return -1;
+        len++;
+        buf[len] = '\0';
+        end = strstr(buf, "\r\n\r\n");
+    }
+    int status = -1;
+    if (!end || sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
+        return -1;
+    size_t clen = 0;
+    for (char *p = buf; (p = strchr(p, '\n')) != NULL && p < end; p++)
+        if (strncasecmp(p + 1, "Content-Length:", 15) == 0)
+            clen = strtoull(p + 16, NULL, 10);
+    char *b = malloc(clen + 1);
+    size_t got = 0;
+    while (got < clen) {
+        ssize_t r = read(fd, b + got, clen - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    b[got] = '\0';
+    if (body)
+        *body = b;
+    else
+        free(b);
+    return status;
+}
+
+bool th_fd_read_until(int fd, const char *needle, int timeout_ms, char **seen)
+{
+    uint64_t end = th_now_ms_() + (uint64_t)timeout_ms;
+    size_t len = 0, cap = 4096;
+    char *acc = malloc(cap);
+    acc[0] = '\0';
+    bool found = false;
+    while (!found) {
+        uint64_t now = th_now_ms_();
+        if (now >= end)
+            break;
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        if (poll(&pf, 1, (int)(end - now)) <= 0)
+            break;
+        if (len + 2048 + 1 > cap)
+            acc = realloc(acc, cap *= 2);
+        ssize_t r = recv(fd, acc + len, 2048, MSG_DONTWAIT);
+        if (r == 0)
+            break;
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                continue;
+            break;
+        }
+        len += (size_t)r;
+        acc[len] = '\0';
+        found = strstr(acc, needle) != NULL;
+    }
+    if (seen)
+        *seen = acc;
+    else
+        free(acc);
+    return found;
 }
 
 int th_control(const char *url, const char *op, const char *hw, const char *reason,
@@ -563,6 +685,12 @@ out:
     free(buf);
     if (rbuf)
         nng_free(rbuf, rlen);
-    nng_close(s);
+    th_close(nng_socket_id(s));
     return status;
+}
+
+void th_close(int sock_id)
+{
+    nng_socket s = {.id = (uint32_t)sock_id};
+    (void)ihc_sock_close(s, 5000, "test", "test");
 }

@@ -133,6 +133,23 @@ int th_http(int port, const char *method, const char *path, const char *headers,
  * there was none). */
 int th_http_read_answer(int fd, char **body);
 
+/* Closes an nng socket (its id), waiting at most 5 s: nng 1.5.2's nng_close can hang
+ * (sockclose.h); a test then goes on, with a warning, instead of hanging until its timeout. */
+void th_close(int sock_id);
+
+/* The agent's local API (HTTP on a Unix socket) with raw sockets. th_unix_connect: a
+ * connected socket (10 s receive timeout) or -1. th_unix_http: one request with
+ * Connection: close, as th_http. th_http_send: a request on fd that keeps it alive (0 or -1);
+ * th_http_read_one: one answer on fd (by Content-Length), its status (-1: none) and body
+ * (malloc'd). th_fd_read_until: reads fd until needle was seen (true) or timeout_ms passed
+ * or the peer closed; *seen (may be NULL) gets everything read (malloc'd). */
+int th_unix_connect(const char *path);
+int th_unix_http(const char *sock, const char *method, const char *path, const char *body,
+                 char **resp);
+int th_http_send(int fd, const char *method, const char *path, const char *body);
+int th_http_read_one(int fd, char **body);
+bool th_fd_read_until(int fd, const char *needle, int timeout_ms, char **seen);
+
 /* A control request to the coordinator's REP socket at url (op "interrupt", "sessions"…);
  * returns the response status (or -1 when unreachable within timeout_ms) and the JSON body
  * in *json (malloc'd). hw and reason may be NULL. */

@@ -604,6 +604,99 @@ static void test_agent_cancel_escalation_exited(void **state)
     th_fc_close(&f);
 }
 
+/* ---- owners that report their own module results (the local API's held sessions) ---- */
+
+static ihc_agent *held_agent;
+static atomic_int held_told, held_rc;
+static _Atomic uint64_t held_id;
+static void on_cancel_hold(const char *sid, void *arg)
+{
+    (void)arg; /* on the agent's thread: no cmocka assertions here */
+    atomic_store(&held_rc, ihc__session_hold_report(held_agent, sid));
+    atomic_store(&held_id, ihc__cancel_current_id(held_agent));
+    atomic_fetch_add(&held_told, 1);
+}
+
+static atomic_int later_rc;
+static void *report_later(void *arg)
+{
+    const char *sid = arg;
+    ihc_sleep_ms(100);
+    ihc_module_result m[] = {
+        {.name = "py_stream", .status = IHC_MOD_OK, .time_ms = 7.5},
+        {.name = "py_tts", .status = IHC_MOD_FAILED, .time_ms = 1, .error = "busy"}};
+    int rc = ihc__session_report(held_agent, sid, m, 2);
+    if (rc == IHC_OK)
+        rc = ihc_agent_session_end(held_agent, sid);
+    atomic_store(&later_rc, rc);
+    return NULL;
+}
+
+static const ihc_module_result *find_module(const ihc_msg *r, const char *name)
+{
+    for (size_t i = 0; i < r->u.report.n_modules; i++)
+        if (strcmp(r->u.report.modules[i].name, name) == 0)
+            return &r->u.report.modules[i];
+    return NULL;
+}
+
+static void test_agent_cancel_owner_reports(void **state)
+{
+    (void)state;
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
+    agent_cfg c = {.module_timeout = 0.6};
+    ihc_agent *a = open_agent(&f, &c);
+    held_agent = a;
+    atomic_store(&held_told, 0);
+
+    /* the owner reports within the module timeout: its modules are in the report */
+    ihc_token *t = NULL;
+    ihc_session_opts so = {.session_id = "held-1", .hw = "dev-h", .on_cancel = on_cancel_hold};
+    TH_PASS(ihc_agent_session_begin(a, &so, &t, NULL, 0));
+    pthread_t th;
+    uint64_t t0 = th_now_ms_();
+    TH_PASS(th_fc_send_interrupt(&f, 50, "dev-h", 1, NULL, 0));
+    assert_true(TH_WAIT(atomic_load(&held_told) == 1, 5000));
+    assert_int_equal(atomic_load(&held_rc), IHC_OK);
+    assert_int_equal(atomic_load(&held_id), 50); /* on_cancel knows the interrupt */
+    assert_int_equal(pthread_create(&th, NULL, report_later, "held-1"), 0);
+    ihc_msg *r = expect_report(&f, 50);
+    uint64_t took = th_now_ms_() - t0;
+    pthread_join(th, NULL);
+    assert_int_equal(atomic_load(&later_rc), IHC_OK);
+    assert_non_null(find_module(r, "text_processing"));
+    const ihc_module_result *m = find_module(r, "py_stream");
+    assert_non_null(m);
+    assert_int_equal(m->status, IHC_MOD_OK);
+    assert_true(m->time_ms == 7.5);
+    m = find_module(r, "py_tts");
+    assert_non_null(m);
+    assert_int_equal(m->status, IHC_MOD_FAILED);
+    assert_string_equal(m->error, "busy");
+    assert_true(took < 600); /* it did not wait for the whole module timeout */
+    ihc_msg_free(r);
+    ihc_token_release(t);
+
+    /* an owner that never reports holds the report up to the module timeout, no longer */
+    so.session_id = "held-2";
+    TH_PASS(ihc_agent_session_begin(a, &so, &t, NULL, 0));
+    t0 = th_now_ms_();
+    TH_PASS(th_fc_send_interrupt(&f, 51, "dev-h", 2, NULL, 0));
+    r = expect_report(&f, 51);
+    took = th_now_ms_() - t0;
+    assert_true(took >= 500 && took < 3000);
+    assert_true(has_session(r, "held-2"));
+    assert_null(find_module(r, "py_stream"));
+    ihc_msg_free(r);
+    /* cleaned up after the report like any interrupted session */
+    assert_true(TH_WAIT(ihc_agent_session_count(a) == 0, 3000));
+    TH_FAIL(ihc__session_report(a, "held-2", NULL, 0), IHC_ENOENT);
+    ihc_token_release(t);
+    ihc_agent_close(a);
+    th_fc_close(&f);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -617,6 +710,7 @@ int main(void)
         cmocka_unit_test(test_agent_cancel_catch_up_on_sync),
         cmocka_unit_test(test_agent_cancel_escalation),
         cmocka_unit_test(test_agent_cancel_escalation_exited),
+        cmocka_unit_test(test_agent_cancel_owner_reports),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     nng_fini(); /* nng's own threads, for leak checkers */

@@ -22,6 +22,8 @@ static const char *const all_env[] = {
     "IHC_HTTP_ADDR",
     "IHC_REDIS_URL",
     "IHC_LOCAL_URL",
+    "IHC_LOCAL_MAX_CONNS",
+    "IHC_LOCAL_IDLE_TIMEOUT",
     "IHC_AGENT_ID",
     "IHC_AGENT_CONFIG",
     "IHC_STATE_DIR",
@@ -77,6 +79,8 @@ static const expect_setting expected[] = {
     {"IHC_HTTP_ADDR", "--http", COORD},
     {"IHC_REDIS_URL", "--redis", COORD},
     {"IHC_LOCAL_URL", "--local", AGENT | CLI},
+    {"IHC_LOCAL_MAX_CONNS", "--local-max-conns", AGENT},
+    {"IHC_LOCAL_IDLE_TIMEOUT", "--local-idle-timeout", AGENT},
     {"IHC_AGENT_ID", "--id", AGENT},
     {NULL, "--simulate", AGENT},
     {"IHC_AGENT_CONFIG", "--config", AGENT},
@@ -240,7 +244,9 @@ static void test_config_defaults_agent(void **state)
     assert_null(cfg.control_url);
     assert_null(cfg.http_addr);
     assert_null(cfg.redis_url);
-    assert_string_equal(cfg.local_url, "ipc:///tmp/ihc-agent.sock");
+    assert_string_equal(cfg.local_url, "unix:///tmp/ihc-agent.sock");
+    assert_int_equal(cfg.local_max_conns, 4096);
+    assert_true(cfg.local_idle_timeout == 30.0);
     assert_null(cfg.simulate);
     assert_null(cfg.agent_config);
     char host[256], want[300];
@@ -264,7 +270,7 @@ static void test_config_defaults_cli(void **state)
     char err[256];
     TH_PASS(load(&cfg, CLI, err, sizeof err, NULL, NULL, NOARGS));
     assert_string_equal(cfg.control_url, "tcp://127.0.0.1:7452");
-    assert_string_equal(cfg.local_url, "ipc:///tmp/ihc-agent.sock");
+    assert_string_equal(cfg.local_url, "unix:///tmp/ihc-agent.sock");
     assert_string_equal(cfg.pub_url, "tcp://127.0.0.1:7450"); /* ihc watch dials it */
     assert_null(cfg.report_url);
     assert_null(cfg.redis_url);
@@ -279,7 +285,7 @@ static void test_config_defaults_cli(void **state)
 static void test_config_env_overrides(void **state)
 {
     (void)state;
-    setenv("IHC_PUB_URL", "ipc:///tmp/x-pub.sock", 1);
+    setenv("IHC_PUB_URL", "tcp://10.0.0.5:7450", 1);
     setenv("INTERRUPT_TIMEOUT", "2.5", 1);
     setenv("MAX_ACTIVE_SESSIONS", "7", 1);
     setenv("LOG_TIMING", "Off", 1);
@@ -294,7 +300,7 @@ static void test_config_env_overrides(void **state)
     ihc_config cfg;
     char err[256];
     TH_PASS(load(&cfg, COORD, err, sizeof err, NULL, NULL, NOARGS));
-    assert_string_equal(cfg.pub_url, "ipc:///tmp/x-pub.sock");
+    assert_string_equal(cfg.pub_url, "tcp://10.0.0.5:7450");
     assert_true(cfg.interrupt_timeout == 2.5);
     assert_int_equal(cfg.max_active_sessions, 7);
     assert_false(cfg.log_timing);
@@ -497,7 +503,39 @@ static void test_config_bad_url(void **state)
     expect_error(AGENT, NOARGS, "IHC_PUB_URL=ipc://", NULL);
     unsetenv("IHC_PUB_URL");
     expect_error(CLI, ARGS("--control", "tcp://a b:1"), "--control=tcp://a b:1", NULL);
-    expect_error(AGENT, ARGS("--local=/tmp/sock"), "--local=/tmp/sock", "ipc://");
+    expect_error(AGENT, ARGS("--local=/tmp/sock"), "--local=/tmp/sock", "unix:///");
+    expect_error(AGENT, ARGS("--local=unix://rel.sock"), "--local=unix://rel.sock", "ABSOLUTE");
+    expect_error(AGENT, ARGS("--local=tcp://127.0.0.1:1"), "--local=tcp://127.0.0.1:1", "unix://");
+    expect_error(CLI, ARGS("--local=unix:///"), "--local=unix:///", NULL);
+    static const char *const locals[] = {"unix:///run/ihc/agent.sock", "ipc:///tmp/old.sock"};
+    for (size_t i = 0; i < 2; i++) { /* the old ipc:// form still names the same socket */
+        ihc_config cfg;
+        char err[256];
+        setenv("IHC_LOCAL_URL", locals[i], 1);
+        TH_PASS(load(&cfg, AGENT, err, sizeof err, NULL, NULL, NOARGS));
+        assert_string_equal(cfg.local_url, locals[i]);
+        bool legacy = false;
+        assert_string_equal(ihc_config_local_path(cfg.local_url, &legacy),
+                            i == 0 ? "/run/ihc/agent.sock" : "/tmp/old.sock");
+        assert_true(legacy == (i == 1));
+        ihc_config_fini(&cfg);
+    }
+    assert_null(ihc_config_local_path("off", NULL));
+    /* the coordinator does not listen on ipc:// (nng#1518); agents may still be told to */
+    expect_error(COORD, ARGS("--control=ipc:///tmp/c.sock"), "IHC_CONTROL_URL=ipc:///tmp/c.sock",
+                 "nng#1518");
+    setenv("IHC_REPORT_URL", "ipc:///tmp/r.sock", 1);
+    expect_error(COORD, NOARGS, "IHC_REPORT_URL=ipc:///tmp/r.sock", "tcp://127.0.0.1:PORT");
+    {
+        ihc_config cfg;
+        char err[256];
+        TH_PASS(load(&cfg, AGENT, err, sizeof err, NULL, NULL, NOARGS));
+        ihc_config_fini(&cfg);
+    }
+    unsetenv("IHC_REPORT_URL");
+    setenv("IHC_LOCAL_MAX_CONNS", "0", 1);
+    expect_error(AGENT, NOARGS, "IHC_LOCAL_MAX_CONNS=0", NULL);
+    unsetenv("IHC_LOCAL_MAX_CONNS");
     expect_error(AGENT, ARGS("--pub=off"), "--pub=off", "tcp://"); /* only local can be off */
     static const char *const offs[] = {"off", "none", ""};
     for (size_t i = 0; i < 3; i++) { /* the local endpoint can be switched off */

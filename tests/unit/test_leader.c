@@ -73,7 +73,7 @@ static ihc_store *open_store(void)
         char *r_ = th_redis_cmd(&g_redis, __VA_ARGS__);                                            \
         bool ok_ = r_ && strcmp(r_, (want)) == 0;                                                  \
         if (!ok_)                                                                                  \
-            fprintf(stderr, "%s: got '%s', want '%s'\n", #__VA_ARGS__, r_ ? r_ : "(error)",     \
+            fprintf(stderr, "%s: got '%s', want '%s'\n", #__VA_ARGS__, r_ ? r_ : "(error)",        \
                     (want));                                                                       \
         free(r_);                                                                                  \
         ok_;                                                                                       \
@@ -115,7 +115,7 @@ static void test_leader_lease_scripts(void **state)
 
     TH_PASS(ihc_store_lease_renew(f->st, &a, 1, &s));
     assert_true(s.held);
-    assert_int_equal(s.standbys, 1); /* b polled */
+    assert_int_equal(s.standbys, 1);                   /* b polled */
     TH_PASS(ihc_store_lease_renew(f->st2, &b, 1, &s)); /* b does not hold it */
     assert_false(s.held);
     assert_string_equal(s.holder, "coord-a");
@@ -358,15 +358,13 @@ static void test_leader_redis_away(void **state)
     fixture *f = *state;
     th_redis own = {0};
     assert_int_equal(th_redis_start(&own), 0);
-    ihc_leader_opts o = {.store = {.url = own.url, .timeout_ms = 200},
-                         .id = "alone",
-                         .ttl_s = 0.5,
-                         .first_id = 1};
+    ihc_leader_opts o = {
+        .store = {.url = own.url, .timeout_ms = 200}, .id = "alone", .ttl_s = 0.5, .first_id = 1};
     TH_PASS(ihc_leader_open(&f->l1, &o));
     assert_true(TH_WAIT(leads(f->l1), 3000));
     th_redis_kill(&own);
     th_sleep_ms_(1200);
-    assert_true(leads(f->l1)); /* alone: serving on */
+    assert_true(leads(f->l1));                 /* alone: serving on */
     assert_int_equal(th_redis_start(&own), 0); /* empty */
     char *v = NULL;
     assert_true(TH_WAIT((v = th_redis_cmd(&own, "GET ihc:leader")) && strcmp(v, "alone") == 0
@@ -399,9 +397,9 @@ int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
     const struct CMUnitTest tests[] = {
-        T(test_leader_lease_scripts),         T(test_leader_term_never_goes_back),
-        T(test_leader_fenced_batch),          T(test_leader_election_and_takeover),
-        T(test_leader_steps_down),            T(test_leader_redis_away),
+        T(test_leader_lease_scripts), T(test_leader_term_never_goes_back),
+        T(test_leader_fenced_batch),  T(test_leader_election_and_takeover),
+        T(test_leader_steps_down),    T(test_leader_redis_away),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

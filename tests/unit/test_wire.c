@@ -54,7 +54,8 @@ static void make_full(ihc_msg_type t, ihc_msg *m)
             (ihc_interrupt_msg){17, "dev-1", 4, "user stop", TS0 + 5000, fx_agents, 3, 2, 9};
         break;
     case IHC_MSG_REPORT:
-        m->u.report = (ihc_report_msg){17, "n1:42", "dev-1", fx_results, 4, fx_sessions, 2, 7.75, 9};
+        m->u.report =
+            (ihc_report_msg){17, "n1:42", "dev-1", fx_results, 4, fx_sessions, 2, 7.75, 9};
         break;
     case IHC_MSG_SESSION_BEGIN:
         m->u.session_begin.agent = "n1:42";
@@ -81,13 +82,6 @@ static void make_full(ihc_msg_type t, ihc_msg *m)
         break;
     case IHC_MSG_CONTROL_RESPONSE:
         m->u.control_response = (ihc_control_response){503, "{\"error\":\"no agents\"}"};
-        break;
-    case IHC_MSG_LOCAL_REQUEST:
-        m->u.local_request =
-            (ihc_local_request){"begin", 4321, "dev-1", "s-9", "text_processing", "{\"k\":1}"};
-        break;
-    case IHC_MSG_LOCAL_RESPONSE:
-        m->u.local_response = (ihc_local_response){5, "s-9", "interrupted", "went away"};
         break;
     default:
         fail_msg("no fixture for type %d", t);
@@ -135,11 +129,6 @@ static void make_min(ihc_msg_type t, ihc_msg *m)
         break;
     case IHC_MSG_CONTROL_RESPONSE:
         m->u.control_response.json = "{}";
-        break;
-    case IHC_MSG_LOCAL_REQUEST:
-        m->u.local_request.op = "ping";
-        break;
-    case IHC_MSG_LOCAL_RESPONSE:
         break;
     default:
         fail_msg("no fixture for type %d", t);
@@ -308,24 +297,6 @@ static void assert_msg_equal(const ihc_msg *d, const ihc_msg *e)
         assert_int_equal(d->u.control_response.status, e->u.control_response.status);
         assert_string_equal(d->u.control_response.json, e->u.control_response.json);
         break;
-    case IHC_MSG_LOCAL_REQUEST: {
-        const ihc_local_request *a = &d->u.local_request, *b = &e->u.local_request;
-        assert_string_equal(a->op, b->op);
-        assert_int_equal(a->pid, b->pid);
-        assert_opt_str(a->hw, b->hw);
-        assert_opt_str(a->session_id, b->session_id);
-        assert_opt_str(a->module, b->module);
-        assert_opt_str(a->data, b->data);
-        break;
-    }
-    case IHC_MSG_LOCAL_RESPONSE: {
-        const ihc_local_response *a = &d->u.local_response, *b = &e->u.local_response;
-        assert_int_equal(a->status, b->status);
-        assert_opt_str(a->session_id, b->session_id);
-        assert_opt_str(a->state, b->state);
-        assert_opt_str(a->error, b->error);
-        break;
-    }
     default:
         fail_msg("unexpected type %d", e->type);
     }
@@ -380,16 +351,6 @@ static void test_wire_roundtrip_minimal(void **state)
     ihc_msg_free(d);
     free(b);
 
-    make_min(IHC_MSG_LOCAL_REQUEST, &m);
-    enc(&m, NULL, &b, &n);
-    d = dec_ok(b, n, NULL);
-    assert_string_equal(d->u.local_request.op, "ping");
-    assert_null(d->u.local_request.hw);
-    assert_null(d->u.local_request.session_id);
-    assert_null(d->u.local_request.data);
-    assert_int_equal(d->u.local_request.pid, 0);
-    ihc_msg_free(d);
-    free(b);
     ihc_msg_free(NULL);
 }
 
@@ -449,7 +410,7 @@ static void test_wire_type_names(void **state)
 {
     (void)state;
     assert_string_equal(ihc_msg_type_name(IHC_MSG_REPORT), "report");
-    assert_string_equal(ihc_msg_type_name(IHC_MSG_LOCAL_RESPONSE), "local_response");
+    assert_string_equal(ihc_msg_type_name(IHC_MSG_CONTROL_RESPONSE), "control_response");
     assert_string_equal(ihc_msg_type_name(IHC_MSG_NONE), "unknown");
     assert_string_equal(ihc_msg_type_name(IHC__MSG_COUNT), "unknown");
     assert_string_equal(ihc_msg_type_name((ihc_msg_type)-3), "unknown");
@@ -978,8 +939,6 @@ static const char *const required_keys[IHC__MSG_COUNT][8] = {
     [IHC_MSG_RESULT] = {"json"},
     [IHC_MSG_CONTROL_REQUEST] = {"op"},
     [IHC_MSG_CONTROL_RESPONSE] = {"status", "json"},
-    [IHC_MSG_LOCAL_REQUEST] = {"op"},
-    [IHC_MSG_LOCAL_RESPONSE] = {"status"},
 };
 
 static bool is_required(ihc_msg_type t, const char *key)
@@ -1105,9 +1064,9 @@ static void test_wire_decode_values(void **state)
     TH_PASS(edit_decode(IHC_MSG_CONTROL_REQUEST, "hw", OP_SET, mo_str("*", 1), d, sizeof d));
     TH_FAIL(edit_decode(IHC_MSG_CONTROL_REQUEST, "hw", OP_SET, mo_str("a/b", 3), d, sizeof d),
             IHC_EBADHW);
-    TH_FAIL(edit_decode(IHC_MSG_LOCAL_REQUEST, "hw", OP_SET, mo_str("a b", 3), d, sizeof d),
+    TH_FAIL(edit_decode(IHC_MSG_SESSION_END, "hw", OP_SET, mo_str("a b", 3), d, sizeof d),
             IHC_EBADHW);
-    TH_FAIL(edit_decode(IHC_MSG_LOCAL_REQUEST, "session_id", OP_SET, mo_str("a b", 3), d, sizeof d),
+    TH_FAIL(edit_decode(IHC_MSG_SESSION_END, "session_id", OP_SET, mo_str("a b", 3), d, sizeof d),
             IHC_EBADID);
     TH_FAIL(edit_decode(IHC_MSG_REPORT, "agent", OP_SET, mo_str("a b", 3), d, sizeof d),
             IHC_EBADID);
@@ -1134,11 +1093,6 @@ static void test_wire_decode_values(void **state)
             IHC_ETOOBIG);
     TH_PASS(edit_decode(IHC_MSG_INTERRUPT, "reason", OP_SET, mo_str(longtext, IHC_REASON_MAX), d,
                         sizeof d));
-    TH_FAIL(edit_decode(IHC_MSG_LOCAL_REQUEST, "data", OP_SET, mo_str(longtext, IHC_DATA_MAX + 1),
-                        d, sizeof d),
-            IHC_ETOOBIG);
-    TH_PASS(edit_decode(IHC_MSG_LOCAL_REQUEST, "data", OP_SET, mo_str(longtext, IHC_DATA_MAX), d,
-                        sizeof d));
 
     /* Integers: negatives refused where unsigned, ranges enforced, signed accepted. */
     TH_FAIL(edit_decode(IHC_MSG_INTERRUPT, "id", OP_SET, mo_int(-1), d, sizeof d), IHC_ETYPE);
@@ -1156,7 +1110,8 @@ static void test_wire_decode_values(void **state)
     TH_FAIL(edit_decode(IHC_MSG_HELLO, "pid", OP_SET, mo_uint(1ull << 31), d, sizeof d), IHC_ETYPE);
     TH_FAIL(edit_decode(IHC_MSG_CONTROL_RESPONSE, "status", OP_SET, mo_int(INT64_MIN), d, sizeof d),
             IHC_ETYPE);
-    TH_PASS(edit_decode(IHC_MSG_LOCAL_RESPONSE, "status", OP_SET, mo_int(INT32_MIN), d, sizeof d));
+    TH_PASS(
+        edit_decode(IHC_MSG_CONTROL_RESPONSE, "status", OP_SET, mo_int(INT32_MIN), d, sizeof d));
     TH_FAIL(edit_decode(IHC_MSG_INTERRUPT, "ts_ms", OP_SET, mo_str("1", 1), d, sizeof d),
             IHC_ETYPE);
     TH_PASS(edit_decode(IHC_MSG_INTERRUPT, "ts_ms", OP_DROP, mo_nil(), d, sizeof d));
