@@ -821,10 +821,11 @@ static void test_client_watch_close_while_waiting(void **state)
     assert_true(ihc_watch_dropped(w) > 0);
     uint64_t t0 = th_now_ms_();
     ihc_watch_close(w); /* returns once the waiting call has left */
+    assert_true(th_now_ms_() - t0 < 5000);
+    /* the thread stores what the call returned after it returned: join before reading */
+    pthread_join(t, NULL);
     assert_int_equal(wt.rc, IHC_CLIENT_ECLOSED);
     assert_null(wt.r);
-    pthread_join(t, NULL);
-    assert_true(th_now_ms_() - t0 < 5000);
     th_fc_close(&fc);
 }
 
