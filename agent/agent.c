@@ -6,6 +6,7 @@
 
 #include "clock.h"
 #include "defaults.h"
+#include "urllist.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -191,6 +192,10 @@ static void connected(ihc_agent *a, bool first, size_t n_epochs)
 static void on_link(void *ctx, bool sub, bool up)
 {
     ihc_agent *a = ctx;
+    int subs = 0;
+    ihc__transport_links(&a->tp, &subs, NULL);
+    if (sub && !up && subs == 0)
+        atomic_store(&a->term_forget, true);
     if (!up && atomic_exchange(&a->synced, false)) {
         atomic_store(&a->lost_ns, ihc_mono_ns());
         ihc_log(IHC_LOG_WARN, IHC__LOG,
@@ -226,7 +231,39 @@ static void warn_unreachable(ihc_agent *a)
 
 /* ---- receiving and timers ---- */
 
-static void on_frame(void *ctx, const uint8_t *frame, size_t len, uint64_t t0)
+/* Receive thread: false when term is older than the newest seen, a deposed leader's message
+ * (a paused old leader must not make this agent act). Term 0 comes from a coordinator
+ * without standbys, which fences nothing: always taken. The newest term is forgotten when
+ * every PUB connection was lost (see on_link). */
+static bool term_current(ihc_agent *a, uint64_t term, const char *what, int link)
+{
+    if (atomic_exchange(&a->term_forget, false) && a->max_term) {
+        /* no coordinator was connected: none is the leader this agent follows, and a lone
+         * coordinator that starts without Redis leads with the term it had */
+        ihc_log(IHC_LOG_INFO, IHC__LOG,
+                "every coordinator connection was lost: the next leader's term is taken as it "
+                "comes (was %llu)",
+                (unsigned long long)a->max_term);
+        a->max_term = 0;
+    }
+    if (term == 0 || term == a->max_term)
+        return true;
+    if (term < a->max_term) {
+        uint64_t n = atomic_fetch_add(&a->n_stale_term, 1) + 1;
+        ihc_log(n <= 10 || n % 1000 == 0 ? IHC_LOG_WARN : IHC_LOG_DEBUG, IHC__LOG,
+                "%s from a deposed leader ignored term=%llu current_term=%llu coordinator=%d "
+                "ignored=%llu",
+                what, (unsigned long long)term, (unsigned long long)a->max_term, link,
+                (unsigned long long)n);
+        return false;
+    }
+    ihc_log(IHC_LOG_INFO, IHC__LOG, "leader term now %llu (was %llu) coordinator=%d",
+            (unsigned long long)term, (unsigned long long)a->max_term, link);
+    a->max_term = term;
+    return true;
+}
+
+static void on_frame(void *ctx, const uint8_t *frame, size_t len, uint64_t t0, int link)
 {
     ihc_agent *a = ctx;
     const char *topic = NULL;
@@ -247,9 +284,13 @@ static void on_frame(void *ctx, const uint8_t *frame, size_t len, uint64_t t0)
     }
     switch (m->type) {
     case IHC_MSG_INTERRUPT:
-        ihc__cancel_on_interrupt(a, &m->u.interrupt, t0, tlen >= 3 && memcmp(topic, "ag:", 3) == 0);
+        if (term_current(a, m->u.interrupt.term, "interrupt", link))
+            ihc__cancel_on_interrupt(a, &m->u.interrupt, t0,
+                                     tlen >= 3 && memcmp(topic, "ag:", 3) == 0, link);
         break;
     case IHC_MSG_SYNC:
+        if (!term_current(a, m->u.sync.term, "sync", link))
+            break;
         if (m->u.sync.agent && strcmp(m->u.sync.agent, a->id) == 0 && m->u.sync.hello) {
             /* the coordinator gave us up while we were silent (stopped, starved) */
             ihc_log(IHC_LOG_WARN, IHC__LOG, "coordinator asks for a hello: it had lost this agent");
@@ -333,24 +374,40 @@ static int open_transport(ihc_agent *a)
     return ihc__transport_open(&a->tp, a->pub_url, a->report_url, topic, tl);
 }
 
-/* The doctor's view of the links: pub is the SUB socket's, report the PUSH socket's. */
+/* The doctor's view of the links: 2i is coordinator i's pub (its SUB dialer), 2i+1 its
+ * report (its PUSH socket). */
 static bool link_up(void *arg, size_t i)
 {
     ihc_agent *a = arg;
     int sub = 0, push = 0;
-    ihc__transport_links(&a->tp, &sub, &push);
-    return i == 0 ? sub > 0 : push > 0;
+    ihc__transport_link(&a->tp, i / 2, &sub, &push);
+    return i % 2 == 0 ? sub > 0 : push > 0;
 }
 
 static int start_tls_doctor(ihc_agent *a)
 {
-    if (!a->tls || (!ihc_tls_url(a->pub_url) && !ihc_tls_url(a->report_url)))
+    ihc_url_list pubs, reports;
+    if (!a->tls || ihc_url_list_parse(&pubs, a->pub_url, NULL, 0) != IHC_OK)
         return IHC_OK;
-    ihc_tls_link links[2] = {
-        {.name = "pub", .url = a->pub_url, .sp_self = IHC_SP_SUB, .sp_peer = IHC_SP_PUB},
-        {.name = "report", .url = a->report_url, .sp_self = IHC_SP_PUSH, .sp_peer = IHC_SP_PULL},
-    };
-    return ihc_tls_doctor_start(&a->tls_doctor, a->tls, links, 2, link_up, a, IHC__LOG);
+    if (ihc_url_list_parse(&reports, a->report_url, NULL, 0) != IHC_OK) {
+        ihc_url_list_fini(&pubs);
+        return IHC_OK;
+    }
+    ihc_tls_link links[2 * IHC_URL_LIST_MAX];
+    size_t n = 0;
+    bool any = false;
+    for (size_t i = 0; i < pubs.n && i < reports.n; i++) {
+        links[n++] = (ihc_tls_link){
+            .name = "pub", .url = pubs.v[i], .sp_self = IHC_SP_SUB, .sp_peer = IHC_SP_PUB};
+        links[n++] = (ihc_tls_link){
+            .name = "report", .url = reports.v[i], .sp_self = IHC_SP_PUSH, .sp_peer = IHC_SP_PULL};
+        any = any || ihc_tls_url(pubs.v[i]) || ihc_tls_url(reports.v[i]);
+    }
+    int rc = any ? ihc_tls_doctor_start(&a->tls_doctor, a->tls, links, n, link_up, a, IHC__LOG)
+                 : IHC_OK;
+    ihc_url_list_fini(&pubs);
+    ihc_url_list_fini(&reports);
+    return rc;
 }
 
 /* The TLS settings against the URLs, then the files (the daemon's settings check runs the
@@ -358,16 +415,37 @@ static int start_tls_doctor(ihc_agent *a)
 static int load_tls(const ihc_agent_opts *o, ihc_tls **out)
 {
     *out = NULL;
-    const char *urls[2] = {o->pub_url ? o->pub_url : IHC_DEFAULT_PUB_URL,
-                           o->report_url ? o->report_url : IHC_DEFAULT_REPORT_URL};
+    ihc_url_list lists[2];
+    const char *given[2] = {o->pub_url ? o->pub_url : IHC_DEFAULT_PUB_URL,
+                            o->report_url ? o->report_url : IHC_DEFAULT_REPORT_URL};
+    const char *urls[2 * IHC_URL_LIST_MAX];
+    size_t n = 0;
+    char err[512], warn[512] = "";
+    for (int i = 0; i < 2; i++) {
+        int rc = ihc_url_list_parse(&lists[i], given[i], err, sizeof(err));
+        if (rc != IHC_OK) {
+            if (i == 1)
+                ihc_url_list_fini(&lists[0]);
+            ihc_log(IHC_LOG_ERROR, IHC__LOG, "invalid agent option: %s_url '%s': %s",
+                    i ? "report" : "pub", given[i], err);
+            return rc == IHC_ENOMEM ? rc : IHC_EINVAL;
+        }
+        for (size_t j = 0; j < lists[i].n; j++)
+            urls[n++] = lists[i].v[j];
+    }
     ihc_tls_files f = {
         .cert = o->tls_cert, .key = o->tls_key, .ca = o->tls_ca, .server_name = o->tls_server_name};
-    char err[512], warn[512] = "";
-    if (!ihc_tls_urls_ok(&f, NULL, false, urls, 2, err, sizeof(err))) {
+    bool ok = ihc_tls_urls_ok(&f, NULL, false, urls, n, err, sizeof(err));
+    bool any_url = false;
+    for (size_t i = 0; i < n; i++)
+        any_url = any_url || ihc_tls_url(urls[i]);
+    ihc_url_list_fini(&lists[0]);
+    ihc_url_list_fini(&lists[1]);
+    if (!ok) {
         ihc_log(IHC_LOG_ERROR, IHC__LOG, "invalid agent option: %s", err);
         return IHC_ECONFIG;
     }
-    if (!ihc_tls_url(urls[0]) && !ihc_tls_url(urls[1]) && !f.cert && !f.ca && !f.server_name)
+    if (!any_url && !f.cert && !f.ca && !f.server_name)
         return IHC_OK;
     int rc = ihc_tls_load(out, &f, NULL, err, sizeof(err), warn, sizeof(warn));
     if (rc != IHC_OK)

@@ -46,6 +46,8 @@ struct ihc_agent {
     uint64_t opened_ns;    /* monotonic, for the warning when no connection comes */
     bool told_unreachable;
     _Atomic uint64_t lost_ns; /* when the connection was lost (0: it was not) */
+    uint64_t max_term;        /* the newest leader term seen: older ones are a deposed leader's */
+    atomic_bool term_forget;  /* every PUB connection went down: max_term starts over */
 
     /* sessions, epochs, flags, escalation: guarded by lock */
     pthread_mutex_t lock;
@@ -74,7 +76,7 @@ struct ihc_agent {
     ihc__cancel cx;
 
     /* counters (dropped sends: ihc__transport_drops) */
-    atomic_uint_fast64_t n_bad, n_interrupts;
+    atomic_uint_fast64_t n_bad, n_interrupts, n_stale_term;
 };
 
 /* Sends session_end for s (lock NOT held; s must stay referenced). */

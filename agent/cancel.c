@@ -39,38 +39,41 @@ void ihc__cancel_fini(ihc_agent *a)
     memset(cx, 0, sizeof(*cx));
 }
 
-/* ---- dedupe by interrupt id ---- */
+/* ---- dedupe by (term, interrupt id) ----
+ * With several coordinators the same interrupt may arrive more than once (from each, or
+ * re-sent); a new leader's ids are its own, so the pair names one interrupt. */
 
-static size_t bucket_of(uint64_t id)
+static size_t bucket_of(uint64_t term, uint64_t id)
 {
-    return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 52) % IHC__DEDUPE_BUCKETS;
+    return (size_t)(((id ^ (term * 0xC2B2AE3D27D4EB4Full)) * 0x9E3779B97F4A7C15ull) >> 52) %
+           IHC__DEDUPE_BUCKETS;
 }
 
-static ihc__handled *dedupe_find(ihc__cancel *cx, uint64_t id)
+static ihc__handled *dedupe_find(ihc__cancel *cx, uint64_t term, uint64_t id)
 {
-    for (int i = cx->buckets[bucket_of(id)]; i >= 0; i = cx->ring[i].next)
-        if (cx->ring[i].id == id)
+    for (int i = cx->buckets[bucket_of(term, id)]; i >= 0; i = cx->ring[i].next)
+        if (cx->ring[i].id == id && cx->ring[i].term == term)
             return &cx->ring[i];
     return NULL;
 }
 
-/* Remembers that id was handled; takes ownership of report (may be NULL). */
-static void dedupe_put(ihc__cancel *cx, uint64_t id, uint64_t epoch, const char *hw,
-                       uint8_t *report, size_t len)
+/* Remembers that (term, id) was handled; takes ownership of report (may be NULL). */
+static void dedupe_put(ihc__cancel *cx, uint64_t term, uint64_t id, uint64_t epoch,
+                       const char *hw, uint8_t *report, size_t len)
 {
-    ihc__handled *h = dedupe_find(cx, id);
+    ihc__handled *h = dedupe_find(cx, term, id);
     if (!h) {
         int slot = (int)cx->pos;
         cx->pos = (cx->pos + 1) % IHC__DEDUPE_SIZE;
         h = &cx->ring[slot];
         if (h->used) { /* evict the oldest */
-            int *pp = &cx->buckets[bucket_of(h->id)];
+            int *pp = &cx->buckets[bucket_of(h->term, h->id)];
             while (*pp != slot)
                 pp = &cx->ring[*pp].next;
             *pp = h->next;
             free(h->report);
         }
-        size_t b = bucket_of(id);
+        size_t b = bucket_of(term, id);
         h->next = cx->buckets[b];
         cx->buckets[b] = slot;
         h->used = true;
@@ -78,6 +81,7 @@ static void dedupe_put(ihc__cancel *cx, uint64_t id, uint64_t epoch, const char 
         free(h->report);
     }
     h->id = id;
+    h->term = term;
     h->epoch = epoch;
     snprintf(h->hw, sizeof(h->hw), "%s", hw);
     h->report = report;
@@ -86,11 +90,19 @@ static void dedupe_put(ihc__cancel *cx, uint64_t id, uint64_t epoch, const char 
 
 /* ---- the common part of interrupts and catch-ups ---- */
 
-/* Everything after fencing. id 0: a catch-up (no report). v holds n claimed sessions. */
-static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch, ihc__session **v,
+/* The interrupt being handled: its id (0: a catch-up, no report), the leader's term and the
+ * coordinator it came from (the report goes back there). */
+typedef struct {
+    uint64_t id, term;
+    int link;
+} origin;
+
+/* Everything after fencing. v holds n claimed sessions. */
+static void cancel_run(ihc_agent *a, const char *hw, origin o, uint64_t epoch, ihc__session **v,
                        size_t n, uint64_t t0)
 {
     ihc__cancel *cx = &a->cx;
+    uint64_t id = o.id;
     /* owners hear first: they may be waiting on something other than the token */
     cx->current_id = id;
     for (size_t i = 0; i < n; i++)
@@ -151,19 +163,20 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
                                         .n_modules = nr,
                                         .sessions = cx->sids,
                                         .n_sessions = n,
-                                        .time_ms = time_ms};
+                                        .time_ms = time_ms,
+                                        .term = o.term};
         uint8_t *buf = NULL;
         size_t len = 0;
         int rc = ihc_wire_encode(&msg, a->auth, &buf, &len);
         if (rc == IHC_OK) {
-            ihc__transport_send_report(&a->tp, buf, len);
+            ihc__transport_send_report(&a->tp, buf, len, o.link);
             reported = true;
         } else {
             ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot encode report id=%llu hw=%s err=\"%s\"",
                     (unsigned long long)id, hw, ihc_strerror(rc));
             buf = NULL;
         }
-        dedupe_put(cx, id, epoch, hw, buf, len);
+        dedupe_put(cx, o.term, id, epoch, hw, buf, len);
     }
 
     pthread_mutex_lock(&a->cb_lock);
@@ -178,7 +191,10 @@ static void cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t epoch
      * watched (never "not found") and is never signalled */
     ihc__sessions_escalate(a, v, n);
     if (a->o.cleanup_on_interrupt)
-        ihc__sessions_cleanup(a, v, n, "interrupted", !reported);
+        ihc__sessions_cleanup(a, v, n, "interrupted",
+                              !reported ? IHC__REPORTED_NONE
+                              : o.link >= 0 ? o.link
+                                            : IHC__REPORTED_ALL);
     ihc__modules_respawn(&a->mods, head, nm);
 
     char timing[48] = "";
@@ -228,18 +244,20 @@ static bool is_listed(const ihc_agent *a, const ihc_interrupt_msg *m, bool direc
     return false;
 }
 
-void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0, bool direct)
+void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0, bool direct,
+                              int link)
 {
     ihc__cancel *cx = &a->cx;
     if (!m->hw || !ihc_hw_valid(m->hw, strlen(m->hw), true))
         return;
     bool global = strcmp(m->hw, "*") == 0;
     bool listed = is_listed(a, m, direct);
-    ihc__handled *h = dedupe_find(cx, m->id);
+    ihc__handled *h = dedupe_find(cx, m->term, m->id);
     if (h && h->epoch == m->epoch && strcmp(h->hw, m->hw) == 0) {
-        /* act once per id; the coordinator re-sends to those it has no report from */
+        /* act once per (term, id); the coordinator re-sends to those it has no report from,
+         * and answers go to the one that asks */
         if (listed && h->report) {
-            ihc__transport_send_report(&a->tp, h->report, h->report_len);
+            ihc__transport_send_report(&a->tp, h->report, h->report_len, link);
             ihc_log(IHC_LOG_DEBUG, IHC__LOG, "report re-sent id=%llu hw=%s attempt=%u",
                     (unsigned long long)m->id, m->hw, m->attempt);
         }
@@ -280,7 +298,7 @@ void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t
     }
     atomic_fetch_add(&a->n_interrupts, 1);
     cx->current_reason = m->reason ? m->reason : "";
-    cancel_run(a, m->hw, m->id, m->epoch, v, n, t0);
+    cancel_run(a, m->hw, (origin){.id = m->id, .term = m->term, .link = link}, m->epoch, v, n, t0);
     cx->current_reason = NULL;
 }
 
@@ -332,7 +350,8 @@ void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m)
                     "sync: cancelling sessions a missed interrupt should have hw=%s epoch=%llu "
                     "sessions=%zu",
                     ep->hw, (unsigned long long)ep->epoch, n);
-            cancel_run(a, ep->hw, 0, ep->epoch, v, n, t0);
+            cancel_run(a, ep->hw, (origin){.id = 0, .term = m->term, .link = -1}, ep->epoch, v, n,
+                       t0);
         }
     }
 }

@@ -1,4 +1,4 @@
-/* The interrupt path (private): fencing by epochs, dedupe by interrupt id, modules,
+/* The interrupt path (private): fencing by epochs, dedupe by (term, interrupt id), modules,
  * callbacks, generator stop, cleanup, escalation and the report; also the catch-up on sync. */
 #ifndef IHC_AGENT_CANCEL_H
 #define IHC_AGENT_CANCEL_H
@@ -11,6 +11,7 @@
 
 typedef struct {
     uint64_t id;
+    uint64_t term; /* the leader's term it came with (0: none); handled once per (term, id) */
     uint64_t epoch;
     char hw[IHC_HW_MAX + 1];
     uint8_t *report; /* encoded report, NULL when none could be encoded */
@@ -38,9 +39,9 @@ void ihc__cancel_fini(ihc_agent *a);
 
 /* Handles one decoded interrupt; t0_ns is when it was received (monotonic); direct when it
  * came on the agent's own topic (a re-send addressed to it: answered even without a session
- * of its hardware_id). */
+ * of its hardware_id); link is the coordinator it came from (the report goes back there). */
 void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0_ns,
-                              bool direct);
+                              bool direct, int link);
 
 /* The id of the interrupt whose on_cancel callbacks are running (0: a catch-up after a sync,
  * or called elsewhere). Only meaningful inside an on_cancel callback. */

@@ -419,8 +419,9 @@ void ihc__sessions_notify(ihc_agent *a, ihc__session **v, size_t n)
 }
 
 void ihc__sessions_cleanup(ihc_agent *a, ihc__session **v, size_t n, const char *state,
-                           bool send_end)
+                           int reported_to)
 {
+    bool send_end = reported_to == IHC__REPORTED_NONE || (reported_to >= 0 && a->tp.n_links > 1);
     for (size_t i = 0; i < n; i++) {
         uint8_t *buf = NULL;
         size_t len = 0;
@@ -432,7 +433,7 @@ void ihc__sessions_cleanup(ihc_agent *a, ihc__session **v, size_t n, const char 
         }
         pthread_mutex_unlock(&a->lock);
         if (buf)
-            ihc__transport_send(&a->tp, buf, len, "session_end");
+            ihc__transport_send_except(&a->tp, buf, len, "session_end", reported_to);
     }
 }
 
@@ -612,7 +613,7 @@ void ihc__sessions_tick(ihc_agent *a)
                 v[i]->id, v[i]->hw, a->o.session_timeout);
     if (n) {
         ihc__sessions_notify(a, v, n);
-        ihc__sessions_cleanup(a, v, n, "expired", true);
+        ihc__sessions_cleanup(a, v, n, "expired", IHC__REPORTED_NONE);
         ihc__sessions_release(a, v, n);
     }
     gens_reap(a->gs);

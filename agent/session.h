@@ -82,10 +82,14 @@ bool ihc__session_claim(ihc__session *s);
 /* Ends the claimed sessions' work after a cancel (lock NOT held): calls on_cancel, then the
  * generators' stop functions. */
 void ihc__sessions_notify(ihc_agent *a, ihc__session **v, size_t n);
-/* Lock NOT held. Removes still-live claimed sessions and, when send_end, sends
- * session_end(state) for each (an interrupt's report already names its sessions). */
+/* Lock NOT held. Removes still-live claimed sessions and sends session_end(state) for each
+ * to every coordinator but reported_to, the one whose report already names the sessions
+ * (IHC__REPORTED_NONE: to all; IHC__REPORTED_ALL: the report went to every one, nothing to
+ * send). Standbys learn the ends this way. */
+#define IHC__REPORTED_NONE (-1)
+#define IHC__REPORTED_ALL  (-2)
 void ihc__sessions_cleanup(ihc_agent *a, ihc__session **v, size_t n, const char *state,
-                           bool send_end);
+                           int reported_to);
 /* Lock NOT held. Queues escalation (SIGTERM, SIGKILL) for the claimed sessions with a pid. */
 void ihc__sessions_escalate(ihc_agent *a, ihc__session **v, size_t n);
 /* Lock NOT held. Drops the caller's references. */

@@ -1,13 +1,18 @@
-/* The agent's transport: the SUB and PUSH sockets, their pipe notifications, the receive
- * thread (batches of messages, then the owner's timers) and the send queue.
+/* The agent's transport: the SUB socket (one dialer per coordinator) and the PUSH sockets (one
+ * per coordinator), their pipe notifications, the receive thread (batches of messages, then
+ * the owner's timers) and the send queues.
  *
  * Receiving: the thread sleeps in poll() on SUB's receive fd and an eventfd (wake-ups), with
  * the next timer as poll's timeout, and takes what arrived without blocking. A timed nng
  * receive instead wakes nng's expiry thread for every message (a sixth of an agent's CPU per
  * interrupt, measured), and waking it needs the aio cancelled.
  *
- * Sending: PUSH runs unbuffered (NNG_OPT_SENDBUF 0) and one nng_aio carries one message at a
- * time; the others wait in the transport's own queue. nng 1.5.2 leaks a message that push0
+ * Several coordinators (a leader and standbys): every event goes to each of them, so that
+ * standbys keep a warm registry; a report goes to the coordinator whose PUB connection
+ * brought the interrupt (the SUB pipe's dialer names it).
+ *
+ * Sending: PUSH runs unbuffered (NNG_OPT_SENDBUF 0) and one nng_aio per coordinator carries
+ * one message at a time; the others wait in the transport's own queue. nng 1.5.2 leaks a message that push0
  * hands to a pipe whose send aio was closed (fixed upstream after 1.5.2: "SP pipe_send leaks
  * message if aio is canceled"), which happens when the socket closes while push0 still holds
  * queued messages for a live pipe. Kept here instead, nothing is left inside nng at close:
@@ -46,35 +51,70 @@ struct ihc__txq {
 
 /* ---- pipes ---- */
 
-static void on_pipe(ihc__transport *t, bool sub, nng_pipe_ev ev)
+static void on_pipe(ihc__transport *t, atomic_int *link_n, bool sub, nng_pipe_ev ev)
 {
     atomic_int *n = sub ? &t->sub_pipes : &t->push_pipes;
     bool up = ev == NNG_PIPE_EV_ADD_POST;
+    if (link_n)
+        atomic_fetch_add(link_n, up ? 1 : -1);
     atomic_fetch_add(n, up ? 1 : -1);
     /* not while closing: the owner is going away and the pipes go with it */
     if (!atomic_load(&t->stopping))
         t->ops.on_link(t->ops.ctx, sub, up);
 }
 
-/* Keeps the SUB connections' local endpoints, before the owner hears of the link (its hello
- * names them). */
-static void note_sub_addr(ihc__transport *t, nng_pipe p, bool up)
+/* The link whose dialer made SUB pipe p (ADD_POST only: the dialer is still there). */
+static int link_of_dialer(ihc__transport *t, nng_pipe p)
+{
+    if (t->n_links == 1)
+        return 0;
+    int did = nng_dialer_id(nng_pipe_dialer(p));
+    for (size_t i = 0; i < t->n_links; i++)
+        if (nng_dialer_id(t->links[i].sub_dialer) == did)
+            return (int)i;
+    return -1;
+}
+
+/* Keeps each SUB connection's link and local endpoint, before the owner hears of the link
+ * (its hello names the endpoints; the receive thread finds a message's link here). Returns
+ * the pipe's link (-1: unknown). */
+static int note_sub_pipe(ihc__transport *t, nng_pipe p, bool up)
 {
     uint32_t id = (uint32_t)nng_pipe_id(p);
-    char addr[IHC_SOCKADDR_STR_MAX];
-    size_t n = up ? ihc_pipe_addr_str(p, true, addr, sizeof(addr)) : 0;
+    char addr[IHC_SOCKADDR_STR_MAX] = "";
+    int link = up ? link_of_dialer(t, p) : -1;
+    if (up && ihc_pipe_addr_str(p, true, addr, sizeof(addr)) == 0)
+        addr[0] = '\0';
     pthread_mutex_lock(&t->addr_mu);
     for (size_t i = 0; i < t->n_sub_addr; i++)
         if (t->sub_addr[i].pipe == id) {
+            link = t->sub_addr[i].link;
             t->sub_addr[i] = t->sub_addr[--t->n_sub_addr];
             break;
         }
-    if (n > 0 && t->n_sub_addr < IHC__SUB_ADDRS_MAX) {
+    if (up && t->n_sub_addr < IHC__SUB_ADDRS_MAX) {
         t->sub_addr[t->n_sub_addr].pipe = id;
-        memcpy(t->sub_addr[t->n_sub_addr].addr, addr, n + 1);
+        t->sub_addr[t->n_sub_addr].link = link;
+        memcpy(t->sub_addr[t->n_sub_addr].addr, addr, sizeof(addr));
         t->n_sub_addr++;
     }
     pthread_mutex_unlock(&t->addr_mu);
+    return link;
+}
+
+/* Receive thread: the link a message came from (0 with one coordinator). */
+static int link_of_msg(ihc__transport *t, nng_msg *m)
+{
+    if (t->n_links == 1)
+        return 0;
+    uint32_t id = (uint32_t)nng_pipe_id(nng_msg_get_pipe(m));
+    int link = -1;
+    pthread_mutex_lock(&t->addr_mu);
+    for (size_t i = 0; i < t->n_sub_addr; i++)
+        if (t->sub_addr[i].pipe == id)
+            link = t->sub_addr[i].link;
+    pthread_mutex_unlock(&t->addr_mu);
+    return link;
 }
 
 void ihc__transport_subscribe(ihc__transport *t, const char *hw, bool on)
@@ -92,23 +132,26 @@ void ihc__transport_subscribe(ihc__transport *t, const char *hw, bool on)
 size_t ihc__transport_sub_addrs(ihc__transport *t, char (*out)[IHC_SOCKADDR_STR_MAX], size_t max)
 {
     pthread_mutex_lock(&t->addr_mu);
-    size_t n = t->n_sub_addr < max ? t->n_sub_addr : max;
-    for (size_t i = 0; i < n; i++)
-        memcpy(out[i], t->sub_addr[i].addr, sizeof(out[i]));
+    size_t n = 0;
+    for (size_t i = 0; i < t->n_sub_addr && n < max; i++)
+        if (t->sub_addr[i].addr[0])
+            memcpy(out[n++], t->sub_addr[i].addr, sizeof(out[0]));
     pthread_mutex_unlock(&t->addr_mu);
     return n;
 }
 
 static void on_sub_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
-    note_sub_addr(arg, p, ev == NNG_PIPE_EV_ADD_POST);
-    on_pipe(arg, true, ev);
+    ihc__transport *t = arg;
+    int link = note_sub_pipe(t, p, ev == NNG_PIPE_EV_ADD_POST);
+    on_pipe(t, link >= 0 ? &t->links[link].sub_pipes : NULL, true, ev);
 }
 
 static void on_push_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
     (void)p;
-    on_pipe(arg, false, ev);
+    ihc__txlink *l = arg;
+    on_pipe(l->t, &l->push_pipes, false, ev);
 }
 
 void ihc__transport_links(ihc__transport *t, int *sub, int *push)
@@ -117,6 +160,15 @@ void ihc__transport_links(ihc__transport *t, int *sub, int *push)
         *sub = atomic_load(&t->sub_pipes);
     if (push)
         *push = atomic_load(&t->push_pipes);
+}
+
+void ihc__transport_link(ihc__transport *t, size_t link, int *sub, int *push)
+{
+    bool ok = link < t->n_links;
+    if (sub)
+        *sub = ok ? atomic_load(&t->links[link].sub_pipes) : 0;
+    if (push)
+        *push = ok ? atomic_load(&t->links[link].push_pipes) : 0;
 }
 
 uint64_t ihc__transport_drops(ihc__transport *t)
@@ -132,49 +184,74 @@ static void drop(ihc__transport *t, nng_msg *m)
     atomic_fetch_add(&t->n_drops, 1);
 }
 
-/* tx_mu held, aio idle: hands the next queued message to nng. */
-static void tx_start_locked(ihc__transport *t)
+/* tx_mu held, the link's aio idle: hands its next queued message to nng. */
+static void tx_start_locked(ihc__txlink *l)
 {
-    ihc__txq *q = t->tx_head;
-    if (!q || t->tx_busy || t->tx_stop)
+    ihc__txq *q = l->head;
+    if (!q || l->busy || l->t->tx_stop)
         return;
-    t->tx_head = q->next;
-    if (!t->tx_head)
-        t->tx_tail = NULL;
-    t->tx_n--;
+    l->head = q->next;
+    if (!l->head)
+        l->tail = NULL;
+    l->n--;
     if (q->report)
-        t->tx_reports--;
-    t->tx_busy = true;
-    nng_aio_set_msg(t->tx_aio, q->msg);
+        l->reports--;
+    l->busy = true;
+    nng_aio_set_msg(l->aio, q->msg);
     free(q);
     /* completes at once when a pipe is idle, else when one becomes idle (or on cancel) */
-    nng_send_aio(t->push, t->tx_aio);
+    nng_send_aio(l->push, l->aio);
 }
 
 static void tx_done(void *arg)
 {
-    ihc__transport *t = arg;
-    int rv = nng_aio_result(t->tx_aio);
+    ihc__txlink *l = arg;
+    ihc__transport *t = l->t;
+    int rv = nng_aio_result(l->aio);
     if (rv != 0) {
         /* not sent: the message is ours again */
-        nng_msg *m = nng_aio_get_msg(t->tx_aio);
-        nng_aio_set_msg(t->tx_aio, NULL);
+        nng_msg *m = nng_aio_get_msg(l->aio);
+        nng_aio_set_msg(l->aio, NULL);
         if (m)
             drop(t, m);
         if (rv != NNG_ECANCELED && rv != NNG_ECLOSED)
-            ihc_log(IHC_LOG_WARN, LOG_COMP, "send failed err=\"%s\"", nng_strerror(rv));
+            ihc_log(IHC_LOG_WARN, LOG_COMP, "send failed coordinator=%d err=\"%s\"", l->index,
+                    nng_strerror(rv));
     }
     pthread_mutex_lock(&t->tx_mu);
-    t->tx_busy = false;
-    tx_start_locked(t);
-    if (!t->tx_busy)
+    l->busy = false;
+    tx_start_locked(l);
+    if (!l->busy)
         pthread_cond_broadcast(&t->tx_cv);
     pthread_mutex_unlock(&t->tx_mu);
 }
 
-/* Queues m (the transport's from here on) and starts sending when idle. */
-static void enqueue(ihc__transport *t, nng_msg *m, bool report, const char *what)
+/* tx_mu held: takes the oldest queued report out of l's queue; returns its message. */
+static nng_msg *take_oldest_report(ihc__txlink *l)
 {
+    for (ihc__txq **pp = &l->head; *pp; pp = &(*pp)->next) {
+        if (!(*pp)->report)
+            continue;
+        ihc__txq *o = *pp;
+        *pp = o->next;
+        if (l->tail == o) {
+            l->tail = NULL;
+            for (ihc__txq *e = l->head; e; e = e->next)
+                l->tail = e;
+        }
+        nng_msg *m = o->msg;
+        free(o);
+        l->n--;
+        l->reports--;
+        return m;
+    }
+    return NULL;
+}
+
+/* Queues m (the transport's from here on) on link l and starts sending when idle. */
+static void enqueue(ihc__txlink *l, nng_msg *m, bool report, const char *what)
+{
+    ihc__transport *t = l->t;
     ihc__txq *q = malloc(sizeof(*q));
     if (!q) {
         drop(t, m);
@@ -187,53 +264,39 @@ static void enqueue(ihc__transport *t, nng_msg *m, bool report, const char *what
     nng_msg *old = NULL;
     bool full = false;
     pthread_mutex_lock(&t->tx_mu);
-    if (t->tx_stop) {
+    if (t->tx_stop)
         full = true; /* closing: nothing more goes out */
-    } else if (!report && t->tx_n >= IHC__TX_QUEUE_MAX) {
+    else if (!report && l->n >= IHC__TX_QUEUE_MAX)
         full = true;
-    } else if (report && t->tx_reports >= IHC__PENDING_MAX) {
-        /* reports are what the coordinator waits for: the newest are worth more */
-        for (ihc__txq **pp = &t->tx_head; *pp; pp = &(*pp)->next) {
-            if ((*pp)->report) {
-                ihc__txq *o = *pp;
-                *pp = o->next;
-                if (t->tx_tail == o) {
-                    t->tx_tail = NULL;
-                    for (ihc__txq *e = t->tx_head; e; e = e->next)
-                        t->tx_tail = e;
-                }
-                old = o->msg;
-                free(o);
-                t->tx_n--;
-                t->tx_reports--;
-                break;
-            }
-        }
-    }
+    else if (report && l->reports >= IHC__PENDING_MAX)
+        old = take_oldest_report(l); /* reports are awaited: the newest are worth more */
     if (!full) {
-        if (t->tx_tail)
-            t->tx_tail->next = q;
+        if (l->tail)
+            l->tail->next = q;
         else
-            t->tx_head = q;
-        t->tx_tail = q;
-        t->tx_n++;
+            l->head = q;
+        l->tail = q;
+        l->n++;
         if (report)
-            t->tx_reports++;
-        tx_start_locked(t);
+            l->reports++;
+        tx_start_locked(l);
     }
-    size_t queued = t->tx_n;
+    size_t queued = l->n;
     pthread_mutex_unlock(&t->tx_mu);
     if (old) {
         drop(t, old);
-        ihc_log(IHC_LOG_WARN, LOG_COMP, "report queue full: oldest report dropped max=%d",
+        ihc_log(IHC_LOG_WARN, LOG_COMP,
+                "report queue full: oldest report dropped coordinator=%d max=%d", l->index,
                 IHC__PENDING_MAX);
     }
     if (full) {
         free(q);
         drop(t, m);
-        ihc_log(IHC_LOG_DEBUG, LOG_COMP, "message dropped type=%s queued=%zu", what, queued);
+        ihc_log(IHC_LOG_DEBUG, LOG_COMP, "message dropped type=%s coordinator=%d queued=%zu",
+                what, l->index, queued);
     } else if (queued > 0 && report) {
-        ihc_log(IHC_LOG_DEBUG, LOG_COMP, "report queued pending=%zu", queued);
+        ihc_log(IHC_LOG_DEBUG, LOG_COMP, "report queued coordinator=%d pending=%zu", l->index,
+                queued);
     }
 }
 
@@ -249,19 +312,36 @@ static nng_msg *new_msg(ihc__transport *t, const uint8_t *buf, size_t len, const
     return m;
 }
 
-void ihc__transport_send(ihc__transport *t, uint8_t *buf, size_t len, const char *what)
+void ihc__transport_send_except(ihc__transport *t, uint8_t *buf, size_t len, const char *what,
+                                int except)
 {
-    nng_msg *m = new_msg(t, buf, len, what);
+    /* every coordinator hears every event: standbys keep a warm registry */
+    for (size_t i = 0; i < t->n_links; i++) {
+        if ((int)i == except)
+            continue;
+        nng_msg *m = new_msg(t, buf, len, what);
+        if (m)
+            enqueue(&t->links[i], m, false, what);
+    }
     free(buf);
-    if (m)
-        enqueue(t, m, false, what);
 }
 
-void ihc__transport_send_report(ihc__transport *t, const uint8_t *buf, size_t len)
+void ihc__transport_send(ihc__transport *t, uint8_t *buf, size_t len, const char *what)
 {
-    nng_msg *m = new_msg(t, buf, len, "report");
-    if (m)
-        enqueue(t, m, true, "report");
+    ihc__transport_send_except(t, buf, len, what, -1);
+}
+
+void ihc__transport_send_report(ihc__transport *t, const uint8_t *buf, size_t len, int link)
+{
+    /* the link is unknown only if a pipe outran its dialer's bookkeeping: then every
+     * coordinator gets it (one that did not send the interrupt ignores the report) */
+    size_t from = link >= 0 && (size_t)link < t->n_links ? (size_t)link : 0;
+    size_t to = link >= 0 && (size_t)link < t->n_links ? from + 1 : t->n_links;
+    for (size_t i = from; i < to; i++) {
+        nng_msg *m = new_msg(t, buf, len, "report");
+        if (m)
+            enqueue(&t->links[i], m, true, "report");
+    }
 }
 
 /* ---- receiving ---- */
@@ -273,7 +353,7 @@ static bool is_interrupt_frame(nng_msg *msg)
 
 static void deliver(ihc__transport *t, nng_msg *m, uint64_t t0)
 {
-    t->ops.on_frame(t->ops.ctx, nng_msg_body(m), nng_msg_len(m), t0);
+    t->ops.on_frame(t->ops.ctx, nng_msg_body(m), nng_msg_len(m), t0, link_of_msg(t, m));
     nng_msg_free(m);
 }
 
@@ -375,6 +455,87 @@ void ihc__transport_stop_rx(ihc__transport *t)
 
 /* ---- lifecycle ---- */
 
+static int sock_fail(int rv)
+{
+    ihc_log(IHC_LOG_ERROR, LOG_COMP, "cannot set up sockets err=\"%s\"", nng_strerror(rv));
+    return rv == NNG_ENOMEM ? IHC_ENOMEM : IHC_ETRANSPORT;
+}
+
+static int url_fail(const char *what, const char *url, int rv)
+{
+    ihc_log(IHC_LOG_ERROR, LOG_COMP, "cannot dial %s=%s err=\"%s\"", what, url, nng_strerror(rv));
+    return rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP || rv == NNG_EINVAL ? IHC_EINVAL
+                                                                         : IHC_ETRANSPORT;
+}
+
+/* The SUB socket: options, subscriptions, receive fd, pipe notifications. */
+static int open_sub(ihc__transport *t, const char *topic, size_t tlen)
+{
+    int rv;
+    if ((rv = nng_sub0_open(&t->sub)) != 0)
+        return sock_fail(rv);
+    t->sub_open = true;
+    if ((rv = nng_socket_set_ms(t->sub, NNG_OPT_RECONNMINT, RECONNECT_MIN_MS)) != 0 ||
+        (rv = nng_socket_set_ms(t->sub, NNG_OPT_RECONNMAXT, RECONNECT_MAX_MS)) != 0 ||
+        (rv = nng_socket_set_size(t->sub, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG + IHC_TOPIC_MAX)) !=
+            0 ||
+        (rv = nng_socket_set_int(t->sub, NNG_OPT_RECVBUF, RECV_QUEUE)) != 0 ||
+        /* global interrupts; each hardware_id the agent holds sessions of is added as it
+         * comes (ihc__transport_subscribe), and re-sends addressed to the agent come on its
+         * own topic, so nng drops everyone else's interrupts before the receive thread */
+        (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, "hw:*", 5)) != 0 ||
+        (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, topic, tlen)) != 0 ||
+        (rv = nng_socket_get_int(t->sub, NNG_OPT_RECVFD, &t->recv_fd)) != 0 ||
+        (rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_ADD_POST, on_sub_pipe, t)) != 0 ||
+        (rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_REM_POST, on_sub_pipe, t)) != 0)
+        return sock_fail(rv);
+    return IHC_OK;
+}
+
+/* One coordinator's PUSH socket and its send aio. */
+static int open_push(ihc__transport *t, ihc__txlink *l, int index)
+{
+    int rv;
+    l->t = t;
+    l->index = index;
+    atomic_init(&l->sub_pipes, 0);
+    atomic_init(&l->push_pipes, 0);
+    if ((rv = nng_push0_open(&l->push)) != 0)
+        return sock_fail(rv);
+    l->push_open = true;
+    if ((rv = nng_socket_set_ms(l->push, NNG_OPT_RECONNMINT, RECONNECT_MIN_MS)) != 0 ||
+        (rv = nng_socket_set_ms(l->push, NNG_OPT_RECONNMAXT, RECONNECT_MAX_MS)) != 0 ||
+        /* unbuffered: what waits, waits in the link's queue (see the top of this file) */
+        (rv = nng_socket_set_int(l->push, NNG_OPT_SENDBUF, 0)) != 0 ||
+        (rv = nng_aio_alloc(&l->aio, tx_done, l)) != 0 ||
+        (rv = nng_pipe_notify(l->push, NNG_PIPE_EV_ADD_POST, on_push_pipe, l)) != 0 ||
+        (rv = nng_pipe_notify(l->push, NNG_PIPE_EV_REM_POST, on_push_pipe, l)) != 0)
+        return sock_fail(rv);
+    nng_aio_set_timeout(l->aio, NNG_DURATION_INFINITE);
+    return IHC_OK;
+}
+
+static int init_sync(ihc__transport *t)
+{
+    if (pthread_mutex_init(&t->tx_mu, NULL) != 0)
+        return IHC_ENOMEM;
+    if (pthread_mutex_init(&t->wake_mu, NULL) != 0)
+        goto fail_wake;
+    if (pthread_mutex_init(&t->addr_mu, NULL) != 0)
+        goto fail_addr;
+    if (ihc_cond_init_mono(&t->tx_cv) != 0)
+        goto fail_cv;
+    t->tx_init = true;
+    return IHC_OK;
+fail_cv:
+    pthread_mutex_destroy(&t->addr_mu);
+fail_addr:
+    pthread_mutex_destroy(&t->wake_mu);
+fail_wake:
+    pthread_mutex_destroy(&t->tx_mu);
+    return IHC_ENOMEM;
+}
+
 int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *report_url,
                         const char *topic, size_t tlen)
 {
@@ -383,84 +544,69 @@ int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *repo
     atomic_init(&t->stopping, false);
     t->recv_fd = t->wake_fd = -1;
     atomic_init(&t->n_drops, 0);
-    if (pthread_mutex_init(&t->tx_mu, NULL) != 0)
-        return IHC_ENOMEM;
-    if (pthread_mutex_init(&t->wake_mu, NULL) != 0) {
-        pthread_mutex_destroy(&t->tx_mu);
-        return IHC_ENOMEM;
+    ihc_url_list pubs, reports;
+    char why[128];
+    int rc = ihc_url_list_parse(&pubs, pub_url, why, sizeof(why));
+    if (rc == IHC_OK && (rc = ihc_url_list_parse(&reports, report_url, why, sizeof(why))) != IHC_OK)
+        ihc_url_list_fini(&pubs);
+    if (rc != IHC_OK) {
+        ihc_log(IHC_LOG_ERROR, LOG_COMP, "bad coordinator URL list pub=%s report=%s err=\"%s\"",
+                pub_url, report_url, why);
+        return rc;
     }
-    if (pthread_mutex_init(&t->addr_mu, NULL) != 0) {
-        pthread_mutex_destroy(&t->wake_mu);
-        pthread_mutex_destroy(&t->tx_mu);
-        return IHC_ENOMEM;
+    if (pubs.n != reports.n) {
+        ihc_log(IHC_LOG_ERROR, LOG_COMP,
+                "pub_url names %zu coordinators but report_url names %zu: one of each per "
+                "coordinator, in the same order",
+                pubs.n, reports.n);
+        rc = IHC_EINVAL;
+        goto out;
     }
-    if (ihc_cond_init_mono(&t->tx_cv) != 0) {
-        pthread_mutex_destroy(&t->addr_mu);
-        pthread_mutex_destroy(&t->wake_mu);
-        pthread_mutex_destroy(&t->tx_mu);
-        return IHC_ENOMEM;
+    if ((rc = init_sync(t)) != IHC_OK)
+        goto out;
+    if ((rc = open_sub(t, topic, tlen)) != IHC_OK)
+        goto out;
+    for (size_t i = 0; i < pubs.n; i++) {
+        if ((rc = open_push(t, &t->links[i], (int)i)) != IHC_OK)
+            goto out;
+        t->n_links = i + 1;
     }
-    t->tx_init = true;
-    int rv;
-    if ((rv = nng_sub0_open(&t->sub)) != 0)
-        goto fail;
-    t->sub_open = true;
-    if ((rv = nng_push0_open(&t->push)) != 0)
-        goto fail;
-    t->push_open = true;
-    if ((rv = nng_socket_set_ms(t->sub, NNG_OPT_RECONNMINT, RECONNECT_MIN_MS)) != 0 ||
-        (rv = nng_socket_set_ms(t->sub, NNG_OPT_RECONNMAXT, RECONNECT_MAX_MS)) != 0 ||
-        (rv = nng_socket_set_ms(t->push, NNG_OPT_RECONNMINT, RECONNECT_MIN_MS)) != 0 ||
-        (rv = nng_socket_set_ms(t->push, NNG_OPT_RECONNMAXT, RECONNECT_MAX_MS)) != 0 ||
-        (rv = nng_socket_set_size(t->sub, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG + IHC_TOPIC_MAX)) !=
-            0 ||
-        (rv = nng_socket_set_int(t->sub, NNG_OPT_RECVBUF, RECV_QUEUE)) != 0 ||
-        /* unbuffered: what waits, waits in txq (see the top of this file) */
-        (rv = nng_socket_set_int(t->push, NNG_OPT_SENDBUF, 0)) != 0 ||
-        /* global interrupts; each hardware_id the agent holds sessions of is added as it
-         * comes (ihc__transport_subscribe), and re-sends addressed to the agent come on its
-         * own topic, so nng drops everyone else's interrupts before the receive thread */
-        (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, "hw:*", 5)) != 0 ||
-        (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, topic, tlen)) != 0)
-        goto fail;
-    if ((rv = nng_aio_alloc(&t->tx_aio, tx_done, t)) != 0 ||
-        (rv = nng_socket_get_int(t->sub, NNG_OPT_RECVFD, &t->recv_fd)) != 0)
-        goto fail;
     if ((t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
         ihc_log(IHC_LOG_ERROR, LOG_COMP, "cannot create an eventfd err=\"%s\"", strerror(errno));
-        return IHC_ENOMEM;
+        rc = IHC_ENOMEM;
+        goto out;
     }
-    nng_aio_set_timeout(t->tx_aio, NNG_DURATION_INFINITE);
-    if ((rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_ADD_POST, on_sub_pipe, t)) != 0 ||
-        (rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_REM_POST, on_sub_pipe, t)) != 0 ||
-        (rv = nng_pipe_notify(t->push, NNG_PIPE_EV_ADD_POST, on_push_pipe, t)) != 0 ||
-        (rv = nng_pipe_notify(t->push, NNG_PIPE_EV_REM_POST, on_push_pipe, t)) != 0)
-        goto fail;
-    if ((rv = ihc_tls_dial(t->sub, pub_url, t->tls, NULL, NNG_FLAG_NONBLOCK)) != 0) {
-        ihc_log(IHC_LOG_ERROR, LOG_COMP, "cannot dial pub_url=%s err=\"%s\"", pub_url,
-                nng_strerror(rv));
-        goto fail_url;
+    for (size_t i = 0; i < pubs.n; i++) {
+        ihc__txlink *l = &t->links[i];
+        int rv = ihc_tls_dial(t->sub, pubs.v[i], t->tls, &l->sub_dialer, NNG_FLAG_NONBLOCK);
+        if (rv != 0) {
+            rc = url_fail("pub_url", pubs.v[i], rv);
+            goto out;
+        }
+        if ((rv = ihc_tls_dial(l->push, reports.v[i], t->tls, NULL, NNG_FLAG_NONBLOCK)) != 0) {
+            rc = url_fail("report_url", reports.v[i], rv);
+            goto out;
+        }
     }
-    if ((rv = ihc_tls_dial(t->push, report_url, t->tls, NULL, NNG_FLAG_NONBLOCK)) != 0) {
-        ihc_log(IHC_LOG_ERROR, LOG_COMP, "cannot dial report_url=%s err=\"%s\"", report_url,
-                nng_strerror(rv));
-        goto fail_url;
-    }
-    return IHC_OK;
-fail_url:
-    return rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP || rv == NNG_EINVAL ? IHC_EINVAL
-                                                                         : IHC_ETRANSPORT;
-fail:
-    ihc_log(IHC_LOG_ERROR, LOG_COMP, "cannot set up sockets err=\"%s\"", nng_strerror(rv));
-    return rv == NNG_ENOMEM ? IHC_ENOMEM : IHC_ETRANSPORT;
+out:
+    ihc_url_list_fini(&pubs);
+    ihc_url_list_fini(&reports);
+    return rc;
 }
 
-/* Waits up to timeout_ms for the queue to go out while the PUSH connection is up. */
+/* Waits up to timeout_ms for every queue to go out while its PUSH connection is up. */
 static void drain(ihc__transport *t, int timeout_ms)
 {
     uint64_t end = ihc_mono_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
     pthread_mutex_lock(&t->tx_mu);
-    while ((t->tx_busy || t->tx_head) && atomic_load(&t->push_pipes) > 0 && ihc_mono_ns() < end) {
+    for (;;) {
+        bool waiting = false;
+        for (size_t i = 0; i < t->n_links; i++) {
+            ihc__txlink *l = &t->links[i];
+            waiting = waiting || ((l->busy || l->head) && atomic_load(&l->push_pipes) > 0);
+        }
+        if (!waiting || ihc_mono_ns() >= end)
+            break;
         /* bounded slices: a connection lost meanwhile ends the wait early */
         uint64_t slice = ihc_mono_ns() + 20000000ull;
         struct timespec ts = ihc_mono_abstime(slice < end ? slice : end);
@@ -481,30 +627,37 @@ void ihc__transport_fini(ihc__transport *t, int timeout_ms)
         close(t->wake_fd);
     t->wake_fd = -1;
     pthread_mutex_unlock(&t->wake_mu);
-    if (t->tx_aio) {
-        drain(t, timeout_ms);
-        pthread_mutex_lock(&t->tx_mu);
-        t->tx_stop = true;
-        pthread_mutex_unlock(&t->tx_mu);
+    drain(t, timeout_ms);
+    pthread_mutex_lock(&t->tx_mu);
+    t->tx_stop = true;
+    pthread_mutex_unlock(&t->tx_mu);
+    for (size_t i = 0; i < IHC_URL_LIST_MAX; i++) {
+        ihc__txlink *l = &t->links[i];
+        if (!l->aio)
+            continue;
         /* a message still waiting for a pipe comes back to tx_done, which frees it */
-        nng_aio_cancel(t->tx_aio);
-        nng_aio_wait(t->tx_aio);
-        nng_aio_free(t->tx_aio); /* before the PUSH socket, as above */
-        t->tx_aio = NULL;
+        nng_aio_cancel(l->aio);
+        nng_aio_wait(l->aio);
+        nng_aio_free(l->aio); /* before the PUSH socket, as above */
+        l->aio = NULL;
     }
     if (t->sub_open)
         nng_close(t->sub);
-    if (t->push_open)
-        nng_close(t->push);
-    t->sub_open = t->push_open = false;
-    while (t->tx_head) {
-        ihc__txq *q = t->tx_head;
-        t->tx_head = q->next;
-        drop(t, q->msg);
-        free(q);
+    t->sub_open = false;
+    for (size_t i = 0; i < IHC_URL_LIST_MAX; i++) {
+        ihc__txlink *l = &t->links[i];
+        if (l->push_open)
+            nng_close(l->push);
+        l->push_open = false;
+        while (l->head) {
+            ihc__txq *q = l->head;
+            l->head = q->next;
+            drop(t, q->msg);
+            free(q);
+        }
+        l->tail = NULL;
+        l->n = l->reports = 0;
     }
-    t->tx_tail = NULL;
-    t->tx_n = t->tx_reports = 0;
     pthread_cond_destroy(&t->tx_cv);
     pthread_mutex_destroy(&t->tx_mu);
     pthread_mutex_destroy(&t->wake_mu);

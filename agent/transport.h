@@ -1,6 +1,8 @@
-/* The agent's connection to the coordinator (private): a SUB socket for broadcasts and a PUSH
- * socket for reports and events, the receive thread, and the queue of messages waiting to be
- * sent. It knows nothing of the agent: it calls back through the ops it is given. */
+/* The agent's connections to its coordinators (private): one SUB socket dialing every
+ * coordinator's PUB, one PUSH socket per coordinator for reports and events (PUSH on one
+ * socket would round-robin between them), the receive thread, and the queues of messages
+ * waiting to be sent. It knows nothing of the agent: it calls back through the ops it is
+ * given. Coordinator i is the i-th URL of both lists. */
 #ifndef IHC_AGENT_TRANSPORT_H
 #define IHC_AGENT_TRANSPORT_H
 
@@ -12,12 +14,14 @@
 #include <stdint.h>
 
 #include "sockaddr.h"
+#include "urllist.h"
 
 /* What the transport calls; ctx is passed back to each. */
 typedef struct {
-    /* Receive thread: one framed message (topic, NUL, body) as received; t0_ns (monotonic) is
-     * when its batch arrived. The frame is only valid during the call. */
-    void (*on_frame)(void *ctx, const uint8_t *frame, size_t len, uint64_t t0_ns);
+    /* Receive thread: one framed message (topic, NUL, body) as received from coordinator
+     * link (index in the URL lists); t0_ns (monotonic) is when its batch arrived. The frame is
+     * only valid during the call. */
+    void (*on_frame)(void *ctx, const uint8_t *frame, size_t len, uint64_t t0_ns, int link);
     /* Receive thread, before every wait: runs what is due at now_ns and returns the monotonic
      * time of the next thing due (the thread sleeps until then, or a message, or a wake). */
     uint64_t (*on_timers)(void *ctx, uint64_t now_ns);
@@ -32,15 +36,34 @@ typedef struct {
 /* A message waiting to be sent (the transport's own queue, in order). */
 typedef struct ihc__txq ihc__txq;
 
+typedef struct ihc__transport ihc__transport;
+
+/* One coordinator's sending side: its PUSH socket, one aio in flight at a time, the rest in
+ * the link's queue (guarded by the transport's tx_mu). */
 typedef struct {
+    ihc__transport *t;
+    int index;
+    nng_socket push;
+    bool push_open;
+    nng_dialer sub_dialer; /* this coordinator's dialer on the shared SUB socket */
+    atomic_int sub_pipes, push_pipes;
+    nng_aio *aio;
+    bool busy;
+    ihc__txq *head, *tail;
+    size_t n, reports;
+} ihc__txlink;
+
+struct ihc__transport {
     ihc__transport_ops ops;
     bool interrupts_first; /* a batch's "hw:" frames before the others (INTERRUPT_PRIORITY) */
     bool high_priority;    /* the receive thread's priority (ihc_thread_priority) */
     /* for tls+tcp:// URLs (common/tls.h); NULL: none */
     const struct ihc_tls *tls;
-    nng_socket sub, push;
-    bool sub_open, push_open;
-    atomic_int sub_pipes, push_pipes;
+    nng_socket sub;
+    bool sub_open;
+    atomic_int sub_pipes, push_pipes; /* over every coordinator */
+    ihc__txlink links[IHC_URL_LIST_MAX];
+    size_t n_links;
     /* the receive thread waits in poll() on SUB's NNG_OPT_RECVFD and wake_fd (an eventfd),
      * then takes messages without blocking: no timed nng aio (each would wake nng's expiry
      * thread), no aio to cancel */
@@ -50,34 +73,34 @@ typedef struct {
     bool rx_started;
     atomic_bool stopping;
 
-    /* sending: one aio in flight at a time; the rest waits in txq, which the transport
-     * owns, so that nothing sits in nng's queues when the socket closes */
-    nng_aio *tx_aio;
+    /* sending: per link (above); the queues are the transport's, so that nothing sits in
+     * nng's queues when a socket closes */
     pthread_mutex_t tx_mu;
-    pthread_cond_t tx_cv; /* signalled when the queue runs empty */
-    bool tx_init, tx_busy, tx_stop;
-    ihc__txq *tx_head, *tx_tail;
-    size_t tx_n, tx_reports;
+    pthread_cond_t tx_cv; /* signalled when a queue runs empty */
+    bool tx_init, tx_stop;
     atomic_uint_fast64_t n_drops;
 
-    /* the local endpoints of the SUB connections (one per coordinator), for the hello */
+    /* the SUB connections (one per coordinator): their link, and their local endpoints for
+     * the hello */
     pthread_mutex_t addr_mu;
     struct {
         uint32_t pipe;
-        char addr[IHC_SOCKADDR_STR_MAX];
+        int link; /* coordinator index, -1: unknown */
+        char addr[IHC_SOCKADDR_STR_MAX]; /* "" when unknown */
     } sub_addr[IHC__SUB_ADDRS_MAX];
     size_t n_sub_addr;
-} ihc__transport;
+};
 
 #define IHC__TX_QUEUE_MAX 1024 /* messages queued; beyond it events are dropped */
 #define IHC__PENDING_MAX  1024 /* reports queued; beyond it the oldest report is dropped */
 
-/* Opens both sockets on t (zero-initialised; ops, flags and tls set) with their options and pipe
+/* Opens the sockets on t (zero-initialised; ops, flags and tls set) with their options and pipe
  * notifications, subscribes to "hw:*\0" (global interrupts) and to topic (tlen bytes, the
- * agent's own "ag:…\0"; hardware_ids come with ihc__transport_subscribe),
- * and dials pub_url and report_url without waiting (nng redials until the coordinator is
- * there). Errors: IHC_EINVAL (a URL nng refuses; logged), IHC_ETRANSPORT, IHC_ENOMEM. On
- * error call ihc__transport_fini. */
+ * agent's own "ag:…\0"; hardware_ids come with ihc__transport_subscribe), and dials every URL
+ * of pub_url and report_url (comma-separated lists of the same length, one item per
+ * coordinator) without waiting (nng redials until the coordinator is there). Errors:
+ * IHC_EINVAL (lists of different lengths, or a URL nng refuses; logged naming it),
+ * IHC_ETRANSPORT, IHC_ENOMEM. On error call ihc__transport_fini. */
 int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *report_url,
                         const char *topic, size_t tlen);
 
@@ -90,18 +113,27 @@ void ihc__transport_wake(ihc__transport *t);
 /* Stops and joins the receive thread (no callbacks from it after this). */
 void ihc__transport_stop_rx(ihc__transport *t);
 
-/* Sends buf (an event: hello, heartbeat, session_begin/end) without blocking, queueing it
- * behind what waits; dropped and counted when IHC__TX_QUEUE_MAX messages wait. what names it
- * in the log. Takes ownership of buf (malloc'd). */
+/* Sends buf (an event: hello, heartbeat, session_begin/end) to every coordinator without
+ * blocking, queueing it behind what waits; dropped and counted when IHC__TX_QUEUE_MAX
+ * messages wait for that coordinator. what names it in the log. Takes ownership of buf
+ * (malloc'd). */
 void ihc__transport_send(ihc__transport *t, uint8_t *buf, size_t len, const char *what);
 
-/* Sends an encoded report without blocking: queued (a copy) when it cannot go now, kept until
- * it can; beyond IHC__PENDING_MAX queued reports the oldest is dropped. buf stays the
- * caller's. */
-void ihc__transport_send_report(ihc__transport *t, const uint8_t *buf, size_t len);
+/* As ihc__transport_send, to every coordinator but except (-1: none excepted). */
+void ihc__transport_send_except(ihc__transport *t, uint8_t *buf, size_t len, const char *what,
+                                int except);
 
-/* Pipes up now (either pointer may be NULL). */
+/* Sends an encoded report to coordinator link (the one the interrupt came from) without
+ * blocking (every coordinator when link is -1, unknown): queued (a copy) when it cannot go
+ * now, kept until it can; beyond IHC__PENDING_MAX queued reports the oldest is dropped. buf
+ * stays the caller's. */
+void ihc__transport_send_report(ihc__transport *t, const uint8_t *buf, size_t len, int link);
+
+/* Pipes up now, over every coordinator (either pointer may be NULL). */
 void ihc__transport_links(ihc__transport *t, int *sub, int *push);
+
+/* Pipes up now to coordinator link (either pointer may be NULL). */
+void ihc__transport_link(ihc__transport *t, size_t link, int *sub, int *push);
 
 /* Starts (on) or stops receiving the broadcasts of hardware_id hw (topic "hw:<hw>\0"): an
  * agent subscribes to the hardware_ids it holds sessions of, so nng drops every other
@@ -115,9 +147,9 @@ size_t ihc__transport_sub_addrs(ihc__transport *t, char (*out)[IHC_SOCKADDR_STR_
 /* Messages dropped so far (queue full, out of memory, left unsent at close). */
 uint64_t ihc__transport_drops(ihc__transport *t);
 
-/* At close, after the last send: waits up to timeout_ms for the queue to go out while the
- * PUSH connection is up (not at all when it is down), then stops sending, takes back and
- * frees what is left, and closes both sockets. Accepts a transport that was never opened or
+/* At close, after the last send: waits up to timeout_ms for the queues to go out while their
+ * PUSH connections are up (not at all for one that is down), then stops sending, takes back
+ * and frees what is left, and closes the sockets. Accepts a transport that was never opened or
  * only partly. */
 void ihc__transport_fini(ihc__transport *t, int timeout_ms);
 

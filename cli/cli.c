@@ -109,6 +109,7 @@ static int client_fail(ihc_client *c, const char *what, int rc)
     switch (rc) {
     case IHC_CLIENT_ENOTCONN:
     case IHC_CLIENT_ETIMEDOUT:
+    case IHC_CLIENT_ENOTLEADER: /* only standbys answered: a failover is under way */
         /* libihc's text names the URL and what happened */
         fprintf(stderr, "ihc: %s: %s\n", what, detail);
         return EXIT_UNREACHABLE;

@@ -1,12 +1,14 @@
-/* libihc: the client side of the coordinator's control socket (nng REQ, one context per
- * call so that one client serves many threads), the watch on its broadcast socket (nng SUB,
- * topic "ev:"), and parsing of interrupt results. */
+/* libihc: the client side of the coordinators' control sockets (nng REQ, one context per
+ * call so that one client serves many threads; one socket per coordinator of the list, tried
+ * in turn while a request provably was not handled), the watch on their broadcast sockets
+ * (nng SUB, topic "ev:"), and parsing of interrupt results. */
 #include "ihc/client.h"
 
 #include "clock.h"
 #include "defaults.h"
 #include "err.h"
 #include "tls.h"
+#include "urllist.h"
 #include "wire.h"
 
 #include <jansson.h>
@@ -65,6 +67,7 @@ _Static_assert(IHC_CLIENT_ETRANSPORT == IHC_ETRANSPORT, "code");
 _Static_assert(IHC_CLIENT_ECLOSED == IHC_ECLOSED, "code");
 _Static_assert(IHC_CLIENT_EDISABLED == IHC_EDISABLED, "code");
 _Static_assert(IHC_CLIENT_EINTERNAL == IHC_EINTERNAL, "code");
+_Static_assert(IHC_CLIENT_ENOTLEADER == IHC_ENOTLEADER, "code");
 
 /* A call in progress on a socket: its aio, so that closing can cancel it. */
 typedef struct call {
@@ -77,25 +80,36 @@ typedef struct call {
 typedef struct {
     pthread_mutex_t mu; /* guards everything below */
     pthread_cond_t cv;  /* on connect, and when the last call leaves a closing socket */
-    bool connected;
-    uint32_t pipe_id;
+    bool connected; /* pipes > 0 */
+    int pipes;      /* a watch may dial several coordinators */
     call *calls; /* in progress */
     bool closing;
 } conn_state;
 
-struct ihc_client {
+/* One coordinator of the control URL list. */
+typedef struct {
     nng_socket sock;
-    char *url;
+    bool open;
+    const char *url; /* into the client's list */
+    conn_state conn;
+} endpoint;
+
+struct ihc_client {
+    char *url; /* the list as given */
+    ihc_url_list urls;
+    endpoint ep[IHC_URL_LIST_MAX];
+    size_t n_ep;
+    atomic_size_t preferred; /* the last coordinator that answered: tried first */
     ihc_wire_auth *auth;
     ihc_tls *tls; /* tls+tcp:// */
     int timeout_ms;
     int connect_timeout_ms;
-    conn_state conn;
 };
 
 struct ihc_watch {
     nng_socket sock;
-    char *url;
+    char *url; /* the list as given: one SUB socket dials every coordinator of it */
+    ihc_url_list urls;
     ihc_wire_auth *auth;
     ihc_tls *tls;
     conn_state conn;
@@ -267,12 +281,13 @@ static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
     conn_state *cs = arg;
     pthread_mutex_lock(&cs->mu);
+    (void)p;
     if (ev == NNG_PIPE_EV_ADD_POST) {
+        cs->pipes++;
         cs->connected = true;
-        cs->pipe_id = nng_pipe_id(p);
         pthread_cond_broadcast(&cs->cv);
-    } else if (ev == NNG_PIPE_EV_REM_POST && cs->pipe_id == (uint32_t)nng_pipe_id(p)) {
-        cs->connected = false;
+    } else if (ev == NNG_PIPE_EV_REM_POST && cs->pipes > 0) {
+        cs->connected = --cs->pipes > 0;
     }
     pthread_mutex_unlock(&cs->mu);
 }
@@ -309,17 +324,20 @@ static int set_opts(nng_socket s, const sock_opt *opts, size_t n, const char *ur
 
 /* The TLS files for url, checked and loaded (*tls NULL when url is not tls+tcp:// and no file
  * is given). */
-static int tls_for(const char *url, const char *ca, const char *cert, const char *key,
-                   const char *name, ihc_tls **tls)
+static int tls_for(const char *const *urls, size_t n, const char *ca, const char *cert,
+                   const char *key, const char *name, ihc_tls **tls)
 {
     *tls = NULL;
     ihc_tls_files f = {.cert = cert, .key = key, .ca = ca, .server_name = name};
     char err[CLIENT_ERR_MAX];
-    if (!ihc_tls_urls_ok(&f, NULL, false, &url, 1, err, sizeof err)) {
+    if (!ihc_tls_urls_ok(&f, NULL, false, (const char **)urls, n, err, sizeof err)) {
         set_err(NULL, "%s", err);
         return IHC_EINVAL;
     }
-    if (!ihc_tls_url(url) && !ca && !cert && !name)
+    bool any = false;
+    for (size_t i = 0; i < n; i++)
+        any = any || ihc_tls_url(urls[i]);
+    if (!any && !ca && !cert && !name)
         return IHC_OK;
     int rc = ihc_tls_load(tls, &f, NULL, err, sizeof err, NULL, 0);
     if (rc != IHC_OK)
@@ -360,6 +378,57 @@ static int auth_for(const void *secret, size_t len, ihc_wire_auth **auth)
     return rc;
 }
 
+/* Splits list into l; on error the text names the problem (and the list). */
+static int split_urls(const char *list, const char *what, ihc_url_list *l)
+{
+    char why[128];
+    int rc = ihc_url_list_parse(l, list, why, sizeof why);
+    if (rc == IHC_EINVAL)
+        set_err(NULL, "%s '%.200s': %s", what, list, why);
+    else if (rc != IHC_OK)
+        set_err(NULL, "out of memory");
+    return rc;
+}
+
+/* One coordinator's REQ socket, dialing in the background. */
+static int endpoint_open(endpoint *e, const char *url, const ihc_tls *tls)
+{
+    e->url = url;
+    conn_init(&e->conn);
+    int rv = nng_req0_open(&e->sock);
+    if (rv != 0) {
+        set_err(NULL, "cannot open a REQ socket: %s", nng_strerror(rv));
+        conn_fini(&e->conn);
+        return ihc_err_from_nng(rv);
+    }
+    e->open = true;
+    int rc = set_opts(e->sock, client_opts, sizeof client_opts / sizeof client_opts[0], url);
+    if (rc == IHC_OK)
+        rc = dial(e->sock, url, tls, &e->conn);
+    return rc;
+}
+
+static void endpoint_close(endpoint *e)
+{
+    if (!e->open)
+        return;
+    calls_end(&e->conn); /* calls in progress fail with IHC_CLIENT_ECLOSED */
+    nng_close(e->sock);
+    conn_fini(&e->conn);
+    e->open = false;
+}
+
+static void client_free(ihc_client *c)
+{
+    for (size_t i = 0; i < c->n_ep; i++)
+        endpoint_close(&c->ep[i]);
+    ihc_wire_auth_free(c->auth);
+    ihc_tls_free(c->tls);
+    ihc_url_list_fini(&c->urls);
+    free(c->url);
+    free(c);
+}
+
 int ihc_client_open(ihc_client **out, const ihc_client_opts *o)
 {
     clear_err(NULL);
@@ -384,6 +453,7 @@ int ihc_client_open(ihc_client **out, const ihc_client_opts *o)
         set_err(NULL, "out of memory");
         return IHC_ENOMEM;
     }
+    atomic_init(&c->preferred, 0);
     c->url = strdup(d.control_url != NULL && d.control_url[0] != '\0' ? d.control_url
                                                                       : IHC_DEFAULT_CONTROL_URL);
     if (c->url == NULL) {
@@ -394,50 +464,33 @@ int ihc_client_open(ihc_client **out, const ihc_client_opts *o)
     c->timeout_ms = d.timeout_ms > 0 ? d.timeout_ms : IHC_CLIENT_DEFAULT_TIMEOUT_MS;
     c->connect_timeout_ms =
         d.connect_timeout_ms > 0 ? d.connect_timeout_ms : IHC_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS;
-    conn_init(&c->conn);
-    int rc = auth_for(d.secret, d.secret_len, &c->auth);
+    int rc = split_urls(c->url, "control_url", &c->urls);
     if (rc == IHC_OK)
-        rc = tls_for(c->url, d.tls_ca, d.tls_cert, d.tls_key, d.tls_server_name, &c->tls);
-    if (rc != IHC_OK)
-        goto fail;
-    int rv = nng_req0_open(&c->sock);
-    if (rv != 0) {
-        set_err(NULL, "cannot open a REQ socket: %s", nng_strerror(rv));
-        rc = ihc_err_from_nng(rv);
-        goto fail;
+        rc = auth_for(d.secret, d.secret_len, &c->auth);
+    if (rc == IHC_OK)
+        rc = tls_for((const char *const *)c->urls.v, c->urls.n, d.tls_ca, d.tls_cert, d.tls_key,
+                     d.tls_server_name, &c->tls);
+    for (size_t i = 0; rc == IHC_OK && i < c->urls.n; i++) {
+        rc = endpoint_open(&c->ep[i], c->urls.v[i], c->tls);
+        if (c->ep[i].open)
+            c->n_ep = i + 1;
     }
-    rc = set_opts(c->sock, client_opts, sizeof client_opts / sizeof client_opts[0], c->url);
-    if (rc == IHC_OK)
-        rc = dial(c->sock, c->url, c->tls, &c->conn);
     if (rc != IHC_OK) {
-        nng_close(c->sock);
-        goto fail;
+        client_free(c);
+        return rc;
     }
     *out = c;
     return IHC_OK;
-fail:
-    ihc_wire_auth_free(c->auth);
-    ihc_tls_free(c->tls);
-    conn_fini(&c->conn);
-    free(c->url);
-    free(c);
-    return rc;
 }
 
 void ihc_client_close(ihc_client *c)
 {
     if (c == NULL)
         return;
-    calls_end(&c->conn); /* calls in progress fail with IHC_CLIENT_ECLOSED */
-    nng_close(c->sock);
-    ihc_wire_auth_free(c->auth);
-    ihc_tls_free(c->tls);
-    conn_fini(&c->conn);
-    free(c->url);
-    free(c);
+    client_free(c);
 }
 
-static bool wait_connected(ihc_client *c, int ms)
+static bool wait_connected(endpoint *e, int ms)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -447,7 +500,7 @@ static bool wait_connected(ihc_client *c, int ms)
         ts.tv_sec++;
         ts.tv_nsec -= 1000000000L;
     }
-    conn_state *cs = &c->conn;
+    conn_state *cs = &e->conn;
     pthread_mutex_lock(&cs->mu);
     while (!cs->connected) {
         if (pthread_cond_timedwait(&cs->cv, &cs->mu, &ts) != 0 && !cs->connected)
@@ -492,22 +545,26 @@ static int refused(const ihc_client *c, int status, const char *json)
     return from_status(status);
 }
 
-/* Sends req and waits up to wait_ms for the control response; on success *resp is the
- * decoded message (caller frees with ihc_msg_free). */
-static int roundtrip(ihc_client *c, const ihc_msg *req, int wait_ms, ihc_msg **resp)
+/* Sends req to coordinator e and waits up to wait_ms for the control response; on success
+ * *resp is the decoded message (caller frees with ihc_msg_free). *sent says whether the
+ * request may have reached the coordinator (false: provably not handled, another may be
+ * asked). connect_ms: how long to wait for a connection. */
+static int roundtrip_one(ihc_client *c, endpoint *e, const ihc_msg *req, int wait_ms,
+                         int connect_ms, ihc_msg **resp, bool *sent)
 {
     *resp = NULL;
+    *sent = false;
     uint64_t t0 = ihc_mono_ns();
-    if (!wait_connected(c, c->connect_timeout_ms)) {
-        set_err(c, "coordinator unreachable at %s (no connection within %d ms)", c->url,
+    if (!wait_connected(e, connect_ms)) {
+        set_err(c, "coordinator unreachable at %s (no connection within %d ms)", e->url,
                 c->connect_timeout_ms);
-        if (ihc_tls_url(c->url)) { /* nng only knows "Cryptographic error": ask why */
+        if (ihc_tls_url(e->url)) { /* nng only knows "Cryptographic error": ask why */
             char why[CLIENT_ERR_MAX - 128];
-            int ms =
-                c->connect_timeout_ms < TLS_PROBE_MAX_MS ? c->connect_timeout_ms : TLS_PROBE_MAX_MS;
-            if (ihc_tls_probe(c->tls, c->url, IHC_SP_REQ, IHC_SP_REP, ms, why, sizeof why) ==
+            int ms = c->connect_timeout_ms < TLS_PROBE_MAX_MS ? c->connect_timeout_ms
+                                                              : TLS_PROBE_MAX_MS;
+            if (ihc_tls_probe(c->tls, e->url, IHC_SP_REQ, IHC_SP_REP, ms, why, sizeof why) ==
                 IHC_ETRANSPORT)
-                set_err(c, "coordinator unreachable at %s: TLS: %s", c->url, why);
+                set_err(c, "coordinator unreachable at %s: TLS: %s", e->url, why);
         }
         return IHC_ENOTCONN;
     }
@@ -528,17 +585,17 @@ static int roundtrip(ihc_client *c, const ihc_msg *req, int wait_ms, ihc_msg **r
         set_err(c, "%s", nng_strerror(rv));
         return ihc_err_from_nng(rv);
     }
-    if (!call_enter(&c->conn, &k, aio)) {
+    if (!call_enter(&e->conn, &k, aio)) {
         free(buf);
         nng_aio_free(aio);
         set_err(c, "the client is closed");
         return IHC_ECLOSED;
     }
-    if ((rv = nng_ctx_open(&ctx, c->sock)) != 0) {
+    if ((rv = nng_ctx_open(&ctx, e->sock)) != 0) {
         free(buf);
         set_err(c, "cannot use the socket: %s", nng_strerror(rv));
         nng_aio_free(aio);
-        call_leave(&c->conn, &k);
+        call_leave(&e->conn, &k);
         return ihc_err_from_nng(rv);
     }
     if ((rv = nng_msg_alloc(&msg, 0)) != 0 || (rv = nng_msg_append(msg, buf, len)) != 0) {
@@ -550,15 +607,16 @@ static int roundtrip(ihc_client *c, const ihc_msg *req, int wait_ms, ihc_msg **r
     free(buf);
     nng_aio_set_msg(aio, msg);
     nng_aio_set_timeout(aio, wait_ms);
-    if (!call_start(&c->conn, START_CTX_SEND, ctx, c->sock, aio))
+    if (!call_start(&e->conn, START_CTX_SEND, ctx, e->sock, aio))
         goto closed; /* msg is still ours */
     nng_aio_wait(aio);
     if ((rv = nng_aio_result(aio)) != 0)
-        goto nng_fail; /* msg is still ours */
+        goto nng_fail; /* msg is still ours: not sent */
     msg = NULL;
+    *sent = true;
     int64_t left = (int64_t)wait_ms - (int64_t)((ihc_mono_ns() - t0) / 1000000u);
     nng_aio_set_timeout(aio, left > 1 ? (nng_duration)left : 1);
-    if (!call_start(&c->conn, START_CTX_RECV, ctx, c->sock, aio))
+    if (!call_start(&e->conn, START_CTX_RECV, ctx, e->sock, aio))
         goto closed;
     nng_aio_wait(aio);
     if ((rv = nng_aio_result(aio)) != 0)
@@ -568,7 +626,7 @@ static int roundtrip(ihc_client *c, const ihc_msg *req, int wait_ms, ihc_msg **r
     ihc_msg *m = NULL;
     rc = ihc_wire_decode(nng_msg_body(msg), nng_msg_len(msg), c->auth, &m, detail, sizeof detail);
     if (rc != IHC_OK) {
-        set_err(c, "bad answer from %s: %s%s%s", c->url, ihc_strerror(rc), detail[0] ? ": " : "",
+        set_err(c, "bad answer from %s: %s%s%s", e->url, ihc_strerror(rc), detail[0] ? ": " : "",
                 detail);
         if (rc == IHC_EREPLAY)
             rc = IHC_EBADSIG;
@@ -577,7 +635,7 @@ static int roundtrip(ihc_client *c, const ihc_msg *req, int wait_ms, ihc_msg **r
         goto out;
     }
     if (m->type != IHC_MSG_CONTROL_RESPONSE) {
-        set_err(c, "bad answer from %s: a '%s' message instead of control_response", c->url,
+        set_err(c, "bad answer from %s: a '%s' message instead of control_response", e->url,
                 ihc_msg_type_name(m->type));
         ihc_msg_free(m);
         rc = IHC_EPROTO;
@@ -588,18 +646,18 @@ static int roundtrip(ihc_client *c, const ihc_msg *req, int wait_ms, ihc_msg **r
     goto out;
 nng_fail:
     if (rv == NNG_ETIMEDOUT) {
-        if (conn_is_up(&c->conn)) {
+        if (conn_is_up(&e->conn)) {
             rc = IHC_ETIMEDOUT;
-            set_err(c, "no answer from the coordinator at %s within %d ms", c->url, wait_ms);
+            set_err(c, "no answer from the coordinator at %s within %d ms", e->url, wait_ms);
         } else {
             rc = IHC_ENOTCONN;
-            set_err(c, "connection to the coordinator at %s lost", c->url);
+            set_err(c, "connection to the coordinator at %s lost", e->url);
         }
-    } else if (rv == NNG_ECANCELED && conn_closing(&c->conn)) {
+    } else if (rv == NNG_ECANCELED && conn_closing(&e->conn)) {
         goto closed;
     } else {
         rc = ihc_err_from_nng(rv);
-        set_err(c, "request to %s failed: %s", c->url, nng_strerror(rv));
+        set_err(c, "request to %s failed: %s", e->url, nng_strerror(rv));
     }
     goto out;
 closed:
@@ -609,7 +667,88 @@ out:
     nng_msg_free(msg);
     nng_aio_free(aio); /* before the context and the socket: see calls_end */
     nng_ctx_close(ctx);
-    call_leave(&c->conn, &k);
+    call_leave(&e->conn, &k);
+    return rc;
+}
+
+/* A standby's answer: status 503 with the JSON body {"code": "IHC_ENOTLEADER", "error": "...",
+ * "leader": ..., ...} (the coordinator's ihc_doc_not_leader). Nothing was run: the next
+ * coordinator may be asked. A 503 without that code (busy, shutting down) is not this. */
+static bool is_not_leader(const ihc_msg *m)
+{
+    if (m->u.control_response.status != 503 || m->u.control_response.json == NULL)
+        return false;
+    json_t *doc = json_loads(m->u.control_response.json, 0, NULL);
+    const char *code = json_string_value(json_object_get(doc, "code"));
+    bool yes = code != NULL && strcmp(code, ihc_err_name(IHC_ENOTLEADER)) == 0;
+    json_decref(doc);
+    return yes;
+}
+
+/* The next coordinator to ask: from the preferred one on, the first untried one connected;
+ * when none is, waits for one to connect until connect_end (monotonic ns), then gives the
+ * first untried one (its call fails at once, saying why). -1: none left. */
+static int next_endpoint(ihc_client *c, const bool *tried, uint64_t connect_end)
+{
+    size_t start = atomic_load(&c->preferred) % c->n_ep;
+    for (;;) {
+        int first = -1;
+        for (size_t k = 0; k < c->n_ep; k++) {
+            size_t i = (start + k) % c->n_ep;
+            if (tried[i])
+                continue;
+            if (conn_is_up(&c->ep[i].conn))
+                return (int)i;
+            if (first < 0)
+                first = (int)i;
+        }
+        if (first < 0 || c->n_ep == 1 || ihc_mono_ns() >= connect_end)
+            return first; /* one coordinator: its call waits on its own connection */
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 2000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Sends req to the coordinators of the list in turn until one handles it: the next is asked
+ * only when the request provably was not handled (no connection, not sent, or a standby's
+ * not-leader answer), or for a read-only query (retry) whatever happened. */
+static int roundtrip(ihc_client *c, const ihc_msg *req, int wait_ms, bool retry, ihc_msg **resp)
+{
+    bool tried[IHC_URL_LIST_MAX] = {false};
+    int rc = IHC_ENOTCONN, standbys = 0;
+    char first_err[CLIENT_ERR_MAX] = "";
+    uint64_t connect_end = ihc_mono_ns() + (uint64_t)c->connect_timeout_ms * 1000000u;
+    for (;;) {
+        int i = next_endpoint(c, tried, connect_end);
+        if (i < 0)
+            break;
+        tried[i] = true;
+        bool sent = false;
+        int connect_ms = c->n_ep == 1 ? c->connect_timeout_ms : 0;
+        rc = roundtrip_one(c, &c->ep[i], req, wait_ms, connect_ms, resp, &sent);
+        if (rc == IHC_OK && is_not_leader(*resp)) {
+            ihc_msg_free(*resp);
+            *resp = NULL;
+            standbys++;
+            set_err(c, "coordinator at %s is a standby (not the leader)", c->ep[i].url);
+            rc = IHC_ENOTLEADER;
+        } else if (rc == IHC_OK) {
+            atomic_store(&c->preferred, (size_t)i);
+            return IHC_OK;
+        } else if (rc == IHC_ECLOSED || rc == IHC_ENOMEM || (sent && !retry) ||
+                   (rc != IHC_ENOTCONN && rc != IHC_ETIMEDOUT && rc != IHC_ETRANSPORT)) {
+            return rc; /* may have been handled, or would fail anywhere */
+        }
+        if (c->n_ep > 1 && !first_err[0])
+            snprintf(first_err, sizeof first_err, "%s", ihc_client_last_error(c));
+    }
+    if (c->n_ep > 1) {
+        rc = standbys > 0 && rc != IHC_OK ? IHC_ENOTLEADER : rc;
+        set_err(c, "no leader coordinator among the %zu of %s (%d standby): %s", c->n_ep, c->url,
+                standbys, first_err);
+    } else if (standbys > 0) {
+        rc = IHC_ENOTLEADER;
+    }
     return rc;
 }
 
@@ -788,7 +927,7 @@ int ihc_client_interrupt(ihc_client *c, const char *hw, const char *reason, int 
     req.u.control_request.timeout_ms = timeout_ms;
     int wait = (timeout_ms > 0 ? timeout_ms : c->timeout_ms) + CLIENT_MARGIN_MS;
     ihc_msg *m = NULL;
-    int rc = roundtrip(c, &req, wait, &m);
+    int rc = roundtrip(c, &req, wait, false, &m);
     if (rc != IHC_OK)
         return rc;
     int status = m->u.control_response.status;
@@ -840,7 +979,7 @@ int ihc_client_query(ihc_client *c, const char *op, const char *hw, char **json)
     req.u.control_request.op = (char *)op;
     req.u.control_request.hw = (char *)hw;
     ihc_msg *m = NULL;
-    int rc = roundtrip(c, &req, c->timeout_ms, &m);
+    int rc = roundtrip(c, &req, c->timeout_ms, true, &m);
     if (rc != IHC_OK)
         return rc;
     int status = m->u.control_response.status;
@@ -892,9 +1031,12 @@ int ihc_watch_open(ihc_watch **out, const ihc_watch_opts *o)
     }
     conn_init(&w->conn);
     atomic_init(&w->dropped, 0);
-    int rc = auth_for(d.secret, d.secret_len, &w->auth);
+    int rc = split_urls(w->url, "pub_url", &w->urls);
     if (rc == IHC_OK)
-        rc = tls_for(w->url, d.tls_ca, d.tls_cert, d.tls_key, d.tls_server_name, &w->tls);
+        rc = auth_for(d.secret, d.secret_len, &w->auth);
+    if (rc == IHC_OK)
+        rc = tls_for((const char *const *)w->urls.v, w->urls.n, d.tls_ca, d.tls_cert, d.tls_key,
+                     d.tls_server_name, &w->tls);
     if (rc != IHC_OK)
         goto fail;
     int rv = nng_sub0_open(&w->sock);
@@ -912,8 +1054,8 @@ int ihc_watch_open(ihc_watch **out, const ihc_watch_opts *o)
     } else {
         rc = set_opts(w->sock, watch_opts, sizeof watch_opts / sizeof watch_opts[0], w->url);
     }
-    if (rc == IHC_OK)
-        rc = dial(w->sock, w->url, w->tls, &w->conn);
+    for (size_t i = 0; rc == IHC_OK && i < w->urls.n; i++)
+        rc = dial(w->sock, w->urls.v[i], w->tls, &w->conn);
     if (rc != IHC_OK) {
         nng_close(w->sock);
         goto fail;
@@ -921,6 +1063,7 @@ int ihc_watch_open(ihc_watch **out, const ihc_watch_opts *o)
     *out = w;
     return IHC_OK;
 fail:
+    ihc_url_list_fini(&w->urls);
     ihc_wire_auth_free(w->auth);
     ihc_tls_free(w->tls);
     conn_fini(&w->conn);
@@ -935,6 +1078,7 @@ void ihc_watch_close(ihc_watch *w)
         return;
     calls_end(&w->conn); /* the waits in ihc_watch_next end with IHC_CLIENT_ECLOSED */
     nng_close(w->sock);
+    ihc_url_list_fini(&w->urls);
     ihc_wire_auth_free(w->auth);
     ihc_tls_free(w->tls);
     conn_fini(&w->conn);

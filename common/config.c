@@ -6,6 +6,7 @@
 #include "err.h"
 #include "log.h"
 #include "redis_url.h"
+#include "urllist.h"
 #include "tls.h"
 #include "wire.h"
 
@@ -24,7 +25,7 @@
 typedef enum {
     T_URL,         /* nng URL: tcp://, tls+tcp://, ipc://, inproc:// */
     T_LOCAL_URL,   /* unix:///PATH (ipc:///PATH taken as unix://), or "", "off", "none" */
-    T_REDIS_URL,   /* redis:// or unix:// (redis_url.h) */
+    T_REDIS_URL,   /* redis://, unix:// or redis-sentinel:// (redis_url.h) */
     T_ADDR,        /* host:port */
     T_AGENT_ID,    /* ihc_agent_id_valid; default "<hostname>:<pid>" */
     T_HW_LIST,     /* HW[,HW...] */
@@ -70,17 +71,22 @@ static const setting settings[] = {
     /* endpoints */
     {"IHC_PUB_URL", "pub", T_URL, IHC_DEFAULT_PUB_URL, IHC_DEFAULT_PUB_LISTEN, 0, 0, NULL,
      C | A | L, OFF(pub_url),
-     "broadcast endpoint: the coordinator listens (PUB), agents and `ihc watch` dial (SUB)"},
+     "broadcast endpoint: the coordinator listens (PUB), agents and `ihc watch` dial (SUB); "
+     "agents and `ihc watch` take a comma-separated list, one URL per coordinator"},
     {"IHC_REPORT_URL", "report", T_URL, IHC_DEFAULT_REPORT_URL, IHC_DEFAULT_REPORT_LISTEN, 0, 0,
      NULL, C | A, OFF(report_url),
-     "report endpoint: the coordinator listens (PULL), agents dial (PUSH)"},
+     "report endpoint: the coordinator listens (PULL), agents dial (PUSH); agents take a "
+     "comma-separated list in the order of IHC_PUB_URL's"},
     {"IHC_CONTROL_URL", "control", T_URL, IHC_DEFAULT_CONTROL_URL, IHC_DEFAULT_CONTROL_LISTEN, 0, 0,
      NULL, C | L, OFF(control_url),
-     "control endpoint: the coordinator listens (REP), the CLI and libihc dial (REQ)"},
+     "control endpoint: the coordinator listens (REP), the CLI and libihc dial (REQ); the CLI "
+     "takes a comma-separated list and asks the next when one is down or a standby"},
     {"IHC_HTTP_ADDR", "http", T_ADDR, IHC_DEFAULT_HTTP_ADDR, NULL, 0, 0, NULL, C, OFF(http_addr),
      "HTTP API listen address"},
     {"IHC_REDIS_URL", "redis", T_REDIS_URL, IHC_DEFAULT_REDIS_URL, NULL, 0, 0, NULL, C,
-     OFF(redis_url), "Redis holding sessions, flags, epochs, the interrupt log and stats"},
+     OFF(redis_url),
+     "Redis holding sessions, flags, epochs, the interrupt log and stats: redis://, unix:// or "
+     "redis-sentinel://[PASSWORD@]HOST:PORT,HOST:PORT/MASTER/DB"},
     {"IHC_LOCAL_URL", "local", T_LOCAL_URL, IHC_DEFAULT_LOCAL_URL, NULL, 0, 0, NULL, A | L,
      OFF(local_url),
      "the agent's local API (HTTP on a Unix socket, mode 0660) for processes on this node; "
@@ -161,6 +167,13 @@ static const setting settings[] = {
      NULL, 0.05, 60, NULL, C | A, OFF(heartbeat_interval), "how often agents send heartbeats"},
     {"IHC_AGENT_TTL", "agent-ttl", T_SECONDS, "5.0", NULL, 0.1, 3600, NULL, C, OFF(agent_ttl),
      "an agent silent for this long is considered gone (must exceed the heartbeat interval)"},
+    {"IHC_COORDINATOR_ID", "coordinator-id", T_AGENT_ID, NULL, NULL, 0, 0, NULL, C,
+     OFF(coordinator_id),
+     "this coordinator's id among those sharing one Redis (the lease holder's name): 1-255 "
+     "printable ASCII characters without spaces"},
+    {"IHC_LEASE_TTL", "lease-ttl", T_SECONDS, "2.0", NULL, 0.5, 60, NULL, C, OFF(lease_ttl),
+     "the leader's Redis lease (ihc:leader), renewed every third of it; a standby takes over "
+     "within about this long after the leader dies"},
     {"IHC_RESEND_INTERVAL", "resend-interval", T_SECONDS, "0.02", NULL, 0.001, 60, NULL, C,
      OFF(resend_interval), "first re-send of an unanswered interrupt (then backing off)"},
     {"IHC_REDIS_TIMEOUT_MS", "redis-timeout", T_INT, "500", NULL, 1, 60000, NULL, C,
@@ -321,6 +334,27 @@ static bool url_ok(const char *v)
         return !schemes[i].hostport || hostport_ok(v + n, true);
     }
     return false;
+}
+
+/* A comma-separated list of nng URLs (one per coordinator); why names the bad item. */
+static bool url_list_ok(const char *v, char *why, size_t wlen)
+{
+    ihc_url_list l;
+    int rc = ihc_url_list_parse(&l, v, why, wlen);
+    for (size_t i = 0; rc == IHC_OK && i < l.n; i++) {
+        if (!url_ok(l.v[i])) {
+            int k = snprintf(why, wlen, "item %zu '%.80s' of the list", i + 1, l.v[i]);
+            if (k > 0 && (size_t)k < wlen)
+                snprintf(why + k, wlen - (size_t)k,
+                         " is not an nng URL: tcp://HOST:PORT, tls+tcp://HOST:PORT, ipc://PATH "
+                         "or inproc://NAME");
+            rc = IHC_EINVAL;
+        }
+    }
+    ihc_url_list_fini(&l);
+    if (rc == IHC_ENOMEM)
+        snprintf(why, wlen, "out of memory");
+    return rc == IHC_OK;
 }
 
 const char *ihc_config_local_path(const char *url, bool *legacy)
@@ -513,6 +547,8 @@ static bool parse_value(const setting *s, const char *v, ihc_config *cfg, char *
             }
             return set_string((char **)field, v, why, wlen);
         }
+        if (s->type == T_URL && strchr(v, ',')) /* several coordinators: each item checked */
+            return url_list_ok(v, why, wlen) && set_string((char **)field, v, why, wlen);
         if (!url_ok(v)) {
             snprintf(why, wlen,
                      "expected an nng URL: tcp://HOST:PORT, tls+tcp://HOST:PORT, ipc://PATH or "
@@ -773,6 +809,40 @@ static const setting *find_env(const char *env)
     return NULL;
 }
 
+/* Lists of URLs are for dialers (agents and clients reaching several coordinators): a
+ * coordinator listens on one URL each, and an agent's two lists name the same coordinators in
+ * the same order (the report of an interrupt goes back to the coordinator that sent it). */
+static int check_url_lists(const ihc_config *cfg, unsigned role, char *err, size_t err_len)
+{
+    static const struct {
+        const char *env;
+        size_t off;
+    } eps[] = {{"IHC_PUB_URL (--pub)", OFF(pub_url)},
+               {"IHC_REPORT_URL (--report)", OFF(report_url)},
+               {"IHC_CONTROL_URL (--control)", OFF(control_url)}};
+    if (role & IHC_ROLE_COORDINATOR) {
+        for (size_t i = 0; i < sizeof eps / sizeof eps[0]; i++) {
+            const char *v = *(char *const *)((const char *)cfg + eps[i].off);
+            if (v && strchr(v, ',')) {
+                set_err(err, err_len,
+                        "%s: a coordinator listens on one URL, not a list (lists are for agents "
+                        "and clients that dial several coordinators)",
+                        eps[i].env);
+                return IHC_ECONFIG;
+            }
+        }
+    }
+    if ((role & IHC_ROLE_AGENT) &&
+        ihc_url_list_count(cfg->pub_url) != ihc_url_list_count(cfg->report_url)) {
+        set_err(err, err_len,
+                "IHC_PUB_URL names %zu coordinators but IHC_REPORT_URL names %zu: give one PUB "
+                "and one REPORT URL per coordinator, in the same order",
+                ihc_url_list_count(cfg->pub_url), ihc_url_list_count(cfg->report_url));
+        return IHC_ECONFIG;
+    }
+    return IHC_OK;
+}
+
 /* The TLS settings against the URLs this role uses (a listener on a tls+tcp:// URL needs the
  * coordinator's certificate, a dialer the CA), then the files themselves, loaded into cfg->tls
  * once for the whole program. */
@@ -793,16 +863,31 @@ static int load_tls(ihc_config *cfg, unsigned role, const unsigned char *src, ch
                        .server_name =
                            (role & (IHC_ROLE_AGENT | IHC_ROLE_CLI)) ? cfg->tls_server_name : NULL};
     bool server = (role & IHC_ROLE_COORDINATOR) != 0;
-    const char *urls[3] = {NULL, NULL, NULL};
+    const char *lists[3] = {NULL, NULL, NULL};
     if (server || (role & IHC_ROLE_AGENT) || (role & IHC_ROLE_CLI))
-        urls[0] = cfg->pub_url;
+        lists[0] = cfg->pub_url;
     if (server || (role & IHC_ROLE_AGENT))
-        urls[1] = cfg->report_url;
+        lists[1] = cfg->report_url;
     if (server || (role & IHC_ROLE_CLI))
-        urls[2] = cfg->control_url;
-    if (!ihc_tls_urls_ok(&f, &nm, server, urls, 3, err, err_len))
+        lists[2] = cfg->control_url;
+    /* every URL of every list (agents and clients may name several coordinators) */
+    ihc_url_list split[3];
+    const char *urls[3 * IHC_URL_LIST_MAX];
+    size_t n = 0;
+    for (int i = 0; i < 3; i++) {
+        if (ihc_url_list_parse(&split[i], lists[i], NULL, 0) != IHC_OK && lists[i])
+            urls[n++] = lists[i];
+        for (size_t j = 0; j < split[i].n; j++)
+            urls[n++] = split[i].v[j];
+    }
+    bool ok = ihc_tls_urls_ok(&f, &nm, server, urls, n, err, err_len);
+    bool any_url = false;
+    for (size_t i = 0; i < n; i++)
+        any_url = any_url || ihc_tls_url(urls[i]);
+    for (int i = 0; i < 3; i++)
+        ihc_url_list_fini(&split[i]);
+    if (!ok)
         return IHC_ECONFIG;
-    bool any_url = ihc_tls_url(urls[0]) || ihc_tls_url(urls[1]) || ihc_tls_url(urls[2]);
     if (!any_url && !f.cert && !f.ca && !f.server_name)
         return IHC_OK;
     return ihc_tls_load(&cfg->tls, &f, &nm, err, err_len, cfg->tls_warning,
@@ -922,6 +1007,8 @@ int ihc_config_load(ihc_config *cfg, unsigned role, int argc, char **argv, int *
         return IHC_ECONFIG;
     }
 
+    if ((rc = check_url_lists(cfg, role, err, err_len)) != IHC_OK)
+        return rc;
     if ((rc = load_tls(cfg, role, src, err, err_len)) != IHC_OK)
         return rc;
 

@@ -64,6 +64,8 @@ typedef struct ihc_config {
     double kill_grace;         /* IHC_KILL_GRACE --kill-grace, s: SIGTERM -> SIGKILL */
     double heartbeat_interval; /* IHC_HEARTBEAT_INTERVAL --heartbeat, s */
     double agent_ttl;          /* IHC_AGENT_TTL --agent-ttl, s: agent considered gone */
+    char *coordinator_id;      /* IHC_COORDINATOR_ID --coordinator-id, default "<hostname>:<pid>" */
+    double lease_ttl;          /* IHC_LEASE_TTL --lease-ttl, s: the leader's Redis lease */
     double resend_interval;    /* IHC_RESEND_INTERVAL --resend-interval, s: first re-send */
     int redis_timeout_ms;      /* IHC_REDIS_TIMEOUT_MS --redis-timeout */
     int interrupt_log_max;     /* IHC_INTERRUPT_LOG_MAX --log-max: stream MAXLEN ~ */

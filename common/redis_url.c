@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FORMS "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or unix://[[USER]:PASSWORD@]/PATH[?db=DB]"
+#define FORMS                                                                                      \
+    "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], unix://[[USER]:PASSWORD@]/PATH[?db=DB] or "      \
+    "redis-sentinel://[[USER]:PASSWORD@]HOST[:PORT],HOST[:PORT]/MASTER[/DB]"
 
 static int fail(char *why, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(char *why, size_t len, const char *fmt, ...)
@@ -28,8 +30,10 @@ static int fail(char *why, size_t len, const char *fmt, ...)
 
 /* The pieces every form shares: scheme, then an authority that ends at the first '/', '?' or
  * '#', whose user info ends at its last '@'. The parser and the redaction split alike. */
+typedef enum { FORM_TCP, FORM_UNIX, FORM_SENTINEL } url_form;
+
 typedef struct {
-    bool unix_socket;
+    url_form form;
     const char *rest;     /* after "scheme://" */
     const char *auth_end; /* end of the authority */
     const char *at;       /* last '@' of the authority, or NULL */
@@ -38,11 +42,14 @@ typedef struct {
 static int split(const char *url, url_parts *p, char *why, size_t wl)
 {
     if (strncmp(url, "redis://", 8) == 0) {
-        p->unix_socket = false;
+        p->form = FORM_TCP;
         p->rest = url + 8;
     } else if (strncmp(url, "unix://", 7) == 0) {
-        p->unix_socket = true;
+        p->form = FORM_UNIX;
         p->rest = url + 7;
+    } else if (strncmp(url, "redis-sentinel://", 17) == 0) {
+        p->form = FORM_SENTINEL;
+        p->rest = url + 17;
     } else if (strncmp(url, "rediss://", 9) == 0) {
         return fail(why, wl, "rediss:// (TLS) is not supported: hiredis 0.14 has no TLS");
     } else {
@@ -175,10 +182,11 @@ static int parse_unix(const url_parts *p, ihc_redis_url *u, char *why, size_t wl
     return IHC_OK;
 }
 
-/* redis://[user info@]HOST[:PORT][/DB] */
-static int parse_tcp(const url_parts *p, ihc_redis_url *u, char *why, size_t wl)
+/* HOST[:PORT] in [host, end): a name, IPv4 or [IPv6]; *h is malloc'd (IPv6 without its
+ * brackets). */
+static int parse_hostport(const char *host, const char *end, int def_port, char **h, int *port,
+                          char *why, size_t wl)
 {
-    const char *host = p->at ? p->at + 1 : p->rest, *end = p->auth_end;
     const char *host_end, *port_s = NULL;
     bool v6 = host < end && *host == '[';
     if (v6) {
@@ -210,13 +218,25 @@ static int parse_tcp(const url_parts *p, ihc_redis_url *u, char *why, size_t wl)
                             "bad host: expected a name or IPv4 address of "
                             "[A-Za-z0-9.-_], or an [IPv6] address");
     }
-    u->port = IHC_DEFAULT_REDIS_PORT;
+    *port = def_port;
     if (port_s) {
-        long port;
-        if (!parse_uint(port_s, (size_t)(end - port_s), 65535, &port) || port == 0)
+        long pv;
+        if (!parse_uint(port_s, (size_t)(end - port_s), 65535, &pv) || pv == 0)
             return fail(why, wl, "port must be a number in [1, 65535]");
-        u->port = (int)port;
+        *port = (int)pv;
     }
+    if (!(*h = strndup(host, (size_t)(host_end - host))))
+        return IHC_ENOMEM;
+    return IHC_OK;
+}
+
+/* redis://[user info@]HOST[:PORT][/DB] */
+static int parse_tcp(const url_parts *p, ihc_redis_url *u, char *why, size_t wl)
+{
+    const char *host = p->at ? p->at + 1 : p->rest, *end = p->auth_end;
+    int rc = parse_hostport(host, end, IHC_DEFAULT_REDIS_PORT, &u->host, &u->port, why, wl);
+    if (rc != IHC_OK)
+        return rc;
     if (*end == '/') {
         const char *dbs = end + 1;
         size_t dlen = strlen(dbs);
@@ -230,7 +250,57 @@ static int parse_tcp(const url_parts *p, ihc_redis_url *u, char *why, size_t wl)
                     "as in redis://HOST:PORT/DB",
                     *end);
     }
-    if (!(u->host = strndup(host, (size_t)(host_end - host))))
+    return IHC_OK;
+}
+
+/* redis-sentinel://[user info@]HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB] */
+static int parse_sentinel(const url_parts *p, ihc_redis_url *u, char *why, size_t wl)
+{
+    const char *h = p->at ? p->at + 1 : p->rest, *end = p->auth_end;
+    if (h == end)
+        return fail(why, wl, "no sentinel: expected redis-sentinel://HOST[:PORT],.../MASTER[/DB]");
+    while (h <= end) {
+        const char *comma = memchr(h, ',', (size_t)(end - h));
+        const char *item_end = comma ? comma : end;
+        if (item_end == h)
+            return fail(why, wl, "empty sentinel %zu in the list", u->n_sentinels + 1);
+        if (u->n_sentinels == IHC_REDIS_SENTINELS_MAX)
+            return fail(why, wl, "more than %d sentinels", IHC_REDIS_SENTINELS_MAX);
+        ihc_redis_sentinel *sn = &u->sentinels[u->n_sentinels];
+        char inner[200];
+        int rc = parse_hostport(h, item_end, IHC_DEFAULT_REDIS_SENTINEL_PORT, &sn->host, &sn->port,
+                                inner, sizeof(inner));
+        if (rc == IHC_ENOMEM)
+            return rc;
+        if (rc != IHC_OK)
+            return fail(why, wl, "sentinel %zu '%.*s': %s", u->n_sentinels + 1,
+                        (int)(item_end - h > 80 ? 80 : item_end - h), h, inner);
+        u->n_sentinels++;
+        if (!comma)
+            break;
+        h = comma + 1;
+    }
+    if (*end != '/')
+        return fail(why, wl,
+                    "missing master name: expected redis-sentinel://HOST[:PORT],.../MASTER[/DB]");
+    const char *name = end + 1;
+    size_t nlen = strcspn(name, "/");
+    if (nlen == 0 || nlen > IHC_REDIS_MASTER_NAME_MAX)
+        return fail(why, wl, "the master name must be 1-%d characters of [A-Za-z0-9._-]",
+                    IHC_REDIS_MASTER_NAME_MAX);
+    for (size_t i = 0; i < nlen; i++)
+        if (!is_name_char(name[i]))
+            return fail(why, wl, "bad master name: expected 1-%d characters of [A-Za-z0-9._-]",
+                        IHC_REDIS_MASTER_NAME_MAX);
+    if (name[nlen] == '/') {
+        const char *dbs = name + nlen + 1;
+        size_t dlen = strlen(dbs);
+        long db = 0;
+        if (dlen > 0 && !parse_uint(dbs, dlen, INT_MAX, &db))
+            return fail(why, wl, "db must be a number in [0, %d] (.../MASTER/DB)", INT_MAX);
+        u->db = (int)db;
+    }
+    if (!(u->master = strndup(name, nlen)))
         return IHC_ENOMEM;
     return IHC_OK;
 }
@@ -253,7 +323,9 @@ int ihc_redis_url_parse(const char *url, ihc_redis_url *out, char *why, size_t w
     if (rc == IHC_OK && p.at)
         rc = parse_userinfo(p.rest, (size_t)(p.at - p.rest), out, why, why_len);
     if (rc == IHC_OK)
-        rc = p.unix_socket ? parse_unix(&p, out, why, why_len) : parse_tcp(&p, out, why, why_len);
+        rc = p.form == FORM_UNIX       ? parse_unix(&p, out, why, why_len)
+             : p.form == FORM_SENTINEL ? parse_sentinel(&p, out, why, why_len)
+                                       : parse_tcp(&p, out, why, why_len);
     if (rc != IHC_OK)
         ihc_redis_url_fini(out);
     return rc;
@@ -272,6 +344,9 @@ void ihc_redis_url_fini(ihc_redis_url *u)
     free(u->user);
     free(u->host);
     free(u->path);
+    free(u->master);
+    for (size_t i = 0; i < u->n_sentinels; i++)
+        free(u->sentinels[i].host);
     memset(u, 0, sizeof(*u));
 }
 
@@ -279,7 +354,16 @@ void ihc_redis_url_where(const ihc_redis_url *u, char *out, size_t len)
 {
     if (!len)
         return;
-    if (u->path)
+    if (u->master) {
+        size_t k = (size_t)snprintf(out, len, "sentinel:");
+        for (size_t i = 0; i < u->n_sentinels && k < len; i++) {
+            const char *h = u->sentinels[i].host;
+            k += (size_t)snprintf(out + k, len - k, strchr(h, ':') ? "%s[%s]:%d" : "%s%s:%d",
+                                  i ? "," : "", h, u->sentinels[i].port);
+        }
+        if (k < len)
+            snprintf(out + k, len - k, "/%s/%d", u->master, u->db);
+    } else if (u->path)
         snprintf(out, len, "unix:%s/%d", u->path, u->db);
     else if (u->host && strchr(u->host, ':'))
         snprintf(out, len, "[%s]:%d/%d", u->host, u->port, u->db);

@@ -512,12 +512,14 @@ int ihc_tls_dial(nng_socket s, const char *url, const ihc_tls *t, nng_dialer *dp
             return rv;
         }
     }
+    /* before the start: a pipe callback may run before nng_dialer_start returns, and the
+     * caller may need to recognise the dialer there */
+    if (dp != NULL)
+        *dp = d;
     if ((rv = nng_dialer_start(d, flags)) != 0) {
         nng_dialer_close(d);
         return rv;
     }
-    if (dp != NULL)
-        *dp = d;
     return 0;
 }
 

@@ -73,7 +73,8 @@ const char *ihc_tls_describe(const ihc_tls *t);
  * client configuration: the peer's certificate verified against the CA, its name against
  * server_name or the URL's host, and this side's certificate sent when there is one. Other
  * URLs are dialed as they are. Returns an nng error code (NNG_EINVAL for a tls+tcp:// URL
- * without t). dp may be NULL. */
+ * without t). dp may be NULL; *dp is set before the dialer starts, so that a pipe callback
+ * running before this returns can recognise the dialer. */
 int ihc_tls_dial(nng_socket s, const char *url, const ihc_tls *t, nng_dialer *dp, int flags);
 
 /* Creates and starts a listener on s for url. A tls+tcp:// URL gets t's server configuration:

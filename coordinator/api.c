@@ -49,6 +49,11 @@ void ihc_api_interrupt(ihc_coord *c, const char *hw, const char *reason, int64_t
     if (ihc_request_check(hw, reason, timeout_ms, msg, sizeof(msg)) != IHC_OK)
         goto bad;
     const ihc_config *cfg = ihc__coord_config(c);
+    if (!ihc__coord_leading(c)) { /* the loop checks again before it publishes */
+        char *s = ihc__coord_not_leader(c);
+        done(503, s ? s : strdup("{\"error\":\"out of memory\"}"), arg);
+        return;
+    }
     if (strcmp(hw, "*") == 0 && !cfg->global_interrupt_enabled) {
         ihc_api_count_rejected(c);
         refuse(done, arg, 403, "global interrupt disabled (GLOBAL_INTERRUPT_ENABLED=false)");
@@ -114,7 +119,7 @@ void ihc_api_query_async(ihc_coord *c, const char *op, const char *hw, ihc_api_d
         return;
     }
     if (strcmp(op, "health") == 0) { /* answered even when the loop is busy or stopping */
-        char *body = ihc_doc_health(ihc__coord_redis_up(c));
+        char *body = ihc__coord_health(c);
         done(body ? 200 : 500, body ? body : strdup("{\"error\":\"out of memory\"}"), arg);
         return;
     }

@@ -24,7 +24,12 @@
  *               "active_sessions":…,"registered_modules":…,"agents":…,
  *               "inflight":…,"rejected_messages":…,"sessions_created":…,
  *               "persist_backlog":…,"redis_connected":true,"uptime_s":…}
- *  health      {"status":"ok","redis":"reachable"|"unreachable","version":"0.1.0"}
+ *  health      {"status":"ok","redis":"reachable"|"unreachable","version":"0.1.0",
+ *               "id":"host:42","role":"leader"|"standby","leader":"host:42"|null,"term":3}
+ *  not leader  503 to an interrupt or a flags reset sent to a standby (nothing is done):
+ *              {"error":"not the leader: …","code":"IHC_ENOTLEADER","role":"standby",
+ *               "id":"host:43","leader":"host:42"|null,"leader_control":"tcp://…"|null,
+ *               "leader_http":"http://…"|null,"term":3}
  *  errors      {"error":"hardware_id: invalid hardware_id 'a b' (1-128 bytes of
  *               [A-Za-z0-9._:@-])"}
  */

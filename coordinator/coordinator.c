@@ -21,6 +21,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/pipeline0/pull.h>
 #include <nng/protocol/pubsub0/pub.h>
+#include <nng/protocol/pubsub0/sub.h>
 
 #include "clock.h"
 #include "defaults.h"
@@ -29,6 +30,7 @@
 #include "events.h"
 #include "hist.h"
 #include "inflight.h"
+#include "leader.h"
 #include "log.h"
 #include "persist.h"
 #include "redis_url.h"
@@ -61,6 +63,21 @@
 
 typedef struct ihc__cmd ihc__cmd;
 
+/* What Redis holds of the state a leader takes over: read at start and on every election
+ * (by the lease's thread), applied by the loop. */
+typedef struct {
+    bool read;    /* everything below was read */
+    uint64_t seq; /* ihc:seq interrupt_id */
+    ihc_store_epoch_rec *ep;
+    size_t n_ep;
+    ihc_store_agent_rec *ag;
+    size_t n_ag;
+    ihc_store_session_rec *ss;
+    size_t n_ss;
+    int64_t total, succeeded, failed, sessions_created;
+    ihc_store_flags flags;
+} snapshot;
+
 struct ihc_coord {
     const ihc_config *cfg;
     ihc_wire_auth *auth;
@@ -85,8 +102,23 @@ struct ihc_coord {
     uint64_t resync_seq;
     ihc_store_epoch_rec *resync_epochs;
     size_t resync_n;
+    /* elected (set by the lease's thread, under mu): the term, its ids and what Redis held */
+    bool elect_due;
+    uint64_t elect_term, elect_ids_hi;
+    snapshot elect_snap;
+
+    ihc_leader *leader;              /* thread-safe */
+    atomic_uint_fast64_t write_term; /* the term Redis writes are fenced with (0: none) */
 
     /* owned by the loop thread */
+    uint64_t lead_term; /* the term this loop leads in (0: standby) */
+    /* a standby's SUB on the leader's PUB: the epochs and ids the leader hands out, so that
+     * a take-over never goes back even when the leader died before Redis had them */
+    nng_socket watch;
+    bool watch_open;
+    int watch_fd;
+    char watch_url[512];
+    atomic_bool lead_provisional; /* lead_term is a provisional one (leader.h) */
     ihc_registry *reg;
     ihc_inflight **fl;
     size_t n_fl, cap_fl;
@@ -125,10 +157,6 @@ struct ihc_coord {
     uint64_t claims_gen; /* bumped when an agent's claimed endpoints may have changed */
     uint64_t seen_pipes_gen, seen_claims_gen;
     bool results_known, results_wanted;
-    /* statistics counters not yet queued for Redis: one increment per counter per loop turn */
-    struct {
-        int64_t total, succeeded, failed, sessions_created;
-    } stats_due;
 };
 
 typedef enum { CMD_INTERRUPT, CMD_QUERY } cmd_kind;
@@ -147,6 +175,8 @@ struct ihc__cmd {
 };
 
 static int query_index(const char *op);
+static void leadership(ihc_coord *c);
+static void watch_drain(ihc_coord *c);
 
 static void cmd_free(ihc__cmd *k)
 {
@@ -271,9 +301,17 @@ static void publish(ihc_coord *c, const ihc_msg *m)
     publish_frame(c, buf, len, m->type);
 }
 
-static void interrupt_msg(ihc_msg *m, const ihc_inflight *f)
+/* The term messages carry: none (0) while leading provisionally, without a lease (agents
+ * take term 0 from anyone; the provisional number may be below terms they have seen). */
+static uint64_t wire_term(const ihc_coord *c)
+{
+    return atomic_load(&c->lead_provisional) ? 0 : c->lead_term;
+}
+
+static void interrupt_msg(const ihc_coord *c, ihc_msg *m, const ihc_inflight *f)
 {
     *m = (ihc_msg){.type = IHC_MSG_INTERRUPT};
+    m->u.interrupt.term = wire_term(c);
     m->u.interrupt.id = f->id;
     m->u.interrupt.hw = f->hw;
     m->u.interrupt.epoch = f->epoch;
@@ -287,7 +325,7 @@ static void interrupt_msg(ihc_msg *m, const ihc_inflight *f)
 static void publish_interrupt(ihc_coord *c, const ihc_inflight *f)
 {
     ihc_msg m;
-    interrupt_msg(&m, f);
+    interrupt_msg(c, &m, f);
     publish(c, &m);
 }
 
@@ -295,7 +333,7 @@ static void publish_interrupt(ihc_coord *c, const ihc_inflight *f)
 static void publish_interrupt_to(ihc_coord *c, const ihc_inflight *f, const char *agent)
 {
     ihc_msg m;
-    interrupt_msg(&m, f);
+    interrupt_msg(c, &m, f);
     char *agents[1] = {(char *)agent};
     m.u.interrupt.agents = agents;
     m.u.interrupt.n_agents = 1;
@@ -479,11 +517,11 @@ static void on_registry_event(void *arg, ihc_reg_event ev, const ihc_reg_session
                             .epoch = s->epoch,
                             .created_ms = s->created_ms,
                             .updated_ms = s->updated_ms,
-                            .data = s->data};
+                            .data = s->data,
+                            .is_new = ev == IHC_REG_SESSION_ADDED};
     ihc_persist_session_put(c->persist, &ss);
     if (ev == IHC_REG_SESSION_ADDED) {
         c->sessions_created++;
-        c->stats_due.sessions_created++;
         ihc_events_emit_take(c->events, "session_begin", ihc_doc_session_event(s, true));
     }
 }
@@ -552,11 +590,27 @@ static int seq_file_write(const ihc_coord *c, uint64_t v)
     return IHC_OK;
 }
 
-/* Hands out the next interrupt id, persisting a new high-water mark first whenever the
- * reserved block is used up, so that a restart resumes above every id ever handed out. */
+/* Hands out the next interrupt id (0: none may be handed out). Ids come from the blocks the
+ * lease's thread reserves in Redis under the term, so they stay unique and growing across
+ * leaders. A leader alone whose Redis is away goes on past its block as a single
+ * coordinator always did: persisting a new high-water mark (state file, then Redis) whenever
+ * a block of its own is used up, so that a restart resumes above every id ever handed out.
+ * With standbys it refuses instead: a successor could hand out the same ids. */
 static uint64_t next_interrupt_id(ihc_coord *c)
 {
+    uint64_t granted = ihc_leader_ids_hi(c->leader);
+    if (granted > c->reserved_hi) {
+        if (seq_file_write(c, granted) != IHC_OK)
+            ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot write state file state_dir=%s: %s",
+                    c->cfg->state_dir, strerror(errno));
+        c->reserved_hi = granted;
+    }
+    ihc_leader_ids_next(c->leader, c->next_id + 1);
     if (c->next_id > c->reserved_hi) {
+        ihc_leader_view v;
+        ihc_leader_view_get(c->leader, &v);
+        if (!v.solo)
+            return 0;
         uint64_t hi = c->next_id + IHC__ID_BLOCK - 1;
         int rc = seq_file_write(c, hi);
         if (rc != IHC_OK)
@@ -566,6 +620,27 @@ static uint64_t next_interrupt_id(ihc_coord *c)
         c->reserved_hi = hi;
     }
     return c->next_id++;
+}
+
+/* Whether this loop may publish and write now: it took over a term that the lease still
+ * backs (leader.h: by this process' clock). */
+static bool leading(const ihc_coord *c)
+{
+    return c->lead_term && ihc_leader_term(c->leader) == c->lead_term;
+}
+
+/* The 503 of a coordinator that does not lead: who does and where (api.h). */
+static char *not_leader_doc(ihc_coord *c)
+{
+    ihc_leader_view v;
+    ihc_leader_view_get(c->leader, &v);
+    return ihc_doc_not_leader(c->cfg->coordinator_id, &v);
+}
+
+static void answer_not_leader(ihc_coord *c, ihc_api_done_fn done, void *arg)
+{
+    char *s = not_leader_doc(c);
+    done(503, s ? s : strdup("{\"error\":\"out of memory\"}"), arg);
 }
 
 /* ---- interrupts ---- */
@@ -593,27 +668,6 @@ static void stats_record(ihc_coord *c, const ihc_inflight *f)
         for (size_t i = 0; r && i < r->n_modules; i++)
             ihc_hist_family_observe(&c->module_latency, r->modules[i].name,
                                     r->modules[i].time_ms / 1e3);
-    }
-}
-
-/* The statistics counters this turn moved, one increment each for Redis. */
-static void stats_flush(ihc_coord *c)
-{
-    static const struct {
-        const char *field;
-        size_t off;
-    } counters[] = {
-        {"total_interrupts", offsetof(ihc_coord, stats_due.total)},
-        {"successful_interrupts", offsetof(ihc_coord, stats_due.succeeded)},
-        {"failed_interrupts", offsetof(ihc_coord, stats_due.failed)},
-        {"sessions_created", offsetof(ihc_coord, stats_due.sessions_created)},
-    };
-    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
-        int64_t *v = (int64_t *)((char *)c + counters[i].off);
-        if (*v) {
-            ihc_persist_stats_incr(c->persist, counters[i].field, *v);
-            *v = 0;
-        }
     }
 }
 
@@ -694,12 +748,7 @@ static void finish(ihc_coord *c, ihc_inflight *f)
     if (event)
         publish_frame(c, event, event_len, IHC_MSG_RESULT);
 
-    flags_set(c, f, now_ms, now_ns);
-    c->stats_due.total++;
-    if (f->success)
-        c->stats_due.succeeded++;
-    else
-        c->stats_due.failed++;
+    flags_set(c, f, now_ms, now_ns); /* Redis' statistics move with the log entry, once */
     stats_record(c, f);
 
     size_t n_ans = f->n_answered + f->n_extra;
@@ -751,8 +800,48 @@ static uint64_t resend_after(const ihc_coord *c)
     return adaptive > base ? adaptive : base;
 }
 
+/* While warming up (agents known from Redis that have not said hello yet, and have not passed
+ * IHC_AGENT_TTL): those agents are expected too, and sent the interrupt on their own topics
+ * (they may hold sessions begun while no coordinator knew), so no answer says success before
+ * each of them answered. Returns the merged sorted list in *expected (takes the old one). */
+static int expect_warming(ihc_coord *c, char ***expected, size_t *n, char ***pending,
+                          size_t *n_pending)
+{
+    *pending = NULL;
+    *n_pending = 0;
+    int rc = ihc_registry_pending(c->reg, pending, n_pending);
+    if (rc != IHC_OK || *n_pending == 0)
+        return rc;
+    char **all = calloc(*n + *n_pending, sizeof(*all));
+    if (!all)
+        return IHC_ENOMEM;
+    size_t i = 0, j = 0, k = 0;
+    while (i < *n || j < *n_pending) {
+        int cmp = i == *n ? 1 : j == *n_pending ? -1 : strcmp((*expected)[i], (*pending)[j]);
+        const char *src = cmp <= 0 ? (*expected)[i] : (*pending)[j];
+        if (!(all[k] = strdup(src))) {
+            ihc_registry_strv_free(all, k);
+            return IHC_ENOMEM;
+        }
+        k++;
+        if (cmp <= 0)
+            i++;
+        if (cmp >= 0)
+            j++;
+    }
+    ihc_registry_strv_free(*expected, *n);
+    *expected = all;
+    *n = k;
+    return IHC_OK;
+}
+
 static void start_interrupt(ihc_coord *c, ihc__cmd *k)
 {
+    if (!leading(c)) {
+        answer_not_leader(c, k->done, k->arg);
+        atomic_fetch_sub(&c->pending, 1);
+        return;
+    }
     uint64_t now_ns = ihc_mono_ns();
     int64_t now_ms = ihc_now_ms();
     int64_t timeout_ms =
@@ -767,18 +856,32 @@ static void start_interrupt(ihc_coord *c, ihc__cmd *k)
         c->fl = nf;
         c->cap_fl = cap;
     }
-    char **expected = NULL;
-    size_t n_expected = 0;
+    uint64_t id = next_interrupt_id(c);
+    if (id == 0) {
+        ihc_log(IHC_LOG_WARN, COMPONENT,
+                "interrupt refused hw=%s: no interrupt id reserved (redis unreachable)", k->hw);
+        answer(k->done, k->arg, 503, "no interrupt id reserved: redis unreachable");
+        atomic_fetch_sub(&c->pending, 1);
+        return;
+    }
+    char **expected = NULL, **warming = NULL;
+    size_t n_expected = 0, n_warming = 0;
     if (ihc_registry_expected(c->reg, k->hw, &expected, &n_expected) != IHC_OK)
         goto nomem;
+    if (expect_warming(c, &expected, &n_expected, &warming, &n_warming) != IHC_OK) {
+        ihc_registry_strv_free(expected, n_expected);
+        ihc_registry_strv_free(warming, n_warming);
+        goto nomem;
+    }
     uint64_t epoch = ihc_registry_epoch_bump(c->reg, k->hw, now_ms);
     if (epoch == 0) {
         ihc_registry_strv_free(expected, n_expected);
+        ihc_registry_strv_free(warming, n_warming);
         goto nomem;
     }
     uint64_t elapsed_ms = (now_ns - k->t0_ns) / 1000000ull;
     ihc_inflight_params p = {
-        .id = next_interrupt_id(c),
+        .id = id,
         .hw = k->hw,
         .epoch = epoch,
         .reason = k->reason,
@@ -794,6 +897,7 @@ static void start_interrupt(ihc_coord *c, ihc__cmd *k)
     int rc = ihc_inflight_new(&f, &p);
     ihc_registry_strv_free(expected, n_expected);
     if (rc != IHC_OK) {
+        ihc_registry_strv_free(warming, n_warming);
         ihc_persist_epoch_raise(c->persist, k->hw, epoch); /* the bump is already done */
         goto nomem;
     }
@@ -801,6 +905,9 @@ static void start_interrupt(ihc_coord *c, ihc__cmd *k)
     f->arg = k->arg;
     /* the broadcast first: everything else here can wait for it */
     publish_interrupt(c, f);
+    for (size_t i = 0; i < n_warming; i++)
+        publish_interrupt_to(c, f, warming[i]);
+    ihc_registry_strv_free(warming, n_warming);
     ihc_persist_epoch_raise(c->persist, k->hw, epoch);
     ihc_events_emit_take(c->events, "interrupt", ihc_doc_interrupt_event(f, now_ms));
     if (ihc_inflight_complete(f)) { /* nobody holds a session of hw: nothing to wait for */
@@ -817,6 +924,8 @@ nomem:
 
 static void resend(ihc_coord *c, ihc_inflight *f, uint64_t now_ns)
 {
+    if (!leading(c))
+        return; /* a coordinator whose lease ended publishes nothing */
     const char **missing = NULL;
     size_t n = 0;
     if (ihc_inflight_missing(f, &missing, &n) != IHC_OK)
@@ -827,7 +936,7 @@ static void resend(ihc_coord *c, ihc_inflight *f, uint64_t now_ns)
             publish_interrupt_to(c, f, missing[i]);
     } else {
         ihc_msg m;
-        interrupt_msg(&m, f);
+        interrupt_msg(c, &m, f);
         m.u.interrupt.agents = (char **)missing;
         m.u.interrupt.n_agents = n;
         publish(c, &m);
@@ -868,6 +977,8 @@ static void end_reported_sessions(ihc_coord *c, const ihc_report_msg *r)
     }
 }
 
+static void ask_hello(ihc_coord *c, const char *agent_id, const char *why);
+
 static void on_report(ihc_coord *c, ihc_msg **mp)
 {
     const ihc_report_msg *r = &(*mp)->u.report;
@@ -876,7 +987,11 @@ static void on_report(ihc_coord *c, ihc_msg **mp)
         count_rejected(c, "report", IHC_ENOENT, "report for an interrupt id never issued");
         return;
     }
+    const ihc_reg_agent *before = ihc_registry_agent(c->reg, r->agent);
+    bool pending = before && before->state == IHC_AGENT_PENDING;
     ihc_registry_touch(c->reg, r->agent, ihc_mono_ns(), ihc_now_ms());
+    if (pending) /* known from Redis only: its hello lists the sessions Redis never saw */
+        ask_hello(c, r->agent, "pending");
     ssize_t i = table_find(c, r->id);
     if (i < 0) {
         /* the interrupt is over, but what the agent cleaned is no longer active */
@@ -898,8 +1013,12 @@ static void on_report(ihc_coord *c, ihc_msg **mp)
     }
 }
 
+/* The answer to a hello (and, on taking over, to every agent): its sessions' epochs, with
+ * the term. A standby sends none: its epochs may be behind the leader's. */
 static void send_sync(ihc_coord *c, const char *agent_id)
 {
+    if (!leading(c))
+        return;
     agent_scan sc = {.agent_id = agent_id};
     ihc_registry_foreach_agent_session(c->reg, agent_id, scan_agent_session, &sc);
     ihc_epoch_info *ep = calloc(sc.n_hws + 1, sizeof(*ep));
@@ -914,6 +1033,7 @@ static void send_sync(ihc_coord *c, const char *agent_id)
     ep[sc.n_hws].hw = "*";
     ep[sc.n_hws].epoch = ihc_registry_epoch(c->reg, "*", &ep[sc.n_hws].set_ms);
     ihc_msg m = {.type = IHC_MSG_SYNC};
+    m.u.sync.term = wire_term(c);
     m.u.sync.agent = (char *)agent_id;
     m.u.sync.epochs = ep;
     m.u.sync.n_epochs = sc.n_hws + 1;
@@ -944,6 +1064,7 @@ static void on_hello(ihc_coord *c, ihc_msg **mp)
 static void ask_hello(ihc_coord *c, const char *agent_id, const char *why)
 {
     ihc_msg m = {.type = IHC_MSG_SYNC};
+    m.u.sync.term = wire_term(c);
     m.u.sync.agent = (char *)agent_id;
     m.u.sync.hello = true;
     publish(c, &m);
@@ -957,7 +1078,10 @@ static void on_heartbeat(ihc_coord *c, ihc_msg **mp)
     const ihc_heartbeat_msg *hb = &m->u.heartbeat;
     const ihc_reg_agent *before = ihc_registry_agent(c->reg, hb->agent);
     bool was_connected = before && before->state == IHC_AGENT_CONNECTED;
-    const char *lost = !before ? "unknown" : before->state == IHC_AGENT_GONE ? "gone" : NULL;
+    const char *lost = !before                              ? "unknown"
+                       : before->state == IHC_AGENT_GONE    ? "gone"
+                       : before->state == IHC_AGENT_PENDING ? "pending"
+                                                            : NULL;
     ihc_reg_agent *a = ihc_registry_touch(c->reg, hb->agent, ihc_mono_ns(), ihc_now_ms());
     if (!a)
         return;
@@ -1052,6 +1176,18 @@ static void on_redis_back(void *arg, ihc_store *st)
         wake(c);
 }
 
+/* ihc:stats from memory, queued after every write before it: the log entries still queued
+ * count themselves first (on an emptied Redis), then these totals, which include them,
+ * replace the counters. */
+static void stats_rewrite(ihc_coord *c)
+{
+    ihc_store_stats v = {.total = c->total,
+                         .succeeded = c->succeeded,
+                         .failed = c->failed,
+                         .sessions_created = c->sessions_created};
+    ihc_persist_stats_set(c->persist, &v);
+}
+
 static void resync_epoch(void *arg, const char *hw, uint64_t epoch, int64_t set_ms)
 {
     ihc_coord *c = arg;
@@ -1104,6 +1240,7 @@ static void resync(ihc_coord *c)
         snprintf(sf.reason, sizeof(sf.reason), "%s", c->flag_reason);
         ihc_persist_flags_set(c->persist, &sf);
     }
+    stats_rewrite(c);
     ihc_log(IHC_LOG_INFO, COMPONENT,
             "redis state rewritten after reconnect sessions=%zu next_id=%" PRIu64,
             ihc_registry_session_count(c->reg), c->next_id);
@@ -1157,6 +1294,8 @@ static char *q_flags(ihc_coord *c, const char *hw)
 
 static char *q_flags_reset(ihc_coord *c, const char *hw)
 {
+    if (!leading(c))
+        return NULL; /* run_cmd answers 503 */
     flags_reset(c);
     ihc_log(IHC_LOG_INFO, COMPONENT, "flags reset on request");
     return q_flags(c, hw);
@@ -1181,7 +1320,7 @@ static char *q_metrics(ihc_coord *c, const char *hw)
 static char *q_health(ihc_coord *c, const char *hw)
 {
     (void)hw;
-    return ihc_doc_health(ihc_persist_connected(c->persist));
+    return ihc__coord_health(c);
 }
 
 /* The queries of api.h, by op. */
@@ -1206,6 +1345,10 @@ static void run_cmd(ihc_coord *c, ihc__cmd *k)
 {
     if (k->kind == CMD_INTERRUPT) {
         start_interrupt(c, k);
+        return;
+    }
+    if (queries[k->query].run == q_flags_reset && !leading(c)) {
+        answer_not_leader(c, k->done, k->arg);
         return;
     }
     char *body = queries[k->query].run(c, k->has_hw ? k->hw : NULL);
@@ -1273,9 +1416,10 @@ static void *loop_main(void *arg)
 {
     ihc_coord *c = arg;
     while (!atomic_load(&c->loop_stop)) {
-        struct pollfd pfd[2] = {{.fd = c->wake_fd, .events = POLLIN},
-                                {.fd = c->pull_fd, .events = POLLIN}};
-        int rv = poll(pfd, 2, poll_timeout_ms(c, ihc_mono_ns()));
+        struct pollfd pfd[3] = {{.fd = c->wake_fd, .events = POLLIN},
+                                {.fd = c->pull_fd, .events = POLLIN},
+                                {.fd = c->watch_open ? c->watch_fd : -1, .events = POLLIN}};
+        int rv = poll(pfd, 3, poll_timeout_ms(c, ihc_mono_ns()));
         if (rv < 0 && errno != EINTR) {
             ihc_log(IHC_LOG_ERROR, COMPONENT, "poll failed: %s", strerror(errno));
             ihc_sleep_ms(10);
@@ -1286,6 +1430,8 @@ static void *loop_main(void *arg)
             (void)n;
         }
         ihc_persist_defer(c->persist);
+        watch_drain(c); /* before taking over: the old leader's last interrupts count */
+        leadership(c);
         /* agents' messages first: a session begun before a request must be expected by it */
         for (int i = 0; i < MAX_MSGS_PER_TURN; i++) {
             nng_msg *nm = NULL;
@@ -1303,7 +1449,6 @@ static void *loop_main(void *arg)
         resync(c);
         uint64_t now_ns = ihc_mono_ns();
         run_timers(c, now_ns);
-        stats_flush(c);
         if (c->n_fl == 0 || (c->persist_due_ns && now_ns >= c->persist_due_ns)) {
             ihc_persist_kick(c->persist);
             c->persist_due_ns = 0;
@@ -1316,7 +1461,6 @@ static void *loop_main(void *arg)
         ihc_inflight *f = c->fl[--c->n_fl];
         finish(c, f);
     }
-    stats_flush(c);
     ihc_persist_kick(c->persist);
     for (ihc__cmd *k = take_queue(c); k;) {
         ihc__cmd *next = k->next;
@@ -1332,7 +1476,107 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
-/* ---- start-up: state from Redis and the state file ---- */
+/* ---- state from Redis: at start-up and when taking over ---- */
+
+static void snap_free(snapshot *sn)
+{
+    ihc_store_epochs_free(sn->ep, sn->n_ep);
+    ihc_store_agents_free(sn->ag, sn->n_ag);
+    ihc_store_sessions_free(sn->ss, sn->n_ss);
+    memset(sn, 0, sizeof(*sn));
+}
+
+/* Any thread, with its own store: what Redis holds. */
+static int snap_read(ihc_store *st, snapshot *sn)
+{
+    memset(sn, 0, sizeof(*sn));
+    int rc = ihc_store_seq_get(st, &sn->seq);
+    if (rc == IHC_OK)
+        rc = ihc_store_epochs_list(st, &sn->ep, &sn->n_ep);
+    if (rc == IHC_OK)
+        rc = ihc_store_agents_list(st, &sn->ag, &sn->n_ag);
+    if (rc == IHC_OK)
+        rc = ihc_store_sessions_list(st, NULL, &sn->ss, &sn->n_ss);
+    if (rc == IHC_OK)
+        rc = ihc_store_stats_get(st, "total_interrupts", &sn->total);
+    if (rc == IHC_OK)
+        rc = ihc_store_stats_get(st, "successful_interrupts", &sn->succeeded);
+    if (rc == IHC_OK)
+        rc = ihc_store_stats_get(st, "failed_interrupts", &sn->failed);
+    if (rc == IHC_OK)
+        rc = ihc_store_stats_get(st, "sessions_created", &sn->sessions_created);
+    if (rc == IHC_OK)
+        rc = ihc_store_flags_get(st, &sn->flags);
+    sn->read = rc == IHC_OK;
+    return rc;
+}
+
+/* An agent as Redis keeps it, PENDING until it says hello. */
+static void snap_agent(ihc_coord *c, const ihc_store_agent_rec *ag, uint64_t now_ns)
+{
+    json_t *mods = ag->modules ? json_loads(ag->modules, 0, NULL) : NULL;
+    size_t nm = json_array_size(mods), k = 0;
+    ihc_module_info *mi = nm ? calloc(nm, sizeof(*mi)) : NULL;
+    for (size_t j = 0; mi && j < nm; j++) {
+        json_t *v = json_array_get(mods, j);
+        const char *name = json_string_value(json_object_get(v, "name"));
+        if (!name)
+            continue;
+        mi[k].name = (char *)name;
+        mi[k].timeout_ms = (uint32_t)json_integer_value(json_object_get(v, "timeout_ms"));
+        mi[k].enabled = !json_is_false(json_object_get(v, "enabled"));
+        json_t *meths = json_object_get(v, "methods");
+        size_t nme = json_array_size(meths);
+        mi[k].methods = nme ? calloc(nme, sizeof(char *)) : NULL;
+        for (size_t q = 0; mi[k].methods && q < nme; q++) {
+            const char *ms = json_string_value(json_array_get(meths, q));
+            if (ms)
+                mi[k].methods[mi[k].n_methods++] = (char *)ms;
+        }
+        k++;
+    }
+    ihc_registry_agent_load(c->reg, ag->agent_id, ag->node, ag->pid, ag->started_ms,
+                            ag->last_seen_ms, mi, k, now_ns);
+    for (size_t j = 0; j < k; j++)
+        free(mi[j].methods);
+    free(mi);
+    json_decref(mods);
+}
+
+/* Loop thread (or before it starts): merges what Redis holds into what this coordinator
+ * knows. Epochs only go up; an agent this coordinator already heard from (a standby's warm
+ * registry: agents talk to every coordinator) keeps what it said, and only agents not heard
+ * from come from Redis, PENDING until their hello; counters take the larger value. */
+static void snap_apply(ihc_coord *c, const snapshot *sn)
+{
+    uint64_t now_ns = ihc_mono_ns();
+    for (size_t i = 0; i < sn->n_ep; i++)
+        ihc_registry_epoch_raise(c->reg, sn->ep[i].hw, sn->ep[i].epoch, 0);
+    for (size_t i = 0; i < sn->n_ag; i++)
+        if (!ihc_registry_agent(c->reg, sn->ag[i].agent_id))
+            snap_agent(c, &sn->ag[i], now_ns);
+    for (size_t i = 0; i < sn->n_ss; i++) {
+        const ihc_reg_agent *a = ihc_registry_agent(c->reg, sn->ss[i].agent_id);
+        if (!a || a->state == IHC_AGENT_PENDING)
+            ihc_registry_session_load(c->reg, &sn->ss[i], now_ns);
+    }
+    if ((uint64_t)sn->total > c->total) {
+        c->total = (uint64_t)sn->total;
+        c->succeeded = (uint64_t)sn->succeeded;
+        c->failed = (uint64_t)sn->failed;
+    }
+    if ((uint64_t)sn->sessions_created > c->sessions_created)
+        c->sessions_created = (uint64_t)sn->sessions_created;
+    if (sn->flags.global_interrupt_flag && sn->flags.set_ms >= c->flag_set_ms) {
+        c->flag = true;
+        snprintf(c->flag_hw, sizeof(c->flag_hw), "%s", sn->flags.interrupt_hardware_id);
+        snprintf(c->flag_reason, sizeof(c->flag_reason), "%s", sn->flags.reason);
+        c->flag_set_ms = sn->flags.set_ms;
+        c->flag_reset_ns = now_ns + ns_of_s(c->cfg->session_cleanup_delay);
+    }
+    if (sn->seq >= c->next_id)
+        c->next_id = sn->seq + 1;
+}
 
 static void load_state(ihc_coord *c)
 {
@@ -1340,99 +1584,302 @@ static void load_state(ihc_coord *c)
     if (seq_file_read(c, &file_seq) != IHC_OK)
         ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot read state file in state_dir=%s",
                 c->cfg->state_dir);
-
+    c->next_id = file_seq + 1;
     ihc_store_opts so = {.url = c->cfg->redis_url,
                          .timeout_ms = (uint32_t)c->cfg->redis_timeout_ms,
                          .client_name = "ihc-coordinator-load"};
     ihc_store *st = NULL;
-    uint64_t redis_seq = 0;
-    bool loaded = false;
-    uint64_t now_ns = ihc_mono_ns();
+    snapshot sn;
+    memset(&sn, 0, sizeof(sn));
     if (ihc_store_open(&st, &so) == IHC_OK && ihc_store_ping(st) == IHC_OK) {
-        size_t n_ep = 0, n_ag = 0, n_ss = 0;
-        ihc_store_epoch_rec *ep = NULL;
-        ihc_store_agent_rec *ag = NULL;
-        ihc_store_session_rec *ss = NULL;
-        int rc = ihc_store_seq_get(st, &redis_seq);
-        if (rc == IHC_OK && (rc = ihc_store_epochs_list(st, &ep, &n_ep)) == IHC_OK)
-            for (size_t i = 0; i < n_ep; i++)
-                ihc_registry_epoch_raise(c->reg, ep[i].hw, ep[i].epoch, 0);
-        if (rc == IHC_OK && (rc = ihc_store_agents_list(st, &ag, &n_ag)) == IHC_OK)
-            for (size_t i = 0; i < n_ag; i++) {
-                json_t *mods = ag[i].modules ? json_loads(ag[i].modules, 0, NULL) : NULL;
-                size_t nm = json_array_size(mods), k = 0;
-                ihc_module_info *mi = nm ? calloc(nm, sizeof(*mi)) : NULL;
-                for (size_t j = 0; mi && j < nm; j++) {
-                    json_t *v = json_array_get(mods, j);
-                    const char *name = json_string_value(json_object_get(v, "name"));
-                    if (!name)
-                        continue;
-                    mi[k].name = (char *)name;
-                    mi[k].timeout_ms =
-                        (uint32_t)json_integer_value(json_object_get(v, "timeout_ms"));
-                    mi[k].enabled = !json_is_false(json_object_get(v, "enabled"));
-                    json_t *meths = json_object_get(v, "methods");
-                    size_t nme = json_array_size(meths);
-                    mi[k].methods = nme ? calloc(nme, sizeof(char *)) : NULL;
-                    for (size_t q = 0; mi[k].methods && q < nme; q++) {
-                        const char *ms = json_string_value(json_array_get(meths, q));
-                        if (ms)
-                            mi[k].methods[mi[k].n_methods++] = (char *)ms;
-                    }
-                    k++;
-                }
-                ihc_registry_agent_load(c->reg, ag[i].agent_id, ag[i].node, ag[i].pid,
-                                        ag[i].started_ms, ag[i].last_seen_ms, mi, k, now_ns);
-                for (size_t j = 0; j < k; j++)
-                    free(mi[j].methods);
-                free(mi);
-                json_decref(mods);
-            }
-        if (rc == IHC_OK && (rc = ihc_store_sessions_list(st, NULL, &ss, &n_ss)) == IHC_OK)
-            for (size_t i = 0; i < n_ss; i++)
-                ihc_registry_session_load(c->reg, &ss[i], now_ns);
-        int64_t v = 0;
-        if (rc == IHC_OK && ihc_store_stats_get(st, "total_interrupts", &v) == IHC_OK)
-            c->total = (uint64_t)v;
-        if (rc == IHC_OK && ihc_store_stats_get(st, "successful_interrupts", &v) == IHC_OK)
-            c->succeeded = (uint64_t)v;
-        if (rc == IHC_OK && ihc_store_stats_get(st, "failed_interrupts", &v) == IHC_OK)
-            c->failed = (uint64_t)v;
-        if (rc == IHC_OK && ihc_store_stats_get(st, "sessions_created", &v) == IHC_OK)
-            c->sessions_created = (uint64_t)v;
-        ihc_store_flags fl;
-        if (rc == IHC_OK && ihc_store_flags_get(st, &fl) == IHC_OK && fl.global_interrupt_flag) {
-            c->flag = true;
-            snprintf(c->flag_hw, sizeof(c->flag_hw), "%s", fl.interrupt_hardware_id);
-            snprintf(c->flag_reason, sizeof(c->flag_reason), "%s", fl.reason);
-            c->flag_set_ms = fl.set_ms;
-            c->flag_reset_ns = now_ns + ns_of_s(c->cfg->session_cleanup_delay);
-        }
-        loaded = rc == IHC_OK;
-        if (loaded)
+        int rc = snap_read(st, &sn);
+        snap_apply(c, &sn);
+        if (rc == IHC_OK)
             ihc_log(IHC_LOG_INFO, COMPONENT,
-                    "state loaded from redis epochs=%zu agents=%zu sessions=%zu seq=%" PRIu64, n_ep,
-                    n_ag, n_ss, redis_seq);
+                    "state loaded from redis epochs=%zu agents=%zu sessions=%zu seq=%" PRIu64,
+                    sn.n_ep, sn.n_ag, sn.n_ss, sn.seq);
         else
             ihc_log(IHC_LOG_WARN, COMPONENT, "state only partly loaded from redis: %s",
                     ihc_strerror(rc));
-        ihc_store_epochs_free(ep, n_ep);
-        ihc_store_agents_free(ag, n_ag);
-        ihc_store_sessions_free(ss, n_ss);
     } else {
         ihc_log(IHC_LOG_WARN, COMPONENT,
                 "redis unreachable at start url=%s: starting without stored state", c->redis_shown);
     }
     ihc_store_close(st);
-    uint64_t hi = redis_seq > file_seq ? redis_seq : file_seq;
-    if (hi == 0 && !loaded && !c->cfg->state_dir)
+    if (c->next_id == 1 && !sn.read && !c->cfg->state_dir)
         ihc_log(IHC_LOG_WARN, COMPONENT,
                 "interrupt ids start at 1: no redis and no IHC_STATE_DIR to resume from");
-    c->reserved_hi = hi;
-    c->next_id = c->first_id = hi + 1;
+    snap_free(&sn);
+    c->reserved_hi = c->next_id - 1;
+    c->first_id = c->next_id;
+}
+
+/* ---- leadership ---- */
+
+/* Lease thread, just elected: what Redis holds, for the loop to take over with. */
+static void on_elected(void *arg, ihc_store *st, uint64_t term, uint64_t ids_hi)
+{
+    ihc_coord *c = arg;
+    snapshot sn;
+    if (snap_read(st, &sn) != IHC_OK)
+        ihc_log(IHC_LOG_WARN, COMPONENT, "taking over term=%" PRIu64 " with part of redis: %s",
+                term, ihc_store_errstr(st));
+    pthread_mutex_lock(&c->mu);
+    snap_free(&c->elect_snap);
+    c->elect_snap = sn;
+    c->elect_due = true;
+    c->elect_term = term;
+    c->elect_ids_hi = ids_hi;
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Lease thread: the view changed; the loop looks at it. */
+static void on_lease_change(void *arg)
+{
+    wake(arg);
+}
+
+/* Persist thread: the term to fence writes with, 0 when this coordinator may not write. */
+static uint64_t write_term(void *arg)
+{
+    ihc_coord *c = arg;
+    uint64_t t = atomic_load(&c->write_term);
+    if (!t || ihc_leader_term(c->leader) != t)
+        return 0;
+    return atomic_load(&c->lead_provisional) ? IHC_PERSIST_HOLD : t;
+}
+
+static void on_fenced(void *arg, uint64_t term)
+{
+    ihc_coord *c = arg;
+    ihc_leader_fenced(c->leader, term);
+}
+
+static void rewrite_all(ihc_coord *c)
+{
+    ihc_persist_seq_raise(c->persist, c->reserved_hi);
+    ihc_registry_foreach_epoch(c->reg, resync_epoch, c);
+    ihc_registry_foreach_session(c->reg, NULL, resync_session, c);
+    ihc_registry_foreach_agent(c->reg, resync_agent, c);
+    if (c->flag) {
+        ihc_store_flags sf = {.global_interrupt_flag = true, .set_ms = c->flag_set_ms};
+        snprintf(sf.interrupt_hardware_id, sizeof(sf.interrupt_hardware_id), "%s", c->flag_hw);
+        snprintf(sf.reason, sizeof(sf.reason), "%s", c->flag_reason);
+        ihc_persist_flags_set(c->persist, &sf);
+    }
+    stats_rewrite(c);
+}
+
+static void sync_agent(void *arg, const ihc_reg_agent *a)
+{
+    if (a->state == IHC_AGENT_CONNECTED)
+        send_sync(arg, a->agent_id);
+}
+
+/* Loop thread: this coordinator now leads with term: Redis' state merged in, ids from the
+ * block the lease reserved, the whole state written under the new term, every agent told
+ * the term and its epochs. */
+static void take_lead(ihc_coord *c, uint64_t term, uint64_t ids_hi, const snapshot *sn)
+{
+    snap_apply(c, sn);
+    ihc_leader_ids_next(c->leader, c->next_id);
+    if (ids_hi >= IHC_LEADER_ID_BLOCK && ids_hi - IHC_LEADER_ID_BLOCK + 1 > c->next_id)
+        c->next_id = ids_hi - IHC_LEADER_ID_BLOCK + 1;
+    if (ids_hi > c->reserved_hi) {
+        c->reserved_hi = ids_hi;
+        if (seq_file_write(c, ids_hi) != IHC_OK)
+            ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot write state file state_dir=%s",
+                    c->cfg->state_dir);
+    }
+    c->lead_term = term;
+    atomic_store(&c->write_term, term);
+    rewrite_all(c);
+    ihc_registry_foreach_agent(c->reg, sync_agent, c);
+    char **pending = NULL;
+    size_t n_pending = 0;
+    ihc_registry_pending(c->reg, &pending, &n_pending);
+    ihc_registry_strv_free(pending, n_pending);
+    ihc_log(IHC_LOG_INFO, COMPONENT,
+            "leading term=%" PRIu64 " next_id=%" PRIu64 " agents=%zu warming_up=%zu sessions=%zu",
+            term, c->next_id, ihc_registry_live_agents(c->reg), n_pending,
+            ihc_registry_session_count(c->reg));
+}
+
+/* Loop thread: the lease ended. Interrupts in flight are answered with what they have (they
+ * cannot be re-sent), and nothing queued for Redis is written under a later term. */
+static void lose_lead(ihc_coord *c)
+{
+    uint64_t term = c->lead_term;
+    c->lead_term = 0;
+    atomic_store(&c->write_term, 0);
+    size_t inflight = c->n_fl;
+    while (c->n_fl > 0) {
+        ihc_inflight *f = c->fl[--c->n_fl];
+        finish(c, f);
+    }
+    size_t dropped = ihc_persist_drop(c->persist);
+    ihc_log(IHC_LOG_WARN, COMPONENT,
+            "not leading any more term=%" PRIu64 " answered_inflight=%zu writes_dropped=%zu", term,
+            inflight, dropped);
+}
+
+static void watch_close(ihc_coord *c)
+{
+    if (!c->watch_open)
+        return;
+    /* bounded: no callback of this socket refers to c, so one still closing can be left */
+    ihc_sock_close(c->watch, IHC_SOCK_CLOSE_MS, COMPONENT, "watch");
+    c->watch_open = false;
+    c->watch_fd = -1;
+    c->watch_url[0] = '\0';
+}
+
+/* Loop thread: a standby watches the PUB of the leader it knows of (redialled when another
+ * leads); a leader watches nothing. */
+static void watch_follow(ihc_coord *c)
+{
+    if (c->lead_term) {
+        watch_close(c);
+        return;
+    }
+    ihc_leader_view v;
+    ihc_leader_view_get(c->leader, &v);
+    if (!v.leader_pub[0] || v.leader) {
+        watch_close(c);
+        return;
+    }
+    if (c->watch_open && strcmp(c->watch_url, v.leader_pub) == 0)
+        return;
+    watch_close(c);
+    int rv = nng_sub0_open(&c->watch);
+    if (rv != 0)
+        return;
+    c->watch_open = true;
+    snprintf(c->watch_url, sizeof(c->watch_url), "%s", v.leader_pub);
+    if ((rv = nng_socket_set(c->watch, NNG_OPT_SUB_SUBSCRIBE, "hw:", 3)) != 0 ||
+        (rv = nng_socket_set_size(c->watch, NNG_OPT_RECVMAXSZ, IHC_WIRE_MAX_MSG)) != 0 ||
+        (rv = nng_socket_set_int(c->watch, NNG_OPT_RECVBUF, PULL_RECVBUF)) != 0 ||
+        (rv = ihc_tls_dial(c->watch, v.leader_pub, c->cfg->tls, NULL, NNG_FLAG_NONBLOCK)) != 0 ||
+        (rv = nng_socket_get_int(c->watch, NNG_OPT_RECVFD, &c->watch_fd)) != 0) {
+        ihc_log(IHC_LOG_WARN, COMPONENT, "cannot watch the leader's broadcasts url=%s: %s",
+                v.leader_pub, nng_strerror(rv));
+        watch_close(c);
+        return;
+    }
+    ihc_log(IHC_LOG_INFO, COMPONENT, "standby watching the leader's broadcasts leader=%s url=%s",
+            v.leader_id, v.leader_pub);
+}
+
+/* Loop thread: the leader's interrupts seen by a standby raise its epochs and ids. */
+static void watch_drain(ihc_coord *c)
+{
+    for (int i = 0; c->watch_open && i < MAX_MSGS_PER_TURN; i++) {
+        nng_msg *nm = NULL;
+        if (nng_recvmsg(c->watch, &nm, NNG_FLAG_NONBLOCK) != 0)
+            break;
+        const char *topic;
+        size_t tlen, blen;
+        const uint8_t *body;
+        ihc_msg *m = NULL;
+        if (ihc_wire_split(nng_msg_body(nm), nng_msg_len(nm), &topic, &tlen, &body, &blen) ==
+                IHC_OK &&
+            ihc_wire_decode(body, blen, c->auth, &m, NULL, 0) == IHC_OK &&
+            m->type == IHC_MSG_INTERRUPT) {
+            const ihc_interrupt_msg *in = &m->u.interrupt;
+            ihc_registry_epoch_raise(c->reg, in->hw, in->epoch, ihc_now_ms());
+            if (in->id >= c->next_id)
+                c->next_id = in->id + 1;
+        }
+        ihc_msg_free(m);
+        nng_msg_free(nm);
+    }
+}
+
+/* Loop thread: follows the lease. A provisional term (leader.h: Redis unreachable at start)
+ * is led at once with what was loaded; its promotion to a leased term keeps what it queued
+ * for Redis (nobody else led meanwhile: the lease was free). */
+static void leadership(ihc_coord *c)
+{
+    uint64_t term = ihc_leader_term(c->leader);
+    pthread_mutex_lock(&c->mu);
+    bool due = c->elect_due && term && term >= c->elect_term;
+    uint64_t et = c->elect_term, hi = c->elect_ids_hi;
+    snapshot sn = c->elect_snap;
+    if (due) {
+        c->elect_due = false;
+        memset(&c->elect_snap, 0, sizeof(c->elect_snap));
+    }
+    pthread_mutex_unlock(&c->mu);
+    bool promote = due && et == term && c->lead_term && atomic_load(&c->lead_provisional);
+    if (c->lead_term && term != c->lead_term && !promote)
+        lose_lead(c);
+    if (due && et == term && (!c->lead_term || promote)) {
+        atomic_store(&c->lead_provisional, false);
+        take_lead(c, et, hi, &sn);
+    } else if (!due && term && !c->lead_term) {
+        ihc_leader_view v;
+        ihc_leader_view_get(c->leader, &v);
+        if (v.provisional && v.term == term) {
+            atomic_store(&c->lead_provisional, true);
+            c->lead_term = term;
+            atomic_store(&c->write_term, term);
+            ihc_log(IHC_LOG_WARN, COMPONENT,
+                    "leading provisionally term=%" PRIu64 " next_id=%" PRIu64, term, c->next_id);
+        }
+    }
+    if (due)
+        snap_free(&sn);
+    watch_follow(c);
 }
 
 /* ---- lifecycle ---- */
+
+/* A listen URL as others reach it: a wildcard host becomes this host's name. */
+static void advertised(const char *url, bool http, char *out, size_t cap)
+{
+    char host[256];
+    if (gethostname(host, sizeof(host)) != 0 || !host[0])
+        snprintf(host, sizeof(host), "localhost");
+    host[sizeof(host) - 1] = '\0';
+    const char *p = strstr(url, "://");
+    size_t scheme = p ? (size_t)(p - url) + 3 : 0;
+    const char *rest = url + scheme;
+    const char *wild[] = {"0.0.0.0:", "*:", "[::]:", ":"};
+    for (size_t i = 0; i < sizeof(wild) / sizeof(wild[0]); i++)
+        if (strncmp(rest, wild[i], strlen(wild[i])) == 0) {
+            snprintf(out, cap, "%s%.*s%s:%s", http ? "http://" : "", (int)scheme, url, host,
+                     rest + strlen(wild[i]));
+            return;
+        }
+    snprintf(out, cap, "%s%s", http ? "http://" : "", url);
+}
+
+static int open_leader(ihc_coord *c)
+{
+    const ihc_config *cfg = c->cfg;
+    char control[512], http[512], pub[512], report[512];
+    advertised(cfg->control_url, false, control, sizeof(control));
+    advertised(cfg->http_addr, true, http, sizeof(http));
+    advertised(cfg->pub_url, false, pub, sizeof(pub));
+    advertised(cfg->report_url, false, report, sizeof(report));
+    ihc_leader_opts lo = {.store = {.url = cfg->redis_url,
+                                    .timeout_ms = (uint32_t)cfg->redis_timeout_ms,
+                                    .client_name = "ihc-coordinator-lease"},
+                          .id = cfg->coordinator_id,
+                          .ttl_s = cfg->lease_ttl,
+                          .first_id = c->next_id,
+                          .control = control,
+                          .http = http,
+                          .pub = pub,
+                          .report = report,
+                          .on_elected = on_elected,
+                          .on_change = on_lease_change,
+                          .arg = c};
+    int rc = ihc_leader_open(&c->leader, &lo);
+    if (rc != IHC_OK)
+        ihc_log(IHC_LOG_ERROR, COMPONENT, "cannot start the lease: %s", ihc_strerror(rc));
+    return rc;
+}
 
 static int listen_on(nng_socket s, const char *url, const ihc_tls *tls, const char *what)
 {
@@ -1454,6 +1901,7 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
     c->cfg = cfg;
     ihc_redis_url_redact(cfg->redis_url, c->redis_shown, sizeof(c->redis_shown));
     c->wake_fd = -1;
+    c->watch_fd = -1;
     c->start_ns = ihc_mono_ns();
     pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->pipes_mu, NULL);
@@ -1492,6 +1940,8 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
                                      .client_name = "ihc-coordinator"},
                            .on_reconnect = on_redis_back,
                            .on_state = on_redis_state,
+                           .term = write_term,
+                           .on_fenced = on_fenced,
                            .arg = c};
     if (po.store.agent_ttl_s == 0)
         po.store.agent_ttl_s = 1;
@@ -1501,6 +1951,8 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
         goto fail;
     }
     load_state(c);
+    if ((rc = open_leader(c)) != IHC_OK)
+        goto fail;
 
     int rv;
     if ((rv = nng_pub0_open(&c->pub)) != 0 || (rv = nng_pull0_open(&c->pull)) != 0) {
@@ -1531,6 +1983,9 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
         goto fail;
     }
     c->next_sweep_ns = ihc_mono_ns() + SWEEP_NS;
+    /* alone, or the first of several: lead from the first request on */
+    ihc_leader_wait_first(c->leader, 2u * (uint32_t)cfg->redis_timeout_ms + 500u);
+    leadership(c);
     if (pthread_create(&c->loop, NULL, loop_main, c) != 0) {
         rc = IHC_EINTERNAL;
         goto fail;
@@ -1580,9 +2035,13 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
         resync(c);
         ihc_persist_seq_raise(c->persist, c->reserved_hi);
     }
-    /* the writer first: its reconnect hook uses the mutex and the wake-up fd */
+    /* the writer first: its reconnect hook uses the mutex and the wake-up fd; its flush is
+     * fenced by the lease, given up after it */
     ihc_persist_close(c->persist, flush_ms);
+    ihc_leader_close(c->leader);
+    watch_close(c);
     ihc_store_epochs_free(c->resync_epochs, c->resync_n);
+    snap_free(&c->elect_snap);
     int pub_rc = ihc_sock_close(c->pub, IHC_SOCK_CLOSE_MS, COMPONENT, "publish");
     int pull_rc = ihc_sock_close(c->pull, IHC_SOCK_CLOSE_MS, COMPONENT, "report");
     if (pub_rc != IHC_OK || pull_rc != IHC_OK) {
@@ -1622,4 +2081,22 @@ ihc_events *ihc__coord_events(ihc_coord *c)
 bool ihc__coord_redis_up(const ihc_coord *c)
 {
     return ihc_persist_connected(c->persist);
+}
+
+char *ihc__coord_health(ihc_coord *c)
+{
+    ihc_leader_view v;
+    ihc_leader_view_get(c->leader, &v);
+    v.leader = v.leader && ihc_leader_term(c->leader) == v.term;
+    return ihc_doc_health_role(ihc_persist_connected(c->persist), c->cfg->coordinator_id, &v);
+}
+
+bool ihc__coord_leading(ihc_coord *c)
+{
+    return ihc_leader_term(c->leader) != 0;
+}
+
+char *ihc__coord_not_leader(ihc_coord *c)
+{
+    return not_leader_doc(c);
 }

@@ -53,4 +53,14 @@ struct ihc_events *ihc__coord_events(ihc_coord *c);
 /* The Redis writer's view: true when its last command succeeded. */
 bool ihc__coord_redis_up(const ihc_coord *c);
 
+/* GET /healthz's document: status, redis, version, and the leadership: role, leader, term,
+ * id (api.h). Any thread. Caller frees. */
+char *ihc__coord_health(ihc_coord *c);
+
+/* True when this coordinator leads now (its lease backs it). Any thread. */
+bool ihc__coord_leading(ihc_coord *c);
+
+/* The 503 body of a coordinator that does not lead (api.h). Any thread. Caller frees. */
+char *ihc__coord_not_leader(ihc_coord *c);
+
 #endif

@@ -27,6 +27,35 @@ char *ihc_doc_health(bool redis_up)
                           redis_up ? "reachable" : "unreachable", "version", IHC_VERSION));
 }
 
+static json_t *str_or_null(const char *s)
+{
+    return s && *s ? json_string(s) : json_null();
+}
+
+char *ihc_doc_health_role(bool redis_up, const char *self, const ihc_leader_view *v)
+{
+    return dump(json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:I}", "status", "ok", "redis",
+                          redis_up ? "reachable" : "unreachable", "version", IHC_VERSION, "id",
+                          self ? self : "", "role", v->leader ? "leader" : "standby", "leader",
+                          str_or_null(v->leader_id), "term", (json_int_t)v->term));
+}
+
+char *ihc_doc_not_leader(const char *self, const ihc_leader_view *v)
+{
+    char msg[512];
+    if (v->leader_id[0] && strcmp(v->leader_id, self ? self : "") != 0)
+        snprintf(msg, sizeof(msg),
+                 "not the leader: this coordinator is a standby; the leader is %s", v->leader_id);
+    else
+        snprintf(msg, sizeof(msg), "not the leader: no coordinator leads now (election under way)");
+    bool other = v->leader_id[0] && strcmp(v->leader_id, self ? self : "") != 0;
+    return dump(json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:I}", "error", msg, "code",
+                          "IHC_ENOTLEADER", "role", "standby", "id", self ? self : "", "leader",
+                          other ? json_string(v->leader_id) : json_null(), "leader_control",
+                          str_or_null(other ? v->leader_control : NULL), "leader_http",
+                          str_or_null(other ? v->leader_http : NULL), "term", (json_int_t)v->term));
+}
+
 json_t *ihc_doc_modules_json(const ihc_module_info *m, size_t n)
 {
     json_t *a = json_array();

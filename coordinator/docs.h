@@ -13,6 +13,7 @@
 
 #include "hist.h"
 #include "inflight.h"
+#include "leader.h"
 #include "registry.h"
 #include "wire.h"
 
@@ -85,5 +86,13 @@ char *ihc_doc_redis_event(size_t backlog, int64_t ts_ms);
  * text (for the agent hash in Redis). */
 json_t *ihc_doc_modules_json(const ihc_module_info *m, size_t n);
 char *ihc_doc_modules_text(const ihc_module_info *m, size_t n);
+
+/* GET /healthz with the leadership: {"status":"ok","redis":…,"version":…,"id":self,
+ * "role":"leader"|"standby","leader":id|null,"term":N}. */
+char *ihc_doc_health_role(bool redis_up, const char *self, const ihc_leader_view *v);
+
+/* The 503 of a standby (api.h): {"error":…,"code":"IHC_ENOTLEADER","role":"standby","id":self,
+ * "leader":id|null,"leader_control":url|null,"leader_http":url|null,"term":N}. */
+char *ihc_doc_not_leader(const char *self, const ihc_leader_view *v);
 
 #endif

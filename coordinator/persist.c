@@ -4,6 +4,7 @@
 #include "persist.h"
 #include "redis_url.h"
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -29,7 +30,8 @@ typedef enum {
     OP_AGENT_TOUCH,
     OP_LOG,
     OP_STATS,
-    OP_SEQ
+    OP_SEQ,
+    OP_STATS_SET
 } op_kind;
 
 #define OP_NSTR 5
@@ -170,7 +172,8 @@ static int op_apply(ihc_store *st, const op *o)
                                .data = o->s[4],
                                .epoch = o->u,
                                .created_ms = o->i[0],
-                               .updated_ms = o->i[1]};
+                               .updated_ms = o->i[1],
+                               .is_new = o->b};
         return ihc_store_session_put(st, &s);
     }
     case OP_SESSION_STATE:
@@ -214,15 +217,23 @@ static int op_apply(ihc_store *st, const op *o)
         return ihc_store_stats_incr(st, o->s[0], o->i[0]);
     case OP_SEQ:
         return ihc_store_seq_raise(st, o->u);
+    case OP_STATS_SET: {
+        ihc_store_stats v = {.total = (uint64_t)o->i[0],
+                             .succeeded = (uint64_t)o->i[1],
+                             .failed = (uint64_t)o->i[2],
+                             .sessions_created = o->u};
+        return ihc_store_stats_set(st, &v);
+    }
     }
     return IHC_EINVAL;
 }
 
-/* Writes a batch in one pipeline. IHC_OK or IHC_EREDIS (Redis answered, the batch is done),
- * or a connection error (nothing can be assumed written). */
-static int write_batch(ihc_store *st, op *batch)
+/* Writes a batch in one pipeline (fenced by term when not 0). IHC_OK or IHC_EREDIS (Redis
+ * answered, the batch is done), IHC_ENOTLEADER (refused by the fence), IHC_ENOENT (no term in
+ * Redis yet), or a connection error (nothing can be assumed written). */
+static int write_batch(ihc_store *st, op *batch, uint64_t term)
 {
-    int rc = ihc_store_pipeline_begin(st);
+    int rc = term ? ihc_store_pipeline_begin_fenced(st, term) : ihc_store_pipeline_begin(st);
     if (rc != IHC_OK)
         return rc == IHC_EINVAL ? IHC_EREDIS : rc;
     for (op *o = batch; o; o = o->next) {
@@ -290,8 +301,18 @@ static void *persist_main(void *arg)
             set_connected(p, ihc_store_ping(p->st) == IHC_OK);
             continue;
         }
-        int rc = write_batch(p->st, batch);
-        if (rc == IHC_OK || rc == IHC_EREDIS) {
+        uint64_t term = p->o.term ? p->o.term(p->o.arg) : 0;
+        int rc = p->o.term && !term         ? IHC_ENOTLEADER
+                 : term == IHC_PERSIST_HOLD ? IHC_ENOENT
+                                            : write_batch(p->st, batch, term);
+        if (rc == IHC_ENOTLEADER && term && term != IHC_PERSIST_HOLD) {
+            ihc_log(IHC_LOG_WARN, COMPONENT,
+                    "writes refused by the fence term=%" PRIu64 " ops=%zu: %s", term, k,
+                    ihc_store_errstr(p->st));
+            if (p->o.on_fenced)
+                p->o.on_fenced(p->o.arg, term);
+        }
+        if (rc == IHC_OK || rc == IHC_EREDIS || rc == IHC_ENOTLEADER) {
             if (rc == IHC_EREDIS)
                 ihc_log(IHC_LOG_WARN, COMPONENT, "redis refused a write: %s",
                         ihc_store_errstr(p->st));
@@ -303,9 +324,11 @@ static void *persist_main(void *arg)
             pthread_mutex_lock(&p->mu);
             p->n_writing = 0;
             pthread_mutex_unlock(&p->mu);
-            set_connected(p, true);
+            if (term || !p->o.term)
+                set_connected(p, true);
             continue;
         }
+        bool noterm = rc == IHC_ENOENT; /* Redis lost its data: the lease puts the term back */
         /* Redis away: the batch goes back to the front, in order */
         pthread_mutex_lock(&p->mu);
         for (op *o = batch; o; o = o->next)
@@ -318,7 +341,8 @@ static void *persist_main(void *arg)
         p->n += k;
         p->n_writing = 0;
         pthread_mutex_unlock(&p->mu);
-        set_connected(p, false);
+        if (!noterm)
+            set_connected(p, false);
         pthread_mutex_lock(&p->mu);
         if (!p->stopping)
             wait_ms(p, &p->stop_cv, RETRY_MS);
@@ -400,6 +424,23 @@ void ihc_persist_close(ihc_persist *p, uint32_t flush_ms)
     free(p);
 }
 
+size_t ihc_persist_drop(ihc_persist *p)
+{
+    pthread_mutex_lock(&p->mu);
+    op *o = p->head;
+    size_t n = p->n;
+    p->head = p->tail = NULL;
+    p->n = p->n_nonessential = 0;
+    p->kick_due = false;
+    pthread_mutex_unlock(&p->mu);
+    while (o) {
+        op *next = o->next;
+        op_free(o);
+        o = next;
+    }
+    return n;
+}
+
 void ihc_persist_defer(ihc_persist *p)
 {
     pthread_mutex_lock(&p->mu);
@@ -449,6 +490,7 @@ void ihc_persist_session_put(ihc_persist *p, const ihc_store_session *s)
     const char *v[] = {s->session_id, s->hw, s->agent_id, s->state, s->data};
     bool ok = o && op_strs(o, v, 5);
     if (o) {
+        o->b = s->is_new;
         o->u = s->epoch;
         o->i[0] = s->created_ms;
         o->i[1] = s->updated_ms;
@@ -547,5 +589,17 @@ void ihc_persist_seq_raise(ihc_persist *p, uint64_t v)
     op *o = op_new(OP_SEQ);
     if (o)
         o->u = v;
+    push(p, o, true);
+}
+
+void ihc_persist_stats_set(ihc_persist *p, const ihc_store_stats *v)
+{
+    op *o = op_new(OP_STATS_SET);
+    if (o) {
+        o->i[0] = (int64_t)v->total;
+        o->i[1] = (int64_t)v->succeeded;
+        o->i[2] = (int64_t)v->failed;
+        o->u = v->sessions_created;
+    }
     push(p, o, true);
 }

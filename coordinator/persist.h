@@ -12,6 +12,8 @@
 
 typedef struct ihc_persist ihc_persist;
 
+#define IHC_PERSIST_HOLD UINT64_MAX
+
 typedef struct {
     ihc_store_opts store; /* copied (url too) */
     size_t max_queue;     /* 0 = 1000000 operations */
@@ -23,6 +25,13 @@ typedef struct {
     /* Called on the writer thread when Redis becomes reachable (up) or unreachable, with
      * the backlog then. May be NULL. */
     void (*on_state)(void *arg, bool up, size_t backlog);
+    /* Fencing (may be NULL: writes unfenced). term(arg) gives the term to fence each batch
+     * with (ihc_store_pipeline_begin_fenced); 0 means this coordinator does not lead: the
+     * batch is dropped unwritten; IHC_PERSIST_HOLD that it leads without a lease yet: the
+     * batch waits (as while Redis is away). on_fenced(arg, term) is called when Redis refused a
+     * batch because ihc:term moved; the batch is dropped. */
+    uint64_t (*term)(void *arg);
+    void (*on_fenced)(void *arg, uint64_t term);
     void *arg;
 } ihc_persist_opts;
 
@@ -43,6 +52,10 @@ void ihc_persist_defer(ihc_persist *p);
 void ihc_persist_kick(ihc_persist *p);
 /* True when writes queued since ihc_persist_defer wait for ihc_persist_kick. */
 bool ihc_persist_deferred(ihc_persist *p);
+
+/* Drops every queued write (a coordinator that stopped leading: what it queued must not
+ * land under a later term). Returns how many. Thread-safe. */
+size_t ihc_persist_drop(ihc_persist *p);
 
 /* The writer's view of Redis: true when its last command succeeded. Thread-safe. */
 bool ihc_persist_connected(const ihc_persist *p);
@@ -65,5 +78,6 @@ void ihc_persist_agent_touch(ihc_persist *p, const char *agent_id, int64_t last_
 void ihc_persist_log_append(ihc_persist *p, const ihc_store_log_entry *e);
 void ihc_persist_stats_incr(ihc_persist *p, const char *field, int64_t by);
 void ihc_persist_seq_raise(ihc_persist *p, uint64_t v);
+void ihc_persist_stats_set(ihc_persist *p, const ihc_store_stats *v);
 
 #endif

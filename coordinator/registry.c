@@ -834,3 +834,33 @@ void ihc_registry_strv_free(char **v, size_t n)
         free(v[i]);
     free(v);
 }
+
+int ihc_registry_pending(const ihc_registry *r, char ***out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    size_t k = 0;
+    HMAP_FOREACH(&r->agents, e)
+    {
+        const ihc_reg_agent *a = e->val;
+        k += a->state == IHC_AGENT_PENDING;
+    }
+    if (k == 0)
+        return IHC_OK;
+    char **v = calloc(k, sizeof(*v));
+    if (!v)
+        return IHC_ENOMEM;
+    size_t i = 0;
+    HMAP_FOREACH(&r->agents, e)
+    {
+        const ihc_reg_agent *a = e->val;
+        if (a->state == IHC_AGENT_PENDING && i < k && !(v[i++] = strdup(a->agent_id))) {
+            ihc_registry_strv_free(v, i - 1);
+            return IHC_ENOMEM;
+        }
+    }
+    qsort(v, i, sizeof(*v), strcmp_p);
+    *out = v;
+    *n = i;
+    return IHC_OK;
+}

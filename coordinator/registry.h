@@ -174,4 +174,9 @@ int ihc_registry_epoch_raise(ihc_registry *r, const char *hw, uint64_t epoch, in
 int ihc_registry_expected(const ihc_registry *r, const char *hw, char ***out, size_t *n);
 void ihc_registry_strv_free(char **v, size_t n);
 
+/* The agents known from Redis that have not said hello yet (PENDING, not past agent_ttl):
+ * while there are any, the coordinator is warming up. Sorted; caller owns *out
+ * (ihc_registry_strv_free). Errors: IHC_ENOMEM. */
+int ihc_registry_pending(const ihc_registry *r, char ***out, size_t *n);
+
 #endif

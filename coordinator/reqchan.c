@@ -16,7 +16,9 @@
 
 #include "err.h"
 #include "log.h"
+#include "redis_conn.h"
 #include "redis_url.h"
+#include "coordinator.h"
 #include "request.h"
 
 #define COMPONENT      "reqchan"
@@ -58,6 +60,8 @@ static void rejected(ihc_reqchan *rq, const char *why)
 /* The body is the HTTP API's (request.h). */
 static void handle_payload(ihc_reqchan *rq, const char *payload, size_t len)
 {
+    if (!ihc__coord_leading(rq->c))
+        return; /* every coordinator hears the channel; the leader alone acts on it */
     ihc_request q;
     char why[256];
     if (ihc_request_parse(&q, payload, len, why, sizeof(why)) != IHC_OK) {
@@ -75,17 +79,11 @@ static redisContext *connect_and_subscribe(ihc_reqchan *rq, char *why, size_t wl
 {
     int tmo = rq->cfg->redis_timeout_ms > 0 ? rq->cfg->redis_timeout_ms : 500;
     struct timeval tv = {.tv_sec = tmo / 1000, .tv_usec = (tmo % 1000) * 1000};
-    /* hiredis 0.14: a unix socket needs its own connect call */
-    redisContext *ctx = rq->url.path ? redisConnectUnixWithTimeout(rq->url.path, tv)
-                                     : redisConnectWithTimeout(rq->url.host, rq->url.port, tv);
+    /* direct or through the sentinels (the master of the moment), with tv and keepalive */
+    redisContext *ctx = NULL;
     redisReply *r = NULL;
-    if (!ctx || ctx->err) {
-        snprintf(why, wlen, "%s", ctx ? ctx->errstr : "out of memory");
+    if (ihc_redis_connect(&rq->url, tv, &ctx, why, wlen) != IHC_OK)
         goto fail;
-    }
-    redisSetTimeout(ctx, tv);
-    if (!rq->url.path)
-        redisEnableKeepAlive(ctx);
     if (rq->url.password) {
         const char *argv[3] = {"AUTH"};
         int argc = 1;

@@ -16,7 +16,16 @@
  *                                   agents_missing reason (MAXLEN ~ log_max)
  *   ihc:stats               hash    total_interrupts successful_interrupts
  *                                   failed_interrupts sessions_created …
- *   ihc:seq                 hash    interrupt_id: high-water mark of interrupt ids */
+ *   ihc:seq                 hash    interrupt_id: high-water mark of interrupt ids
+ *   ihc:logged:<id/2^20>    bitmap  one bit per interrupt id whose log entry and statistics
+ *                                   were written (so a repeated batch adds nothing); EXPIRE
+ *                                   one week
+ *   ihc:leader              string  the leader coordinator's id; PX = IHC_LEASE_TTL
+ *   ihc:term                string  the leader's term: the fencing token of every write
+ *   ihc:leader:info         hash    id term control http pub report since_ms: the leader's
+ *                                   advertised addresses
+ *   ihc:standbys            zset    standby coordinator ids, scored by when they lapse (ms of
+ *                                   Redis' clock) */
 #ifndef IHC_STORE_H
 #define IHC_STORE_H
 
@@ -56,6 +65,15 @@ int ihc_store_ping(ihc_store *st);
 int ihc_store_pipeline_begin(ihc_store *st);
 int ihc_store_pipeline_exec(ihc_store *st);
 
+/* A fenced pipeline: the writes between begin and exec are sent as one Lua script that
+ * applies them only while ihc:term equals term (a leader's writes, refused once another
+ * coordinator took a later term), atomically. exec returns IHC_OK, IHC_EREDIS (some
+ * operations were refused by Redis, the rest applied), IHC_ENOTLEADER (ihc:term holds
+ * another term: nothing applied), IHC_ENOENT (ihc:term is missing, Redis lost its data:
+ * nothing applied, retry once the lease restored it) or a connection error. Not for Redis
+ * Cluster (the script names keys it is not given). */
+int ihc_store_pipeline_begin_fenced(ihc_store *st, uint64_t term);
+
 /* ---- sessions ---- */
 typedef struct {
     const char *session_id;
@@ -66,10 +84,12 @@ typedef struct {
     int64_t created_ms;
     int64_t updated_ms;
     const char *data; /* JSON or NULL */
+    bool is_new;      /* a session begun now: counted in ihc:stats sessions_created, once */
 } ihc_store_session;
 
 /* Writes the session hash (with expiry) and, when state is "active", adds it to the hw's
- * set; otherwise removes it from the set. */
+ * set; otherwise removes it from the set. With is_new, sessions_created grows by one unless
+ * the hash already existed (a repeated write counts nothing). */
 int ihc_store_session_put(ihc_store *st, const ihc_store_session *s);
 
 /* Sets state and updated_ms of an existing session and removes it from the active set
@@ -156,7 +176,8 @@ typedef struct {
     int64_t ts_ms;
 } ihc_store_log_entry;
 
-/* XADD ihc:interrupts MAXLEN ~ log_max * … */
+/* XADD ihc:interrupts MAXLEN ~ log_max * … and HINCRBY ihc:stats total_interrupts and
+ * successful_ or failed_interrupts, once per interrupt id (a repeated call adds nothing). */
 int ihc_store_log_append(ihc_store *st, const ihc_store_log_entry *e);
 /* Number of entries (XLEN). */
 int ihc_store_log_len(ihc_store *st, uint64_t *n);
@@ -170,5 +191,47 @@ int ihc_store_stats_get(ihc_store *st, const char *field, int64_t *value);
 /* Raises ihc:seq interrupt_id to at least v (never lowers). */
 int ihc_store_seq_raise(ihc_store *st, uint64_t v);
 int ihc_store_seq_get(ihc_store *st, uint64_t *v); /* missing: 0 */
+
+typedef struct {
+    uint64_t total, succeeded, failed, sessions_created;
+} ihc_store_stats;
+/* Sets the counters of ihc:stats (after Redis lost them, from the coordinator's memory). */
+int ihc_store_stats_set(ihc_store *st, const ihc_store_stats *v);
+
+/* ---- leadership (coordinator/leader.c) ---- */
+typedef struct {
+    const char *id;       /* this coordinator's IHC_COORDINATOR_ID */
+    uint64_t ttl_ms;      /* the lease */
+    uint64_t min_term;    /* acquire: the new term is above this (the highest term seen) */
+    uint64_t id_block;    /* acquire: interrupt ids reserved with the lease */
+    uint64_t min_next_id; /* acquire: the block starts at or above this id */
+    const char *control, *http, *pub, *report; /* advertised addresses, may be NULL */
+} ihc_store_lease_req;
+
+typedef struct {
+    bool held;         /* the caller holds the lease */
+    uint64_t term;     /* held: the caller's term; else the current one (0: none yet) */
+    char holder[256];  /* the holder's id ("" when nobody holds it) */
+    uint64_t standbys; /* held: standbys that polled within 3 TTLs */
+    uint64_t ids_hi;   /* acquire, held: the reserved block ends here (ids_hi - id_block, ids_hi] */
+    char holder_control[512], holder_http[512], holder_pub[512]; /* not held: its addresses */
+} ihc_store_lease;
+
+/* Takes ihc:leader when free (SET NX PX) with a new term (INCR ihc:term, kept above
+ * min_term), the addresses in ihc:leader:info and a block of interrupt ids, in one script;
+ * otherwise records the caller in ihc:standbys and says who holds it. */
+int ihc_store_lease_acquire(ihc_store *st, const ihc_store_lease_req *q, ihc_store_lease *out);
+/* Extends the lease held with term (compare-and-extend); takes it back with the same term
+ * when it lapsed and no later term was taken. out->held false: lost. */
+int ihc_store_lease_renew(ihc_store *st, const ihc_store_lease_req *q, uint64_t term,
+                          ihc_store_lease *out);
+/* Deletes ihc:leader when it is id's (a clean shutdown hands over at once). */
+int ihc_store_lease_resign(ihc_store *st, const char *id);
+/* Reserves block more interrupt ids above max(ihc:seq, min_next_id - 1), fenced by term;
+ * *hi receives the new high-water mark. IHC_ENOTLEADER when the term moved. */
+int ihc_store_ids_reserve(ihc_store *st, uint64_t term, uint64_t block, uint64_t min_next_id,
+                          uint64_t *hi);
+/* GET ihc:term (missing: 0). */
+int ihc_store_term_get(ihc_store *st, uint64_t *term);
 
 #endif

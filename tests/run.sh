@@ -3,12 +3,12 @@
 # and an AddressSanitizer + UndefinedBehaviorSanitizer build — and runs the whole suite on
 # both (unit tests, integration tests with real redis-server / coordinator / agents), runs
 # the unit tests under valgrind, and, as root, the multi-host tests (network namespaces)
-# and the docker-compose smoke test.
+# and the docker-compose smoke tests (one coordinator; two with Redis Sentinel).
 # Usage: bash tests/run.sh [--quick] [--no-san] [--no-cluster] [--no-compose]
 #   --quick       unit and integration tests only (no cluster, no compose)
 #   --no-san      skip the AddressSanitizer + UndefinedBehaviorSanitizer build
 #   --no-cluster  skip the network-namespace cluster tests
-#   --no-compose  skip the docker-compose smoke test
+#   --no-compose  skip the docker-compose smoke tests
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -133,6 +133,11 @@ if ((cluster)) && [ "$(id -u)" -eq 0 ] && [ -x tests/cluster/run.sh ]; then
 fi
 if ((compose)) && [ "$(id -u)" -eq 0 ] && [ -x deploy/compose-smoke.sh ]; then
     phase "docker-compose smoke test" bash deploy/compose-smoke.sh
+fi
+# Standby coordinators and Redis through Sentinel: the leader's container and then the Redis
+# primary killed (about 3 minutes; the image is the one compose-smoke.sh just built).
+if ((compose)) && [ "$(id -u)" -eq 0 ] && [ -x deploy/ha-smoke.sh ]; then
+    phase "docker-compose HA smoke test" bash deploy/ha-smoke.sh
 fi
 
 log "summary"

@@ -32,6 +32,8 @@ extern "C" {
 #define IHC_CLIENT_ECLOSED    20 /* the watch was closed while the call waited */
 #define IHC_CLIENT_EDISABLED  22 /* refused by the coordinator's configuration (403) */
 #define IHC_CLIENT_EINTERNAL  24 /* coordinator error (5xx) */
+#define IHC_CLIENT_ENOTLEADER 25 /* every coordinator reached is a standby (a failover is under
+                                    way): nothing was run, the request may be sent again */
 
 typedef struct ihc_client ihc_client;
 
@@ -40,7 +42,12 @@ typedef struct ihc_client ihc_client;
 #define IHC_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS 1000
 
 typedef struct ihc_client_opts {
-    const char *control_url; /* NULL: "tcp://127.0.0.1:7452" */
+    /* NULL: "tcp://127.0.0.1:7452". With standby coordinators, a comma-separated list: a call
+     * goes to the coordinator that answered last (the leader), and to the next of the list
+     * only when the request provably was not handled (no connection within
+     * connect_timeout_ms, not sent, or a standby's "not the leader" answer). An interrupt
+     * that may have reached a coordinator is never sent again; queries are. */
+    const char *control_url;
     const void *secret;      /* shared secret for message signing; NULL: unsigned */
     size_t secret_len;
     int timeout_ms;         /* wait for queries and for interrupts sent with timeout 0;
@@ -118,7 +125,8 @@ IHC_API void ihc_client_close(ihc_client *c);
  * ran the interrupt: *out is then the result (check (*out)->success: false when an agent was
  * missing or a module timed out); caller frees it with ihc_result_free. Otherwise *out is NULL and
  * the code says why: IHC_CLIENT_EBADHW / EINVAL (bad argument or refused: ihc_client_last_error has
- * the coordinator's text), ENOTCONN, ETIMEDOUT, ELIMIT, EDISABLED, EPROTO, EBADSIG. */
+ * the coordinator's text), ENOTCONN, ETIMEDOUT, ELIMIT, EDISABLED, EPROTO, EBADSIG,
+ * ENOTLEADER (only standby coordinators answered). */
 IHC_API int ihc_client_interrupt(ihc_client *c, const char *hw, const char *reason, int timeout_ms,
                                  ihc_result **out);
 
@@ -140,7 +148,7 @@ IHC_API int ihc_client_query(ihc_client *c, const char *op, const char *hw, char
  * the thread's next call on any client or watch. */
 IHC_API const char *ihc_client_last_error(const ihc_client *c);
 
-/* The control URL the client dials (for messages). */
+/* The control URL (or list) the client dials (for messages). */
 IHC_API const char *ihc_client_url(const ihc_client *c);
 
 /* Text for a return code; never NULL. */
@@ -163,7 +171,8 @@ IHC_API const char *ihc_client_strerror(int rc);
 typedef struct ihc_watch ihc_watch;
 
 typedef struct ihc_watch_opts {
-    const char *pub_url; /* the coordinator's broadcast socket; NULL: "tcp://127.0.0.1:7450" */
+    const char *pub_url; /* the coordinator's broadcast socket; NULL: "tcp://127.0.0.1:7450";
+                            a comma-separated list dials every coordinator of it */
     const void *secret;  /* shared secret: only results signed with it are returned;
                             NULL: signatures are not checked */
     size_t secret_len;

@@ -35,7 +35,8 @@ extern "C" {
     XX(ECANCELED, "cancelled")                                                                     \
     XX(EDISABLED, "disabled by configuration")                                                     \
     XX(EIO, "I/O error")                                                                           \
-    XX(EINTERNAL, "internal error")
+    XX(EINTERNAL, "internal error")                                                                \
+    XX(ENOTLEADER, "not the leader coordinator")
 
 typedef enum {
 #define IHC__ERR_ENUM(name, text) IHC_##name,

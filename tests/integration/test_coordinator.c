@@ -845,6 +845,10 @@ static void test_coordinator_redis_outage(void **state)
     /* what the empty Redis lost is written again: the id high-water mark, the live state */
     assert_true(TH_WAIT(redis_int("HGET %s interrupt_id", "ihc:seq") >= 1000, 5000));
     assert_true(TH_WAIT(redis_has("testnode", "HGETALL %s", "ihc:agent:n1:1"), 5000));
+    /* the counters too, from memory: the interrupt before the outage included */
+    char want[32];
+    snprintf(want, sizeof(want), "%d", done + 1);
+    assert_true(TH_WAIT(redis_is(want, "HGET %s total_interrupts", "ihc:stats"), 5000));
     j = interrupt(&f->c, "dev-1", 2000, 200);
     assert_true(json_is_true(json_object_get(j, "persisted")));
     json_decref(j);
@@ -893,6 +897,44 @@ static void test_coordinator_restart(void **state)
     j = interrupt(&f->c, "dev-3", 1000, 200);
     assert_true(json_integer_value(json_object_get(j, "interrupt_id")) > id2);
     json_decref(j);
+}
+
+/* Warming up: after a restart, agents known from Redis that have not said hello are
+ * expected by every interrupt (they may hold sessions begun while no coordinator ran): no
+ * answer says success before each answered; one that stays silent is missing until
+ * IHC_AGENT_TTL (3 s here) passes, then it is gone and expected no more. */
+static void test_coordinator_warming_up(void **state)
+{
+    fixture *f = *state;
+    coord_start(&f->c);
+    fa_start(&f->a[0], "n1:1", &f->c);
+    fa_start(&f->a[1], "n2:2", &f->c);
+    assert_true(TH_WAIT(redis_has("testnode", "HGETALL %s", "ihc:agent:n1:1"), 5000));
+    assert_true(TH_WAIT(redis_has("testnode", "HGETALL %s", "ihc:agent:n2:2"), 5000));
+    assert_int_equal(coord_stop(&f->c), 0);
+    /* no coordinator: n1 begins a session of dev-7 (its message is lost), n2 dies */
+    fa_begin(&f->a[0], "s-9", "dev-7");
+    fa_stop(&f->a[1]);
+    th_sleep_ms_(1200); /* past the PUSH send timeout: the session_begin is dropped */
+    coord_start(&f->c);
+    uint64_t t0 = th_now_ms_();
+    json_t *j = interrupt(&f->c, "dev-7", 1000, 200);
+    json_t *ag = json_object_get(j, "agents");
+    assert_string_equal(arr_join(json_object_get(ag, "expected")), "n1:1,n2:2");
+    assert_string_equal(arr_join(json_object_get(ag, "answered")), "n1:1");
+    assert_string_equal(arr_join(json_object_get(ag, "missing")), "n2:2");
+    assert_string_equal(arr_join(json_object_get(j, "cleaned_sessions")), "s-9");
+    assert_true(json_is_false(json_object_get(j, "success")));
+    json_decref(j);
+    /* n2 stays silent past IHC_AGENT_TTL: gone, not expected any more */
+    bool ok = false;
+    while (!ok && th_now_ms_() - t0 < 8000) {
+        j = interrupt(&f->c, "dev-7", 500, 200);
+        ok = json_is_true(json_object_get(j, "success"));
+        json_decref(j);
+    }
+    assert_true(ok);
+    assert_true(th_now_ms_() - t0 >= 2500);
 }
 
 static void test_coordinator_global_disabled(void **state)
@@ -1259,6 +1301,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_coordinator_results_only_for_listeners, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_redis_outage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_coordinator_warming_up, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_global_disabled, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coordinator_flags, setup, teardown),

@@ -45,6 +45,7 @@ typedef struct {
     char url[64];
     ihc_wire_auth *auth;
     atomic_bool stop;
+    atomic_bool standby; /* answers every request as a standby coordinator does */
     atomic_int requests;
     pthread_mutex_t mu;
     char last_op[32], last_hw[160], last_reason[1100];
@@ -89,7 +90,12 @@ static void *fake_main(void *arg)
         f->last_timeout = q->timeout_ms;
         pthread_mutex_unlock(&f->mu);
         const char *hw = q->hw ? q->hw : "";
-        if (strcmp(hw, "slow") == 0) {
+        if (atomic_load(&f->standby)) {
+            reply(f, 503,
+                  "{\"error\":\"not the leader coordinator\",\"code\":\"IHC_ENOTLEADER\","
+                  "\"leader\":\"c2\"}",
+                  true);
+        } else if (strcmp(hw, "slow") == 0) {
             /* no answer: REP drops the request at the next receive */
         } else if (strcmp(hw, "garbage") == 0) {
             nng_send(f->sock, "\xc1\xc1", 2, 0);
@@ -359,6 +365,80 @@ static void test_client_unreachable(void **state)
     free(json);
     ihc_client_close(c);
     fake_stop(f);
+}
+
+/* A list of control URLs: a dead coordinator and a standby are skipped, the leader answers,
+ * and the next call goes straight to it. */
+static void test_client_list_failover(void **state)
+{
+    (void)state;
+    fake_coord *standby = fake_start(NULL, 0), *leader = fake_start(NULL, 0);
+    atomic_store(&standby->standby, true);
+    char list[256];
+    snprintf(list, sizeof list, "tcp://127.0.0.1:%d,%s,%s", th_free_port(), standby->url,
+             leader->url);
+    ihc_client_opts o = {.control_url = list, .connect_timeout_ms = 1000};
+    ihc_client *c = NULL;
+    TH_PASS(ihc_client_open(&c, &o));
+    assert_string_equal(ihc_client_url(c), list);
+    uint64_t t0 = th_now_ms_();
+    ihc_result *r = NULL;
+    TH_PASS(ihc_client_interrupt(c, "dev-1", NULL, 0, &r));
+    assert_true(r->success);
+    ihc_result_free(r);
+    assert_true(th_now_ms_() - t0 < 1500); /* one connect wait at most, not one per URL */
+    assert_int_equal(atomic_load(&leader->requests), 1);
+    int asked = atomic_load(&standby->requests);
+    assert_true(asked <= 1);
+    TH_PASS(ihc_client_interrupt(c, "dev-1", NULL, 0, &r));
+    ihc_result_free(r);
+    assert_int_equal(atomic_load(&leader->requests), 2);
+    assert_int_equal(atomic_load(&standby->requests), asked);
+
+    /* the leader steps down: the other one took over */
+    atomic_store(&leader->standby, true);
+    atomic_store(&standby->standby, false);
+    TH_PASS(ihc_client_interrupt(c, "dev-1", NULL, 0, &r));
+    ihc_result_free(r);
+    assert_int_equal(atomic_load(&leader->requests), 3);
+    assert_int_equal(atomic_load(&standby->requests), asked + 1);
+
+    /* only standbys: nothing was run, the code says so */
+    atomic_store(&standby->standby, true);
+    TH_FAIL(ihc_client_interrupt(c, "dev-1", NULL, 0, &r), IHC_CLIENT_ENOTLEADER);
+    assert_null(r);
+    assert_non_null(strstr(ihc_client_last_error(c), "standby"));
+    ihc_client_close(c);
+    fake_stop(standby);
+    fake_stop(leader);
+}
+
+/* An interrupt that reached a coordinator is never sent to another, even when no answer
+ * comes; a query (read-only) is. */
+static void test_client_list_no_resend(void **state)
+{
+    (void)state;
+    fake_coord *a = fake_start(NULL, 0), *b = fake_start(NULL, 0);
+    char list[160];
+    snprintf(list, sizeof list, "%s,%s", a->url, b->url);
+    ihc_client_opts o = {.control_url = list, .timeout_ms = 300, .connect_timeout_ms = 2000};
+    ihc_client *c = NULL;
+    TH_PASS(ihc_client_open(&c, &o));
+    char *json = NULL;
+    TH_PASS(ihc_client_query(c, "agents", NULL, &json)); /* makes one of them the preferred */
+    free(json);
+    fake_coord *first = atomic_load(&a->requests) ? a : b, *other = first == a ? b : a;
+    ihc_result *r = NULL;
+    TH_FAIL(ihc_client_interrupt(c, "slow", NULL, 100, &r), IHC_CLIENT_ETIMEDOUT);
+    assert_int_equal(atomic_load(&first->requests), 2);
+    assert_int_equal(atomic_load(&other->requests), 0);
+    /* a query that gets no answer is asked of the next */
+    TH_FAIL(ihc_client_query(c, "sessions", "slow", &json), IHC_CLIENT_ETIMEDOUT);
+    assert_int_equal(atomic_load(&first->requests), 3);
+    assert_int_equal(atomic_load(&other->requests), 1);
+    ihc_client_close(c);
+    fake_stop(a);
+    fake_stop(b);
 }
 
 static void test_client_timeout(void **state)
@@ -741,10 +821,11 @@ static void test_client_watch_close_while_waiting(void **state)
     assert_true(ihc_watch_dropped(w) > 0);
     uint64_t t0 = th_now_ms_();
     ihc_watch_close(w); /* returns once the waiting call has left */
+    assert_true(th_now_ms_() - t0 < 5000);
+    /* the thread stores what the call returned after it returned: join before reading */
+    pthread_join(t, NULL);
     assert_int_equal(wt.rc, IHC_CLIENT_ECLOSED);
     assert_null(wt.r);
-    pthread_join(t, NULL);
-    assert_true(th_now_ms_() - t0 < 5000);
     th_fc_close(&fc);
 }
 
@@ -788,6 +869,8 @@ int main(void)
         cmocka_unit_test(test_client_unreachable),
         cmocka_unit_test(test_client_timeout),
         cmocka_unit_test(test_client_signed),
+        cmocka_unit_test(test_client_list_failover),
+        cmocka_unit_test(test_client_list_no_resend),
         cmocka_unit_test(test_client_many_threads),
         cmocka_unit_test(test_client_watch_results),
         cmocka_unit_test(test_client_watch_bad_messages),

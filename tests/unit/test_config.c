@@ -570,6 +570,35 @@ static void test_config_bad_url(void **state)
     unsetenv("IHC_REDIS_URL");
 }
 
+/* Agents and clients take one URL per coordinator; coordinators listen on one. */
+static void test_config_url_lists(void **state)
+{
+    (void)state;
+    ihc_config cfg;
+    char err[512] = "";
+    TH_PASS(load(&cfg, AGENT, err, sizeof err, NULL, NULL,
+                 ARGS("--pub", "tcp://a:7450,tcp://b:7450", "--report",
+                      "tcp://a:7451,tcp://b:7451")));
+    assert_string_equal(cfg.pub_url, "tcp://a:7450,tcp://b:7450");
+    ihc_config_fini(&cfg);
+    TH_PASS(load(&cfg, CLI, err, sizeof err, NULL, NULL,
+                 ARGS("--control", "tcp://a:7452,tcp://b:7452,ipc:///tmp/c")));
+    assert_string_equal(cfg.control_url, "tcp://a:7452,tcp://b:7452,ipc:///tmp/c");
+    ihc_config_fini(&cfg);
+    /* the bad item is named */
+    expect_error(AGENT, ARGS("--pub", "tcp://a:1,http://b:2", "--report", "tcp://a:3,tcp://b:4"),
+                 "item 2 'http://b:2'", "not an nng URL");
+    expect_error(CLI, ARGS("--control", "tcp://a:1,,tcp://b:2"), "empty item 2", NULL);
+    expect_error(AGENT, ARGS("--pub", "tcp://a:1,tcp://b:2", "--report", "tcp://a:3"),
+                 "names 2 coordinators but IHC_REPORT_URL names 1", NULL);
+    expect_error(COORD, ARGS("--control", "tcp://0.0.0.0:1,tcp://0.0.0.0:2"),
+                 "IHC_CONTROL_URL (--control): a coordinator listens on one URL", NULL);
+    /* a tls+tcp:// item needs the CA like a single URL does */
+    expect_error(AGENT,
+                 ARGS("--pub", "tcp://a:1,tls+tcp://b:2", "--report", "tcp://a:3,tcp://b:4"),
+                 "tls+tcp://b:2", NULL);
+}
+
 /* Every form the README documents passes the start-up check, unix:// sockets included. */
 static void test_config_redis_url_forms(void **state)
 {
@@ -583,6 +612,8 @@ static void test_config_redis_url_forms(void **state)
         "unix:///var/run/redis/redis-server.sock?db=3",
         "unix://:pw@/run/redis.sock?db=1",
         "unix://ihc:p%40ss@/run/redis.sock",
+        "redis-sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3/ihc/0",
+        "redis-sentinel://:pw@s1/ihc",
     };
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         ihc_config cfg;
@@ -1019,6 +1050,7 @@ int main(void)
         cmocka_unit_test_setup(test_config_bad_enum, reset_env),
         cmocka_unit_test_setup(test_config_bad_url, reset_env),
         cmocka_unit_test_setup(test_config_redis_url_forms, reset_env),
+        cmocka_unit_test_setup(test_config_url_lists, reset_env),
         cmocka_unit_test_setup(test_config_bad_http_addr, reset_env),
         cmocka_unit_test_setup(test_config_bad_port, reset_env),
         cmocka_unit_test_setup(test_config_bad_simulate, reset_env),

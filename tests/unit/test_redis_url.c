@@ -110,6 +110,47 @@ static void test_redis_url_unix_forms(void **state)
     assert_non_null(strstr(why, "at most 107"));
 }
 
+static void test_redis_url_sentinel_forms(void **state)
+{
+    (void)state;
+    ihc_redis_url u;
+    char why[256] = "unset";
+    TH_PASS(ihc_redis_url_parse("redis-sentinel://h1:26380,10.0.0.2,[::1]:5000/mymaster/3", &u,
+                                why, sizeof(why)));
+    assert_string_equal(why, "");
+    assert_null(u.host);
+    assert_null(u.path);
+    assert_int_equal(u.port, 0);
+    assert_string_equal(u.master, "mymaster");
+    assert_int_equal(u.db, 3);
+    assert_int_equal(u.n_sentinels, 3);
+    assert_string_equal(u.sentinels[0].host, "h1");
+    assert_int_equal(u.sentinels[0].port, 26380);
+    assert_string_equal(u.sentinels[1].host, "10.0.0.2");
+    assert_int_equal(u.sentinels[1].port, 26379);
+    assert_string_equal(u.sentinels[2].host, "::1");
+    assert_int_equal(u.sentinels[2].port, 5000);
+    assert_null(u.password);
+    ihc_redis_url_fini(&u);
+    assert_null(u.master);
+    assert_int_equal(u.n_sentinels, 0);
+
+    /* the db is optional; the password (and user) are the master's */
+    TH_PASS(ihc_redis_url_parse("redis-sentinel://p%40ss@s1/ihc-master.1", &u, NULL, 0));
+    assert_string_equal(u.master, "ihc-master.1");
+    assert_int_equal(u.db, 0);
+    assert_int_equal(u.n_sentinels, 1);
+    assert_string_equal(u.password, "p@ss");
+    assert_null(u.user);
+    ihc_redis_url_fini(&u);
+    TH_PASS(ihc_redis_url_parse("redis-sentinel://bob:pw@s1:1,s2:2/m/", &u, NULL, 0));
+    assert_string_equal(u.user, "bob");
+    assert_string_equal(u.password, "pw");
+    assert_int_equal(u.n_sentinels, 2);
+    assert_int_equal(u.db, 0);
+    ihc_redis_url_fini(&u);
+}
+
 static void test_redis_url_bad(void **state)
 {
     (void)state;
@@ -118,7 +159,22 @@ static void test_redis_url_bad(void **state)
         {"http://127.0.0.1:6379", "expected redis://"},
         {"tcp://127.0.0.1:6379", "unix://"},
         {"rediss://127.0.0.1:6379", "TLS"},
-        {"redis-sentinel://h:26379/m/0", "expected redis://"},
+        {"sentinel://h:26379/m/0", "expected redis://"},
+        {"redis-sentinel://", "no sentinel"},
+        {"redis-sentinel:///m", "no sentinel"},
+        {"redis-sentinel://h1:26379", "missing master name"},
+        {"redis-sentinel://h1:26379/", "master name must be"},
+        {"redis-sentinel://h1:26379//0", "master name must be"},
+        {"redis-sentinel://h1:26379/my$master", "bad master name"},
+        {"redis-sentinel://h1:26379/m/x", "db must be a number"},
+        {"redis-sentinel://h1:26379/m/0/1", "db must be a number"},
+        {"redis-sentinel://h1:26379,,h2/m", "empty sentinel 2"},
+        {"redis-sentinel://h1:26379,/m", "empty sentinel 2"},
+        {"redis-sentinel://h1:0/m", "sentinel 1 'h1:0': port"},
+        {"redis-sentinel://h1,h$2/m", "sentinel 2 'h$2': bad host"},
+        {"redis-sentinel://h1,[::1/m", "unterminated"},
+        {"redis-sentinel://:@h1/m", "empty password"},
+        {"redis-sentinel://a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q/m", "more than 16 sentinels"},
         {"redis://", "missing host"},
         {"redis:///0", "missing host"},
         {"redis://:6379", "missing host"},
@@ -188,7 +244,8 @@ static void test_redis_url_message_hides_password(void **state)
     static const char *const bad[] = {
         "redis://:hunter2@h:99999",        "redis://:hunter2@h/x", "redis://bob:hunter2@",
         "redis://:hunter2%zz@h",           "unix://:hunter2@h/s",  "unix://:hunter2@/s?db=q",
-        "unix://bob:hunter2@/s?x=hunter2",
+        "unix://bob:hunter2@/s?x=hunter2", "redis-sentinel://:hunter2@s1,/m",
+        "redis-sentinel://hunter2@s1:0/m", "redis-sentinel://:hunter2@s1/m$",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         ihc_redis_url u;
@@ -206,11 +263,13 @@ static void test_redis_url_where(void **state)
         {"redis://:secret@10.0.0.1:7000/3", "10.0.0.1:7000/3"},
         {"redis://[::1]", "[::1]:6379/0"},
         {"unix://u:secret@/run/redis.sock?db=4", "unix:/run/redis.sock/4"},
+        {"redis-sentinel://:secret@s1,[::1]:26380/mymaster/2",
+         "sentinel:s1:26379,[::1]:26380/mymaster/2"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         ihc_redis_url u;
         TH_PASS(ihc_redis_url_parse(cases[i][0], &u, NULL, 0));
-        char where[64];
+        char where[96];
         ihc_redis_url_where(&u, where, sizeof(where));
         assert_string_equal(where, cases[i][1]);
         ihc_redis_url_fini(&u);
@@ -235,6 +294,8 @@ static void test_redis_url_redact(void **state)
         {"unix://:hunter2@host/s", "unix://***@host/s"},
         {"bogus:hunter2@x", "***@x"},
         {"redis://db:0", "redis://db:0"},
+        {"redis-sentinel://:hunter2@s1,s2/m/1", "redis-sentinel://***@s1,s2/m/1"},
+        {"redis-sentinel://s1,s2/m", "redis-sentinel://s1,s2/m"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char out[128];
@@ -269,6 +330,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_redis_url_tcp_forms),
         cmocka_unit_test(test_redis_url_unix_forms),
+        cmocka_unit_test(test_redis_url_sentinel_forms),
         cmocka_unit_test(test_redis_url_bad),
         cmocka_unit_test(test_redis_url_message_hides_password),
         cmocka_unit_test(test_redis_url_where),

@@ -286,10 +286,10 @@ static void test_store_sessions(void **state)
     f->st = open_store(g_redis.url, 1000, NULL);
     const char *data = "{\"text\":\"line 1\\nline 2 %s %n\",\"x\":[1,2]}";
     ihc_store_session s[] = {
-        {"s1", "dev-1", "agent-a", "active", 3, 1000, 1001, data},
-        {"s2", "dev-1", "agent-a", "active", 3, 2000, 2001, NULL},
-        {"s3", "dev-1", "agent-b", "done", 2, 3000, 3001, NULL},
-        {"s4", "dev-2", "agent-b", "active", 7, 4000, 4001, "{}"},
+        {"s1", "dev-1", "agent-a", "active", 3, 1000, 1001, data, false},
+        {"s2", "dev-1", "agent-a", "active", 3, 2000, 2001, NULL, false},
+        {"s3", "dev-1", "agent-b", "done", 2, 3000, 3001, NULL, false},
+        {"s4", "dev-2", "agent-b", "active", 7, 4000, 4001, "{}", false},
     };
     for (size_t i = 0; i < 4; i++)
         TH_PASS(ihc_store_session_put(f->st, &s[i]));
@@ -378,8 +378,8 @@ static void test_store_session_expiry(void **state)
     fixture *f = *state;
     ihc_store_opts o = {.url = g_redis.url, .session_ttl_s = 1};
     TH_PASS(ihc_store_open(&f->st, &o));
-    ihc_store_session a = {"e1", "dev-e", "ag", "active", 1, 1, 1, NULL};
-    ihc_store_session b = {"e2", "dev-f", "ag", "active", 1, 1, 1, NULL};
+    ihc_store_session a = {"e1", "dev-e", "ag", "active", 1, 1, 1, NULL, false};
+    ihc_store_session b = {"e2", "dev-f", "ag", "active", 1, 1, 1, NULL, false};
     TH_PASS(ihc_store_session_put(f->st, &a));
     TH_PASS(ihc_store_session_put(f->st, &b));
     EXPECT_CMD(&g_redis, "1", "SCARD ihc:hw:{dev-e}:sessions");
@@ -405,13 +405,13 @@ static void test_store_session_expiry(void **state)
      * are pruned (several SREMs in one round trip), the live one is listed and kept. */
     ihc_store_opts o2 = {.url = g_redis.url, .session_ttl_s = 300};
     TH_PASS(ihc_store_open(&f->st2, &o2));
-    ihc_store_session keep = {"keep", "dev-g", "ag", "active", 1, 1, 1, NULL};
+    ihc_store_session keep = {"keep", "dev-g", "ag", "active", 1, 1, 1, NULL, false};
     TH_PASS(ihc_store_session_put(f->st2, &keep));
     char sid[75][16];
     TH_PASS(ihc_store_pipeline_begin(f->st));
     for (int i = 0; i < 75; i++) {
         snprintf(sid[i], sizeof(sid[i]), "g%02d", i);
-        ihc_store_session g = {sid[i], "dev-g", "ag", "active", 1, 1, 1, NULL};
+        ihc_store_session g = {sid[i], "dev-g", "ag", "active", 1, 1, 1, NULL, false};
         TH_PASS(ihc_store_session_put(f->st, &g));
     }
     TH_PASS(ihc_store_pipeline_exec(f->st));
@@ -659,6 +659,12 @@ static void test_store_log(void **state)
                             "agents_missing\n[]\nreason\nuser stop\nts_ms\n1700000000000") != NULL;
     free(x);
     assert_true(fields);
+    /* the same interrupt again (a batch repeated after a timeout): nothing more is added */
+    TH_PASS(ihc_store_log_append(f->st, &e));
+    TH_PASS(ihc_store_log_len(f->st, &n));
+    assert_int_equal(n, 1);
+    EXPECT_CMD(&g_redis, "1", "HGET ihc:stats total_interrupts");
+    EXPECT_CMD(&g_redis, "1", "HGET ihc:stats successful_interrupts");
 
     e.success = false;
     e.reason = NULL;
@@ -745,7 +751,7 @@ static void test_store_pipeline(void **state)
         TH_PASS(ihc_store_stats_incr(f->st, "total_interrupts", 1));
     for (int i = 0; i < 300; i++) {
         snprintf(sid, sizeof(sid), "p%03d", i);
-        ihc_store_session s = {sid, "dev-p", "ag", "active", 1, i, i, "{}"};
+        ihc_store_session s = {sid, "dev-p", "ag", "active", 1, i, i, "{}", false};
         TH_PASS(ihc_store_session_put(f->st, &s));
     }
     for (int i = 0; i < 100; i++) {
@@ -776,7 +782,7 @@ static void test_store_pipeline(void **state)
     TH_PASS(ihc_store_pipeline_exec(f->st));
 
     TH_PASS(ihc_store_stats_get(f->st, "total_interrupts", &v));
-    assert_int_equal(v, 2000);
+    assert_int_equal(v, 2001); /* the log entry counts its interrupt */
     TH_PASS(ihc_store_sessions_list(f->st, "dev-p", &recs, &n));
     assert_int_equal(n, 200);
     ihc_store_sessions_free(recs, n);
@@ -942,7 +948,7 @@ static void test_store_redis_killed_and_restarted(void **state)
     assert_true(client_is(&f->own, "ihc-restart", 2));
 
     th_redis_kill(&f->own);
-    ihc_store_session s = {"k1", "dev-k", "ag", "active", 1, 1, 1, NULL};
+    ihc_store_session s = {"k1", "dev-k", "ag", "active", 1, 1, 1, NULL, false};
     FAST_FAIL(ihc_store_session_put(f->st, &s));
     assert_false(ihc_store_connected(f->st));
     /* While it is down, calls fail fast and the backoff spaces the connection attempts. */
@@ -998,7 +1004,7 @@ static void test_store_redis_killed_mid_pipeline(void **state)
     data[sizeof(data) - 1] = '\0';
     for (int i = 0; i < 20000; i++) {
         snprintf(sid, sizeof(sid), "m%05d", i);
-        ihc_store_session s = {sid, "dev-m", "ag", "active", 1, 1, 1, data};
+        ihc_store_session s = {sid, "dev-m", "ag", "active", 1, 1, 1, data, false};
         TH_PASS(ihc_store_session_put(f->st, &s));
     }
     uint64_t t0 = th_now_ms_();
@@ -1072,7 +1078,7 @@ static void test_store_unix_socket(void **state)
     snprintf(url, sizeof(url), "unix://:%s@%s?db=1", enc, f->own.sock);
     f->st = open_store(url, 1000, "ihc-unix");
     assert_true(ihc_store_connected(f->st));
-    ihc_store_session s = {"u-1", "dev-u", "ag", "active", 4, 10, 11, "{\"k\":1}"};
+    ihc_store_session s = {"u-1", "dev-u", "ag", "active", 4, 10, 11, "{\"k\":1}", false};
     TH_PASS(ihc_store_session_put(f->st, &s));
     TH_PASS(ihc_store_stats_incr(f->st, "u", 3));
     ihc_store_session_rec *recs = NULL;
