@@ -626,8 +626,9 @@ static void *report_later(void *arg)
         {.name = "py_stream", .status = IHC_MOD_OK, .time_ms = 7.5},
         {.name = "py_tts", .status = IHC_MOD_FAILED, .time_ms = 1, .error = "busy"}};
     int rc = ihc__session_report(held_agent, sid, m, 2);
-    if (rc == IHC_OK)
-        rc = ihc_agent_session_end(held_agent, sid);
+    /* the report may go out, and the interrupted session be cleaned up, before this end */
+    if (rc == IHC_OK && (rc = ihc_agent_session_end(held_agent, sid)) == IHC_ENOENT)
+        rc = IHC_OK;
     atomic_store(&later_rc, rc);
     return NULL;
 }
@@ -647,7 +648,7 @@ static void test_agent_cancel_owner_reports(void **state)
     assert_int_equal(th_fc_listen(&f), 0);
     /* long enough that the owner's report (100 ms after being told) comes first even on a
      * loaded machine; the second half waits for all of it */
-    agent_cfg c = {.module_timeout = 2.5};
+    agent_cfg c = {.module_timeout = 1.5};
     ihc_agent *a = open_agent(&f, &c);
     held_agent = a;
     atomic_store(&held_told, 0);
@@ -676,7 +677,7 @@ static void test_agent_cancel_owner_reports(void **state)
     assert_non_null(m);
     assert_int_equal(m->status, IHC_MOD_FAILED);
     assert_string_equal(m->error, "busy");
-    assert_true(took < 2500); /* it did not wait for the whole module timeout */
+    assert_true(took < 1500); /* it did not wait for the whole module timeout */
     ihc_msg_free(r);
     ihc_token_release(t);
 
@@ -687,7 +688,7 @@ static void test_agent_cancel_owner_reports(void **state)
     TH_PASS(th_fc_send_interrupt(&f, 51, "dev-h", 2, NULL, 0));
     r = expect_report(&f, 51);
     took = th_now_ms_() - t0;
-    assert_true(took >= 2400 && took < 8000);
+    assert_true(took >= 1400 && took < 6000);
     assert_true(has_session(r, "held-2"));
     assert_null(find_module(r, "py_stream"));
     ihc_msg_free(r);
