@@ -403,8 +403,8 @@ static int start_tls_doctor(ihc_agent *a)
             .name = "report", .url = reports.v[i], .sp_self = IHC_SP_PUSH, .sp_peer = IHC_SP_PULL};
         any = any || ihc_tls_url(pubs.v[i]) || ihc_tls_url(reports.v[i]);
     }
-    int rc = any ? ihc_tls_doctor_start(&a->tls_doctor, a->tls, links, n, link_up, a, IHC__LOG)
-                 : IHC_OK;
+    int rc =
+        any ? ihc_tls_doctor_start(&a->tls_doctor, a->tls, links, n, link_up, a, IHC__LOG) : IHC_OK;
     ihc_url_list_fini(&pubs);
     ihc_url_list_fini(&reports);
     return rc;

@@ -58,8 +58,8 @@ static ihc__handled *dedupe_find(ihc__cancel *cx, uint64_t term, uint64_t id)
 }
 
 /* Remembers that (term, id) was handled; takes ownership of report (may be NULL). */
-static void dedupe_put(ihc__cancel *cx, uint64_t term, uint64_t id, uint64_t epoch,
-                       const char *hw, uint8_t *report, size_t len)
+static void dedupe_put(ihc__cancel *cx, uint64_t term, uint64_t id, uint64_t epoch, const char *hw,
+                       uint8_t *report, size_t len)
 {
     ihc__handled *h = dedupe_find(cx, term, id);
     if (!h) {
@@ -192,7 +192,7 @@ static void cancel_run(ihc_agent *a, const char *hw, origin o, uint64_t epoch, i
     ihc__sessions_escalate(a, v, n);
     if (a->o.cleanup_on_interrupt)
         ihc__sessions_cleanup(a, v, n, "interrupted",
-                              !reported ? IHC__REPORTED_NONE
+                              !reported     ? IHC__REPORTED_NONE
                               : o.link >= 0 ? o.link
                                             : IHC__REPORTED_ALL);
     ihc__modules_respawn(&a->mods, head, nm);

@@ -40,8 +40,8 @@ void ihc__cancel_fini(ihc_agent *a);
 /* Handles one decoded interrupt; t0_ns is when it was received (monotonic); direct when it
  * came on the agent's own topic (a re-send addressed to it: answered even without a session
  * of its hardware_id); link is the coordinator it came from (the report goes back there). */
-void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0_ns,
-                              bool direct, int link);
+void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0_ns, bool direct,
+                              int link);
 
 /* The id of the interrupt whose on_cancel callbacks are running (0: a catch-up after a sync,
  * or called elsewhere). Only meaningful inside an on_cancel callback. */

@@ -12,9 +12,9 @@
  * brought the interrupt (the SUB pipe's dialer names it).
  *
  * Sending: PUSH runs unbuffered (NNG_OPT_SENDBUF 0) and one nng_aio per coordinator carries
- * one message at a time; the others wait in the transport's own queue. nng 1.5.2 leaks a message that push0
- * hands to a pipe whose send aio was closed (fixed upstream after 1.5.2: "SP pipe_send leaks
- * message if aio is canceled"), which happens when the socket closes while push0 still holds
+ * one message at a time; the others wait in the transport's own queue. nng 1.5.2 leaks a message
+ * that push0 hands to a pipe whose send aio was closed (fixed upstream after 1.5.2: "SP pipe_send
+ * leaks message if aio is canceled"), which happens when the socket closes while push0 still holds
  * queued messages for a live pipe. Kept here instead, nothing is left inside nng at close:
  * the queue is drained (bounded), the aio cancelled, its message taken back and freed. */
 #include "transport.h"
@@ -292,8 +292,8 @@ static void enqueue(ihc__txlink *l, nng_msg *m, bool report, const char *what)
     if (full) {
         free(q);
         drop(t, m);
-        ihc_log(IHC_LOG_DEBUG, LOG_COMP, "message dropped type=%s coordinator=%d queued=%zu",
-                what, l->index, queued);
+        ihc_log(IHC_LOG_DEBUG, LOG_COMP, "message dropped type=%s coordinator=%d queued=%zu", what,
+                l->index, queued);
     } else if (queued > 0 && report) {
         ihc_log(IHC_LOG_DEBUG, LOG_COMP, "report queued coordinator=%d pending=%zu", l->index,
                 queued);

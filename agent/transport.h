@@ -85,7 +85,7 @@ struct ihc__transport {
     pthread_mutex_t addr_mu;
     struct {
         uint32_t pipe;
-        int link; /* coordinator index, -1: unknown */
+        int link;                        /* coordinator index, -1: unknown */
         char addr[IHC_SOCKADDR_STR_MAX]; /* "" when unknown */
     } sub_addr[IHC__SUB_ADDRS_MAX];
     size_t n_sub_addr;

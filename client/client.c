@@ -80,9 +80,9 @@ typedef struct call {
 typedef struct {
     pthread_mutex_t mu; /* guards everything below */
     pthread_cond_t cv;  /* on connect, and when the last call leaves a closing socket */
-    bool connected; /* pipes > 0 */
-    int pipes;      /* a watch may dial several coordinators */
-    call *calls; /* in progress */
+    bool connected;     /* pipes > 0 */
+    int pipes;          /* a watch may dial several coordinators */
+    call *calls;        /* in progress */
     bool closing;
 } conn_state;
 
@@ -560,8 +560,8 @@ static int roundtrip_one(ihc_client *c, endpoint *e, const ihc_msg *req, int wai
                 c->connect_timeout_ms);
         if (ihc_tls_url(e->url)) { /* nng only knows "Cryptographic error": ask why */
             char why[CLIENT_ERR_MAX - 128];
-            int ms = c->connect_timeout_ms < TLS_PROBE_MAX_MS ? c->connect_timeout_ms
-                                                              : TLS_PROBE_MAX_MS;
+            int ms =
+                c->connect_timeout_ms < TLS_PROBE_MAX_MS ? c->connect_timeout_ms : TLS_PROBE_MAX_MS;
             if (ihc_tls_probe(c->tls, e->url, IHC_SP_REQ, IHC_SP_REP, ms, why, sizeof why) ==
                 IHC_ETRANSPORT)
                 set_err(c, "coordinator unreachable at %s: TLS: %s", e->url, why);

@@ -10,8 +10,8 @@
  * 0.14 would cut a longer path short without a word). */
 #define IHC_REDIS_URL_PATH_MAX 107
 
-#define IHC_REDIS_SENTINELS_MAX       16    /* sentinels one URL may name */
-#define IHC_REDIS_MASTER_NAME_MAX     128   /* bytes of a sentinel master name */
+#define IHC_REDIS_SENTINELS_MAX         16  /* sentinels one URL may name */
+#define IHC_REDIS_MASTER_NAME_MAX       128 /* bytes of a sentinel master name */
 #define IHC_DEFAULT_REDIS_SENTINEL_PORT 26379
 
 /* A sentinel of a redis-sentinel:// URL. */

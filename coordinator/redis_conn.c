@@ -37,7 +37,8 @@ static int open_ctx(const char *host, int port, const char *path, struct timeval
     if (c->err) {
         rc = timed_out(c, errno) ? IHC_ETIMEDOUT : IHC_ENOTCONN;
         snprintf(why, wlen, "%s", c->errstr);
-    } else if (redisSetTimeout(c, tv) != REDIS_OK || (!path && redisEnableKeepAlive(c) != REDIS_OK)) {
+    } else if (redisSetTimeout(c, tv) != REDIS_OK ||
+               (!path && redisEnableKeepAlive(c) != REDIS_OK)) {
         rc = IHC_ENOTCONN;
         snprintf(why, wlen, "socket options: %s", c->errstr);
     }

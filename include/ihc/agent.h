@@ -40,14 +40,14 @@ typedef struct ihc_generator ihc_generator;
 /* ---- options ---- */
 /* Start from ihc_agent_opts_init: every value is then taken as given. */
 typedef struct {
-    const char *agent_id;   /* NULL: "<hostname>:<pid>" */
+    const char *agent_id; /* NULL: "<hostname>:<pid>" */
     /* Coordinator PUB and PULL to dial. With standby coordinators: comma-separated lists of
      * the same length, one item per coordinator in the same order ("tcp://a:7450,tcp://b:7450"
      * and "tcp://a:7451,tcp://b:7451"); the agent talks to every one of them and answers each
      * interrupt to the coordinator that sent it. NULL: tcp://127.0.0.1:7450 and :7451. */
     const char *pub_url;
     const char *report_url;
-    const void *secret;     /* HMAC secret, NULL: unsigned messages */
+    const void *secret; /* HMAC secret, NULL: unsigned messages */
     size_t secret_len;
     int max_active_sessions;       /* MAX_ACTIVE_SESSIONS (>= 1; default 100) */
     double session_timeout;        /* SESSION_TIMEOUT s (> 0; default 300) */

@@ -32,8 +32,9 @@ extern "C" {
 #define IHC_CLIENT_ECLOSED    20 /* the watch was closed while the call waited */
 #define IHC_CLIENT_EDISABLED  22 /* refused by the coordinator's configuration (403) */
 #define IHC_CLIENT_EINTERNAL  24 /* coordinator error (5xx) */
-#define IHC_CLIENT_ENOTLEADER 25 /* every coordinator reached is a standby (a failover is under
-                                    way): nothing was run, the request may be sent again */
+#define IHC_CLIENT_ENOTLEADER                                                                      \
+    25 /* every coordinator reached is a standby (a failover is under                              \
+          way): nothing was run, the request may be sent again */
 
 typedef struct ihc_client ihc_client;
 
@@ -48,7 +49,7 @@ typedef struct ihc_client_opts {
      * connect_timeout_ms, not sent, or a standby's "not the leader" answer). An interrupt
      * that may have reached a coordinator is never sent again; queries are. */
     const char *control_url;
-    const void *secret;      /* shared secret for message signing; NULL: unsigned */
+    const void *secret; /* shared secret for message signing; NULL: unsigned */
     size_t secret_len;
     int timeout_ms;         /* wait for queries and for interrupts sent with timeout 0;
                                0: IHC_CLIENT_DEFAULT_TIMEOUT_MS */

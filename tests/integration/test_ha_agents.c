@@ -66,10 +66,14 @@ static void coord_start(coord *c, const char *redis_url, const char *id)
                     NULL};
     char idenv[96];
     snprintf(idenv, sizeof idenv, "IHC_COORDINATOR_ID=%s", id);
-    char *env[] = {"INTERRUPT_TIMEOUT=3.0",       "IHC_AGENT_TTL=3",
-                   "SESSION_CLEANUP_DELAY=0.3",   "IHC_HEARTBEAT_INTERVAL=0.2",
-                   "IHC_REDIS_TIMEOUT_MS=300",    "IHC_LEASE_TTL=1",
-                   idenv,                         NULL};
+    char *env[] = {"INTERRUPT_TIMEOUT=3.0",
+                   "IHC_AGENT_TTL=3",
+                   "SESSION_CLEANUP_DELAY=0.3",
+                   "IHC_HEARTBEAT_INTERVAL=0.2",
+                   "IHC_REDIS_TIMEOUT_MS=300",
+                   "IHC_LEASE_TTL=1",
+                   idenv,
+                   NULL};
     c->pid = th_spawn(argv, c->log, env);
     assert_true(c->pid > 0);
     if (!TH_WAIT(th_http(c->http, "GET", "/healthz", NULL, NULL, NULL) == 200, 10000)) {
@@ -198,8 +202,8 @@ static int cli_interrupt(const char *list, const char *hw, char **out)
 {
     char cmd[9000], path[4400];
     snprintf(path, sizeof path, "%s/cli.out", w.dir);
-    snprintf(cmd, sizeof cmd, "'%s' --control '%s' --json interrupt %s >'%s' 2>&1",
-             th_bin("ihc"), list, hw, path);
+    snprintf(cmd, sizeof cmd, "'%s' --control '%s' --json interrupt %s >'%s' 2>&1", th_bin("ihc"),
+             list, hw, path);
     int st = system(cmd);
     *out = th_slurp(path);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
@@ -232,8 +236,8 @@ static void test_ha_two_coordinators(void **state)
     const char *ids[2] = {"ha-agent-1", "ha-agent-2"};
     for (int i = 0; i < 2; i++) {
         snprintf(w.agent_log[i], sizeof w.agent_log[i], "%s/%s.log", w.dir, ids[i]);
-        w.agents[i] = agent_start(ids[i], i == 0 ? "dev-1" : "dev-1,dev-2", pubs, reports,
-                                  w.agent_log[i]);
+        w.agents[i] =
+            agent_start(ids[i], i == 0 ? "dev-1" : "dev-1,dev-2", pubs, reports, w.agent_log[i]);
     }
     /* every agent's hello reaches both coordinators, and so do its sessions */
     for (int c = 0; c < 2; c++)
@@ -391,16 +395,15 @@ static void test_ha_sentinel_failover(void **state)
     snprintf(master.log, sizeof master.log, "%s/redis-master.log", w.dir);
     snprintf(replica.log, sizeof replica.log, "%s/redis-replica.log", w.dir);
     snprintf(sentinel.log, sizeof sentinel.log, "%s/sentinel.log", w.dir);
-    char *margv[] = {"redis-server", "--port", mport, "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", mdir, NULL};
+    char *margv[] = {"redis-server", "--port", mport,   "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no",     "--dir", mdir,     NULL};
     rstart(&master, margv);
-    char *rargv[] = {"redis-server", "--port", rport, "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", rdir, "--replicaof", "127.0.0.1", mport,
-                     NULL};
+    char *rargv[] = {
+        "redis-server", "--port", rport, "--bind",      "127.0.0.1", "--save", "",  "--appendonly",
+        "no",           "--dir",  rdir,  "--replicaof", "127.0.0.1", mport,    NULL};
     rstart(&replica, rargv);
-    assert_true(TH_WAIT(reply_has(replica.port, "master_link_status:up", "INFO replication",
-                                  NULL),
-                        15000));
+    assert_true(
+        TH_WAIT(reply_has(replica.port, "master_link_status:up", "INFO replication", NULL), 15000));
     /* one sentinel, quorum 1, quick to act (it rewrites its own file) */
     snprintf(conf, sizeof conf, "%s/sentinel.conf", w.dir);
     FILE *fp = fopen(conf, "w");
@@ -443,9 +446,9 @@ static void test_ha_sentinel_failover(void **state)
     th_stop(master.pid, SIGKILL, 2000);
     master.pid = 0;
     uint64_t t0 = th_now_ms_();
-    if (!TH_WAIT(reply_has(sentinel.port, rport, "SENTINEL get-master-addr-by-name %s",
-                           "ihcmaster"),
-                 30000)) {
+    if (!TH_WAIT(
+            reply_has(sentinel.port, rport, "SENTINEL get-master-addr-by-name %s", "ihcmaster"),
+            30000)) {
         th_log_tail(sentinel.log, 30);
         fail_msg("the sentinel did not promote the replica");
     }

@@ -57,13 +57,12 @@ static void open_world(world *w)
     atomic_store(&method_calls, 0);
     th_fc_connect(&w->f[0], w->a, AGENT_ID, ihc_agent_connected);
     /* both coordinators' connections up (the second's SUB too, or what it publishes is lost) */
-    assert_true(TH_WAIT(
-        ({
-            int sub = 0, push = 0;
-            ihc__transport_link(&w->a->tp, 1, &sub, &push);
-            sub > 0 && push > 0;
-        }),
-        10000));
+    assert_true(TH_WAIT(({
+                            int sub = 0, push = 0;
+                            ihc__transport_link(&w->a->tp, 1, &sub, &push);
+                            sub > 0 && push > 0;
+                        }),
+                        10000));
 }
 
 static void close_world(world *w)

@@ -576,9 +576,9 @@ static void test_config_url_lists(void **state)
     (void)state;
     ihc_config cfg;
     char err[512] = "";
-    TH_PASS(load(&cfg, AGENT, err, sizeof err, NULL, NULL,
-                 ARGS("--pub", "tcp://a:7450,tcp://b:7450", "--report",
-                      "tcp://a:7451,tcp://b:7451")));
+    TH_PASS(
+        load(&cfg, AGENT, err, sizeof err, NULL, NULL,
+             ARGS("--pub", "tcp://a:7450,tcp://b:7450", "--report", "tcp://a:7451,tcp://b:7451")));
     assert_string_equal(cfg.pub_url, "tcp://a:7450,tcp://b:7450");
     ihc_config_fini(&cfg);
     TH_PASS(load(&cfg, CLI, err, sizeof err, NULL, NULL,
@@ -594,8 +594,7 @@ static void test_config_url_lists(void **state)
     expect_error(COORD, ARGS("--control", "tcp://0.0.0.0:1,tcp://0.0.0.0:2"),
                  "IHC_CONTROL_URL (--control): a coordinator listens on one URL", NULL);
     /* a tls+tcp:// item needs the CA like a single URL does */
-    expect_error(AGENT,
-                 ARGS("--pub", "tcp://a:1,tls+tcp://b:2", "--report", "tcp://a:3,tcp://b:4"),
+    expect_error(AGENT, ARGS("--pub", "tcp://a:1,tls+tcp://b:2", "--report", "tcp://a:3,tcp://b:4"),
                  "tls+tcp://b:2", NULL);
 }
 

@@ -115,8 +115,8 @@ static void test_redis_url_sentinel_forms(void **state)
     (void)state;
     ihc_redis_url u;
     char why[256] = "unset";
-    TH_PASS(ihc_redis_url_parse("redis-sentinel://h1:26380,10.0.0.2,[::1]:5000/mymaster/3", &u,
-                                why, sizeof(why)));
+    TH_PASS(ihc_redis_url_parse("redis-sentinel://h1:26380,10.0.0.2,[::1]:5000/mymaster/3", &u, why,
+                                sizeof(why)));
     assert_string_equal(why, "");
     assert_null(u.host);
     assert_null(u.path);
@@ -242,10 +242,16 @@ static void test_redis_url_message_hides_password(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "redis://:hunter2@h:99999",        "redis://:hunter2@h/x", "redis://bob:hunter2@",
-        "redis://:hunter2%zz@h",           "unix://:hunter2@h/s",  "unix://:hunter2@/s?db=q",
-        "unix://bob:hunter2@/s?x=hunter2", "redis-sentinel://:hunter2@s1,/m",
-        "redis-sentinel://hunter2@s1:0/m", "redis-sentinel://:hunter2@s1/m$",
+        "redis://:hunter2@h:99999",
+        "redis://:hunter2@h/x",
+        "redis://bob:hunter2@",
+        "redis://:hunter2%zz@h",
+        "unix://:hunter2@h/s",
+        "unix://:hunter2@/s?db=q",
+        "unix://bob:hunter2@/s?x=hunter2",
+        "redis-sentinel://:hunter2@s1,/m",
+        "redis-sentinel://hunter2@s1:0/m",
+        "redis-sentinel://:hunter2@s1/m$",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         ihc_redis_url u;
