@@ -77,6 +77,8 @@ typedef struct lconn {
     lconn_state state;
     uint64_t deadline_ns;
     bool shut; /* shut down by the watch thread; libmicrohttpd closes it next */
+    /* libmicrohttpd's idle timeout is off: it held a session or a stream */
+    bool no_idle_timeout;
     bool has_cred;
     pid_t peer_pid;
     uid_t peer_uid;
@@ -470,6 +472,18 @@ static lconn *conn_of(struct MHD_Connection *conn)
     return ci ? ci->socket_context : NULL;
 }
 
+/* A connection holding a session or a stream is not an idle one: libmicrohttpd's idle
+ * timeout is off for it, and on again once it holds nothing. On libmicrohttpd's thread. */
+static void idle_timeout_set(ihc_local *l, struct MHD_Connection *conn, lconn *cc, bool on)
+{
+    MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, on ? l->idle_s : 0u);
+    if (!cc)
+        return;
+    pthread_mutex_lock(&l->mtx);
+    cc->no_idle_timeout = !on;
+    pthread_mutex_unlock(&l->mtx);
+}
+
 /* Checks the pid a POST names against the caller's credentials. */
 static bool pid_allowed(struct MHD_Connection *conn, lreq *r, const lconn *cc, pid_t pid,
                         unsigned long long *start, enum MHD_Result *ret)
@@ -583,9 +597,8 @@ static enum MHD_Result route_begin(ihc_local *l, struct MHD_Connection *conn, lr
         json_pack("{s:s,s:I,s:s,s:s}", "session_id", s->sid, "epoch", (json_int_t)s->epoch,
                   "hardware_id", s->hw, "state", s->state == LS_ACTIVE ? "active" : "interrupted");
     pthread_mutex_unlock(&l->mtx);
-    /* a connection holding a session is not an idle one */
     if (b.pid == 0)
-        MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
+        idle_timeout_set(l, conn, cc, false);
     ihc_log(IHC_LOG_INFO, COMP, "session begun session=%s hw=%s pid=%d module=%s held_by=%s",
             s->sid, b.hw, (int)b.pid, b.module ? b.module : "-", b.pid ? "pid" : "connection");
     ret = respond_json(conn, r, MHD_HTTP_CREATED, doc, false);
@@ -610,11 +623,10 @@ static enum MHD_Result route_end(ihc_local *l, struct MHD_Connection *conn, lreq
         return refuse(conn, r, MHD_HTTP_NOT_FOUND, "unknown session '%s'", sid);
     }
     session_unlink_locked(l, s, e.state);
-    /* a connection that holds nothing any more is an idle one again */
     bool idle_again = cc && cc->n_held == 0 && !cc->stream;
     pthread_mutex_unlock(&l->mtx);
     if (idle_again)
-        MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, l->idle_s);
+        idle_timeout_set(l, conn, cc, true);
     /* the results go into the interrupt's report (which may be waiting for them) before the
      * session ends */
     int rc = ihc__session_report(l->a, s->sid, e.modules, e.n_modules);
@@ -803,7 +815,7 @@ static enum MHD_Result route_events(ihc_local *l, struct MHD_Connection *conn, l
         cc->state = LC_STREAM;
     }
     pthread_mutex_unlock(&l->mtx);
-    MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
+    idle_timeout_set(l, conn, cc, false);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, CT_SSE);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
@@ -973,11 +985,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return ret;
 }
 
-/* The answer is sent: a kept-alive connection waits for its next request. */
+/* The answer is sent: a kept-alive connection waits for its next request (one whose event
+ * stream ended and that holds nothing is an idle one again). */
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)toe;
     ihc_local *l = cls;
     lconn *cc = conn_of(conn);
     if (cc) {
@@ -986,7 +998,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         pthread_mutex_lock(&l->mtx);
         cc->state = LC_IDLE;
         cc->deadline_ns = due;
+        bool idle_again = cc->no_idle_timeout && cc->n_held == 0;
         pthread_mutex_unlock(&l->mtx);
+        /* only while the connection lives on (it is not closing) */
+        if (idle_again && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+            idle_timeout_set(l, conn, cc, true);
     }
     lreq *r = *con_cls;
     *con_cls = NULL;
@@ -1141,8 +1157,9 @@ static void watch_streams(ihc_local *l, uint64_t now)
 
 /* Connections whose request is not in by its deadline are shut down (libmicrohttpd then
  * sees the socket end and closes it; it has not closed the fd while cc is listed). An idle
- * connection that holds a session is left alone: its holder may wait for hours. Under
- * l->mtx. */
+ * connection that holds a session is left alone: its holder may wait for hours. One whose
+ * session another connection ended has no idle timeout left: it is closed as an idle one
+ * (not counted). Under l->mtx. */
 static void sweep_deadlines(ihc_local *l, uint64_t now)
 {
     uint64_t closed = 0;
@@ -1152,7 +1169,10 @@ static void sweep_deadlines(ihc_local *l, uint64_t now)
             continue;
         shutdown(cc->fd, SHUT_RDWR);
         cc->shut = true;
-        closed++;
+        if (cc->state == LC_IDLE && cc->no_idle_timeout)
+            ihc_log(IHC_LOG_DEBUG, COMP, "idle connection closed: its sessions ended elsewhere");
+        else
+            closed++;
     }
     if (closed == 0)
         return;
