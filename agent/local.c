@@ -3,7 +3,9 @@
  * keep-alive connection and any event stream of the session) and end ("gone") as soon as no
  * holder is left; sessions with a pid are checked in /proc every INTERRUPT_CHECK_INTERVAL by
  * the watch thread, which also notices event-stream clients that went away (a suspended
- * connection does not see its peer close) and sends keepalive comments. */
+ * connection does not see its peer close), sends keepalive comments and closes connections
+ * whose request has not arrived whole within IHC_LOCAL_REQUEST_DEADLINE (libmicrohttpd's
+ * idle timeout starts again with every byte, so a client trickling one would keep it). */
 #include "local.h"
 
 #include <errno.h>
@@ -43,11 +45,16 @@
 #define BACKLOG     1024
 /* Connections past IHC_LOCAL_MAX_CONNS still get a 503 up to this many more; beyond, they
  * are closed at accept (logged). */
-#define OVER_SLACK       64
-#define PING_NS          (15ull * 1000000000ull) /* ": keepalive" on an idle stream */
-#define STREAM_BLOCK     4096
-#define DRAIN_MS         1000 /* shutdown: streams given this long to end */
-#define LOG_EVERY_NS     1000000000ull
+#define OVER_SLACK   64
+#define PING_NS      (15ull * 1000000000ull) /* ": keepalive" on an idle stream */
+#define STREAM_BLOCK 4096
+#define DRAIN_MS     1000          /* shutdown: streams given this long to end */
+#define LOG_EVERY_NS 1000000000ull /* refusals and closures: one line at most this often */
+/* A kept-alive connection's next request is seen (the request line) only once it is partly
+ * in: one silent for IHC_LOCAL_IDLE_TIMEOUT is closed by libmicrohttpd, so one still open
+ * this long after that plus the deadline is trickling its request. The slack keeps
+ * libmicrohttpd's own idle close (checked to about a second) ahead of ours. */
+#define IDLE_SLACK_NS    1000000000ull
 #define SESSION_HOLD_MAX 16 /* sessions one connection may hold (POSTs without pid) */
 #define CT_JSON          "application/json"
 #define CT_SSE           "text/event-stream; charset=utf-8"
@@ -55,9 +62,23 @@
 typedef struct lsession lsession;
 typedef struct lstream lstream;
 
+/* Where a connection is, for the request deadline. */
+typedef enum {
+    LC_RECEIVING, /* a request is arriving: closed past deadline_ns */
+    LC_BUSY,      /* the request is in; its answer is being made or sent */
+    LC_IDLE,      /* kept alive after an answer: closed past deadline_ns unless it holds a
+                     session (its next request then has the deadline from its request line) */
+    LC_STREAM,    /* an event stream: no deadline */
+} lconn_state;
+
 /* A connection (libmicrohttpd's socket context), under ihc_local.mtx. */
 typedef struct lconn {
     int fd;
+    lconn_state state;
+    uint64_t deadline_ns;
+    bool shut; /* shut down by the watch thread; libmicrohttpd closes it next */
+    /* libmicrohttpd's idle timeout is off: it held a session or a stream */
+    bool no_idle_timeout;
     bool has_cred;
     pid_t peer_pid;
     uid_t peer_uid;
@@ -110,6 +131,7 @@ struct ihc_local {
     int check_ms;
     size_t max_conns;
     unsigned idle_s;
+    uint64_t request_deadline_ns; /* IHC_LOCAL_REQUEST_DEADLINE */
     int deadline_ms;
     struct MHD_Daemon *daemon;
     bool listened; /* the socket file is ours to remove */
@@ -122,7 +144,8 @@ struct ihc_local {
     size_t n_conns;
     lstream *streams;
     size_t n_streams;
-    uint64_t refused_log_ns, refused_unlogged;
+    ihc_log_limit refused_log, deadline_log;
+    uint64_t deadline_closed; /* connections closed past the request deadline, for /healthz */
     bool stopping;
     bool worker_started;
     pthread_t worker;
@@ -134,6 +157,7 @@ typedef struct {
     size_t len;
     bool too_big;
     bool answered;
+    bool in; /* the connection was told the request is in (conn_answering) */
 } lreq;
 
 /* The usual cause of an endpoint in use is a second agent on the host: say how to run one. */
@@ -448,6 +472,18 @@ static lconn *conn_of(struct MHD_Connection *conn)
     return ci ? ci->socket_context : NULL;
 }
 
+/* A connection holding a session or a stream is not an idle one: libmicrohttpd's idle
+ * timeout is off for it, and on again once it holds nothing. On libmicrohttpd's thread. */
+static void idle_timeout_set(ihc_local *l, struct MHD_Connection *conn, lconn *cc, bool on)
+{
+    MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, on ? l->idle_s : 0u);
+    if (!cc)
+        return;
+    pthread_mutex_lock(&l->mtx);
+    cc->no_idle_timeout = !on;
+    pthread_mutex_unlock(&l->mtx);
+}
+
 /* Checks the pid a POST names against the caller's credentials. */
 static bool pid_allowed(struct MHD_Connection *conn, lreq *r, const lconn *cc, pid_t pid,
                         unsigned long long *start, enum MHD_Result *ret)
@@ -561,9 +597,8 @@ static enum MHD_Result route_begin(ihc_local *l, struct MHD_Connection *conn, lr
         json_pack("{s:s,s:I,s:s,s:s}", "session_id", s->sid, "epoch", (json_int_t)s->epoch,
                   "hardware_id", s->hw, "state", s->state == LS_ACTIVE ? "active" : "interrupted");
     pthread_mutex_unlock(&l->mtx);
-    /* a connection holding a session is not an idle one */
     if (b.pid == 0)
-        MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
+        idle_timeout_set(l, conn, cc, false);
     ihc_log(IHC_LOG_INFO, COMP, "session begun session=%s hw=%s pid=%d module=%s held_by=%s",
             s->sid, b.hw, (int)b.pid, b.module ? b.module : "-", b.pid ? "pid" : "connection");
     ret = respond_json(conn, r, MHD_HTTP_CREATED, doc, false);
@@ -588,11 +623,10 @@ static enum MHD_Result route_end(ihc_local *l, struct MHD_Connection *conn, lreq
         return refuse(conn, r, MHD_HTTP_NOT_FOUND, "unknown session '%s'", sid);
     }
     session_unlink_locked(l, s, e.state);
-    /* a connection that holds nothing any more is an idle one again */
     bool idle_again = cc && cc->n_held == 0 && !cc->stream;
     pthread_mutex_unlock(&l->mtx);
     if (idle_again)
-        MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, l->idle_s);
+        idle_timeout_set(l, conn, cc, true);
     /* the results go into the interrupt's report (which may be waiting for them) before the
      * session ends */
     int rc = ihc__session_report(l->a, s->sid, e.modules, e.n_modules);
@@ -629,11 +663,15 @@ static enum MHD_Result route_list(ihc_local *l, struct MHD_Connection *conn, lre
 
 static enum MHD_Result route_health(ihc_local *l, struct MHD_Connection *conn, lreq *r)
 {
-    size_t n = ihc_local_session_count(l);
+    pthread_mutex_lock(&l->mtx);
+    size_t n = l->n_sessions;
+    uint64_t closed = l->deadline_closed;
+    pthread_mutex_unlock(&l->mtx);
     return respond_json(conn, r, MHD_HTTP_OK,
-                        json_pack("{s:s,s:s,s:I,s:b}", "status", "ok", "agent", ihc_agent_id(l->a),
-                                  "sessions", (json_int_t)n, "coordinator_connected",
-                                  ihc_agent_connected(l->a)),
+                        json_pack("{s:s,s:s,s:I,s:b,s:I}", "status", "ok", "agent",
+                                  ihc_agent_id(l->a), "sessions", (json_int_t)n,
+                                  "coordinator_connected", ihc_agent_connected(l->a),
+                                  "deadline_closed", (json_int_t)closed),
                         false);
 }
 
@@ -774,9 +812,10 @@ static enum MHD_Result route_events(ihc_local *l, struct MHD_Connection *conn, l
     if (cc) {
         st->cc = cc;
         cc->stream = st;
+        cc->state = LC_STREAM;
     }
     pthread_mutex_unlock(&l->mtx);
-    MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
+    idle_timeout_set(l, conn, cc, false);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, CT_SSE);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
@@ -849,12 +888,10 @@ static enum MHD_Result dispatch(ihc_local *l, struct MHD_Connection *conn, lreq 
                   shown);
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version, const char *upload,
-                                  size_t *upload_size, void **con_cls)
+static enum MHD_Result handle_request(ihc_local *l, struct MHD_Connection *conn, const char *url,
+                                      const char *method, const char *upload, size_t *upload_size,
+                                      void **con_cls)
 {
-    (void)version;
-    ihc_local *l = cls;
     lreq *r = *con_cls;
     if (!r) {
         if (!(r = calloc(1, sizeof(*r))))
@@ -898,12 +935,75 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return dispatch(l, conn, r, url, method);
 }
 
+/* ---- the request deadline ---- */
+
+/* The request is in (answered): no deadline while its answer is made and sent. */
+static void conn_answering(ihc_local *l, struct MHD_Connection *conn)
+{
+    lconn *cc = conn_of(conn);
+    if (!cc)
+        return;
+    pthread_mutex_lock(&l->mtx);
+    if (cc->state == LC_RECEIVING)
+        cc->state = LC_BUSY;
+    pthread_mutex_unlock(&l->mtx);
+}
+
+/* libmicrohttpd's URI logger, called once a request line is in: on a kept-alive connection
+ * the next request has begun and gets the deadline (from now, or sooner when its idle
+ * deadline comes first). Returns the request's initial context: none. */
+static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)uri;
+    ihc_local *l = cls;
+    lconn *cc = conn_of(conn);
+    if (!cc)
+        return NULL;
+    uint64_t due = ihc_mono_ns() + l->request_deadline_ns;
+    pthread_mutex_lock(&l->mtx);
+    if (cc->state == LC_IDLE) {
+        cc->state = LC_RECEIVING;
+        if (cc->n_held > 0 || cc->deadline_ns > due)
+            cc->deadline_ns = due;
+    }
+    pthread_mutex_unlock(&l->mtx);
+    return NULL;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    ihc_local *l = cls;
+    enum MHD_Result ret = handle_request(l, conn, url, method, upload, upload_size, con_cls);
+    lreq *r = *con_cls;
+    if (r && r->answered && !r->in) {
+        r->in = true;
+        conn_answering(l, conn);
+    }
+    return ret;
+}
+
+/* The answer is sent: a kept-alive connection waits for its next request (one whose event
+ * stream ended and that holds nothing is an idle one again). */
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
-    (void)conn;
-    (void)toe;
+    ihc_local *l = cls;
+    lconn *cc = conn_of(conn);
+    if (cc) {
+        uint64_t due = ihc_mono_ns() + (uint64_t)l->idle_s * 1000000000ull + IDLE_SLACK_NS +
+                       l->request_deadline_ns;
+        pthread_mutex_lock(&l->mtx);
+        cc->state = LC_IDLE;
+        cc->deadline_ns = due;
+        bool idle_again = cc->no_idle_timeout && cc->n_held == 0;
+        pthread_mutex_unlock(&l->mtx);
+        /* only while the connection lives on (it is not closing) */
+        if (idle_again && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+            idle_timeout_set(l, conn, cc, true);
+    }
     lreq *r = *con_cls;
     *con_cls = NULL;
     if (r) {
@@ -914,17 +1014,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---- connections ---- */
 
-static bool log_due(ihc_local *l, uint64_t *folded)
+/* A warning at most once per LOG_EVERY_NS for one kind of event. Under l->mtx. */
+static bool log_due(ihc_log_limit *lim, uint64_t *folded)
 {
-    uint64_t now = ihc_mono_ns();
-    if (l->refused_log_ns != 0 && now - l->refused_log_ns < LOG_EVERY_NS) {
-        l->refused_unlogged++;
-        return false;
-    }
-    l->refused_log_ns = now;
-    *folded = l->refused_unlogged;
-    l->refused_unlogged = 0;
-    return true;
+    return ihc_log_limit_due(lim, ihc_mono_ns(), LOG_EVERY_NS, folded);
 }
 
 /* Accept policy: past IHC_LOCAL_MAX_CONNS + OVER_SLACK a connection is closed at once. */
@@ -936,7 +1029,7 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
     pthread_mutex_lock(&l->mtx);
     bool full = l->n_conns >= l->max_conns + OVER_SLACK;
     uint64_t folded = 0;
-    bool log = full && log_due(l, &folded);
+    bool log = full && log_due(&l->refused_log, &folded);
     size_t open = l->n_conns;
     pthread_mutex_unlock(&l->mtx);
     if (log)
@@ -993,6 +1086,8 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         return;
     }
     cc->fd = ci->connect_fd;
+    cc->state = LC_RECEIVING;
+    cc->deadline_ns = ihc_mono_ns() + l->request_deadline_ns;
     struct ucred cred;
     socklen_t len = sizeof cred;
     if (getsockopt(cc->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && len == sizeof cred &&
@@ -1004,7 +1099,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     pthread_mutex_lock(&l->mtx);
     cc->over = l->n_conns >= l->max_conns;
     uint64_t folded = 0;
-    bool log = cc->over && log_due(l, &folded);
+    bool log = cc->over && log_due(&l->refused_log, &folded);
     cc->next = l->conns;
     if (l->conns)
         l->conns->prev = cc;
@@ -1060,6 +1155,37 @@ static void watch_streams(ihc_local *l, uint64_t now)
     }
 }
 
+/* Connections whose request is not in by its deadline are shut down (libmicrohttpd then
+ * sees the socket end and closes it; it has not closed the fd while cc is listed). An idle
+ * connection that holds a session is left alone: its holder may wait for hours. One whose
+ * session another connection ended has no idle timeout left: it is closed as an idle one
+ * (not counted). Under l->mtx. */
+static void sweep_deadlines(ihc_local *l, uint64_t now)
+{
+    uint64_t closed = 0;
+    for (lconn *cc = l->conns; cc; cc = cc->next) {
+        bool subject = cc->state == LC_RECEIVING || (cc->state == LC_IDLE && cc->n_held == 0);
+        if (cc->shut || !subject || now < cc->deadline_ns)
+            continue;
+        shutdown(cc->fd, SHUT_RDWR);
+        cc->shut = true;
+        if (cc->state == LC_IDLE && cc->no_idle_timeout)
+            ihc_log(IHC_LOG_DEBUG, COMP, "idle connection closed: its sessions ended elsewhere");
+        else
+            closed++;
+    }
+    if (closed == 0)
+        return;
+    l->deadline_closed += closed;
+    l->deadline_log.unlogged += closed - 1;
+    uint64_t folded = 0;
+    if (log_due(&l->deadline_log, &folded))
+        ihc_log(IHC_LOG_WARN, COMP,
+                "connection closed: no whole request within IHC_LOCAL_REQUEST_DEADLINE=%.3gs "
+                "(closed=%" PRIu64 " since the last line, total=%" PRIu64 ")",
+                (double)l->request_deadline_ns / 1e9, folded + 1, l->deadline_closed);
+}
+
 /* Ends the pid sessions whose process is gone. */
 static void check_pids(ihc_local *l)
 {
@@ -1078,8 +1204,8 @@ static void check_pids(ihc_local *l)
     }
 }
 
-/* Stream hang-ups are looked for this often (well under the 0.5 s a held session may
- * outlive its holder), pids every INTERRUPT_CHECK_INTERVAL. */
+/* Stream hang-ups and request deadlines are looked at this often (well under the 0.5 s a
+ * held session may outlive its holder), pids every INTERRUPT_CHECK_INTERVAL. */
 #define WATCH_STREAMS_MS 50
 
 static void *watch_main(void *arg)
@@ -1090,6 +1216,7 @@ static void *watch_main(void *arg)
     while (!l->stopping) {
         uint64_t now = ihc_mono_ns();
         watch_streams(l, now);
+        sweep_deadlines(l, now);
         if (now >= next_check) {
             pthread_mutex_unlock(&l->mtx);
             check_pids(l);
@@ -1198,7 +1325,7 @@ static int start_daemon(ihc_local *l, int lfd, char *err, size_t err_len)
         (MHD_socket)lfd, MHD_OPTION_CONNECTION_LIMIT, hard, MHD_OPTION_CONNECTION_TIMEOUT,
         l->idle_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, l, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
-        l, MHD_OPTION_END);
+        l, MHD_OPTION_URI_LOG_CALLBACK, on_request_line, l, MHD_OPTION_END);
     if (!l->daemon) {
         snprintf(err, err_len, "local API unix://%s: cannot serve HTTP: %s", l->path,
                  l->mhd_error[0] ? l->mhd_error : "libmicrohttpd failed to start");
@@ -1238,6 +1365,8 @@ int ihc_local_open(ihc_local **out, ihc_agent *a, const ihc_local_opts *o, char 
     l->max_conns = o->max_conns > 0 ? (size_t)o->max_conns : IHC_DEFAULT_LOCAL_MAX_CONNS;
     l->idle_s =
         o->idle_timeout_s > 0 ? (unsigned)o->idle_timeout_s : IHC_DEFAULT_LOCAL_IDLE_TIMEOUT_S;
+    l->request_deadline_ns = ihc_s_to_ns(
+        o->request_deadline_s > 0 ? o->request_deadline_s : IHC_DEFAULT_LOCAL_REQUEST_DEADLINE_S);
     l->deadline_ms = o->deadline_ms > 0 ? o->deadline_ms : 1000;
     pthread_mutex_init(&l->mtx, NULL);
     ihc_cond_init_mono(&l->cond);
@@ -1260,8 +1389,9 @@ int ihc_local_open(ihc_local **out, ihc_agent *a, const ihc_local_opts *o, char 
     }
     l->worker_started = true;
     ihc_log(IHC_LOG_INFO, COMP,
-            "listening url=unix://%s mode=0660 max_conns=%zu idle_timeout_s=%u deadline_ms=%d",
-            l->path, l->max_conns, l->idle_s, l->deadline_ms);
+            "listening url=unix://%s mode=0660 max_conns=%zu idle_timeout_s=%u "
+            "request_deadline_s=%.3g deadline_ms=%d",
+            l->path, l->max_conns, l->idle_s, (double)l->request_deadline_ns / 1e9, l->deadline_ms);
     *out = l;
     return IHC_OK;
 

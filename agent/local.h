@@ -15,7 +15,9 @@ typedef struct {
     int check_ms;       /* INTERRUPT_CHECK_INTERVAL: pid sessions' processes checked this often */
     int max_conns;      /* IHC_LOCAL_MAX_CONNS: past it a 503 (then refusal at accept) */
     int idle_timeout_s; /* IHC_LOCAL_IDLE_TIMEOUT: idle connections that hold nothing close */
-    int deadline_ms;    /* the module timeout, sent with every stop (deadline_ms) */
+    /* IHC_LOCAL_REQUEST_DEADLINE, s: a request must arrive whole within it (0: default) */
+    double request_deadline_s;
+    int deadline_ms; /* the module timeout, sent with every stop (deadline_ms) */
 } ihc_local_opts;
 
 /* Listens on o->url and serves the local API for agent a. A stale socket file (nothing

@@ -303,6 +303,7 @@ int main(int argc, char **argv)
                              .check_ms = (int)(cfg.interrupt_check_interval * 1000),
                              .max_conns = cfg.local_max_conns,
                              .idle_timeout_s = (int)cfg.local_idle_timeout,
+                             .request_deadline_s = cfg.local_request_deadline,
                              .deadline_ms = (int)(cfg.module_timeout * 1000)};
         rc = ihc_local_open(&local, a, &lo, err, sizeof(err));
         if (rc != IHC_OK) {

@@ -98,6 +98,11 @@ static const setting settings[] = {
      IHC_STR(IHC_DEFAULT_LOCAL_IDLE_TIMEOUT_S), NULL, 1, 86400, NULL, A, OFF(local_idle_timeout),
      "a local API connection idle this long is closed, unless it holds a session or streams "
      "events"},
+    {"IHC_LOCAL_REQUEST_DEADLINE", "local-request-deadline", T_SECONDS,
+     IHC_STR(IHC_DEFAULT_LOCAL_REQUEST_DEADLINE_S), NULL, 0.1, 600, NULL, A,
+     OFF(local_request_deadline),
+     "time a local API client has to send a whole request (headers and body), however it "
+     "trickles it; the connection is closed past it"},
     {"IHC_AGENT_ID", "id", T_AGENT_ID, NULL, NULL, 0, 0, NULL, A, OFF(agent_id),
      "this agent's id: 1-255 printable ASCII characters without spaces"},
     {NULL, "simulate", T_HW_LIST, NULL, NULL, 0, 0, NULL, A, OFF(simulate),

@@ -23,18 +23,19 @@ typedef enum { IHC_LOGFMT_TEXT = 0, IHC_LOGFMT_JSON } ihc_log_format;
  * durations are seconds as in the original module's settings. */
 typedef struct ihc_config {
     /* endpoints */
-    char *pub_url;             /* IHC_PUB_URL --pub (coordinator listens, agent dials) */
-    char *report_url;          /* IHC_REPORT_URL --report */
-    char *control_url;         /* IHC_CONTROL_URL --control (coordinator listens, CLI dials) */
-    char *http_addr;           /* IHC_HTTP_ADDR --http, "host:port" */
-    char *redis_url;           /* IHC_REDIS_URL --redis */
-    char *local_url;           /* IHC_LOCAL_URL --local (agent local API) */
-    int local_max_conns;       /* IHC_LOCAL_MAX_CONNS --local-max-conns */
-    double local_idle_timeout; /* IHC_LOCAL_IDLE_TIMEOUT --local-idle-timeout, s */
-    char *agent_id;            /* IHC_AGENT_ID --id, default "<hostname>:<pid>" */
-    char *simulate;            /* --simulate HW[,HW...] (agent), NULL when off */
-    char *agent_config;        /* IHC_AGENT_CONFIG --config: module overrides file, NULL = none */
-    char *state_dir; /* IHC_STATE_DIR --state-dir: coordinator's local state, NULL = none */
+    char *pub_url;                 /* IHC_PUB_URL --pub (coordinator listens, agent dials) */
+    char *report_url;              /* IHC_REPORT_URL --report */
+    char *control_url;             /* IHC_CONTROL_URL --control (coordinator listens, CLI dials) */
+    char *http_addr;               /* IHC_HTTP_ADDR --http, "host:port" */
+    char *redis_url;               /* IHC_REDIS_URL --redis */
+    char *local_url;               /* IHC_LOCAL_URL --local (agent local API) */
+    int local_max_conns;           /* IHC_LOCAL_MAX_CONNS --local-max-conns */
+    double local_idle_timeout;     /* IHC_LOCAL_IDLE_TIMEOUT --local-idle-timeout, s */
+    double local_request_deadline; /* IHC_LOCAL_REQUEST_DEADLINE, s: a whole request */
+    char *agent_id;                /* IHC_AGENT_ID --id, default "<hostname>:<pid>" */
+    char *simulate;                /* --simulate HW[,HW...] (agent), NULL when off */
+    char *agent_config; /* IHC_AGENT_CONFIG --config: module overrides file, NULL = none */
+    char *state_dir;    /* IHC_STATE_DIR --state-dir: coordinator's local state, NULL = none */
     /* secrets: contents, not paths; NULL when unset */
     uint8_t *secret; /* IHC_SECRET, or IHC_SECRET_FILE / --secret-file */
     size_t secret_len;

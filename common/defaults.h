@@ -41,8 +41,9 @@
  * IHC_HTTP_MAX_CONNS. */
 #define IHC_HTTP_PER_IP_DIVISOR 8
 /* The agent's local API (HTTP on a Unix socket). */
-#define IHC_DEFAULT_LOCAL_MAX_CONNS      4096
-#define IHC_DEFAULT_LOCAL_IDLE_TIMEOUT_S 30
+#define IHC_DEFAULT_LOCAL_MAX_CONNS          4096
+#define IHC_DEFAULT_LOCAL_IDLE_TIMEOUT_S     30
+#define IHC_DEFAULT_LOCAL_REQUEST_DEADLINE_S 5.0
 /* Events kept for Last-Event-ID resume of GET /v1/events. */
 #define IHC_DEFAULT_EVENTS_HISTORY 10000
 /* The longest timeout an interrupt may ask for (ms), in every entry point; libihc's public

@@ -423,3 +423,15 @@ void ihc_log_interrupt(const char *component, const char *fmt, ...)
     log_v(IHC_LOG_INFO, component, fmt, ap);
     va_end(ap);
 }
+
+bool ihc_log_limit_due(ihc_log_limit *lim, uint64_t now_ns, uint64_t every_ns, uint64_t *folded)
+{
+    if (lim->last_ns != 0 && now_ns - lim->last_ns < every_ns) {
+        lim->unlogged++;
+        return false;
+    }
+    lim->last_ns = now_ns;
+    *folded = lim->unlogged;
+    lim->unlogged = 0;
+    return true;
+}

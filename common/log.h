@@ -5,6 +5,7 @@
 #define IHC_LOG_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 typedef enum { IHC_LOG_DEBUG = 0, IHC_LOG_INFO, IHC_LOG_WARN, IHC_LOG_ERROR } ihc_log_level;
 
@@ -36,6 +37,18 @@ bool ihc_log_timing(void);
 
 /* True when lvl would be written (to skip building expensive lines). */
 bool ihc_log_enabled(ihc_log_level lvl);
+
+/* At most one line per interval for a warning that may repeat (refusals, closures): the
+ * events in between are counted and reported with the next line. Zero-initialise. Not
+ * locked: the caller serialises the calls on one limiter. */
+typedef struct {
+    uint64_t last_ns;  /* when the last line was due, monotonic; 0: never */
+    uint64_t unlogged; /* events since then; callers may add events that share one line */
+} ihc_log_limit;
+
+/* True when a line is due at now_ns (monotonic); *folded then receives the events folded
+ * into it (unlogged since the last line). False counts this event for the next line. */
+bool ihc_log_limit_due(ihc_log_limit *lim, uint64_t now_ns, uint64_t every_ns, uint64_t *folded);
 
 /* Parses "debug|info|warn|error"; returns -1 when unknown. */
 int ihc_log_level_parse(const char *s);

@@ -198,8 +198,7 @@ struct ihc_http {
     conn_ctx *conns;
     stream *streams;
     size_t n_conns, n_streams;
-    uint64_t refused_log_ns, deadline_log_ns, overflow_log_ns, per_ip_log_ns;
-    uint64_t refused_unlogged, deadline_unlogged, overflow_unlogged, per_ip_unlogged;
+    ihc_log_limit refused_log, deadline_log, overflow_log, per_ip_log;
     /* counters for /metrics */
     atomic_uint_fast64_t refused_max_conns, refused_per_ip, refused_streams, deadline_closed,
         streams_overflowed;
@@ -685,19 +684,10 @@ static void conn_set(ihc_http *h, conn_ctx *cc, conn_state st)
     pthread_mutex_unlock(&h->conn_mu);
 }
 
-/* A warning at most once per HTTP_LOG_EVERY_NS for one kind of event; *unlogged counts the
- * events folded into the next line. Under conn_mu. */
-static bool log_due(uint64_t *last_ns, uint64_t *unlogged, uint64_t *folded)
+/* A warning at most once per HTTP_LOG_EVERY_NS for one kind of event. Under conn_mu. */
+static bool log_due(ihc_log_limit *lim, uint64_t *folded)
 {
-    uint64_t now = ihc_mono_ns();
-    if (*last_ns != 0 && now - *last_ns < HTTP_LOG_EVERY_NS) {
-        (*unlogged)++;
-        return false;
-    }
-    *last_ns = now;
-    *folded = *unlogged;
-    *unlogged = 0;
-    return true;
+    return ihc_log_limit_due(lim, ihc_mono_ns(), HTTP_LOG_EVERY_NS, folded);
 }
 
 /* libmicrohttpd's accept policy, called before a new connection is set up: a request
@@ -711,7 +701,7 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
     pthread_mutex_lock(&h->conn_mu);
     bool full = h->n_conns - h->n_streams >= h->max_conns;
     uint64_t folded = 0;
-    bool log = full && log_due(&h->refused_log_ns, &h->refused_unlogged, &folded);
+    bool log = full && log_due(&h->refused_log, &folded);
     size_t open = h->n_conns;
     pthread_mutex_unlock(&h->conn_mu);
     if (!full)
@@ -798,8 +788,8 @@ static void sweep_deadlines(ihc_http *h, uint64_t now)
         return;
     atomic_fetch_add(&h->deadline_closed, closed);
     uint64_t folded = 0;
-    h->deadline_unlogged += closed - 1;
-    if (log_due(&h->deadline_log_ns, &h->deadline_unlogged, &folded))
+    h->deadline_log.unlogged += closed - 1;
+    if (log_due(&h->deadline_log, &folded))
         ihc_log(IHC_LOG_WARN, COMPONENT,
                 "connection closed: no whole request within IHC_HTTP_REQUEST_DEADLINE=%.3gs "
                 "(closed=%" PRIu64 " since the last line, total=%" PRIu64 ")",
@@ -1048,8 +1038,8 @@ static void watch_streams(ihc_http *h, uint64_t now, bool closing)
     }
     uint64_t folded = 0;
     if (cut > 0) {
-        h->overflow_unlogged += cut - 1;
-        if (log_due(&h->overflow_log_ns, &h->overflow_unlogged, &folded))
+        h->overflow_log.unlogged += cut - 1;
+        if (log_due(&h->overflow_log, &folded))
             ihc_log(IHC_LOG_WARN, COMPONENT,
                     "event stream client dropped: not reading, fell more than "
                     "IHC_EVENTS_HISTORY events behind (dropped=%" PRIu64 " since the last line)",
@@ -1253,7 +1243,7 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
         atomic_fetch_add(&h->refused_per_ip, 1);
         pthread_mutex_lock(&h->conn_mu);
         uint64_t folded = 0;
-        bool log = log_due(&h->per_ip_log_ns, &h->per_ip_unlogged, &folded);
+        bool log = log_due(&h->per_ip_log, &folded);
         pthread_mutex_unlock(&h->conn_mu);
         if (log)
             ihc_log(IHC_LOG_WARN, COMPONENT,

@@ -4,7 +4,8 @@
  * held by connections ending when their holder closes or is SIGKILLed, and stray clients
  * (connect+close, garbage, half a request, a client killed mid-request, 1,000 idle
  * connections, more than IHC_LOCAL_MAX_CONNS) that must not stop the next client or
- * `ihc run`. */
+ * `ihc run`, and clients trickling a request closed at IHC_LOCAL_REQUEST_DEADLINE while
+ * event streams and connections holding a session stay. */
 #include "harness.h"
 
 #include "err.h"
@@ -15,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -25,18 +28,21 @@
 #define GONE_WITHIN_MS 500 /* a held session outlives its last holder by at most this */
 #define SMALL_MAX      8   /* IHC_LOCAL_MAX_CONNS of the second agent */
 #define N_IDLE         1000
+#define N_TRICKLE      20  /* clients trickling half a request at the deadline agent */
+#define TRICKLE_MS     300 /* one byte this often */
 
 static struct {
     th_redis redis;
     char *dir;
     int http;
     char pub_url[64], rep_url[64], ctl_url[64];
-    pid_t coord, agent, small;
-    char sock[512], small_sock[512];
+    pid_t coord, agent, small, dl;
+    char sock[512], small_sock[512], dl_sock[512];
     char agent_log[512];
 } w;
 
-static pid_t start_agent(const char *id, const char *sock, const char *max_conns);
+static pid_t start_agent(const char *id, const char *sock, const char *max_conns,
+                         const char *extra_env, const char *extra_env2);
 
 /* ---- helpers ---- */
 
@@ -101,10 +107,11 @@ static void begin_held(int fd, const char *hw, const char *module, char *sid, si
     free(resp);
 }
 
-/* Opens the event stream of sid; returns its fd once the "session" event came. */
-static int open_stream(const char *sid)
+/* Opens the event stream of sid at the agent on sock; returns its fd once the "session"
+ * event came. */
+static int open_stream_at(const char *sock, const char *sid)
 {
-    int fd = th_unix_connect(w.sock);
+    int fd = th_unix_connect(sock);
     assert_true(fd >= 0);
     char path[256];
     snprintf(path, sizeof path, "/v1/sessions/%s/events", sid);
@@ -115,6 +122,11 @@ static int open_stream(const char *sid)
         fail_msg("event stream of %s: %s", sid, seen);
     free(seen);
     return fd;
+}
+
+static int open_stream(const char *sid)
+{
+    return open_stream_at(w.sock, sid);
 }
 
 static bool gone_within(const char *sid, int ms, uint64_t *took)
@@ -477,6 +489,189 @@ static void test_local_max_conns(void **state)
     assert_true(TH_WAIT(th_unix_http(w.small_sock, "GET", "/healthz", NULL, NULL) == 200, 5000));
 }
 
+/* ---- the request deadline ---- */
+
+/* A client sending a request a byte every TRICKLE_MS: fd, when it began (ms) and when the
+ * agent closed it (0: open). */
+typedef struct {
+    int fd;
+    uint64_t t0, closed;
+} trickler;
+
+/* Whether the agent closed fd (EOF or error on read; anything else read is discarded). */
+static bool peer_closed(int fd)
+{
+    struct pollfd pf = {.fd = fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&pf, 1, 0) != 1)
+        return false;
+    char buf[512];
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+/* Sends a byte every TRICKLE_MS on each open trickler until the agent closed all of them or
+ * timeout_ms passed; once, serve_at_ms after the start, a normal client must be served. */
+static void trickle_until_closed(trickler *t, size_t n, int timeout_ms, int serve_at_ms,
+                                 const char *sock)
+{
+    uint64_t start = th_now_ms_(), end = start + (uint64_t)timeout_ms;
+    bool served = serve_at_ms < 0;
+    size_t open = n;
+    while (open > 0 && th_now_ms_() < end) {
+        for (size_t i = 0; i < n; i++) {
+            if (t[i].closed)
+                continue;
+            if (peer_closed(t[i].fd) || send(t[i].fd, "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+                t[i].closed = th_now_ms_();
+                open--;
+            }
+        }
+        if (!served && th_now_ms_() - start >= (uint64_t)serve_at_ms) {
+            uint64_t t1 = th_now_ms_();
+            char *resp = NULL;
+            int st = th_unix_http(sock, "GET", "/v1/sessions", NULL, &resp);
+            free(resp);
+            if (st != 200)
+                fail_msg("a normal client among the tricklers got %d", st);
+            fprintf(stderr, "normal client served in %llu ms among %zu tricklers\n",
+                    (unsigned long long)(th_now_ms_() - t1), open);
+            served = true;
+        }
+        /* wait out the tick, noticing closures as they come */
+        for (size_t i = 0; i < n && open > 0; i++) {
+            if (t[i].closed)
+                continue;
+            struct pollfd pf = {.fd = t[i].fd, .events = POLLIN | POLLRDHUP};
+            int left = (int)(TRICKLE_MS / (int)open);
+            poll(&pf, 1, left > 0 ? left : 1);
+        }
+    }
+}
+
+/* Each trickler was closed between 0.8 and 2.5 times the 1 s deadline after it began. */
+static void expect_closed_at_deadline(const trickler *t, size_t n, const char *what)
+{
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!t[i].closed)
+            fail_msg("%s %zu: still open after the deadline", what, i);
+        uint64_t took = t[i].closed - t[i].t0;
+        lo = took < lo ? took : lo;
+        hi = took > hi ? took : hi;
+        if (took < 800 || took > 2500)
+            fail_msg("%s %zu: closed after %llu ms, want 800-2500", what, i,
+                     (unsigned long long)took);
+    }
+    fprintf(stderr, "%zu %s closed after %llu-%llu ms (deadline 1 s)\n", n, what,
+            (unsigned long long)lo, (unsigned long long)hi);
+}
+
+static int64_t deadline_closed(void)
+{
+    char *resp = NULL;
+    int st = th_unix_http(w.dl_sock, "GET", "/healthz", NULL, &resp);
+    if (st != 200)
+        fail_msg("GET /healthz: %d %s", st, resp ? resp : "");
+    json_t *j = parse(resp);
+    free(resp);
+    json_t *v = json_object_get(j, "deadline_closed");
+    if (!json_is_integer(v))
+        fail_msg("GET /healthz has no deadline_closed");
+    int64_t n = json_integer_value(v);
+    json_decref(j);
+    return n;
+}
+
+/* An agent with IHC_LOCAL_REQUEST_DEADLINE=1: clients trickling half a request (fresh, or
+ * the next one on a kept-alive connection) are closed at the deadline, counted and logged
+ * at most once a second, while a normal client is served, an event stream and a
+ * connection holding a session stay open past it. */
+static void test_local_request_deadline(void **state)
+{
+    (void)state;
+    char log[600];
+    snprintf(w.dl_sock, sizeof w.dl_sock, "%s/deadline.sock", w.dir);
+    snprintf(log, sizeof log, "%s/deadline-agent.log", w.dir);
+    /* the idle timeout stays 30 s: libmicrohttpd's own timeout must not be what closes them */
+    w.dl = start_agent("deadline-agent", w.dl_sock, "4096", "IHC_LOCAL_REQUEST_DEADLINE=1", NULL);
+    assert_true(w.dl > 0);
+    assert_true(th_log_has(log, "request_deadline_s=1 ", 0));
+    assert_int_equal(deadline_closed(), 0);
+
+    /* a session held by a kept-alive connection, and its event stream */
+    int held = th_unix_connect(w.dl_sock);
+    assert_true(held >= 0);
+    char sid[128];
+    begin_held(held, "dev-dl", "slow", sid, sizeof sid);
+    int stream = open_stream_at(w.dl_sock, sid);
+    uint64_t stream_t0 = th_now_ms_();
+
+    /* fresh connections trickling half a request: the deadline counts from the accept */
+    static const char half[] = "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                               "\r\n{\"hardware_id\":";
+    trickler t[N_TRICKLE];
+    for (size_t i = 0; i < N_TRICKLE; i++) {
+        t[i].fd = th_unix_connect(w.dl_sock);
+        assert_true(t[i].fd >= 0);
+        t[i].t0 = th_now_ms_();
+        t[i].closed = 0;
+        assert_true(send(t[i].fd, half, sizeof half - 1, MSG_NOSIGNAL) > 0);
+    }
+    trickle_until_closed(t, N_TRICKLE, 6000, 400, w.dl_sock);
+    expect_closed_at_deadline(t, N_TRICKLE, "fresh tricklers");
+    for (size_t i = 0; i < N_TRICKLE; i++)
+        close(t[i].fd);
+
+    /* a kept-alive connection: answered, then its next request trickles in after its
+     * request line; the deadline counts from that */
+    trickler k = {.fd = th_unix_connect(w.dl_sock)};
+    assert_true(k.fd >= 0);
+    assert_int_equal(th_http_send(k.fd, "GET", "/healthz", NULL), 0);
+    char *resp = NULL;
+    assert_int_equal(th_http_read_one(k.fd, &resp), 200);
+    free(resp);
+    static const char next[] = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    assert_true(send(k.fd, next, sizeof next - 1, MSG_NOSIGNAL) > 0);
+    k.t0 = th_now_ms_();
+    trickle_until_closed(&k, 1, 6000, -1, NULL);
+    expect_closed_at_deadline(&k, 1, "kept-alive trickler");
+    close(k.fd);
+
+    /* the stream and the holder outlived the deadline: the stream still ends with the
+     * session the holder DELETEs */
+    assert_true(th_now_ms_() - stream_t0 > 2000);
+    assert_false(peer_closed(stream));
+    char path[256];
+    snprintf(path, sizeof path, "/v1/sessions/%s", sid);
+    assert_int_equal(th_http_send(held, "DELETE", path, "{\"state\":\"done\"}"), 0);
+    assert_int_equal(th_http_read_one(held, &resp), 200);
+    free(resp);
+    char *seen = NULL;
+    bool ended = th_fd_read_until(stream, "event: end", 5000, &seen);
+    if (!ended)
+        fail_msg("the stream did not see its session end: %s", seen ? seen : "");
+    free(seen);
+    close(stream);
+    close(held);
+
+    /* counted, and logged at most once a second */
+    assert_int_equal(deadline_closed(), N_TRICKLE + 1);
+    char *text = th_slurp(log);
+    size_t lines = 0;
+    for (const char *p = text; (p = strstr(p, "no whole request within")) != NULL; p++)
+        lines++;
+    fprintf(stderr, "%d closures logged in %zu lines\n", N_TRICKLE + 1, lines);
+    if (lines < 1 || lines > 4 || !strstr(text, "IHC_LOCAL_REQUEST_DEADLINE=1s") ||
+        !strstr(text, "total=21)"))
+        fail_msg("deadline closures logged in %zu lines: %s", lines, text);
+    free(text);
+
+    int st = th_stop(w.dl, SIGTERM, 5000);
+    w.dl = 0;
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 /* ---- the coordinator's nng listeners ---- */
 
 static int tcp_port_of(const char *url)
@@ -522,7 +717,7 @@ static void test_local_coordinator_listeners(void **state)
     assert_int_equal(st, 200);
     char sock[600];
     snprintf(sock, sizeof sock, "%s/late.sock", w.dir);
-    pid_t late = start_agent("late-agent", sock, "16");
+    pid_t late = start_agent("late-agent", sock, "16", NULL, NULL);
     assert_true(late > 0);
     bool listed_ok = TH_WAIT(agent_listed("late-agent"), 10000);
     th_stop(late, SIGTERM, 5000);
@@ -569,7 +764,8 @@ static void test_local_agents_stop(void **state)
 
 /* ---- fixture ---- */
 
-static pid_t start_agent(const char *id, const char *sock, const char *max_conns)
+static pid_t start_agent(const char *id, const char *sock, const char *max_conns,
+                         const char *extra_env, const char *extra_env2)
 {
     char log[600], local[600], env_max[64];
     snprintf(log, sizeof log, "%s/%s.log", w.dir, id);
@@ -585,7 +781,8 @@ static pid_t start_agent(const char *id, const char *sock, const char *max_conns
                     "--local",
                     local,
                     NULL};
-    char *env[] = {"IHC_MODULE_TIMEOUT=2.0", "IHC_HEARTBEAT_INTERVAL=0.2", env_max, NULL};
+    char *env[] = {"IHC_MODULE_TIMEOUT=2.0", "IHC_HEARTBEAT_INTERVAL=0.2", env_max,
+                   (char *)extra_env,        (char *)extra_env2,           NULL};
     pid_t p = th_spawn(argv, log, env);
     if (p <= 0)
         return -1;
@@ -629,8 +826,8 @@ static int setup(void **state)
     snprintf(w.sock, sizeof w.sock, "%s/agent.sock", w.dir);
     snprintf(w.small_sock, sizeof w.small_sock, "%s/small.sock", w.dir);
     snprintf(w.agent_log, sizeof w.agent_log, "%s/local-agent.log", w.dir);
-    w.agent = start_agent("local-agent", w.sock, "4096");
-    w.small = start_agent("small-agent", w.small_sock, "8");
+    w.agent = start_agent("local-agent", w.sock, "4096", NULL, NULL);
+    w.small = start_agent("small-agent", w.small_sock, "8", NULL, NULL);
     if (w.agent <= 0 || w.small <= 0)
         return -1;
     /* the socket is mode 0660 */
@@ -649,6 +846,8 @@ static int teardown(void **state)
         th_stop(w.agent, SIGTERM, 5000);
     if (w.small > 0)
         th_stop(w.small, SIGTERM, 5000);
+    if (w.dl > 0)
+        th_stop(w.dl, SIGTERM, 5000);
     if (w.coord > 0)
         th_stop(w.coord, SIGTERM, 5000);
     th_redis_stop(&w.redis);
@@ -665,6 +864,7 @@ int main(void)
         cmocka_unit_test(test_local_held_sessions_end),
         cmocka_unit_test(test_local_stray_clients),
         cmocka_unit_test(test_local_max_conns),
+        cmocka_unit_test(test_local_request_deadline),
         cmocka_unit_test(test_local_coordinator_listeners),
         cmocka_unit_test(test_local_agents_stop),
     };

@@ -24,6 +24,7 @@ static const char *const all_env[] = {
     "IHC_LOCAL_URL",
     "IHC_LOCAL_MAX_CONNS",
     "IHC_LOCAL_IDLE_TIMEOUT",
+    "IHC_LOCAL_REQUEST_DEADLINE",
     "IHC_AGENT_ID",
     "IHC_AGENT_CONFIG",
     "IHC_STATE_DIR",
@@ -81,6 +82,7 @@ static const expect_setting expected[] = {
     {"IHC_LOCAL_URL", "--local", AGENT | CLI},
     {"IHC_LOCAL_MAX_CONNS", "--local-max-conns", AGENT},
     {"IHC_LOCAL_IDLE_TIMEOUT", "--local-idle-timeout", AGENT},
+    {"IHC_LOCAL_REQUEST_DEADLINE", "--local-request-deadline", AGENT},
     {"IHC_AGENT_ID", "--id", AGENT},
     {NULL, "--simulate", AGENT},
     {"IHC_AGENT_CONFIG", "--config", AGENT},
@@ -247,6 +249,7 @@ static void test_config_defaults_agent(void **state)
     assert_string_equal(cfg.local_url, "unix:///tmp/ihc-agent.sock");
     assert_int_equal(cfg.local_max_conns, 4096);
     assert_true(cfg.local_idle_timeout == 30.0);
+    assert_true(cfg.local_request_deadline == 5.0);
     assert_null(cfg.simulate);
     assert_null(cfg.agent_config);
     char host[256], want[300];
@@ -536,6 +539,10 @@ static void test_config_bad_url(void **state)
     setenv("IHC_LOCAL_MAX_CONNS", "0", 1);
     expect_error(AGENT, NOARGS, "IHC_LOCAL_MAX_CONNS=0", NULL);
     unsetenv("IHC_LOCAL_MAX_CONNS");
+    setenv("IHC_LOCAL_REQUEST_DEADLINE", "0.05", 1);
+    expect_error(AGENT, NOARGS, "IHC_LOCAL_REQUEST_DEADLINE=0.05", NULL);
+    unsetenv("IHC_LOCAL_REQUEST_DEADLINE");
+    expect_error(AGENT, ARGS("--local-request-deadline=601"), "--local-request-deadline=601", NULL);
     expect_error(AGENT, ARGS("--pub=off"), "--pub=off", "tcp://"); /* only local can be off */
     static const char *const offs[] = {"off", "none", ""};
     for (size_t i = 0; i < 3; i++) { /* the local endpoint can be switched off */

@@ -486,6 +486,29 @@ static void test_log_concurrent_whole_lines(void **state)
     free(r.buf);
 }
 
+/* ihc_log_limit: the first event is logged, the ones within the interval are folded into
+ * the next line due, which reports them (with what callers added to unlogged). */
+static void test_log_limit(void **state)
+{
+    (void)state;
+    const uint64_t sec = 1000000000ull;
+    ihc_log_limit lim = {0};
+    uint64_t folded = 99;
+    assert_true(ihc_log_limit_due(&lim, 5 * sec, sec, &folded));
+    assert_int_equal(folded, 0);
+    assert_false(ihc_log_limit_due(&lim, 5 * sec + 1, sec, &folded));
+    assert_false(ihc_log_limit_due(&lim, 6 * sec - 1, sec, &folded));
+    lim.unlogged += 3; /* three more events sharing one line */
+    assert_true(ihc_log_limit_due(&lim, 6 * sec, sec, &folded));
+    assert_int_equal(folded, 5);
+    assert_false(ihc_log_limit_due(&lim, 6 * sec + 1, sec, &folded));
+    assert_true(ihc_log_limit_due(&lim, 60 * sec, sec, &folded));
+    assert_int_equal(folded, 1);
+    /* a clock at 0 still logs the first event */
+    ihc_log_limit z = {0};
+    assert_true(ihc_log_limit_due(&z, 0, sec, &folded));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -500,6 +523,7 @@ int main(void)
         cmocka_unit_test_teardown(test_log_truncation, teardown),
         cmocka_unit_test_teardown(test_log_preserves_errno, teardown),
         cmocka_unit_test_teardown(test_log_concurrent_whole_lines, teardown),
+        cmocka_unit_test_teardown(test_log_limit, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
