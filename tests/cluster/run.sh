@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Cluster tests: the built ihc-coordinator and ihc-agent on four hosts in network namespaces
+# Cluster tests: the built ihc-coordinator and ihc-agent on five hosts in network namespaces
 # (tests/cluster/netns.sh). Host 0 runs redis-server and the coordinator (10.77.0.1); hosts
-# 1-3 each run `ihc-agent --simulate dev-<i>,shared`. Tests: an interrupt of the shared
+# 1-3 each run `ihc-agent --simulate dev-<i>,shared`; host 4 (10.77.0.5) is the second
+# coordinator's, used by the high-availability tests. Tests: an interrupt of the shared
 # hardware_id stops it everywhere; a host cut off during an interrupt is reported missing and
 # catches up when it returns; a coordinator crash and restart; an agent restart; an interrupt
-# over a throttled link.
+# over a throttled link. Then, with two coordinators (coord-0 on host 0, coord-4 on host 4,
+# IHC_LEASE_TTL=1, the same Redis) and the agents dialing both: the leader SIGKILLed during a
+# stream of 20 interrupts/s from two `ihc` clients with both control URLs (counts, the gap
+# until interrupts succeed again, no request hung, ids and epochs never go back); the leader
+# cut off from Redis only by iptables (it stops within its lease, the standby takes over with
+# a higher term, its late writes are refused by the fence, it stands by when the link returns).
 #
 #   sudo IHC_BIN_DIR=build/bin bash tests/cluster/run.sh [TEST…]
 #
 # TEST names: harness shared cutoff cutoff_reset coordinator_restart agent_restart throttled
-# shutdown (default: all; shutdown, when chosen, should come last).
-# Needs root, iproute2, redis-server, curl and jq (installed with apt-get when missing).
+# failover partition shutdown (default: all). The first HA test (failover, partition) turns
+# the cluster into the two-coordinator shape for good, so those come after the others, and
+# shutdown, when chosen, comes last.
+# Needs root, iproute2, iptables, redis-server, curl and jq (installed with apt-get when missing).
 # Logs are kept in $IHC_CLUSTER_LOGS (default: a temporary directory, removed on success).
 # Ends with "N passed, N failed"; exits non-zero when anything failed.
 
@@ -112,7 +120,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null 2>&1 ||
     { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null; }
 fi
-for p in ihc-coordinator ihc-agent; do
+for p in ihc-coordinator ihc-agent ihc; do
   if [ ! -x "$BIN/$p" ]; then
     echo "no $BIN/$p: build first (cmake --build build) or set IHC_BIN_DIR" >&2
     printf '0 passed, 1 failed\n'
@@ -470,6 +478,11 @@ stop_pid() {
 # so the HA tests come after them.
 ha_setup() {
   [ "$HA" = 1 ] && return 0
+  if [ "$HA" = failed ]; then
+    HA_ERR="the HA setup failed before: ${HA_ERR:-?}"
+    return 1
+  fi
+  HA=failed # set up once: a later test does not start coordinators twice
   local i
   stop_pid "$COORD_PID"
   start_ha_coordinator 0 || { HA_ERR="coord-0 did not serve /healthz"; return 1; }
@@ -484,7 +497,8 @@ ha_setup() {
   for ((i = 1; i <= NAGENTS; i++)); do start_agent "$i"; done
   wait_for 20 all_agents_connected_on 0 && wait_for 10 all_agents_connected_on "$COORD2_HOST" ||
     { HA_ERR="agents not connected to both coordinators within 20 s"; return 1; }
-  wait_for 15 every_node_has shared || { HA_ERR="agents have no 'shared' sessions"; return 1; }
+  wait_for 15 every_node_has shared ||
+    { HA_ERR="not every agent has a 'shared' session: $(api GET '/v1/sessions?hardware_id=shared' | jq -c '[.sessions[] | {agent_id, state, epoch}]')"; return 1; }
   HA=1
   log "HA: coord-0 (host 0) leads, coord-$COORD2_HOST (host $COORD2_HOST) stands by, $NAGENTS agents dial both"
 }
