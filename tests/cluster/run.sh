@@ -151,6 +151,7 @@ rcli() { ns_exec 0 redis-cli -p 6379 "$@"; }
 start_redis() {
   ns_spawn 0 "$LOGS/redis.log" redis-server --port 6379 --bind "127.0.0.1 $COORD_ADDR" \
     --protected-mode no --save "" --appendonly no --dir "$LOGS"
+  REDIS_PID=$NS_LAST_PID
   wait_for 10 ns_exec 0 redis-cli -p 6379 ping
 }
 
@@ -438,7 +439,7 @@ other_coord() { if [ "$1" = 0 ]; then echo "$COORD2_HOST"; else echo 0; fi; }
 start_ha_coordinator() {
   local h=$1
   mkdir -p "$LOGS/state-$h"
-  ns_spawn "$h" "$(coord_log "$h")" env IHC_REDIS_URL="redis://$COORD_ADDR:6379/0" \
+  ns_spawn "$h" "$(coord_log "$h")" env IHC_REDIS_URL="${HA_REDIS_URL:-redis://$COORD_ADDR:6379/0}" \
     IHC_COORDINATOR_ID="coord-$h" IHC_LEASE_TTL=$LEASE_TTL IHC_STATE_DIR="$LOGS/state-$h" \
     IHC_HEARTBEAT_INTERVAL=$HEARTBEAT IHC_AGENT_TTL=$AGENT_TTL IHC_LOG_LEVEL=debug \
     "$BIN/ihc-coordinator"
@@ -683,13 +684,14 @@ test_partition() {
   fenced0=$(fenced_count)
   redis_cut "$L" || { fail "$name" "iptables refused in host $L"; return; }
   cut_ms=$(now_ms)
-  # The old leader answers while its lease lasts (the agents still hear it), then refuses.
+  # The old leader answers while its lease lasts (the agents still hear it), then refuses:
+  # stop_ms is when the first refused request was sent.
   local late_ids=() res code stop_ms=-1 t
   while [ $(($(now_ms) - cut_ms)) -lt 5000 ]; do
+    t=$(now_ms)
     res=$(ns_exec "$L" curl -sS --max-time 3 -w '\n%{http_code}' -X POST -H 'Content-Type: application/json' \
       -d '{"hardware_id":"dev-3","reason":"partition","timeout_ms":500}' http://127.0.0.1:7480/v1/interrupt)
     code=${res##*$'\n'}
-    t=$(now_ms)
     if [ "$code" = 503 ]; then
       stop_ms=$((t - cut_ms))
       jq -e '.code == "IHC_ENOTLEADER"' <<<"${res%$'\n'*}" >/dev/null ||
@@ -752,6 +754,98 @@ test_partition() {
   redis_heal "$L"
 }
 
+# interrupt_leader HW: POSTs an interrupt of HW to whichever coordinator answers it (the other
+# refuses with 503); prints "http_code body" of the last try.
+interrupt_leader() {
+  local h res
+  for h in 0 "$COORD2_HOST"; do
+    res=$(ns_exec "$h" curl -sS --max-time 3 -w '\n%{http_code}' -X POST -H 'Content-Type: application/json' \
+      -d "{\"hardware_id\":\"$1\",\"reason\":\"sentinel\",\"timeout_ms\":1000}" http://127.0.0.1:7480/v1/interrupt 2>/dev/null)
+    [ "${res##*$'\n'}" = 200 ] && break
+  done
+  printf '%s %s\n' "${res##*$'\n'}" "${res%$'\n'*}"
+}
+# sentinel_cli ARGS…: redis-cli against the sentinel on host 1.
+sentinel_cli() { ns_exec 1 redis-cli -h "$(ns_addr 1)" -p 26379 "$@"; }
+sentinel_knows_replica() {
+  [ "$(sentinel_cli SENTINEL master ihcmaster | grep -A1 -x num-slaves | tail -1)" = 1 ]
+}
+sentinel_names() { sentinel_cli SENTINEL get-master-addr-by-name ihcmaster | head -1 | grep -qx "$1"; }
+replica_cli() { ns_exec "$COORD2_HOST" redis-cli -h "$COORD2_ADDR" -p 6379 "$@"; }
+
+test_sentinel() {
+  local name="sentinel: Redis primary SIGKILLed, Sentinel promotes the replica, interrupts succeed again"
+  ha_setup || { fail "$name" "HA setup: ${HA_ERR:-?}"; return; }
+  local problems=() h L S
+  # A replica on host 4, one sentinel on host 1 (quorum 1, quick to act).
+  mkdir -p "$LOGS/replica" "$LOGS/sentinel"
+  ns_spawn "$COORD2_HOST" "$LOGS/redis-replica.log" redis-server --port 6379 --bind "$COORD2_ADDR" \
+    --protected-mode no --save "" --appendonly no --dir "$LOGS/replica" --replicaof "$COORD_ADDR" 6379
+  wait_for 15 eval 'replica_cli INFO replication | grep -q "master_link_status:up"' ||
+    { fail "$name" "the replica on host $COORD2_HOST did not sync"; return; }
+  cat >"$LOGS/sentinel/sentinel.conf" <<CONF
+port 26379
+bind $(ns_addr 1)
+protected-mode no
+dir $LOGS/sentinel
+sentinel monitor ihcmaster $COORD_ADDR 6379 1
+sentinel down-after-milliseconds ihcmaster 500
+sentinel failover-timeout ihcmaster 2000
+sentinel parallel-syncs ihcmaster 1
+CONF
+  ns_spawn 1 "$LOGS/sentinel.log" redis-server "$LOGS/sentinel/sentinel.conf" --sentinel
+  wait_for 15 sentinel_knows_replica || { fail "$name" "the sentinel did not find the replica"; return; }
+  # Both coordinators restarted on a redis-sentinel:// URL (the standby first; the leader's
+  # SIGTERM gives the lease up, so the other takes over at once).
+  HA_REDIS_URL="redis-sentinel://$(ns_addr 1):26379,$(ns_addr 2):26379/ihcmaster/0"
+  L=$(leader_host) || { fail "$name" "no leader"; return; }
+  S=$(other_coord "$L")
+  for h in "$S" "$L"; do
+    stop_pid "$(coord_pid "$h")"
+    start_ha_coordinator "$h" || problems+=("coord-$h did not restart")
+    wait_for 10 role_is "$(other_coord "$h")" leader || problems+=("coord-$(other_coord "$h") does not lead")
+    wait_for 10 standby_of "$h" "$(other_coord "$h")" || problems+=("coord-$h does not stand by")
+    grep -q 'master found through sentinel' "$(coord_log "$h")" ||
+      problems+=("coord-$h did not log finding the master through the sentinel")
+  done
+  wait_for 10 all_agents_connected_on 0 || problems+=("agents not connected to coord-0")
+  local r id0
+  r=$(interrupt_leader dev-1)
+  [ "${r%% *}" = 200 ] || problems+=("interrupt before the kill: $r")
+  id0=$(jq -r '.interrupt_id // 0' <<<"${r#* }" 2>/dev/null)
+  local term0 kill_ms promoted_ms=-1 ok_ms=-1 id1=0
+  term0=$(rcli GET ihc:term)
+  kill_ms=$(now_ms)
+  kill -KILL "$REDIS_PID"
+  wait "$REDIS_PID" 2>/dev/null
+  while [ $(($(now_ms) - kill_ms)) -lt 20000 ]; do
+    [ "$promoted_ms" -lt 0 ] && sentinel_names "$COORD2_ADDR" && promoted_ms=$(($(now_ms) - kill_ms))
+    r=$(interrupt_leader dev-1)
+    if [ "${r%% *}" = 200 ] && [ "$(jq -r '.persisted' <<<"${r#* }")" = true ]; then
+      ok_ms=$(($(now_ms) - kill_ms))
+      id1=$(jq -r '.interrupt_id' <<<"${r#* }")
+      break
+    fi
+    sleep 0.2
+  done
+  [ "$promoted_ms" -ge 0 ] || sentinel_names "$COORD2_ADDR" || problems+=("the sentinel did not promote the replica")
+  [ "$ok_ms" -ge 0 ] || problems+=("no interrupt succeeded and was written within 20 s of the kill: $r")
+  [ "$id1" -gt "$id0" ] 2>/dev/null || problems+=("id $id1 after the failover is not above $id0")
+  # Written on the promoted replica, under a new term.
+  wait_for 5 eval 'replica_cli --raw XRANGE ihc:interrupts - + | grep -qx "$id1"' ||
+    problems+=("interrupt $id1 not in the promoted replica's ihc:interrupts")
+  local term1
+  term1=$(replica_cli GET ihc:term)
+  [ "$term1" -gt "${term0:-0}" ] 2>/dev/null || problems+=("term on the new master $term1, not above $term0")
+  local summary="primary killed: sentinel named the replica after ${promoted_ms} ms, an interrupt was answered and written to it after ${ok_ms} ms (id $id0 -> $id1, term $term0 -> $term1)"
+  log "sentinel: $summary"
+  if [ ${#problems[@]} -eq 0 ]; then
+    pass "$name ($summary)"
+  else
+    fail "$name" "${problems[@]}" "$summary"
+  fi
+}
+
 # exited PID: the process ended (gone, or a zombie waiting for `wait`).
 exited() { [ ! -e "/proc/$1" ] || [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" = Z ]; }
 
@@ -787,7 +881,7 @@ test_shutdown() {
 
 # ---- main -------------------------------------------------------------------------------
 
-ALL=(harness shared cutoff cutoff_reset coordinator_restart agent_restart throttled failover partition shutdown)
+ALL=(harness shared cutoff cutoff_reset coordinator_restart agent_restart throttled failover partition sentinel shutdown)
 if [ $# -gt 0 ]; then TESTS=("$@"); else TESTS=("${ALL[@]}"); fi
 for t in "${TESTS[@]}"; do
   [[ " ${ALL[*]} " == *" $t "* ]] || {
