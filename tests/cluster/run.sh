@@ -707,7 +707,8 @@ test_partition() {
   done
   [ "$stop_ms" -ge 0 ] && [ "$stop_ms" -le $((LEASE_TTL * 1000 + 500)) ] ||
     problems+=("coord-$L refused interrupts ${stop_ms} ms after the cut (lease ${LEASE_TTL} s)")
-  [ ${#late_ids[@]} -gt 0 ] || problems+=("coord-$L answered no interrupt after the cut (nothing to fence)")
+  # (Its lease may end before a first request: the last renew was sent up to a third of the
+  # lease before the cut, later on a loaded machine. Then only the queued writes are fenced.)
   # Agents still connected to it: only Redis was cut.
   all_agents_connected_on "$L" || problems+=("agents not connected to coord-$L during the cut")
   local take_ms=-1
@@ -747,7 +748,7 @@ test_partition() {
   [ "$(rcli GET ihc:leader)" = "coord-$S" ] || problems+=("ihc:leader is $(rcli GET ihc:leader), not coord-$S")
   grep -qE "stepped down id=coord-$L term=$term0 " "$(coord_log "$L")" ||
     problems+=("coord-$L did not log stepping down from term $term0")
-  local summary="cut coord-$L (term $term0): it answered ${#late_ids[@]} interrupts (ids ${late_ids[*]}) then refused after ${stop_ms} ms; coord-$S led after ${take_ms} ms (term $term1); FENCED replies from Redis after the heal: $((fenced1 - fenced0)); $(grep -oE 'not leading any more term=[0-9]+ .*' "$(coord_log "$L")" | tail -1)"
+  local summary="cut coord-$L (term $term0): it answered ${#late_ids[@]} interrupts (ids ${late_ids[*]:-none}) then refused after ${stop_ms} ms; coord-$S led after ${take_ms} ms (term $term1); FENCED replies from Redis after the heal: $((fenced1 - fenced0)); $(grep -oE 'not leading any more term=[0-9]+ .*' "$(coord_log "$L")" | tail -1)"
   log "partition: $summary"
   if [ ${#problems[@]} -eq 0 ]; then
     pass "$name ($summary)"
