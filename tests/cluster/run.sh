@@ -770,6 +770,11 @@ interrupt_leader() {
   done
   printf '%s %s\n' "${res##*$'\n'}" "${res%$'\n'*}"
 }
+# one_leads_one_stands_by: a coordinator leads and the other stands by under it.
+one_leads_one_stands_by() {
+  local l
+  l=$(leader_host) && standby_of "$(other_coord "$l")" "$l"
+}
 # sentinel_cli ARGS…: redis-cli against the sentinel on host 1.
 sentinel_cli() { ns_exec 1 redis-cli -h "$(ns_addr 1)" -p 26379 "$@"; }
 sentinel_knows_replica() {
@@ -805,11 +810,12 @@ CONF
   HA_REDIS_URL="redis-sentinel://$(ns_addr 1):26379,$(ns_addr 2):26379/ihcmaster/0"
   L=$(leader_host) || { fail "$name" "no leader"; return; }
   S=$(other_coord "$L")
+  # (Which one leads afterwards is a race: the restarted one may take the lease its SIGTERM
+  # gave up before the other's next poll.)
   for h in "$S" "$L"; do
     stop_pid "$(coord_pid "$h")"
     start_ha_coordinator "$h" || problems+=("coord-$h did not restart")
-    wait_for 10 role_is "$(other_coord "$h")" leader || problems+=("coord-$(other_coord "$h") does not lead")
-    wait_for 10 standby_of "$h" "$(other_coord "$h")" || problems+=("coord-$h does not stand by")
+    wait_for 10 one_leads_one_stands_by || problems+=("after restarting coord-$h: not one leader and one standby")
     grep -q 'master found through sentinel' "$(coord_log "$h")" ||
       problems+=("coord-$h did not log finding the master through the sentinel")
   done
