@@ -596,19 +596,24 @@ test_failover() {
   # The counts, the gap, the longest request.
   local all
   all=$(cat "$out1" "$out2")
-  local sent answered succeeded refused other gap maxdur maxref
+  local sent answered succeeded refused other gap gap_ans maxdur maxref
   sent=$(wc -l <<<"$all")
   answered=$(awk '$3 == 0 || $3 == 1' <<<"$all" | wc -l)
   succeeded=$(awk '$3 == 0' <<<"$all" | wc -l)
   refused=$(awk '$3 == 3' <<<"$all" | wc -l)
   other=$(awk '$3 != 0 && $3 != 1 && $3 != 3' <<<"$all" | wc -l)
-  gap=$(awk -v k="$kill_ms" '$1 >= k && $3 == 0 { if (m == "" || $2 < m) m = $2 } END { print (m == "" ? -1 : m - k) }' <<<"$all")
+  # The gap: from the kill to the first successful request, sent (the leader served from then
+  # on at the latest: a request sent earlier met the standby's 503 or nobody) and answered
+  # (`ihc` start-up and the answer's way back included; slower in a sanitizer build).
+  gap=$(awk -v k="$kill_ms" '$1 >= k && $3 == 0 { if (m == "" || $1 < m) m = $1 } END { print (m == "" ? -1 : m - k) }' <<<"$all")
+  gap_ans=$(awk -v k="$kill_ms" '$1 >= k && $3 == 0 { if (m == "" || $2 < m) m = $2 } END { print (m == "" ? -1 : m - k) }' <<<"$all")
   maxdur=$(awk '{ d = $2 - $1; if (d > m) m = d } END { print m + 0 }' <<<"$all")
   maxref=$(awk '$3 == 3 { d = $2 - $1; if (d > m) m = d } END { print m + 0 }' <<<"$all")
   local during
-  during=$(awk -v k="$kill_ms" -v g="$gap" '$2 >= k && $1 <= k + g' <<<"$all" | wc -l)
+  during=$(awk -v k="$kill_ms" -v g="$gap_ans" '$2 >= k && $1 <= k + g' <<<"$all" | wc -l)
   [ "$other" -eq 0 ] || problems+=("$other requests ended otherwise: $(awk '$3 != 0 && $3 != 1 && $3 != 3 { print $3 }' <<<"$all" | sort | uniq -c | tr '\n' ' ')")
-  [ "$gap" -ge 0 ] && [ "$gap" -le 2000 ] || problems+=("interrupts succeeded again ${gap} ms after the kill (target 2000 ms)")
+  [ "$gap" -ge 0 ] && [ "$gap" -le 2000 ] || problems+=("the first successful interrupt was sent ${gap} ms after the kill (target 2000 ms)")
+  [ "$gap_ans" -le 3000 ] || problems+=("the first success was answered ${gap_ans} ms after the kill")
   # No request hung: each ended within its interrupt timeout + the CLI's connect wait (1 s)
   # + 1.5 s for a loaded machine (a hung one would wait for the CLI's own limit, 8 s).
   [ "$maxdur" -le $((tmo + 2500)) ] || problems+=("a request took $maxdur ms (timeout $tmo ms + 2.5 s allowed)")
@@ -650,7 +655,7 @@ test_failover() {
   start_ha_coordinator "$L" || problems+=("coord-$L did not restart")
   wait_for 10 standby_of "$L" "$S" || problems+=("restarted coord-$L is not a standby of coord-$S: $(api_on "$L" GET /healthz)")
   wait_for 10 all_agents_connected_on "$L" || problems+=("agents did not say hello to the restarted coord-$L")
-  local summary="killed coord-$L, coord-$S led (term $term0 -> $term1); $sent requests: $answered answered ($succeeded succeeded), $refused refused (slowest refusal ${maxref} ms); $during sent or pending in the gap; gap ${gap} ms; longest request ${maxdur} ms; ids up to $before_max before, from $after_min after"
+  local summary="killed coord-$L, coord-$S led (term $term0 -> $term1); $sent requests: $answered answered ($succeeded succeeded), $refused refused (slowest refusal ${maxref} ms); $during sent or pending in the gap; gap ${gap} ms (sent) / ${gap_ans} ms (answered); longest request ${maxdur} ms; ids up to $before_max before, from $after_min after"
   log "failover: $summary"
   if [ ${#problems[@]} -eq 0 ]; then
     pass "$name ($summary)"
