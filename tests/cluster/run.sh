@@ -655,7 +655,8 @@ test_failover() {
   start_ha_coordinator "$L" || problems+=("coord-$L did not restart")
   wait_for 10 standby_of "$L" "$S" || problems+=("restarted coord-$L is not a standby of coord-$S: $(api_on "$L" GET /healthz)")
   wait_for 10 all_agents_connected_on "$L" || problems+=("agents did not say hello to the restarted coord-$L")
-  local summary="killed coord-$L, coord-$S led (term $term0 -> $term1); $sent requests: $answered answered ($succeeded succeeded), $refused refused (slowest refusal ${maxref} ms); $during sent or pending in the gap; gap ${gap} ms (sent) / ${gap_ans} ms (answered); longest request ${maxdur} ms; ids up to $before_max before, from $after_min after"
+  local summary
+  summary="killed coord-$L, coord-$S led (term $term0 -> $term1); $sent requests: $answered answered ($succeeded succeeded), $refused refused (slowest refusal ${maxref} ms); $during sent or pending in the gap; gap ${gap} ms (sent) / ${gap_ans} ms (answered); longest request ${maxdur} ms; ids up to $before_max before, from $after_min after"
   log "failover: $summary"
   if [ ${#problems[@]} -eq 0 ]; then
     pass "$name ($summary)"
@@ -729,8 +730,6 @@ test_partition() {
   # The link returns: the old leader learns the new term and stands by; what it had not
   # written (and any command of it still in flight in TCP) is refused, never applied.
   redis_heal "$L"
-  local heal_ms
-  heal_ms=$(now_ms)
   wait_for 10 standby_of "$L" "$S" || problems+=("coord-$L is not a standby of coord-$S after the heal: $(api_on "$L" GET /healthz)")
   # TCP may still deliver a write the old leader sent during the cut (retransmitted after the
   # heal): give it up to 4 s to arrive; the fence must refuse it.
@@ -753,7 +752,8 @@ test_partition() {
   [ "$(rcli GET ihc:leader)" = "coord-$S" ] || problems+=("ihc:leader is $(rcli GET ihc:leader), not coord-$S")
   grep -qE "stepped down id=coord-$L term=$term0 " "$(coord_log "$L")" ||
     problems+=("coord-$L did not log stepping down from term $term0")
-  local summary="cut coord-$L (term $term0): it answered ${#late_ids[@]} interrupts (ids ${late_ids[*]:-none}) then refused after ${stop_ms} ms; coord-$S led after ${take_ms} ms (term $term1); FENCED replies from Redis after the heal: $((fenced1 - fenced0)); $(grep -oE 'not leading any more term=[0-9]+ .*' "$(coord_log "$L")" | tail -1)"
+  local summary
+  summary="cut coord-$L (term $term0): it answered ${#late_ids[@]} interrupts (ids ${late_ids[*]:-none}) then refused after ${stop_ms} ms; coord-$S led after ${take_ms} ms (term $term1); FENCED replies from Redis after the heal: $((fenced1 - fenced0)); $(grep -oE 'not leading any more term=[0-9]+ .*' "$(coord_log "$L")" | tail -1)"
   log "partition: $summary"
   if [ ${#problems[@]} -eq 0 ]; then
     pass "$name ($summary)"
@@ -860,7 +860,8 @@ CONF
   local term1
   term1=$(replica_cli GET ihc:term)
   [ "$term1" -gt "${term0:-0}" ] 2>/dev/null || problems+=("term on the new master $term1, not above $term0")
-  local summary="primary killed: sentinel named the replica after ${promoted_ms} ms, an interrupt was answered and written to it after ${ok_ms} ms (id $id0 -> $id1, term $term0 -> $term1)"
+  local summary
+  summary="primary killed: sentinel named the replica after ${promoted_ms} ms, an interrupt was answered and written to it after ${ok_ms} ms (id $id0 -> $id1, term $term0 -> $term1)"
   log "sentinel: $summary"
   if [ ${#problems[@]} -eq 0 ]; then
     pass "$name ($summary)"
