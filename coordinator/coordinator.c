@@ -60,6 +60,11 @@
 
 #define IHC__STATS_WINDOW 10000 /* interrupts kept for avg/p50/p99 */
 #define IHC__ID_BLOCK     1000  /* interrupt ids reserved per persisted high-water mark */
+/* How long the loop waits for the watch socket to close when it stops watching (a standby
+ * taking over): nng 1.5.2 may hang closing a SUB whose dialer retries a dead leader, and the
+ * new leader must not stop publishing meanwhile (seen: 2 s without interrupts after a
+ * takeover, tests/cluster failover). At shutdown it waits IHC_SOCK_CLOSE_MS. */
+#define WATCH_CLOSE_MS 200
 
 typedef struct ihc__cmd ihc__cmd;
 
@@ -1723,12 +1728,12 @@ static void lose_lead(ihc_coord *c)
             inflight, dropped);
 }
 
-static void watch_close(ihc_coord *c)
+static void watch_close(ihc_coord *c, uint32_t within_ms)
 {
     if (!c->watch_open)
         return;
     /* bounded: no callback of this socket refers to c, so one still closing can be left */
-    ihc_sock_close(c->watch, IHC_SOCK_CLOSE_MS, COMPONENT, "watch");
+    ihc_sock_close(c->watch, within_ms, COMPONENT, "watch");
     c->watch_open = false;
     c->watch_fd = -1;
     c->watch_url[0] = '\0';
@@ -1739,18 +1744,18 @@ static void watch_close(ihc_coord *c)
 static void watch_follow(ihc_coord *c)
 {
     if (c->lead_term) {
-        watch_close(c);
+        watch_close(c, WATCH_CLOSE_MS);
         return;
     }
     ihc_leader_view v;
     ihc_leader_view_get(c->leader, &v);
     if (!v.leader_pub[0] || v.leader) {
-        watch_close(c);
+        watch_close(c, WATCH_CLOSE_MS);
         return;
     }
     if (c->watch_open && strcmp(c->watch_url, v.leader_pub) == 0)
         return;
-    watch_close(c);
+    watch_close(c, WATCH_CLOSE_MS);
     int rv = nng_sub0_open(&c->watch);
     if (rv != 0)
         return;
@@ -1763,7 +1768,7 @@ static void watch_follow(ihc_coord *c)
         (rv = nng_socket_get_int(c->watch, NNG_OPT_RECVFD, &c->watch_fd)) != 0) {
         ihc_log(IHC_LOG_WARN, COMPONENT, "cannot watch the leader's broadcasts url=%s: %s",
                 v.leader_pub, nng_strerror(rv));
-        watch_close(c);
+        watch_close(c, WATCH_CLOSE_MS);
         return;
     }
     ihc_log(IHC_LOG_INFO, COMPONENT, "standby watching the leader's broadcasts leader=%s url=%s",
@@ -2039,7 +2044,7 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
      * fenced by the lease, given up after it */
     ihc_persist_close(c->persist, flush_ms);
     ihc_leader_close(c->leader);
-    watch_close(c);
+    watch_close(c, IHC_SOCK_CLOSE_MS);
     ihc_store_epochs_free(c->resync_epochs, c->resync_n);
     snap_free(&c->elect_snap);
     int pub_rc = ihc_sock_close(c->pub, IHC_SOCK_CLOSE_MS, COMPONENT, "publish");

@@ -88,11 +88,28 @@ ns_teardown() {
   ns_cleanup_all
 }
 
+# ns_lock: one run per prefix at a time. Another run with the same prefix (say, another
+# checkout's tests/run.sh) would remove this run's namespaces as a crashed run's leftovers and
+# start its own hosts at the same addresses: it waits for this lock instead (fd 9, held until
+# exit; spawned processes do not inherit it). NS_PREFIX=… runs apart without waiting.
+ns_lock() {
+  command -v flock >/dev/null || return 0
+  local f="${NS_LOCK_DIR:-/run/lock}/${NS_PREFIX}-netns.lock"
+  { exec 9>"$f"; } 2>/dev/null || { exec 9>"/tmp/${NS_PREFIX}-netns.lock"; } 2>/dev/null || return 0
+  flock -n 9 && return 0
+  ns_log "another cluster run with prefix $NS_PREFIX holds $f: waiting for it (at most 600 s)"
+  flock -w 600 9 || {
+    ns_log "still held after 600 s"
+    return 1
+  }
+}
+
 # ns_setup N: builds N hosts (0 … N-1) on one bridge, cleaning leftovers first, and arranges
 # for ns_teardown to run at exit.
 ns_setup() {
   local n=$1 i ns sw
   ns_require || return 1
+  ns_lock || return 1
   ns_cleanup_all
   trap 'ns_teardown' EXIT
   trap 'exit 130' INT TERM
@@ -128,7 +145,7 @@ ns_setup() {
 ns_exec() {
   local i=$1
   shift
-  ip netns exec "$(ns_name "$i")" "$@"
+  ip netns exec "$(ns_name "$i")" "$@" 9>&-
 }
 
 # ns_spawn I LOGFILE CMD…: starts CMD in host I in the background, output to LOGFILE; sets
@@ -137,7 +154,7 @@ ns_exec() {
 ns_spawn() {
   local i=$1 log=$2
   shift 2
-  ip netns exec "$(ns_name "$i")" "$@" >>"$log" 2>&1 </dev/null &
+  ip netns exec "$(ns_name "$i")" "$@" >>"$log" 2>&1 </dev/null 9>&- &
   NS_LAST_PID=$!
   NS_PIDS+=("$NS_LAST_PID")
 }
