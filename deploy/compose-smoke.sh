@@ -65,27 +65,7 @@ log "host ports: pub $IHC_PUB_PORT report $IHC_REPORT_PORT control $IHC_CONTROL_
 # A crashed earlier run may have left the project behind.
 compose down -v --remove-orphans >/dev/null 2>&1
 
-t=$SECONDS
-log "building the image and starting the stack"
-COMPOSE_UP=1
-up_ok=""
-for attempt in 1 2 3; do
-  if compose up -d --build >"$WORK/up.log" 2>&1; then
-    up_ok=1
-    break
-  fi
-  # A port taken between the pick and the bind: pick others and try again.
-  grep -q 'address already in use' "$WORK/up.log" || break
-  compose down -v --remove-orphans >/dev/null 2>&1
-  new_ports || break
-  log "a host port was taken meanwhile (attempt $attempt); now http $IHC_HTTP_PORT"
-done
-if [ -n "$up_ok" ]; then
-  pass "compose up -d --build [$((SECONDS - t)) s]"
-else
-  tail -40 "$WORK/up.log" | sed 's/^/    /'
-  die "compose up -d --build"
-fi
+compose_up_retry
 
 all_healthy() {
   local s

@@ -57,26 +57,7 @@ log "host ports: coordinator-a http $IHC_HTTP_PORT control $IHC_CONTROL_PORT, co
 
 compose down -v --remove-orphans >/dev/null 2>&1
 
-t=$SECONDS
-log "building the image and starting the stack"
-COMPOSE_UP=1
-up_ok=""
-for attempt in 1 2 3; do
-  if compose up -d --build >"$WORK/up.log" 2>&1; then
-    up_ok=1
-    break
-  fi
-  grep -q 'address already in use' "$WORK/up.log" || break
-  compose down -v --remove-orphans >/dev/null 2>&1
-  new_ports || break
-  log "a host port was taken meanwhile (attempt $attempt)"
-done
-if [ -n "$up_ok" ]; then
-  pass "compose up -d --build [$((SECONDS - t)) s]"
-else
-  tail -40 "$WORK/up.log" | sed 's/^/    /'
-  die "compose up -d --build"
-fi
+compose_up_retry
 
 SERVICES="redis-primary redis-replica sentinel-1 sentinel-2 sentinel-3 coordinator-a coordinator-b agent-1 agent-2 agent-3"
 all_healthy() {

@@ -217,3 +217,28 @@ health() {
   [ -n "$id" ] || return 1
   docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id"
 }
+
+# Builds the image and starts the stack (compose and new_ports come from the calling script);
+# a host port taken between the pick and the bind: pick others (new_ports) and try again, up to
+# three times. Dies when the stack does not come up.
+compose_up_retry() {
+  local t=$SECONDS attempt up_ok=""
+  log "building the image and starting the stack"
+  COMPOSE_UP=1
+  for attempt in 1 2 3; do
+    if compose up -d --build >"$WORK/up.log" 2>&1; then
+      up_ok=1
+      break
+    fi
+    grep -q 'address already in use' "$WORK/up.log" || break
+    compose down -v --remove-orphans >/dev/null 2>&1
+    new_ports || break
+    log "a host port was taken meanwhile (attempt $attempt); now http $IHC_HTTP_PORT"
+  done
+  if [ -n "$up_ok" ]; then
+    pass "compose up -d --build [$((SECONDS - t)) s]"
+  else
+    tail -40 "$WORK/up.log" | sed 's/^/    /'
+    die "compose up -d --build"
+  fi
+}
