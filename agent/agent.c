@@ -263,7 +263,7 @@ static bool term_current(ihc_agent *a, uint64_t term, const char *what, int link
     return true;
 }
 
-static void on_frame(void *ctx, const uint8_t *frame, size_t len, uint64_t t0, int link)
+static bool on_frame(void *ctx, const uint8_t *frame, size_t len, uint64_t t0, int link)
 {
     ihc_agent *a = ctx;
     const char *topic = NULL;
@@ -280,13 +280,14 @@ static void on_frame(void *ctx, const uint8_t *frame, size_t len, uint64_t t0, i
         ihc_log(n <= 10 || n % 1000 == 0 ? IHC_LOG_WARN : IHC_LOG_DEBUG, IHC__LOG,
                 "bad message dropped err=\"%s\" detail=\"%s\" dropped=%llu", ihc_strerror(rc),
                 detail, (unsigned long long)n);
-        return;
+        return true;
     }
+    bool still_rx = true;
     switch (m->type) {
     case IHC_MSG_INTERRUPT:
         if (term_current(a, m->u.interrupt.term, "interrupt", link))
-            ihc__cancel_on_interrupt(a, &m->u.interrupt, t0,
-                                     tlen >= 3 && memcmp(topic, "ag:", 3) == 0, link);
+            still_rx = ihc__cancel_on_interrupt(a, &m->u.interrupt, t0,
+                                                tlen >= 3 && memcmp(topic, "ag:", 3) == 0, link);
         break;
     case IHC_MSG_SYNC:
         if (!term_current(a, m->u.sync.term, "sync", link))
@@ -309,7 +310,17 @@ static void on_frame(void *ctx, const uint8_t *frame, size_t len, uint64_t t0, i
                 ihc_msg_type_name(m->type));
         break;
     }
-    ihc_msg_free(m);
+    ihc_msg_free(m); /* ours even when displaced: a is not touched */
+    return still_rx;
+}
+
+/* The rescue thread, after it took a run of modules over and the run ended: the interrupt's
+ * rest, then the receive loop, on this thread (module.h). */
+static void on_taken(void *arg)
+{
+    ihc_agent *a = arg;
+    ihc__cancel_resume(a);
+    ihc__transport_rx_resume(&a->tp);
 }
 
 /* Receive thread: the timers (hello until synced, heartbeats, reaping) and when the next
@@ -557,7 +568,7 @@ int ihc_agent_open(ihc_agent **out, const ihc_agent_opts *opts)
     if (ihc__sessions_init(a) != IHC_OK)
         goto fail;
     have_lock = true;
-    if (ihc__modules_init(&a->mods, o.high_priority) != IHC_OK)
+    if (ihc__modules_init(&a->mods, o.high_priority, on_taken, a) != IHC_OK)
         goto fail;
     have_mods = true;
     if (pthread_mutex_init(&a->cb_lock, NULL) != 0)

@@ -90,29 +90,53 @@ static void dedupe_put(ihc__cancel *cx, uint64_t term, uint64_t id, uint64_t epo
 
 /* ---- the common part of interrupts and catch-ups ---- */
 
-/* The interrupt being handled: its id (0: a catch-up, no report), the leader's term and the
- * coordinator it came from (the report goes back there). */
-typedef struct {
-    uint64_t id, term;
-    int link;
-} origin;
+static void cancel_finish(ihc_agent *a);
 
-/* Everything after fencing. v holds n claimed sessions. */
-static void cancel_run(ihc_agent *a, const char *hw, origin o, uint64_t epoch, ihc__session **v,
-                       size_t n, uint64_t t0)
+/* Everything after fencing: cx->victims holds n claimed sessions. False when the calling thread
+ * was displaced while it ran the modules (the rescue finishes the interrupt). */
+static bool cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t term, int link,
+                       uint64_t epoch, size_t n, uint64_t t0)
 {
     ihc__cancel *cx = &a->cx;
-    uint64_t id = o.id;
+    ihc__session **v = cx->victims;
     /* owners hear first: they may be waiting on something other than the token */
     cx->current_id = id;
     for (size_t i = 0; i < n; i++)
         if (v[i]->on_cancel)
             v[i]->on_cancel(v[i]->id, v[i]->arg);
     cx->current_id = 0;
+    cx->current_reason = NULL;
 
-    size_t nm = 0;
-    ihc__module *head = ihc__modules_snapshot(&a->mods, &nm);
-    ihc__modules_run(&a->mods, head, nm, hw);
+    ihc__cancel_run *r = &cx->run;
+    snprintf(r->hw, sizeof(r->hw), "%s", hw);
+    r->id = id;
+    r->term = term;
+    r->link = link;
+    r->epoch = epoch;
+    r->t0 = t0;
+    r->n = n;
+    r->head = ihc__modules_snapshot(&a->mods, &r->nm);
+    if (!ihc__modules_run(&a->mods, r->head, r->nm, r->hw, id != 0))
+        return false;
+    cancel_finish(a);
+    return true;
+}
+
+void ihc__cancel_resume(ihc_agent *a)
+{
+    cancel_finish(a);
+}
+
+/* After the modules: the report, callbacks, generators, escalation, cleanup. */
+static void cancel_finish(ihc_agent *a)
+{
+    ihc__cancel *cx = &a->cx;
+    const ihc__cancel_run *r = &cx->run;
+    ihc__session **v = cx->victims;
+    const char *hw = r->hw;
+    uint64_t id = r->id, epoch = r->epoch, t0 = r->t0;
+    size_t n = r->n, nm = r->nm;
+    ihc__module *head = r->head;
 
     /* owners that run their own interrupt methods report them before the report goes out,
      * within the module timeout (counted from the interrupt's arrival) */
@@ -124,9 +148,9 @@ static void cancel_run(ihc_agent *a, const char *hw, origin o, uint64_t epoch, i
 
     size_t n_failed = 0;
     if (nm + n_ext > cx->res_cap) {
-        ihc_module_result *r = realloc(cx->res, (nm + n_ext) * sizeof(*r));
-        if (r) {
-            cx->res = r;
+        ihc_module_result *res = realloc(cx->res, (nm + n_ext) * sizeof(*res));
+        if (res) {
+            cx->res = res;
             cx->res_cap = nm + n_ext;
         }
     }
@@ -164,19 +188,19 @@ static void cancel_run(ihc_agent *a, const char *hw, origin o, uint64_t epoch, i
                                         .sessions = cx->sids,
                                         .n_sessions = n,
                                         .time_ms = time_ms,
-                                        .term = o.term};
+                                        .term = r->term};
         uint8_t *buf = NULL;
         size_t len = 0;
         int rc = ihc_wire_encode(&msg, a->auth, &buf, &len);
         if (rc == IHC_OK) {
-            ihc__transport_send_report(&a->tp, buf, len, o.link);
+            ihc__transport_send_report(&a->tp, buf, len, r->link);
             reported = true;
         } else {
             ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot encode report id=%llu hw=%s err=\"%s\"",
                     (unsigned long long)id, hw, ihc_strerror(rc));
             buf = NULL;
         }
-        dedupe_put(cx, o.term, id, epoch, hw, buf, len);
+        dedupe_put(cx, r->term, id, epoch, hw, buf, len);
     }
 
     pthread_mutex_lock(&a->cb_lock);
@@ -192,9 +216,9 @@ static void cancel_run(ihc_agent *a, const char *hw, origin o, uint64_t epoch, i
     ihc__sessions_escalate(a, v, n);
     if (a->o.cleanup_on_interrupt)
         ihc__sessions_cleanup(a, v, n, "interrupted",
-                              !reported     ? IHC__REPORTED_NONE
-                              : o.link >= 0 ? o.link
-                                            : IHC__REPORTED_ALL);
+                              !reported      ? IHC__REPORTED_NONE
+                              : r->link >= 0 ? r->link
+                                             : IHC__REPORTED_ALL);
     ihc__modules_respawn(&a->mods, head, nm);
 
     char timing[48] = "";
@@ -244,12 +268,12 @@ static bool is_listed(const ihc_agent *a, const ihc_interrupt_msg *m, bool direc
     return false;
 }
 
-void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0, bool direct,
+bool ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0, bool direct,
                               int link)
 {
     ihc__cancel *cx = &a->cx;
     if (!m->hw || !ihc_hw_valid(m->hw, strlen(m->hw), true))
-        return;
+        return true;
     bool global = strcmp(m->hw, "*") == 0;
     bool listed = is_listed(a, m, direct);
     ihc__handled *h = dedupe_find(cx, m->term, m->id);
@@ -261,7 +285,7 @@ void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t
             ihc_log(IHC_LOG_DEBUG, IHC__LOG, "report re-sent id=%llu hw=%s attempt=%u",
                     (unsigned long long)m->id, m->hw, m->attempt);
         }
-        return;
+        return true;
     }
 
     ihc__session **v = cx->victims;
@@ -294,12 +318,11 @@ void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t
     if (!concerned) {
         ihc_log(IHC_LOG_DEBUG, IHC__LOG, "interrupt not for this agent id=%llu hw=%s",
                 (unsigned long long)m->id, m->hw);
-        return;
+        return true;
     }
     atomic_fetch_add(&a->n_interrupts, 1);
     cx->current_reason = m->reason ? m->reason : "";
-    cancel_run(a, m->hw, (origin){.id = m->id, .term = m->term, .link = link}, m->epoch, v, n, t0);
-    cx->current_reason = NULL;
+    return cancel_run(a, m->hw, m->id, m->term, link, m->epoch, n, t0);
 }
 
 void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m)
@@ -350,8 +373,7 @@ void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m)
                     "sync: cancelling sessions a missed interrupt should have hw=%s epoch=%llu "
                     "sessions=%zu",
                     ep->hw, (unsigned long long)ep->epoch, n);
-            cancel_run(a, ep->hw, (origin){.id = 0, .term = m->term, .link = -1}, ep->epoch, v, n,
-                       t0);
+            cancel_run(a, ep->hw, 0, m->term, -1, ep->epoch, n, t0);
         }
     }
 }

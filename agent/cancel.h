@@ -20,6 +20,19 @@ typedef struct {
     bool used;
 } ihc__handled;
 
+/* The interrupt (or catch-up) being handled, from its fencing to its report: kept here, not
+ * on the stack, because a run of modules taken over by the rescue thread is finished there
+ * (module.h). */
+typedef struct {
+    char hw[IHC_HW_MAX + 1];
+    uint64_t id, term; /* id 0: a catch-up, no report */
+    int link;          /* the coordinator it came from (the report goes back there) */
+    uint64_t epoch, t0;
+    size_t n; /* sessions claimed, in victims */
+    struct ihc__module *head;
+    size_t nm; /* modules of the run */
+} ihc__cancel_run;
+
 /* State of the interrupt path; only the receive thread touches it. */
 typedef struct {
     ihc__handled *ring;
@@ -32,6 +45,7 @@ typedef struct {
     char **sids;
     uint64_t current_id; /* the interrupt being handled while on_cancel runs (0: a catch-up) */
     const char *current_reason; /* its reason, while on_cancel runs; NULL otherwise */
+    ihc__cancel_run run;
 } ihc__cancel;
 
 int ihc__cancel_init(ihc_agent *a);
@@ -39,8 +53,10 @@ void ihc__cancel_fini(ihc_agent *a);
 
 /* Handles one decoded interrupt; t0_ns is when it was received (monotonic); direct when it
  * came on the agent's own topic (a re-send addressed to it: answered even without a session
- * of its hardware_id); link is the coordinator it came from (the report goes back there). */
-void ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0_ns, bool direct,
+ * of its hardware_id); link is the coordinator it came from (the report goes back there).
+ * Returns false when the calling thread lost the receive role while it ran the modules (see
+ * ihc__modules_run): it must return at once touching nothing of the agent. */
+bool ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t t0_ns, bool direct,
                               int link);
 
 /* The id of the interrupt whose on_cancel callbacks are running (0: a catch-up after a sync,
@@ -49,7 +65,12 @@ uint64_t ihc__cancel_current_id(ihc_agent *a);
 /* Its reason ("" when none was given; "missed interrupt" for a catch-up). */
 const char *ihc__cancel_current_reason(ihc_agent *a);
 
-/* Handles a sync: raises the known epochs and cancels what missed interrupts should have. */
+/* On the rescue thread that took a run of modules over, when the run has ended: the rest of
+ * the interrupt (report, callbacks, cleanup), as the displaced receive thread would have. */
+void ihc__cancel_resume(ihc_agent *a);
+
+/* Handles a sync: raises the known epochs and cancels what missed interrupts should have
+ * (its modules run on workers: a catch-up is never taken over). */
 void ihc__cancel_on_sync(ihc_agent *a, const ihc_sync_msg *m);
 
 #endif

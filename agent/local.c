@@ -1211,6 +1211,7 @@ static void check_pids(ihc_local *l)
 static void *watch_main(void *arg)
 {
     ihc_local *l = arg;
+    ihc_thread_name("ihc:local");
     uint64_t next_check = ihc_mono_ns() + (uint64_t)l->check_ms * 1000000ull;
     pthread_mutex_lock(&l->mtx);
     while (!l->stopping) {

@@ -1,9 +1,9 @@
-/* Modules of an agent: registration with config-file overrides, and the workers that run
- * their interrupt methods. One worker runs a run's modules one after another (one thread
- * woken per interrupt, not one per module); the receive thread, waiting for the run, adds a
- * worker when one has been in a module for a slice, so a slow module does not hold the next
- * one back, and abandons a worker whose module passed its deadline (it is replaced, and frees
- * itself when the method returns), so a method that hangs is reported timed out on time. */
+/* Modules of an agent: registration with config-file overrides, and the running of their
+ * interrupt methods. The receive thread runs an interrupt's modules itself; a rescue thread,
+ * asleep on a timer armed for the run, takes the run over when a module overruns a slice,
+ * so a slow module does not hold the next one back and a method that hangs is reported timed
+ * out on time (module.h). Workers, started ahead of need, run what the rescue hands on and
+ * the catch-ups' runs. */
 #include "agent_int.h"
 
 #include "clock.h"
@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 
 struct ihc__worker {
     pthread_mutex_t mu; /* job, quit, abandoned, the method running: its own, so that an
@@ -23,6 +25,7 @@ struct ihc__worker {
     pthread_t thread;
     ihc__modules *ms;
     bool job, quit, abandoned, high;
+    bool is_rx;             /* the receive thread's record (inline runs): no thread of its own */
     const ihc__module *cur; /* under mu: the module running (its methods may be read) */
     size_t cur_method;
     /* under ms->run_mu */
@@ -56,24 +59,51 @@ static void worker_idle(ihc__modules *ms, ihc__worker *w)
     ms->idle = w;
 }
 
-/* Runs m's methods; returns the first non-zero result, or -1 when w was abandoned meanwhile
- * (then w->mu is NOT held; otherwise it is). Called with w->mu held. */
-static int run_methods(ihc__worker *w, const ihc__module *m, const char *hw, size_t *failed_at)
+/* Runs m's methods; *rc is the first non-zero result (a method may return any int). False when
+ * w was abandoned meanwhile (then w->mu is NOT held; otherwise it is). Called with w->mu
+ * held. */
+static bool run_methods(ihc__worker *w, const ihc__module *m, const char *hw, size_t *failed_at,
+                        int *rc)
 {
-    int rc = 0;
+    *rc = 0;
     w->cur = m;
-    for (size_t i = 0; i < m->n_run && rc == 0; i++) {
+    for (size_t i = 0; i < m->n_run && *rc == 0; i++) {
         w->cur_method = i;
         *failed_at = i;
         pthread_mutex_unlock(&w->mu);
-        rc = m->run[i].fn(hw, m->arg);
+        *rc = m->run[i].fn(hw, m->arg);
         pthread_mutex_lock(&w->mu);
         if (w->abandoned) {
             pthread_mutex_unlock(&w->mu);
-            return -1;
+            return false;
         }
     }
-    return rc;
+    return true;
+}
+
+/* w->mu held, w out of m's methods (returned rc, the failing one at index at): records the
+ * result unless the run moved on or m timed out meanwhile. Returns with run_mu held instead:
+ * the watchdog no longer abandons w, and the run waits for this result, so the modules
+ * outlive the gap between the two locks. */
+static void record(ihc__worker *w, ihc__module *m, uint64_t gen, int rc, size_t at)
+{
+    ihc__modules *ms = w->ms;
+    w->cur = NULL;
+    pthread_mutex_unlock(&w->mu);
+    pthread_mutex_lock(&ms->run_mu);
+    if (ms->run_gen != gen || m->done)
+        return;
+    m->time_ms = (double)(ihc_mono_ns() - ms->run_t0) / 1e6;
+    if (rc == 0) {
+        m->st = IHC_MOD_OK;
+    } else {
+        m->st = IHC_MOD_FAILED;
+        snprintf(m->err, sizeof(m->err), "%s failed: %s (%s)", m->run[at].name, ihc_strerror(rc),
+                 ihc_err_name(rc));
+    }
+    m->done = true;
+    if (++ms->run_done == ms->run_n)
+        pthread_cond_signal(&ms->run_cv);
 }
 
 /* Takes modules of the current run, in order, until none is left. */
@@ -81,6 +111,7 @@ static void *worker_main(void *arg)
 {
     ihc__worker *w = arg;
     ihc__modules *ms = w->ms;
+    ihc_thread_name("ihc:worker");
     ihc_thread_priority(w->high);
     char hw[IHC_HW_MAX + 1];
     pthread_mutex_lock(&w->mu);
@@ -111,27 +142,10 @@ static void *worker_main(void *arg)
 
             size_t at = 0;
             pthread_mutex_lock(&w->mu);
-            int rc = run_methods(w, m, hw, &at);
-            if (rc == -1)
+            int rc = 0;
+            if (!run_methods(w, m, hw, &at, &rc))
                 goto abandoned;
-            /* out of the methods: the watchdog no longer abandons it, and the run waits for
-             * this result, so the modules outlive the gap between the two locks */
-            w->cur = NULL;
-            pthread_mutex_unlock(&w->mu);
-            pthread_mutex_lock(&ms->run_mu);
-            if (ms->run_gen == gen && !m->done) {
-                m->time_ms = (double)(ihc_mono_ns() - ms->run_t0) / 1e6;
-                if (rc == 0) {
-                    m->st = IHC_MOD_OK;
-                } else {
-                    m->st = IHC_MOD_FAILED;
-                    snprintf(m->err, sizeof(m->err), "%s failed: %s (%s)", m->run[at].name,
-                             ihc_strerror(rc), ihc_err_name(rc));
-                }
-                m->done = true;
-                if (++ms->run_done == ms->run_n)
-                    pthread_cond_signal(&ms->run_cv);
-            }
+            record(w, m, gen, rc, at);
             w->busy_since = 0;
         }
         pthread_mutex_unlock(&ms->run_mu);
@@ -146,8 +160,8 @@ abandoned:
     return NULL;
 }
 
-/* run_mu held. A new worker, listed (not idle), or NULL. */
-static ihc__worker *worker_new(ihc__modules *ms)
+/* A worker's record, without its thread, or NULL. */
+static ihc__worker *worker_alloc(ihc__modules *ms)
 {
     ihc__worker *w = calloc(1, sizeof(*w));
     if (!w)
@@ -158,21 +172,29 @@ static ihc__worker *worker_new(ihc__modules *ms)
         goto fail_mu;
     if (pthread_cond_init(&w->cv, NULL) != 0)
         goto fail_cv;
-    int err = pthread_create(&w->thread, NULL, worker_main, w);
-    if (err != 0) {
-        ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot start module worker err=\"%s\"", strerror(err));
-        goto fail_thread;
-    }
-    w->next_all = ms->workers;
-    ms->workers = w;
     return w;
-fail_thread:
-    pthread_cond_destroy(&w->cv);
 fail_cv:
     pthread_mutex_destroy(&w->mu);
 fail_mu:
     free(w);
     return NULL;
+}
+
+/* run_mu held. A new worker, listed (not idle), or NULL. */
+static ihc__worker *worker_new(ihc__modules *ms)
+{
+    ihc__worker *w = worker_alloc(ms);
+    if (!w)
+        return NULL;
+    int err = pthread_create(&w->thread, NULL, worker_main, w);
+    if (err != 0) {
+        ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot start module worker err=\"%s\"", strerror(err));
+        worker_free(w);
+        return NULL;
+    }
+    w->next_all = ms->workers;
+    ms->workers = w;
+    return w;
 }
 
 /* run_mu held: an idle worker (started when none is), given the current run. */
@@ -202,8 +224,10 @@ static void worker_abandon(ihc__modules *ms, ihc__worker *w)
             *pp = w->next_all;
             break;
         }
-    /* detached while its mutex is held: the worker cannot have freed itself */
-    pthread_detach(w->thread);
+    /* detached while its mutex is held: the worker cannot have freed itself (a displaced
+     * receive thread was detached when it lost the receive role) */
+    if (!w->is_rx)
+        pthread_detach(w->thread);
     atomic_fetch_add(&workers_abandoned, 1);
 }
 
@@ -217,10 +241,16 @@ static void worker_stop(ihc__worker *w)
     worker_free(w);
 }
 
-int ihc__modules_init(ihc__modules *ms, bool high_priority)
+static void timer_arm(ihc__modules *ms, uint64_t at_ns);
+static bool rescue_start(ihc__modules *ms);
+
+int ihc__modules_init(ihc__modules *ms, bool high_priority, void (*on_taken)(void *arg), void *arg)
 {
     memset(ms, 0, sizeof(*ms));
     ms->high_priority = high_priority;
+    ms->tfd = -1;
+    ms->on_taken = on_taken;
+    ms->taken_arg = arg;
     if (pthread_mutex_init(&ms->mu, NULL) != 0)
         return IHC_ENOMEM;
     if (pthread_mutex_init(&ms->run_mu, NULL) != 0)
@@ -237,7 +267,20 @@ fail_run:
 
 void ihc__modules_fini(ihc__modules *ms)
 {
-    /* no run is in progress: every listed worker is idle and can be joined */
+    /* no run is in progress (the receive thread was stopped, and with it any rescue that took
+     * a run over): the rescue sleeps and every listed worker is idle; all can be joined */
+    pthread_mutex_lock(&ms->run_mu);
+    bool rescue = ms->rescue_live;
+    ms->rescue_quit = true;
+    if (rescue)
+        timer_arm(ms, 1); /* wakes it at once */
+    pthread_mutex_unlock(&ms->run_mu);
+    if (rescue)
+        pthread_join(ms->rescue, NULL);
+    if (ms->tfd >= 0)
+        close(ms->tfd);
+    if (ms->rxw)
+        worker_free(ms->rxw);
     while (ms->workers) {
         ihc__worker *w = ms->workers;
         ms->workers = w->next_all;
@@ -524,6 +567,7 @@ int ihc_agent_register_module(ihc_agent *a, const ihc_module_def *d)
     ihc__worker *w = ready ? NULL : worker_new(ms);
     if (w)
         worker_idle(ms, w);
+    rescue_start(ms); /* without one, modules run on the workers */
     pthread_mutex_unlock(&ms->run_mu);
     if (!ready && !w) {
         rc = IHC_ENOMEM;
@@ -572,6 +616,137 @@ double ihc__modules_timeout(ihc__modules *ms, const char *name, double dflt)
 }
 
 /* ---- running ---- */
+
+/* run_mu held: the rescue's timer goes off at the monotonic time at_ns (0: disarmed). */
+static void timer_arm(ihc__modules *ms, uint64_t at_ns)
+{
+    struct itimerspec it = {.it_value = {.tv_sec = (time_t)(at_ns / 1000000000ull),
+                                         .tv_nsec = (long)(at_ns % 1000000000ull)}};
+    if (timerfd_settime(ms->tfd, TFD_TIMER_ABSTIME, &it, NULL) != 0)
+        ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot arm the module rescue timer err=\"%s\"",
+                strerror(errno));
+}
+
+static uint64_t watch(ihc__modules *ms, uint64_t now);
+static void run_wait(ihc__modules *ms);
+static void run_end(ihc__modules *ms, size_t listed);
+
+/* run_mu held, on the rescue thread woken by its timer: true when it has taken the current
+ * run over, that is, when the receive thread is running it inline and has been in its module
+ * for a slice. A wake-up meant for an earlier module (or run) re-arms the timer instead. */
+static bool take_over(ihc__modules *ms)
+{
+    ihc__worker *w = ms->rxw;
+    if (!ms->inline_active || ms->inline_taken || !w || !w->busy_since)
+        return false;
+    uint64_t due = w->busy_since + IHC__MODULE_SLICE_NS;
+    if (ihc_mono_ns() < due) {
+        timer_arm(ms, due);
+        return false;
+    }
+    ms->inline_taken = true;
+    pthread_mutex_lock(&w->mu); /* w->cur is read under it */
+    ihc_log(IHC_LOG_INFO, IHC__LOG,
+            "module outran its slice on the receive thread: run taken over, receiving moves to "
+            "another thread module=%s hw=%s",
+            w->cur ? w->cur->name : "-", ms->run_hw ? ms->run_hw : "-");
+    pthread_mutex_unlock(&w->mu);
+    ms->rxw = NULL;          /* the displaced thread owns its record now; the next gets another */
+    ms->rescue_live = false; /* this thread leaves the rescue role: respawn starts another */
+    return true;
+}
+
+/* The rescue thread: sleeps until its timer goes off; takes a run over when it must (see
+ * module.h), watches it to its end, then hands itself to on_taken: it is the receive thread
+ * from then on, and its handle is the transport's, not ours. */
+static void *rescue_main(void *arg)
+{
+    ihc__modules *ms = arg;
+    ihc_thread_name("ihc:rescue");
+    ihc_thread_priority(ms->high_priority);
+    for (;;) {
+        uint64_t ticks;
+        if (read(ms->tfd, &ticks, sizeof(ticks)) < 0 && errno != EINTR && errno != EAGAIN) {
+            ihc_log(IHC_LOG_ERROR, IHC__LOG, "module rescue timer failed err=\"%s\"",
+                    strerror(errno));
+            ihc_sleep_ms(10);
+        }
+        pthread_mutex_lock(&ms->run_mu);
+        if (ms->rescue_quit) {
+            pthread_mutex_unlock(&ms->run_mu);
+            return NULL;
+        }
+        if (take_over(ms))
+            break;
+        pthread_mutex_unlock(&ms->run_mu);
+    }
+    run_wait(ms);
+    run_end(ms, ms->run_listed);
+    pthread_mutex_unlock(&ms->run_mu);
+    ms->on_taken(ms->taken_arg); /* the transport joins this thread from now on */
+    return NULL;
+}
+
+/* run_mu held: starts a rescue (and its timer, the first time). False when it cannot. */
+static bool rescue_start(ihc__modules *ms)
+{
+    if (ms->rescue_live)
+        return true;
+    if (ms->rescue_quit)
+        return false;
+    if (ms->tfd < 0 && (ms->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC)) < 0) {
+        ihc_log(IHC_LOG_WARN, IHC__LOG,
+                "no module rescue timer: modules run on worker threads err=\"%s\"",
+                strerror(errno));
+        return false;
+    }
+    if (!ms->rxw && !(ms->rxw = worker_alloc(ms)))
+        return false;
+    ms->rxw->is_rx = true;
+    int err = pthread_create(&ms->rescue, NULL, rescue_main, ms);
+    if (err != 0) {
+        ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot start module rescue thread err=\"%s\"",
+                strerror(err));
+        return false;
+    }
+    ms->rescue_live = true;
+    return true;
+}
+
+/* run_mu held, on the receive thread: runs the run's modules on this thread, in order, the
+ * rescue's timer armed. False when the rescue took the run over (run_mu NOT held then): the
+ * caller is displaced. */
+static bool run_inline(ihc__modules *ms, const char *hw)
+{
+    ihc__worker *w = ms->rxw;
+    ms->inline_active = true;
+    timer_arm(ms, ms->run_t0 + IHC__MODULE_SLICE_NS);
+    while (ms->run_next < ms->run_n) {
+        ihc__module *m = ms->run_mods[ms->run_next++];
+        uint64_t gen = ms->run_gen;
+        m->runner = w;
+        w->busy_since = ihc_mono_ns();
+        pthread_mutex_unlock(&ms->run_mu);
+        size_t at = 0;
+        pthread_mutex_lock(&w->mu);
+        int rc = 0;
+        if (!run_methods(w, m, hw, &at, &rc)) { /* timed out, abandoned: w is ours */
+            worker_free(w);
+            atomic_fetch_sub(&workers_abandoned, 1);
+            return false;
+        }
+        record(w, m, gen, rc, at);
+        w->busy_since = 0;
+        if (ms->inline_taken) { /* the run is the rescue's; our result is in it */
+            pthread_mutex_unlock(&ms->run_mu);
+            worker_free(w);
+            return false;
+        }
+    }
+    ms->inline_active = false;
+    timer_arm(ms, 0);
+    return true;
+}
 
 /* run_mu held: the watchdog's look at the run at now. Times out the modules past their
  * deadline (abandoning the worker of one still in its methods), puts one more worker on the
@@ -625,7 +800,7 @@ static uint64_t watch(ihc__modules *ms, uint64_t now)
     return next;
 }
 
-void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char *hw)
+bool ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char *hw, bool inline_ok)
 {
     uint64_t t0 = ihc_mono_ns();
     pthread_mutex_lock(&ms->run_mu);
@@ -660,22 +835,39 @@ void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char 
         m->deadline_ns = t0 + ihc_s_to_ns(m->timeout);
         ms->run_mods[ms->run_n++] = m;
     }
-    size_t listed = ms->run_n;
-    if (ms->run_n > 0) {
+    size_t listed = ms->run_listed = ms->run_n;
+    if (ms->run_n > 0 && inline_ok && ms->rescue_live) {
+        if (!run_inline(ms, hw))
+            return false;
+    } else if (ms->run_n > 0) {
         if (!worker_assign(ms))
             ms->run_n = 0;
-        while (ms->run_done < ms->run_n) {
-            uint64_t due = watch(ms, ihc_mono_ns());
-            if (ms->run_done == ms->run_n)
-                break;
-            if (due == UINT64_MAX) {
-                pthread_cond_wait(&ms->run_cv, &ms->run_mu);
-            } else {
-                struct timespec ts = ihc_mono_abstime(due);
-                pthread_cond_timedwait(&ms->run_cv, &ms->run_mu, &ts);
-            }
+        run_wait(ms);
+    }
+    run_end(ms, listed);
+    pthread_mutex_unlock(&ms->run_mu);
+    return true;
+}
+
+/* run_mu held: watches the run (workers, deadlines) until every module is done. */
+static void run_wait(ihc__modules *ms)
+{
+    while (ms->run_done < ms->run_n) {
+        uint64_t due = watch(ms, ihc_mono_ns());
+        if (ms->run_done == ms->run_n)
+            break;
+        if (due == UINT64_MAX) {
+            pthread_cond_wait(&ms->run_cv, &ms->run_mu);
+        } else {
+            struct timespec ts = ihc_mono_abstime(due);
+            pthread_cond_timedwait(&ms->run_cv, &ms->run_mu, &ts);
         }
     }
+}
+
+/* run_mu held: the end of a run of listed modules. */
+static void run_end(ihc__modules *ms, size_t listed)
+{
     /* modules that never started (no worker could be had) */
     for (size_t i = 0; i < listed; i++)
         if (!ms->run_mods[i]->done) {
@@ -686,7 +878,7 @@ void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char 
         }
     ms->run_n = ms->run_next = 0; /* late workers find nothing left */
     ms->run_hw = NULL;
-    pthread_mutex_unlock(&ms->run_mu);
+    ms->inline_active = ms->inline_taken = false;
 }
 
 void ihc__modules_respawn(ihc__modules *ms, ihc__module *head, size_t n)
@@ -702,5 +894,7 @@ void ihc__modules_respawn(ihc__modules *ms, ihc__module *head, size_t n)
         if (w)
             worker_idle(ms, w);
     }
+    if (n > 0)
+        rescue_start(ms);
     pthread_mutex_unlock(&ms->run_mu);
 }

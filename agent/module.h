@@ -45,11 +45,17 @@ typedef struct ihc__module {
     struct ihc__module *next;
 } ihc__module;
 
-/* Workers: threads started ahead of need that run modules' methods. A run goes to one worker,
- * which runs the modules one after another; the receive thread watches it (a watchdog, no
- * thread of its own) and puts one more worker on the remaining modules whenever every busy
- * worker has spent IHC__MODULE_SLICE_NS in one module, and abandons a worker whose module
- * passed its deadline (it frees itself when its method returns). */
+/* Running: the receive thread runs an interrupt's modules itself, in order, with no thread
+ * woken (waking one cost a quarter of an agent's CPU per interrupt). A rescue thread, started
+ * ahead of need, sleeps on a timerfd armed for the run: when a module is still running
+ * IHC__MODULE_SLICE_NS after it started, the rescue takes the run over. It puts the modules
+ * still to run on workers (threads started ahead of need, taking modules in order), watches
+ * the deadlines as below, and when the run has ended calls on_taken, which finishes the
+ * interrupt and makes the rescue the new receive thread; the old one, displaced, is left to its
+ * method and exits when it returns. Runs on workers (a catch-up, or no rescue ready) are
+ * watched by the receive thread: one more worker whenever every busy worker has spent a slice
+ * in one module, and a worker whose module passed its deadline is abandoned (it frees itself
+ * when its method returns). */
 #define IHC__MODULE_SLICE_NS 1000000ull
 
 typedef struct {
@@ -66,14 +72,27 @@ typedef struct {
     uint64_t run_gen;
     ihc__module **run_mods; /* the modules of the run, in order */
     size_t run_cap, run_n, run_next, run_done;
+    size_t run_listed; /* modules listed at the start (run_n may shrink) */
     size_t run_coming; /* workers given the run that have not taken a module yet */
     uint64_t run_t0;
     const char *run_hw;
     bool high_priority;
+    /* under run_mu: inline runs and their rescue */
+    int tfd;            /* the rescue's timerfd (CLOCK_MONOTONIC), -1 before the first */
+    ihc__worker *rxw;   /* the receive thread's record while it runs a module inline */
+    bool inline_active; /* the receive thread is running the current run inline */
+    bool inline_taken;  /* ... and the rescue has taken the run over */
+    bool rescue_live, rescue_quit;
+    pthread_t rescue;
+    void (*on_taken)(void *arg); /* on the rescue thread, after a run it took over ended */
+    void *taken_arg;
 } ihc__modules;
 
-int ihc__modules_init(ihc__modules *ms, bool high_priority);
-/* Joins live workers and frees everything; abandoned workers free themselves. */
+/* on_taken(arg) is called on the rescue thread when a run it took over has ended: it must
+ * finish the interrupt and carry on as the receive thread (see above). */
+int ihc__modules_init(ihc__modules *ms, bool high_priority, void (*on_taken)(void *arg), void *arg);
+/* Joins live workers and the rescue and frees everything; abandoned workers and displaced
+ * receive threads free themselves. */
 void ihc__modules_fini(ihc__modules *ms);
 
 /* Parses the config file into ms->ovr. On error returns IHC_ECONFIG and writes a message
@@ -83,13 +102,20 @@ int ihc__modules_load_config(ihc__modules *ms, const char *path, char *err, size
 /* The first module and the count registered so far: later registrations only append. */
 ihc__module *ihc__modules_snapshot(ihc__modules *ms, size_t *n);
 
-/* Runs every enabled module of the snapshot (head, n) for hw, in order, on the workers (see
- * above), and waits until each finished or passed its deadline (run start + its timeout):
- * the wait ends no later than the largest timeout after the start. Results in each module's
- * per-run fields. Receive thread only. */
-void ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char *hw);
+/* Runs every enabled module of the snapshot (head, n) for hw, in order, and waits until each
+ * finished or passed its deadline (run start + its timeout): the wait ends no later than the
+ * largest timeout after the start. Results in each module's per-run fields. Receive thread
+ * only; hw must stay valid until the run has ended, also on another thread. With inline (an
+ * interrupt; a catch-up passes false) the modules run on the calling thread while a rescue is
+ * ready (see above). Returns false when the rescue took the run over: the calling thread has
+ * lost the receive role and must return at once touching nothing of the agent (it may come
+ * back from a hung method long after the agent was closed); the run's results are then read
+ * on the rescue thread, in on_taken. */
+bool ihc__modules_run(ihc__modules *ms, ihc__module *head, size_t n, const char *hw,
+                      bool inline_ok);
 /* After a run, off the report's path: logs the modules that timed out and starts a fresh
- * worker when none is left idle, so that the next run needs no thread creation. */
+ * worker when none is left idle and a fresh rescue when the last one took a run over, so that
+ * the next run needs no thread creation. */
 void ihc__modules_respawn(ihc__modules *ms, ihc__module *head, size_t n);
 
 /* Timeout in seconds of module name, or dflt when unknown. */

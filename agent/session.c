@@ -489,6 +489,7 @@ static bool process_gone(pid_t pid)
 static void *escalator_main(void *arg)
 {
     ihc_agent *a = arg;
+    ihc_thread_name("ihc:escalator");
     pthread_mutex_lock(&a->lock);
     while (!a->esc_stop) {
         uint64_t now = ihc_mono_ns();

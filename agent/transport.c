@@ -38,7 +38,7 @@
 #define LOG_COMP         "agent"
 #define RX_RETRY_MS      20   /* pause after a failed receive */
 #define RX_IDLE_MAX_MS   1000 /* longest sleep of the receive thread */
-#define RX_BATCH         64
+#define RX_BATCH         IHC__RX_BATCH
 #define RECONNECT_MIN_MS 50
 #define RECONNECT_MAX_MS 1000
 #define RECV_QUEUE       1024
@@ -351,10 +351,13 @@ static bool is_interrupt_frame(nng_msg *msg)
     return nng_msg_len(msg) >= 3 && memcmp(nng_msg_body(msg), "hw:", 3) == 0;
 }
 
-static void deliver(ihc__transport *t, nng_msg *m, uint64_t t0)
+/* False when this thread lost the receive role during the call: t is not touched then. */
+static bool deliver(ihc__transport *t, nng_msg *m, uint64_t t0)
 {
-    t->ops.on_frame(t->ops.ctx, nng_msg_body(m), nng_msg_len(m), t0, link_of_msg(t, m));
+    bool still_rx =
+        t->ops.on_frame(t->ops.ctx, nng_msg_body(m), nng_msg_len(m), t0, link_of_msg(t, m));
     nng_msg_free(m);
+    return still_rx;
 }
 
 static int wait_ms(uint64_t now, uint64_t due)
@@ -365,16 +368,52 @@ static int wait_ms(uint64_t now, uint64_t due)
     return ms > RX_IDLE_MAX_MS ? RX_IDLE_MAX_MS : (int)ms;
 }
 
-static void *rx_main(void *arg)
+/* Takes what SUB holds into t->batch (interrupts first when asked: a stable partition). False
+ * when the socket is closed. */
+static bool take_batch(ihc__transport *t)
 {
-    ihc__transport *t = arg;
-    ihc_thread_priority(t->high_priority);
-    nng_msg *batch[RX_BATCH];
-    bool more = false; /* the last batch was full: look again before waiting */
+    nng_msg *got[RX_BATCH];
+    size_t n = 0;
+    nng_msg *msg;
+    int rv = 0;
+    while (n < RX_BATCH && (rv = nng_recvmsg(t->sub, &msg, NNG_FLAG_NONBLOCK)) == 0)
+        got[n++] = msg;
+    t->more = n == RX_BATCH;
+    t->bt0 = ihc_mono_ns();
+    t->bi = t->bn = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!t->interrupts_first || is_interrupt_frame(got[i]))
+            t->batch[t->bn++] = got[i];
+    if (t->interrupts_first)
+        for (size_t i = 0; i < n; i++)
+            if (!is_interrupt_frame(got[i]))
+                t->batch[t->bn++] = got[i];
+    return rv != NNG_ECLOSED;
+}
+
+/* Delivers the rest of the batch. False when this thread lost the receive role. */
+static bool rx_deliver(ihc__transport *t)
+{
+    while (t->bi < t->bn) {
+        nng_msg *m = t->batch[t->bi];
+        t->batch[t->bi++] = NULL;
+        if (!deliver(t, m, t->bt0))
+            return false;
+    }
+    return true;
+}
+
+/* The receive loop, on whichever thread has the receive role; it begins with what a displaced
+ * thread left of its batch. False when this thread lost the role (inside on_frame): it returns
+ * at once, touching nothing. */
+static bool rx_loop(ihc__transport *t)
+{
+    if (!rx_deliver(t))
+        return false;
     while (!atomic_load(&t->stopping)) {
         uint64_t now = ihc_mono_ns();
         uint64_t due = t->ops.on_timers(t->ops.ctx, now);
-        if (!more) {
+        if (!t->more) {
             struct pollfd pfd[2] = {{.fd = t->recv_fd, .events = POLLIN},
                                     {.fd = t->wake_fd, .events = POLLIN}};
             int rv = poll(pfd, 2, wait_ms(now, due));
@@ -391,28 +430,43 @@ static void *rx_main(void *arg)
             if (rv <= 0 || !(pfd[0].revents & POLLIN))
                 continue;
         }
-        uint64_t t0 = ihc_mono_ns();
-        size_t n = 0;
-        nng_msg *msg;
-        int rv = 0;
-        while (n < RX_BATCH && (rv = nng_recvmsg(t->sub, &msg, NNG_FLAG_NONBLOCK)) == 0)
-            batch[n++] = msg;
-        more = n == RX_BATCH;
-        if (rv == NNG_ECLOSED)
+        if (!take_batch(t))
             break;
-        if (t->interrupts_first) {
-            for (size_t i = 0; i < n; i++) {
-                if (is_interrupt_frame(batch[i])) {
-                    deliver(t, batch[i], t0);
-                    batch[i] = NULL;
-                }
-            }
-        }
-        for (size_t i = 0; i < n; i++)
-            if (batch[i])
-                deliver(t, batch[i], t0);
+        if (!rx_deliver(t))
+            return false;
     }
+    return true;
+}
+
+/* The receive thread has ended its loop: ihc__transport_stop_rx may join it. */
+static void rx_end(ihc__transport *t)
+{
+    pthread_mutex_lock(&t->wake_mu);
+    t->rx_done = true;
+    pthread_cond_broadcast(&t->rx_cv);
+    pthread_mutex_unlock(&t->wake_mu);
+}
+
+static void *rx_main(void *arg)
+{
+    ihc__transport *t = arg;
+    ihc_thread_name("ihc:rx");
+    ihc_thread_priority(t->high_priority);
+    if (rx_loop(t))
+        rx_end(t);
     return NULL;
+}
+
+void ihc__transport_rx_resume(ihc__transport *t)
+{
+    ihc_thread_name("ihc:rx");
+    pthread_mutex_lock(&t->wake_mu);
+    pthread_detach(t->rx); /* displaced: it returns on its own, maybe much later */
+    t->rx = pthread_self();
+    bool stop = atomic_load(&t->stopping);
+    pthread_mutex_unlock(&t->wake_mu);
+    if (stop || rx_loop(t))
+        rx_end(t);
 }
 
 void ihc__transport_wake(ihc__transport *t)
@@ -447,9 +501,14 @@ void ihc__transport_stop_rx(ihc__transport *t)
         ssize_t n = write(t->wake_fd, &one, sizeof(one));
         (void)n;
     }
+    /* the thread that has the receive role when the loop ends says so; one that loses the
+     * role meanwhile hands it on (rx_resume), so no join waits for a method that hangs */
+    while (t->rx_started && !t->rx_done)
+        pthread_cond_wait(&t->rx_cv, &t->wake_mu);
+    pthread_t rx = t->rx;
     pthread_mutex_unlock(&t->wake_mu);
     if (t->rx_started)
-        pthread_join(t->rx, NULL);
+        pthread_join(rx, NULL);
     t->rx_started = false;
 }
 
@@ -525,8 +584,12 @@ static int init_sync(ihc__transport *t)
         goto fail_addr;
     if (ihc_cond_init_mono(&t->tx_cv) != 0)
         goto fail_cv;
+    if (pthread_cond_init(&t->rx_cv, NULL) != 0)
+        goto fail_rx_cv;
     t->tx_init = true;
     return IHC_OK;
+fail_rx_cv:
+    pthread_cond_destroy(&t->tx_cv);
 fail_cv:
     pthread_mutex_destroy(&t->addr_mu);
 fail_addr:
@@ -658,6 +721,9 @@ void ihc__transport_fini(ihc__transport *t, int timeout_ms)
         l->tail = NULL;
         l->n = l->reports = 0;
     }
+    while (t->bi < t->bn) /* left by a receive thread displaced as the transport stopped */
+        nng_msg_free(t->batch[t->bi++]);
+    pthread_cond_destroy(&t->rx_cv);
     pthread_cond_destroy(&t->tx_cv);
     pthread_mutex_destroy(&t->tx_mu);
     pthread_mutex_destroy(&t->wake_mu);

@@ -20,8 +20,10 @@
 typedef struct {
     /* Receive thread: one framed message (topic, NUL, body) as received from coordinator
      * link (index in the URL lists); t0_ns (monotonic) is when its batch arrived. The frame is
-     * only valid during the call. */
-    void (*on_frame)(void *ctx, const uint8_t *frame, size_t len, uint64_t t0_ns, int link);
+     * only valid during the call. Returns false when the calling thread lost the receive role
+     * during the call (another thread goes on with ihc__transport_rx_resume): the transport
+     * then returns at once, touching nothing. */
+    bool (*on_frame)(void *ctx, const uint8_t *frame, size_t len, uint64_t t0_ns, int link);
     /* Receive thread, before every wait: runs what is due at now_ns and returns the monotonic
      * time of the next thing due (the thread sleeps until then, or a message, or a wake). */
     uint64_t (*on_timers)(void *ctx, uint64_t now_ns);
@@ -32,6 +34,7 @@ typedef struct {
 } ihc__transport_ops;
 
 #define IHC__SUB_ADDRS_MAX 16 /* SUB connections whose endpoint the hello names */
+#define IHC__RX_BATCH      64 /* messages taken from SUB at once */
 
 /* A message waiting to be sent (the transport's own queue, in order). */
 typedef struct ihc__txq ihc__txq;
@@ -68,10 +71,17 @@ struct ihc__transport {
      * then takes messages without blocking: no timed nng aio (each would wake nng's expiry
      * thread), no aio to cancel */
     int recv_fd, wake_fd;
-    pthread_mutex_t wake_mu; /* a wake's write against wake_fd's close */
-    pthread_t rx;
-    bool rx_started;
+    pthread_mutex_t wake_mu; /* a wake's write against wake_fd's close; rx, rx_done */
+    pthread_cond_t rx_cv;    /* rx_done set */
+    pthread_t rx;            /* the receive thread (it may be handed on: rx_resume) */
+    bool rx_started, rx_done;
     atomic_bool stopping;
+    /* the batch being delivered: here, not on the stack, so that a thread taking the receive
+     * role over delivers the rest (receive thread only) */
+    nng_msg *batch[IHC__RX_BATCH];
+    size_t bn, bi;
+    uint64_t bt0;
+    bool more; /* the last batch was full: look again before waiting */
 
     /* sending: per link (above); the queues are the transport's, so that nothing sits in
      * nng's queues when a socket closes */
@@ -106,6 +116,11 @@ int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *repo
 
 /* Starts the receive thread. Errors: IHC_ENOMEM. */
 int ihc__transport_start(ihc__transport *t);
+
+/* The calling thread takes the receive role over from one that lost it inside on_frame (it is
+ * detached and left to return on its own) and runs the receive loop until the transport
+ * stops. Returns at once when it is already stopping. */
+void ihc__transport_rx_resume(ihc__transport *t);
 
 /* Any thread: the receive thread runs on_timers now instead of when its wait ends. */
 void ihc__transport_wake(ihc__transport *t);

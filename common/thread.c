@@ -4,6 +4,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -20,6 +21,13 @@ int ihc_cond_init_mono(pthread_cond_t *cv)
     rv = pthread_cond_init(cv, &at);
     pthread_condattr_destroy(&at);
     return rv;
+}
+
+void ihc_thread_name(const char *name)
+{
+    char n[16];
+    snprintf(n, sizeof(n), "%s", name);
+    pthread_setname_np(pthread_self(), n);
 }
 
 void ihc_thread_priority(bool high)

@@ -15,4 +15,7 @@ int ihc_cond_init_mono(pthread_cond_t *cv);
  * and otherwise ignored. */
 void ihc_thread_priority(bool high);
 
+/* Names the calling thread (at most 15 characters shown) as top -H, perf and gdb show it. */
+void ihc_thread_name(const char *name);
+
 #endif

@@ -39,6 +39,7 @@
 #include "sockclose.h"
 #include "tls.h"
 #include "wire.h"
+#include "thread.h"
 
 #define COMPONENT     "coordinator"
 #define RESEND_MAX_NS (500ull * 1000000ull)
@@ -1420,6 +1421,7 @@ static int poll_timeout_ms(const ihc_coord *c, uint64_t now_ns)
 static void *loop_main(void *arg)
 {
     ihc_coord *c = arg;
+    ihc_thread_name("ihc:loop");
     while (!atomic_load(&c->loop_stop)) {
         struct pollfd pfd[3] = {{.fd = c->wake_fd, .events = POLLIN},
                                 {.fd = c->pull_fd, .events = POLLIN},

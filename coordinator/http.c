@@ -1050,6 +1050,7 @@ static void watch_streams(ihc_http *h, uint64_t now, bool closing)
 static void *watch_main(void *arg)
 {
     ihc_http *h = arg;
+    ihc_thread_name("ihc:http-watch");
     uint64_t seen = 0, next_sweep = 0;
     while (!atomic_load(&h->stop)) {
         pthread_mutex_lock(&h->conn_mu);

@@ -13,6 +13,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "thread.h"
 
 #define COMPONENT "leader"
 
@@ -241,6 +242,7 @@ static void renew(ihc_leader *l, uint64_t term)
 static void *leader_main(void *arg)
 {
     ihc_leader *l = arg;
+    ihc_thread_name("ihc:leader");
     uint64_t renew_ns = l->ttl_ns / 3, poll_ns = l->ttl_ns / 5;
     if (poll_ns < 20000000ull)
         poll_ns = 20000000ull;

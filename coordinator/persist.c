@@ -15,6 +15,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "thread.h"
 
 #define COMPONENT    "persist"
 #define RETRY_MS     100
@@ -270,6 +271,7 @@ static void set_connected(ihc_persist *p, bool up)
 static void *persist_main(void *arg)
 {
     ihc_persist *p = arg;
+    ihc_thread_name("ihc:persist");
     for (;;) {
         pthread_mutex_lock(&p->mu);
         if (!p->stopping && p->n == 0)

@@ -20,6 +20,7 @@
 #include "redis_url.h"
 #include "coordinator.h"
 #include "request.h"
+#include "thread.h"
 
 #define COMPONENT      "reqchan"
 #define BACKOFF_MIN_MS 100
@@ -127,6 +128,7 @@ static void handle_reply(ihc_reqchan *rq, redisReply *r)
 static void *reqchan_main(void *arg)
 {
     ihc_reqchan *rq = arg;
+    ihc_thread_name("ihc:reqchan");
     int backoff = BACKOFF_MIN_MS;
     bool warned = false;
     for (;;) {

@@ -102,7 +102,8 @@ IHC_API bool ihc_agent_connected(const ihc_agent *a);
 /* ---- modules ---- */
 /* An interrupt method: called with the hardware_id being interrupted. Returns 0 on success
  * or an ihc error code. It may block; if it outlives the module timeout it is reported
- * timed_out and its thread is abandoned until it returns. */
+ * timed_out and its thread is abandoned until it returns. Methods run one at a time per agent
+ * unless one outruns 1 ms (see the timing promise below); do not rely on the thread. */
 typedef int (*ihc_method_fn)(const char *hw, void *arg);
 
 typedef struct {
@@ -120,10 +121,11 @@ typedef struct {
 } ihc_module_def;
 
 /* Timing promise. When an interrupt arrives, the enabled modules run in registration order on
- * one of the agent's worker threads (started ahead of need). A module whose methods are still
- * running 1 ms after it started has the modules after it moved to another worker, so no
- * module waits behind a slow one for longer than that. Each module is given until the
- * interrupt's arrival + its timeout: a module still running then is reported timed_out (its
+ * the agent's receive thread itself (no thread is woken for them). A module whose methods are
+ * still running 1 ms after it started has the modules after it moved to one of the agent's
+ * worker threads (started ahead of need), and receiving moves to another thread, so no module
+ * and no later interrupt waits behind a slow one for longer than that. Each module is given until
+ * the interrupt's arrival + its timeout: a module still running then is reported timed_out (its
  * thread is left to finish on its own), one that could not start by then is reported
  * timed_out too. The report is sent as soon as every module finished or timed out: never
  * later than the largest timeout of the enabled modules after the interrupt arrived (plus

@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (ftruncate(fd, 0) != 0 || pwrite(fd, data, size, 0) != (ssize_t)size)
         abort();
     ihc__modules ms;
-    CHECK(ihc__modules_init(&ms, false) == IHC_OK);
+    CHECK(ihc__modules_init(&ms, false, NULL, NULL) == IHC_OK);
     char err[512];
     memset(err, 'x', sizeof err);
     int rc = ihc__modules_load_config(&ms, path, err, sizeof err);

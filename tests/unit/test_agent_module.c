@@ -321,6 +321,89 @@ static void test_agent_module_hung_among_fast(void **state)
     th_fc_close(&f);
 }
 
+/* The receive thread runs modules itself: one that hangs there has the run taken over by the
+ * rescue thread, and receiving moves on with it. Several interrupts after the hung one are each
+ * answered (on the new receive thread) while the first method still hangs; closing the agent
+ * does not wait for the hung method. */
+static void test_agent_module_receive_moves_on(void **state)
+{
+    (void)state;
+    sem_init(&hang_sem, 0, 0);
+    atomic_store(&hang_calls, 0);
+    atomic_store(&hang_returned, 0);
+    atomic_store(&fast_calls, 0);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
+    ihc_agent *a = open_agent(&f, NULL);
+    static const ihc_method hang[] = {{"wait_forever", m_hang}};
+    static const ihc_method fast[] = {{"stop", m_fast}};
+    ihc_module_def dh = {
+        .name = "hung", .methods = hang, .n_methods = 1, .timeout = 0.2, .enabled = true};
+    ihc_module_def df = {
+        .name = "fast", .methods = fast, .n_methods = 1, .timeout = 1.0, .enabled = true};
+    TH_PASS(ihc_agent_register_module(a, &dh));
+    TH_PASS(ihc_agent_register_module(a, &df));
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
+    TH_PASS(th_fc_send_interrupt(&f, 20, "dev-1", 1, ihc_agent_id(a), 0));
+    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
+    assert_non_null(r);
+    assert_int_equal(r->u.report.id, 20);
+    assert_int_equal(find_mod(r, "hung")->status, IHC_MOD_TIMED_OUT);
+    const ihc_module_result *mf = find_mod(r, "fast");
+    assert_int_equal(mf->status, IHC_MOD_OK);
+    assert_true(mf->time_ms < 200); /* moved to a worker, not held back by the hung one */
+    ihc_msg_free(r);
+    for (uint64_t id = 21; id <= 25; id++) {
+        uint64_t t0 = th_now_ms_();
+        TH_PASS(th_fc_send_interrupt(&f, id, "dev-1", id - 19, ihc_agent_id(a), 0));
+        r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
+        assert_non_null(r);
+        assert_int_equal(r->u.report.id, id);
+        assert_int_equal(find_mod(r, "hung")->status, IHC_MOD_OK); /* only the first hangs */
+        assert_int_equal(find_mod(r, "fast")->status, IHC_MOD_OK);
+        assert_true(th_now_ms_() - t0 < 150); /* not one of them waited for a timeout */
+        ihc_msg_free(r);
+    }
+    assert_int_equal(atomic_load(&hang_returned), 5);
+    assert_int_equal(atomic_load(&fast_calls), 6);
+    uint64_t t0 = th_now_ms_();
+    ihc_agent_close(a);
+    assert_true(th_now_ms_() - t0 < 3000);
+    sem_post(&hang_sem); /* the displaced receive thread returns, frees its record, exits */
+    assert_true(TH_WAIT(ihc__workers_abandoned() == 0, 5000));
+    assert_int_equal(atomic_load(&hang_returned), 6);
+    sem_destroy(&hang_sem);
+    th_fc_close(&f);
+}
+
+/* Closing the agent while the receive thread is inside a method that hangs: the close waits
+ * for the run to end (the module's timeout), not for the method. */
+static void test_agent_module_close_while_hung(void **state)
+{
+    (void)state;
+    sem_init(&hang_sem, 0, 0);
+    atomic_store(&hang_calls, 0);
+    atomic_store(&hang_returned, 0);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
+    ihc_agent *a = open_agent(&f, NULL);
+    static const ihc_method hang[] = {{"wait_forever", m_hang}};
+    ihc_module_def dh = {
+        .name = "hung", .methods = hang, .n_methods = 1, .timeout = 0.3, .enabled = true};
+    TH_PASS(ihc_agent_register_module(a, &dh));
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
+    TH_PASS(th_fc_send_interrupt(&f, 30, "dev-1", 1, ihc_agent_id(a), 0));
+    assert_true(TH_WAIT(atomic_load(&hang_calls) == 1, 5000));
+    uint64_t t0 = th_now_ms_();
+    ihc_agent_close(a);
+    assert_true(th_now_ms_() - t0 < 4000);
+    assert_int_equal(atomic_load(&hang_returned), 0);
+    sem_post(&hang_sem);
+    assert_true(TH_WAIT(ihc__workers_abandoned() == 0 && atomic_load(&hang_returned) == 1, 5000));
+    sem_destroy(&hang_sem);
+    th_fc_close(&f);
+}
+
 static atomic_int disabled_calls;
 static int m_count(const char *hw, void *arg)
 {
@@ -523,6 +606,8 @@ int main(void)
         cmocka_unit_test(test_agent_module_hang_times_out),
         cmocka_unit_test(test_agent_module_finish_after_timeout),
         cmocka_unit_test(test_agent_module_hung_among_fast),
+        cmocka_unit_test(test_agent_module_receive_moves_on),
+        cmocka_unit_test(test_agent_module_close_while_hung),
         cmocka_unit_test(test_agent_module_failed_and_disabled),
         cmocka_unit_test(test_agent_module_config_overrides),
         cmocka_unit_test(test_agent_module_config_errors),
