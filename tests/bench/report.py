@@ -120,6 +120,29 @@ for i, r in enumerate(rows):
         lines.append(f"\nProfile of the N = 8 run ({r['samples']} samples, all processes): by process: "
                      f"{procs}; by code: {code} (flame-n8.svg).")
 
+# Voluntary context switches per interrupt (switches.py), by process and thread kind.
+sw = [r for r in rows if r["name"] == "switches"]
+if sw:
+    role = {"ihc-coordinator": "coordinator", "bench_agent": "each agent", "bench_ihc": "requester",
+            "bench_floor": "publisher (hop: requester)", "exe": "each subscriber (hop: server)",
+            "redis-server": "Redis"}
+    lines.append("\nVoluntary context switches per interrupt (per round for the floor and the hop), "
+                 "by process: all its threads (of which nng's task threads, nng's poll thread); per "
+                 "agent or subscriber for those (tests/bench/switches.py):\n")
+    lines.append("| run | N | process | switches | nng task | nng poll |")
+    lines.append("|---|---:|---|---:|---:|---:|")
+    for r in sw:
+        for proc in ("ihc-coordinator", "bench_floor", "bench_agent", "exe", "bench_ihc", "redis-server"):
+            th = r["procs"].get(proc)
+            if not th:
+                continue
+            div = max(r["agents"], 1) if proc in ("bench_agent", "exe") else 1
+            tot = sum(th.values()) / div
+            if tot < 0.5:
+                continue
+            lines.append(f"| {r['label']} | {r['agents']} | {role[proc]} | {tot:.1f} | "
+                         f"{th.get('nng:task', 0) / div:.1f} | {th.get('nng:poll:epoll', 0) / div:.1f} |")
+
 # The targets of issue 10, each with what this run measured.
 def status(ok):
     return "met" if ok else "missed"

@@ -109,6 +109,17 @@ if perf record -q -F 50 -g -o "$work/probe.data" -- true >/dev/null 2>&1; then
             --out "$out/flame-n8.svg" --folded "$out/flame-n8.folded"
     perf script -F +pid --show-task-events -i "$work/perf.data" 2>/dev/null |
         python3 "$here/tests/bench/flamegraph.py" --out /dev/null --summary | tee -a "$results"
+    # what the CPU columns follow on this VM: context switches per interrupt, ihc against the floor
+    for n in 1 8; do
+        flush
+        run python3 "$here/tests/bench/switches.py" --label "ihc, steady" --agents $n --rounds $steady -- \
+            "$bin/bench_ihc" --bin "$bin" --redis-port "$port" --logdir "$work" --agents $n \
+            --iterations $steady --via control --steady
+        run python3 "$here/tests/bench/switches.py" --label floor --agents $n --rounds $steady -- \
+            "$bin/bench_floor" --agents $n --iterations $steady
+    done
+    run python3 "$here/tests/bench/switches.py" --label "request hop" --rounds $steady -- \
+        "$bin/bench_floor" --reqrep --iterations $steady
 else
     echo "perf cannot record here: no flame graph" >&2
 fi
