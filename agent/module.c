@@ -26,6 +26,7 @@ struct ihc__worker {
     ihc__modules *ms;
     bool job, quit, abandoned, high;
     bool is_rx;             /* the receive thread's record (inline runs): no thread of its own */
+    bool displaced;         /* under ms->run_mu: is_rx, and the rescue took its run over */
     const ihc__module *cur; /* under mu: the module running (its methods may be read) */
     size_t cur_method;
     /* under ms->run_mu */
@@ -60,18 +61,21 @@ static void worker_idle(ihc__modules *ms, ihc__worker *w)
 }
 
 /* Runs m's methods; *rc is the first non-zero result (a method may return any int). False when
- * w was abandoned meanwhile (then w->mu is NOT held; otherwise it is). Called with w->mu
- * held. */
+ * w was abandoned meanwhile (then w->mu is NOT held; otherwise it is). Called with w->mu held
+ * and w->cur == m, set before run_mu was let go: the watchdog never sees a runner that has
+ * not entered its module yet as one that is leaving it. */
 static bool run_methods(ihc__worker *w, const ihc__module *m, const char *hw, size_t *failed_at,
                         int *rc)
 {
     *rc = 0;
-    w->cur = m;
     for (size_t i = 0; i < m->n_run && *rc == 0; i++) {
         w->cur_method = i;
         *failed_at = i;
+        /* read while w cannot be abandoned: once it is, m may be freed (agent closed) */
+        ihc_method_fn fn = m->run[i].fn;
+        void *arg = m->arg;
         pthread_mutex_unlock(&w->mu);
-        *rc = m->run[i].fn(hw, m->arg);
+        *rc = fn(hw, arg);
         pthread_mutex_lock(&w->mu);
         if (w->abandoned) {
             pthread_mutex_unlock(&w->mu);
@@ -138,10 +142,11 @@ static void *worker_main(void *arg)
             m->runner = w;
             w->busy_since = ihc_mono_ns();
             memcpy(hw, ms->run_hw, strlen(ms->run_hw) + 1);
+            pthread_mutex_lock(&w->mu);
+            w->cur = m;
             pthread_mutex_unlock(&ms->run_mu);
 
             size_t at = 0;
-            pthread_mutex_lock(&w->mu);
             int rc = 0;
             if (!run_methods(w, m, hw, &at, &rc))
                 goto abandoned;
@@ -628,23 +633,37 @@ static void timer_arm(ihc__modules *ms, uint64_t at_ns)
 }
 
 static uint64_t watch(ihc__modules *ms, uint64_t now);
+static void time_out(ihc__modules *ms, ihc__module *m, uint64_t now, const char *where);
 static void run_wait(ihc__modules *ms);
+
+/* run_mu held, during an inline run: when the rescue must look at it, the earlier of the end of
+ * the running module's slice (from since) and the earliest deadline of a module not done. */
+static uint64_t inline_due(const ihc__modules *ms, uint64_t since)
+{
+    uint64_t due = since + IHC__MODULE_SLICE_NS;
+    for (size_t i = 0; i < ms->run_n; i++)
+        if (!ms->run_mods[i]->done && ms->run_mods[i]->deadline_ns < due)
+            due = ms->run_mods[i]->deadline_ns;
+    return due;
+}
 static void run_end(ihc__modules *ms, size_t listed);
 
 /* run_mu held, on the rescue thread woken by its timer: true when it has taken the current
  * run over, that is, when the receive thread is running it inline and has been in its module
- * for a slice. A wake-up meant for an earlier module (or run) re-arms the timer instead. */
+ * for a slice, or a module not done passed its deadline (the watchdog then times it out). A
+ * wake-up meant for an earlier module (or run) re-arms the timer instead. */
 static bool take_over(ihc__modules *ms)
 {
     ihc__worker *w = ms->rxw;
     if (!ms->inline_active || ms->inline_taken || !w || !w->busy_since)
         return false;
-    uint64_t due = w->busy_since + IHC__MODULE_SLICE_NS;
+    uint64_t due = inline_due(ms, w->busy_since);
     if (ihc_mono_ns() < due) {
         timer_arm(ms, due);
         return false;
     }
     ms->inline_taken = true;
+    w->displaced = true;
     pthread_mutex_lock(&w->mu); /* w->cur is read under it */
     ihc_log(IHC_LOG_INFO, IHC__LOG,
             "module outran its slice on the receive thread: run taken over, receiving moves to "
@@ -716,19 +735,27 @@ static bool rescue_start(ihc__modules *ms)
 /* run_mu held, on the receive thread: runs the run's modules on this thread, in order, the
  * rescue's timer armed. False when the rescue took the run over (run_mu NOT held then): the
  * caller is displaced. */
-static bool run_inline(ihc__modules *ms, const char *hw)
+static bool run_inline(ihc__modules *ms, const char *hw_in)
 {
+    /* the methods get this thread's own copy: once displaced, it may outlive the agent's */
+    char hw[IHC_HW_MAX + 1];
+    snprintf(hw, sizeof(hw), "%s", hw_in);
     ihc__worker *w = ms->rxw;
     ms->inline_active = true;
-    timer_arm(ms, ms->run_t0 + IHC__MODULE_SLICE_NS);
+    timer_arm(ms, inline_due(ms, ms->run_t0));
     while (ms->run_next < ms->run_n) {
         ihc__module *m = ms->run_mods[ms->run_next++];
-        uint64_t gen = ms->run_gen;
+        uint64_t now = ihc_mono_ns(), gen = ms->run_gen;
+        if (now >= m->deadline_ns) { /* the modules before it took its whole time */
+            time_out(ms, m, now, "before it started");
+            continue;
+        }
         m->runner = w;
-        w->busy_since = ihc_mono_ns();
+        w->busy_since = now;
+        pthread_mutex_lock(&w->mu);
+        w->cur = m;
         pthread_mutex_unlock(&ms->run_mu);
         size_t at = 0;
-        pthread_mutex_lock(&w->mu);
         int rc = 0;
         if (!run_methods(w, m, hw, &at, &rc)) { /* timed out, abandoned: w is ours */
             worker_free(w);
@@ -737,7 +764,7 @@ static bool run_inline(ihc__modules *ms, const char *hw)
         }
         record(w, m, gen, rc, at);
         w->busy_since = 0;
-        if (ms->inline_taken) { /* the run is the rescue's; our result is in it */
+        if (w->displaced) { /* the run is the rescue's; our result is in it */
             pthread_mutex_unlock(&ms->run_mu);
             worker_free(w);
             return false;
@@ -746,6 +773,16 @@ static bool run_inline(ihc__modules *ms, const char *hw)
     ms->inline_active = false;
     timer_arm(ms, 0);
     return true;
+}
+
+/* run_mu held: m passed its deadline (where: "before it started" or "in <method>"). */
+static void time_out(ihc__modules *ms, ihc__module *m, uint64_t now, const char *where)
+{
+    m->st = IHC_MOD_TIMED_OUT;
+    m->time_ms = (double)(now - ms->run_t0) / 1e6;
+    snprintf(m->err, sizeof(m->err), "timed out after %.0f ms %s", m->timeout * 1000.0, where);
+    m->done = true;
+    ms->run_done++;
 }
 
 /* run_mu held: the watchdog's look at the run at now. Times out the modules past their
@@ -783,11 +820,7 @@ static uint64_t watch(ihc__modules *ms, uint64_t now)
             worker_abandon(ms, w);
             pthread_mutex_unlock(&w->mu);
         }
-        m->st = IHC_MOD_TIMED_OUT;
-        m->time_ms = (double)(now - ms->run_t0) / 1e6;
-        snprintf(m->err, sizeof(m->err), "timed out after %.0f ms %s", m->timeout * 1000.0, where);
-        m->done = true;
-        ms->run_done++;
+        time_out(ms, m, now, where);
     }
     if (ms->run_next < ms->run_n && ms->run_done < ms->run_n) {
         /* modules wait: one more worker when every busy one is stuck in a module (or a

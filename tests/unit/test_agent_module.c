@@ -404,6 +404,109 @@ static void test_agent_module_close_while_hung(void **state)
     th_fc_close(&f);
 }
 
+static sem_t hw_sem;
+static atomic_int hw_calls, hw_done;
+static char hw_before[64], hw_after[64];
+static int m_hw(const char *hw, void *arg)
+{
+    (void)arg;
+    if (atomic_fetch_add(&hw_calls, 1) == 0) { /* the first call hangs until posted */
+        snprintf(hw_before, sizeof(hw_before), "%s", hw);
+        while (sem_wait(&hw_sem) != 0)
+            ;
+        snprintf(hw_after, sizeof(hw_after), "%s", hw);
+    }
+    atomic_fetch_add(&hw_done, 1);
+    return 0;
+}
+
+/* A method left hanging on a displaced receive thread keeps reading its own hardware_id:
+ * not the next interrupt's, and not freed memory after the agent is closed (ASan). */
+static void test_agent_module_displaced_keeps_hw(void **state)
+{
+    (void)state;
+    sem_init(&hw_sem, 0, 0);
+    atomic_store(&hw_calls, 0);
+    atomic_store(&hw_done, 0);
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
+    ihc_agent *a = open_agent(&f, NULL);
+    static const ihc_method hm[] = {{"hold", m_hw}};
+    ihc_module_def d = {
+        .name = "holder", .methods = hm, .n_methods = 1, .timeout = 0.05, .enabled = true};
+    TH_PASS(ihc_agent_register_module(a, &d));
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
+    TH_PASS(th_fc_send_interrupt(&f, 40, "dev-1", 1, ihc_agent_id(a), 0));
+    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
+    assert_non_null(r);
+    assert_int_equal(find_mod(r, "holder")->status, IHC_MOD_TIMED_OUT);
+    ihc_msg_free(r);
+    TH_PASS(th_fc_send_interrupt(&f, 41, "other-hw-2", 2, ihc_agent_id(a), 0));
+    r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
+    assert_non_null(r);
+    assert_int_equal(find_mod(r, "holder")->status, IHC_MOD_OK);
+    ihc_msg_free(r);
+    ihc_agent_close(a);
+    sem_post(&hw_sem);
+    assert_true(TH_WAIT(atomic_load(&hw_done) == 2 && ihc__workers_abandoned() == 0, 5000));
+    assert_string_equal(hw_before, "dev-1");
+    assert_string_equal(hw_after, "dev-1");
+    sem_destroy(&hw_sem);
+    th_fc_close(&f);
+}
+
+static int m_busy(const char *hw, void *arg)
+{
+    (void)hw;
+    (void)arg;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    do
+        clock_gettime(CLOCK_MONOTONIC, &b);
+    while ((b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec) < 700000L);
+    return 0;
+}
+
+/* Modules each shorter than a slice still cannot run past their deadlines on the receive
+ * thread: 20 modules of 0.7 ms with 5 ms timeouts; those that could not start within 5 ms are
+ * reported timed out, not run (at most 8 can start in time). */
+static void test_agent_module_deadlines_inline(void **state)
+{
+    (void)state;
+    th_fc f = {0};
+    assert_int_equal(th_fc_listen(&f), 0);
+    ihc_agent *a = open_agent(&f, NULL);
+    static const ihc_method bm[] = {{"busy", m_busy}};
+    static char names[20][16];
+    for (int i = 0; i < 20; i++) {
+        snprintf(names[i], sizeof(names[i]), "busy%02d", i);
+        ihc_module_def d = {
+            .name = names[i], .methods = bm, .n_methods = 1, .timeout = 0.005, .enabled = true};
+        TH_PASS(ihc_agent_register_module(a, &d));
+    }
+    th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
+    for (uint64_t k = 0; k < 3; k++) {
+        TH_PASS(th_fc_send_interrupt(&f, 50 + k, "dev-1", 1 + k, ihc_agent_id(a), 0));
+        ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
+        assert_non_null(r);
+        assert_int_equal(r->u.report.n_modules, 20);
+        int ok = 0;
+        for (size_t i = 0; i < r->u.report.n_modules; i++) {
+            const ihc_module_result *m = &r->u.report.modules[i];
+            if (m->status == IHC_MOD_OK)
+                ok++;
+            else
+                assert_int_equal(m->status, IHC_MOD_TIMED_OUT);
+        }
+        assert_true(ok >= 1 && ok <= 8);
+        assert_int_equal(r->u.report.modules[19].status, IHC_MOD_TIMED_OUT);
+        ihc_msg_free(r);
+    }
+    ihc_agent_close(a);
+    assert_true(TH_WAIT(ihc__workers_abandoned() == 0, 5000));
+    th_fc_close(&f);
+}
+
 static atomic_int disabled_calls;
 static int m_count(const char *hw, void *arg)
 {
@@ -608,6 +711,8 @@ int main(void)
         cmocka_unit_test(test_agent_module_hung_among_fast),
         cmocka_unit_test(test_agent_module_receive_moves_on),
         cmocka_unit_test(test_agent_module_close_while_hung),
+        cmocka_unit_test(test_agent_module_displaced_keeps_hw),
+        cmocka_unit_test(test_agent_module_deadlines_inline),
         cmocka_unit_test(test_agent_module_failed_and_disabled),
         cmocka_unit_test(test_agent_module_config_overrides),
         cmocka_unit_test(test_agent_module_config_errors),
