@@ -2,15 +2,18 @@
  * heartbeats and session events reach every coordinator; an interrupt is acted on once per
  * (term, id) whichever coordinator it comes from; its report goes back to the coordinator
  * that sent it; a term older than the newest seen (a deposed leader) is ignored; a hello
- * reaches each coordinator in order with the session events around it. Two fake coordinators
- * of tests/support (nng PUB + PULL on free tcp ports) play the other side. */
+ * reaches each coordinator in order with the session events around it (the coordinator's
+ * registry replays them). Two fake coordinators of tests/support (nng PUB + PULL on free tcp
+ * ports) play the other side. */
 #include "harness.h"
 
 #include "fake_coord.h"
 
 #include "agent_int.h"
+#include "clock.h"
 #include "err.h"
 #include "ihc/agent.h"
+#include "registry.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -265,38 +268,42 @@ static void test_agent_ha_term_forgotten_when_all_lost(void **state)
 
 /* ---- a hello and the session events around it ---- */
 
-/* A coordinator's view of the agent's sessions, kept as the coordinator's registry keeps it:
- * a hello replaces the set with the sessions it lists, session_begin adds, session_end
- * removes, in the order the messages arrive. */
+/* Session ids, to compare the agent's sessions with a coordinator's. */
 typedef struct {
-    char ids[512][IHC_ID_MAX + 1];
+    char ids[64][IHC_ID_MAX + 1];
     size_t n;
+} idset;
+
+static bool idset_has(const idset *v, const char *id)
+{
+    for (size_t i = 0; i < v->n; i++)
+        if (strcmp(v->ids[i], id) == 0)
+            return true;
+    return false;
+}
+
+static void idset_add(void *arg, const ihc_reg_session *s)
+{
+    idset *v = arg;
+    if (v->n == sizeof(v->ids) / sizeof(v->ids[0]))
+        fail_msg("more than %zu sessions", v->n);
+    snprintf(v->ids[v->n++], sizeof(v->ids[0]), "%s", s->session_id);
+}
+
+/* A coordinator's view of the agent: the coordinator's own registry, fed the messages in
+ * the order they arrive (a hello replaces the agent's sessions with those it lists). */
+typedef struct {
+    ihc_registry *reg;
     size_t hellos;
     atomic_ulong begins; /* session_begins applied: paces the owner */
 } view;
 
-static ssize_t view_find(const view *v, const char *id)
+static void view_open(view *v)
 {
-    for (size_t i = 0; i < v->n; i++)
-        if (strcmp(v->ids[i], id) == 0)
-            return (ssize_t)i;
-    return -1;
-}
-
-static void view_add(view *v, const char *id)
-{
-    if (view_find(v, id) >= 0)
-        return;
-    if (v->n == sizeof(v->ids) / sizeof(v->ids[0]))
-        fail_msg("the coordinator's view holds more than %zu sessions", v->n);
-    snprintf(v->ids[v->n++], sizeof(v->ids[0]), "%s", id);
-}
-
-static void view_remove(view *v, const char *id)
-{
-    ssize_t i = view_find(v, id);
-    if (i >= 0)
-        memcpy(v->ids[i], v->ids[--v->n], sizeof(v->ids[0]));
+    ihc_registry_opts o = {.agent_ttl_ns = 3600000000000ull};
+    TH_PASS(ihc_registry_new(&v->reg, &o));
+    v->hellos = 0;
+    atomic_init(&v->begins, 0);
 }
 
 /* The next message f has received, without waiting (NULL: none yet). Straight from the PULL
@@ -325,17 +332,19 @@ static bool view_apply(th_fc *f, view *v, const char *marker)
     bool seen = false;
     ihc_msg *m;
     for (int k = 0; k < 256 && (m = view_next(f)) != NULL; k++) {
+        uint64_t now_ns = ihc_mono_ns();
+        int64_t now_ms = ihc_now_ms();
         if (m->type == IHC_MSG_HELLO) {
-            v->n = 0;
+            TH_PASS(ihc_registry_hello(v->reg, &m->u.hello, now_ns, now_ms));
             v->hellos++;
-            for (size_t i = 0; i < m->u.hello.n_sessions; i++)
-                view_add(v, m->u.hello.sessions[i].session_id);
         } else if (m->type == IHC_MSG_SESSION_BEGIN) {
-            view_add(v, m->u.session_begin.session.session_id);
+            const ihc_session_begin_msg *b = &m->u.session_begin;
+            TH_PASS(ihc_registry_session_begin(v->reg, b->agent, &b->session, now_ns, now_ms));
             atomic_fetch_add(&v->begins, 1);
-            seen = seen || (marker && strcmp(m->u.session_begin.session.session_id, marker) == 0);
+            seen = seen || (marker && strcmp(b->session.session_id, marker) == 0);
         } else if (m->type == IHC_MSG_SESSION_END) {
-            view_remove(v, m->u.session_end.session_id);
+            const ihc_session_end_msg *e = &m->u.session_end;
+            (void)ihc_registry_session_end(v->reg, e->agent, e->session_id, e->state, now_ms);
         }
         ihc_msg_free(m);
     }
@@ -497,7 +506,8 @@ static void test_agent_ha_hello_in_order_with_session_events(void **state)
     world w;
     open_world(&w);
     static view v[2];
-    memset(v, 0, sizeof(v));
+    view_open(&v[0]);
+    view_open(&v[1]);
     churn c = {.a = w.a, .v = v};
     atomic_init(&c.stop, false);
     atomic_init(&c.bursts, 0);
@@ -551,22 +561,27 @@ static void test_agent_ha_hello_in_order_with_session_events(void **state)
         if (!TH_WAIT(view_apply(&w.f[i], &v[i], "marker"), 5000))
             fail_msg("coordinator %d never got the marker session", i);
     assert_int_equal(ihc__transport_drops(&w.a->tp), 0);
-    static view own;
+    static idset own;
     memset(&own, 0, sizeof(own));
     pthread_mutex_lock(&w.a->lock);
-    for (ihc__session *s = w.a->sessions; s; s = s->next)
+    for (ihc__session *s = w.a->sessions; s && own.n < sizeof(own.ids) / sizeof(own.ids[0]);
+         s = s->next)
         snprintf(own.ids[own.n++], sizeof(own.ids[0]), "%s", s->id);
     pthread_mutex_unlock(&w.a->lock);
     for (int i = 0; i < 2; i++) {
+        static idset theirs;
+        memset(&theirs, 0, sizeof(theirs));
+        ihc_registry_foreach_agent_session(v[i].reg, AGENT_ID, idset_add, &theirs);
         for (size_t k = 0; k < own.n; k++)
-            if (view_find(&v[i], own.ids[k]) < 0)
+            if (!idset_has(&theirs, own.ids[k]))
                 fail_msg("coordinator %d misses live session %s (after %lu sessions, %zu hellos)",
                          i, own.ids[k], atomic_load(&c.n), v[i].hellos);
-        for (size_t k = 0; k < v[i].n; k++)
-            if (view_find(&own, v[i].ids[k]) < 0)
+        for (size_t k = 0; k < theirs.n; k++)
+            if (!idset_has(&own, theirs.ids[k]))
                 fail_msg("coordinator %d lists session %s the agent ended (after %lu sessions, "
                          "%zu hellos)",
-                         i, v[i].ids[k], atomic_load(&c.n), v[i].hellos);
+                         i, theirs.ids[k], atomic_load(&c.n), v[i].hellos);
+        ihc_registry_free(v[i].reg);
     }
     logpipe_start_drain(&lp);
     close_world(&w);
