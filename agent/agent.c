@@ -99,6 +99,10 @@ static void send_hello(ihc_agent *a)
     uint8_t *buf = NULL;
     size_t len = 0;
     int rc = IHC_ENOMEM;
+    /* held until the hello is queued on every link: no session event overtakes the
+     * snapshot below (see send_lock). The "hello sent" line is logged inside, between
+     * snapshot and send, where the test of this order holds the hello. */
+    pthread_mutex_lock(&a->send_lock);
     pthread_mutex_lock(&a->lock);
     ihc_session_info *si = a->n_sessions ? calloc(a->n_sessions, sizeof(*si)) : NULL;
     if (!a->n_sessions || si) {
@@ -122,11 +126,13 @@ static void send_hello(ihc_agent *a)
     free(mi);
     free(names);
     if (rc != IHC_OK) {
+        pthread_mutex_unlock(&a->send_lock);
         ihc_log(IHC_LOG_WARN, IHC__LOG, "hello not sent err=\"%s\"", ihc_strerror(rc));
         return;
     }
     ihc_log(IHC_LOG_DEBUG, IHC__LOG, "hello sent sessions=%zu modules=%zu", h->n_sessions, nm);
     ihc__transport_send(&a->tp, buf, len, "hello");
+    pthread_mutex_unlock(&a->send_lock);
 }
 
 static void send_heartbeat(ihc_agent *a)

@@ -49,6 +49,14 @@ struct ihc_agent {
     uint64_t max_term;        /* the newest leader term seen: older ones are a deposed leader's */
     atomic_bool term_forget;  /* every PUB connection went down: max_term starts over */
 
+    /* Taken before lock by whoever changes the sessions and sends about it (session_begin,
+     * session_end) and by the hello, which lists them, held until the message is queued on
+     * every coordinator's link: each coordinator then gets the events in the order of the
+     * changes. A hello is a snapshot that replaces the coordinator's list; queued after a
+     * session_begin it did not see, it would wipe that session (after a session_end, bring
+     * it back) until the next hello. */
+    pthread_mutex_t send_lock;
+
     /* sessions, epochs, flags, escalation: guarded by lock */
     pthread_mutex_t lock;
     ihc__session *sessions;

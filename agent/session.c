@@ -61,15 +61,21 @@ static void copy_str(char *dst, size_t cap, const char *src)
 
 int ihc__sessions_init(ihc_agent *a)
 {
-    if (pthread_mutex_init(&a->lock, NULL) != 0)
+    if (pthread_mutex_init(&a->send_lock, NULL) != 0)
         return IHC_ENOMEM;
+    if (pthread_mutex_init(&a->lock, NULL) != 0) {
+        pthread_mutex_destroy(&a->send_lock);
+        return IHC_ENOMEM;
+    }
     if (ihc_cond_init_mono(&a->esc_cv) != 0) {
         pthread_mutex_destroy(&a->lock);
+        pthread_mutex_destroy(&a->send_lock);
         return IHC_ENOMEM;
     }
     if (ihc_cond_init_mono(&a->report_cv) != 0) {
         pthread_cond_destroy(&a->esc_cv);
         pthread_mutex_destroy(&a->lock);
+        pthread_mutex_destroy(&a->send_lock);
         return IHC_ENOMEM;
     }
     return IHC_OK;
@@ -122,6 +128,7 @@ void ihc__sessions_fini(ihc_agent *a)
     pthread_cond_destroy(&a->report_cv);
     pthread_cond_destroy(&a->esc_cv);
     pthread_mutex_destroy(&a->lock);
+    pthread_mutex_destroy(&a->send_lock);
 }
 
 ihc__hwent *ihc__hw_get(ihc_agent *a, const char *hw, bool create)
@@ -288,9 +295,11 @@ int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token *
     s->created_ms = ihc_now_ms();
     s->created_ns = ihc_mono_ns();
 
+    pthread_mutex_lock(&a->send_lock); /* the session_begin goes out in order with hellos */
     pthread_mutex_lock(&a->lock);
     if (a->n_sessions >= (size_t)a->o.max_active_sessions) {
         pthread_mutex_unlock(&a->lock);
+        pthread_mutex_unlock(&a->send_lock);
         ihc_log(IHC_LOG_WARN, IHC__LOG,
                 "session refused: MAX_ACTIVE_SESSIONS reached hw=%s max_active_sessions=%d", o->hw,
                 a->o.max_active_sessions);
@@ -300,6 +309,7 @@ int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token *
     if (o->session_id) {
         if (find_live(a, o->session_id)) {
             pthread_mutex_unlock(&a->lock);
+            pthread_mutex_unlock(&a->send_lock);
             rc = IHC_EEXIST;
             goto fail;
         }
@@ -323,6 +333,7 @@ int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token *
     ihc__hwent *e = ihc__hw_get(a, s->hw, true);
     if (!e) {
         pthread_mutex_unlock(&a->lock);
+        pthread_mutex_unlock(&a->send_lock);
         rc = IHC_ENOMEM;
         goto fail;
     }
@@ -340,6 +351,7 @@ int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token *
     pthread_mutex_unlock(&a->lock);
     if (buf)
         ihc__transport_send(&a->tp, buf, len, "session_begin");
+    pthread_mutex_unlock(&a->send_lock);
     return IHC_OK;
 fail:
     if (s->tok)
@@ -354,6 +366,7 @@ int ihc_agent_session_end(ihc_agent *a, const char *session_id)
 {
     if (!a || !session_id)
         return IHC_EINVAL;
+    pthread_mutex_lock(&a->send_lock); /* the session_end goes out in order with hellos */
     pthread_mutex_lock(&a->lock);
     ihc__session *s = find_live(a, session_id);
     if (s) {
@@ -368,6 +381,7 @@ int ihc_agent_session_end(ihc_agent *a, const char *session_id)
         pthread_mutex_unlock(&a->lock);
         if (buf)
             ihc__transport_send(&a->tp, buf, len, "session_end");
+        pthread_mutex_unlock(&a->send_lock);
         return IHC_OK;
     }
     /* cleaned up by an interrupt but still watched: the owner ending it stops escalation */
@@ -376,10 +390,12 @@ int ihc_agent_session_end(ihc_agent *a, const char *session_id)
             e->ended = true;
             pthread_cond_signal(&a->esc_cv);
             pthread_mutex_unlock(&a->lock);
+            pthread_mutex_unlock(&a->send_lock);
             return IHC_OK;
         }
     }
     pthread_mutex_unlock(&a->lock);
+    pthread_mutex_unlock(&a->send_lock);
     return IHC_ENOENT;
 }
 
@@ -425,6 +441,7 @@ void ihc__sessions_cleanup(ihc_agent *a, ihc__session **v, size_t n, const char 
     for (size_t i = 0; i < n; i++) {
         uint8_t *buf = NULL;
         size_t len = 0;
+        pthread_mutex_lock(&a->send_lock); /* in order with hellos, as in session_end */
         pthread_mutex_lock(&a->lock);
         if (v[i]->live) {
             if (send_end)
@@ -434,6 +451,7 @@ void ihc__sessions_cleanup(ihc_agent *a, ihc__session **v, size_t n, const char 
         pthread_mutex_unlock(&a->lock);
         if (buf)
             ihc__transport_send_except(&a->tp, buf, len, "session_end", reported_to);
+        pthread_mutex_unlock(&a->send_lock);
     }
 }
 

@@ -1,21 +1,32 @@
 /* Unit tests of an agent talking to several coordinators (a leader and standbys): hello,
  * heartbeats and session events reach every coordinator; an interrupt is acted on once per
  * (term, id) whichever coordinator it comes from; its report goes back to the coordinator
- * that sent it; a term older than the newest seen (a deposed leader) is ignored. Two fake
- * coordinators of tests/support (nng PUB + PULL on free tcp ports) play the other side. */
+ * that sent it; a term older than the newest seen (a deposed leader) is ignored; a hello
+ * reaches each coordinator in order with the session events around it (the coordinator's
+ * registry replays them). Two fake coordinators of tests/support (nng PUB + PULL on free tcp
+ * ports) play the other side. */
 #include "harness.h"
 
 #include "fake_coord.h"
 
 #include "agent_int.h"
+#include "clock.h"
 #include "err.h"
 #include "ihc/agent.h"
+#include "registry.h"
 #include "wire.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #define AGENT_ID "ha-agent:1"
 
@@ -255,12 +266,335 @@ static void test_agent_ha_term_forgotten_when_all_lost(void **state)
     close_world(&w);
 }
 
+/* ---- a hello and the session events around it ---- */
+
+/* Session ids, to compare the agent's sessions with a coordinator's. */
+typedef struct {
+    char ids[64][IHC_ID_MAX + 1];
+    size_t n;
+} idset;
+
+static bool idset_has(const idset *v, const char *id)
+{
+    for (size_t i = 0; i < v->n; i++)
+        if (strcmp(v->ids[i], id) == 0)
+            return true;
+    return false;
+}
+
+static void idset_add(void *arg, const ihc_reg_session *s)
+{
+    idset *v = arg;
+    if (v->n == sizeof(v->ids) / sizeof(v->ids[0]))
+        fail_msg("more than %zu sessions", v->n);
+    snprintf(v->ids[v->n++], sizeof(v->ids[0]), "%s", s->session_id);
+}
+
+/* A coordinator's view of the agent: the coordinator's own registry, fed the messages in
+ * the order they arrive (a hello replaces the agent's sessions with those it lists). */
+typedef struct {
+    ihc_registry *reg;
+    size_t hellos;
+    atomic_ulong begins; /* session_begins applied: paces the owner */
+} view;
+
+static void view_open(view *v)
+{
+    ihc_registry_opts o = {.agent_ttl_ns = 3600000000000ull};
+    TH_PASS(ihc_registry_new(&v->reg, &o));
+    v->hellos = 0;
+    atomic_init(&v->begins, 0);
+}
+
+/* The next message f has received, without waiting (NULL: none yet). Straight from the PULL
+ * socket: a timed receive costs tens of microseconds, and the owner below is paced by how
+ * fast its events are read. */
+static ihc_msg *view_next(th_fc *f)
+{
+    if (f->queue)
+        return th_fc_recv(f, 0);
+    nng_msg *nm = NULL;
+    if (nng_recvmsg(f->pull, &nm, NNG_FLAG_NONBLOCK) != 0)
+        return NULL;
+    ihc_msg *m = NULL;
+    char detail[256] = "";
+    int rc = ihc_wire_decode(nng_msg_body(nm), nng_msg_len(nm), NULL, &m, detail, sizeof(detail));
+    nng_msg_free(nm);
+    if (rc != IHC_OK)
+        fail_msg("agent sent an undecodable message: %s (%s)", ihc_strerror(rc), detail);
+    return m;
+}
+
+/* Applies what f has received so far (at most 256 messages: the other coordinator is read in
+ * turn) to v; true when a session_begin of marker was among it. */
+static bool view_apply(th_fc *f, view *v, const char *marker)
+{
+    bool seen = false;
+    ihc_msg *m;
+    for (int k = 0; k < 256 && (m = view_next(f)) != NULL; k++) {
+        uint64_t now_ns = ihc_mono_ns();
+        int64_t now_ms = ihc_now_ms();
+        if (m->type == IHC_MSG_HELLO) {
+            TH_PASS(ihc_registry_hello(v->reg, &m->u.hello, now_ns, now_ms));
+            v->hellos++;
+        } else if (m->type == IHC_MSG_SESSION_BEGIN) {
+            const ihc_session_begin_msg *b = &m->u.session_begin;
+            TH_PASS(ihc_registry_session_begin(v->reg, b->agent, &b->session, now_ns, now_ms));
+            atomic_fetch_add(&v->begins, 1);
+            seen = seen || (marker && strcmp(b->session.session_id, marker) == 0);
+        } else if (m->type == IHC_MSG_SESSION_END) {
+            const ihc_session_end_msg *e = &m->u.session_end;
+            (void)ihc_registry_session_end(v->reg, e->agent, e->session_id, e->state, now_ms);
+        }
+        ihc_msg_free(m);
+    }
+    return seen;
+}
+
+#define HELLO_ROUNDS 5
+#define CHURN_LIVE   8  /* sessions the owner keeps open */
+#define CHURN_BURST  40 /* sessions begun while a hello is held between snapshot and send */
+
+/* The agent's log goes into a pipe the test fills: a line written while it is full waits
+ * there. The agent logs "hello sent" between the hello's snapshot and its send; holding it
+ * there opens the window the race needs, which otherwise is a few microseconds wide (in the
+ * field the write of that very line, to a busy log, held it for a millisecond). */
+typedef struct {
+    int rd, wr; /* the pipe; the agent writes to wr (blocking) */
+    int fill;   /* wr opened again, non-blocking: fills the pipe up to the last byte */
+    char tail[128];
+    size_t n_tail;
+    pthread_t drainer; /* reads what the agent logs while it closes */
+} logpipe;
+
+static void logpipe_open(logpipe *lp)
+{
+    int fds[2];
+    assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+    lp->rd = fds[0];
+    lp->wr = fds[1];
+    fcntl(lp->wr, F_SETPIPE_SZ, 4096); /* less to fill; the default is kept if refused */
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", lp->wr);
+    lp->fill = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    assert_true(lp->fill >= 0);
+    lp->n_tail = 0;
+    ihc_agent_log_setup(IHC_LOG_DEBUG, false, false, lp->wr);
+}
+
+static void *logpipe_drain(void *arg)
+{
+    logpipe *lp = arg;
+    char buf[4096];
+    while (read(lp->rd, buf, sizeof(buf)) > 0)
+        ;
+    return NULL;
+}
+
+/* Before the agent closes: its last lines must not wait for the test. */
+static void logpipe_start_drain(logpipe *lp)
+{
+    assert_int_equal(pthread_create(&lp->drainer, NULL, logpipe_drain, lp), 0);
+}
+
+/* After the agent closed: the log goes back to stderr. */
+static void logpipe_close(logpipe *lp)
+{
+    ihc_agent_log_setup(IHC_LOG_INFO, false, false, 2);
+    close(lp->fill);
+    close(lp->wr);
+    pthread_join(lp->drainer, NULL); /* the pipe's end: every writer closed */
+    close(lp->rd);
+}
+
+/* Fills the pipe: the next line the agent writes waits until the test reads. Byte by byte at
+ * the end, as a line (up to PIPE_BUF) is written whole or not at all. */
+static void logpipe_fill(logpipe *lp)
+{
+    static const char x[512] = {0};
+    while (write(lp->fill, x, sizeof(x)) > 0)
+        ;
+    while (write(lp->fill, x, 1) > 0)
+        ;
+    assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+/* Reads the pipe until needle was seen in the agent's lines (the filler is NUL bytes);
+ * false after timeout_ms. */
+static bool logpipe_until(logpipe *lp, const char *needle, int timeout_ms)
+{
+    uint64_t end = th_now_ms_() + (uint64_t)timeout_ms;
+    char buf[4096 + sizeof(lp->tail)];
+    for (;;) {
+        memcpy(buf, lp->tail, lp->n_tail);
+        size_t n = lp->n_tail;
+        struct pollfd pfd = {.fd = lp->rd, .events = POLLIN};
+        uint64_t now = th_now_ms_();
+        if (now >= end)
+            return false;
+        if (poll(&pfd, 1, (int)(end - now)) <= 0)
+            continue;
+        ssize_t r = read(lp->rd, buf + n, sizeof(buf) - n - 1);
+        if (r <= 0)
+            return false;
+        n += (size_t)r;
+        for (size_t i = 0; i < n; i++) /* the filler's NULs would end the string */
+            if (buf[i] == '\0')
+                buf[i] = ' ';
+        buf[n] = '\0';
+        if (strstr(buf, needle)) {
+            lp->n_tail = 0;
+            return true;
+        }
+        lp->n_tail = n < sizeof(lp->tail) ? n : sizeof(lp->tail);
+        memcpy(lp->tail, buf + n - lp->n_tail, lp->n_tail);
+    }
+}
+
+typedef struct {
+    ihc_agent *a;
+    view *v;
+    atomic_bool stop;
+    atomic_ulong bursts; /* bursts done */
+    atomic_ulong n;      /* sessions begun */
+} churn;
+
+/* Waits until the agent's need_hello is as given (or the test stops); false when stopped. */
+static bool churn_wait_hello(churn *c, bool asked)
+{
+    while (atomic_load(&c->a->need_hello) != asked)
+        if (atomic_load(&c->stop))
+            return false;
+        else
+            sched_yield();
+    return true;
+}
+
+/* An owner beginning sessions one after the other, ending the oldest beyond CHURN_LIVE, in
+ * bursts that start as the agent takes a hello (it clears need_hello right before the
+ * snapshot): sessions begun and ended between the hello's snapshot and its send. */
+static void *churn_main(void *arg)
+{
+    churn *c = arg;
+    char sid[32];
+    while (churn_wait_hello(c, true) && churn_wait_hello(c, false)) {
+        for (int k = 0; k < CHURN_BURST; k++) {
+            unsigned long n = atomic_load(&c->n);
+            snprintf(sid, sizeof(sid), "c-%lu", n);
+            begin(c->a, sid, "dev-churn");
+            if (n >= CHURN_LIVE) {
+                snprintf(sid, sizeof(sid), "c-%lu", n - CHURN_LIVE);
+                TH_PASS(ihc_agent_session_end(c->a, sid));
+            }
+            atomic_store(&c->n, n + 1);
+        }
+        atomic_fetch_add(&c->bursts, 1);
+    }
+    return NULL;
+}
+
+/* Hellos asked for while an owner begins and ends sessions: each coordinator's view, built
+ * from the messages in the order they came, ends up as the agent's own sessions. A
+ * session_begin sent ahead of a hello snapshotted before it would be wiped by that hello (a
+ * coordinator then does not list a live session until the next hello); a session_end ahead
+ * of a hello that still lists the session would bring it back. */
+static void test_agent_ha_hello_in_order_with_session_events(void **state)
+{
+    (void)state;
+    static logpipe lp;
+    logpipe_open(&lp);
+    world w;
+    open_world(&w);
+    static view v[2];
+    view_open(&v[0]);
+    view_open(&v[1]);
+    churn c = {.a = w.a, .v = v};
+    atomic_init(&c.stop, false);
+    atomic_init(&c.bursts, 0);
+    atomic_init(&c.n, 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, churn_main, &c), 0);
+    ihc_msg ask = {.type = IHC_MSG_SYNC};
+    ask.u.sync.agent = AGENT_ID;
+    ask.u.sync.hello = true;
+    const char *stuck = NULL; /* what did not come; the owner stops before the test fails */
+    for (int round = 0; round < HELLO_ROUNDS && !stuck; round++) {
+        size_t want[2] = {v[0].hellos + 1, v[1].hellos + 1};
+        unsigned long bursts = atomic_load(&c.bursts);
+        logpipe_fill(&lp);
+        TH_PASS(th_fc_publish(&w.f[0], &ask));
+        /* the agent logs the ask (read, so that it goes on), then takes the hello 20 ms later
+         * and waits at its "hello sent" line in the pipe filled again */
+        if (!logpipe_until(&lp, "coordinator asks for a hello", 5000)) {
+            stuck = "the ask for a hello";
+            break;
+        }
+        logpipe_fill(&lp);
+        /* the owner's burst goes out meanwhile; with the hello and the session events in
+         * order it waits for the hello instead, until this deadline lets the hello go */
+        (void)TH_WAIT(atomic_load(&c.bursts) > bursts, 300);
+        if (!logpipe_until(&lp, "hello sent", 5000)) {
+            stuck = "the hello";
+            break;
+        }
+        uint64_t end = th_now_ms_() + 5000;
+        while (v[0].hellos < want[0] || v[1].hellos < want[1] || atomic_load(&c.bursts) == bursts ||
+               atomic_load(&v[0].begins) < atomic_load(&c.n) ||
+               atomic_load(&v[1].begins) < atomic_load(&c.n)) {
+            if (th_now_ms_() > end) {
+                stuck = "the hello and the burst at the coordinators";
+                break;
+            }
+            view_apply(&w.f[0], &v[0], NULL);
+            view_apply(&w.f[1], &v[1], NULL);
+            sched_yield();
+        }
+    }
+    atomic_store(&c.stop, true);
+    pthread_join(th, NULL);
+    if (stuck)
+        fail_msg("%s did not come within 5 s (hellos %zu and %zu, dropped sends %llu)", stuck,
+                 v[0].hellos, v[1].hellos, (unsigned long long)ihc__transport_drops(&w.a->tp));
+    /* whatever was sent before the marker was applied once the marker is */
+    begin(w.a, "marker", "dev-marker");
+    for (int i = 0; i < 2; i++)
+        if (!TH_WAIT(view_apply(&w.f[i], &v[i], "marker"), 5000))
+            fail_msg("coordinator %d never got the marker session", i);
+    assert_int_equal(ihc__transport_drops(&w.a->tp), 0);
+    static idset own;
+    memset(&own, 0, sizeof(own));
+    pthread_mutex_lock(&w.a->lock);
+    for (ihc__session *s = w.a->sessions; s && own.n < sizeof(own.ids) / sizeof(own.ids[0]);
+         s = s->next)
+        snprintf(own.ids[own.n++], sizeof(own.ids[0]), "%s", s->id);
+    pthread_mutex_unlock(&w.a->lock);
+    for (int i = 0; i < 2; i++) {
+        static idset theirs;
+        memset(&theirs, 0, sizeof(theirs));
+        ihc_registry_foreach_agent_session(v[i].reg, AGENT_ID, idset_add, &theirs);
+        for (size_t k = 0; k < own.n; k++)
+            if (!idset_has(&theirs, own.ids[k]))
+                fail_msg("coordinator %d misses live session %s (after %lu sessions, %zu hellos)",
+                         i, own.ids[k], atomic_load(&c.n), v[i].hellos);
+        for (size_t k = 0; k < theirs.n; k++)
+            if (!idset_has(&own, theirs.ids[k]))
+                fail_msg("coordinator %d lists session %s the agent ended (after %lu sessions, "
+                         "%zu hellos)",
+                         i, theirs.ids[k], atomic_load(&c.n), v[i].hellos);
+        ihc_registry_free(v[i].reg);
+    }
+    logpipe_start_drain(&lp);
+    close_world(&w);
+    logpipe_close(&lp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_agent_ha_events_to_every_coordinator),
         cmocka_unit_test(test_agent_ha_dedupe_and_report_route),
         cmocka_unit_test(test_agent_ha_term_forgotten_when_all_lost),
+        cmocka_unit_test(test_agent_ha_hello_in_order_with_session_events),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     nng_fini();

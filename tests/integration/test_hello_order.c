@@ -1,0 +1,376 @@
+/* A hello and the session events around it, against real coordinator processes: two
+ * ihc-coordinators on one Redis (a leader and a standby) and an agent (libihc-agent, in the
+ * test) dialing both. The standby is killed: the agent says hello to the leader again. While
+ * that hello waits between its snapshot and its send, an owner begins and ends sessions;
+ * afterwards GET /v1/sessions on the leader lists exactly the agent's sessions (a
+ * session_begin sent ahead of a hello snapshotted before it was wiped by that hello until the
+ * next one). The hello is held at its "hello sent" log line: the agent logs at DEBUG into a
+ * pipe the test fills. */
+#include "harness.h"
+
+#include "agent_int.h"
+#include "err.h"
+#include "ihc/agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define AGENT_ID    "hello-order:1"
+#define CHURN_LIVE  8  /* sessions the owner keeps open */
+#define CHURN_BURST 40 /* sessions begun while the hello is held */
+
+typedef struct {
+    int pub, rep, ctl, http;
+    char pub_url[64], rep_url[64], ctl_url[64], http_addr[64], log[4300];
+    pid_t pid;
+} coord;
+
+static struct {
+    th_redis redis;
+    char *dir;
+    coord c[2];
+} w;
+
+static void coord_start(coord *c, const char *name)
+{
+    c->pub = th_free_port();
+    c->rep = th_free_port();
+    c->ctl = th_free_port();
+    c->http = th_free_port();
+    snprintf(c->pub_url, sizeof c->pub_url, "tcp://127.0.0.1:%d", c->pub);
+    snprintf(c->rep_url, sizeof c->rep_url, "tcp://127.0.0.1:%d", c->rep);
+    snprintf(c->ctl_url, sizeof c->ctl_url, "tcp://127.0.0.1:%d", c->ctl);
+    snprintf(c->http_addr, sizeof c->http_addr, "127.0.0.1:%d", c->http);
+    snprintf(c->log, sizeof c->log, "%s/%s.log", w.dir, name);
+    char *argv[] = {(char *)th_bin("ihc-coordinator"),
+                    "--pub",
+                    c->pub_url,
+                    "--report",
+                    c->rep_url,
+                    "--control",
+                    c->ctl_url,
+                    "--http",
+                    c->http_addr,
+                    "--redis",
+                    w.redis.url,
+                    NULL};
+    char idenv[96];
+    snprintf(idenv, sizeof idenv, "IHC_COORDINATOR_ID=%s", name);
+    char *env[] = {"IHC_AGENT_TTL=30", "IHC_LEASE_TTL=1", idenv, NULL};
+    c->pid = th_spawn(argv, c->log, env);
+    assert_true(c->pid > 0);
+    if (!TH_WAIT(th_http(c->http, "GET", "/healthz", NULL, NULL, NULL) == 200, 10000)) {
+        th_log_tail(c->log, 30);
+        fail_msg("coordinator did not answer GET /healthz (log %s)", c->log);
+    }
+}
+
+static bool leads(const coord *c)
+{
+    char *body = NULL;
+    bool ok = th_http(c->http, "GET", "/healthz", NULL, NULL, &body) == 200 && body &&
+              strstr(body, "\"role\":\"leader\"") != NULL;
+    free(body);
+    return ok;
+}
+
+/* The session ids c lists for AGENT_ID (GET /v1/sessions), as a JSON array (caller frees);
+ * NULL when c did not answer. */
+static json_t *listed(const coord *c)
+{
+    char *body = NULL;
+    json_t *ids = NULL;
+    if (th_http(c->http, "GET", "/v1/sessions", NULL, NULL, &body) == 200 && body) {
+        json_t *j = json_loads(body, 0, NULL);
+        json_t *arr = json_object_get(j, "sessions");
+        ids = json_array();
+        for (size_t i = 0; i < json_array_size(arr); i++) {
+            json_t *s = json_array_get(arr, i);
+            const char *agent = json_string_value(json_object_get(s, "agent_id"));
+            if (agent && strcmp(agent, AGENT_ID) == 0)
+                json_array_append(ids, json_object_get(s, "session_id"));
+        }
+        json_decref(j);
+    }
+    free(body);
+    return ids;
+}
+
+static bool has(const json_t *ids, const char *id)
+{
+    for (size_t i = 0; i < json_array_size(ids); i++)
+        if (strcmp(json_string_value(json_array_get(ids, i)), id) == 0)
+            return true;
+    return false;
+}
+
+static bool lists(const coord *c, const char *id)
+{
+    json_t *ids = listed(c);
+    bool ok = ids && has(ids, id);
+    json_decref(ids);
+    return ok;
+}
+
+/* ---- the agent's log in a pipe the test fills ---- */
+
+typedef struct {
+    int rd, wr, fill; /* fill: wr opened again, non-blocking */
+    char tail[128];
+    size_t n_tail;
+    pthread_t drainer;
+    atomic_bool draining;
+} logpipe;
+
+static void logpipe_open(logpipe *lp)
+{
+    int fds[2];
+    assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
+    lp->rd = fds[0];
+    lp->wr = fds[1];
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", lp->wr);
+    lp->fill = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    assert_true(lp->fill >= 0);
+    /* the test reads it from the start: nothing the agent logs waits meanwhile */
+    atomic_init(&lp->draining, true);
+    ihc_agent_log_setup(IHC_LOG_DEBUG, false, false, lp->wr);
+}
+
+/* Reads (and copies to stderr) until needle was seen; false after timeout_ms. */
+static bool logpipe_until(logpipe *lp, const char *needle, int timeout_ms)
+{
+    uint64_t end = th_now_ms_() + (uint64_t)timeout_ms;
+    char buf[65536 + sizeof(lp->tail)];
+    for (;;) {
+        memcpy(buf, lp->tail, lp->n_tail);
+        size_t n = lp->n_tail;
+        struct pollfd pfd = {.fd = lp->rd, .events = POLLIN};
+        uint64_t now = th_now_ms_();
+        if (now >= end)
+            return false;
+        if (poll(&pfd, 1, (int)(end - now)) <= 0)
+            continue;
+        ssize_t r = read(lp->rd, buf + n, sizeof(buf) - n - 1);
+        if (r <= 0)
+            return false;
+        n += (size_t)r;
+        for (size_t i = 0; i < n; i++) /* the filler's NULs would end the string */
+            if (buf[i] == '\0')
+                buf[i] = ' ';
+        buf[n] = '\0';
+        if (strstr(buf, needle)) {
+            lp->n_tail = 0;
+            return true;
+        }
+        lp->n_tail = n < sizeof(lp->tail) ? n : sizeof(lp->tail);
+        memcpy(lp->tail, buf + n - lp->n_tail, lp->n_tail);
+    }
+}
+
+/* Everything logged so far, read without waiting. */
+static void logpipe_skip(logpipe *lp)
+{
+    char buf[4096];
+    int fl = fcntl(lp->rd, F_GETFL);
+    fcntl(lp->rd, F_SETFL, fl | O_NONBLOCK);
+    while (read(lp->rd, buf, sizeof(buf)) > 0)
+        ;
+    fcntl(lp->rd, F_SETFL, fl);
+    lp->n_tail = 0;
+}
+
+/* Fills the pipe to the last byte: the next line the agent writes waits for the test. */
+static void logpipe_fill(logpipe *lp)
+{
+    static const char x[512] = {0};
+    while (write(lp->fill, x, sizeof(x)) > 0)
+        ;
+    while (write(lp->fill, x, 1) > 0)
+        ;
+    assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+static void *logpipe_drain(void *arg)
+{
+    logpipe *lp = arg;
+    char buf[4096];
+    while (read(lp->rd, buf, sizeof(buf)) > 0)
+        ;
+    return NULL;
+}
+
+/* ---- the owner ---- */
+
+typedef struct {
+    ihc_agent *a;
+    atomic_bool stop;
+    atomic_ulong bursts, n;
+} churn;
+
+static bool churn_wait_hello(churn *c, bool asked)
+{
+    while (atomic_load(&c->a->need_hello) != asked)
+        if (atomic_load(&c->stop))
+            return false;
+        else
+            sched_yield();
+    return true;
+}
+
+static void begin(ihc_agent *a, const char *sid, const char *hw)
+{
+    ihc_token *t = NULL;
+    ihc_session_opts so = {.session_id = sid, .hw = hw};
+    TH_PASS(ihc_agent_session_begin(a, &so, &t, NULL, 0));
+    ihc_token_release(t);
+}
+
+/* One burst of sessions as the agent takes a hello (it clears need_hello right before the
+ * snapshot), keeping CHURN_LIVE open. */
+static void *churn_main(void *arg)
+{
+    churn *c = arg;
+    char sid[32];
+    if (churn_wait_hello(c, true) && churn_wait_hello(c, false)) {
+        for (unsigned long n = 0; n < CHURN_BURST; n++) {
+            snprintf(sid, sizeof(sid), "c-%lu", n);
+            begin(c->a, sid, "dev-churn");
+            if (n >= CHURN_LIVE) {
+                snprintf(sid, sizeof(sid), "c-%lu", n - CHURN_LIVE);
+                TH_PASS(ihc_agent_session_end(c->a, sid));
+            }
+            atomic_store(&c->n, n + 1);
+        }
+        atomic_fetch_add(&c->bursts, 1);
+    }
+    return NULL;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    memset(&w, 0, sizeof w);
+    w.dir = th_tmpdir("hello-order");
+    assert_non_null(w.dir);
+    return th_redis_start(&w.redis);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 2; i++)
+        if (w.c[i].pid > 0)
+            th_stop(w.c[i].pid, SIGTERM, 5000);
+    th_redis_stop(&w.redis);
+    th_tmpdir_remove(w.dir);
+    free(w.dir);
+    return 0;
+}
+
+static void test_hello_after_standby_lost_keeps_sessions(void **state)
+{
+    (void)state;
+    coord_start(&w.c[0], "c1");
+    if (!TH_WAIT(leads(&w.c[0]), 10000))
+        fail_msg("c1 never led (log %s)", w.c[0].log);
+    coord_start(&w.c[1], "c2");
+
+    static logpipe lp;
+    logpipe_open(&lp);
+    char pubs[160], reports[160];
+    snprintf(pubs, sizeof pubs, "%s,%s", w.c[0].pub_url, w.c[1].pub_url);
+    snprintf(reports, sizeof reports, "%s,%s", w.c[0].rep_url, w.c[1].rep_url);
+    ihc_agent_opts o;
+    ihc_agent_opts_init(&o);
+    o.agent_id = AGENT_ID;
+    o.pub_url = pubs;
+    o.report_url = reports;
+    o.high_priority = false;
+    o.heartbeat_interval = 0.2;
+    ihc_agent *a = NULL;
+    TH_PASS(ihc_agent_open(&a, &o));
+    begin(a, "s-1", "dev-1");
+    /* both coordinators know the agent and its session */
+    uint64_t end = th_now_ms_() + 10000;
+    while (!(ihc_agent_connected(a) && lists(&w.c[0], "s-1") && lists(&w.c[1], "s-1"))) {
+        if (th_now_ms_() > end)
+            fail_msg("the coordinators never listed session s-1");
+        logpipe_skip(&lp);
+        th_sleep_ms_(5);
+    }
+
+    churn c = {.a = a};
+    atomic_init(&c.stop, false);
+    atomic_init(&c.bursts, 0);
+    atomic_init(&c.n, 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, churn_main, &c), 0);
+    logpipe_skip(&lp);
+    /* the standby goes: the agent logs the lost connection, then takes a hello 20 ms later
+     * and waits at its "hello sent" line in the pipe filled meanwhile */
+    th_stop(w.c[1].pid, SIGKILL, 5000);
+    w.c[1].pid = 0;
+    bool lost = logpipe_until(&lp, "connection to coordinator lost", 5000);
+    if (lost)
+        logpipe_fill(&lp);
+    /* the owner's burst goes out meanwhile; with the hello and the session events in order
+     * it waits for the hello instead, until this deadline lets the hello go */
+    (void)TH_WAIT(atomic_load(&c.bursts) > 0, 300);
+    bool sent = lost && logpipe_until(&lp, "hello sent", 5000);
+    bool burst = TH_WAIT(atomic_load(&c.bursts) > 0, 5000);
+    atomic_store(&c.stop, true);
+    pthread_join(th, NULL);
+    pthread_create(&lp.drainer, NULL, logpipe_drain, &lp);
+    if (!lost || !sent || !burst)
+        fail_msg("the agent did not %s", !lost   ? "log the standby's connection lost"
+                                         : !sent ? "send a hello"
+                                                 : "finish the burst of sessions");
+
+    /* whatever the agent sent before the marker was applied once the marker is listed */
+    begin(a, "marker", "dev-marker");
+    if (!TH_WAIT(lists(&w.c[0], "marker"), 5000))
+        fail_msg("the leader never listed the marker session");
+    json_t *ids = listed(&w.c[0]);
+    assert_non_null(ids);
+    size_t n = 0;
+    pthread_mutex_lock(&a->lock);
+    char missing[IHC_ID_MAX + 1] = "";
+    for (ihc__session *s = a->sessions; s; s = s->next, n++)
+        if (!has(ids, s->id) && !missing[0])
+            snprintf(missing, sizeof missing, "%s", s->id);
+    pthread_mutex_unlock(&a->lock);
+    size_t theirs = json_array_size(ids);
+    json_decref(ids);
+    if (missing[0])
+        fail_msg("the leader does not list live session %s (it lists %zu, the agent has %zu)",
+                 missing, theirs, n);
+    if (theirs != n)
+        fail_msg("the leader lists %zu sessions of the agent, which has %zu", theirs, n);
+
+    ihc_agent_close(a);
+    ihc_agent_log_setup(IHC_LOG_INFO, false, false, 2);
+    close(lp.fill);
+    close(lp.wr);
+    pthread_join(lp.drainer, NULL);
+    close(lp.rd);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_hello_after_standby_lost_keeps_sessions, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
