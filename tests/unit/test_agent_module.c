@@ -43,6 +43,24 @@ static const ihc_module_result *find_mod(const ihc_msg *r, const char *name)
     return NULL;
 }
 
+/* Sends interrupt id for hw (epoch ep) and returns the agent's report (never NULL). */
+static ihc_msg *interrupt(th_fc *f, ihc_agent *a, uint64_t id, const char *hw, uint64_t ep)
+{
+    TH_PASS(th_fc_send_interrupt(f, id, hw, ep, ihc_agent_id(a), 0));
+    ihc_msg *r = th_fc_recv_type(f, IHC_MSG_REPORT, 5000);
+    assert_non_null(r);
+    assert_int_equal(r->u.report.id, id);
+    return r;
+}
+
+static void add_module(ihc_agent *a, const char *name, const ihc_method *methods, size_t n,
+                       double timeout)
+{
+    ihc_module_def d = {
+        .name = name, .methods = methods, .n_methods = n, .timeout = timeout, .enabled = true};
+    TH_PASS(ihc_agent_register_module(a, &d));
+}
+
 /* ---- methods ---- */
 
 static pthread_mutex_t trace_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -109,6 +127,21 @@ static int m_hang(const char *hw, void *arg)
     return 0;
 }
 
+static void hang_reset(void)
+{
+    sem_init(&hang_sem, 0, 0);
+    atomic_store(&hang_calls, 0);
+    atomic_store(&hang_returned, 0);
+}
+
+/* Lets the hung method return and waits until its abandoned thread is gone. */
+static void hang_release(void)
+{
+    sem_post(&hang_sem);
+    assert_true(TH_WAIT(ihc__workers_abandoned() == 0, 5000));
+    sem_destroy(&hang_sem);
+}
+
 static const ihc_method three[] = {{"first", m_first}, {"second", m_second}, {"third", m_third}};
 
 /* ---- tests ---- */
@@ -127,10 +160,7 @@ static void test_agent_module_methods_in_order(void **state)
     TH_PASS(ihc_agent_register_module(a, &d));
     TH_FAIL(ihc_agent_register_module(a, &d), IHC_EEXIST);
     th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
-    TH_PASS(th_fc_send_interrupt(&f, 1, "dev-1", 1, ihc_agent_id(a), 0));
-    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
-    assert_non_null(r);
-    assert_int_equal(r->u.report.id, 1);
+    ihc_msg *r = interrupt(&f, a, 1, "dev-1", 1);
     assert_string_equal(r->u.report.agent, "mod-agent:1");
     assert_string_equal(r->u.report.hw, "dev-1");
     assert_int_equal(r->u.report.n_sessions, 0);
@@ -150,9 +180,7 @@ static void test_agent_module_methods_in_order(void **state)
 static void test_agent_module_hang_times_out(void **state)
 {
     (void)state;
-    sem_init(&hang_sem, 0, 0);
-    atomic_store(&hang_calls, 0);
-    atomic_store(&hang_returned, 0);
+    hang_reset();
     th_fc f = {0};
     assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
@@ -191,18 +219,13 @@ static void test_agent_module_hang_times_out(void **state)
     assert_int_equal(ihc__workers_abandoned(), 1);
 
     /* a fresh worker serves the next interrupt while the old one still hangs */
-    TH_PASS(th_fc_send_interrupt(&f, 8, "dev-1", 2, ihc_agent_id(a), 0));
-    r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
-    assert_non_null(r);
-    assert_int_equal(r->u.report.id, 8);
+    r = interrupt(&f, a, 8, "dev-1", 2);
     assert_int_equal(find_mod(r, "audio_generation")->status, IHC_MOD_OK);
     ihc_msg_free(r);
     assert_int_equal(atomic_load(&hang_calls), 2);
 
     ihc_agent_close(a); /* the abandoned worker outlives the agent */
-    sem_post(&hang_sem);
-    assert_true(TH_WAIT(ihc__workers_abandoned() == 0, 5000));
-    sem_destroy(&hang_sem);
+    hang_release();
     th_fc_close(&f);
     trace_get((char[512]){0}, 512);
 }
@@ -222,9 +245,7 @@ static int m_slow(const char *hw, void *arg)
 static void test_agent_module_finish_after_timeout(void **state)
 {
     (void)state;
-    sem_init(&hang_sem, 0, 0);
-    atomic_store(&hang_calls, 0);
-    atomic_store(&hang_returned, 0);
+    hang_reset();
     th_fc f = {0};
     assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
@@ -254,9 +275,7 @@ static void test_agent_module_finish_after_timeout(void **state)
     assert_int_equal(find_mod(r, "text_processing")->status, IHC_MOD_OK);
     ihc_msg_free(r);
     ihc_agent_close(a);
-    sem_post(&hang_sem);
-    assert_true(TH_WAIT(ihc__workers_abandoned() == 0, 5000));
-    sem_destroy(&hang_sem);
+    hang_release();
     th_fc_close(&f);
 }
 
@@ -276,9 +295,7 @@ static int m_fast(const char *hw, void *arg)
 static void test_agent_module_hung_among_fast(void **state)
 {
     (void)state;
-    sem_init(&hang_sem, 0, 0);
-    atomic_store(&hang_calls, 0);
-    atomic_store(&hang_returned, 0);
+    hang_reset();
     atomic_store(&fast_calls, 0);
     th_fc f = {0};
     assert_int_equal(th_fc_listen(&f), 0);
@@ -286,18 +303,10 @@ static void test_agent_module_hung_among_fast(void **state)
     static const ihc_method fast[] = {{"stop", m_fast}};
     static const ihc_method hang[] = {{"wait_forever", m_hang}};
     const char *names[] = {"fast_a", "hung", "fast_b", "fast_c"};
-    for (int i = 0; i < 4; i++) {
-        ihc_module_def d = {.name = names[i],
-                            .methods = i == 1 ? hang : fast,
-                            .n_methods = 1,
-                            .timeout = i == 1 ? 0.3 : 1.0,
-                            .enabled = true};
-        TH_PASS(ihc_agent_register_module(a, &d));
-    }
+    for (int i = 0; i < 4; i++)
+        add_module(a, names[i], i == 1 ? hang : fast, 1, i == 1 ? 0.3 : 1.0);
     th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
-    TH_PASS(th_fc_send_interrupt(&f, 12, "dev-1", 1, ihc_agent_id(a), 0));
-    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
-    assert_non_null(r);
+    ihc_msg *r = interrupt(&f, a, 12, "dev-1", 1);
     assert_int_equal(r->u.report.n_modules, 4);
     const ihc_module_result *mh = find_mod(r, "hung");
     assert_int_equal(mh->status, IHC_MOD_TIMED_OUT);
@@ -315,9 +324,7 @@ static void test_agent_module_hung_among_fast(void **state)
     assert_int_equal(atomic_load(&fast_calls), 3);
     assert_int_equal(atomic_load(&hang_returned), 0);
     ihc_agent_close(a);
-    sem_post(&hang_sem);
-    assert_true(TH_WAIT(ihc__workers_abandoned() == 0, 5000));
-    sem_destroy(&hang_sem);
+    hang_release();
     th_fc_close(&f);
 }
 
@@ -328,9 +335,7 @@ static void test_agent_module_hung_among_fast(void **state)
 static void test_agent_module_receive_moves_on(void **state)
 {
     (void)state;
-    sem_init(&hang_sem, 0, 0);
-    atomic_store(&hang_calls, 0);
-    atomic_store(&hang_returned, 0);
+    hang_reset();
     atomic_store(&fast_calls, 0);
     th_fc f = {0};
     assert_int_equal(th_fc_listen(&f), 0);
@@ -344,10 +349,7 @@ static void test_agent_module_receive_moves_on(void **state)
     TH_PASS(ihc_agent_register_module(a, &dh));
     TH_PASS(ihc_agent_register_module(a, &df));
     th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
-    TH_PASS(th_fc_send_interrupt(&f, 20, "dev-1", 1, ihc_agent_id(a), 0));
-    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
-    assert_non_null(r);
-    assert_int_equal(r->u.report.id, 20);
+    ihc_msg *r = interrupt(&f, a, 20, "dev-1", 1);
     assert_int_equal(find_mod(r, "hung")->status, IHC_MOD_TIMED_OUT);
     const ihc_module_result *mf = find_mod(r, "fast");
     assert_int_equal(mf->status, IHC_MOD_OK);
@@ -355,10 +357,7 @@ static void test_agent_module_receive_moves_on(void **state)
     ihc_msg_free(r);
     for (uint64_t id = 21; id <= 25; id++) {
         uint64_t t0 = th_now_ms_();
-        TH_PASS(th_fc_send_interrupt(&f, id, "dev-1", id - 19, ihc_agent_id(a), 0));
-        r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
-        assert_non_null(r);
-        assert_int_equal(r->u.report.id, id);
+        r = interrupt(&f, a, id, "dev-1", id - 19);
         assert_int_equal(find_mod(r, "hung")->status, IHC_MOD_OK); /* only the first hangs */
         assert_int_equal(find_mod(r, "fast")->status, IHC_MOD_OK);
         assert_true(th_now_ms_() - t0 < 150); /* not one of them waited for a timeout */
@@ -381,16 +380,12 @@ static void test_agent_module_receive_moves_on(void **state)
 static void test_agent_module_close_while_hung(void **state)
 {
     (void)state;
-    sem_init(&hang_sem, 0, 0);
-    atomic_store(&hang_calls, 0);
-    atomic_store(&hang_returned, 0);
+    hang_reset();
     th_fc f = {0};
     assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
     static const ihc_method hang[] = {{"wait_forever", m_hang}};
-    ihc_module_def dh = {
-        .name = "hung", .methods = hang, .n_methods = 1, .timeout = 0.3, .enabled = true};
-    TH_PASS(ihc_agent_register_module(a, &dh));
+    add_module(a, "hung", hang, 1, 0.3);
     th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
     TH_PASS(th_fc_send_interrupt(&f, 30, "dev-1", 1, ihc_agent_id(a), 0));
     assert_true(TH_WAIT(atomic_load(&hang_calls) == 1, 5000));
@@ -432,18 +427,12 @@ static void test_agent_module_displaced_keeps_hw(void **state)
     assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = open_agent(&f, NULL);
     static const ihc_method hm[] = {{"hold", m_hw}};
-    ihc_module_def d = {
-        .name = "holder", .methods = hm, .n_methods = 1, .timeout = 0.05, .enabled = true};
-    TH_PASS(ihc_agent_register_module(a, &d));
+    add_module(a, "holder", hm, 1, 0.05);
     th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
-    TH_PASS(th_fc_send_interrupt(&f, 40, "dev-1", 1, ihc_agent_id(a), 0));
-    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
-    assert_non_null(r);
+    ihc_msg *r = interrupt(&f, a, 40, "dev-1", 1);
     assert_int_equal(find_mod(r, "holder")->status, IHC_MOD_TIMED_OUT);
     ihc_msg_free(r);
-    TH_PASS(th_fc_send_interrupt(&f, 41, "other-hw-2", 2, ihc_agent_id(a), 0));
-    r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
-    assert_non_null(r);
+    r = interrupt(&f, a, 41, "other-hw-2", 2);
     assert_int_equal(find_mod(r, "holder")->status, IHC_MOD_OK);
     ihc_msg_free(r);
     ihc_agent_close(a);
@@ -480,15 +469,11 @@ static void test_agent_module_deadlines_inline(void **state)
     static char names[20][16];
     for (int i = 0; i < 20; i++) {
         snprintf(names[i], sizeof(names[i]), "busy%02d", i);
-        ihc_module_def d = {
-            .name = names[i], .methods = bm, .n_methods = 1, .timeout = 0.005, .enabled = true};
-        TH_PASS(ihc_agent_register_module(a, &d));
+        add_module(a, names[i], bm, 1, 0.005);
     }
     th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
     for (uint64_t k = 0; k < 3; k++) {
-        TH_PASS(th_fc_send_interrupt(&f, 50 + k, "dev-1", 1 + k, ihc_agent_id(a), 0));
-        ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
-        assert_non_null(r);
+        ihc_msg *r = interrupt(&f, a, 50 + k, "dev-1", 1 + k);
         assert_int_equal(r->u.report.n_modules, 20);
         int ok = 0;
         for (size_t i = 0; i < r->u.report.n_modules; i++) {
@@ -530,9 +515,7 @@ static void test_agent_module_failed_and_disabled(void **state)
     TH_PASS(ihc_agent_register_module(a, &d1));
     TH_PASS(ihc_agent_register_module(a, &d2));
     th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
-    TH_PASS(th_fc_send_interrupt(&f, 3, "dev-2", 1, ihc_agent_id(a), 0));
-    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
-    assert_non_null(r);
+    ihc_msg *r = interrupt(&f, a, 3, "dev-2", 1);
     const ihc_module_result *m1 = find_mod(r, "failing");
     assert_int_equal(m1->status, IHC_MOD_FAILED);
     assert_non_null(m1->error);
@@ -623,9 +606,7 @@ static void test_agent_module_config_overrides(void **state)
     ihc_msg_free(h);
 
     th_fc_connect(&f, a, ihc_agent_id(a), ihc_agent_connected);
-    TH_PASS(th_fc_send_interrupt(&f, 11, "dev-3", 1, ihc_agent_id(a), 0));
-    ihc_msg *r = th_fc_recv_type(&f, IHC_MSG_REPORT, 5000);
-    assert_non_null(r);
+    ihc_msg *r = interrupt(&f, a, 11, "dev-3", 1);
     assert_int_equal(find_mod(r, "text_processing")->status, IHC_MOD_OK);
     assert_int_equal(find_mod(r, "counter")->status, IHC_MOD_DISABLED);
     ihc_msg_free(r);
