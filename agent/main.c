@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "config.h"
 #include "defaults.h"
 #include "err.h"
@@ -27,21 +28,45 @@
 #define SIMULATE_MAX_HWS 1024
 
 /* What the built-in modules act on; filled in while the agent may already receive
- * interrupts, hence atomic. */
+ * interrupts, hence atomic. A method that outlived its module's timeout keeps running after
+ * ihc_agent_close, so the daemon counts the methods inside sim or local and frees them only
+ * when none is (see the end of main). */
 typedef struct {
     _Atomic(ihc_simulate *) sim;
     _Atomic(ihc_local *) local;
+    atomic_int in_methods;
 } daemon_ctx;
 
 static daemon_ctx g_daemon;
 
 /* ---- built-in modules ---- */
 
-static int stop_kind(const char *hw, daemon_ctx *d, ihc_sim_kind kind)
+/* Each method counts itself in before it loads sim or local, and out after its last use. */
+static daemon_ctx *method_in(void *arg)
 {
+    daemon_ctx *d = arg;
+    atomic_fetch_add(&d->in_methods, 1);
+    return d;
+}
+
+static int method_out(daemon_ctx *d, int rc)
+{
+    atomic_fetch_sub(&d->in_methods, 1);
+    return rc;
+}
+
+static int stop_kind(const char *hw, void *arg, ihc_sim_kind kind)
+{
+    daemon_ctx *d = method_in(arg);
     /* processes on the node learn it too (idempotent: on_cancel has usually told them) */
     ihc_local_notify(atomic_load(&d->local), hw);
-    return ihc_simulate_stop_module(atomic_load(&d->sim), hw, kind, METHOD_WAIT_MS);
+    return method_out(d, ihc_simulate_stop_module(atomic_load(&d->sim), hw, kind, METHOD_WAIT_MS));
+}
+
+static int clear_kind(const char *hw, void *arg, ihc_sim_kind kind)
+{
+    daemon_ctx *d = method_in(arg);
+    return method_out(d, ihc_simulate_clear_buffers(atomic_load(&d->sim), hw, kind));
 }
 
 static int text_cancel_generation(const char *hw, void *arg)
@@ -51,8 +76,7 @@ static int text_cancel_generation(const char *hw, void *arg)
 
 static int text_clear_buffers(const char *hw, void *arg)
 {
-    daemon_ctx *d = arg;
-    return ihc_simulate_clear_buffers(atomic_load(&d->sim), hw, IHC_SIM_TEXT);
+    return clear_kind(hw, arg, IHC_SIM_TEXT);
 }
 
 static int audio_stop_generation(const char *hw, void *arg)
@@ -62,8 +86,7 @@ static int audio_stop_generation(const char *hw, void *arg)
 
 static int audio_clear_buffers(const char *hw, void *arg)
 {
-    daemon_ctx *d = arg;
-    return ihc_simulate_clear_buffers(atomic_load(&d->sim), hw, IHC_SIM_AUDIO);
+    return clear_kind(hw, arg, IHC_SIM_AUDIO);
 }
 
 static int state_stop_generation(const char *hw, void *arg)
@@ -73,8 +96,8 @@ static int state_stop_generation(const char *hw, void *arg)
 
 static int state_cleanup_sessions(const char *hw, void *arg)
 {
-    daemon_ctx *d = arg;
-    return ihc_simulate_cleanup(atomic_load(&d->sim), hw);
+    daemon_ctx *d = method_in(arg);
+    return method_out(d, ihc_simulate_cleanup(atomic_load(&d->sim), hw));
 }
 
 static const ihc_method text_methods[] = {
@@ -363,6 +386,17 @@ out:
     }
     atomic_store(&g_daemon.sim, NULL);
     atomic_store(&g_daemon.local, NULL);
+    /* a method abandoned at its timeout may still be inside sim or local; stopped work lets it
+     * return within METHOD_WAIT_MS. Past that they are left allocated: the process ends. */
+    uint64_t until = ihc_mono_ns() + (METHOD_WAIT_MS + 1000) * 1000000ull;
+    while (atomic_load(&g_daemon.in_methods) > 0 && ihc_mono_ns() < until)
+        ihc_sleep_ms(5);
+    if (atomic_load(&g_daemon.in_methods) > 0) {
+        ihc_log(IHC_LOG_WARN, COMP, "module methods still running at exit count=%d",
+                atomic_load(&g_daemon.in_methods));
+        sim = NULL;
+        local = NULL;
+    }
     ihc_simulate_free(sim);
     ihc_local_close(local);
     free(sim_hws);
