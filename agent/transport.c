@@ -248,10 +248,25 @@ static nng_msg *take_oldest_report(ihc__txlink *l)
     return NULL;
 }
 
+/* When nothing of l is queued or in flight, hands m to a PUSH pipe that is idle, at once and
+ * in the calling thread: true when it took it (m is nng's then). An aio with a callback would
+ * hand its completion to one of nng's task threads, a wake-up per message. */
+static bool send_now(ihc__txlink *l, nng_msg *m)
+{
+    ihc__transport *t = l->t;
+    pthread_mutex_lock(&t->tx_mu);
+    bool sent =
+        !t->tx_stop && !l->busy && !l->head && nng_sendmsg(l->push, m, NNG_FLAG_NONBLOCK) == 0;
+    pthread_mutex_unlock(&t->tx_mu);
+    return sent;
+}
+
 /* Queues m (the transport's from here on) on link l and starts sending when idle. */
 static void enqueue(ihc__txlink *l, nng_msg *m, bool report, const char *what)
 {
     ihc__transport *t = l->t;
+    if (send_now(l, m))
+        return;
     ihc__txq *q = malloc(sizeof(*q));
     if (!q) {
         drop(t, m);

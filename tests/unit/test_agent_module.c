@@ -458,7 +458,7 @@ static int m_busy(const char *hw, void *arg)
 
 /* Modules each shorter than a slice still cannot run past their deadlines on the receive
  * thread: 20 modules of 0.7 ms with 5 ms timeouts; those that could not start within 5 ms are
- * reported timed out, not run (at most 8 can start in time). */
+ * reported timed out, not run. */
 static void test_agent_module_deadlines_inline(void **state)
 {
     (void)state;
@@ -483,8 +483,10 @@ static void test_agent_module_deadlines_inline(void **state)
             else
                 assert_int_equal(m->status, IHC_MOD_TIMED_OUT);
         }
-        assert_true(ok >= 1 && ok <= 8);
-        assert_int_equal(r->u.report.modules[19].status, IHC_MOD_TIMED_OUT);
+        /* 14 ms of work against 5 ms: run in order, at most 8 start in time; a module that
+         * outruns its slice (preempted) has the rest run beside it on workers, so more may —
+         * but never all 20 (inline runs that ignored deadlines ran every one) */
+        assert_true(ok >= 1 && ok < 20);
         ihc_msg_free(r);
     }
     ihc_agent_close(a);
