@@ -7,6 +7,7 @@
  * next one). The hello is held at its "hello sent" log line: the agent logs at DEBUG into a
  * pipe the test fills. */
 #include "harness.h"
+#include "logpipe.h"
 
 #include "agent_int.h"
 #include "err.h"
@@ -122,94 +123,6 @@ static bool lists(const coord *c, const char *id)
     return ok;
 }
 
-/* ---- the agent's log in a pipe the test fills ---- */
-
-typedef struct {
-    int rd, wr, fill; /* fill: wr opened again, non-blocking */
-    char tail[128];
-    size_t n_tail;
-    pthread_t drainer;
-    atomic_bool draining;
-} logpipe;
-
-static void logpipe_open(logpipe *lp)
-{
-    int fds[2];
-    assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
-    lp->rd = fds[0];
-    lp->wr = fds[1];
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/self/fd/%d", lp->wr);
-    lp->fill = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-    assert_true(lp->fill >= 0);
-    /* the test reads it from the start: nothing the agent logs waits meanwhile */
-    atomic_init(&lp->draining, true);
-    ihc_agent_log_setup(IHC_LOG_DEBUG, false, false, lp->wr);
-}
-
-/* Reads (and copies to stderr) until needle was seen; false after timeout_ms. */
-static bool logpipe_until(logpipe *lp, const char *needle, int timeout_ms)
-{
-    uint64_t end = th_now_ms_() + (uint64_t)timeout_ms;
-    char buf[65536 + sizeof(lp->tail)];
-    for (;;) {
-        memcpy(buf, lp->tail, lp->n_tail);
-        size_t n = lp->n_tail;
-        struct pollfd pfd = {.fd = lp->rd, .events = POLLIN};
-        uint64_t now = th_now_ms_();
-        if (now >= end)
-            return false;
-        if (poll(&pfd, 1, (int)(end - now)) <= 0)
-            continue;
-        ssize_t r = read(lp->rd, buf + n, sizeof(buf) - n - 1);
-        if (r <= 0)
-            return false;
-        n += (size_t)r;
-        for (size_t i = 0; i < n; i++) /* the filler's NULs would end the string */
-            if (buf[i] == '\0')
-                buf[i] = ' ';
-        buf[n] = '\0';
-        if (strstr(buf, needle)) {
-            lp->n_tail = 0;
-            return true;
-        }
-        lp->n_tail = n < sizeof(lp->tail) ? n : sizeof(lp->tail);
-        memcpy(lp->tail, buf + n - lp->n_tail, lp->n_tail);
-    }
-}
-
-/* Everything logged so far, read without waiting. */
-static void logpipe_skip(logpipe *lp)
-{
-    char buf[4096];
-    int fl = fcntl(lp->rd, F_GETFL);
-    fcntl(lp->rd, F_SETFL, fl | O_NONBLOCK);
-    while (read(lp->rd, buf, sizeof(buf)) > 0)
-        ;
-    fcntl(lp->rd, F_SETFL, fl);
-    lp->n_tail = 0;
-}
-
-/* Fills the pipe to the last byte: the next line the agent writes waits for the test. */
-static void logpipe_fill(logpipe *lp)
-{
-    static const char x[512] = {0};
-    while (write(lp->fill, x, sizeof(x)) > 0)
-        ;
-    while (write(lp->fill, x, 1) > 0)
-        ;
-    assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
-}
-
-static void *logpipe_drain(void *arg)
-{
-    logpipe *lp = arg;
-    char buf[4096];
-    while (read(lp->rd, buf, sizeof(buf)) > 0)
-        ;
-    return NULL;
-}
-
 /* ---- the owner ---- */
 
 typedef struct {
@@ -286,8 +199,9 @@ static void test_hello_after_standby_lost_keeps_sessions(void **state)
         fail_msg("c1 never led (log %s)", w.c[0].log);
     coord_start(&w.c[1], "c2");
 
-    static logpipe lp;
-    logpipe_open(&lp);
+    static th_logpipe lp;
+    th_logpipe_open(&lp, 0);
+    ihc_agent_log_setup(IHC_LOG_DEBUG, false, false, lp.wr);
     char pubs[160], reports[160];
     snprintf(pubs, sizeof pubs, "%s,%s", w.c[0].pub_url, w.c[1].pub_url);
     snprintf(reports, sizeof reports, "%s,%s", w.c[0].rep_url, w.c[1].rep_url);
@@ -306,7 +220,7 @@ static void test_hello_after_standby_lost_keeps_sessions(void **state)
     while (!(ihc_agent_connected(a) && lists(&w.c[0], "s-1") && lists(&w.c[1], "s-1"))) {
         if (th_now_ms_() > end)
             fail_msg("the coordinators never listed session s-1");
-        logpipe_skip(&lp);
+        th_logpipe_skip(&lp);
         th_sleep_ms_(5);
     }
 
@@ -316,22 +230,22 @@ static void test_hello_after_standby_lost_keeps_sessions(void **state)
     atomic_init(&c.n, 0);
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, churn_main, &c), 0);
-    logpipe_skip(&lp);
+    th_logpipe_skip(&lp);
     /* the standby goes: the agent logs the lost connection, then takes a hello 20 ms later
      * and waits at its "hello sent" line in the pipe filled meanwhile */
     th_stop(w.c[1].pid, SIGKILL, 5000);
     w.c[1].pid = 0;
-    bool lost = logpipe_until(&lp, "connection to coordinator lost", 5000);
+    bool lost = th_logpipe_until(&lp, "connection to coordinator lost", 5000);
     if (lost)
-        logpipe_fill(&lp);
+        th_logpipe_fill(&lp);
     /* the owner's burst goes out meanwhile; with the hello and the session events in order
      * it waits for the hello instead, until this deadline lets the hello go */
     (void)TH_WAIT(atomic_load(&c.bursts) > 0, 300);
-    bool sent = lost && logpipe_until(&lp, "hello sent", 5000);
+    bool sent = lost && th_logpipe_until(&lp, "hello sent", 5000);
     bool burst = TH_WAIT(atomic_load(&c.bursts) > 0, 5000);
     atomic_store(&c.stop, true);
     pthread_join(th, NULL);
-    pthread_create(&lp.drainer, NULL, logpipe_drain, &lp);
+    th_logpipe_start_drain(&lp);
     if (!lost || !sent || !burst)
         fail_msg("the agent did not %s", !lost   ? "log the standby's connection lost"
                                          : !sent ? "send a hello"
@@ -360,10 +274,7 @@ static void test_hello_after_standby_lost_keeps_sessions(void **state)
 
     ihc_agent_close(a);
     ihc_agent_log_setup(IHC_LOG_INFO, false, false, 2);
-    close(lp.fill);
-    close(lp.wr);
-    pthread_join(lp.drainer, NULL);
-    close(lp.rd);
+    th_logpipe_close(&lp);
 }
 
 int main(void)

@@ -6,6 +6,7 @@
  * registry replays them). Two fake coordinators of tests/support (nng PUB + PULL on free tcp
  * ports) play the other side. */
 #include "harness.h"
+#include "logpipe.h"
 
 #include "fake_coord.h"
 
@@ -355,101 +356,10 @@ static bool view_apply(th_fc *f, view *v, const char *marker)
 #define CHURN_LIVE   8  /* sessions the owner keeps open */
 #define CHURN_BURST  40 /* sessions begun while a hello is held between snapshot and send */
 
-/* The agent's log goes into a pipe the test fills: a line written while it is full waits
- * there. The agent logs "hello sent" between the hello's snapshot and its send; holding it
- * there opens the window the race needs, which otherwise is a few microseconds wide (in the
- * field the write of that very line, to a busy log, held it for a millisecond). */
-typedef struct {
-    int rd, wr; /* the pipe; the agent writes to wr (blocking) */
-    int fill;   /* wr opened again, non-blocking: fills the pipe up to the last byte */
-    char tail[128];
-    size_t n_tail;
-    pthread_t drainer; /* reads what the agent logs while it closes */
-} logpipe;
-
-static void logpipe_open(logpipe *lp)
-{
-    int fds[2];
-    assert_int_equal(pipe2(fds, O_CLOEXEC), 0);
-    lp->rd = fds[0];
-    lp->wr = fds[1];
-    fcntl(lp->wr, F_SETPIPE_SZ, 4096); /* less to fill; the default is kept if refused */
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/self/fd/%d", lp->wr);
-    lp->fill = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-    assert_true(lp->fill >= 0);
-    lp->n_tail = 0;
-    ihc_agent_log_setup(IHC_LOG_DEBUG, false, false, lp->wr);
-}
-
-static void *logpipe_drain(void *arg)
-{
-    logpipe *lp = arg;
-    char buf[4096];
-    while (read(lp->rd, buf, sizeof(buf)) > 0)
-        ;
-    return NULL;
-}
-
-/* Before the agent closes: its last lines must not wait for the test. */
-static void logpipe_start_drain(logpipe *lp)
-{
-    assert_int_equal(pthread_create(&lp->drainer, NULL, logpipe_drain, lp), 0);
-}
-
-/* After the agent closed: the log goes back to stderr. */
-static void logpipe_close(logpipe *lp)
-{
-    ihc_agent_log_setup(IHC_LOG_INFO, false, false, 2);
-    close(lp->fill);
-    close(lp->wr);
-    pthread_join(lp->drainer, NULL); /* the pipe's end: every writer closed */
-    close(lp->rd);
-}
-
-/* Fills the pipe: the next line the agent writes waits until the test reads. Byte by byte at
- * the end, as a line (up to PIPE_BUF) is written whole or not at all. */
-static void logpipe_fill(logpipe *lp)
-{
-    static const char x[512] = {0};
-    while (write(lp->fill, x, sizeof(x)) > 0)
-        ;
-    while (write(lp->fill, x, 1) > 0)
-        ;
-    assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
-}
-
-/* Reads the pipe until needle was seen in the agent's lines (the filler is NUL bytes);
- * false after timeout_ms. */
-static bool logpipe_until(logpipe *lp, const char *needle, int timeout_ms)
-{
-    uint64_t end = th_now_ms_() + (uint64_t)timeout_ms;
-    char buf[4096 + sizeof(lp->tail)];
-    for (;;) {
-        memcpy(buf, lp->tail, lp->n_tail);
-        size_t n = lp->n_tail;
-        struct pollfd pfd = {.fd = lp->rd, .events = POLLIN};
-        uint64_t now = th_now_ms_();
-        if (now >= end)
-            return false;
-        if (poll(&pfd, 1, (int)(end - now)) <= 0)
-            continue;
-        ssize_t r = read(lp->rd, buf + n, sizeof(buf) - n - 1);
-        if (r <= 0)
-            return false;
-        n += (size_t)r;
-        for (size_t i = 0; i < n; i++) /* the filler's NULs would end the string */
-            if (buf[i] == '\0')
-                buf[i] = ' ';
-        buf[n] = '\0';
-        if (strstr(buf, needle)) {
-            lp->n_tail = 0;
-            return true;
-        }
-        lp->n_tail = n < sizeof(lp->tail) ? n : sizeof(lp->tail);
-        memcpy(lp->tail, buf + n - lp->n_tail, lp->n_tail);
-    }
-}
+/* The agent's log goes into a pipe the test fills (tests/support/logpipe.h). The agent logs
+ * "hello sent" between the hello's snapshot and its send; holding it there opens the window
+ * the race needs, which otherwise is a few microseconds wide (in the field the write of that
+ * very line, to a busy log, held it for a millisecond). */
 
 typedef struct {
     ihc_agent *a;
@@ -501,8 +411,9 @@ static void *churn_main(void *arg)
 static void test_agent_ha_hello_in_order_with_session_events(void **state)
 {
     (void)state;
-    static logpipe lp;
-    logpipe_open(&lp);
+    static th_logpipe lp;
+    th_logpipe_open(&lp, 4096);
+    ihc_agent_log_setup(IHC_LOG_DEBUG, false, false, lp.wr);
     world w;
     open_world(&w);
     static view v[2];
@@ -521,19 +432,19 @@ static void test_agent_ha_hello_in_order_with_session_events(void **state)
     for (int round = 0; round < HELLO_ROUNDS && !stuck; round++) {
         size_t want[2] = {v[0].hellos + 1, v[1].hellos + 1};
         unsigned long bursts = atomic_load(&c.bursts);
-        logpipe_fill(&lp);
+        th_logpipe_fill(&lp);
         TH_PASS(th_fc_publish(&w.f[0], &ask));
         /* the agent logs the ask (read, so that it goes on), then takes the hello 20 ms later
          * and waits at its "hello sent" line in the pipe filled again */
-        if (!logpipe_until(&lp, "coordinator asks for a hello", 5000)) {
+        if (!th_logpipe_until(&lp, "coordinator asks for a hello", 5000)) {
             stuck = "the ask for a hello";
             break;
         }
-        logpipe_fill(&lp);
+        th_logpipe_fill(&lp);
         /* the owner's burst goes out meanwhile; with the hello and the session events in
          * order it waits for the hello instead, until this deadline lets the hello go */
         (void)TH_WAIT(atomic_load(&c.bursts) > bursts, 300);
-        if (!logpipe_until(&lp, "hello sent", 5000)) {
+        if (!th_logpipe_until(&lp, "hello sent", 5000)) {
             stuck = "the hello";
             break;
         }
@@ -583,9 +494,10 @@ static void test_agent_ha_hello_in_order_with_session_events(void **state)
                          i, theirs.ids[k], atomic_load(&c.n), v[i].hellos);
         ihc_registry_free(v[i].reg);
     }
-    logpipe_start_drain(&lp);
+    th_logpipe_start_drain(&lp);
     close_world(&w);
-    logpipe_close(&lp);
+    ihc_agent_log_setup(IHC_LOG_INFO, false, false, 2);
+    th_logpipe_close(&lp);
 }
 
 int main(void)
