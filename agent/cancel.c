@@ -90,8 +90,6 @@ static void dedupe_put(ihc__cancel *cx, uint64_t term, uint64_t id, uint64_t epo
 
 /* ---- the common part of interrupts and catch-ups ---- */
 
-static void cancel_finish(ihc_agent *a);
-
 /* Everything after fencing: cx->victims holds n claimed sessions. False when the calling thread
  * was displaced while it ran the modules (the rescue finishes the interrupt). */
 static bool cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t term, int link,
@@ -118,17 +116,13 @@ static bool cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t term,
     r->head = ihc__modules_snapshot(&a->mods, &r->nm);
     if (!ihc__modules_run(&a->mods, r->head, r->nm, r->hw, id != 0))
         return false;
-    cancel_finish(a);
+    ihc__cancel_resume(a);
     return true;
 }
 
+/* After the modules (on the receive thread, or on the rescue that took the run over): the
+ * report, callbacks, generators, escalation, cleanup of the interrupt in cx->run. */
 void ihc__cancel_resume(ihc_agent *a)
-{
-    cancel_finish(a);
-}
-
-/* After the modules: the report, callbacks, generators, escalation, cleanup. */
-static void cancel_finish(ihc_agent *a)
 {
     ihc__cancel *cx = &a->cx;
     const ihc__cancel_run *r = &cx->run;

@@ -635,6 +635,7 @@ static void timer_arm(ihc__modules *ms, uint64_t at_ns)
 static uint64_t watch(ihc__modules *ms, uint64_t now);
 static void time_out(ihc__modules *ms, ihc__module *m, uint64_t now, const char *where);
 static void run_wait(ihc__modules *ms);
+static void run_end(ihc__modules *ms, size_t listed);
 
 /* run_mu held, during an inline run: when the rescue must look at it, the earlier of the end of
  * the running module's slice (from since) and the earliest deadline of a module not done. */
@@ -646,23 +647,22 @@ static uint64_t inline_due(const ihc__modules *ms, uint64_t since)
             due = ms->run_mods[i]->deadline_ns;
     return due;
 }
-static void run_end(ihc__modules *ms, size_t listed);
 
 /* run_mu held, on the rescue thread woken by its timer: true when it has taken the current
- * run over, that is, when the receive thread is running it inline and has been in its module
- * for a slice, or a module not done passed its deadline (the watchdog then times it out). A
- * wake-up meant for an earlier module (or run) re-arms the timer instead. */
+ * run over, that is, when the receive thread is inside a module of an inline run (its record's
+ * busy_since is set; the receive thread holds run_mu between modules) and has been for a
+ * slice, or a module not done passed its deadline (the watchdog then times it out). A wake-up
+ * meant for an earlier module (or run) re-arms the timer instead. */
 static bool take_over(ihc__modules *ms)
 {
     ihc__worker *w = ms->rxw;
-    if (!ms->inline_active || ms->inline_taken || !w || !w->busy_since)
+    if (!w || !w->busy_since)
         return false;
     uint64_t due = inline_due(ms, w->busy_since);
     if (ihc_mono_ns() < due) {
         timer_arm(ms, due);
         return false;
     }
-    ms->inline_taken = true;
     w->displaced = true;
     pthread_mutex_lock(&w->mu); /* w->cur is read under it */
     ihc_log(IHC_LOG_INFO, IHC__LOG,
@@ -670,7 +670,7 @@ static bool take_over(ihc__modules *ms)
             "another thread module=%s hw=%s",
             w->cur ? w->cur->name : "-", ms->run_hw ? ms->run_hw : "-");
     pthread_mutex_unlock(&w->mu);
-    ms->rxw = NULL;          /* the displaced thread owns its record now; the next gets another */
+    ms->rxw = NULL; /* the displaced thread owns its record now; the next rescue brings another */
     ms->rescue_live = false; /* this thread leaves the rescue role: respawn starts another */
     return true;
 }
@@ -741,7 +741,6 @@ static bool run_inline(ihc__modules *ms, const char *hw_in)
     char hw[IHC_HW_MAX + 1];
     snprintf(hw, sizeof(hw), "%s", hw_in);
     ihc__worker *w = ms->rxw;
-    ms->inline_active = true;
     timer_arm(ms, inline_due(ms, ms->run_t0));
     while (ms->run_next < ms->run_n) {
         ihc__module *m = ms->run_mods[ms->run_next++];
@@ -770,7 +769,6 @@ static bool run_inline(ihc__modules *ms, const char *hw_in)
             return false;
         }
     }
-    ms->inline_active = false;
     timer_arm(ms, 0);
     return true;
 }
@@ -911,7 +909,6 @@ static void run_end(ihc__modules *ms, size_t listed)
         }
     ms->run_n = ms->run_next = 0; /* late workers find nothing left */
     ms->run_hw = NULL;
-    ms->inline_active = ms->inline_taken = false;
 }
 
 void ihc__modules_respawn(ihc__modules *ms, ihc__module *head, size_t n)

@@ -78,10 +78,10 @@ typedef struct {
     const char *run_hw;
     bool high_priority;
     /* under run_mu: inline runs and their rescue */
-    int tfd;            /* the rescue's timerfd (CLOCK_MONOTONIC), -1 before the first */
-    ihc__worker *rxw;   /* the receive thread's record while it runs a module inline */
-    bool inline_active; /* the receive thread is running the current run inline */
-    bool inline_taken;  /* ... and the rescue has taken the run over */
+    int tfd; /* the rescue's timerfd (CLOCK_MONOTONIC), -1 before the first */
+    /* the receive thread's record for inline runs (NULL from a takeover until the next
+     * rescue starts); its busy_since is non-zero exactly while it is inside a module */
+    ihc__worker *rxw;
     bool rescue_live, rescue_quit;
     pthread_t rescue;
     void (*on_taken)(void *arg); /* on the rescue thread, after a run it took over ended */

@@ -11,8 +11,10 @@
  * standbys keep a warm registry; a report goes to the coordinator whose PUB connection
  * brought the interrupt (the SUB pipe's dialer names it).
  *
- * Sending: PUSH runs unbuffered (NNG_OPT_SENDBUF 0) and one nng_aio per coordinator carries
- * one message at a time; the others wait in the transport's own queue. nng 1.5.2 leaks a message
+ * Sending: PUSH runs unbuffered (NNG_OPT_SENDBUF 0). A message goes to an idle pipe at once
+ * with a non-blocking send when nothing of its coordinator waits or is in flight (no
+ * completion for nng's task threads); otherwise one nng_aio per coordinator carries one
+ * message at a time and the others wait in the transport's own queue. nng 1.5.2 leaks a message
  * that push0 hands to a pipe whose send aio was closed (fixed upstream after 1.5.2: "SP pipe_send
  * leaks message if aio is canceled"), which happens when the socket closes while push0 still holds
  * queued messages for a live pipe. Kept here instead, nothing is left inside nng at close:
@@ -38,7 +40,6 @@
 #define LOG_COMP         "agent"
 #define RX_RETRY_MS      20   /* pause after a failed receive */
 #define RX_IDLE_MAX_MS   1000 /* longest sleep of the receive thread */
-#define RX_BATCH         IHC__RX_BATCH
 #define RECONNECT_MIN_MS 50
 #define RECONNECT_MAX_MS 1000
 #define RECV_QUEUE       1024
@@ -387,13 +388,13 @@ static int wait_ms(uint64_t now, uint64_t due)
  * when the socket is closed. */
 static bool take_batch(ihc__transport *t)
 {
-    nng_msg *got[RX_BATCH];
+    nng_msg *got[IHC__RX_BATCH];
     size_t n = 0;
     nng_msg *msg;
     int rv = 0;
-    while (n < RX_BATCH && (rv = nng_recvmsg(t->sub, &msg, NNG_FLAG_NONBLOCK)) == 0)
+    while (n < IHC__RX_BATCH && (rv = nng_recvmsg(t->sub, &msg, NNG_FLAG_NONBLOCK)) == 0)
         got[n++] = msg;
-    t->more = n == RX_BATCH;
+    t->more = n == IHC__RX_BATCH;
     t->bt0 = ihc_mono_ns();
     t->bi = t->bn = 0;
     for (size_t i = 0; i < n; i++)
