@@ -7,18 +7,15 @@
  * next one). The hello is held at its "hello sent" log line: the agent logs at DEBUG into a
  * pipe the test fills. */
 #include "harness.h"
+#include "churn.h"
 #include "logpipe.h"
 
 #include "agent_int.h"
 #include "err.h"
 #include "ihc/agent.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
-#include <poll.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -123,51 +120,12 @@ static bool lists(const coord *c, const char *id)
     return ok;
 }
 
-/* ---- the owner ---- */
-
-typedef struct {
-    ihc_agent *a;
-    atomic_bool stop;
-    atomic_ulong bursts, n;
-} churn;
-
-static bool churn_wait_hello(churn *c, bool asked)
-{
-    while (atomic_load(&c->a->need_hello) != asked)
-        if (atomic_load(&c->stop))
-            return false;
-        else
-            sched_yield();
-    return true;
-}
-
 static void begin(ihc_agent *a, const char *sid, const char *hw)
 {
     ihc_token *t = NULL;
     ihc_session_opts so = {.session_id = sid, .hw = hw};
     TH_PASS(ihc_agent_session_begin(a, &so, &t, NULL, 0));
     ihc_token_release(t);
-}
-
-/* One burst of sessions as the agent takes a hello (it clears need_hello right before the
- * snapshot), keeping CHURN_LIVE open. */
-static void *churn_main(void *arg)
-{
-    churn *c = arg;
-    char sid[32];
-    if (churn_wait_hello(c, true) && churn_wait_hello(c, false)) {
-        for (unsigned long n = 0; n < CHURN_BURST; n++) {
-            snprintf(sid, sizeof(sid), "c-%lu", n);
-            begin(c->a, sid, "dev-churn");
-            if (n >= CHURN_LIVE) {
-                snprintf(sid, sizeof(sid), "c-%lu", n - CHURN_LIVE);
-                TH_PASS(ihc_agent_session_end(c->a, sid));
-            }
-            atomic_store(&c->n, n + 1);
-        }
-        atomic_fetch_add(&c->bursts, 1);
-    }
-    return NULL;
 }
 
 static int setup(void **state)
@@ -224,12 +182,9 @@ static void test_hello_after_standby_lost_keeps_sessions(void **state)
         th_sleep_ms_(5);
     }
 
-    churn c = {.a = a};
-    atomic_init(&c.stop, false);
-    atomic_init(&c.bursts, 0);
-    atomic_init(&c.n, 0);
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, churn_main, &c), 0);
+    /* one burst of sessions as the agent takes its hello (tests/support/churn.h) */
+    th_churn c = {.a = a, .live = CHURN_LIVE, .burst = CHURN_BURST};
+    th_churn_start(&c);
     th_logpipe_skip(&lp);
     /* the standby goes: the agent logs the lost connection, then takes a hello 20 ms later
      * and waits at its "hello sent" line in the pipe filled meanwhile */
@@ -243,8 +198,7 @@ static void test_hello_after_standby_lost_keeps_sessions(void **state)
     (void)TH_WAIT(atomic_load(&c.bursts) > 0, 300);
     bool sent = lost && th_logpipe_until(&lp, "hello sent", 5000);
     bool burst = TH_WAIT(atomic_load(&c.bursts) > 0, 5000);
-    atomic_store(&c.stop, true);
-    pthread_join(th, NULL);
+    th_churn_stop(&c);
     th_logpipe_start_drain(&lp);
     if (!lost || !sent || !burst)
         fail_msg("the agent did not %s", !lost   ? "log the standby's connection lost"

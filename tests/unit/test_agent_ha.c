@@ -6,6 +6,7 @@
  * registry replays them). Two fake coordinators of tests/support (nng PUB + PULL on free tcp
  * ports) play the other side. */
 #include "harness.h"
+#include "churn.h"
 #include "logpipe.h"
 
 #include "fake_coord.h"
@@ -17,9 +18,6 @@
 #include "registry.h"
 #include "wire.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -359,50 +357,8 @@ static bool view_apply(th_fc *f, view *v, const char *marker)
 /* The agent's log goes into a pipe the test fills (tests/support/logpipe.h). The agent logs
  * "hello sent" between the hello's snapshot and its send; holding it there opens the window
  * the race needs, which otherwise is a few microseconds wide (in the field the write of that
- * very line, to a busy log, held it for a millisecond). */
-
-typedef struct {
-    ihc_agent *a;
-    view *v;
-    atomic_bool stop;
-    atomic_ulong bursts; /* bursts done */
-    atomic_ulong n;      /* sessions begun */
-} churn;
-
-/* Waits until the agent's need_hello is as given (or the test stops); false when stopped. */
-static bool churn_wait_hello(churn *c, bool asked)
-{
-    while (atomic_load(&c->a->need_hello) != asked)
-        if (atomic_load(&c->stop))
-            return false;
-        else
-            sched_yield();
-    return true;
-}
-
-/* An owner beginning sessions one after the other, ending the oldest beyond CHURN_LIVE, in
- * bursts that start as the agent takes a hello (it clears need_hello right before the
- * snapshot): sessions begun and ended between the hello's snapshot and its send. */
-static void *churn_main(void *arg)
-{
-    churn *c = arg;
-    char sid[32];
-    while (churn_wait_hello(c, true) && churn_wait_hello(c, false)) {
-        for (int k = 0; k < CHURN_BURST; k++) {
-            unsigned long n = atomic_load(&c->n);
-            snprintf(sid, sizeof(sid), "c-%lu", n);
-            begin(c->a, sid, "dev-churn");
-            if (n >= CHURN_LIVE) {
-                snprintf(sid, sizeof(sid), "c-%lu", n - CHURN_LIVE);
-                TH_PASS(ihc_agent_session_end(c->a, sid));
-            }
-            atomic_store(&c->n, n + 1);
-        }
-        atomic_fetch_add(&c->bursts, 1);
-    }
-    return NULL;
-}
-
+ * very line, to a busy log, held it for a millisecond). An owner (tests/support/churn.h)
+ * begins and ends sessions in that window. */
 /* Hellos asked for while an owner begins and ends sessions: each coordinator's view, built
  * from the messages in the order they came, ends up as the agent's own sessions. A
  * session_begin sent ahead of a hello snapshotted before it would be wiped by that hello (a
@@ -419,12 +375,12 @@ static void test_agent_ha_hello_in_order_with_session_events(void **state)
     static view v[2];
     view_open(&v[0]);
     view_open(&v[1]);
-    churn c = {.a = w.a, .v = v};
-    atomic_init(&c.stop, false);
-    atomic_init(&c.bursts, 0);
-    atomic_init(&c.n, 0);
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, churn_main, &c), 0);
+    th_churn c = {.a = w.a,
+                  .module = "text_processing",
+                  .live = CHURN_LIVE,
+                  .burst = CHURN_BURST,
+                  .repeat = true};
+    th_churn_start(&c);
     ihc_msg ask = {.type = IHC_MSG_SYNC};
     ask.u.sync.agent = AGENT_ID;
     ask.u.sync.hello = true;
@@ -461,8 +417,7 @@ static void test_agent_ha_hello_in_order_with_session_events(void **state)
             sched_yield();
         }
     }
-    atomic_store(&c.stop, true);
-    pthread_join(th, NULL);
+    th_churn_stop(&c);
     if (stuck)
         fail_msg("%s did not come within 5 s (hellos %zu and %zu, dropped sends %llu)", stuck,
                  v[0].hellos, v[1].hellos, (unsigned long long)ihc__transport_drops(&w.a->tp));
