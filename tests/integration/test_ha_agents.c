@@ -22,75 +22,22 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-typedef struct {
-    int pub, rep, ctl, http;
-    char pub_url[64], rep_url[64], ctl_url[64], http_addr[64], log[4300];
-    pid_t pid;
-} coord;
-
 static struct {
     th_redis redis;
     char *dir;
-    coord c[2];
+    th_coord c[2];
     pid_t agents[2];
     char agent_log[2][4300];
 } w;
 
-static void coord_ports(coord *c, const char *dir, const char *name)
-{
-    c->pub = th_free_port();
-    c->rep = th_free_port();
-    c->ctl = th_free_port();
-    c->http = th_free_port();
-    snprintf(c->pub_url, sizeof c->pub_url, "tcp://127.0.0.1:%d", c->pub);
-    snprintf(c->rep_url, sizeof c->rep_url, "tcp://127.0.0.1:%d", c->rep);
-    snprintf(c->ctl_url, sizeof c->ctl_url, "tcp://127.0.0.1:%d", c->ctl);
-    snprintf(c->http_addr, sizeof c->http_addr, "127.0.0.1:%d", c->http);
-    snprintf(c->log, sizeof c->log, "%s/%s.log", dir, name);
-}
-
-/* Starts a coordinator on c's ports named id (IHC_COORDINATOR_ID). Waits for /healthz. */
-static void coord_start(coord *c, const char *redis_url, const char *id)
-{
-    char *argv[] = {(char *)th_bin("ihc-coordinator"),
-                    "--pub",
-                    c->pub_url,
-                    "--report",
-                    c->rep_url,
-                    "--control",
-                    c->ctl_url,
-                    "--http",
-                    c->http_addr,
-                    "--redis",
-                    (char *)redis_url,
-                    NULL};
-    char idenv[96];
-    snprintf(idenv, sizeof idenv, "IHC_COORDINATOR_ID=%s", id);
-    char *env[] = {"INTERRUPT_TIMEOUT=3.0",
-                   "IHC_AGENT_TTL=3",
-                   "SESSION_CLEANUP_DELAY=0.3",
-                   "IHC_HEARTBEAT_INTERVAL=0.2",
-                   "IHC_REDIS_TIMEOUT_MS=300",
-                   "IHC_LEASE_TTL=1",
-                   idenv,
-                   NULL};
-    c->pid = th_spawn(argv, c->log, env);
-    assert_true(c->pid > 0);
-    if (!TH_WAIT(th_http(c->http, "GET", "/healthz", NULL, NULL, NULL) == 200, 10000)) {
-        th_log_tail(c->log, 30);
-        fail_msg("coordinator did not answer GET /healthz (log %s)", c->log);
-    }
-}
-
-/* True when c says it leads. */
-static bool leads(const coord *c)
-{
-    char *body = NULL;
-    bool ok = th_http(c->http, "GET", "/healthz", NULL, NULL, &body) == 200 && body &&
-              strstr(body, "\"role\":\"leader\"") != NULL;
-    free(body);
-    return ok;
-}
+/* The coordinators' settings: short timers, so that the test's failovers are quick. */
+static const char *const coord_env[] = {"INTERRUPT_TIMEOUT=3.0",
+                                        "IHC_AGENT_TTL=3",
+                                        "SESSION_CLEANUP_DELAY=0.3",
+                                        "IHC_HEARTBEAT_INTERVAL=0.2",
+                                        "IHC_REDIS_TIMEOUT_MS=300",
+                                        "IHC_LEASE_TTL=1",
+                                        NULL};
 
 static pid_t agent_start(const char *id, const char *hws, const char *pubs, const char *reports,
                          const char *log)
@@ -140,7 +87,7 @@ static int teardown(void **state)
     return 0;
 }
 
-static bool agent_listed(const coord *c, const char *id)
+static bool agent_listed(const th_coord *c, const char *id)
 {
     char *body = NULL;
     bool ok = th_http(c->http, "GET", "/v1/agents", NULL, NULL, &body) == 200 && body &&
@@ -149,7 +96,7 @@ static bool agent_listed(const coord *c, const char *id)
     return ok;
 }
 
-static size_t active_sessions(const coord *c, const char *hw)
+static size_t active_sessions(const th_coord *c, const char *hw)
 {
     char path[96], *body = NULL;
     snprintf(path, sizeof path, "/v1/sessions?hardware_id=%s", hw);
@@ -162,7 +109,7 @@ static size_t active_sessions(const coord *c, const char *hw)
 }
 
 /* POST /v1/interrupt on c; the parsed answer (caller frees). */
-static json_t *interrupt_on(const coord *c, const char *hw)
+static json_t *interrupt_on(const th_coord *c, const char *hw)
 {
     char body[128], *resp = NULL;
     snprintf(body, sizeof body, "{\"hardware_id\":\"%s\",\"timeout_ms\":3000}", hw);
@@ -223,12 +170,12 @@ static void test_ha_two_coordinators(void **state)
 {
     (void)state;
     assert_int_equal(th_redis_start(&w.redis), 0);
-    coord_ports(&w.c[0], w.dir, "coord-a");
-    coord_ports(&w.c[1], w.dir, "coord-b");
-    coord_start(&w.c[0], w.redis.url, "coord-a");
-    assert_true(TH_WAIT(leads(&w.c[0]), 10000));
-    coord_start(&w.c[1], w.redis.url, "coord-b");
-    assert_false(leads(&w.c[1]));
+    th_coord_ports(&w.c[0], w.dir, "coord-a");
+    th_coord_ports(&w.c[1], w.dir, "coord-b");
+    th_coord_start(&w.c[0], w.redis.url, "coord-a", coord_env);
+    assert_true(TH_WAIT(th_coord_leads(&w.c[0]), 10000));
+    th_coord_start(&w.c[1], w.redis.url, "coord-b", coord_env);
+    assert_false(th_coord_leads(&w.c[1]));
 
     char pubs[160], reports[160];
     snprintf(pubs, sizeof pubs, "%s,%s", w.c[0].pub_url, w.c[1].pub_url);
@@ -297,7 +244,7 @@ static void test_ha_two_coordinators(void **state)
     }
     fprintf(stderr, "take-over: an interrupt answered by both agents %.2f s after the SIGKILL\n",
             (double)(th_now_ms_() - t0) / 1000.0);
-    assert_true(leads(&w.c[1]));
+    assert_true(th_coord_leads(&w.c[1]));
     for (int i = 0; i < 2; i++) {
         assert_int_equal(handled_count(w.agent_log[i], id, "dev-1"), 1);
         assert_true(th_log_has(w.agent_log[i], "leader term now 2", 0));
@@ -428,9 +375,9 @@ static void test_ha_sentinel_failover(void **state)
     char url[160];
     snprintf(url, sizeof url, "redis-sentinel://127.0.0.1:%d,127.0.0.1:%d/ihcmaster/0",
              th_free_port(), sentinel.port); /* the first sentinel is down: passed over */
-    coord *c = &w.c[0];
-    coord_ports(c, w.dir, "coord-sentinel");
-    coord_start(c, url, "coord-sentinel");
+    th_coord *c = &w.c[0];
+    th_coord_ports(c, w.dir, "coord-sentinel");
+    th_coord_start(c, url, "coord-sentinel", coord_env);
     snprintf(w.agent_log[0], sizeof w.agent_log[0], "%s/agent-s.log", w.dir);
     w.agents[0] = agent_start("sentinel-agent", "dev-1", c->pub_url, c->rep_url, w.agent_log[0]);
     assert_true(TH_WAIT(active_sessions(c, "dev-1") == 1, 15000));

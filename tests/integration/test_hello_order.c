@@ -27,64 +27,23 @@
 #define CHURN_LIVE  8  /* sessions the owner keeps open */
 #define CHURN_BURST 40 /* sessions begun while the hello is held */
 
-typedef struct {
-    int pub, rep, ctl, http;
-    char pub_url[64], rep_url[64], ctl_url[64], http_addr[64], log[4300];
-    pid_t pid;
-} coord;
-
 static struct {
     th_redis redis;
     char *dir;
-    coord c[2];
+    th_coord c[2];
 } w;
 
-static void coord_start(coord *c, const char *name)
+/* A coordinator named name on fresh ports, against the test's Redis. */
+static void coord_start(th_coord *c, const char *name)
 {
-    c->pub = th_free_port();
-    c->rep = th_free_port();
-    c->ctl = th_free_port();
-    c->http = th_free_port();
-    snprintf(c->pub_url, sizeof c->pub_url, "tcp://127.0.0.1:%d", c->pub);
-    snprintf(c->rep_url, sizeof c->rep_url, "tcp://127.0.0.1:%d", c->rep);
-    snprintf(c->ctl_url, sizeof c->ctl_url, "tcp://127.0.0.1:%d", c->ctl);
-    snprintf(c->http_addr, sizeof c->http_addr, "127.0.0.1:%d", c->http);
-    snprintf(c->log, sizeof c->log, "%s/%s.log", w.dir, name);
-    char *argv[] = {(char *)th_bin("ihc-coordinator"),
-                    "--pub",
-                    c->pub_url,
-                    "--report",
-                    c->rep_url,
-                    "--control",
-                    c->ctl_url,
-                    "--http",
-                    c->http_addr,
-                    "--redis",
-                    w.redis.url,
-                    NULL};
-    char idenv[96];
-    snprintf(idenv, sizeof idenv, "IHC_COORDINATOR_ID=%s", name);
-    char *env[] = {"IHC_AGENT_TTL=30", "IHC_LEASE_TTL=1", idenv, NULL};
-    c->pid = th_spawn(argv, c->log, env);
-    assert_true(c->pid > 0);
-    if (!TH_WAIT(th_http(c->http, "GET", "/healthz", NULL, NULL, NULL) == 200, 10000)) {
-        th_log_tail(c->log, 30);
-        fail_msg("coordinator did not answer GET /healthz (log %s)", c->log);
-    }
-}
-
-static bool leads(const coord *c)
-{
-    char *body = NULL;
-    bool ok = th_http(c->http, "GET", "/healthz", NULL, NULL, &body) == 200 && body &&
-              strstr(body, "\"role\":\"leader\"") != NULL;
-    free(body);
-    return ok;
+    static const char *const env[] = {"IHC_AGENT_TTL=30", "IHC_LEASE_TTL=1", NULL};
+    th_coord_ports(c, w.dir, name);
+    th_coord_start(c, w.redis.url, name, env);
 }
 
 /* The session ids c lists for AGENT_ID (GET /v1/sessions), as a JSON array (caller frees);
  * NULL when c did not answer. */
-static json_t *listed(const coord *c)
+static json_t *listed(const th_coord *c)
 {
     char *body = NULL;
     json_t *ids = NULL;
@@ -112,7 +71,7 @@ static bool has(const json_t *ids, const char *id)
     return false;
 }
 
-static bool lists(const coord *c, const char *id)
+static bool lists(const th_coord *c, const char *id)
 {
     json_t *ids = listed(c);
     bool ok = ids && has(ids, id);
@@ -153,7 +112,7 @@ static void test_hello_after_standby_lost_keeps_sessions(void **state)
 {
     (void)state;
     coord_start(&w.c[0], "c1");
-    if (!TH_WAIT(leads(&w.c[0]), 10000))
+    if (!TH_WAIT(th_coord_leads(&w.c[0]), 10000))
         fail_msg("c1 never led (log %s)", w.c[0].log);
     coord_start(&w.c[1], "c2");
 

@@ -699,3 +699,59 @@ void th_close(int sock_id)
     if (ihc_sock_close(s, atomic_load(&wedged) ? 100 : 5000, "test", "test") == IHC_ETIMEDOUT)
         atomic_store(&wedged, true);
 }
+
+/* ---- a coordinator ---- */
+
+void th_coord_ports(th_coord *c, const char *dir, const char *name)
+{
+    c->pub = th_free_port();
+    c->rep = th_free_port();
+    c->ctl = th_free_port();
+    c->http = th_free_port();
+    snprintf(c->pub_url, sizeof c->pub_url, "tcp://127.0.0.1:%d", c->pub);
+    snprintf(c->rep_url, sizeof c->rep_url, "tcp://127.0.0.1:%d", c->rep);
+    snprintf(c->ctl_url, sizeof c->ctl_url, "tcp://127.0.0.1:%d", c->ctl);
+    snprintf(c->http_addr, sizeof c->http_addr, "127.0.0.1:%d", c->http);
+    snprintf(c->log, sizeof c->log, "%s/%s.log", dir, name);
+}
+
+void th_coord_start(th_coord *c, const char *redis_url, const char *id, const char *const *env)
+{
+    char *argv[] = {(char *)th_bin("ihc-coordinator"),
+                    "--pub",
+                    c->pub_url,
+                    "--report",
+                    c->rep_url,
+                    "--control",
+                    c->ctl_url,
+                    "--http",
+                    c->http_addr,
+                    "--redis",
+                    (char *)redis_url,
+                    NULL};
+    char idenv[96];
+    snprintf(idenv, sizeof idenv, "IHC_COORDINATOR_ID=%s", id);
+    char *all[16];
+    size_t n = 0;
+    for (; env && env[n]; n++) {
+        assert_true(n < 14);
+        all[n] = (char *)env[n];
+    }
+    all[n++] = idenv;
+    all[n] = NULL;
+    c->pid = th_spawn(argv, c->log, all);
+    assert_true(c->pid > 0);
+    if (!TH_WAIT(th_http(c->http, "GET", "/healthz", NULL, NULL, NULL) == 200, 10000)) {
+        th_log_tail(c->log, 30);
+        fail_msg("coordinator did not answer GET /healthz (log %s)", c->log);
+    }
+}
+
+bool th_coord_leads(const th_coord *c)
+{
+    char *body = NULL;
+    bool ok = th_http(c->http, "GET", "/healthz", NULL, NULL, &body) == 200 && body &&
+              strstr(body, "\"role\":\"leader\"") != NULL;
+    free(body);
+    return ok;
+}

@@ -156,4 +156,20 @@ bool th_fd_read_until(int fd, const char *needle, int timeout_ms, char **seen);
 int th_control(const char *url, const char *op, const char *hw, const char *reason,
                int64_t timeout_ms, char **json);
 
+/* An ihc-coordinator started by a test on free ports, its log in a file. */
+typedef struct {
+    int pub, rep, ctl, http;
+    char pub_url[64], rep_url[64], ctl_url[64], http_addr[64], log[4300];
+    pid_t pid;
+} th_coord;
+
+/* Picks c's free ports (URLs on 127.0.0.1) and its log file dir/name.log. */
+void th_coord_ports(th_coord *c, const char *dir, const char *name);
+/* Starts ihc-coordinator on c's ports against redis_url, as IHC_COORDINATOR_ID=id, with the
+ * settings env ("KEY=value", NULL-terminated, at most 14; NULL: none), and waits for its
+ * GET /healthz (the test fails with the log's tail when it does not answer in 10 s). */
+void th_coord_start(th_coord *c, const char *redis_url, const char *id, const char *const *env);
+/* True when c says (GET /healthz) it leads. */
+bool th_coord_leads(const th_coord *c);
+
 #endif
