@@ -73,6 +73,18 @@ fail() {
   for l in "$@"; do printf '     %s\n' "$l"; done
   FAIL=$((FAIL + 1))
 }
+# verdict NAME DETAIL [CONTEXT…]: PASS "NAME (DETAIL)" when the caller's problems array is
+# empty, else FAIL NAME with each problem, then the context lines. (A check whose context
+# costs a request on the coordinator builds it only when failing, with pass/fail itself.)
+verdict() {
+  local name=$1 detail=$2
+  shift 2
+  if [ ${#problems[@]} -eq 0 ]; then
+    pass "$name${detail:+ ($detail)}"
+  else
+    fail "$name" "${problems[@]}" "$@"
+  fi
+}
 
 finish() {
   local rc=$?
@@ -244,11 +256,7 @@ test_shared() {
   # Exactly that hardware_id: dev-1's session on node-1 runs on.
   [ -n "$dev1" ] && [ "$(sessions dev-1 node-1)" = "$dev1" ] ||
     problems+=("dev-1 session changed: was '$dev1', now '$(sessions dev-1 node-1)'")
-  if [ ${#problems[@]} -eq 0 ]; then
-    pass "$name ($(jget .total_time_ms "$res") ms)"
-  else
-    fail "$name" "${problems[@]}" "result: $res"
-  fi
+  verdict "$name" "$(jget .total_time_ms "$res") ms" "result: $res"
   LAST_ID=$(jget '.interrupt_id // 0' "$res")
 }
 
@@ -272,11 +280,7 @@ test_cutoff() {
   [ "$(jsorted .agents.answered "$res")" = '["node-1","node-2"]' ] ||
     problems+=("answered: $(jgetc .agents.answered "$res")")
   [ "$elapsed" -lt 4000 ] || problems+=("answer took $elapsed ms with timeout_ms 2000")
-  if [ ${#problems[@]} -eq 0 ]; then
-    pass "$name ($elapsed ms)"
-  else
-    fail "$name" "${problems[@]}" "result: $res"
-  fi
+  verdict "$name" "$elapsed ms" "result: $res"
   LAST_ID=$(jget '.interrupt_id // 0' "$res")
   epoch=$(jget '.epoch // 0' "$res")
 
@@ -384,11 +388,7 @@ test_coordinator_restart() {
   local id
   id=$(jget '.interrupt_id // 0' "$res")
   [ "$id" -gt "$prev" ] 2>/dev/null || problems+=("interrupt id $id does not continue after $prev")
-  if [ ${#problems[@]} -eq 0 ]; then
-    pass "$name (id $prev -> $id)"
-  else
-    fail "$name" "${problems[@]}" "result: $res"
-  fi
+  verdict "$name" "id $prev -> $id" "result: $res"
   LAST_ID=$id
 }
 
@@ -405,11 +405,7 @@ test_agent_restart() {
   [ "$(jget .success "$res")" = true ] || problems+=("interrupt of dev-2 failed")
   [ "$(jgetc .agents.answered "$res")" = '["node-2"]' ] ||
     problems+=("answered: $(jgetc .agents.answered "$res")")
-  if [ ${#problems[@]} -eq 0 ]; then
-    pass "$name (pid $old -> ${AGENT_PID[2]})"
-  else
-    fail "$name" "${problems[@]}" "result: $res"
-  fi
+  verdict "$name" "pid $old -> ${AGENT_PID[2]}" "result: $res"
 }
 
 test_throttled() {
@@ -424,11 +420,7 @@ test_throttled() {
     problems+=("answered: $(jgetc .agents.answered "$res")")
   ns_unthrottle 0
   ns_unthrottle 1
-  if [ ${#problems[@]} -eq 0 ]; then
-    pass "$name ($(jget .total_time_ms "$res") ms)"
-  else
-    fail "$name" "${problems[@]}" "result: $res"
-  fi
+  verdict "$name" "$(jget .total_time_ms "$res") ms" "result: $res"
 }
 
 # ---- high availability: two coordinators on one Redis ------------------------------------
@@ -662,11 +654,7 @@ test_failover() {
   local summary
   summary="killed coord-$L, coord-$S led (term $term0 -> $term1); $sent requests: $answered answered ($succeeded succeeded), $refused refused (slowest refusal ${maxref} ms); $during sent or pending in the gap; gap ${gap} ms (sent) / ${gap_ans} ms (answered); longest request ${maxdur} ms; ids up to $before_max before, from $after_min after"
   log "failover: $summary"
-  if [ ${#problems[@]} -eq 0 ]; then
-    pass "$name ($summary)"
-  else
-    fail "$name" "${problems[@]}" "$summary"
-  fi
+  verdict "$name" "$summary" "$summary"
 }
 
 # redis_cut HOST / redis_heal HOST: HOST can no longer talk to Redis (host 0, port 6379), in
@@ -759,11 +747,7 @@ test_partition() {
   local summary
   summary="cut coord-$L (term $term0): it answered ${#late_ids[@]} interrupts (ids ${late_ids[*]:-none}) then refused after ${stop_ms} ms; coord-$S led after ${take_ms} ms (term $term1); FENCED replies from Redis after the heal: $((fenced1 - fenced0)); $(grep -oE 'not leading any more term=[0-9]+ .*' "$(coord_log "$L")" | tail -1)"
   log "partition: $summary"
-  if [ ${#problems[@]} -eq 0 ]; then
-    pass "$name ($summary)"
-  else
-    fail "$name" "${problems[@]}" "$summary"
-  fi
+  verdict "$name" "$summary" "$summary"
   unset -f fenced_more
   redis_heal "$L"
 }
@@ -867,11 +851,7 @@ CONF
   local summary
   summary="primary killed: sentinel named the replica after ${promoted_ms} ms, an interrupt was answered and written to it after ${ok_ms} ms (id $id0 -> $id1, term $term0 -> $term1)"
   log "sentinel: $summary"
-  if [ ${#problems[@]} -eq 0 ]; then
-    pass "$name ($summary)"
-  else
-    fail "$name" "${problems[@]}" "$summary"
-  fi
+  verdict "$name" "$summary" "$summary"
 }
 
 # exited PID: the process ended (gone, or a zombie waiting for `wait`).
@@ -900,11 +880,7 @@ test_shutdown() {
     grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:|ThreadSanitizer' "$f" &&
       problems+=("sanitizer report in $f")
   done
-  if [ ${#problems[@]} -eq 0 ]; then
-    pass "$name"
-  else
-    fail "$name" "${problems[@]}"
-  fi
+  verdict "$name" ""
 }
 
 # ---- main -------------------------------------------------------------------------------
