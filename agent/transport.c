@@ -24,6 +24,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "nbio.h"
 #include "thread.h"
 #include "tls.h"
 #include "wire.h"
@@ -256,8 +257,7 @@ static bool send_now(ihc__txlink *l, nng_msg *m)
 {
     ihc__transport *t = l->t;
     pthread_mutex_lock(&t->tx_mu);
-    bool sent =
-        !t->tx_stop && !l->busy && !l->head && nng_sendmsg(l->push, m, NNG_FLAG_NONBLOCK) == 0;
+    bool sent = !t->tx_stop && !l->busy && !l->head && ihc_nb_send(l->push, t->now_aio, m) == 0;
     pthread_mutex_unlock(&t->tx_mu);
     return sent;
 }
@@ -392,7 +392,7 @@ static bool take_batch(ihc__transport *t)
     size_t n = 0;
     nng_msg *msg;
     int rv = 0;
-    while (n < IHC__RX_BATCH && (rv = nng_recvmsg(t->sub, &msg, NNG_FLAG_NONBLOCK)) == 0)
+    while (n < IHC__RX_BATCH && (rv = ihc_nb_recv(t->sub, t->rx_aio, &msg)) == 0)
         got[n++] = msg;
     t->more = n == IHC__RX_BATCH;
     t->bt0 = ihc_mono_ns();
@@ -561,6 +561,7 @@ static int open_sub(ihc__transport *t, const char *topic, size_t tlen)
         (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, "hw:*", 5)) != 0 ||
         (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, topic, tlen)) != 0 ||
         (rv = nng_socket_get_int(t->sub, NNG_OPT_RECVFD, &t->recv_fd)) != 0 ||
+        (rv = nng_aio_alloc(&t->rx_aio, NULL, NULL)) != 0 ||
         (rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_ADD_POST, on_sub_pipe, t)) != 0 ||
         (rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_REM_POST, on_sub_pipe, t)) != 0)
         return sock_fail(rv);
@@ -643,6 +644,10 @@ int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *repo
     }
     if ((rc = init_sync(t)) != IHC_OK)
         goto out;
+    if (nng_aio_alloc(&t->now_aio, NULL, NULL) != 0) {
+        rc = IHC_ENOMEM;
+        goto out;
+    }
     if ((rc = open_sub(t, topic, tlen)) != IHC_OK)
         goto out;
     for (size_t i = 0; i < pubs.n; i++) {
@@ -699,8 +704,10 @@ void ihc__transport_fini(ihc__transport *t, int timeout_ms)
     if (!t->tx_init)
         return;
     ihc__transport_stop_rx(t);
-    /* The receive side holds no aio (non-blocking receives, with no timeout for nng's expiry
-     * thread to keep): nothing to free before the SUB socket closes. */
+    /* the receive side's aio never waits (common/nbio.h): nothing to cancel, and no thread
+     * uses it once the receive role has ended */
+    nng_aio_free(t->rx_aio);
+    t->rx_aio = NULL;
     pthread_mutex_lock(&t->wake_mu);
     if (t->wake_fd >= 0)
         close(t->wake_fd);
@@ -720,6 +727,8 @@ void ihc__transport_fini(ihc__transport *t, int timeout_ms)
         nng_aio_free(l->aio); /* before the PUSH socket, as above */
         l->aio = NULL;
     }
+    nng_aio_free(t->now_aio); /* idle: tx_stop is set, so send_now no longer uses it */
+    t->now_aio = NULL;
     if (t->sub_open)
         nng_close(t->sub);
     t->sub_open = false;

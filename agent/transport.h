@@ -68,9 +68,10 @@ struct ihc__transport {
     ihc__txlink links[IHC_URL_LIST_MAX];
     size_t n_links;
     /* the receive thread waits in poll() on SUB's NNG_OPT_RECVFD and wake_fd (an eventfd),
-     * then takes messages without blocking: no timed nng aio (each would wake nng's expiry
-     * thread), no aio to cancel */
+     * then takes messages without blocking (common/nbio.h) on rx_aio, which never waits: no
+     * timed nng aio (each would wake nng's expiry thread), nothing to cancel */
     int recv_fd, wake_fd;
+    nng_aio *rx_aio;
     pthread_mutex_t wake_mu; /* a wake's write against wake_fd's close; rx, rx_done */
     pthread_cond_t rx_cv;    /* rx_done set */
     pthread_t rx;            /* the receive thread (it may be handed on: rx_resume) */
@@ -87,6 +88,7 @@ struct ihc__transport {
      * nng's queues when a socket closes */
     pthread_mutex_t tx_mu;
     pthread_cond_t tx_cv; /* signalled when a queue runs empty */
+    nng_aio *now_aio;     /* send_now's, under tx_mu */
     bool tx_init, tx_stop;
     atomic_uint_fast64_t n_drops;
 

@@ -32,6 +32,7 @@
 #include "inflight.h"
 #include "leader.h"
 #include "log.h"
+#include "nbio.h"
 #include "persist.h"
 #include "redis_url.h"
 #include "registry.h"
@@ -88,8 +89,9 @@ struct ihc_coord {
     const ihc_config *cfg;
     ihc_wire_auth *auth;
     nng_socket pub, pull;
-    int pull_fd; /* NNG_OPT_RECVFD */
-    int wake_fd; /* eventfd: the queue has work or the loop must stop */
+    nng_aio *pub_aio, *pull_aio; /* the loop's, for non-blocking sends and receives (nbio.h) */
+    int pull_fd;                 /* NNG_OPT_RECVFD */
+    int wake_fd;                 /* eventfd: the queue has work or the loop must stop */
     pthread_t loop;
     bool loop_started;
     uint64_t start_ns;
@@ -284,10 +286,16 @@ int ihc__coord_submit_query(ihc_coord *c, const char *op, const char *hw, ihc_ap
 
 /* ---- publishing ---- */
 
-/* Sends an encoded frame on PUB (takes buf). */
+/* Sends an encoded frame on PUB (takes buf). PUB never waits: a connection whose queue is
+ * full drops the message. */
 static void publish_frame(ihc_coord *c, uint8_t *buf, size_t len, ihc_msg_type type)
 {
-    int nrv = nng_send(c->pub, buf, len, 0);
+    nng_msg *nm = NULL;
+    int nrv = nng_msg_alloc(&nm, 0);
+    if (nrv == 0 && (nrv = nng_msg_append(nm, buf, len)) == 0 &&
+        (nrv = ihc_nb_send(c->pub, c->pub_aio, nm)) == 0)
+        nm = NULL;
+    nng_msg_free(nm);
     if (nrv != 0)
         ihc_log(IHC_LOG_WARN, COMPONENT, "publish %s failed: %s", ihc_msg_type_name(type),
                 nng_strerror(nrv));
@@ -1442,7 +1450,7 @@ static void *loop_main(void *arg)
         /* agents' messages first: a session begun before a request must be expected by it */
         for (int i = 0; i < MAX_MSGS_PER_TURN; i++) {
             nng_msg *nm = NULL;
-            if (nng_recvmsg(c->pull, &nm, NNG_FLAG_NONBLOCK) != 0)
+            if (ihc_nb_recv(c->pull, c->pull_aio, &nm) != 0)
                 break;
             on_message(c, nm);
             nng_msg_free(nm);
@@ -1962,7 +1970,9 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
         goto fail;
 
     int rv;
-    if ((rv = nng_pub0_open(&c->pub)) != 0 || (rv = nng_pull0_open(&c->pull)) != 0) {
+    if ((rv = nng_pub0_open(&c->pub)) != 0 || (rv = nng_pull0_open(&c->pull)) != 0 ||
+        (rv = nng_aio_alloc(&c->pub_aio, NULL, NULL)) != 0 ||
+        (rv = nng_aio_alloc(&c->pull_aio, NULL, NULL)) != 0) {
         rc = ihc_err_from_nng(rv);
         goto fail;
     }
@@ -2049,6 +2059,10 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
     watch_close(c, IHC_SOCK_CLOSE_MS);
     ihc_store_epochs_free(c->resync_epochs, c->resync_n);
     snap_free(&c->elect_snap);
+    /* idle: only the loop used them, and it has ended */
+    nng_aio_free(c->pub_aio);
+    nng_aio_free(c->pull_aio);
+    c->pub_aio = c->pull_aio = NULL;
     int pub_rc = ihc_sock_close(c->pub, IHC_SOCK_CLOSE_MS, COMPONENT, "publish");
     int pull_rc = ihc_sock_close(c->pull, IHC_SOCK_CLOSE_MS, COMPONENT, "report");
     if (pub_rc != IHC_OK || pull_rc != IHC_OK) {
