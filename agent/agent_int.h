@@ -59,11 +59,13 @@ struct ihc_agent {
 
     /* sessions, epochs, flags, escalation: guarded by lock */
     pthread_mutex_t lock;
-    ihc__session *sessions;
+    /* oldest first (created_ns is taken under lock as a session is linked), so that the
+     * reaper stops at the first session too young to expire */
+    ihc__session *sessions, *sessions_tail;
     size_t n_sessions;
     ihc__session *by_id[IHC__ID_BUCKETS];
     ihc__hwent *hws[IHC__HW_BUCKETS];
-    size_t n_hws;
+    size_t n_hws, n_hws_idle; /* idle: holding no session (may be pruned past HW_KEEP) */
     uint64_t gepoch;
     uint64_t gflag_until_ns;
     uint64_t id_counter;

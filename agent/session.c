@@ -124,7 +124,7 @@ void ihc__sessions_fini(ihc_agent *a)
             free(e);
         }
     }
-    a->n_hws = 0;
+    a->n_hws = a->n_hws_idle = 0;
     pthread_cond_destroy(&a->report_cv);
     pthread_cond_destroy(&a->esc_cv);
     pthread_mutex_destroy(&a->lock);
@@ -148,6 +148,7 @@ ihc__hwent *ihc__hw_get(ihc_agent *a, const char *hw, bool create)
     e->next = a->hws[b];
     a->hws[b] = e;
     a->n_hws++;
+    a->n_hws_idle++;
     return e;
 }
 
@@ -159,18 +160,24 @@ static ihc__session *find_live(ihc_agent *a, const char *sid)
     return NULL;
 }
 
+/* a->lock held. The session is created now: the list stays in creation order. */
 static void link_session(ihc_agent *a, ihc__session *s, ihc__hwent *e)
 {
-    s->next = a->sessions;
-    if (a->sessions)
-        a->sessions->prev = s;
-    a->sessions = s;
+    s->created_ms = ihc_now_ms();
+    s->created_ns = ihc_mono_ns();
+    s->prev = a->sessions_tail;
+    if (a->sessions_tail)
+        a->sessions_tail->next = s;
+    else
+        a->sessions = s;
+    a->sessions_tail = s;
     s->hwe = e;
     s->hw_next = e->sessions;
     if (e->sessions)
         e->sessions->hw_prev = s;
     e->sessions = s;
-    e->n_sessions++;
+    if (e->n_sessions++ == 0)
+        a->n_hws_idle--;
     uint32_t b = hash_str(s->id) % IHC__ID_BUCKETS;
     s->id_next = a->by_id[b];
     a->by_id[b] = s;
@@ -189,6 +196,8 @@ void ihc__session_unlink(ihc_agent *a, ihc__session *s)
         a->sessions = s->next;
     if (s->next)
         s->next->prev = s->prev;
+    else
+        a->sessions_tail = s->prev;
     ihc__hwent *e = s->hwe;
     if (s->hw_prev)
         s->hw_prev->hw_next = s->hw_next;
@@ -196,7 +205,8 @@ void ihc__session_unlink(ihc_agent *a, ihc__session *s)
         e->sessions = s->hw_next;
     if (s->hw_next)
         s->hw_next->hw_prev = s->hw_prev;
-    e->n_sessions--;
+    if (--e->n_sessions == 0)
+        a->n_hws_idle++;
     ihc__session **pp = &a->by_id[hash_str(s->id) % IHC__ID_BUCKETS];
     while (*pp != s)
         pp = &(*pp)->id_next;
@@ -292,8 +302,6 @@ int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token *
     s->pid = o->pid > 0 ? o->pid : 0;
     s->on_cancel = o->on_cancel;
     s->arg = o->arg;
-    s->created_ms = ihc_now_ms();
-    s->created_ns = ihc_mono_ns();
 
     pthread_mutex_lock(&a->send_lock); /* the session_begin goes out in order with hellos */
     pthread_mutex_lock(&a->lock);
@@ -603,12 +611,16 @@ void ihc__sessions_tick(ihc_agent *a)
     uint64_t ttl = ihc_s_to_ns(a->o.session_timeout);
     pthread_mutex_lock(&a->lock);
     /* read under the lock: a session begun while we waited for it must not look created in
-     * the future (now - created_ns would wrap and expire it at once) */
+     * the future (now - created_ns would wrap and expire it at once). Oldest first: the walk
+     * ends at the first session too young, so a tick costs what expires, not every session. */
     uint64_t now = ihc_mono_ns();
-    for (ihc__session *s = a->sessions; s && n < a->cx.victims_cap; s = s->next)
-        if (!s->cancelled && now - s->created_ns >= ttl && ihc__session_claim(s))
+    for (ihc__session *s = a->sessions; s && n < a->cx.victims_cap; s = s->next) {
+        if (now - s->created_ns < ttl)
+            break;
+        if (!s->cancelled && ihc__session_claim(s))
             v[n++] = s;
-    if (a->n_hws > IHC__HW_KEEP) {
+    }
+    if (a->n_hws > IHC__HW_KEEP && a->n_hws_idle > 0) {
         /* forgetting an idle hw's epoch is safe: sync compares creation times and interrupt
          * ids are deduplicated */
         for (size_t b = 0; b < IHC__HW_BUCKETS; b++) {
@@ -620,6 +632,7 @@ void ihc__sessions_tick(ihc_agent *a)
                     ihc__transport_subscribe(&a->tp, e->hw, false);
                     free(e);
                     a->n_hws--;
+                    a->n_hws_idle--;
                 } else {
                     pp = &e->next;
                 }

@@ -1,6 +1,6 @@
 /* Unit tests of agent sessions: begin/end, generated ids, validation, MAX_ACTIVE_SESSIONS,
- * reaping after SESSION_TIMEOUT, generators (registered and spawned) and their stop. No
- * coordinator is needed: the agent keeps dialing an address nobody listens on. */
+ * reaping after SESSION_TIMEOUT (in creation order), generators (registered and spawned) and their
+ * stop. No coordinator is needed: the agent keeps dialing an address nobody listens on. */
 #include "harness.h"
 
 #include "err.h"
@@ -197,6 +197,43 @@ static void test_agent_session_reaped_after_timeout(void **state)
     ihc_agent_close(a);
 }
 
+/* Sessions expire each SESSION_TIMEOUT after its own beginning, oldest first: the reaper
+ * walks them in creation order and stops at the first one too young, so a younger session
+ * must not hold an older one back, and one begun after the newest was ended must still be
+ * found (the list's tail follows ends). */
+static void test_agent_session_reaped_in_order(void **state)
+{
+    (void)state;
+    ihc_agent *a = open_agent(0, 2.0);
+    ihc_token *t_old = NULL, *t_mid = NULL, *t_gone = NULL, *t_young = NULL;
+    ihc_session_opts so = {.session_id = "old", .hw = "dev-1"};
+    TH_PASS(ihc_agent_session_begin(a, &so, &t_old, NULL, 0));
+    so.session_id = "mid";
+    so.hw = "dev-2";
+    TH_PASS(ihc_agent_session_begin(a, &so, &t_mid, NULL, 0));
+    so.session_id = "gone";
+    TH_PASS(ihc_agent_session_begin(a, &so, &t_gone, NULL, 0));
+    TH_PASS(ihc_agent_session_end(a, "gone")); /* the newest: the list's tail moves back */
+    th_sleep_ms_(1000);
+    uint64_t young_t0 = th_now_ms_();
+    so.session_id = "young";
+    TH_PASS(ihc_agent_session_begin(a, &so, &t_young, NULL, 0));
+    /* the older two go about 1 s before the young one (ticks are 50 ms apart) */
+    assert_true(TH_WAIT(ihc_token_cancelled(t_old) && ihc_token_cancelled(t_mid), 5000));
+    assert_true(th_now_ms_() - young_t0 < 1900);
+    assert_false(ihc_token_cancelled(t_young));
+    assert_true(TH_WAIT(ihc_agent_session_count(a) == 1, 2000));
+    TH_FAIL(ihc_agent_session_end(a, "old"), IHC_ENOENT);
+    assert_true(TH_WAIT(ihc_agent_session_count(a) == 0, 5000));
+    assert_true(th_now_ms_() - young_t0 >= 1990);
+    assert_true(ihc_token_cancelled(t_young));
+    ihc_token_release(t_old);
+    ihc_token_release(t_mid);
+    ihc_token_release(t_gone);
+    ihc_token_release(t_young);
+    ihc_agent_close(a);
+}
+
 /* A generator on a thread of the test: obeying ones finish when their stop function is
  * called, the others only when the test says so. */
 typedef struct {
@@ -378,6 +415,7 @@ int main(void)
         cmocka_unit_test(test_agent_session_bad_input),
         cmocka_unit_test(test_agent_session_limit),
         cmocka_unit_test(test_agent_session_reaped_after_timeout),
+        cmocka_unit_test(test_agent_session_reaped_in_order),
         cmocka_unit_test(test_agent_session_generators_stop),
         cmocka_unit_test(test_agent_session_spawn_exits_on_token),
         cmocka_unit_test(test_agent_session_open_errors),
