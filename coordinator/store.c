@@ -74,7 +74,7 @@ enum {
     SCRIPT_STATE,
     SCRIPT_TOUCH,
     SCRIPT_LOG,
-    SCRIPT_NEWSESS,
+    SCRIPT_PUT,
     SCRIPT_BATCH,
     SCRIPT_ACQUIRE,
     SCRIPT_RENEW,
@@ -101,19 +101,21 @@ enum {
     "return v\n"
 
 /* KEYS: session hash, hw set. ARGV: state, updated_ms, session id. The hash is never
- * recreated (it would have no expiry); the set follows the state. */
+ * recreated (it would have no expiry): when HSET added both fields, there was none, and the
+ * one it made goes again (one call where an EXISTS first costs two, in the common case of a
+ * live session). The set follows the state. */
 #define BODY_STATE                                                                                 \
-    "local live = redis.call('EXISTS', KEYS[1]) == 1\n"                                            \
-    "if live then redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_ms', ARGV[2]) end\n"      \
+    "local live = redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_ms', ARGV[2]) < 2\n"      \
+    "if not live then redis.call('DEL', KEYS[1]) end\n"                                            \
     "if live and ARGV[1] == 'active' then redis.call('SADD', KEYS[2], ARGV[3])\n"                  \
     "else redis.call('SREM', KEYS[2], ARGV[3]) end\n"                                              \
     "return 0\n"
 
-/* KEYS: agent hash. ARGV: last_seen_ms, ttl. A touch never creates a partial agent hash. */
+/* KEYS: agent hash. ARGV: last_seen_ms, ttl. A touch never creates a partial agent hash
+ * (EXPIRE answers 0 for a key that does not exist). */
 #define BODY_TOUCH                                                                                 \
-    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"                                    \
+    "if redis.call('EXPIRE', KEYS[1], ARGV[2]) == 0 then return 0 end\n"                           \
     "redis.call('HSET', KEYS[1], 'last_seen_ms', ARGV[1])\n"                                       \
-    "redis.call('EXPIRE', KEYS[1], ARGV[2])\n"                                                     \
     "return 1\n"
 
 /* One interrupt's log entry and its statistics, once per interrupt id: a bit per id (in
@@ -129,18 +131,24 @@ enum {
     "'failed_interrupts', 1)\n"                                                                    \
     "return 1\n"
 
-/* A new session is counted once: only when its hash does not exist yet (a repeated write
- * finds it). KEYS: session hash, ihc:stats. */
-#define BODY_NEWSESS                                                                               \
-    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"                                    \
-    "redis.call('HINCRBY', KEYS[2], 'sessions_created', 1)\n"                                      \
-    "return 1\n"
+/* A session's hash (with its expiry) and its hardware_id's set. KEYS: session hash, hw set,
+ * ihc:stats. ARGV: ttl, new (1/0), active (1/0), session id, then the hash's fields and
+ * values. A new session is counted once: when HSET added every field, the hash did not exist
+ * (a repeated write finds it); COUNT is the statement that counts it. */
+#define BODY_PUT(COUNT)                                                                            \
+    "local added = redis.call('HSET', KEYS[1], unpack(ARGV, 5))\n"                                 \
+    "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"                                                     \
+    "redis.call(ARGV[3] == '1' and 'SADD' or 'SREM', KEYS[2], ARGV[4])\n"                          \
+    "if ARGV[2] == '1' and added * 2 == #ARGV - 4 then " COUNT " end\n"                            \
+    "return 0\n"
 
 static const char script_raise[] = BODY_RAISE;
 static const char script_state[] = BODY_STATE;
 static const char script_touch[] = BODY_TOUCH;
 static const char script_log[] = BODY_LOG;
-static const char script_newsess[] = BODY_NEWSESS;
+static const char script_put[] = BODY_PUT("redis.call('HINCRBY', KEYS[3], 'sessions_created', 1)");
+/* in the fenced batch, its new sessions are counted with one HINCRBY at its end */
+#define BODY_PUT_BATCH BODY_PUT("news = news + 1; stats = KEYS[3]")
 
 /* The fenced batch: every write of a leader's batch in one script that first checks that
  * ihc:term still holds the leader's term (the fencing token), so a leader that was paused
@@ -156,7 +164,8 @@ static const char script_batch[] =
     "S['@s'] = function(KEYS, ARGV)\n" BODY_STATE "end\n"
     "S['@t'] = function(KEYS, ARGV)\n" BODY_TOUCH "end\n"
     "S['@l'] = function(KEYS, ARGV)\n" BODY_LOG "end\n"
-    "S['@n'] = function(KEYS, ARGV)\n" BODY_NEWSESS "end\n"
+    "local news, stats = 0, nil\n"
+    "S['@p'] = function(KEYS, ARGV)\n" BODY_PUT_BATCH "end\n"
     "local cur = redis.call('GET', 'ihc:term')\n"
     "if not cur then return redis.error_reply('NOTERM ihc:term is missing') end\n"
     "if cur ~= ARGV[1] then return redis.error_reply('FENCED ihc:term is ' .. cur) end\n"
@@ -184,6 +193,11 @@ static const char script_batch[] =
     "  i = i + c + 1\n"
     "  local e = (not ok) and tostring(r) or (type(r) == 'table' and r.err)\n"
     "  if e then nerr = nerr + 1; if first == '' then first = e end end\n"
+    "end\n"
+    "if news > 0 then\n"
+    "  local r = redis.pcall('HINCRBY', stats, 'sessions_created', news)\n"
+    "  if type(r) == 'table' and r.err then nerr = nerr + 1; if first == '' then first = r.err end "
+    "end\n"
     "end\n"
     "return {nerr, first}\n";
 
@@ -267,11 +281,11 @@ static const char script_reserve[] =
     "return hi\n";
 
 static const char *const script_body[SCRIPT_COUNT] = {
-    script_raise, script_state,   script_touch, script_log,    script_newsess,
+    script_raise, script_state,   script_touch, script_log,    script_put,
     script_batch, script_acquire, script_renew, script_resign, script_reserve};
 
 /* In a fenced batch, the embedded scripts by name (NULL: not embedded). */
-static const char *const script_op[SCRIPT_COUNT] = {"@r", "@s", "@t", "@l", "@n"};
+static const char *const script_op[SCRIPT_COUNT] = {"@r", "@s", "@t", "@l", "@p"};
 
 /* The longest command has ARGS_MAX arguments (XADD of an interrupt has 24); longer lists
  * (SREM of many members) are split over several commands. */
@@ -1472,27 +1486,15 @@ int ihc_store_session_put(ihc_store *st, const ihc_store_session *s)
     int rc = w_begin(st);
     if (rc != IHC_OK)
         return rc;
-    if (s->is_new) {
-        /* counted before the HSET below creates the hash; the script's command goes into
-         * the batch first and the session's commands after it */
-        script_head(st, SCRIPT_NEWSESS, 3);
-        arg(st, "2");
-        key_session(st, s->hw, s->session_id);
-        arg(st, "ihc:stats");
-        if (!st->in_pipe) {
-            if ((rc = script_run(st, SCRIPT_NEWSESS)) != IHC_OK)
-                return rc;
-            if ((rc = w_begin(st)) != IHC_OK)
-                return rc;
-        } else if ((rc = batch_queue(st)) != IHC_OK) {
-            return rc;
-        } else {
-            batch_reset(st);
-        }
-    }
-    cmd(st, 18);
-    arg(st, "HSET");
+    script_head(st, SCRIPT_PUT, 24);
+    arg(st, "3");
     key_session(st, s->hw, s->session_id);
+    key_hw_set(st, s->hw);
+    arg(st, "ihc:stats");
+    arg(st, st->session_ttl);
+    arg(st, s->is_new ? "1" : "0");
+    arg(st, strcmp(s->state, "active") == 0 ? "1" : "0");
+    arg(st, s->session_id);
     arg(st, "session_id");
     arg(st, s->session_id);
     arg(st, "hardware_id");
@@ -1509,15 +1511,7 @@ int ihc_store_session_put(ihc_store *st, const ihc_store_session *s)
     arg_i64(st, s->updated_ms);
     arg(st, "data");
     arg(st, s->data); /* NULL is stored as "" and read back as NULL */
-    cmd(st, 3);
-    arg(st, "EXPIRE");
-    key_session(st, s->hw, s->session_id);
-    arg(st, st->session_ttl);
-    cmd(st, 3);
-    arg(st, strcmp(s->state, "active") == 0 ? "SADD" : "SREM");
-    key_hw_set(st, s->hw);
-    arg(st, s->session_id);
-    return w_end(st);
+    return script_run(st, SCRIPT_PUT);
 }
 
 int ihc_store_session_state(ihc_store *st, const char *hw, const char *session_id,

@@ -197,6 +197,8 @@ static int fenced_batch(ihc_store *st, uint64_t term, uint64_t first_id)
         TH_PASS(ihc_store_log_append(st, &e));
     }
     put_session(st, "s-1", true);
+    put_session(st, "s-2", true);
+    put_session(st, "s-3", false); /* an update: never counted */
     TH_PASS(ihc_store_epoch_raise(st, "dev-1", 5));
     TH_PASS(ihc_store_stats_incr(st, "rejected", 0));
     return ihc_store_pipeline_exec(st);
@@ -215,7 +217,7 @@ static void test_leader_fenced_batch(void **state)
     assert_true(redis_is("3", "HGET ihc:stats total_interrupts"));
     assert_true(redis_is("2", "HGET ihc:stats successful_interrupts"));
     assert_true(redis_is("1", "HGET ihc:stats failed_interrupts"));
-    assert_true(redis_is("1", "HGET ihc:stats sessions_created"));
+    assert_true(redis_is("2", "HGET ihc:stats sessions_created")); /* one HINCRBY per batch */
     assert_true(redis_is("5", "GET ihc:hw:{dev-1}:epoch"));
     /* ids far apart land in their own bitmaps */
     TH_PASS(fenced_batch(f->st, s.term, (1u << 20) + 7));

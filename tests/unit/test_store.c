@@ -736,6 +736,48 @@ static void test_store_stats_seq(void **state)
 
 /* ---------------------------------------------------------- pipelining ---- */
 
+/* A new session is counted once in ihc:stats sessions_created, whether written alone or in a
+ * pipeline, and however often the write is repeated (a retry after a lost answer); an
+ * update of a session is never counted. */
+static void test_store_sessions_created(void **state)
+{
+    fixture *f = *state;
+    f->st = open_store(g_redis.url, 1000, NULL);
+    ihc_store_session s = {"c1", "dev-c", "ag", "active", 1, 10, 10, NULL, true};
+    TH_PASS(ihc_store_session_put(f->st, &s));
+    TH_PASS(ihc_store_session_put(f->st, &s)); /* repeated */
+    EXPECT_CMD(&g_redis, "1", "HGET ihc:stats sessions_created");
+    s.session_id = "c2";
+    s.is_new = false;
+    TH_PASS(ihc_store_session_put(f->st, &s));
+    EXPECT_CMD(&g_redis, "1", "HGET ihc:stats sessions_created");
+    EXPECT_CMD(&g_redis, "1", "SISMEMBER ihc:hw:{dev-c}:sessions c2");
+
+    TH_PASS(ihc_store_pipeline_begin(f->st));
+    char sid[16];
+    for (int i = 0; i < 2; i++) /* the second round repeats the first */
+        for (int k = 3; k < 6; k++) {
+            snprintf(sid, sizeof(sid), "c%d", k);
+            ihc_store_session n = {sid, "dev-c", "ag", "active", 1, 10, 10, "{}", true};
+            TH_PASS(ihc_store_session_put(f->st, &n));
+        }
+    TH_PASS(ihc_store_pipeline_exec(f->st));
+    EXPECT_CMD(&g_redis, "4", "HGET ihc:stats sessions_created");
+    EXPECT_CMD(&g_redis, "5", "SCARD ihc:hw:{dev-c}:sessions");
+    char *ttl = th_redis_cmd(&g_redis, "TTL ihc:session:{dev-c}:c5");
+    assert_true(ttl && atoi(ttl) > 250 && atoi(ttl) <= 300);
+    free(ttl);
+
+    /* a session that ended elsewhere and expired: its state is not written back */
+    EXPECT_CMD(&g_redis, "1", "DEL ihc:session:{dev-c}:c4");
+    TH_PASS(ihc_store_session_state(f->st, "dev-c", "c4", "interrupted", 20));
+    EXPECT_CMD(&g_redis, "0", "EXISTS ihc:session:{dev-c}:c4");
+    EXPECT_CMD(&g_redis, "0", "SISMEMBER ihc:hw:{dev-c}:sessions c4");
+    TH_PASS(ihc_store_session_state(f->st, "dev-c", "c3", "interrupted", 20));
+    EXPECT_CMD(&g_redis, "interrupted", "HGET ihc:session:{dev-c}:c3 state");
+    EXPECT_CMD(&g_redis, "ag", "HGET ihc:session:{dev-c}:c3 agent_id");
+}
+
 static void test_store_pipeline(void **state)
 {
     fixture *f = *state;
@@ -1203,6 +1245,7 @@ int main(void)
         T(test_store_bad_urls),
         T(test_store_down_then_up),
         T(test_store_sessions),
+        T(test_store_sessions_created),
         T(test_store_session_expiry),
         T(test_store_epochs),
         T(test_store_flags),
