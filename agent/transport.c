@@ -2,10 +2,12 @@
  * per coordinator), their pipe notifications, the receive thread (batches of messages, then
  * the owner's timers) and the send queues.
  *
- * Receiving: the thread sleeps in poll() on SUB's receive fd and an eventfd (wake-ups), with
- * the next timer as poll's timeout, and takes what arrived without blocking. A timed nng
- * receive instead wakes nng's expiry thread for every message (a sixth of an agent's CPU per
- * interrupt, measured), and waking it needs the aio cancelled.
+ * Receiving: the thread sleeps in poll() on an eventfd, with the next timer as poll's
+ * timeout, while a receive without a timeout is pending on SUB; the aio's callback (on nng's
+ * thread that delivers the message, after SUB's lock is let go) writes the eventfd, and what
+ * came meanwhile is then taken without blocking. A timed nng receive instead wakes nng's
+ * expiry thread for every message (a sixth of an agent's CPU per interrupt, measured), and
+ * SUB's pollable receive fd is raised under SUB's lock, which the woken thread then waits for.
  *
  * Several coordinators (a leader and standbys): every event goes to each of them, so that
  * standbys keep a warm registry; a report goes to the coordinator whose PUB connection
@@ -384,14 +386,31 @@ static int wait_ms(uint64_t now, uint64_t due)
     return ms > RX_IDLE_MAX_MS ? RX_IDLE_MAX_MS : (int)ms;
 }
 
-/* Takes what SUB holds into t->batch (interrupts first when asked: a stable partition). False
- * when the socket is closed. */
-static bool take_batch(ihc__transport *t)
+/* nng's thread (or the caller of a cancel): arm_aio is done. */
+static void on_arrival(void *arg)
+{
+    ihc__transport *t = arg;
+    atomic_store(&t->arrived, true);
+    ihc__transport_wake(t);
+}
+
+/* Takes what SUB holds into t->batch (interrupts first when asked: a stable partition): with
+ * armed, first arm_aio's message, the oldest (SUB queues nothing while a receive is pending).
+ * False when the socket is closed. */
+static bool take_batch(ihc__transport *t, bool armed)
 {
     nng_msg *got[IHC__RX_BATCH];
     size_t n = 0;
     nng_msg *msg;
     int rv = 0;
+    if (armed) {
+        rv = nng_aio_result(t->arm_aio);
+        if (rv == 0)
+            got[n++] = nng_aio_get_msg(t->arm_aio);
+        nng_aio_set_msg(t->arm_aio, NULL);
+        if (rv == NNG_ECLOSED)
+            return false;
+    }
     while (n < IHC__RX_BATCH && (rv = ihc_nb_recv(t->sub, t->rx_aio, &msg)) == 0)
         got[n++] = msg;
     t->more = n == IHC__RX_BATCH;
@@ -429,24 +448,29 @@ static bool rx_loop(ihc__transport *t)
     while (!atomic_load(&t->stopping)) {
         uint64_t now = ihc_mono_ns();
         uint64_t due = t->ops.on_timers(t->ops.ctx, now);
+        bool arrived = false;
         if (!t->more) {
-            struct pollfd pfd[2] = {{.fd = t->recv_fd, .events = POLLIN},
-                                    {.fd = t->wake_fd, .events = POLLIN}};
-            int rv = poll(pfd, 2, wait_ms(now, due));
+            if (!t->armed) { /* a full batch left none pending: SUB queued what came */
+                t->armed = true;
+                nng_recv_aio(t->sub, t->arm_aio);
+            }
+            struct pollfd pfd = {.fd = t->wake_fd, .events = POLLIN};
+            int rv = poll(&pfd, 1, wait_ms(now, due));
             if (rv < 0 && errno != EINTR) {
                 ihc_log(IHC_LOG_WARN, LOG_COMP, "poll failed err=\"%s\"", strerror(errno));
                 ihc_sleep_ms(RX_RETRY_MS);
                 continue;
             }
-            if (rv > 0 && (pfd[1].revents & POLLIN)) {
+            if (rv > 0) {
                 uint64_t v;
                 ssize_t n = read(t->wake_fd, &v, sizeof(v));
-                (void)n; /* a wake-up: the timers run at the top of the loop */
+                (void)n; /* a wake-up or an arrival; the timers run at the top of the loop */
             }
-            if (rv <= 0 || !(pfd[0].revents & POLLIN))
+            if (!(arrived = atomic_exchange(&t->arrived, false)))
                 continue;
+            t->armed = false;
         }
-        if (!take_batch(t))
+        if (!take_batch(t, arrived))
             break;
         if (!rx_deliver(t))
             return false;
@@ -560,8 +584,8 @@ static int open_sub(ihc__transport *t, const char *topic, size_t tlen)
          * own topic, so nng drops everyone else's interrupts before the receive thread */
         (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, "hw:*", 5)) != 0 ||
         (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, topic, tlen)) != 0 ||
-        (rv = nng_socket_get_int(t->sub, NNG_OPT_RECVFD, &t->recv_fd)) != 0 ||
         (rv = nng_aio_alloc(&t->rx_aio, NULL, NULL)) != 0 ||
+        (rv = nng_aio_alloc(&t->arm_aio, on_arrival, t)) != 0 ||
         (rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_ADD_POST, on_sub_pipe, t)) != 0 ||
         (rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_REM_POST, on_sub_pipe, t)) != 0)
         return sock_fail(rv);
@@ -622,7 +646,8 @@ int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *repo
     atomic_init(&t->sub_pipes, 0);
     atomic_init(&t->push_pipes, 0);
     atomic_init(&t->stopping, false);
-    t->recv_fd = t->wake_fd = -1;
+    t->wake_fd = -1;
+    atomic_init(&t->arrived, false);
     atomic_init(&t->n_drops, 0);
     ihc_url_list pubs, reports;
     char why[128];
@@ -704,10 +729,12 @@ void ihc__transport_fini(ihc__transport *t, int timeout_ms)
     if (!t->tx_init)
         return;
     ihc__transport_stop_rx(t);
-    /* the receive side's aio never waits (common/nbio.h): nothing to cancel, and no thread
-     * uses it once the receive role has ended */
+    /* the receive role has ended: no thread uses the aios; the pending receive is cancelled
+     * (its callback sees stopping and writes nothing) */
+    nng_aio_stop(t->arm_aio);
+    nng_aio_free(t->arm_aio);
     nng_aio_free(t->rx_aio);
-    t->rx_aio = NULL;
+    t->arm_aio = t->rx_aio = NULL;
     pthread_mutex_lock(&t->wake_mu);
     if (t->wake_fd >= 0)
         close(t->wake_fd);
