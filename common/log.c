@@ -1,6 +1,7 @@
 /* Logging: formats one event into a stack buffer (text or JSON line) and writes it with a
  * single write(2), so concurrent lines never interleave and the hot path takes no lock. */
 #include "log.h"
+#include "utf8.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -106,39 +107,6 @@ static void lb_tail(lbuf *b, const char *s)
     b->len += n;
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if it is not valid. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned min;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        min = 0x80;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        min = 0x800;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    unsigned cp = c & (0x7fu >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3fu);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
 /* Appends s[0..n) escaped: JSON string escaping when json, else control characters and
  * invalid UTF-8 as \n, \r, \t, \xHH so a line never contains a raw newline. Stops at the
  * limit without splitting an escape or a character. */
@@ -172,7 +140,7 @@ static bool lb_esc(lbuf *b, const char *s, size_t n, bool json)
             out = (const char *)u + i;
             olen = 1;
         } else {
-            size_t l = utf8_len(u + i, n - i);
+            size_t l = ihc_utf8_len(u + i, n - i);
             if (l > 0) {
                 out = (const char *)u + i;
                 olen = step = l;

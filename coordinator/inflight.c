@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "utf8.h"
 
 static char *xstrdup(const char *s)
 {
@@ -331,14 +332,28 @@ static void sb_fmt(sbuf *b, const char *fmt, ...)
         sb_put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
-/* A JSON string (quoted and escaped). */
+/* A JSON string (quoted and escaped). Agents' texts may hold bytes that are not UTF-8: each
+ * becomes U+FFFD, so the document stays valid JSON. */
 static void sb_str(sbuf *b, const char *s)
 {
-    sb_need(b, strlen(s) + 2);
+    size_t left = strlen(s);
+    sb_need(b, left + 2);
     SB_LIT(b, "\"");
     const char *run = s;
-    for (; *s; s++) {
+    for (; *s; s++, left--) {
         unsigned char ch = (unsigned char)*s;
+        if (ch >= 0x80) {
+            size_t l = ihc_utf8_len((const unsigned char *)s, left);
+            if (l > 0) {
+                s += l - 1;
+                left -= l - 1;
+                continue;
+            }
+            sb_put(b, run, (size_t)(s - run));
+            SB_LIT(b, "\\ufffd");
+            run = s + 1;
+            continue;
+        }
         if (ch >= 0x20 && ch != '"' && ch != '\\')
             continue;
         sb_put(b, run, (size_t)(s - run));

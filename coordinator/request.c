@@ -4,6 +4,7 @@
 
 #include "defaults.h"
 #include "err.h"
+#include "utf8.h"
 #include "wire.h"
 
 #include <inttypes.h>
@@ -95,14 +96,6 @@ void ihc_request_fini(ihc_request *r)
     memset(r, 0, sizeof *r);
 }
 
-static bool utf8_valid(const char *s, size_t len)
-{
-    json_t *j = json_stringn(s, len);
-    bool ok = j != NULL;
-    json_decref(j);
-    return ok;
-}
-
 int ihc_request_check(const char *hw, const char *reason, int64_t timeout_ms, char *msg, size_t cap)
 {
     if (hw == NULL || !ihc_hw_valid(hw, strlen(hw), true)) {
@@ -118,7 +111,7 @@ int ihc_request_check(const char *hw, const char *reason, int64_t timeout_ms, ch
                  (unsigned)IHC_REASON_MAX);
         return IHC_EINVAL;
     }
-    if (reason && !utf8_valid(reason, rlen)) {
+    if (reason && !ihc_utf8_valid(reason, rlen)) {
         snprintf(msg, cap, "reason: not valid UTF-8");
         return IHC_EINVAL;
     }

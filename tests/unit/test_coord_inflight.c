@@ -178,6 +178,29 @@ static void test_coord_inflight_module_failures(void **state)
     ihc_inflight_free(f);
 }
 
+/* An error text an agent sent that is not valid UTF-8 still makes a valid JSON document: each
+ * byte that is not part of a valid sequence becomes U+FFFD, valid multi-byte characters stay
+ * as they are. */
+static void test_coord_inflight_invalid_utf8(void **state)
+{
+    (void)state;
+    char *exp[] = {"n1:1"};
+    ihc_inflight *f = make(exp, 1);
+    ihc_module_result m[] = {{.name = "text_processing",
+                              .status = IHC_MOD_FAILED,
+                              .error = "caf\xc3\xa9 \xff \xc3( \xed\xa0\x80"}};
+    ihc_report_msg r = report("n1:1", m, 1, NULL, 0);
+    TH_PASS(ihc_inflight_report(f, &r));
+    TH_PASS(ihc_inflight_finish(f, 1001 * MS, true));
+    json_t *j = result(f);
+    json_t *mod = json_array_get(json_object_get(j, "modules"), 0);
+    assert_string_equal(json_string_value(json_object_get(mod, "error")),
+                        "caf\xc3\xa9 \xef\xbf\xbd \xef\xbf\xbd( "
+                        "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    json_decref(j);
+    ihc_inflight_free(f);
+}
+
 static void test_coord_inflight_unexpected_and_repeated(void **state)
 {
     (void)state;
@@ -252,6 +275,7 @@ int main(void)
         cmocka_unit_test(test_coord_inflight_all_answer),
         cmocka_unit_test(test_coord_inflight_missing_agent),
         cmocka_unit_test(test_coord_inflight_module_failures),
+        cmocka_unit_test(test_coord_inflight_invalid_utf8),
         cmocka_unit_test(test_coord_inflight_unexpected_and_repeated),
         cmocka_unit_test(test_coord_inflight_nobody_expected),
         cmocka_unit_test(test_coord_inflight_resend_schedule),
