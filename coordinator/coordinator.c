@@ -471,11 +471,15 @@ static bool results_wanted(ihc_coord *c)
 
 /* ---- Redis-facing helpers (queued to the persist thread) ---- */
 
+/* An agent's sessions, as persist_agent (their ids) or send_sync (their hardware_ids, each
+ * once) needs them. */
 typedef struct {
     const char *agent_id;
-    json_t *ids;
-    char **hws;
+    json_t *ids; /* NULL: not wanted */
+    bool want_hws;
+    const char **hws;
     size_t n_hws, cap_hws;
+    bool oom;
 } agent_scan;
 
 static void scan_agent_session(void *arg, const ihc_reg_session *s)
@@ -483,18 +487,33 @@ static void scan_agent_session(void *arg, const ihc_reg_session *s)
     agent_scan *sc = arg;
     if (sc->ids)
         json_array_append_new(sc->ids, json_string(s->session_id));
-    for (size_t i = 0; i < sc->n_hws; i++)
-        if (strcmp(sc->hws[i], s->hw) == 0)
-            return;
+    if (!sc->want_hws || sc->oom)
+        return;
     if (sc->n_hws == sc->cap_hws) {
         size_t cap = sc->cap_hws ? sc->cap_hws * 2 : 8;
-        char **nh = realloc(sc->hws, cap * sizeof(*nh));
-        if (!nh)
+        const char **nh = realloc(sc->hws, cap * sizeof(*nh));
+        if (!nh) {
+            sc->oom = true;
             return;
+        }
         sc->hws = nh;
         sc->cap_hws = cap;
     }
     sc->hws[sc->n_hws++] = s->hw;
+}
+
+/* Each hardware_id of sc once (sorted): an agent may hold 100,000 sessions, and a check of
+ * every one against those kept was quadratic (49 s of a coordinator's start, measured). */
+static void scan_unique_hws(agent_scan *sc)
+{
+    if (sc->n_hws < 2)
+        return;
+    qsort(sc->hws, sc->n_hws, sizeof(*sc->hws), cmp_strp);
+    size_t n = 1;
+    for (size_t i = 1; i < sc->n_hws; i++)
+        if (strcmp(sc->hws[i], sc->hws[n - 1]) != 0)
+            sc->hws[n++] = sc->hws[i];
+    sc->n_hws = n;
 }
 
 static void persist_agent(ihc_coord *c, const ihc_reg_agent *a)
@@ -1038,15 +1057,16 @@ static void send_sync(ihc_coord *c, const char *agent_id)
 {
     if (!leading(c))
         return;
-    agent_scan sc = {.agent_id = agent_id};
+    agent_scan sc = {.agent_id = agent_id, .want_hws = true};
     ihc_registry_foreach_agent_session(c->reg, agent_id, scan_agent_session, &sc);
+    scan_unique_hws(&sc);
     ihc_epoch_info *ep = calloc(sc.n_hws + 1, sizeof(*ep));
     if (!ep) {
         free(sc.hws);
         return;
     }
     for (size_t i = 0; i < sc.n_hws; i++) {
-        ep[i].hw = sc.hws[i];
+        ep[i].hw = (char *)sc.hws[i]; /* the message only reads it */
         ep[i].epoch = ihc_registry_epoch(c->reg, sc.hws[i], &ep[i].set_ms);
     }
     ep[sc.n_hws].hw = "*";

@@ -1375,8 +1375,11 @@ fail:
     return rc;
 }
 
-/* An index set whose members name hashes: SMEMBERS, then HGETALL of every member (one round
- * trip), then one SREM of the members whose hash is gone (expired). */
+/* Index sets whose members name hashes (a hardware_id's sessions, the agents), read LIST_CHUNK
+ * sets at a time in three round trips: SMEMBERS of each set, HGETALL of every member, one
+ * SREM per set of the members whose hash is gone (expired). Reading set after set took two
+ * round trips per set: 17 s for 100,000 hardware_ids with a session each, measured, which a
+ * coordinator starting or taking over spent before it could lead. */
 typedef struct {
     void (*set_key)(ihc_store *st, const char *ctx);
     void (*member_key)(ihc_store *st, const char *ctx, const redisReply *member);
@@ -1384,90 +1387,146 @@ typedef struct {
     int (*fill)(vec *out, const char *ctx, const redisReply *member, const redisReply *hash);
 } index_ops;
 
-static int list_index(ihc_store *st, const index_ops *ops, const char *ctx, vec *out)
+#define LIST_CHUNK 256
+
+/* SREM of the members of sets[0..k) marked in gone (in the order the HGETALLs went), ARGS_MAX -
+ * 2 per command, in one round trip. */
+static int forget_gone(ihc_store *st, const index_ops *ops, const char *const *ctxs,
+                       redisReply *const *sets, size_t k, const bool *gone)
 {
     batch_reset(st);
-    cmd(st, 2);
-    arg(st, "SMEMBERS");
-    ops->set_key(st, ctx);
-    redisReply *members;
-    int rc = roundtrip(st, &members);
-    if (rc != IHC_OK)
-        return rc;
-    bool *gone = NULL;
-    if (members->type != REDIS_REPLY_ARRAY) {
-        set_err(st, "SMEMBERS: unexpected reply type %d", members->type);
-        rc = IHC_EREDIS;
-        goto out;
-    }
-    size_t n = members->elements;
-    if (n == 0)
-        goto out;
-    if (!(gone = calloc(n, sizeof(*gone)))) {
-        rc = IHC_ENOMEM;
-        goto out;
-    }
-    batch_reset(st);
-    for (size_t i = 0; i < n; i++) {
-        cmd(st, 2);
-        arg(st, "HGETALL");
-        ops->member_key(st, ctx, members->element[i]);
-    }
-    if ((rc = batch_queue(st)) != IHC_OK || (rc = st_flush(st)) != IHC_OK)
-        goto out;
-    size_t ngone = 0;
-    int first = IHC_OK;
-    for (size_t i = 0; i < n; i++) {
-        redisReply *h;
-        int r = st_get(st, &h);
-        if (r != IHC_OK && r != IHC_EREDIS) {
-            rc = r; /* connection gone: nothing more to read */
-            goto out;
-        }
-        if (r == IHC_EREDIS) {
-            first = first ? first : r;
-            continue;
-        }
-        if (h->type == REDIS_REPLY_ARRAY && h->elements == 0) {
-            gone[i] = true;
-            ngone++;
-        } else if (h->type == REDIS_REPLY_ARRAY && first == IHC_OK &&
-                   ops->fill(out, ctx, members->element[i], h) < 0) {
-            first = IHC_ENOMEM; /* keep reading: the replies must be drained */
-        }
-        freeReplyObject(h);
-    }
-    if (ngone > 0) {
-        /* SREM of the gone members, ARGS_MAX - 2 per command, in one round trip */
-        batch_reset(st);
-        size_t left = ngone, room = 0, nsrem = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (!gone[i])
+    size_t g = 0, ncmd = 0;
+    for (size_t c = 0; c < k; c++) {
+        size_t room = 0, left = 0;
+        for (size_t i = 0; sets[c] && i < sets[c]->elements; i++)
+            left += gone[g + i];
+        for (size_t i = 0; sets[c] && i < sets[c]->elements; i++, g++) {
+            if (!gone[g])
                 continue;
             if (room == 0) {
                 room = left < ARGS_MAX - 2 ? left : ARGS_MAX - 2;
                 left -= room;
                 cmd(st, 2 + (int)room);
                 arg(st, "SREM");
-                ops->set_key(st, ctx);
-                nsrem++;
+                ops->set_key(st, ctxs[c]);
+                ncmd++;
             }
-            arg_bin(st, members->element[i]->str, members->element[i]->len);
+            arg_bin(st, sets[c]->element[i]->str, sets[c]->element[i]->len);
             room--;
         }
-        int r = batch_queue(st);
-        if (r == IHC_OK)
-            r = st_flush(st);
-        if (r == IHC_OK)
-            r = st_drain(st, nsrem);
-        if (r != IHC_OK && (first == IHC_OK || r != IHC_EREDIS))
-            first = r; /* a lost connection wins */
     }
-    rc = first;
+    int rc = batch_queue(st);
+    if (rc == IHC_OK)
+        rc = st_flush(st);
+    if (rc == IHC_OK)
+        rc = st_drain(st, ncmd);
+    return rc;
+}
+
+/* The HGETALL of every member of sets[0..k), one round trip; marks in gone the members whose
+ * hash no longer exists. Every reply is read even after an error; the first error is returned,
+ * a lost connection over all. */
+static int read_members(ihc_store *st, const index_ops *ops, const char *const *ctxs,
+                        redisReply *const *sets, size_t k, vec *out, bool *gone, size_t *ngone)
+{
+    batch_reset(st);
+    for (size_t c = 0; c < k; c++)
+        for (size_t i = 0; sets[c] && i < sets[c]->elements; i++) {
+            cmd(st, 2);
+            arg(st, "HGETALL");
+            ops->member_key(st, ctxs[c], sets[c]->element[i]);
+        }
+    int rc = batch_queue(st);
+    if (rc != IHC_OK || (rc = st_flush(st)) != IHC_OK)
+        return rc;
+    int first = IHC_OK;
+    size_t g = 0;
+    for (size_t c = 0; c < k; c++)
+        for (size_t i = 0; sets[c] && i < sets[c]->elements; i++, g++) {
+            redisReply *h;
+            int r = st_get(st, &h);
+            if (r != IHC_OK && r != IHC_EREDIS)
+                return r; /* connection gone: nothing more to read */
+            if (r == IHC_EREDIS) {
+                first = first ? first : r;
+                continue;
+            }
+            if (h->type == REDIS_REPLY_ARRAY && h->elements == 0) {
+                gone[g] = true;
+                (*ngone)++;
+            } else if (h->type == REDIS_REPLY_ARRAY && first == IHC_OK &&
+                       ops->fill(out, ctxs[c], sets[c]->element[i], h) < 0) {
+                first = IHC_ENOMEM; /* keep reading: the replies must be drained */
+            }
+            freeReplyObject(h);
+        }
+    return first;
+}
+
+/* Sets ctxs[0..k), k <= LIST_CHUNK. */
+static int list_chunk(ihc_store *st, const index_ops *ops, const char *const *ctxs, size_t k,
+                      vec *out)
+{
+    redisReply *sets[LIST_CHUNK] = {0};
+    bool *gone = NULL;
+    batch_reset(st);
+    for (size_t c = 0; c < k; c++) {
+        cmd(st, 2);
+        arg(st, "SMEMBERS");
+        ops->set_key(st, ctxs[c]);
+    }
+    int rc = batch_queue(st);
+    if (rc != IHC_OK || (rc = st_flush(st)) != IHC_OK)
+        return rc;
+    int first = IHC_OK;
+    size_t total = 0;
+    for (size_t c = 0; c < k; c++) {
+        int r = st_get(st, &sets[c]);
+        if (r != IHC_OK && r != IHC_EREDIS) {
+            rc = r; /* connection gone: nothing more to read */
+            goto out;
+        }
+        if (r == IHC_OK && sets[c]->type != REDIS_REPLY_ARRAY) {
+            set_err(st, "SMEMBERS: unexpected reply type %d", sets[c]->type);
+            freeReplyObject(sets[c]);
+            sets[c] = NULL;
+            r = IHC_EREDIS;
+        }
+        if (r == IHC_EREDIS)
+            first = first ? first : r;
+        else
+            total += sets[c]->elements;
+    }
+    if ((rc = first) != IHC_OK || total == 0)
+        goto out;
+    if (!(gone = calloc(total, sizeof(*gone)))) {
+        rc = IHC_ENOMEM;
+        goto out;
+    }
+    size_t ngone = 0;
+    rc = read_members(st, ops, ctxs, sets, k, out, gone, &ngone);
+    if (ngone > 0 && (rc == IHC_OK || rc == IHC_EREDIS || rc == IHC_ENOMEM)) {
+        int r = forget_gone(st, ops, ctxs, sets, k, gone);
+        if (r != IHC_OK && (rc == IHC_OK || r != IHC_EREDIS))
+            rc = r; /* a lost connection wins */
+    }
 out:
     free(gone);
-    freeReplyObject(members);
+    for (size_t c = 0; c < k; c++)
+        freeReplyObject(sets[c]);
     return rc;
+}
+
+/* The records of the index sets of ctxs[0..n) into out. */
+static int list_indexes(ihc_store *st, const index_ops *ops, const char *const *ctxs, size_t n,
+                        vec *out)
+{
+    for (size_t at = 0; at < n; at += LIST_CHUNK) {
+        int rc = list_chunk(st, ops, ctxs + at, n - at < LIST_CHUNK ? n - at : LIST_CHUNK, out);
+        if (rc != IHC_OK)
+            return rc;
+    }
+    return IHC_OK;
 }
 
 /* ------------------------------------------------------------ sessions ---- */
@@ -1600,13 +1659,13 @@ int ihc_store_sessions_list(ihc_store *st, const char *hw, ihc_store_session_rec
         return rc;
     vec a = {.size = sizeof(ihc_store_session_rec)};
     if (hw) {
-        rc = list_index(st, &session_index, hw, &a);
+        rc = list_indexes(st, &session_index, &hw, 1, &a);
     } else {
         char **hws = NULL;
         size_t nhw = 0;
         rc = scan_names(st, "ihc:hw:*:sessions", "ihc:hw:{", "}:sessions", &hws, &nhw);
-        for (size_t i = 0; rc == IHC_OK && i < nhw; i++)
-            rc = list_index(st, &session_index, hws[i], &a);
+        if (rc == IHC_OK)
+            rc = list_indexes(st, &session_index, (const char *const *)hws, nhw, &a);
         free_strs(hws, nhw);
     }
     if (rc != IHC_OK) {
@@ -1953,7 +2012,8 @@ int ihc_store_agents_list(ihc_store *st, ihc_store_agent_rec **out, size_t *n)
     if (rc != IHC_OK)
         return rc;
     vec a = {.size = sizeof(ihc_store_agent_rec)};
-    rc = list_index(st, &agent_index, NULL, &a);
+    const char *none = NULL; /* the agents' set has no context */
+    rc = list_indexes(st, &agent_index, &none, 1, &a);
     if (rc != IHC_OK) {
         ihc_store_agents_free(a.v, a.n);
         return rc;

@@ -427,6 +427,46 @@ static void test_store_session_expiry(void **state)
 
 /* -------------------------------------------------------------- epochs ---- */
 
+/* Listing every session reads the hardware_ids' sets a chunk at a time: 600 hardware_ids (more
+ * than two chunks) with a session each, some of whose hashes are gone, in every chunk; the
+ * live ones are all listed once, the gone ones leave their sets. */
+static void test_store_sessions_many_hws(void **state)
+{
+    fixture *f = *state;
+    f->st = open_store(g_redis.url, 2000, NULL);
+    char sid[16], hw[16];
+    TH_PASS(ihc_store_pipeline_begin(f->st));
+    for (int i = 0; i < 600; i++) {
+        snprintf(sid, sizeof(sid), "m%03d", i);
+        snprintf(hw, sizeof(hw), "hw-%03d", i);
+        ihc_store_session m = {sid, hw, "ag", "active", 1, i, i, NULL, false};
+        TH_PASS(ihc_store_session_put(f->st, &m));
+    }
+    TH_PASS(ihc_store_pipeline_exec(f->st));
+    for (int i = 0; i < 600; i += 7) { /* as if expired: the hash goes, the set still names it */
+        char cmd[64];
+        snprintf(cmd, sizeof(cmd), "DEL ihc:session:{hw-%03d}:m%03d", i, i);
+        EXPECT_CMD(&g_redis, "1", cmd);
+    }
+    ihc_store_session_rec *recs = NULL;
+    size_t n = 0;
+    TH_PASS(ihc_store_sessions_list(f->st, NULL, &recs, &n));
+    assert_int_equal(n, 600 - 86);
+    bool seen[600] = {false};
+    for (size_t k = 0; k < n; k++) {
+        int i = atoi(recs[k].session_id + 1);
+        assert_true(i >= 0 && i < 600 && i % 7 != 0 && !seen[i]);
+        seen[i] = true;
+        snprintf(hw, sizeof(hw), "hw-%03d", i);
+        assert_string_equal(recs[k].hw, hw);
+        assert_int_equal(recs[k].created_ms, i);
+    }
+    ihc_store_sessions_free(recs, n);
+    EXPECT_CMD(&g_redis, "0", "SCARD ihc:hw:{hw-000}:sessions");
+    EXPECT_CMD(&g_redis, "0", "SCARD ihc:hw:{hw-595}:sessions");
+    EXPECT_CMD(&g_redis, "1", "SCARD ihc:hw:{hw-596}:sessions");
+}
+
 static void test_store_epochs(void **state)
 {
     fixture *f = *state;
@@ -1247,6 +1287,7 @@ int main(void)
         T(test_store_sessions),
         T(test_store_sessions_created),
         T(test_store_session_expiry),
+        T(test_store_sessions_many_hws),
         T(test_store_epochs),
         T(test_store_flags),
         T(test_store_agents),
