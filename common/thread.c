@@ -38,3 +38,9 @@ void ihc_thread_priority(bool high)
     if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10) != 0)
         ihc_log(IHC_LOG_DEBUG, "thread", "thread priority not raised err=\"%s\"", strerror(errno));
 }
+
+void ihc_thread_background(void)
+{
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0)
+        ihc_log(IHC_LOG_DEBUG, "thread", "thread priority not lowered err=\"%s\"", strerror(errno));
+}

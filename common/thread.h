@@ -1,5 +1,5 @@
 /* Thread helpers: condition variables that wait on the monotonic clock (timeouts immune to
- * wall-clock jumps) and raising a thread's scheduling priority. */
+ * wall-clock jumps), and raising or lowering a thread's scheduling priority. */
 #ifndef IHC_THREAD_H
 #define IHC_THREAD_H
 
@@ -14,6 +14,11 @@ int ihc_cond_init_mono(pthread_cond_t *cv);
  * ahead of the work it stops; without CAP_SYS_NICE this fails, which is logged at debug level
  * and otherwise ignored. */
 void ihc_thread_priority(bool high);
+
+/* Lowers the calling thread's priority (nice +10; no privilege needed), for background work
+ * that must not take a core from the interrupt path when both want it: the coordinator's Redis
+ * writer, whose batches otherwise land on interrupts in flight on a small machine. */
+void ihc_thread_background(void);
 
 /* Names the calling thread (at most 15 characters shown) as top -H, perf and gdb show it. */
 void ihc_thread_name(const char *name);

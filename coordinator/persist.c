@@ -272,6 +272,7 @@ static void *persist_main(void *arg)
 {
     ihc_persist *p = arg;
     ihc_thread_name("ihc:persist");
+    ihc_thread_background();
     for (;;) {
         pthread_mutex_lock(&p->mu);
         if (!p->stopping && p->n == 0)
