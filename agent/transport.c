@@ -732,6 +732,8 @@ void ihc__transport_fini(ihc__transport *t, int timeout_ms)
     /* the receive role has ended: no thread uses the aios; the pending receive is cancelled
      * (its callback sees stopping and writes nothing) */
     nng_aio_stop(t->arm_aio);
+    if (t->arm_aio && nng_aio_result(t->arm_aio) == 0) /* a message came after the loop ended */
+        nng_msg_free(nng_aio_get_msg(t->arm_aio));
     nng_aio_free(t->arm_aio);
     nng_aio_free(t->rx_aio);
     t->arm_aio = t->rx_aio = NULL;

@@ -41,6 +41,12 @@ void ihc_thread_priority(bool high)
 
 void ihc_thread_background(void)
 {
-    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0)
+    id_t tid = (id_t)syscall(SYS_gettid);
+    errno = 0;
+    int level = getpriority(PRIO_PROCESS, tid); /* -1 is a valid value: errno tells */
+    if (errno != 0)
+        level = 0;
+    level = level + 10 > 19 ? 19 : level + 10;
+    if (setpriority(PRIO_PROCESS, tid, level) != 0)
         ihc_log(IHC_LOG_DEBUG, "thread", "thread priority not lowered err=\"%s\"", strerror(errno));
 }

@@ -15,7 +15,8 @@ int ihc_cond_init_mono(pthread_cond_t *cv);
  * and otherwise ignored. */
 void ihc_thread_priority(bool high);
 
-/* Lowers the calling thread's priority (nice +10; no privilege needed), for background work
+/* Lowers the calling thread's priority (its nice value + 10, at most 19; no privilege
+ * needed), for background work
  * that must not take a core from the interrupt path when both want it: the coordinator's Redis
  * writer, whose batches otherwise land on interrupts in flight on a small machine. */
 void ihc_thread_background(void);

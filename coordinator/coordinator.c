@@ -2128,6 +2128,8 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
     /* only the loop used them, and it has ended; the pending receive is cancelled (its
      * callback writes wake_fd, still open) */
     nng_aio_stop(c->arm_aio);
+    if (c->arm_aio && nng_aio_result(c->arm_aio) == 0) /* a message came after the loop ended */
+        nng_msg_free(nng_aio_get_msg(c->arm_aio));
     nng_aio_free(c->arm_aio);
     nng_aio_free(c->pub_aio);
     nng_aio_free(c->pull_aio);

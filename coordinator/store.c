@@ -103,7 +103,8 @@ enum {
 /* KEYS: session hash, hw set. ARGV: state, updated_ms, session id. The hash is never
  * recreated (it would have no expiry): when HSET added both fields, there was none, and the
  * one it made goes again (one call where an EXISTS first costs two, in the common case of a
- * live session). The set follows the state. */
+ * live session; for a hash already gone it is a write and a delete where it was a read). The
+ * set follows the state. */
 #define BODY_STATE                                                                                 \
     "local live = redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_ms', ARGV[2]) < 2\n"      \
     "if not live then redis.call('DEL', KEYS[1]) end\n"                                            \
@@ -140,9 +141,9 @@ enum {
     "local added = redis.call('HSET', KEYS[1], 'session_id', ARGV[4], 'hardware_id', ARGV[5],\n"   \
     "  'agent_id', ARGV[6], 'state', ARGV[7], 'epoch', ARGV[8], 'created_ms', ARGV[9],\n"          \
     "  'updated_ms', ARGV[10], 'data', ARGV[11])\n"                                                \
+    "if ARGV[2] == '1' and added == 8 then " COUNT " end\n"                                        \
     "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"                                                     \
     "redis.call(ARGV[3] == '1' and 'SADD' or 'SREM', KEYS[2], ARGV[4])\n"                          \
-    "if ARGV[2] == '1' and added == 8 then " COUNT " end\n"                                        \
     "return 0\n"
 
 static const char script_raise[] = BODY_RAISE;
