@@ -386,31 +386,24 @@ static int wait_ms(uint64_t now, uint64_t due)
     return ms > RX_IDLE_MAX_MS ? RX_IDLE_MAX_MS : (int)ms;
 }
 
-/* nng's thread (or the caller of a cancel): arm_aio is done. */
+/* nng's thread: the pending receive is done. */
 static void on_arrival(void *arg)
 {
-    ihc__transport *t = arg;
-    atomic_store(&t->arrived, true);
-    ihc__transport_wake(t);
+    ihc__transport_wake(arg);
 }
 
-/* Takes what SUB holds into t->batch (interrupts first when asked: a stable partition): with
- * armed, first arm_aio's message, the oldest (SUB queues nothing while a receive is pending).
- * False when the socket is closed. */
-static bool take_batch(ihc__transport *t, bool armed)
+/* Takes what SUB holds into t->batch (interrupts first when asked: a stable partition): first
+ * the pending receive's message, the oldest, if it came. False when the socket is closed. */
+static bool take_batch(ihc__transport *t)
 {
     nng_msg *got[IHC__RX_BATCH];
     size_t n = 0;
     nng_msg *msg;
-    int rv = 0;
-    if (armed) {
-        rv = nng_aio_result(t->arm_aio);
-        if (rv == 0)
-            got[n++] = nng_aio_get_msg(t->arm_aio);
-        nng_aio_set_msg(t->arm_aio, NULL);
-        if (rv == NNG_ECLOSED)
-            return false;
-    }
+    int rv = ihc_nb_waiter_take(&t->waiter, &msg);
+    if (rv == NNG_ECLOSED)
+        return false;
+    if (rv == 0)
+        got[n++] = msg;
     while (n < IHC__RX_BATCH && (rv = ihc_nb_recv(t->sub, t->rx_aio, &msg)) == 0)
         got[n++] = msg;
     t->more = n == IHC__RX_BATCH;
@@ -448,12 +441,8 @@ static bool rx_loop(ihc__transport *t)
     while (!atomic_load(&t->stopping)) {
         uint64_t now = ihc_mono_ns();
         uint64_t due = t->ops.on_timers(t->ops.ctx, now);
-        bool arrived = false;
         if (!t->more) {
-            if (!t->armed) { /* a full batch left none pending: SUB queued what came */
-                t->armed = true;
-                nng_recv_aio(t->sub, t->arm_aio);
-            }
+            ihc_nb_waiter_arm(&t->waiter, t->sub);
             struct pollfd pfd = {.fd = t->wake_fd, .events = POLLIN};
             int rv = poll(&pfd, 1, wait_ms(now, due));
             if (rv < 0 && errno != EINTR) {
@@ -466,11 +455,10 @@ static bool rx_loop(ihc__transport *t)
                 ssize_t n = read(t->wake_fd, &v, sizeof(v));
                 (void)n; /* a wake-up or an arrival; the timers run at the top of the loop */
             }
-            if (!(arrived = atomic_exchange(&t->arrived, false)))
+            if (ihc_nb_waiter_pending(&t->waiter))
                 continue;
-            t->armed = false;
         }
-        if (!take_batch(t, arrived))
+        if (!take_batch(t))
             break;
         if (!rx_deliver(t))
             return false;
@@ -585,7 +573,7 @@ static int open_sub(ihc__transport *t, const char *topic, size_t tlen)
         (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, "hw:*", 5)) != 0 ||
         (rv = nng_socket_set(t->sub, NNG_OPT_SUB_SUBSCRIBE, topic, tlen)) != 0 ||
         (rv = nng_aio_alloc(&t->rx_aio, NULL, NULL)) != 0 ||
-        (rv = nng_aio_alloc(&t->arm_aio, on_arrival, t)) != 0 ||
+        (rv = ihc_nb_waiter_init(&t->waiter, on_arrival, t)) != 0 ||
         (rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_ADD_POST, on_sub_pipe, t)) != 0 ||
         (rv = nng_pipe_notify(t->sub, NNG_PIPE_EV_REM_POST, on_sub_pipe, t)) != 0)
         return sock_fail(rv);
@@ -647,7 +635,6 @@ int ihc__transport_open(ihc__transport *t, const char *pub_url, const char *repo
     atomic_init(&t->push_pipes, 0);
     atomic_init(&t->stopping, false);
     t->wake_fd = -1;
-    atomic_init(&t->arrived, false);
     atomic_init(&t->n_drops, 0);
     ihc_url_list pubs, reports;
     char why[128];
@@ -731,12 +718,9 @@ void ihc__transport_fini(ihc__transport *t, int timeout_ms)
     ihc__transport_stop_rx(t);
     /* the receive role has ended: no thread uses the aios; the pending receive is cancelled
      * (its callback sees stopping and writes nothing) */
-    nng_aio_stop(t->arm_aio);
-    if (t->arm_aio && nng_aio_result(t->arm_aio) == 0) /* a message came after the loop ended */
-        nng_msg_free(nng_aio_get_msg(t->arm_aio));
-    nng_aio_free(t->arm_aio);
+    ihc_nb_waiter_fini(&t->waiter);
     nng_aio_free(t->rx_aio);
-    t->arm_aio = t->rx_aio = NULL;
+    t->rx_aio = NULL;
     pthread_mutex_lock(&t->wake_mu);
     if (t->wake_fd >= 0)
         close(t->wake_fd);

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "nbio.h"
 #include "sockaddr.h"
 #include "urllist.h"
 
@@ -67,16 +68,12 @@ struct ihc__transport {
     atomic_int sub_pipes, push_pipes; /* over every coordinator */
     ihc__txlink links[IHC_URL_LIST_MAX];
     size_t n_links;
-    /* the receive thread waits in poll() on wake_fd (an eventfd) with arm_aio's receive
-     * pending on SUB: the message arrives in the aio, whose callback writes wake_fd; what
-     * came meanwhile is then taken without blocking (common/nbio.h) on rx_aio. Neither aio
-     * is timed (a timed one wakes nng's expiry thread), and SUB's own pollable is not used
-     * (nng 1.5.2 raises it holding the socket's lock, which the woken thread then waits for:
-     * half a sleep and a wake-up more per message, measured) */
+    /* the receive thread waits in poll() on wake_fd (an eventfd) while waiter's receive is
+     * pending on SUB (common/nbio.h: its callback writes wake_fd); what came meanwhile is then
+     * taken without blocking on rx_aio */
     int wake_fd;
-    nng_aio *arm_aio, *rx_aio;
-    bool armed;              /* arm_aio's receive is pending (receive thread only) */
-    atomic_bool arrived;     /* arm_aio has completed: its callback ran */
+    ihc_nb_waiter waiter;
+    nng_aio *rx_aio;
     pthread_mutex_t wake_mu; /* a wake's write against wake_fd's close; rx, rx_done */
     pthread_cond_t rx_cv;    /* rx_done set */
     pthread_t rx;            /* the receive thread (it may be handed on: rx_resume) */

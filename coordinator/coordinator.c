@@ -90,13 +90,11 @@ struct ihc_coord {
     ihc_wire_auth *auth;
     nng_socket pub, pull;
     nng_aio *pub_aio, *pull_aio; /* the loop's, for non-blocking sends and receives (nbio.h) */
-    /* agents' messages wake the loop through a receive kept pending on PULL, whose callback
-     * writes wake_fd (arm_pull) */
-    nng_aio *arm_aio;
-    bool armed;          /* arm_aio's receive is pending (loop only) */
-    nng_msg *held;       /* taken while arming, handled first in the turn (loop only) */
-    atomic_bool arrived; /* arm_aio is done: its callback ran */
-    int wake_fd;         /* eventfd: the queue has work or the loop must stop */
+    /* agents' messages wake the loop through a receive kept pending on PULL (common/nbio.h:
+     * its callback writes wake_fd) */
+    ihc_nb_waiter waiter;
+    nng_msg *held; /* taken while arming, handled first in the turn (loop only) */
+    int wake_fd;   /* eventfd: the queue has work or the loop must stop */
     pthread_t loop;
     bool loop_started;
     uint64_t start_ns;
@@ -1451,48 +1449,40 @@ static int poll_timeout_ms(const ihc_coord *c, uint64_t now_ns)
     return ms > 1000 ? 1000 : (int)ms;
 }
 
-/* nng's thread (or the caller of a cancel): arm_aio is done. */
+/* nng's thread: the pending receive is done. */
 static void on_arrival(void *arg)
 {
-    ihc_coord *c = arg;
-    atomic_store(&c->arrived, true);
-    wake(c);
+    wake(arg);
 }
 
-/* Agents' messages wake the loop through a receive pending on PULL rather than through PULL's
- * receive fd: nng 1.5.2 raises that fd holding the socket's lock, which the woken loop then
- * waits for (measured: 0.66 sleeps of the loop per interrupt at N = 8, a quarter of all). The
- * aio's callback runs once the lock is let go. Arms unless PULL holds a message already
- * (false then: it is held for the turn, which begins without sleeping). */
+/* Before the loop sleeps: agents' messages wake it through a receive pending on PULL
+ * (common/nbio.h says why not through PULL's receive fd: measured, 0.66 sleeps of the loop per
+ * interrupt at N = 8, a quarter of all). Arms unless PULL holds a message already (false then:
+ * it is held for the turn, which begins without sleeping). */
 static bool arm_pull(ihc_coord *c)
 {
     if (ihc_nb_recv(c->pull, c->pull_aio, &c->held) == 0)
         return false; /* came after the last turn's look */
-    c->armed = true;
-    nng_recv_aio(c->pull, c->arm_aio);
+    ihc_nb_waiter_arm(&c->waiter, c->pull);
     return true;
 }
 
-/* What the agents sent since the last turn: the armed receive's message (or the one held)
+/* What the agents sent since the last turn: the pending receive's message (or the one held)
  * first — a connection reads its next message only once its last was taken, so PULL holds
  * nothing older from that agent — then what PULL holds, up to MAX_MSGS_PER_TURN. */
 static void take_agent_msgs(ihc_coord *c)
 {
-    if (c->armed) {
-        if (!atomic_exchange(&c->arrived, false))
-            return; /* nothing yet: the pending receive gets the next message */
-        c->armed = false;
-        if (nng_aio_result(c->arm_aio) == 0)
-            c->held = nng_aio_get_msg(c->arm_aio);
-        nng_aio_set_msg(c->arm_aio, NULL);
-    }
+    if (ihc_nb_waiter_pending(&c->waiter))
+        return; /* nothing yet: the pending receive gets the next message */
+    nng_msg *nm = NULL;
+    if (ihc_nb_waiter_take(&c->waiter, &nm) == 0)
+        c->held = nm; /* nothing is held while the waiter is armed (arm_pull) */
     if (c->held) {
         on_message(c, c->held);
         nng_msg_free(c->held);
         c->held = NULL;
     }
     for (int i = 0; i < MAX_MSGS_PER_TURN; i++) {
-        nng_msg *nm = NULL;
         if (ihc_nb_recv(c->pull, c->pull_aio, &nm) != 0)
             break;
         on_message(c, nm);
@@ -1505,7 +1495,7 @@ static void *loop_main(void *arg)
     ihc_coord *c = arg;
     ihc_thread_name("ihc:loop");
     while (!atomic_load(&c->loop_stop)) {
-        bool more = !c->armed && !arm_pull(c);
+        bool more = !ihc_nb_waiter_armed(&c->waiter) && !arm_pull(c);
         struct pollfd pfd[2] = {{.fd = c->wake_fd, .events = POLLIN},
                                 {.fd = c->watch_open ? c->watch_fd : -1, .events = POLLIN}};
         int rv = poll(pfd, 2, more ? 0 : poll_timeout_ms(c, ihc_mono_ns()));
@@ -1990,7 +1980,6 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
     pthread_mutex_init(&c->pipes_mu, NULL);
     atomic_init(&c->pipes_gen, 0);
     atomic_init(&c->loop_stop, false);
-    atomic_init(&c->arrived, false);
     atomic_init(&c->pending, 0);
     atomic_init(&c->rejected, 0);
     if (!(c->window = calloc(IHC__STATS_WINDOW, sizeof(double))))
@@ -2042,7 +2031,7 @@ int ihc_coord_open(ihc_coord **out, const ihc_config *cfg)
     if ((rv = nng_pub0_open(&c->pub)) != 0 || (rv = nng_pull0_open(&c->pull)) != 0 ||
         (rv = nng_aio_alloc(&c->pub_aio, NULL, NULL)) != 0 ||
         (rv = nng_aio_alloc(&c->pull_aio, NULL, NULL)) != 0 ||
-        (rv = nng_aio_alloc(&c->arm_aio, on_arrival, c)) != 0) {
+        (rv = ihc_nb_waiter_init(&c->waiter, on_arrival, c)) != 0) {
         rc = ihc_err_from_nng(rv);
         goto fail;
     }
@@ -2127,13 +2116,10 @@ void ihc_coord_close(ihc_coord *c, uint32_t flush_ms)
     snap_free(&c->elect_snap);
     /* only the loop used them, and it has ended; the pending receive is cancelled (its
      * callback writes wake_fd, still open) */
-    nng_aio_stop(c->arm_aio);
-    if (c->arm_aio && nng_aio_result(c->arm_aio) == 0) /* a message came after the loop ended */
-        nng_msg_free(nng_aio_get_msg(c->arm_aio));
-    nng_aio_free(c->arm_aio);
+    ihc_nb_waiter_fini(&c->waiter);
     nng_aio_free(c->pub_aio);
     nng_aio_free(c->pull_aio);
-    c->arm_aio = c->pub_aio = c->pull_aio = NULL;
+    c->pub_aio = c->pull_aio = NULL;
     nng_msg_free(c->held); /* a message taken as the loop stopped */
     c->held = NULL;
     int pub_rc = ihc_sock_close(c->pub, IHC_SOCK_CLOSE_MS, COMPONENT, "publish");
