@@ -298,6 +298,8 @@ static bool on_frame(void *ctx, const uint8_t *frame, size_t len, uint64_t t0, i
     case IHC_MSG_SYNC:
         if (!term_current(a, m->u.sync.term, "sync", link))
             break;
+        if (m->u.sync.agent && strcmp(m->u.sync.agent, a->id) == 0)
+            ihc__transport_set_report_begun(&a->tp, link, m->u.sync.report_begun);
         if (m->u.sync.agent && strcmp(m->u.sync.agent, a->id) == 0 && m->u.sync.hello) {
             /* the coordinator gave us up while we were silent (stopped, starved) */
             ihc_log(IHC_LOG_WARN, IHC__LOG, "coordinator asks for a hello: it had lost this agent");

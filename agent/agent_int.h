@@ -90,6 +90,6 @@ struct ihc_agent {
 };
 
 /* Sends session_end for s (lock NOT held; s must stay referenced). */
-void ihc__send_session_end(ihc_agent *a, const ihc__session *s, const char *state);
+void ihc__send_session_end(ihc_agent *a, ihc__session *s, const char *state);
 
 #endif

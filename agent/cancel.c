@@ -88,6 +88,99 @@ static void dedupe_put(ihc__cancel *cx, uint64_t term, uint64_t id, uint64_t epo
     h->report_len = len;
 }
 
+/* ---- session_begins held for the report ----
+ * A session begun inside an on_cancel callback (a service starting the next piece of work as
+ * it stops the last) is announced in the interrupt's report: one message to the coordinator
+ * where there were two. Only to a coordinator that said it reads them (sync.report_begun);
+ * the others get the session_begin. Until the report goes out, the coordinator still counts
+ * the interrupted session, so the agent is expected for the hardware_id all along. */
+
+/* The agent whose on_cancel callbacks run on this thread, while they may hold begins. */
+static _Thread_local ihc_agent *holding;
+
+bool ihc__cancel_hold_begin(ihc_agent *a, ihc__session *s, uint8_t *msg, size_t len)
+{
+    ihc__cancel *cx = &a->cx;
+    if (holding != a || cx->n_held == IHC__HELD_BEGINS_MAX)
+        return false;
+    s->refs++;
+    s->begin_held = true;
+    cx->held[cx->n_held++] = (ihc__held_begin){.s = s, .msg = msg, .len = len};
+    return true;
+}
+
+/* Lock held: removes held[i], keeping the order. */
+static ihc__held_begin held_take(ihc__cancel *cx, size_t i)
+{
+    ihc__held_begin h = cx->held[i];
+    memmove(&cx->held[i], &cx->held[i + 1], (cx->n_held - i - 1) * sizeof(cx->held[0]));
+    cx->n_held--;
+    h.s->begin_held = false;
+    return h;
+}
+
+void ihc__cancel_release_begin(ihc_agent *a, ihc__session *s)
+{
+    ihc__cancel *cx = &a->cx;
+    if (!s->begin_held)
+        return;
+    for (size_t i = 0; i < cx->n_held; i++)
+        if (cx->held[i].s == s) {
+            ihc__held_begin h = held_take(cx, i);
+            ihc__transport_send(&a->tp, h.msg, h.len, "session_begin");
+            ihc__session_put(s); /* the caller holds its own */
+            return;
+        }
+}
+
+void ihc__cancel_drop_begins(ihc_agent *a)
+{
+    ihc__cancel *cx = &a->cx;
+    while (cx->n_held) {
+        ihc__held_begin h = held_take(cx, 0);
+        free(h.msg);
+        ihc__session_put(h.s);
+    }
+}
+
+/* send_lock held: takes the held begins into v (their session_begins, references and all)
+ * and describes them in cx->begun for the report. Returns how many. */
+static size_t begins_take(ihc_agent *a, ihc__held_begin *v)
+{
+    ihc__cancel *cx = &a->cx;
+    pthread_mutex_lock(&a->lock);
+    size_t n = cx->n_held;
+    for (size_t i = 0; i < n; i++) {
+        v[i] = cx->held[i];
+        ihc__session *s = v[i].s;
+        s->begin_held = false;
+        cx->begun[i] = (ihc_session_info){.session_id = (char *)s->id,
+                                          .hw = (char *)s->hw,
+                                          .epoch = s->epoch,
+                                          .gepoch = s->gepoch,
+                                          .created_ms = s->created_ms,
+                                          .module = s->module,
+                                          .pid = (int32_t)s->pid,
+                                          .data = s->data};
+    }
+    cx->n_held = 0;
+    pthread_mutex_unlock(&a->lock);
+    return n;
+}
+
+/* send_lock held: after the report (which announced them when in_report), the held
+ * session_begins go to the coordinators that did not hear of them. */
+static void begins_send(ihc_agent *a, ihc__held_begin *v, size_t n, bool in_report, int link)
+{
+    for (size_t i = 0; i < n; i++)
+        ihc__transport_send_except(&a->tp, v[i].msg, v[i].len, "session_begin",
+                                   in_report ? link : -1);
+    pthread_mutex_lock(&a->lock);
+    for (size_t i = 0; i < n; i++)
+        ihc__session_put(v[i].s);
+    pthread_mutex_unlock(&a->lock);
+}
+
 /* ---- the common part of interrupts and catch-ups ---- */
 
 /* Everything after fencing: cx->victims holds n claimed sessions. False when the calling thread
@@ -99,9 +192,12 @@ static bool cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t term,
     ihc__session **v = cx->victims;
     /* owners hear first: they may be waiting on something other than the token */
     cx->current_id = id;
+    if (id != 0 && ihc__transport_report_begun(&a->tp, link))
+        holding = a;
     for (size_t i = 0; i < n; i++)
         if (v[i]->on_cancel)
             v[i]->on_cancel(v[i]->id, v[i]->arg);
+    holding = NULL;
     cx->current_id = 0;
     cx->current_reason = NULL;
 
@@ -118,6 +214,64 @@ static bool cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t term,
         return false;
     ihc__cancel_resume(a);
     return true;
+}
+
+/* The report of the interrupt in cx->run, with nr module results in cx->res and the sessions
+ * begun meanwhile; kept for re-sends. False when it could not be encoded (logged). */
+static bool report_send(ihc_agent *a, size_t nr, double time_ms)
+{
+    ihc__cancel *cx = &a->cx;
+    const ihc__cancel_run *r = &cx->run;
+    for (size_t i = 0; i < r->n; i++)
+        cx->sids[i] = cx->victims[i]->id;
+    ihc_msg msg = {.type = IHC_MSG_REPORT};
+    msg.u.report = (ihc_report_msg){.id = r->id,
+                                    .agent = a->id,
+                                    .hw = (char *)r->hw,
+                                    .modules = cx->res,
+                                    .n_modules = nr,
+                                    .sessions = cx->sids,
+                                    .n_sessions = r->n,
+                                    .time_ms = time_ms,
+                                    .term = r->term};
+    /* a session that ends from now on has its end sent after this report announced it */
+    pthread_mutex_lock(&a->send_lock);
+    ihc__held_begin held[IHC__HELD_BEGINS_MAX];
+    size_t nh = begins_take(a, held);
+    bool in_report = nh > 0 && ihc__transport_report_begun(&a->tp, r->link);
+    uint8_t *buf = NULL, *keep = NULL;
+    size_t len = 0, keep_len = 0;
+    if (in_report) {
+        msg.u.report.begun = cx->begun;
+        msg.u.report.n_begun = nh;
+    }
+    int rc = ihc_wire_encode(&msg, a->auth, &buf, &len);
+    if (rc == IHC_OK && in_report) {
+        /* a re-send must not announce a session again that may have ended since: the copy
+         * kept for re-sends has no begun (a report that never arrived is followed by a hello
+         * on reconnection, which lists the live sessions) */
+        msg.u.report.n_begun = 0;
+        rc = ihc_wire_encode(&msg, a->auth, &keep, &keep_len);
+    } else {
+        keep = buf;
+        keep_len = len;
+    }
+    if (rc == IHC_OK)
+        ihc__transport_send_report(&a->tp, buf, len, r->link);
+    else
+        ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot encode report id=%llu hw=%s err=\"%s\"",
+                (unsigned long long)r->id, r->hw, ihc_strerror(rc));
+    begins_send(a, held, nh, in_report && rc == IHC_OK, r->link);
+    pthread_mutex_unlock(&a->send_lock);
+    if (keep != buf)
+        free(buf);
+    if (rc != IHC_OK) {
+        free(keep);
+        keep = NULL;
+        keep_len = 0;
+    }
+    dedupe_put(cx, r->term, r->id, r->epoch, r->hw, keep, keep_len);
+    return rc == IHC_OK;
 }
 
 /* After the modules (on the receive thread, or on the rescue that took the run over): the
@@ -170,33 +324,8 @@ void ihc__cancel_resume(ihc_agent *a)
     }
 
     bool reported = false; /* the report names the sessions: no session_end for them */
-    if (id != 0) {
-        for (size_t i = 0; i < n; i++)
-            cx->sids[i] = v[i]->id;
-        ihc_msg msg = {.type = IHC_MSG_REPORT};
-        msg.u.report = (ihc_report_msg){.id = id,
-                                        .agent = a->id,
-                                        .hw = (char *)hw,
-                                        .modules = cx->res,
-                                        .n_modules = nr,
-                                        .sessions = cx->sids,
-                                        .n_sessions = n,
-                                        .time_ms = time_ms,
-                                        .term = r->term};
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        int rc = ihc_wire_encode(&msg, a->auth, &buf, &len);
-        if (rc == IHC_OK) {
-            ihc__transport_send_report(&a->tp, buf, len, r->link);
-            reported = true;
-        } else {
-            ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot encode report id=%llu hw=%s err=\"%s\"",
-                    (unsigned long long)id, hw, ihc_strerror(rc));
-            buf = NULL;
-        }
-        dedupe_put(cx, r->term, id, epoch, hw, buf, len);
-    }
-
+    if (id != 0)
+        reported = report_send(a, nr, time_ms);
     pthread_mutex_lock(&a->cb_lock);
     ihc__callback *cb = a->cb_head;
     size_t ncb = a->n_cbs;

@@ -33,7 +33,20 @@ typedef struct {
     size_t nm; /* modules of the run */
 } ihc__cancel_run;
 
-/* State of the interrupt path; only the receive thread touches it. */
+/* A session begun inside an on_cancel callback: its session_begin is held back and the
+ * session goes in the interrupt's report (report.begun), one message where there were two.
+ * Its own encoded session_begin is kept for the other coordinators, and for when it cannot
+ * go in the report. */
+typedef struct {
+    struct ihc__session *s; /* a reference held */
+    uint8_t *msg;           /* the encoded session_begin, owned */
+    size_t len;
+} ihc__held_begin;
+
+#define IHC__HELD_BEGINS_MAX 64 /* beyond it a session_begin goes out at once */
+
+/* State of the interrupt path; only the receive thread touches it (held and n_held: under
+ * the agent's lock). */
 typedef struct {
     ihc__handled *ring;
     int *buckets;
@@ -46,6 +59,9 @@ typedef struct {
     uint64_t current_id; /* the interrupt being handled while on_cancel runs (0: a catch-up) */
     const char *current_reason; /* its reason, while on_cancel runs; NULL otherwise */
     ihc__cancel_run run;
+    ihc__held_begin held[IHC__HELD_BEGINS_MAX];
+    size_t n_held;
+    ihc_session_info begun[IHC__HELD_BEGINS_MAX]; /* the report's, filled from held */
 } ihc__cancel;
 
 int ihc__cancel_init(ihc_agent *a);
@@ -64,6 +80,19 @@ bool ihc__cancel_on_interrupt(ihc_agent *a, const ihc_interrupt_msg *m, uint64_t
 uint64_t ihc__cancel_current_id(ihc_agent *a);
 /* Its reason ("" when none was given; "missed interrupt" for a catch-up). */
 const char *ihc__cancel_current_reason(ihc_agent *a);
+
+/* Agent's lock held, in ihc_agent_session_begin: when called inside an on_cancel callback of
+ * an interrupt whose coordinator reads a report's begun sessions, keeps s (a reference) and
+ * msg (its encoded session_begin, ownership taken) for the report and returns true; false
+ * otherwise (the caller sends msg). */
+bool ihc__cancel_hold_begin(ihc_agent *a, struct ihc__session *s, uint8_t *msg, size_t len);
+
+/* Agent's lock held: s ends before the report that was to announce it went out; its
+ * session_begin goes out now, ahead of its end. */
+void ihc__cancel_release_begin(ihc_agent *a, struct ihc__session *s);
+
+/* At close (nothing runs any more): drops the held session_begins. */
+void ihc__cancel_drop_begins(ihc_agent *a);
 
 /* On the rescue thread that took a run of modules over, when the run has ended: the rest of
  * the interrupt (report, callbacks, cleanup), as the displaced receive thread would have. */

@@ -115,6 +115,7 @@ void ihc__sessions_fini(ihc_agent *a)
         s->escalating = false;
         ihc__session_put(s);
     }
+    ihc__cancel_drop_begins(a);
     while (a->sessions)
         ihc__session_unlink(a, a->sessions);
     for (size_t i = 0; i < IHC__HW_BUCKETS; i++) {
@@ -227,11 +228,13 @@ bool ihc__session_claim(ihc__session *s)
     return true;
 }
 
-/* Encodes a session event about s (lock held). NULL when encoding failed (logged). */
-static uint8_t *encode_event(ihc_agent *a, const ihc__session *s, const char *state, size_t *len)
+/* Encodes a session event about s (lock held). NULL when encoding failed (logged). An end of
+ * a session whose begin waits for a report sends that begin first. */
+static uint8_t *encode_event(ihc_agent *a, ihc__session *s, const char *state, size_t *len)
 {
     ihc_msg m = {0};
     if (state) {
+        ihc__cancel_release_begin(a, s);
         m.type = IHC_MSG_SESSION_END;
         m.u.session_end.agent = a->id;
         m.u.session_end.session_id = (char *)s->id;
@@ -260,7 +263,7 @@ static uint8_t *encode_event(ihc_agent *a, const ihc__session *s, const char *st
     return buf;
 }
 
-void ihc__send_session_end(ihc_agent *a, const ihc__session *s, const char *state)
+void ihc__send_session_end(ihc_agent *a, ihc__session *s, const char *state)
 {
     size_t len = 0;
     uint8_t *buf = encode_event(a, s, state, &len);
@@ -356,6 +359,8 @@ int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token *
         memcpy(sid, s->id, strlen(s->id) + 1);
     size_t len = 0;
     uint8_t *buf = encode_event(a, s, NULL, &len);
+    if (buf && ihc__cancel_hold_begin(a, s, buf, len))
+        buf = NULL; /* it goes in the report of the interrupt being handled */
     pthread_mutex_unlock(&a->lock);
     if (buf)
         ihc__transport_send(&a->tp, buf, len, "session_begin");

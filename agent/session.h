@@ -30,6 +30,7 @@ typedef struct ihc__session {
     bool cancelled;  /* claimed by an interrupt, a catch-up or expiry */
     bool ended;      /* its owner called ihc_agent_session_end */
     bool escalating; /* in the escalation list */
+    bool begin_held; /* its session_begin waits for the report it goes in (cancel.h) */
     /* its owner runs its own interrupt methods and reports them (ihc__session_report): the
      * interrupt's report waits for them up to the module timeout */
     bool report_held;

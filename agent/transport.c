@@ -148,6 +148,8 @@ static void on_sub_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
     ihc__transport *t = arg;
     int link = note_sub_pipe(t, p, ev == NNG_PIPE_EV_ADD_POST);
+    if (link >= 0 && ev == NNG_PIPE_EV_REM_POST)
+        atomic_store(&t->links[link].report_begun, false);
     on_pipe(t, link >= 0 ? &t->links[link].sub_pipes : NULL, true, ev);
 }
 
@@ -155,7 +157,20 @@ static void on_push_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
     (void)p;
     ihc__txlink *l = arg;
+    if (ev == NNG_PIPE_EV_REM_POST)
+        atomic_store(&l->report_begun, false);
     on_pipe(l->t, &l->push_pipes, false, ev);
+}
+
+bool ihc__transport_report_begun(ihc__transport *t, int link)
+{
+    return link >= 0 && (size_t)link < t->n_links && atomic_load(&t->links[link].report_begun);
+}
+
+void ihc__transport_set_report_begun(ihc__transport *t, int link, bool on)
+{
+    if (link >= 0 && (size_t)link < t->n_links)
+        atomic_store(&t->links[link].report_begun, on);
 }
 
 void ihc__transport_links(ihc__transport *t, int *sub, int *push)

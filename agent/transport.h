@@ -51,6 +51,9 @@ typedef struct {
     bool push_open;
     nng_dialer sub_dialer; /* this coordinator's dialer on the shared SUB socket */
     atomic_int sub_pipes, push_pipes;
+    /* its sync said it reads a report's begun sessions; cleared when a connection drops (the
+     * coordinator behind it may be another one, or another version, when it comes back) */
+    atomic_bool report_begun;
     nng_aio *aio;
     bool busy;
     ihc__txq *head, *tail;
@@ -125,6 +128,11 @@ int ihc__transport_start(ihc__transport *t);
  * detached and left to return on its own) and runs the receive loop until the transport
  * stops. Returns at once when it is already stopping. */
 void ihc__transport_rx_resume(ihc__transport *t);
+
+/* Whether coordinator link reads a report's begun sessions (false for an unknown link). */
+bool ihc__transport_report_begun(ihc__transport *t, int link);
+/* Receive thread: link's coordinator said (in a sync) whether it reads them. */
+void ihc__transport_set_report_begun(ihc__transport *t, int link, bool on);
 
 /* Any thread: the receive thread runs on_timers now instead of when its wait ends. */
 void ihc__transport_wake(ihc__transport *t);

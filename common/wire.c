@@ -226,6 +226,7 @@ static const wire_field report_fields[] = {
     LST("sessions", K_ID, 0, ihc_report_msg, sessions, n_sessions),
     FLD("time_ms", K_DOUBLE, 0, ihc_report_msg, time_ms),
     FLD("term", K_U64, 0, ihc_report_msg, term),
+    OBJ("begun", session_info_schema, 0, ihc_report_msg, begun, n_begun),
 };
 static const wire_field session_begin_fields[] = {
     FLD("agent", K_AGENT, F_REQ, ihc_session_begin_msg, agent),
@@ -257,6 +258,7 @@ static const wire_field sync_fields[] = {
     OBJ("epochs", epoch_info_schema, 0, ihc_sync_msg, epochs, n_epochs),
     FLD("hello", K_BOOL, 0, ihc_sync_msg, hello),
     FLD("term", K_U64, 0, ihc_sync_msg, term),
+    FLD("report_begun", K_BOOL, 0, ihc_sync_msg, report_begun),
 };
 static const wire_field result_fields[] = {
     TXT("json", F_REQ, IHC_JSON_MAX, ihc_result_msg, json),

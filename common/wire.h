@@ -75,6 +75,18 @@ typedef struct {
     char *error; /* NULL when none */
 } ihc_module_result;
 
+/* A session as agents describe it (session_begin, hello, report.begun). */
+typedef struct {
+    char *session_id;
+    char *hw;
+    uint64_t epoch;     /* hw epoch the session started in */
+    uint64_t gepoch;    /* global ("*") epoch the session started in */
+    int64_t created_ms; /* agent wall clock */
+    char *module;       /* may be NULL */
+    int32_t pid;        /* 0 when not a local-endpoint process */
+    char *data;         /* JSON text or NULL */
+} ihc_session_info;
+
 /* "report" on PUSH: what one agent did for one interrupt. */
 typedef struct {
     uint64_t id;
@@ -86,19 +98,12 @@ typedef struct {
     size_t n_sessions;
     double time_ms; /* agent's total handling time */
     uint64_t term;  /* the term of the interrupt it answers (0: none) */
+    /* sessions begun while the interrupt was handled (in its on_cancel callbacks), announced
+     * here instead of in session_begin messages of their own; only to a coordinator whose
+     * sync said report_begun */
+    ihc_session_info *begun;
+    size_t n_begun;
 } ihc_report_msg;
-
-/* A session as agents describe it (session_begin, hello). */
-typedef struct {
-    char *session_id;
-    char *hw;
-    uint64_t epoch;     /* hw epoch the session started in */
-    uint64_t gepoch;    /* global ("*") epoch the session started in */
-    int64_t created_ms; /* agent wall clock */
-    char *module;       /* may be NULL */
-    int32_t pid;        /* 0 when not a local-endpoint process */
-    char *data;         /* JSON text or NULL */
-} ihc_session_info;
 
 typedef struct {
     char *agent;
@@ -161,7 +166,8 @@ typedef struct {
     ihc_epoch_info *epochs; /* includes "*" for the global epoch */
     size_t n_epochs;
     bool hello;
-    uint64_t term; /* the sending leader's term (0: a coordinator without standbys) */
+    uint64_t term;     /* the sending leader's term (0: a coordinator without standbys) */
+    bool report_begun; /* this coordinator reads a report's begun sessions */
 } ihc_sync_msg;
 
 /* "result" on PUB, topic "ev:\0": a finished interrupt, for `ihc watch`. */

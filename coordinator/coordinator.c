@@ -1015,6 +1015,20 @@ static void end_reported_sessions(ihc_coord *c, const ihc_report_msg *r)
 
 static void ask_hello(ihc_coord *c, const char *agent_id, const char *why);
 
+/* The sessions the agent began while it handled the interrupt (report.begun), as if each had
+ * come in a session_begin just before the report. */
+static void begin_reported_sessions(ihc_coord *c, const ihc_report_msg *r)
+{
+    uint64_t now_ns = ihc_mono_ns();
+    int64_t now_ms = ihc_now_ms();
+    for (size_t k = 0; k < r->n_begun; k++) {
+        int rc = ihc_registry_session_begin(c->reg, r->agent, &r->begun[k], now_ns, now_ms);
+        if (rc != IHC_OK)
+            ihc_log(IHC_LOG_WARN, COMPONENT, "session refused agent=%s session=%s: %s", r->agent,
+                    r->begun[k].session_id, ihc_strerror(rc));
+    }
+}
+
 static void on_report(ihc_coord *c, ihc_msg **mp)
 {
     const ihc_report_msg *r = &(*mp)->u.report;
@@ -1028,6 +1042,7 @@ static void on_report(ihc_coord *c, ihc_msg **mp)
     ihc_registry_touch(c->reg, r->agent, ihc_mono_ns(), ihc_now_ms());
     if (pending) /* known from Redis only: its hello lists the sessions Redis never saw */
         ask_hello(c, r->agent, "pending");
+    begin_reported_sessions(c, r);
     ssize_t i = table_find(c, r->id);
     if (i < 0) {
         /* the interrupt is over, but what the agent cleaned is no longer active */
@@ -1072,6 +1087,7 @@ static void send_sync(ihc_coord *c, const char *agent_id)
     ihc_msg m = {.type = IHC_MSG_SYNC};
     m.u.sync.term = wire_term(c);
     m.u.sync.agent = (char *)agent_id;
+    m.u.sync.report_begun = true;
     m.u.sync.epochs = ep;
     m.u.sync.n_epochs = sc.n_hws + 1;
     publish(c, &m);
@@ -1103,6 +1119,7 @@ static void ask_hello(ihc_coord *c, const char *agent_id, const char *why)
     ihc_msg m = {.type = IHC_MSG_SYNC};
     m.u.sync.term = wire_term(c);
     m.u.sync.agent = (char *)agent_id;
+    m.u.sync.report_begun = true;
     m.u.sync.hello = true;
     publish(c, &m);
     ihc_log(IHC_LOG_WARN, COMPONENT, "agent back agent=%s was=%s: asking it for a hello", agent_id,

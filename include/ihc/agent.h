@@ -165,7 +165,9 @@ typedef struct {
 } ihc_session_opts;
 
 /* Begins a session. Returns its token in *tok (caller owns one reference:
- * ihc_token_release) and, when sid is not NULL, its id in sid (sid_len ≥ 129).
+ * ihc_token_release) and, when sid is not NULL, its id in sid (sid_len ≥ 129). Called from an
+ * on_cancel callback, the coordinator hears of the session in that interrupt's report rather
+ * than in a message of its own (README, "Wire protocol": report.begun).
  * Errors: IHC_EBADHW, IHC_EBADID, IHC_EEXIST (id in use), IHC_ELIMIT (MAX_ACTIVE_SESSIONS
  * reached), IHC_ENOMEM. */
 IHC_API int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token **tok,

@@ -1,9 +1,9 @@
 /* A service embedding libihc-agent, as the benchmark's agents: three modules with
  * instant interrupt methods and one session of each given hardware_id, replaced by a
  * fresh one on every interrupt. The new session is begun in the old one's on_cancel,
- * which runs before the modules and the report, so its session_begin reaches the
- * coordinator ahead of the report (one PUSH pipe keeps order) and the requester's next
- * interrupt always finds it.
+ * which runs before the modules and the report, so it is announced in the report
+ * (report.begun; in a session_begin ahead of the report to a coordinator that does not read
+ * them) and the requester's next interrupt always finds it.
  * With --steady R it instead holds one session of each of HW-0 … HW-(R-1) from the start and
  * begins nothing afterwards (bench_ihc --steady interrupts one of them per round).
  * Usage: bench_agent [--pub URL] [--report URL] [--id ID] [--hw HW[,HW…]] [--steady R]

@@ -91,6 +91,7 @@ int th_fc_send_sync(th_fc *fc, const char *agent, const char *const *hws, size_t
     m.u.sync.agent = (char *)agent;
     m.u.sync.epochs = ep;
     m.u.sync.n_epochs = n + 1;
+    m.u.sync.report_begun = fc->report_begun;
     int rc = th_fc_publish(fc, &m);
     free(ep);
     return rc;

@@ -23,6 +23,7 @@ typedef struct {
     int pub_port, report_port;
     char pub_url[64], report_url[64]; /* what agents dial: tcp://127.0.0.1:<port> */
     th_fc_item *queue;                /* received, not yet asked for (oldest first) */
+    bool report_begun;                /* its syncs say it reads a report's begun sessions */
 } th_fc;
 
 /* Picks two distinct free ports and fills in the URLs; nothing listens yet. */
@@ -40,7 +41,7 @@ void th_fc_close(th_fc *fc);
 int th_fc_publish(th_fc *fc, const ihc_msg *m);
 
 /* Publishes a sync for agent: epoch 0 for "*" and for each of the n hws (hws may be NULL
- * when n is 0). Returns an ihc code. */
+ * when n is 0), and fc->report_begun. Returns an ihc code. */
 int th_fc_send_sync(th_fc *fc, const char *agent, const char *const *hws, size_t n);
 
 /* Publishes an interrupt (topic "hw:<hw>\0") naming agent as the one waited for (NULL: no

@@ -700,6 +700,116 @@ static void test_agent_cancel_owner_reports(void **state)
     th_fc_close(&f);
 }
 
+/* Sessions begun inside on_cancel: announced in the report (report.begun) to a coordinator
+ * that said it reads them, instead of in session_begins of their own; one that ends before
+ * the report has its session_begin sent ahead of its end; a re-sent report announces
+ * nothing again; a coordinator that did not say so gets session_begins. */
+static ihc_agent *begun_agent;
+static atomic_int begun_n;
+static void begin_next(const char *session_id, void *arg)
+{
+    (void)arg;
+    int k = atomic_fetch_add(&begun_n, 1);
+    char sid[32];
+    snprintf(sid, sizeof(sid), "next-%d", k);
+    ihc_token *t = NULL;
+    ihc_session_opts so = {.session_id = sid, .hw = "dev-1", .module = "text_processing"};
+    assert_int_equal(ihc_agent_session_begin(begun_agent, &so, &t, NULL, 0), IHC_OK);
+    ihc_token_release(t);                   /* the session lives on until ended or interrupted */
+    if (strcmp(session_id, "first") == 0) { /* and one begun and ended at once */
+        so.session_id = "brief";
+        assert_int_equal(ihc_agent_session_begin(begun_agent, &so, &t, NULL, 0), IHC_OK);
+        ihc_token_release(t);
+        assert_int_equal(ihc_agent_session_end(begun_agent, "brief"), IHC_OK);
+    }
+}
+
+/* The next message that is a session_begin or session_end of sid (others are dropped). */
+static ihc_msg *next_event_of(th_fc *f, const char *sid, int ms)
+{
+    uint64_t end = th_now_ms_() + (uint64_t)ms;
+    while (th_now_ms_() < end) {
+        ihc_msg *m = th_fc_recv(f, 20);
+        if (!m)
+            continue;
+        const char *id = m->type == IHC_MSG_SESSION_BEGIN ? m->u.session_begin.session.session_id
+                         : m->type == IHC_MSG_SESSION_END ? m->u.session_end.session_id
+                                                          : NULL;
+        if (id && strcmp(id, sid) == 0)
+            return m;
+        if (m->type == IHC_MSG_REPORT) { /* the report ends the search: kept for the caller */
+            th_fc_unget(f, m);
+            break;
+        }
+        ihc_msg_free(m);
+    }
+    return NULL;
+}
+
+static void test_agent_cancel_begun_in_report(void **state)
+{
+    (void)state;
+    th_fc f = {.report_begun = true};
+    assert_int_equal(th_fc_listen(&f), 0);
+    ihc_agent *a = begun_agent = open_agent(&f, NULL);
+    atomic_store(&begun_n, 0);
+    ihc_token *t = NULL;
+    ihc_session_opts so = {.session_id = "first", .hw = "dev-1", .on_cancel = begin_next};
+    TH_PASS(ihc_agent_session_begin(a, &so, &t, NULL, 0));
+    ihc_msg *m = th_fc_recv_type(&f, IHC_MSG_SESSION_BEGIN, 5000);
+    assert_non_null(m);
+    ihc_msg_free(m);
+
+    TH_PASS(th_fc_send_interrupt(&f, 1, "dev-1", 1, NULL, 0));
+    /* "brief" ended inside on_cancel: its begin went out, then its end */
+    m = next_event_of(&f, "brief", 5000);
+    assert_non_null(m);
+    assert_int_equal(m->type, IHC_MSG_SESSION_BEGIN);
+    ihc_msg_free(m);
+    m = next_event_of(&f, "brief", 5000);
+    assert_non_null(m);
+    assert_int_equal(m->type, IHC_MSG_SESSION_END);
+    ihc_msg_free(m);
+    ihc_msg *r = expect_report(&f, 1);
+    assert_int_equal(r->u.report.n_sessions, 1);
+    assert_true(has_session(r, "first"));
+    assert_int_equal(r->u.report.n_begun, 1);
+    assert_string_equal(r->u.report.begun[0].session_id, "next-0");
+    assert_string_equal(r->u.report.begun[0].hw, "dev-1");
+    assert_int_equal(r->u.report.begun[0].epoch, 1); /* begun after the interrupt fenced */
+    assert_string_equal(r->u.report.begun[0].module, "text_processing");
+    ihc_msg_free(r);
+    /* nothing else announced next-0 */
+    assert_null(next_event_of(&f, "next-0", 100));
+    assert_int_equal(ihc_agent_session_count(a), 1);
+
+    /* a re-send of the report does not announce next-0 again */
+    TH_PASS(th_fc_send_interrupt(&f, 1, "dev-1", 1, ihc_agent_id(a), 1));
+    r = expect_report(&f, 1);
+    assert_int_equal(r->u.report.n_begun, 0);
+    ihc_msg_free(r);
+
+    /* a coordinator that does not read them: a session_begin, and no begun */
+    f.report_begun = false;
+    TH_PASS(th_fc_send_sync(&f, ihc_agent_id(a), NULL, 0));
+    so.session_id = "second";
+    ihc_token *t2 = NULL;
+    TH_PASS(ihc_agent_session_begin(a, &so, &t2, NULL, 0));
+    TH_PASS(th_fc_send_interrupt(&f, 2, "dev-1", 2, NULL, 0));
+    m = next_event_of(&f, "next-1", 5000);
+    assert_non_null(m);
+    assert_int_equal(m->type, IHC_MSG_SESSION_BEGIN);
+    ihc_msg_free(m);
+    r = expect_report(&f, 2);
+    assert_int_equal(r->u.report.n_begun, 0);
+    assert_true(has_session(r, "next-0") && has_session(r, "second"));
+    ihc_msg_free(r);
+    ihc_token_release(t);
+    ihc_token_release(t2);
+    ihc_agent_close(a);
+    th_fc_close(&f);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -714,6 +824,7 @@ int main(void)
         cmocka_unit_test(test_agent_cancel_escalation),
         cmocka_unit_test(test_agent_cancel_escalation_exited),
         cmocka_unit_test(test_agent_cancel_owner_reports),
+        cmocka_unit_test(test_agent_cancel_begun_in_report),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     nng_fini(); /* nng's own threads, for leak checkers */

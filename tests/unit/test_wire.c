@@ -54,8 +54,8 @@ static void make_full(ihc_msg_type t, ihc_msg *m)
             (ihc_interrupt_msg){17, "dev-1", 4, "user stop", TS0 + 5000, fx_agents, 3, 2, 9};
         break;
     case IHC_MSG_REPORT:
-        m->u.report =
-            (ihc_report_msg){17, "n1:42", "dev-1", fx_results, 4, fx_sessions, 2, 7.75, 9};
+        m->u.report = (ihc_report_msg){17, "n1:42", "dev-1", fx_results, 4, fx_sessions,
+                                       2,  7.75,    9,       fx_sinfo,   2};
         break;
     case IHC_MSG_SESSION_BEGIN:
         m->u.session_begin.agent = "n1:42";
@@ -72,7 +72,7 @@ static void make_full(ihc_msg_type t, ihc_msg *m)
         m->u.heartbeat = (ihc_heartbeat_msg){"n1:42", 5, fx_hws, 3, fx_modnames, 2};
         break;
     case IHC_MSG_SYNC:
-        m->u.sync = (ihc_sync_msg){"n1:42", fx_epochs, 3, true, 9};
+        m->u.sync = (ihc_sync_msg){"n1:42", fx_epochs, 3, true, 9, true};
         break;
     case IHC_MSG_RESULT:
         m->u.result.json = "{\"success\":true,\"interrupt_id\":17}";
@@ -227,6 +227,9 @@ static void assert_msg_equal(const ihc_msg *d, const ihc_msg *e)
         }
         assert_strs(a->sessions, a->n_sessions, b->sessions, b->n_sessions);
         assert_true(a->time_ms == b->time_ms);
+        assert_int_equal(a->n_begun, b->n_begun);
+        for (size_t i = 0; i < a->n_begun; i++)
+            assert_session(&a->begun[i], &b->begun[i]);
         break;
     }
     case IHC_MSG_SESSION_BEGIN:
@@ -274,6 +277,7 @@ static void assert_msg_equal(const ihc_msg *d, const ihc_msg *e)
         assert_string_equal(a->agent, b->agent);
         assert_int_equal(a->hello, b->hello);
         assert_int_equal(a->term, b->term);
+        assert_int_equal(a->report_begun, b->report_begun);
         assert_int_equal(a->n_epochs, b->n_epochs);
         for (size_t i = 0; i < a->n_epochs; i++) {
             assert_string_equal(a->epochs[i].hw, b->epochs[i].hw);
