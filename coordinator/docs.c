@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jsonbuf.h"
 #include "version.h"
 
 static char *dump(json_t *o)
@@ -411,27 +412,49 @@ char *ihc_doc_metrics_http(const ihc_http_stats_view *h)
 
 /* ---- live events ---- */
 
+/* The events of every interrupt and of every session begun and ended are written directly:
+ * per interrupt, jansson's tree of values cost the coordinator's loop more than their text. */
 char *ihc_doc_interrupt_event(const ihc_inflight *f, int64_t ts_ms)
 {
-    json_t *exp = json_array();
-    for (size_t i = 0; exp && i < f->n_expected; i++)
-        json_array_append_new(exp, json_string(f->expected[i].agent));
-    return dump(json_pack("{s:I, s:s, s:I, s:s, s:o, s:I}", "interrupt_id", (json_int_t)f->id,
-                          "hardware_id", f->hw, "epoch", (json_int_t)f->epoch, "reason",
-                          f->reason ? f->reason : "", "expected", exp ? exp : json_array(), "ts_ms",
-                          (json_int_t)ts_ms));
+    ihc_jbuf b = {0};
+    ihc_jbuf_reserve(&b, 160 + f->n_expected * 48);
+    ihc_jbuf_fmt(&b, "{\"interrupt_id\":%" PRIu64 ",\"hardware_id\":", f->id);
+    ihc_jbuf_str(&b, f->hw);
+    ihc_jbuf_fmt(&b, ",\"epoch\":%" PRIu64 ",\"reason\":", f->epoch);
+    ihc_jbuf_str(&b, f->reason ? f->reason : "");
+    IHC_JBUF_LIT(&b, ",\"expected\":[");
+    for (size_t i = 0; i < f->n_expected; i++) {
+        if (i)
+            IHC_JBUF_LIT(&b, ",");
+        ihc_jbuf_str(&b, f->expected[i].agent);
+    }
+    IHC_JBUF_LIT(&b, "],\"ts_ms\":");
+    ihc_jbuf_int(&b, ts_ms);
+    IHC_JBUF_LIT(&b, "}");
+    return ihc_jbuf_take(&b);
 }
 
 char *ihc_doc_session_event(const ihc_reg_session *s, bool begin)
 {
-    if (begin)
-        return dump(json_pack("{s:s, s:s, s:s, s:s?, s:I, s:I}", "session_id", s->session_id,
-                              "hardware_id", s->hw, "agent_id", s->agent_id, "module", s->module,
-                              "epoch", (json_int_t)s->epoch, "created_ms",
-                              (json_int_t)s->created_ms));
-    return dump(json_pack("{s:s, s:s, s:s, s:s, s:I}", "session_id", s->session_id, "hardware_id",
-                          s->hw, "agent_id", s->agent_id, "state", s->state ? s->state : "done",
-                          "ts_ms", (json_int_t)s->updated_ms));
+    ihc_jbuf b = {0};
+    ihc_jbuf_reserve(&b, 192);
+    IHC_JBUF_LIT(&b, "{\"session_id\":");
+    ihc_jbuf_str(&b, s->session_id);
+    IHC_JBUF_LIT(&b, ",\"hardware_id\":");
+    ihc_jbuf_str(&b, s->hw);
+    IHC_JBUF_LIT(&b, ",\"agent_id\":");
+    ihc_jbuf_str(&b, s->agent_id);
+    if (begin) {
+        IHC_JBUF_LIT(&b, ",\"module\":");
+        ihc_jbuf_str_or_null(&b, s->module);
+        ihc_jbuf_fmt(&b, ",\"epoch\":%" PRIu64 ",\"created_ms\":%" PRId64 "}", s->epoch,
+                     s->created_ms);
+    } else {
+        IHC_JBUF_LIT(&b, ",\"state\":");
+        ihc_jbuf_str(&b, s->state ? s->state : "done");
+        ihc_jbuf_fmt(&b, ",\"ts_ms\":%" PRId64 "}", s->updated_ms);
+    }
+    return ihc_jbuf_take(&b);
 }
 
 char *ihc_doc_agent_event(const ihc_reg_agent *a, int64_t ts_ms)

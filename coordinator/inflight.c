@@ -2,14 +2,13 @@
  * came, nothing copied), when to re-send, and the result document, written in one pass. No
  * I/O here; the coordinator loop drives it. */
 #include "inflight.h"
+#include "jsonbuf.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
-#include "utf8.h"
 
 static char *xstrdup(const char *s)
 {
@@ -285,112 +284,7 @@ int ihc_inflight_finish(ihc_inflight *f, uint64_t now_ns, bool persisted)
     return IHC_OK;
 }
 
-/* ---- the result document: one growing buffer, written in order ---- */
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-static void sb_need(sbuf *b, size_t more)
-{
-    if (b->oom || b->len + more + 1 <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + more + 1)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-        b->oom = true;
-        return;
-    }
-    b->p = p;
-    b->cap = cap;
-}
-
-static void sb_put(sbuf *b, const char *s, size_t n)
-{
-    sb_need(b, n);
-    if (b->oom)
-        return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-#define SB_LIT(b, lit) sb_put(b, lit, sizeof(lit) - 1)
-
-static void sb_fmt(sbuf *b, const char *fmt, ...)
-{
-    char tmp[64];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        sb_put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
-}
-
-/* A JSON string (quoted and escaped). Agents' texts may hold bytes that are not UTF-8: each
- * becomes U+FFFD, so the document stays valid JSON. */
-static void sb_str(sbuf *b, const char *s)
-{
-    size_t left = strlen(s);
-    sb_need(b, left + 2);
-    SB_LIT(b, "\"");
-    const char *run = s;
-    for (; *s; s++, left--) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch >= 0x80) {
-            size_t l = ihc_utf8_len((const unsigned char *)s, left);
-            if (l > 0) {
-                s += l - 1;
-                left -= l - 1;
-                continue;
-            }
-            sb_put(b, run, (size_t)(s - run));
-            SB_LIT(b, "\\ufffd");
-            run = s + 1;
-            continue;
-        }
-        if (ch >= 0x20 && ch != '"' && ch != '\\')
-            continue;
-        sb_put(b, run, (size_t)(s - run));
-        if (ch == '"')
-            SB_LIT(b, "\\\"");
-        else if (ch == '\\')
-            SB_LIT(b, "\\\\");
-        else if (ch == '\n')
-            SB_LIT(b, "\\n");
-        else if (ch == '\t')
-            SB_LIT(b, "\\t");
-        else if (ch == '\r')
-            SB_LIT(b, "\\r");
-        else
-            sb_fmt(b, "\\u%04x", ch);
-        run = s + 1;
-    }
-    sb_put(b, run, (size_t)(s - run));
-    SB_LIT(b, "\"");
-}
-
-/* A number as jansson writes a real with JSON_REAL_PRECISION(9): "%.9g", with ".0" added
- * when that looks like an integer. */
-static void sb_real(sbuf *b, double v)
-{
-    char tmp[40];
-    int n = snprintf(tmp, sizeof(tmp), "%.9g", v);
-    if (n <= 0 || (size_t)n >= sizeof(tmp) - 2) {
-        SB_LIT(b, "0.0");
-        return;
-    }
-    if (!strpbrk(tmp, ".eEn")) { /* n: inf, nan never come (reports are checked finite) */
-        tmp[n++] = '.';
-        tmp[n++] = '0';
-    }
-    sb_put(b, tmp, (size_t)n);
-}
+/* ---- the result document: one growing buffer, written in order (jsonbuf.h) ---- */
 
 /* A set of strings seen so far (open addressing over pointers), for unions without repeats
  * in one pass. */
@@ -449,125 +343,123 @@ int ihc_inflight_result(const ihc_inflight *f, ihc_ifl_result *out)
         free(names.v);
         return IHC_ENOMEM;
     }
-    sbuf b = {0};
-    sb_need(&b, 512 + f->n_modules * 96 + f->n_sessions * 48 + f->n_expected * 80);
-    SB_LIT(&b, "{\"success\":");
+    ihc_jbuf b = {0};
+    ihc_jbuf_reserve(&b, 512 + f->n_modules * 96 + f->n_sessions * 48 + f->n_expected * 80);
+    IHC_JBUF_LIT(&b, "{\"success\":");
     if (f->success)
-        SB_LIT(&b, "true");
+        IHC_JBUF_LIT(&b, "true");
     else
-        SB_LIT(&b, "false");
-    sb_fmt(&b, ",\"interrupt_id\":%llu,\"hardware_id\":", (unsigned long long)f->id);
-    sb_str(&b, f->hw);
-    sb_fmt(&b, ",\"epoch\":%llu,\"interrupted_modules\":", (unsigned long long)f->epoch);
+        IHC_JBUF_LIT(&b, "false");
+    ihc_jbuf_fmt(&b, ",\"interrupt_id\":%llu,\"hardware_id\":", (unsigned long long)f->id);
+    ihc_jbuf_str(&b, f->hw);
+    ihc_jbuf_fmt(&b, ",\"epoch\":%llu,\"interrupted_modules\":", (unsigned long long)f->epoch);
     out->modules.off = b.len;
-    SB_LIT(&b, "[");
+    IHC_JBUF_LIT(&b, "[");
     bool first = true;
     for (size_t k = 0; k < n_rep; k++) {
         const ihc_report_msg *r = ihc_inflight_report_at(f, k);
         for (size_t i = 0; r && i < r->n_modules; i++)
             if (r->modules[i].status == IHC_MOD_OK && strset_add(&names, r->modules[i].name)) {
                 if (!first)
-                    SB_LIT(&b, ",");
-                sb_str(&b, r->modules[i].name);
+                    IHC_JBUF_LIT(&b, ",");
+                ihc_jbuf_str(&b, r->modules[i].name);
                 first = false;
             }
     }
-    SB_LIT(&b, "]");
+    IHC_JBUF_LIT(&b, "]");
     out->modules.len = b.len - out->modules.off;
-    SB_LIT(&b, ",\"cleaned_sessions\":");
+    IHC_JBUF_LIT(&b, ",\"cleaned_sessions\":");
     out->sessions.off = b.len;
-    SB_LIT(&b, "[");
+    IHC_JBUF_LIT(&b, "[");
     first = true;
     for (size_t k = 0; k < n_rep; k++) {
         const ihc_report_msg *r = ihc_inflight_report_at(f, k);
         for (size_t i = 0; r && i < r->n_sessions; i++)
             if (strset_add(&sids, r->sessions[i])) {
                 if (!first)
-                    SB_LIT(&b, ",");
-                sb_str(&b, r->sessions[i]);
+                    IHC_JBUF_LIT(&b, ",");
+                ihc_jbuf_str(&b, r->sessions[i]);
                 first = false;
             }
     }
-    SB_LIT(&b, "]");
+    IHC_JBUF_LIT(&b, "]");
     out->sessions.len = b.len - out->sessions.off;
-    SB_LIT(&b, ",\"modules\":[");
+    IHC_JBUF_LIT(&b, ",\"modules\":[");
     first = true;
     for (size_t k = 0; k < n_rep; k++) {
         const ihc_report_msg *r = ihc_inflight_report_at(f, k);
         for (size_t i = 0; r && i < r->n_modules; i++) {
             const ihc_module_result *m = &r->modules[i];
             if (!first)
-                SB_LIT(&b, ",");
-            SB_LIT(&b, "{\"agent\":");
+                IHC_JBUF_LIT(&b, ",");
+            IHC_JBUF_LIT(&b, "{\"agent\":");
             first = false;
-            sb_str(&b, r->agent);
-            SB_LIT(&b, ",\"name\":");
-            sb_str(&b, m->name);
-            SB_LIT(&b, ",\"status\":");
-            sb_str(&b, ihc_inflight_status_name(m->status));
-            SB_LIT(&b, ",\"time_ms\":");
-            sb_real(&b, m->time_ms);
-            SB_LIT(&b, ",\"error\":");
+            ihc_jbuf_str(&b, r->agent);
+            IHC_JBUF_LIT(&b, ",\"name\":");
+            ihc_jbuf_str(&b, m->name);
+            IHC_JBUF_LIT(&b, ",\"status\":");
+            ihc_jbuf_str(&b, ihc_inflight_status_name(m->status));
+            IHC_JBUF_LIT(&b, ",\"time_ms\":");
+            ihc_jbuf_real(&b, m->time_ms);
+            IHC_JBUF_LIT(&b, ",\"error\":");
             if (m->error)
-                sb_str(&b, m->error);
+                ihc_jbuf_str(&b, m->error);
             else
-                SB_LIT(&b, "null");
-            SB_LIT(&b, "}");
+                IHC_JBUF_LIT(&b, "null");
+            IHC_JBUF_LIT(&b, "}");
         }
     }
-    SB_LIT(&b, "],\"agents\":{\"expected\":[");
+    IHC_JBUF_LIT(&b, "],\"agents\":{\"expected\":[");
     for (size_t i = 0; i < f->n_expected; i++) {
         if (i)
-            SB_LIT(&b, ",");
-        sb_str(&b, f->expected[i].agent);
+            IHC_JBUF_LIT(&b, ",");
+        ihc_jbuf_str(&b, f->expected[i].agent);
     }
-    SB_LIT(&b, "],\"answered\":[");
+    IHC_JBUF_LIT(&b, "],\"answered\":[");
     first = true;
     for (size_t i = 0; i < n_rep; i++) {
         const ihc_report_msg *r = ihc_inflight_report_at(f, i);
         if (!r)
             continue;
         if (!first)
-            SB_LIT(&b, ",");
-        sb_str(&b, r->agent);
+            IHC_JBUF_LIT(&b, ",");
+        ihc_jbuf_str(&b, r->agent);
         first = false;
     }
-    SB_LIT(&b, "],\"missing\":");
+    IHC_JBUF_LIT(&b, "],\"missing\":");
     out->missing.off = b.len;
-    SB_LIT(&b, "[");
+    IHC_JBUF_LIT(&b, "[");
     first = true;
     for (size_t i = 0; i < f->n_expected; i++) {
         if (f->expected[i].report)
             continue;
         if (!first)
-            SB_LIT(&b, ",");
-        sb_str(&b, f->expected[i].agent);
+            IHC_JBUF_LIT(&b, ",");
+        ihc_jbuf_str(&b, f->expected[i].agent);
         first = false;
     }
-    SB_LIT(&b, "]");
+    IHC_JBUF_LIT(&b, "]");
     out->missing.len = b.len - out->missing.off;
-    SB_LIT(&b, "},\"reason\":");
-    sb_str(&b, f->reason);
-    SB_LIT(&b, ",\"total_time_ms\":");
-    sb_real(&b, f->total_time_ms);
-    SB_LIT(&b, ",\"persisted\":");
+    IHC_JBUF_LIT(&b, "},\"reason\":");
+    ihc_jbuf_str(&b, f->reason);
+    IHC_JBUF_LIT(&b, ",\"total_time_ms\":");
+    ihc_jbuf_real(&b, f->total_time_ms);
+    IHC_JBUF_LIT(&b, ",\"persisted\":");
     if (f->persisted)
-        SB_LIT(&b, "true");
+        IHC_JBUF_LIT(&b, "true");
     else
-        SB_LIT(&b, "false");
+        IHC_JBUF_LIT(&b, "false");
     if (f->error) {
-        SB_LIT(&b, ",\"error\":");
-        sb_str(&b, f->error);
+        IHC_JBUF_LIT(&b, ",\"error\":");
+        ihc_jbuf_str(&b, f->error);
     }
-    SB_LIT(&b, "}");
+    IHC_JBUF_LIT(&b, "}");
     free(names.v);
     free(sids.v);
-    if (b.oom || !b.p) {
-        free(b.p);
+    size_t len = b.len;
+    if (!(out->json = ihc_jbuf_take(&b)))
         return IHC_ENOMEM;
-    }
-    out->json = b.p;
-    out->len = b.len;
+    out->len = len;
     return IHC_OK;
 }
 
