@@ -1,7 +1,8 @@
 /* Many lightweight agents in one process, for measuring the coordinator's cost per agent at
  * N up to 128 without 128 processes drowning 2 cores: each simulated agent has its own SUB
  * and PUSH sockets (so the coordinator sees N real connections) and speaks the same wire as
- * libihc-agent (hello until synced, heartbeats, session_begin, reports with three modules),
+ * libihc-agent (hello until synced, heartbeats, session_begin, reports with three modules
+ * and, to a coordinator whose sync says report_begun, the session begun during the interrupt),
  * but all of them run on nng's shared task threads, in receive callbacks, with no module
  * threads. What they cost themselves is not what a real agent costs (bench_agent is).
  *   churn:  each agent holds one session of HW and begins a new one after every interrupt
@@ -35,10 +36,11 @@ typedef struct {
     nng_aio *rx;
     pthread_mutex_t mu;
     bool synced;
-    uint64_t epoch;   /* of the churn hw */
-    char sid[96];     /* churn: the current session */
-    uint64_t n_begun; /* churn: sessions begun */
-    bool *cancelled;  /* steady: per round hw */
+    bool report_begun; /* the coordinator's sync said it reads report.begun */
+    uint64_t epoch;    /* of the churn hw */
+    char sid[96];      /* churn: the current session */
+    uint64_t n_begun;  /* churn: sessions begun */
+    bool *cancelled;   /* steady: per round hw */
     handled ring[RING];
     size_t pos;
     char sub_addr[IHC_SOCKADDR_STR_MAX]; /* named in the hello, as libihc-agent does */
@@ -145,9 +147,12 @@ static void send_heartbeat(sim_agent *a)
     send_msg(a, &m);
 }
 
-static void begin_session(sim_agent *a)
+/* A new churn session; announced at once, or (announce false) in the report being built. */
+static void begin_session(sim_agent *a, bool announce)
 {
     snprintf(a->sid, sizeof(a->sid), "%s-%s-%llu", a->id, hw, (unsigned long long)++a->n_begun);
+    if (!announce)
+        return;
     ihc_msg m = {.type = IHC_MSG_SESSION_BEGIN};
     m.u.session_begin.agent = a->id;
     session_info(a, 0, &m.u.session_begin.session, NULL, 0);
@@ -181,6 +186,8 @@ static void on_interrupt(sim_agent *a, const ihc_interrupt_msg *im, bool direct)
     }
     char sid[96], *sids[1];
     size_t n_sids = 0;
+    ihc_session_info begun;
+    size_t n_begun = 0;
     bool concerned = listed;
     int round = -1;
     if (steady) {
@@ -200,7 +207,12 @@ static void on_interrupt(sim_agent *a, const ihc_interrupt_msg *im, bool direct)
             snprintf(sid, sizeof(sid), "%s", a->sid);
             sids[n_sids++] = sid;
             a->epoch = im->epoch;
-            begin_session(a); /* before the report, as bench_agent does */
+            /* as bench_agent does: begun while the interrupt is handled, in the report */
+            begin_session(a, !a->report_begun);
+            if (a->report_begun) {
+                session_info(a, 0, &begun, NULL, 0);
+                n_begun = 1;
+            }
         }
     }
     if (!concerned)
@@ -213,18 +225,26 @@ static void on_interrupt(sim_agent *a, const ihc_interrupt_msg *im, bool direct)
                                   .n_modules = 3,
                                   .sessions = sids,
                                   .n_sessions = n_sids,
-                                  .time_ms = 0.01};
-    uint8_t *buf;
-    size_t len;
+                                  .time_ms = 0.01,
+                                  .begun = &begun,
+                                  .n_begun = n_begun};
+    uint8_t *buf, *keep;
+    size_t len, keep_len;
     if (ihc_wire_encode(&m, NULL, &buf, &len) != 0)
         return;
+    m.u.report.n_begun = 0; /* a re-send announces nothing again */
+    if (ihc_wire_encode(&m, NULL, &keep, &keep_len) != 0) {
+        free(buf);
+        return;
+    }
     handled *slot = &a->ring[a->pos++ % RING];
     free(slot->report);
-    *slot = (handled){.id = im->id, .report = buf, .len = len};
+    *slot = (handled){.id = im->id, .report = keep, .len = keep_len};
     nng_msg *nm;
     if (nng_msg_alloc(&nm, 0) == 0 && nng_msg_append(nm, buf, len) == 0 &&
         nng_sendmsg(a->push, nm, NNG_FLAG_NONBLOCK) != 0)
         nng_msg_free(nm);
+    free(buf);
 }
 
 static void on_recv(void *arg)
@@ -250,12 +270,13 @@ static void on_recv(void *arg)
                 send_hello(a);
             } else {
                 a->synced = true;
+                a->report_begun = m->u.sync.report_begun;
                 for (size_t i = 0; i < m->u.sync.n_epochs; i++)
                     if (strcmp(m->u.sync.epochs[i].hw, hw) == 0 &&
                         m->u.sync.epochs[i].epoch > a->epoch && !steady) {
                         /* an interrupt went by before we were known: start afresh */
                         a->epoch = m->u.sync.epochs[i].epoch;
-                        begin_session(a);
+                        begin_session(a, true);
                     }
             }
         }
