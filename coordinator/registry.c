@@ -134,23 +134,29 @@ static void hmap_fini(hmap *m)
 
 /* ---- registry ---- */
 
+/* One agent holding active sessions of one hw: found by (hw, agent) in the registry's
+ * hw_agents map, kept at agents[idx] of its hwrec for the hw's walks. A session begun or
+ * ended costs one lookup, not a scan of the hw's agents (which, with every agent holding a
+ * session of the same hw, made each interrupt quadratic in the agents). */
 typedef struct {
     char *agent_id;
-    size_t count;
+    size_t count; /* its active sessions of the hw */
+    size_t idx;   /* in its hwrec's agents */
 } hw_agent;
 
 typedef struct {
     uint64_t epoch;
     int64_t set_ms;
-    hw_agent *agents; /* agents holding active sessions of this hw */
+    hw_agent **agents; /* agents holding active sessions of this hw (owned) */
     size_t n_agents, cap_agents;
 } hwrec;
 
 struct ihc_registry {
     ihc_registry_opts o;
-    hmap agents;   /* agent_id -> ihc_reg_agent */
-    hmap sessions; /* agent_id "\x1f" session_id -> ihc_reg_session */
-    hmap hws;      /* hw -> hwrec */
+    hmap agents;    /* agent_id -> ihc_reg_agent */
+    hmap sessions;  /* agent_id "\x1f" session_id -> ihc_reg_session */
+    hmap hws;       /* hw -> hwrec */
+    hmap hw_agents; /* hw "\x1f" agent_id -> hw_agent (owned by the hwrec) */
 };
 
 static const char *state_static(const char *state)
@@ -244,8 +250,10 @@ static void hwrec_free(hwrec *h)
 {
     if (!h)
         return;
-    for (size_t i = 0; i < h->n_agents; i++)
-        free(h->agents[i].agent_id);
+    for (size_t i = 0; i < h->n_agents; i++) {
+        free(h->agents[i]->agent_id);
+        free(h->agents[i]);
+    }
     free(h->agents);
     free(h);
 }
@@ -272,6 +280,7 @@ void ihc_registry_free(ihc_registry *r)
     hmap_fini(&r->agents);
     hmap_fini(&r->sessions);
     hmap_fini(&r->hws);
+    hmap_fini(&r->hw_agents);
     free(r);
 }
 
@@ -290,40 +299,61 @@ static hwrec *hw_get_or_add(ihc_registry *r, const char *hw)
     return h;
 }
 
-static int hw_agent_add(hwrec *h, const char *agent_id)
+static int hw_agent_key(char *buf, size_t cap, const char *hw, const char *agent_id)
 {
-    for (size_t i = 0; i < h->n_agents; i++)
-        if (strcmp(h->agents[i].agent_id, agent_id) == 0) {
-            h->agents[i].count++;
-            return IHC_OK;
-        }
+    int n = snprintf(buf, cap, "%s\x1f%s", hw, agent_id);
+    return (n < 0 || (size_t)n >= cap) ? IHC_ETOOBIG : IHC_OK;
+}
+
+#define HAKEY_MAX (IHC_HW_MAX + IHC_AGENT_ID_MAX + 2)
+
+/* Counts one more active session of hw (record h) held by agent_id. */
+static int hw_agent_add(ihc_registry *r, hwrec *h, const char *hw, const char *agent_id)
+{
+    char key[HAKEY_MAX];
+    if (hw_agent_key(key, sizeof(key), hw, agent_id) != IHC_OK)
+        return IHC_EINVAL;
+    hw_agent *ha = hmap_get(&r->hw_agents, key);
+    if (ha) {
+        ha->count++;
+        return IHC_OK;
+    }
     if (h->n_agents == h->cap_agents) {
         size_t cap = h->cap_agents ? h->cap_agents * 2 : 4;
-        hw_agent *na = realloc(h->agents, cap * sizeof(*na));
+        hw_agent **na = realloc(h->agents, cap * sizeof(*na));
         if (!na)
             return IHC_ENOMEM;
         h->agents = na;
         h->cap_agents = cap;
     }
-    char *id = strdup(agent_id);
-    if (!id)
+    ha = calloc(1, sizeof(*ha));
+    if (!ha || !(ha->agent_id = strdup(agent_id)) || hmap_put(&r->hw_agents, key, ha) != IHC_OK) {
+        if (ha)
+            free(ha->agent_id);
+        free(ha);
         return IHC_ENOMEM;
-    h->agents[h->n_agents].agent_id = id;
-    h->agents[h->n_agents].count = 1;
-    h->n_agents++;
+    }
+    ha->count = 1;
+    ha->idx = h->n_agents;
+    h->agents[h->n_agents++] = ha;
     return IHC_OK;
 }
 
-static void hw_agent_remove(hwrec *h, const char *agent_id)
+/* Counts one active session of hw (record h) held by agent_id less. */
+static void hw_agent_remove(ihc_registry *r, hwrec *h, const char *hw, const char *agent_id)
 {
-    for (size_t i = 0; i < h->n_agents; i++)
-        if (strcmp(h->agents[i].agent_id, agent_id) == 0) {
-            if (--h->agents[i].count == 0) {
-                free(h->agents[i].agent_id);
-                h->agents[i] = h->agents[--h->n_agents];
-            }
-            return;
-        }
+    char key[HAKEY_MAX];
+    if (hw_agent_key(key, sizeof(key), hw, agent_id) != IHC_OK)
+        return;
+    hw_agent *ha = hmap_get(&r->hw_agents, key);
+    if (!ha || --ha->count > 0)
+        return;
+    hmap_del(&r->hw_agents, key);
+    hw_agent *last = h->agents[--h->n_agents];
+    h->agents[ha->idx] = last;
+    last->idx = ha->idx;
+    free(ha->agent_id);
+    free(ha);
 }
 
 static int session_key(char *buf, size_t cap, const char *agent_id, const char *sid)
@@ -412,7 +442,7 @@ static void session_remove(ihc_registry *r, ihc_reg_session *s, const char *stat
         hmap_del(&r->sessions, key);
     hwrec *h = hmap_get(&r->hws, s->hw);
     if (h)
-        hw_agent_remove(h, s->agent_id);
+        hw_agent_remove(r, h, s->hw, s->agent_id);
     ihc_reg_agent *a = hmap_get(&r->agents, s->agent_id);
     if (a && a->n_sessions > 0) {
         a->n_sessions--;
@@ -527,10 +557,10 @@ static int session_upsert(ihc_registry *r, ihc_reg_agent *a, const ihc_session_i
     hwrec *h = hw_get_or_add(r, si->hw);
     if (!s->session_id || !s->hw || !s->agent_id || !h)
         goto nomem;
-    if (hw_agent_add(h, a->agent_id) != IHC_OK)
+    if (hw_agent_add(r, h, s->hw, a->agent_id) != IHC_OK)
         goto nomem;
     if (hmap_put(&r->sessions, key, s) != IHC_OK) {
-        hw_agent_remove(h, a->agent_id);
+        hw_agent_remove(r, h, s->hw, a->agent_id);
         goto nomem;
     }
     a->n_sessions++;
@@ -696,7 +726,7 @@ void ihc_registry_foreach_hw_agent(const ihc_registry *r,
     {
         const hwrec *h = e->val;
         for (size_t i = 0; i < h->n_agents; i++)
-            fn(arg, e->key, h->agents[i].agent_id);
+            fn(arg, e->key, h->agents[i]->agent_id);
     }
 }
 
@@ -812,7 +842,7 @@ int ihc_registry_expected(const ihc_registry *r, const char *hw, char ***out, si
     } else {
         const hwrec *h = hmap_get(&r->hws, hw);
         for (size_t i = 0; i < h->n_agents; i++) {
-            const ihc_reg_agent *a = hmap_get(&r->agents, h->agents[i].agent_id);
+            const ihc_reg_agent *a = hmap_get(&r->agents, h->agents[i]->agent_id);
             if (a && a->state != IHC_AGENT_GONE && !(v[k++] = strdup(a->agent_id)))
                 goto nomem;
         }

@@ -294,6 +294,55 @@ static void test_coord_registry_hw_agents(void **state)
     assert_string_equal(p.seen[0], "n1:1@dev-1");
 }
 
+/* Many agents holding sessions of one hw, ended in a shuffled order (entries move in the hw's
+ * list as others leave it): after every end, the agents expected are exactly those still
+ * holding one (the hw's list and its index by (hw, agent) kept in step). */
+static void test_coord_registry_hw_agents_many(void **state)
+{
+    fixture *f = *state;
+    enum { N = 40, K = 2 };
+    char agent[N][16], sid[N * K][16];
+    int order[N * K], left[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(agent[i], sizeof agent[i], "n%02d:1", i);
+        left[i] = K;
+        for (int k = 0; k < K; k++) {
+            int x = i * K + k;
+            snprintf(sid[x], sizeof sid[x], "s-%d", x);
+            ihc_session_info si = sess(sid[x], "dev-1", 0);
+            TH_PASS(ihc_registry_session_begin(f->r, agent[i], &si, 1, 1000));
+            order[x] = x;
+        }
+    }
+    uint32_t seed = 12345;
+    for (int x = N * K - 1; x > 0; x--) { /* Fisher-Yates with a fixed LCG */
+        seed = seed * 1103515245u + 12345u;
+        int y = (int)((seed >> 8) % (uint32_t)(x + 1)), t = order[x];
+        order[x] = order[y];
+        order[y] = t;
+    }
+    for (int e = 0; e < N * K; e++) {
+        int x = order[e], i = x / K;
+        TH_PASS(ihc_registry_session_end(f->r, agent[i], sid[x], "done", 1001));
+        left[i]--;
+        char want[N * 16] = "";
+        size_t len = 0;
+        for (int a = 0; a < N; a++)
+            if (left[a] > 0) {
+                if (len)
+                    want[len++] = ',';
+                size_t l = strlen(agent[a]);
+                memcpy(want + len, agent[a], l + 1);
+                len += l;
+            }
+        assert_string_equal(expected(f->r, "dev-1"), want);
+    }
+    /* and back: an agent that held none holds one again */
+    ihc_session_info again = sess("s-again", "dev-1", 0);
+    TH_PASS(ihc_registry_session_begin(f->r, agent[7], &again, 1, 1002));
+    assert_string_equal(expected(f->r, "dev-1"), agent[7]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -304,6 +353,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_coord_registry_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coord_registry_load_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_coord_registry_hw_agents, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_coord_registry_hw_agents_many, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
