@@ -345,7 +345,7 @@ void ihc__cancel_resume(ihc_agent *a)
     ihc__modules_respawn(&a->mods, head, nm);
 
     char timing[48] = "";
-    if (ihc_log_timing())
+    if (ihc_log_interrupts() && ihc_log_timing())
         snprintf(timing, sizeof(timing), " time_ms=%.3f", time_ms);
     if (id != 0)
         ihc_log_interrupt(IHC__LOG,

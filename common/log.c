@@ -381,10 +381,15 @@ void ihc_log(ihc_log_level lvl, const char *component, const char *fmt, ...)
     va_end(ap);
 }
 
+bool ihc_log_interrupts(void)
+{
+    return (atomic_load_explicit(&g_flags, memory_order_relaxed) & OPT_INTERRUPTS) &&
+           ihc_log_enabled(IHC_LOG_INFO);
+}
+
 void ihc_log_interrupt(const char *component, const char *fmt, ...)
 {
-    if (!(atomic_load_explicit(&g_flags, memory_order_relaxed) & OPT_INTERRUPTS) ||
-        !ihc_log_enabled(IHC_LOG_INFO))
+    if (!ihc_log_interrupts())
         return;
     va_list ap;
     va_start(ap, fmt);

@@ -32,6 +32,9 @@ void ihc_log(ihc_log_level lvl, const char *component, const char *fmt, ...)
 void ihc_log_interrupt(const char *component, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* True when ihc_log_interrupt writes lines (to skip building one). */
+bool ihc_log_interrupts(void);
+
 /* True when LOG_TIMING is on: callers add timing fields ("time_ms=0.42") only then. */
 bool ihc_log_timing(void);
 

@@ -201,7 +201,9 @@ static inline bool ihc_token_cancelled(const ihc_token *t)
         (void)0
 
 /* A file descriptor that becomes readable when the token is cancelled (for poll/epoll);
- * owned by the token. */
+ * owned by the token, made by the first call (a token nobody asks costs no descriptor), the
+ * same one afterwards. -1 when none could be made (the process is out of descriptors; logged):
+ * check ihc_token_cancelled instead. */
 IHC_API int ihc_token_fd(const ihc_token *t);
 
 /* Waits until cancelled (IHC_OK) or timeout_ms passes (IHC_ETIMEDOUT); -1 waits forever. */

@@ -7,6 +7,7 @@
 #include "token.h"
 
 #include <poll.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -137,6 +138,78 @@ static void test_token_checkpoint_live(void **state)
     assert_int_equal(seen, 0);
 }
 
+static int open_fds(void)
+{
+    int n = 0;
+    char path[64];
+    for (int fd = 0; fd < 4096; fd++) {
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        if (access(path, F_OK) == 0)
+            n++;
+    }
+    return n;
+}
+
+/* The eventfd is made when asked for: tokens nobody asks cost no descriptor; one asked for
+ * after the cancel is readable at once, and stays the same fd. */
+static void test_token_fd_on_demand(void **state)
+{
+    (void)state;
+    int before = open_fds();
+    ihc_token *v[64];
+    for (int i = 0; i < 64; i++) {
+        TH_PASS(ihc__token_new(&v[i], "s"));
+        if (i % 2)
+            ihc_token_cancel(v[i]);
+    }
+    assert_int_equal(open_fds(), before);
+    int fd = ihc_token_fd(v[1]); /* cancelled before anyone asked */
+    assert_true(fd >= 0);
+    assert_int_equal(ihc_token_fd(v[1]), fd);
+    assert_int_equal(open_fds(), before + 1);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 0), 1);
+    TH_PASS(ihc_token_wait(v[3], -1)); /* cancelled: no fd needed */
+    TH_FAIL(ihc_token_wait(v[0], 0), IHC_ETIMEDOUT);
+    for (int i = 0; i < 64; i++)
+        ihc_token_release(v[i]);
+    assert_int_equal(open_fds(), before);
+}
+
+typedef struct {
+    ihc_token *t;
+    atomic_int go;
+} race_arg;
+
+static void *race_cancel(void *arg)
+{
+    race_arg *r = arg;
+    while (!atomic_load(&r->go))
+        ;
+    ihc_token_cancel(r->t);
+    return NULL;
+}
+
+/* A cancel racing the first ihc_token_fd: the fd is readable in every case. */
+static void test_token_fd_race(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 300; i++) {
+        race_arg r = {0};
+        TH_PASS(ihc__token_new(&r.t, "s"));
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, race_cancel, &r), 0);
+        atomic_store(&r.go, 1);
+        int fd = ihc_token_fd(r.t);
+        assert_true(fd >= 0);
+        pthread_join(th, NULL);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 0) != 1)
+            fail_msg("round %d: cancelled token's fd not readable", i);
+        ihc_token_release(r.t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -145,6 +218,8 @@ int main(void)
         cmocka_unit_test(test_token_refcount),
         cmocka_unit_test(test_token_many_waiters),
         cmocka_unit_test(test_token_checkpoint_live),
+        cmocka_unit_test(test_token_fd_on_demand),
+        cmocka_unit_test(test_token_fd_race),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
