@@ -9,8 +9,9 @@ recorded across several processes (coordinator, agents) shows each as a tower of
 Widths are sample counts; frames nng or libc left without a symbol are named by their
 library ("[libnng.so.1.5.2]"). --folded also writes the folded stacks (one line per stack:
 frames separated by ';', then the count), the format other flame graph tools read; kernel
-frames end in "_[k]". --summary prints one JSON line: the share of samples per process and
-where the sampled instruction was (kernel, nng, libc, ihc's own code, other)."""
+frames end in "_[k]". --summary prints one JSON line: the share of samples per process, where the
+sampled instruction was (kernel, nng, libc, ihc's own code, other), and by thread (nng's
+threads; the kernel, nng's code, or the program's code and libc on the program's threads)."""
 import argparse, collections, html, re, sys, zlib
 
 def where(lib):
@@ -141,6 +142,21 @@ def svg(counts, title, width=1600, row=16):
     out.append("</svg>")
     return "\n".join(out)
 
+def thread_class(stack):
+    """Where a folded sample's time went, by thread first: in one of nng's own threads
+    ("nng:task", "nng:poll", ...), else by its innermost frame on the program's threads: the
+    kernel, nng's code (called inline, e.g. a send that writes the socket), or the program's
+    own code with libc — the part the program's design can still change."""
+    frames = stack.split(";")
+    if len(frames) > 1 and frames[1].startswith("nng"):
+        return "nng threads"
+    leaf = frames[-1]
+    if leaf.endswith("_[k]"):
+        return "kernel on the program's threads"
+    if "libnng" in leaf or leaf.startswith(("nni_", "nng_", "nng:")):
+        return "nng code on the program's threads"
+    return "program code and libc"
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--title", default="flame graph")
@@ -156,9 +172,13 @@ def main():
         procs = collections.Counter()
         for stack, n in counts.items():
             procs[stack.split(";", 1)[0]] += n
+        threads = collections.Counter()
+        for stack, n in counts.items():
+            threads[thread_class(stack)] += n
         print(json.dumps({"name": "profile_n8", "samples": total,
                           "process_pct": {k: round(100 * v / total, 1) for k, v in procs.most_common()},
-                          "code_pct": {k: round(100 * v / total, 1) for k, v in leaf.most_common()}}))
+                          "code_pct": {k: round(100 * v / total, 1) for k, v in leaf.most_common()},
+                          "thread_pct": {k: round(100 * v / total, 1) for k, v in threads.most_common()}}))
     if a.folded:
         with open(a.folded, "w") as f:
             for stack, n in sorted(counts.items(), key=lambda kv: -kv[1]):

@@ -117,8 +117,10 @@ for i, r in enumerate(rows):
     if r["name"] == "profile_n8":
         procs = ", ".join(f"{k} {v} %" for k, v in r["process_pct"].items())
         code = ", ".join(f"{k} {v} %" for k, v in r["code_pct"].items())
+        thr = ", ".join(f"{k} {v} %" for k, v in r.get("thread_pct", {}).items())
         lines.append(f"\nProfile of the N = 8 run ({r['samples']} samples, all processes): by process: "
-                     f"{procs}; by code: {code} (flame-n8.svg).")
+                     f"{procs}; by code: {code}" + (f"; by thread: {thr}" if thr else "") +
+                     " (flame-n8.svg).")
 
 # Voluntary context switches per interrupt (switches.py), by process and thread kind.
 sw = [r for r in rows if r["name"] == "switches"]

@@ -103,7 +103,7 @@ if perf record -q -F 50 -g -o "$work/probe.data" -- true >/dev/null 2>&1; then
     flush
     perf record -q -F 400 --call-graph dwarf,8192 -o "$work/perf.data" -- \
         "$bin/bench_ihc" --bin "$bin" --redis-port "$port" --logdir "$work" --agents 8 \
-        --iterations $((iters / 2)) --via control >/dev/null 2>"$work/perf.log" || true
+        --iterations $iters --via control >/dev/null 2>"$work/perf.log" || true
     perf script -F +pid --show-task-events -i "$work/perf.data" 2>/dev/null |
         python3 "$here/tests/bench/flamegraph.py" --title "ihc end to end, 8 agents ($(date +%F))" \
             --out "$out/flame-n8.svg" --folded "$out/flame-n8.folded"
