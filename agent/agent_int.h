@@ -91,5 +91,7 @@ struct ihc_agent {
 
 /* Sends session_end for s (lock NOT held; s must stay referenced). */
 void ihc__send_session_end(ihc_agent *a, ihc__session *s, const char *state);
+/* Lock held: s's session_begin, encoded (caller frees); NULL when encoding failed (logged). */
+uint8_t *ihc__session_encode_begin(ihc_agent *a, ihc__session *s, size_t *len);
 
 #endif

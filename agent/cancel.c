@@ -98,14 +98,14 @@ static void dedupe_put(ihc__cancel *cx, uint64_t term, uint64_t id, uint64_t epo
 /* The agent whose on_cancel callbacks run on this thread, while they may hold begins. */
 static _Thread_local ihc_agent *holding;
 
-bool ihc__cancel_hold_begin(ihc_agent *a, ihc__session *s, uint8_t *msg, size_t len)
+bool ihc__cancel_hold_begin(ihc_agent *a, ihc__session *s)
 {
     ihc__cancel *cx = &a->cx;
     if (holding != a || cx->n_held == IHC__HELD_BEGINS_MAX)
         return false;
     s->refs++;
     s->begin_held = true;
-    cx->held[cx->n_held++] = (ihc__held_begin){.s = s, .msg = msg, .len = len};
+    cx->held[cx->n_held++] = (ihc__held_begin){.s = s};
     return true;
 }
 
@@ -126,8 +126,11 @@ void ihc__cancel_release_begin(ihc_agent *a, ihc__session *s)
         return;
     for (size_t i = 0; i < cx->n_held; i++)
         if (cx->held[i].s == s) {
-            ihc__held_begin h = held_take(cx, i);
-            ihc__transport_send(&a->tp, h.msg, h.len, "session_begin");
+            held_take(cx, i);
+            size_t len = 0;
+            uint8_t *msg = ihc__session_encode_begin(a, s, &len);
+            if (msg)
+                ihc__transport_send(&a->tp, msg, len, "session_begin");
             ihc__session_put(s); /* the caller holds its own */
             return;
         }
@@ -136,15 +139,12 @@ void ihc__cancel_release_begin(ihc_agent *a, ihc__session *s)
 void ihc__cancel_drop_begins(ihc_agent *a)
 {
     ihc__cancel *cx = &a->cx;
-    while (cx->n_held) {
-        ihc__held_begin h = held_take(cx, 0);
-        free(h.msg);
-        ihc__session_put(h.s);
-    }
+    while (cx->n_held)
+        ihc__session_put(held_take(cx, 0).s);
 }
 
-/* send_lock held: takes the held begins into v (their session_begins, references and all)
- * and describes them in cx->begun for the report. Returns how many. */
+/* send_lock held: takes the held begins into v (with their references) and describes them
+ * in cx->begun for the report. Returns how many. */
 static size_t begins_take(ihc_agent *a, ihc__held_begin *v)
 {
     ihc__cancel *cx = &a->cx;
@@ -169,15 +169,19 @@ static size_t begins_take(ihc_agent *a, ihc__held_begin *v)
 }
 
 /* send_lock held: after the report (which announced them when in_report), the held
- * session_begins go to the coordinators that did not hear of them. */
+ * sessions' session_begins go to the coordinators that did not hear of them (none, with one
+ * coordinator that read the report). */
 static void begins_send(ihc_agent *a, ihc__held_begin *v, size_t n, bool in_report, int link)
 {
-    for (size_t i = 0; i < n; i++)
-        ihc__transport_send_except(&a->tp, v[i].msg, v[i].len, "session_begin",
-                                   in_report ? link : -1);
+    bool others = !in_report || a->tp.n_links > 1;
     pthread_mutex_lock(&a->lock);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        size_t len = 0;
+        uint8_t *msg = others ? ihc__session_encode_begin(a, v[i].s, &len) : NULL;
+        if (msg) /* encoded under the lock: a sync may move the session's epochs */
+            ihc__transport_send_except(&a->tp, msg, len, "session_begin", in_report ? link : -1);
         ihc__session_put(v[i].s);
+    }
     pthread_mutex_unlock(&a->lock);
 }
 

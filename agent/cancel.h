@@ -35,12 +35,10 @@ typedef struct {
 
 /* A session begun inside an on_cancel callback: its session_begin is held back and the
  * session goes in the interrupt's report (report.begun), one message where there were two.
- * Its own encoded session_begin is kept for the other coordinators, and for when it cannot
- * go in the report. */
+ * Its session_begin is encoded only for the other coordinators, or when it cannot go in the
+ * report. */
 typedef struct {
     struct ihc__session *s; /* a reference held */
-    uint8_t *msg;           /* the encoded session_begin, owned */
-    size_t len;
 } ihc__held_begin;
 
 #define IHC__HELD_BEGINS_MAX 64 /* beyond it a session_begin goes out at once */
@@ -82,10 +80,9 @@ uint64_t ihc__cancel_current_id(ihc_agent *a);
 const char *ihc__cancel_current_reason(ihc_agent *a);
 
 /* Agent's lock held, in ihc_agent_session_begin: when called inside an on_cancel callback of
- * an interrupt whose coordinator reads a report's begun sessions, keeps s (a reference) and
- * msg (its encoded session_begin, ownership taken) for the report and returns true; false
- * otherwise (the caller sends msg). */
-bool ihc__cancel_hold_begin(ihc_agent *a, struct ihc__session *s, uint8_t *msg, size_t len);
+ * an interrupt whose coordinator reads a report's begun sessions, keeps s (a reference) for
+ * the report and returns true; false otherwise (the caller sends its session_begin). */
+bool ihc__cancel_hold_begin(ihc_agent *a, struct ihc__session *s);
 
 /* Agent's lock held: s ends before the report that was to announce it went out; its
  * session_begin goes out now, ahead of its end. */

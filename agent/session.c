@@ -263,6 +263,11 @@ static uint8_t *encode_event(ihc_agent *a, ihc__session *s, const char *state, s
     return buf;
 }
 
+uint8_t *ihc__session_encode_begin(ihc_agent *a, ihc__session *s, size_t *len)
+{
+    return encode_event(a, s, NULL, len);
+}
+
 void ihc__send_session_end(ihc_agent *a, ihc__session *s, const char *state)
 {
     size_t len = 0;
@@ -358,9 +363,8 @@ int ihc_agent_session_begin(ihc_agent *a, const ihc_session_opts *o, ihc_token *
     if (sid)
         memcpy(sid, s->id, strlen(s->id) + 1);
     size_t len = 0;
-    uint8_t *buf = encode_event(a, s, NULL, &len);
-    if (buf && ihc__cancel_hold_begin(a, s, buf, len))
-        buf = NULL; /* it goes in the report of the interrupt being handled */
+    /* held for the report of the interrupt being handled, or sent now */
+    uint8_t *buf = ihc__cancel_hold_begin(a, s) ? NULL : encode_event(a, s, NULL, &len);
     pthread_mutex_unlock(&a->lock);
     if (buf)
         ihc__transport_send(&a->tp, buf, len, "session_begin");
