@@ -107,16 +107,8 @@ static void send_hello(ihc_agent *a)
     ihc_session_info *si = a->n_sessions ? calloc(a->n_sessions, sizeof(*si)) : NULL;
     if (!a->n_sessions || si) {
         size_t n = 0;
-        for (ihc__session *s = a->sessions; s; s = s->next, n++) {
-            si[n] = (ihc_session_info){.session_id = s->id,
-                                       .hw = s->hw,
-                                       .epoch = s->epoch,
-                                       .gepoch = s->gepoch,
-                                       .created_ms = s->created_ms,
-                                       .module = s->module,
-                                       .pid = (int32_t)s->pid,
-                                       .data = s->data};
-        }
+        for (ihc__session *s = a->sessions; s; s = s->next, n++)
+            si[n] = ihc__session_describe(s);
         h->sessions = si;
         h->n_sessions = n;
         rc = ihc_wire_encode(&m, a->auth, &buf, &len);

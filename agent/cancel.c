@@ -154,14 +154,7 @@ static size_t begins_take(ihc_agent *a, ihc__held_begin *v)
         v[i] = cx->held[i];
         ihc__session *s = v[i].s;
         s->begin_held = false;
-        cx->begun[i] = (ihc_session_info){.session_id = (char *)s->id,
-                                          .hw = (char *)s->hw,
-                                          .epoch = s->epoch,
-                                          .gepoch = s->gepoch,
-                                          .created_ms = s->created_ms,
-                                          .module = s->module,
-                                          .pid = (int32_t)s->pid,
-                                          .data = s->data};
+        cx->begun[i] = ihc__session_describe(s);
     }
     cx->n_held = 0;
     pthread_mutex_unlock(&a->lock);

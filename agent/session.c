@@ -228,6 +228,18 @@ bool ihc__session_claim(ihc__session *s)
     return true;
 }
 
+ihc_session_info ihc__session_describe(const ihc__session *s)
+{
+    return (ihc_session_info){.session_id = (char *)s->id, /* the message only reads them */
+                              .hw = (char *)s->hw,
+                              .epoch = s->epoch,
+                              .gepoch = s->gepoch,
+                              .created_ms = s->created_ms,
+                              .module = s->module,
+                              .pid = (int32_t)s->pid,
+                              .data = s->data};
+}
+
 /* Encodes a session event about s (lock held). NULL when encoding failed (logged). An end of
  * a session whose begin waits for a report sends that begin first. */
 static uint8_t *encode_event(ihc_agent *a, ihc__session *s, const char *state, size_t *len)
@@ -243,15 +255,7 @@ static uint8_t *encode_event(ihc_agent *a, ihc__session *s, const char *state, s
     } else {
         m.type = IHC_MSG_SESSION_BEGIN;
         m.u.session_begin.agent = a->id;
-        ihc_session_info *si = &m.u.session_begin.session;
-        si->session_id = (char *)s->id;
-        si->hw = (char *)s->hw;
-        si->epoch = s->epoch;
-        si->gepoch = s->gepoch;
-        si->created_ms = s->created_ms;
-        si->module = s->module;
-        si->pid = (int32_t)s->pid;
-        si->data = s->data;
+        m.u.session_begin.session = ihc__session_describe(s);
     }
     uint8_t *buf = NULL;
     int rc = ihc_wire_encode(&m, a->auth, &buf, len);

@@ -80,6 +80,10 @@ void ihc__session_put(ihc__session *s);
  * reference for the caller. Returns false when it was already claimed. */
 bool ihc__session_claim(ihc__session *s);
 
+/* Agent's lock held: s as the wire describes a session (session_begin, hello, report.begun);
+ * its strings are s's own, valid while s is. */
+ihc_session_info ihc__session_describe(const ihc__session *s);
+
 /* Ends the claimed sessions' work after a cancel (lock NOT held): calls on_cancel, then the
  * generators' stop functions. */
 void ihc__sessions_notify(ihc_agent *a, ihc__session **v, size_t n);

@@ -1,6 +1,6 @@
 /* An owner of sessions on an in-process agent that begins and ends them around the agent's
  * hellos: the load that shows whether session events and hellos reach a coordinator in the
- * order of the changes (ihc.agent_ha, it.hello_order). */
+ * order of the changes (ihc.agent_ha, it.session_events). */
 #ifndef IHC_TEST_CHURN_H
 #define IHC_TEST_CHURN_H
 
