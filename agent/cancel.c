@@ -101,7 +101,7 @@ static _Thread_local ihc_agent *holding;
 bool ihc__cancel_hold_begin(ihc_agent *a, ihc__session *s)
 {
     ihc__cancel *cx = &a->cx;
-    if (holding != a || cx->n_held == IHC__HELD_BEGINS_MAX)
+    if (holding != a || cx->n_held == IHC__HELD_BEGINS_MAX || strcmp(s->hw, cx->hold_hw) != 0)
         return false;
     s->refs++;
     s->begin_held = true;
@@ -171,7 +171,7 @@ static void begins_send(ihc_agent *a, ihc__held_begin *v, size_t n, bool in_repo
     for (size_t i = 0; i < n; i++) {
         size_t len = 0;
         uint8_t *msg = others ? ihc__session_encode_begin(a, v[i].s, &len) : NULL;
-        if (msg) /* encoded under the lock: a sync may move the session's epochs */
+        if (msg) /* under the lock: the reference held is dropped here */
             ihc__transport_send_except(&a->tp, msg, len, "session_begin", in_report ? link : -1);
         ihc__session_put(v[i].s);
     }
@@ -189,12 +189,15 @@ static bool cancel_run(ihc_agent *a, const char *hw, uint64_t id, uint64_t term,
     ihc__session **v = cx->victims;
     /* owners hear first: they may be waiting on something other than the token */
     cx->current_id = id;
-    if (id != 0 && ihc__transport_report_begun(&a->tp, link))
+    if (id != 0 && strcmp(hw, "*") != 0 && ihc__transport_report_begun(&a->tp, link)) {
+        cx->hold_hw = hw;
         holding = a;
+    }
     for (size_t i = 0; i < n; i++)
         if (v[i]->on_cancel)
             v[i]->on_cancel(v[i]->id, v[i]->arg);
     holding = NULL;
+    cx->hold_hw = NULL;
     cx->current_id = 0;
     cx->current_reason = NULL;
 
@@ -231,38 +234,49 @@ static bool report_send(ihc_agent *a, size_t nr, double time_ms)
                                     .n_sessions = r->n,
                                     .time_ms = time_ms,
                                     .term = r->term};
-    /* a session that ends from now on has its end sent after this report announced it */
+    /* a session that ends from now on has its end sent after the message announcing it */
     pthread_mutex_lock(&a->send_lock);
     ihc__held_begin held[IHC__HELD_BEGINS_MAX];
     size_t nh = begins_take(a, held);
-    bool in_report = nh > 0 && ihc__transport_report_begun(&a->tp, r->link);
     uint8_t *buf = NULL, *keep = NULL;
     size_t len = 0, keep_len = 0;
+    int rc = IHC_OK;
+    bool in_report = nh > 0 && ihc__transport_report_begun(&a->tp, r->link);
     if (in_report) {
         msg.u.report.begun = cx->begun;
         msg.u.report.n_begun = nh;
-    }
-    int rc = ihc_wire_encode(&msg, a->auth, &buf, &len);
-    if (rc == IHC_OK && in_report) {
-        /* a re-send must not announce a session again that may have ended since: the copy
-         * kept for re-sends has no begun (a report that never arrived is followed by a hello
-         * on reconnection, which lists the live sessions) */
+        if ((rc = ihc_wire_encode(&msg, a->auth, &buf, &len)) != IHC_OK) {
+            ihc_log(IHC_LOG_WARN, IHC__LOG,
+                    "report cannot carry its begun sessions: sent on their own id=%llu hw=%s "
+                    "sessions=%zu err=\"%s\"",
+                    (unsigned long long)r->id, r->hw, nh, ihc_strerror(rc));
+            in_report = false;
+        }
         msg.u.report.n_begun = 0;
-        rc = ihc_wire_encode(&msg, a->auth, &keep, &keep_len);
-    } else {
-        keep = buf;
-        keep_len = len;
+    }
+    /* not in the report: ahead of it, as when they were begun */
+    if (!in_report)
+        begins_send(a, held, nh, false, r->link);
+    /* a re-send must not announce a session again that may have ended since: the copy kept
+     * for re-sends has no begun (a report that never arrived is followed by a hello on
+     * reconnection, which lists the live sessions) */
+    int krc = ihc_wire_encode(&msg, a->auth, &keep, &keep_len);
+    if (!in_report) {
+        buf = keep;
+        len = keep_len;
+        rc = krc;
     }
     if (rc == IHC_OK)
         ihc__transport_send_report(&a->tp, buf, len, r->link);
     else
         ihc_log(IHC_LOG_ERROR, IHC__LOG, "cannot encode report id=%llu hw=%s err=\"%s\"",
                 (unsigned long long)r->id, r->hw, ihc_strerror(rc));
-    begins_send(a, held, nh, in_report && rc == IHC_OK, r->link);
+    if (in_report)
+        begins_send(a, held, nh, true, r->link);
     pthread_mutex_unlock(&a->send_lock);
-    if (keep != buf)
+    if (buf != keep)
         free(buf);
-    if (rc != IHC_OK) {
+    if (krc != IHC_OK) {
         free(keep);
         keep = NULL;
         keep_len = 0;

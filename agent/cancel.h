@@ -59,6 +59,7 @@ typedef struct {
     ihc__cancel_run run;
     ihc__held_begin held[IHC__HELD_BEGINS_MAX];
     size_t n_held;
+    const char *hold_hw; /* while on_cancel runs: the hw whose new sessions are held */
     ihc_session_info begun[IHC__HELD_BEGINS_MAX]; /* the report's, filled from held */
 } ihc__cancel;
 
@@ -80,8 +81,11 @@ uint64_t ihc__cancel_current_id(ihc_agent *a);
 const char *ihc__cancel_current_reason(ihc_agent *a);
 
 /* Agent's lock held, in ihc_agent_session_begin: when called inside an on_cancel callback of
- * an interrupt whose coordinator reads a report's begun sessions, keeps s (a reference) for
- * the report and returns true; false otherwise (the caller sends its session_begin). */
+ * an interrupt of one hardware_id whose coordinator reads a report's begun sessions, for a
+ * session of that hardware_id, keeps s (a reference) for the report and returns true; false
+ * otherwise (the caller sends its session_begin). Only that hardware_id: until the report
+ * arrives the coordinator still counts the agent's interrupted session of it, so the agent
+ * stays expected there; of another hardware_id it would know nothing meanwhile. */
 bool ihc__cancel_hold_begin(ihc_agent *a, struct ihc__session *s);
 
 /* Agent's lock held: s ends before the report that was to announce it went out; its

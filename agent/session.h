@@ -11,7 +11,8 @@
 typedef struct ihc__hwent ihc__hwent;
 
 /* A session. Fields are guarded by the agent lock; refs counts the live tables, the
- * escalation list and every cancel in progress that holds it. */
+ * escalation list, every cancel in progress that holds it and a session_begin held for a
+ * report (cancel.h). */
 typedef struct ihc__session {
     char id[IHC_ID_MAX + 1];
     char hw[IHC_HW_MAX + 1];
@@ -25,8 +26,8 @@ typedef struct ihc__session {
     ihc_token *tok;      /* one reference held by the session */
     ihc_session_cancel_fn on_cancel;
     void *arg;
-    int refs;
-    bool live;       /* in the live tables */
+    int refs;  /* the live tables', a claim's, escalation's, a held session_begin's (cancel.h) */
+    bool live; /* in the live tables */
     bool cancelled;  /* claimed by an interrupt, a catch-up or expiry */
     bool ended;      /* its owner called ihc_agent_session_end */
     bool escalating; /* in the escalation list */

@@ -51,8 +51,10 @@ static int token_efd(ihc_token *t)
         return fd;
     int nf = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (nf < 0) {
-        ihc_log(IHC_LOG_ERROR, "agent", "cannot create token eventfd session=%s err=\"%s\"", t->sid,
-                strerror(errno));
+        int e = errno;
+        if (!__atomic_exchange_n(&t->efd_failed, 1, __ATOMIC_RELAXED)) /* waiters retry often */
+            ihc_log(IHC_LOG_ERROR, "agent", "cannot create token eventfd session=%s err=\"%s\"",
+                    t->sid, strerror(e));
         return -1;
     }
     int none = -1;

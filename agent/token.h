@@ -16,6 +16,7 @@ struct ihc_token {
     /* readable once cancelled; never read, so every poller wakes. -1 until asked for
      * (ihc_token_fd, ihc_token_wait); set once, atomically (__atomic builtins) */
     int efd;
+    char efd_failed; /* making it failed once (logged once per token; __atomic builtins) */
     char sid[IHC_ID_MAX + 1];
 };
 

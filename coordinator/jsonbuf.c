@@ -37,13 +37,22 @@ void ihc_jbuf_put(ihc_jbuf *b, const char *s, size_t n)
 
 void ihc_jbuf_fmt(ihc_jbuf *b, const char *fmt, ...)
 {
-    char tmp[64];
-    va_list ap;
+    char tmp[128];
+    va_list ap, again;
     va_start(ap, fmt);
+    va_copy(again, ap);
     int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
     va_end(ap);
-    if (n > 0)
-        ihc_jbuf_put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+    if (n >= 0 && (size_t)n < sizeof(tmp)) {
+        ihc_jbuf_put(b, tmp, (size_t)n);
+    } else if (n > 0) { /* longer: written in place, never cut */
+        ihc_jbuf_reserve(b, (size_t)n);
+        if (!b->oom) {
+            vsnprintf(b->p + b->len, (size_t)n + 1, fmt, again);
+            b->len += (size_t)n;
+        }
+    }
+    va_end(again);
 }
 
 void ihc_jbuf_str(ihc_jbuf *b, const char *s)

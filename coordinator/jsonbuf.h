@@ -24,7 +24,7 @@ void ihc_jbuf_reserve(ihc_jbuf *b, size_t more);
 void ihc_jbuf_put(ihc_jbuf *b, const char *s, size_t n);
 #define IHC_JBUF_LIT(b, lit) ihc_jbuf_put(b, lit, sizeof(lit) - 1)
 
-/* Raw text from a format (at most 63 bytes). */
+/* Raw text from a format. */
 void ihc_jbuf_fmt(ihc_jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* A JSON string, quoted and escaped. Bytes that are not UTF-8 (agents' texts may hold any)

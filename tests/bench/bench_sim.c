@@ -58,6 +58,18 @@ static void on_signal(int sig)
     stop = 1;
 }
 
+/* Sends len bytes of buf (a copy) on a's PUSH socket, without waiting; dropped when nng
+ * cannot take them. */
+static void send_bytes(sim_agent *a, const uint8_t *buf, size_t len)
+{
+    nng_msg *nm;
+    if (nng_msg_alloc(&nm, len) != 0)
+        return;
+    memcpy(nng_msg_body(nm), buf, len);
+    if (nng_sendmsg(a->push, nm, NNG_FLAG_NONBLOCK) != 0)
+        nng_msg_free(nm);
+}
+
 static void send_msg(sim_agent *a, const ihc_msg *m)
 {
     uint8_t *buf;
@@ -66,11 +78,7 @@ static void send_msg(sim_agent *a, const ihc_msg *m)
         fprintf(stderr, "bench_sim: cannot encode %s\n", ihc_msg_type_name(m->type));
         return;
     }
-    nng_msg *nm;
-    if (nng_msg_alloc(&nm, 0) == 0 && nng_msg_append(nm, buf, len) == 0) {
-        if (nng_sendmsg(a->push, nm, NNG_FLAG_NONBLOCK) != 0)
-            nng_msg_free(nm);
-    }
+    send_bytes(a, buf, len);
     free(buf);
 }
 
@@ -176,12 +184,8 @@ static void on_interrupt(sim_agent *a, const ihc_interrupt_msg *im, bool direct)
         listed = strcmp(im->agents[i], a->id) == 0;
     handled *h = find_handled(a, im->id);
     if (h) {
-        if (listed) {
-            nng_msg *nm;
-            if (nng_msg_alloc(&nm, 0) == 0 && nng_msg_append(nm, h->report, h->len) == 0 &&
-                nng_sendmsg(a->push, nm, NNG_FLAG_NONBLOCK) != 0)
-                nng_msg_free(nm);
-        }
+        if (listed)
+            send_bytes(a, h->report, h->len);
         return;
     }
     char sid[96], *sids[1];
@@ -240,10 +244,7 @@ static void on_interrupt(sim_agent *a, const ihc_interrupt_msg *im, bool direct)
     handled *slot = &a->ring[a->pos++ % RING];
     free(slot->report);
     *slot = (handled){.id = im->id, .report = keep, .len = keep_len};
-    nng_msg *nm;
-    if (nng_msg_alloc(&nm, 0) == 0 && nng_msg_append(nm, buf, len) == 0 &&
-        nng_sendmsg(a->push, nm, NNG_FLAG_NONBLOCK) != 0)
-        nng_msg_free(nm);
+    send_bytes(a, buf, len);
     free(buf);
 }
 
@@ -266,11 +267,11 @@ static void on_recv(void *arg)
         if (m->type == IHC_MSG_INTERRUPT) {
             on_interrupt(a, &m->u.interrupt, strncmp(topic, "ag:", 3) == 0);
         } else if (m->type == IHC_MSG_SYNC && strcmp(m->u.sync.agent, a->id) == 0) {
+            a->report_begun = m->u.sync.report_begun;
             if (m->u.sync.hello) {
                 send_hello(a);
             } else {
                 a->synced = true;
-                a->report_begun = m->u.sync.report_begun;
                 for (size_t i = 0; i < m->u.sync.n_epochs; i++)
                     if (strcmp(m->u.sync.epochs[i].hw, hw) == 0 &&
                         m->u.sync.epochs[i].epoch > a->epoch && !steady) {

@@ -721,6 +721,11 @@ static void begin_next(const char *session_id, void *arg)
         assert_int_equal(ihc_agent_session_begin(begun_agent, &so, &t, NULL, 0), IHC_OK);
         ihc_token_release(t);
         assert_int_equal(ihc_agent_session_end(begun_agent, "brief"), IHC_OK);
+        /* and one of another hardware_id: not held (the coordinator would not expect this
+         * agent for it until the report came) */
+        ihc_session_opts other = {.session_id = "other", .hw = "dev-2"};
+        assert_int_equal(ihc_agent_session_begin(begun_agent, &other, &t, NULL, 0), IHC_OK);
+        ihc_token_release(t);
     }
 }
 
@@ -746,6 +751,40 @@ static ihc_msg *next_event_of(th_fc *f, const char *sid, int ms)
     return NULL;
 }
 
+/* Every message up to and including the report of interrupt id (v[n - 1]), in order; fails
+ * the test when the report does not come or more than max messages do. Caller frees them. */
+static size_t collect_until_report(th_fc *f, uint64_t id, ihc_msg **v, size_t max)
+{
+    uint64_t end = th_now_ms_() + 5000;
+    size_t n = 0;
+    while (th_now_ms_() < end) {
+        ihc_msg *m = th_fc_recv(f, 20);
+        if (!m)
+            continue;
+        if (n == max)
+            fail_msg("more than %zu messages before the report", max);
+        v[n++] = m;
+        if (m->type == IHC_MSG_REPORT && m->u.report.id == id)
+            return n;
+    }
+    fail_msg("no report for interrupt %llu", (unsigned long long)id);
+    return 0;
+}
+
+/* The index in v of the first message of type t about session sid, -1 when none. */
+static ssize_t event_at(ihc_msg *const *v, size_t n, ihc_msg_type t, const char *sid)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *id = v[i]->type != t              ? NULL
+                         : t == IHC_MSG_SESSION_BEGIN ? v[i]->u.session_begin.session.session_id
+                         : t == IHC_MSG_SESSION_END   ? v[i]->u.session_end.session_id
+                                                      : NULL;
+        if (id && strcmp(id, sid) == 0)
+            return (ssize_t)i;
+    }
+    return -1;
+}
+
 static void test_agent_cancel_begun_in_report(void **state)
 {
     (void)state;
@@ -761,16 +800,16 @@ static void test_agent_cancel_begun_in_report(void **state)
     ihc_msg_free(m);
 
     TH_PASS(th_fc_send_interrupt(&f, 1, "dev-1", 1, NULL, 0));
-    /* "brief" ended inside on_cancel: its begin went out, then its end */
-    m = next_event_of(&f, "brief", 5000);
-    assert_non_null(m);
-    assert_int_equal(m->type, IHC_MSG_SESSION_BEGIN);
-    ihc_msg_free(m);
-    m = next_event_of(&f, "brief", 5000);
-    assert_non_null(m);
-    assert_int_equal(m->type, IHC_MSG_SESSION_END);
-    ihc_msg_free(m);
-    ihc_msg *r = expect_report(&f, 1);
+    ihc_msg *got[16];
+    size_t n = collect_until_report(&f, 1, got, 16);
+    ihc_msg *r = got[n - 1];
+    /* "brief" ended inside on_cancel: its begin went out, then its end; "other" (dev-2) went
+     * out on its own; next-0 did not: it is in the report */
+    assert_true(event_at(got, n, IHC_MSG_SESSION_BEGIN, "brief") >= 0);
+    assert_true(event_at(got, n, IHC_MSG_SESSION_BEGIN, "brief") <
+                event_at(got, n, IHC_MSG_SESSION_END, "brief"));
+    assert_true(event_at(got, n, IHC_MSG_SESSION_BEGIN, "other") >= 0);
+    assert_int_equal(event_at(got, n, IHC_MSG_SESSION_BEGIN, "next-0"), -1);
     assert_int_equal(r->u.report.n_sessions, 1);
     assert_true(has_session(r, "first"));
     assert_int_equal(r->u.report.n_begun, 1);
@@ -778,16 +817,17 @@ static void test_agent_cancel_begun_in_report(void **state)
     assert_string_equal(r->u.report.begun[0].hw, "dev-1");
     assert_int_equal(r->u.report.begun[0].epoch, 1); /* begun after the interrupt fenced */
     assert_string_equal(r->u.report.begun[0].module, "text_processing");
-    ihc_msg_free(r);
+    for (size_t i = 0; i < n; i++)
+        ihc_msg_free(got[i]);
     /* nothing else announced next-0 */
     assert_null(next_event_of(&f, "next-0", 100));
-    assert_int_equal(ihc_agent_session_count(a), 1);
+    assert_int_equal(ihc_agent_session_count(a), 2); /* next-0, other */
 
     /* a re-send of the report does not announce next-0 again */
     TH_PASS(th_fc_send_interrupt(&f, 1, "dev-1", 1, ihc_agent_id(a), 1));
-    r = expect_report(&f, 1);
-    assert_int_equal(r->u.report.n_begun, 0);
-    ihc_msg_free(r);
+    ihc_msg *r2 = expect_report(&f, 1);
+    assert_int_equal(r2->u.report.n_begun, 0);
+    ihc_msg_free(r2);
 
     /* a coordinator that does not read them: a session_begin, and no begun */
     f.report_begun = false;
@@ -800,12 +840,64 @@ static void test_agent_cancel_begun_in_report(void **state)
     assert_non_null(m);
     assert_int_equal(m->type, IHC_MSG_SESSION_BEGIN);
     ihc_msg_free(m);
-    r = expect_report(&f, 2);
-    assert_int_equal(r->u.report.n_begun, 0);
-    assert_true(has_session(r, "next-0") && has_session(r, "second"));
-    ihc_msg_free(r);
+    r2 = expect_report(&f, 2);
+    assert_int_equal(r2->u.report.n_begun, 0);
+    assert_true(has_session(r2, "next-0") && has_session(r2, "second"));
+    ihc_msg_free(r2);
     ihc_token_release(t);
     ihc_token_release(t2);
+    ihc_agent_close(a);
+    th_fc_close(&f);
+}
+
+/* begun sessions too big for one report (64 with 64 KiB of data each, past the wire's 4 MiB):
+ * the report goes without them and each goes ahead of it in a session_begin of its own. */
+static char big_data[IHC_DATA_MAX + 1]; /* strlen IHC_DATA_MAX: the most a session may hold */
+static void begin_many(const char *session_id, void *arg)
+{
+    (void)session_id;
+    (void)arg;
+    for (int i = 0; i < IHC__HELD_BEGINS_MAX; i++) {
+        char sid[32];
+        snprintf(sid, sizeof sid, "many-%d", i);
+        ihc_token *t = NULL;
+        ihc_session_opts so = {.session_id = sid, .hw = "dev-3", .data = big_data};
+        assert_int_equal(ihc_agent_session_begin(begun_agent, &so, &t, NULL, 0), IHC_OK);
+        ihc_token_release(t);
+    }
+}
+
+static void test_agent_cancel_begun_too_big(void **state)
+{
+    (void)state;
+    memset(big_data, 'a', sizeof big_data - 1);
+    big_data[0] = big_data[sizeof big_data - 2] = '"'; /* a JSON string */
+    th_fc f = {.report_begun = true};
+    assert_int_equal(th_fc_listen(&f), 0);
+    agent_cfg c = {.max_sessions = 200};
+    ihc_agent *a = begun_agent = open_agent(&f, &c);
+    ihc_token *t = NULL;
+    ihc_session_opts so = {.session_id = "big", .hw = "dev-3", .on_cancel = begin_many};
+    TH_PASS(ihc_agent_session_begin(a, &so, &t, NULL, 0));
+    ihc_msg *m = th_fc_recv_type(&f, IHC_MSG_SESSION_BEGIN, 5000);
+    assert_non_null(m);
+    ihc_msg_free(m);
+    TH_PASS(th_fc_send_interrupt(&f, 7, "dev-3", 1, NULL, 0));
+    ihc_msg *got[IHC__HELD_BEGINS_MAX + 8];
+    size_t n = collect_until_report(&f, 7, got, IHC__HELD_BEGINS_MAX + 8);
+    ihc_msg *r = got[n - 1];
+    assert_int_equal(r->u.report.n_begun, 0);
+    assert_true(has_session(r, "big"));
+    for (int i = 0; i < IHC__HELD_BEGINS_MAX; i++) {
+        char sid[32];
+        snprintf(sid, sizeof sid, "many-%d", i);
+        if (event_at(got, n, IHC_MSG_SESSION_BEGIN, sid) < 0)
+            fail_msg("no session_begin ahead of the report for %s", sid);
+    }
+    for (size_t i = 0; i < n; i++)
+        ihc_msg_free(got[i]);
+    assert_int_equal(ihc_agent_session_count(a), IHC__HELD_BEGINS_MAX);
+    ihc_token_release(t);
     ihc_agent_close(a);
     th_fc_close(&f);
 }
@@ -825,6 +917,7 @@ int main(void)
         cmocka_unit_test(test_agent_cancel_escalation_exited),
         cmocka_unit_test(test_agent_cancel_owner_reports),
         cmocka_unit_test(test_agent_cancel_begun_in_report),
+        cmocka_unit_test(test_agent_cancel_begun_too_big),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     nng_fini(); /* nng's own threads, for leak checkers */

@@ -5,6 +5,7 @@
 #include "harness.h"
 
 #include <jansson.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +104,23 @@ static void test_jsonbuf_numbers(void **state)
 
 static void test_jsonbuf_take(void **state)
 {
+    {
+        /* a format longer than any small buffer is written whole */
+        static const char long_s[] =
+            "0123456789012345678901234567890123456789012345678901234567890123456789";
+        ihc_jbuf f = {0};
+        ihc_jbuf_fmt(&f, "{\"a\":%" PRIu64 ",\"b\":%" PRId64 ",\"c\":\"%s\"}", UINT64_MAX,
+                     INT64_MIN, long_s);
+        char want[256];
+        snprintf(want, sizeof want,
+                 "{\"a\":18446744073709551615,\"b\":-9223372036854775808,"
+                 "\"c\":\"%s\"}",
+                 long_s);
+        char *got = ihc_jbuf_take(&f);
+        assert_non_null(got);
+        assert_string_equal(got, want);
+        free(got);
+    }
     (void)state;
     ihc_jbuf b = {0};
     assert_null(ihc_jbuf_take(&b)); /* nothing written */
