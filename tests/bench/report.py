@@ -113,7 +113,9 @@ for i, r in enumerate(rows):
         lines.append(f"Wire codec, {r['name'][5:]} ({r['bytes']} bytes): encode {r['encode_ns']:.0f} ns, "
                      f"decode {r['decode_ns']:.0f} ns.")
     if r["name"] == "agent_idle":
-        lines.append(f"\nAgent idle: RSS {r['rss_kb']/1024:.1f} MB, CPU {r['cpu_percent']}%.")
+        lines.append(f"\nAgent idle: RSS {r['rss_kb']/1024:.1f} MB, CPU {r['cpu_percent']}% (an ihc-agent with "
+                     "no coordinator to reach: nng redialing every second; connected and idle, an agent "
+                     "wakes 20 times a second and used 0.1 % in a 10 s measurement).")
     if r["name"] == "profile_n8":
         procs = ", ".join(f"{k} {v} %" for k, v in r["process_pct"].items())
         code = ", ".join(f"{k} {v} %" for k, v in r["code_pct"].items())
