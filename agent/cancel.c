@@ -105,18 +105,18 @@ bool ihc__cancel_hold_begin(ihc_agent *a, ihc__session *s)
         return false;
     s->refs++;
     s->begin_held = true;
-    cx->held[cx->n_held++] = (ihc__held_begin){.s = s};
+    cx->held[cx->n_held++] = s;
     return true;
 }
 
-/* Lock held: removes held[i], keeping the order. */
-static ihc__held_begin held_take(ihc__cancel *cx, size_t i)
+/* Lock held: removes held[i], keeping the order; returns it (with its reference). */
+static ihc__session *held_take(ihc__cancel *cx, size_t i)
 {
-    ihc__held_begin h = cx->held[i];
+    ihc__session *s = cx->held[i];
     memmove(&cx->held[i], &cx->held[i + 1], (cx->n_held - i - 1) * sizeof(cx->held[0]));
     cx->n_held--;
-    h.s->begin_held = false;
-    return h;
+    s->begin_held = false;
+    return s;
 }
 
 void ihc__cancel_release_begin(ihc_agent *a, ihc__session *s)
@@ -125,7 +125,7 @@ void ihc__cancel_release_begin(ihc_agent *a, ihc__session *s)
     if (!s->begin_held)
         return;
     for (size_t i = 0; i < cx->n_held; i++)
-        if (cx->held[i].s == s) {
+        if (cx->held[i] == s) {
             held_take(cx, i);
             size_t len = 0;
             uint8_t *msg = ihc__session_encode_begin(a, s, &len);
@@ -140,21 +140,20 @@ void ihc__cancel_drop_begins(ihc_agent *a)
 {
     ihc__cancel *cx = &a->cx;
     while (cx->n_held)
-        ihc__session_put(held_take(cx, 0).s);
+        ihc__session_put(held_take(cx, 0));
 }
 
 /* send_lock held: takes the held begins into v (with their references) and describes them
  * in cx->begun for the report. Returns how many. */
-static size_t begins_take(ihc_agent *a, ihc__held_begin *v)
+static size_t begins_take(ihc_agent *a, ihc__session **v)
 {
     ihc__cancel *cx = &a->cx;
     pthread_mutex_lock(&a->lock);
     size_t n = cx->n_held;
     for (size_t i = 0; i < n; i++) {
         v[i] = cx->held[i];
-        ihc__session *s = v[i].s;
-        s->begin_held = false;
-        cx->begun[i] = ihc__session_describe(s);
+        v[i]->begin_held = false;
+        cx->begun[i] = ihc__session_describe(v[i]);
     }
     cx->n_held = 0;
     pthread_mutex_unlock(&a->lock);
@@ -164,16 +163,16 @@ static size_t begins_take(ihc_agent *a, ihc__held_begin *v)
 /* send_lock held: after the report (which announced them when in_report), the held
  * sessions' session_begins go to the coordinators that did not hear of them (none, with one
  * coordinator that read the report). */
-static void begins_send(ihc_agent *a, ihc__held_begin *v, size_t n, bool in_report, int link)
+static void begins_send(ihc_agent *a, ihc__session **v, size_t n, bool in_report, int link)
 {
     bool others = !in_report || a->tp.n_links > 1;
     pthread_mutex_lock(&a->lock);
     for (size_t i = 0; i < n; i++) {
         size_t len = 0;
-        uint8_t *msg = others ? ihc__session_encode_begin(a, v[i].s, &len) : NULL;
+        uint8_t *msg = others ? ihc__session_encode_begin(a, v[i], &len) : NULL;
         if (msg) /* under the lock: the reference held is dropped here */
             ihc__transport_send_except(&a->tp, msg, len, "session_begin", in_report ? link : -1);
-        ihc__session_put(v[i].s);
+        ihc__session_put(v[i]);
     }
     pthread_mutex_unlock(&a->lock);
 }
@@ -236,7 +235,7 @@ static bool report_send(ihc_agent *a, size_t nr, double time_ms)
                                     .term = r->term};
     /* a session that ends from now on has its end sent after the message announcing it */
     pthread_mutex_lock(&a->send_lock);
-    ihc__held_begin held[IHC__HELD_BEGINS_MAX];
+    ihc__session *held[IHC__HELD_BEGINS_MAX];
     size_t nh = begins_take(a, held);
     uint8_t *buf = NULL, *keep = NULL;
     size_t len = 0, keep_len = 0;

@@ -33,14 +33,9 @@ typedef struct {
     size_t nm; /* modules of the run */
 } ihc__cancel_run;
 
-/* A session begun inside an on_cancel callback: its session_begin is held back and the
- * session goes in the interrupt's report (report.begun), one message where there were two.
- * Its session_begin is encoded only for the other coordinators, or when it cannot go in the
- * report. */
-typedef struct {
-    struct ihc__session *s; /* a reference held */
-} ihc__held_begin;
-
+/* Sessions begun inside an on_cancel callback have their session_begin held back and go in
+ * the interrupt's report (report.begun), one message where there were two; a session_begin is
+ * encoded only for the other coordinators, or when it cannot go in the report. */
 #define IHC__HELD_BEGINS_MAX 64 /* beyond it a session_begin goes out at once */
 
 /* State of the interrupt path; only the receive thread touches it (held and n_held: under
@@ -57,7 +52,7 @@ typedef struct {
     uint64_t current_id; /* the interrupt being handled while on_cancel runs (0: a catch-up) */
     const char *current_reason; /* its reason, while on_cancel runs; NULL otherwise */
     ihc__cancel_run run;
-    ihc__held_begin held[IHC__HELD_BEGINS_MAX];
+    struct ihc__session *held[IHC__HELD_BEGINS_MAX]; /* a reference held on each */
     size_t n_held;
     const char *hold_hw; /* while on_cancel runs: the hw whose new sessions are held */
     ihc_session_info begun[IHC__HELD_BEGINS_MAX]; /* the report's, filled from held */

@@ -26,8 +26,8 @@ typedef struct ihc__session {
     ihc_token *tok;      /* one reference held by the session */
     ihc_session_cancel_fn on_cancel;
     void *arg;
-    int refs;  /* the live tables', a claim's, escalation's, a held session_begin's (cancel.h) */
-    bool live; /* in the live tables */
+    int refs;
+    bool live;       /* in the live tables */
     bool cancelled;  /* claimed by an interrupt, a catch-up or expiry */
     bool ended;      /* its owner called ihc_agent_session_end */
     bool escalating; /* in the escalation list */

@@ -1015,18 +1015,24 @@ static void end_reported_sessions(ihc_coord *c, const ihc_report_msg *r)
 
 static void ask_hello(ihc_coord *c, const char *agent_id, const char *why);
 
+/* One session an agent began (a session_begin, or an entry of a report's begun). */
+static void begin_session(ihc_coord *c, const char *agent, const ihc_session_info *si,
+                          uint64_t now_ns, int64_t now_ms)
+{
+    int rc = ihc_registry_session_begin(c->reg, agent, si, now_ns, now_ms);
+    if (rc != IHC_OK)
+        ihc_log(IHC_LOG_WARN, COMPONENT, "session refused agent=%s session=%s: %s", agent,
+                si->session_id ? si->session_id : "", ihc_strerror(rc));
+}
+
 /* The sessions the agent began while it handled the interrupt (report.begun), as if each had
  * come in a session_begin just before the report. */
 static void begin_reported_sessions(ihc_coord *c, const ihc_report_msg *r)
 {
     uint64_t now_ns = ihc_mono_ns();
     int64_t now_ms = ihc_now_ms();
-    for (size_t k = 0; k < r->n_begun; k++) {
-        int rc = ihc_registry_session_begin(c->reg, r->agent, &r->begun[k], now_ns, now_ms);
-        if (rc != IHC_OK)
-            ihc_log(IHC_LOG_WARN, COMPONENT, "session refused agent=%s session=%s: %s", r->agent,
-                    r->begun[k].session_id, ihc_strerror(rc));
-    }
+    for (size_t k = 0; k < r->n_begun; k++)
+        begin_session(c, r->agent, &r->begun[k], now_ns, now_ms);
 }
 
 static void on_report(ihc_coord *c, ihc_msg **mp)
@@ -1156,12 +1162,8 @@ static void on_heartbeat(ihc_coord *c, ihc_msg **mp)
 
 static void on_session_begin(ihc_coord *c, ihc_msg **mp)
 {
-    const ihc_msg *m = *mp;
-    const ihc_session_begin_msg *b = &m->u.session_begin;
-    int rc = ihc_registry_session_begin(c->reg, b->agent, &b->session, ihc_mono_ns(), ihc_now_ms());
-    if (rc != IHC_OK)
-        ihc_log(IHC_LOG_WARN, COMPONENT, "session refused agent=%s session=%s: %s", b->agent,
-                b->session.session_id ? b->session.session_id : "", ihc_strerror(rc));
+    const ihc_session_begin_msg *b = &(*mp)->u.session_begin;
+    begin_session(c, b->agent, &b->session, ihc_mono_ns(), ihc_now_ms());
 }
 
 static void on_session_end(ihc_coord *c, ihc_msg **mp)

@@ -299,9 +299,10 @@ static hwrec *hw_get_or_add(ihc_registry *r, const char *hw)
     return h;
 }
 
-static int hw_agent_key(char *buf, size_t cap, const char *hw, const char *agent_id)
+/* A key of two parts: "a" "\x1f" "b" (sessions: agent, session id; hw_agents: hw, agent). */
+static int pair_key(char *buf, size_t cap, const char *a, const char *b)
 {
-    int n = snprintf(buf, cap, "%s\x1f%s", hw, agent_id);
+    int n = snprintf(buf, cap, "%s\x1f%s", a, b);
     return (n < 0 || (size_t)n >= cap) ? IHC_ETOOBIG : IHC_OK;
 }
 
@@ -311,7 +312,7 @@ static int hw_agent_key(char *buf, size_t cap, const char *hw, const char *agent
 static int hw_agent_add(ihc_registry *r, hwrec *h, const char *hw, const char *agent_id)
 {
     char key[HAKEY_MAX];
-    if (hw_agent_key(key, sizeof(key), hw, agent_id) != IHC_OK)
+    if (pair_key(key, sizeof(key), hw, agent_id) != IHC_OK)
         return IHC_EINVAL;
     hw_agent *ha = hmap_get(&r->hw_agents, key);
     if (ha) {
@@ -343,7 +344,7 @@ static int hw_agent_add(ihc_registry *r, hwrec *h, const char *hw, const char *a
 static void hw_agent_remove(ihc_registry *r, hwrec *h, const char *hw, const char *agent_id)
 {
     char key[HAKEY_MAX];
-    if (hw_agent_key(key, sizeof(key), hw, agent_id) != IHC_OK)
+    if (pair_key(key, sizeof(key), hw, agent_id) != IHC_OK)
         return;
     hw_agent *ha = hmap_get(&r->hw_agents, key);
     if (!ha || --ha->count > 0)
@@ -354,12 +355,6 @@ static void hw_agent_remove(ihc_registry *r, hwrec *h, const char *hw, const cha
     last->idx = ha->idx;
     free(ha->agent_id);
     free(ha);
-}
-
-static int session_key(char *buf, size_t cap, const char *agent_id, const char *sid)
-{
-    int n = snprintf(buf, cap, "%s\x1f%s", agent_id, sid);
-    return (n < 0 || (size_t)n >= cap) ? IHC_ETOOBIG : IHC_OK;
 }
 
 #define SKEY_MAX (IHC_AGENT_ID_MAX + IHC_ID_MAX + 2)
@@ -438,7 +433,7 @@ static void emit(ihc_registry *r, ihc_reg_event ev, const ihc_reg_session *s)
 static void session_remove(ihc_registry *r, ihc_reg_session *s, const char *state, int64_t now_ms)
 {
     char key[SKEY_MAX];
-    if (session_key(key, sizeof(key), s->agent_id, s->session_id) == IHC_OK)
+    if (pair_key(key, sizeof(key), s->agent_id, s->session_id) == IHC_OK)
         hmap_del(&r->sessions, key);
     hwrec *h = hmap_get(&r->hws, s->hw);
     if (h)
@@ -509,7 +504,7 @@ static int session_upsert(ihc_registry *r, ihc_reg_agent *a, const ihc_session_i
                           int64_t now_ms, bool count_limit)
 {
     char key[SKEY_MAX];
-    if (!si->session_id || !si->hw || session_key(key, sizeof(key), a->agent_id, si->session_id))
+    if (!si->session_id || !si->hw || pair_key(key, sizeof(key), a->agent_id, si->session_id))
         return IHC_EINVAL;
     ihc_reg_session *old = hmap_get(&r->sessions, key);
     if (old && strcmp(old->hw, si->hw) != 0) {
@@ -660,7 +655,7 @@ int ihc_registry_session_end(ihc_registry *r, const char *agent_id, const char *
                              const char *state, int64_t now_ms)
 {
     char key[SKEY_MAX];
-    if (session_key(key, sizeof(key), agent_id, session_id) != IHC_OK)
+    if (pair_key(key, sizeof(key), agent_id, session_id) != IHC_OK)
         return IHC_ENOENT;
     ihc_reg_session *s = hmap_get(&r->sessions, key);
     if (!s)

@@ -785,6 +785,19 @@ static ssize_t event_at(ihc_msg *const *v, size_t n, ihc_msg_type t, const char 
     return -1;
 }
 
+/* Begins session sid of hw with on_cancel fn and waits until its session_begin came. */
+static ihc_token *begin_announced(th_fc *f, ihc_agent *a, const char *sid, const char *hw,
+                                  ihc_session_cancel_fn fn)
+{
+    ihc_token *t = NULL;
+    ihc_session_opts so = {.session_id = sid, .hw = hw, .on_cancel = fn};
+    TH_PASS(ihc_agent_session_begin(a, &so, &t, NULL, 0));
+    ihc_msg *m = th_fc_recv_type(f, IHC_MSG_SESSION_BEGIN, 5000);
+    assert_non_null(m);
+    ihc_msg_free(m);
+    return t;
+}
+
 static void test_agent_cancel_begun_in_report(void **state)
 {
     (void)state;
@@ -792,12 +805,7 @@ static void test_agent_cancel_begun_in_report(void **state)
     assert_int_equal(th_fc_listen(&f), 0);
     ihc_agent *a = begun_agent = open_agent(&f, NULL);
     atomic_store(&begun_n, 0);
-    ihc_token *t = NULL;
-    ihc_session_opts so = {.session_id = "first", .hw = "dev-1", .on_cancel = begin_next};
-    TH_PASS(ihc_agent_session_begin(a, &so, &t, NULL, 0));
-    ihc_msg *m = th_fc_recv_type(&f, IHC_MSG_SESSION_BEGIN, 5000);
-    assert_non_null(m);
-    ihc_msg_free(m);
+    ihc_token *t = begin_announced(&f, a, "first", "dev-1", begin_next);
 
     TH_PASS(th_fc_send_interrupt(&f, 1, "dev-1", 1, NULL, 0));
     ihc_msg *got[16];
@@ -832,11 +840,11 @@ static void test_agent_cancel_begun_in_report(void **state)
     /* a coordinator that does not read them: a session_begin, and no begun */
     f.report_begun = false;
     TH_PASS(th_fc_send_sync(&f, ihc_agent_id(a), NULL, 0));
-    so.session_id = "second";
+    ihc_session_opts so = {.session_id = "second", .hw = "dev-1", .on_cancel = begin_next};
     ihc_token *t2 = NULL;
     TH_PASS(ihc_agent_session_begin(a, &so, &t2, NULL, 0));
     TH_PASS(th_fc_send_interrupt(&f, 2, "dev-1", 2, NULL, 0));
-    m = next_event_of(&f, "next-1", 5000);
+    ihc_msg *m = next_event_of(&f, "next-1", 5000);
     assert_non_null(m);
     assert_int_equal(m->type, IHC_MSG_SESSION_BEGIN);
     ihc_msg_free(m);
@@ -876,12 +884,7 @@ static void test_agent_cancel_begun_too_big(void **state)
     assert_int_equal(th_fc_listen(&f), 0);
     agent_cfg c = {.max_sessions = 200};
     ihc_agent *a = begun_agent = open_agent(&f, &c);
-    ihc_token *t = NULL;
-    ihc_session_opts so = {.session_id = "big", .hw = "dev-3", .on_cancel = begin_many};
-    TH_PASS(ihc_agent_session_begin(a, &so, &t, NULL, 0));
-    ihc_msg *m = th_fc_recv_type(&f, IHC_MSG_SESSION_BEGIN, 5000);
-    assert_non_null(m);
-    ihc_msg_free(m);
+    ihc_token *t = begin_announced(&f, a, "big", "dev-3", begin_many);
     TH_PASS(th_fc_send_interrupt(&f, 7, "dev-3", 1, NULL, 0));
     ihc_msg *got[IHC__HELD_BEGINS_MAX + 8];
     size_t n = collect_until_report(&f, 7, got, IHC__HELD_BEGINS_MAX + 8);
